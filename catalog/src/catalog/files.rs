@@ -1,0 +1,618 @@
+//! The archive tree: directories, acquisitions, files, copies and per-node totals.
+//!
+//! Every directory row carries its full path (unique), so a path resolves with one indexed
+//! query and a prefix selects a subtree as a range. A file's path is immutable (invariant 1),
+//! so the denormalised path never goes stale.
+
+use std::collections::HashMap;
+
+use super::{Tx, like_escape};
+use crate::db::Value;
+use crate::error::{CatalogError, Result};
+use crate::md5::is_md5_hex;
+use crate::model::{Acq, Copy, Dir, File, FromRow, Has, Id, NodeStats, Wants};
+use crate::params;
+
+/// Which files a listing selects; every field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct FileFilter {
+    /// Files with a copy on this node that is not `has = no`.
+    pub node: Option<Id>,
+    /// Files present (`has = yes`) somewhere in this group.
+    pub group: Option<Id>,
+    pub acq: Option<Id>,
+    /// Files at or below this path.
+    pub path_prefix: Option<String>,
+}
+
+/// A file that a bulk sync, clean or verify would act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncCandidate {
+    pub file_id: Id,
+    /// The copy acted on (clean, verify); for a sync, the source copy.
+    pub copy_id: Id,
+    pub path: String,
+    pub size: u64,
+}
+
+impl FromRow for SyncCandidate {
+    fn from_row(r: &crate::db::Row) -> Result<Self, crate::db::DbError> {
+        let dir: String = r.get(2)?;
+        let name: String = r.get(3)?;
+        Ok(SyncCandidate {
+            file_id: r.get(0)?,
+            copy_id: r.get(1)?,
+            path: crate::model::join_path(&dir, &name),
+            size: r.get(4)?,
+        })
+    }
+}
+
+impl FromRow for (File, Copy) {
+    fn from_row(r: &crate::db::Row) -> Result<Self, crate::db::DbError> {
+        let file = File::from_row(r)?;
+        let copy = Copy::from_row(&crate::db::Row(r.0[9..].to_vec()))?;
+        Ok((file, copy))
+    }
+}
+
+impl FromRow for NodeStats {
+    fn from_row(r: &crate::db::Row) -> Result<Self, crate::db::DbError> {
+        Ok(NodeStats {
+            node: r.get(0)?,
+            max_total: r.get(1)?,
+            files: r.get::<Option<u64>>(2)?.unwrap_or(0),
+            bytes: r.get::<Option<u64>>(3)?.unwrap_or(0),
+            corrupt: r.get::<Option<u64>>(4)?.unwrap_or(0),
+            suspect: r.get::<Option<u64>>(5)?.unwrap_or(0),
+            missing: r.get::<Option<u64>>(6)?.unwrap_or(0),
+        })
+    }
+}
+
+/// Checks and normalises an archive path: relative, `/`-separated, no `.`, `..` or empty
+/// components. A leading `./` or `/` is dropped.
+pub fn normalize_path(path: &str) -> Result<String> {
+    let trimmed = path.trim_start_matches("./").trim_start_matches('/');
+    let trimmed = trimmed.strip_suffix('/').unwrap_or(trimmed);
+    let bad = |why: &str| CatalogError::Invalid(format!("invalid archive path {path:?}: {why}"));
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    for part in trimmed.split('/') {
+        match part {
+            "" => return Err(bad("empty path component")),
+            "." | ".." => return Err(bad("'.' and '..' are not allowed")),
+            p if p.contains('\0') => return Err(bad("NUL byte")),
+            _ => {}
+        }
+    }
+    Ok(trimmed.to_owned())
+}
+
+/// Splits a normalised path into (directory, name).
+fn split_path(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// SQL restricting `d.path` to a subtree, with its parameters.
+fn prefix_clause(prefix: &str, args: &mut Vec<Value>) -> String {
+    if prefix.is_empty() {
+        return String::new();
+    }
+    args.push(prefix.into());
+    args.push(format!("{}/%", like_escape(prefix)).into());
+    args.push(prefix.into());
+    // A prefix names a directory (everything below it) or a single file.
+    " AND (d.path = ? OR d.path LIKE ? ESCAPE '\\' OR (d.path || '/' || f.name) = ?)".into()
+}
+
+fn file_query(filter: &str) -> String {
+    format!("SELECT {} FROM {} {filter}", File::COLUMNS, File::FROM)
+}
+
+impl Tx<'_> {
+    // ---- directories ----
+
+    pub fn dir_by_path(&mut self, path: &str) -> Result<Option<Dir>> {
+        self.row(
+            &format!("SELECT {} FROM dir d WHERE d.path = ?", Dir::COLUMNS),
+            params![path],
+        )
+    }
+
+    pub fn dir_by_id(&mut self, id: Id) -> Result<Option<Dir>> {
+        self.row(
+            &format!("SELECT {} FROM dir d WHERE d.id = ?", Dir::COLUMNS),
+            params![id],
+        )
+    }
+
+    /// The id of directory `path`, creating it and its parents as needed.
+    pub fn ensure_dir(&mut self, path: &str, now: i64) -> Result<Id> {
+        if let Some(d) = self.dir_by_path(path)? {
+            return Ok(d.id);
+        }
+        let (parent, name) = split_path(path);
+        let parent_id = self.ensure_dir(parent, now)?;
+        self.exec(
+            "INSERT INTO dir (parent_id, name, path, created_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT DO NOTHING",
+            params![parent_id, name, path, now],
+        )?;
+        self.scalar("SELECT id FROM dir WHERE path = ?", params![path])
+    }
+
+    /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
+    pub fn list_dir(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<File>)> {
+        let dirs = self.rows(
+            &format!(
+                "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
+                Dir::COLUMNS
+            ),
+            params![dir_id],
+        )?;
+        let files = self.rows(
+            &file_query("WHERE f.dir_id = ? ORDER BY f.name"),
+            params![dir_id],
+        )?;
+        Ok((dirs, files))
+    }
+
+    /// The file or directory `name` in directory `dir_id`: the lookup a mount makes.
+    pub fn lookup(&mut self, dir_id: Id, name: &str) -> Result<Option<Result<File, Dir>>> {
+        if let Some(f) = self.row::<File>(
+            &file_query("WHERE f.dir_id = ? AND f.name = ?"),
+            params![dir_id, name],
+        )? {
+            return Ok(Some(Ok(f)));
+        }
+        let d = self.row::<Dir>(
+            &format!(
+                "SELECT {} FROM dir d WHERE d.parent_id = ? AND d.name = ?",
+                Dir::COLUMNS
+            ),
+            params![dir_id, name],
+        )?;
+        Ok(d.map(Err))
+    }
+
+    // ---- acquisitions ----
+
+    pub fn acq_by_name(&mut self, name: &str) -> Result<Option<Acq>> {
+        self.row(
+            "SELECT id, name, created_at FROM acq WHERE name = ?",
+            params![name],
+        )
+    }
+
+    pub fn acq(&mut self, name: &str) -> Result<Acq> {
+        self.acq_by_name(name)?
+            .ok_or_else(|| CatalogError::not_found("acquisition", name))
+    }
+
+    /// Every acquisition with its file count and total size.
+    pub fn acqs(&mut self) -> Result<Vec<(Acq, u64, u64)>> {
+        let rows = self.raw(
+            "SELECT a.id, a.name, a.created_at, COUNT(f.id), SUM(f.size) FROM acq a \
+             LEFT JOIN file f ON f.acq_id = a.id GROUP BY a.id, a.name, a.created_at \
+             ORDER BY a.name",
+            params![],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    Acq::from_row(r)?,
+                    r.get::<u64>(3)?,
+                    r.get::<Option<u64>>(4)?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// The id of acquisition `name`, created if needed; the flag says whether it was.
+    pub fn ensure_acq(&mut self, name: &str, now: i64) -> Result<(Id, bool)> {
+        if name.is_empty() {
+            return Err(CatalogError::Invalid("empty acquisition name".into()));
+        }
+        if let Some(a) = self.acq_by_name(name)? {
+            return Ok((a.id, false));
+        }
+        let id = self.insert(
+            "INSERT INTO acq (name, created_at) VALUES (?, ?) RETURNING id",
+            params![name, now],
+        )?;
+        Ok((id, true))
+    }
+
+    // ---- files ----
+
+    pub fn file_by_path(&mut self, path: &str) -> Result<Option<File>> {
+        let path = normalize_path(path)?;
+        let (dir, name) = split_path(&path);
+        self.row(
+            &file_query("WHERE d.path = ? AND f.name = ?"),
+            params![dir, name],
+        )
+    }
+
+    pub fn file(&mut self, path: &str) -> Result<File> {
+        self.file_by_path(path)?
+            .ok_or_else(|| CatalogError::not_found("file", path))
+    }
+
+    pub fn file_by_id(&mut self, id: Id) -> Result<File> {
+        self.row(&file_query("WHERE f.id = ?"), params![id])?
+            .ok_or_else(|| CatalogError::not_found("file", format!("#{id}")))
+    }
+
+    /// Registers a new file. Returns the file and whether it was new: registering the same
+    /// path again with the same size and md5 is harmless, with different contents an error
+    /// (a registered file's bytes never change, invariant 1).
+    pub fn register_file(&mut self, f: &NewFile<'_>, now: i64) -> Result<(File, bool)> {
+        let mut cache = RegisterCache::default();
+        let (id, created) = self.register_file_cached(f, now, &mut cache)?;
+        Ok((self.file_by_id(id)?, created))
+    }
+
+    /// Registers many files in this transaction (the bulk path of a scan or a benchmark).
+    pub fn register_files(&mut self, files: &[NewFile<'_>], now: i64) -> Result<Vec<Id>> {
+        let mut cache = RegisterCache::default();
+        files
+            .iter()
+            .map(|f| {
+                self.register_file_cached(f, now, &mut cache)
+                    .map(|(id, _)| id)
+            })
+            .collect()
+    }
+
+    fn register_file_cached(
+        &mut self,
+        f: &NewFile<'_>,
+        now: i64,
+        cache: &mut RegisterCache,
+    ) -> Result<(Id, bool)> {
+        let path = normalize_path(f.path)?;
+        let (dir, name) = split_path(&path);
+        if name.is_empty() {
+            return Err(CatalogError::Invalid(
+                "cannot register the archive root".into(),
+            ));
+        }
+        if name.starts_with('.') {
+            return Err(CatalogError::Invalid(format!(
+                "cannot register {path:?}: names starting with '.' are never archived"
+            )));
+        }
+        if !is_md5_hex(f.md5) {
+            return Err(CatalogError::Invalid(format!(
+                "invalid md5 {:?} for {path:?}: expected 32 lowercase hex digits",
+                f.md5
+            )));
+        }
+        let dir_id = match cache.dirs.get(dir) {
+            Some(id) => *id,
+            None => {
+                let id = self.ensure_dir(dir, now)?;
+                cache.dirs.insert(dir.to_owned(), id);
+                id
+            }
+        };
+        let acq_id = match cache.acqs.get(f.acq) {
+            Some(id) => *id,
+            None => {
+                let (id, _) = self.ensure_acq(f.acq, now)?;
+                cache.acqs.insert(f.acq.to_owned(), id);
+                id
+            }
+        };
+        let inserted = self.raw(
+            "INSERT INTO file (dir_id, name, acq_id, size, md5, mtime, registered_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dir_id, name) DO NOTHING RETURNING id",
+            params![dir_id, name, acq_id, f.size, f.md5, f.mtime, now],
+        )?;
+        if let Some(r) = inserted.first() {
+            return Ok((r.get(0)?, true));
+        }
+        let existing = self.raw(
+            "SELECT id, size, md5 FROM file WHERE dir_id = ? AND name = ?",
+            params![dir_id, name],
+        )?;
+        let r = existing
+            .first()
+            .ok_or_else(|| CatalogError::Invalid(format!("file {path:?} vanished")))?;
+        let (size, md5): (u64, String) = (r.get(1)?, r.get(2)?);
+        if size != f.size || md5 != f.md5 {
+            return Err(CatalogError::Invalid(format!(
+                "file {path:?} is already registered with different contents \
+                 ({size} bytes, md5 {md5}); registered files never change"
+            )));
+        }
+        Ok((r.get(0)?, false))
+    }
+
+    /// Files selected by `filter`, sorted by path.
+    pub fn files(&mut self, filter: &FileFilter) -> Result<Vec<File>> {
+        let mut args = Vec::new();
+        let mut sql = file_query("WHERE 1 = 1");
+        if let Some(n) = filter.node {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM copy c WHERE c.file_id = f.id AND c.node_id = ? \
+                 AND c.has <> 'no')",
+            );
+            args.push(n.into());
+        }
+        if let Some(g) = filter.group {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM copy c JOIN node gn ON gn.id = c.node_id \
+                 WHERE c.file_id = f.id AND c.has = 'yes' AND gn.group_id = ?)",
+            );
+            args.push(g.into());
+        }
+        if let Some(a) = filter.acq {
+            sql.push_str(" AND f.acq_id = ?");
+            args.push(a.into());
+        }
+        if let Some(p) = &filter.path_prefix {
+            let p = normalize_path(p)?;
+            sql.push_str(&prefix_clause(&p, &mut args));
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        self.rows(&sql, &args)
+    }
+
+    /// Files with their copy on `node_id` (any state but `no`), sorted by path.
+    pub fn files_on_node(
+        &mut self,
+        node_id: Id,
+        acq: Option<Id>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(File, Copy)>> {
+        let mut args: Vec<Value> = vec![node_id.into()];
+        let mut sql = format!(
+            "SELECT {}, {} FROM {} JOIN copy c ON c.file_id = f.id \
+             JOIN node cn ON cn.id = c.node_id WHERE c.node_id = ? AND c.has <> 'no'",
+            File::COLUMNS,
+            Copy::COLUMNS,
+            File::FROM
+        );
+        if let Some(a) = acq {
+            sql.push_str(" AND f.acq_id = ?");
+            args.push(a.into());
+        }
+        if let Some(p) = prefix {
+            let p = normalize_path(p)?;
+            sql.push_str(&prefix_clause(&p, &mut args));
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        self.rows(&sql, &args)
+    }
+
+    // ---- copies ----
+
+    pub fn copies_of(&mut self, file_id: Id) -> Result<Vec<Copy>> {
+        self.rows(
+            &format!(
+                "SELECT {} FROM {} WHERE c.file_id = ? ORDER BY cn.name",
+                Copy::COLUMNS,
+                Copy::FROM
+            ),
+            params![file_id],
+        )
+    }
+
+    pub fn copy_on(&mut self, file_id: Id, node_id: Id) -> Result<Option<Copy>> {
+        self.row(
+            &format!(
+                "SELECT {} FROM {} WHERE c.file_id = ? AND c.node_id = ?",
+                Copy::COLUMNS,
+                Copy::FROM
+            ),
+            params![file_id, node_id],
+        )
+    }
+
+    /// Records that `node_id` holds a copy of `file_id` in state `has` (a new copy wants
+    /// `keep`). Returns the copy id.
+    pub fn record_copy(
+        &mut self,
+        file_id: Id,
+        node_id: Id,
+        has: Has,
+        size_on_node: Option<u64>,
+        now: i64,
+    ) -> Result<Id> {
+        self.insert(
+            "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
+             verified_at, updated_at) VALUES (?, ?, ?, 'keep', ?, ?, ?, ?) \
+             ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, wants = 'keep', \
+             verify_requested = 0, size_on_node = excluded.size_on_node, \
+             added_at = excluded.added_at, verified_at = excluded.verified_at, \
+             updated_at = excluded.updated_at RETURNING id",
+            params![file_id, node_id, has, size_on_node, now, now, now],
+        )
+    }
+
+    /// Sets `wants` on the given copies. Returns how many changed.
+    pub fn set_wants(&mut self, copy_ids: &[Id], wants: Wants, now: i64) -> Result<u64> {
+        let mut n = 0;
+        for id in copy_ids {
+            n += self.exec(
+                "UPDATE copy SET wants = ?, updated_at = ? WHERE id = ? AND wants <> ?",
+                params![wants, now, *id, wants],
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// Asks cairnd to verify the given copies. Returns how many were not already asked.
+    pub fn request_verify(&mut self, copy_ids: &[Id], now: i64) -> Result<u64> {
+        let mut n = 0;
+        for id in copy_ids {
+            n += self.exec(
+                "UPDATE copy SET verify_requested = 1, updated_at = ? \
+                 WHERE id = ? AND verify_requested = 0",
+                params![now, *id],
+            )?;
+        }
+        Ok(n)
+    }
+
+    /// Files with a healthy copy on `node_id` that are absent (no `has = yes` copy) from
+    /// `group_id` and, if given, from `target_group`: what `node sync` would copy.
+    pub fn sync_candidates(
+        &mut self,
+        node_id: Id,
+        group_id: Id,
+        target_group: Option<Id>,
+        acq: Option<Id>,
+    ) -> Result<Vec<SyncCandidate>> {
+        let mut args: Vec<Value> = vec![node_id.into(), group_id.into()];
+        let mut sql = String::from(
+            "SELECT f.id, c.id, d.path, f.name, f.size FROM copy c \
+             JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE c.node_id = ? AND c.has = 'yes' \
+             AND NOT EXISTS (SELECT 1 FROM copy c2 JOIN node n2 ON n2.id = c2.node_id \
+                 WHERE c2.file_id = c.file_id AND c2.has = 'yes' AND n2.group_id = ?)",
+        );
+        if let Some(t) = target_group {
+            sql.push_str(
+                " AND NOT EXISTS (SELECT 1 FROM copy c3 JOIN node n3 ON n3.id = c3.node_id \
+                 WHERE c3.file_id = c.file_id AND c3.has = 'yes' AND n3.group_id = ?)",
+            );
+            args.push(t.into());
+        }
+        if let Some(a) = acq {
+            sql.push_str(" AND f.acq_id = ?");
+            args.push(a.into());
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        self.rows(&sql, &args)
+    }
+
+    /// Copies on `node_id` that `node clean` would release: not removed, not already
+    /// wanting `wants`, and (with `target_group`) present in that group.
+    pub fn clean_candidates(
+        &mut self,
+        node_id: Id,
+        wants: Wants,
+        target_group: Option<Id>,
+        acq: Option<Id>,
+    ) -> Result<Vec<SyncCandidate>> {
+        let mut args: Vec<Value> = vec![node_id.into(), wants.into()];
+        let mut sql = String::from(
+            "SELECT f.id, c.id, d.path, f.name, f.size FROM copy c \
+             JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE c.node_id = ? AND c.has <> 'no' AND c.wants <> ?",
+        );
+        if let Some(t) = target_group {
+            sql.push_str(
+                " AND EXISTS (SELECT 1 FROM copy c3 JOIN node n3 ON n3.id = c3.node_id \
+                 WHERE c3.file_id = c.file_id AND c3.has = 'yes' AND n3.group_id = ?)",
+            );
+            args.push(t.into());
+        }
+        if let Some(a) = acq {
+            sql.push_str(" AND f.acq_id = ?");
+            args.push(a.into());
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        self.rows(&sql, &args)
+    }
+
+    /// Copies on `node_id` whose state is one of `states`: what `node verify` would check.
+    pub fn verify_candidates(
+        &mut self,
+        node_id: Id,
+        states: &[Has],
+        acq: Option<Id>,
+    ) -> Result<Vec<SyncCandidate>> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<Value> = vec![node_id.into()];
+        let marks = vec!["?"; states.len()].join(", ");
+        args.extend(states.iter().map(|h| Value::from(*h)));
+        let mut sql = format!(
+            "SELECT f.id, c.id, d.path, f.name, f.size FROM copy c \
+             JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE c.node_id = ? AND c.has IN ({marks})"
+        );
+        if let Some(a) = acq {
+            sql.push_str(" AND f.acq_id = ?");
+            args.push(a.into());
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        self.rows(&sql, &args)
+    }
+
+    // ---- totals ----
+
+    /// File counts and sizes per node (all nodes, or those named), sorted by node name.
+    pub fn node_stats(&mut self, node_ids: Option<&[Id]>) -> Result<Vec<NodeStats>> {
+        let mut args = Vec::new();
+        let mut filter = String::new();
+        if let Some(ids) = node_ids {
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            filter = format!("WHERE n.id IN ({})", vec!["?"; ids.len()].join(", "));
+            args.extend(ids.iter().map(|i| Value::from(*i)));
+        }
+        // One pass over the copy table per node; `files`/`bytes` count healthy copies only:
+        // a corrupt copy does not provide the data, so it is not "on" the node.
+        let sql = format!(
+            "SELECT n.name, n.max_total, s.files, s.bytes, s.corrupt, s.suspect, s.missing \
+             FROM node n LEFT JOIN (SELECT c.node_id AS node_id, \
+                 SUM(CASE WHEN c.has = 'yes' THEN 1 ELSE 0 END) AS files, \
+                 SUM(CASE WHEN c.has = 'yes' THEN f.size ELSE 0 END) AS bytes, \
+                 SUM(CASE WHEN c.has = 'corrupt' THEN 1 ELSE 0 END) AS corrupt, \
+                 SUM(CASE WHEN c.has = 'suspect' THEN 1 ELSE 0 END) AS suspect, \
+                 SUM(CASE WHEN c.has = 'no' AND c.wants = 'keep' THEN 1 ELSE 0 END) AS missing \
+                 FROM copy c JOIN file f ON f.id = c.file_id GROUP BY c.node_id) s \
+             ON s.node_id = n.id {filter} ORDER BY n.name"
+        );
+        self.rows(&sql, &args)
+    }
+}
+
+/// A file to register.
+#[derive(Debug, Clone)]
+pub struct NewFile<'a> {
+    pub path: &'a str,
+    pub acq: &'a str,
+    pub size: u64,
+    pub md5: &'a str,
+    pub mtime: i64,
+}
+
+#[derive(Default)]
+struct RegisterCache {
+    dirs: HashMap<String, Id>,
+    acqs: HashMap<String, Id>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_accepts_relative_paths() {
+        assert_eq!(
+            normalize_path("2025/02/21/meta.txt").unwrap(),
+            "2025/02/21/meta.txt"
+        );
+        assert_eq!(normalize_path("./2025/02/").unwrap(), "2025/02");
+        assert_eq!(normalize_path("/2025").unwrap(), "2025");
+        assert_eq!(normalize_path("").unwrap(), "");
+    }
+
+    #[test]
+    fn normalize_rejects_escapes_and_empty_components() {
+        for bad in ["a/../b", "a//b", "a/./b", "..", "a/\0"] {
+            let err = normalize_path(bad).unwrap_err().to_string();
+            assert!(err.contains("invalid archive path"), "{bad}: {err}");
+        }
+    }
+}

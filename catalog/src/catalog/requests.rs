@@ -1,0 +1,229 @@
+//! Copy and import requests: what the CLI and mounts ask, and cairnd carries out.
+//!
+//! A request is carried out once (invariant 4): claiming moves it from `pending` to `active`
+//! in one conditional UPDATE, so of two daemons racing for it exactly one wins.
+
+use super::Tx;
+use crate::db::Value;
+use crate::error::{CatalogError, Result};
+use crate::model::{CopyRequest, Id, ImportRequest, RequestState};
+use crate::params;
+
+/// A copy request to create.
+#[derive(Debug, Clone, Copy)]
+pub struct NewCopyRequest {
+    pub file_id: Id,
+    pub from_node: Id,
+    pub to_group: Id,
+}
+
+/// Which copy requests a listing selects.
+#[derive(Debug, Clone, Default)]
+pub struct CopyRequestFilter {
+    pub states: Vec<RequestState>,
+    /// Requests reading from this node or writing into this node's group.
+    pub node: Option<Id>,
+    pub limit: Option<u64>,
+}
+
+fn copy_request_query(filter: &str) -> String {
+    format!(
+        "SELECT {} FROM {} {filter}",
+        CopyRequest::COLUMNS,
+        CopyRequest::FROM
+    )
+}
+
+impl Tx<'_> {
+    /// Creates a pending copy request unless an equal one is already pending or active.
+    /// Returns the new id, or `None` when it was already requested.
+    pub fn create_copy_request(&mut self, req: NewCopyRequest, now: i64) -> Result<Option<Id>> {
+        let dup = self.raw(
+            "SELECT id FROM copy_request WHERE file_id = ? AND from_node = ? AND to_group = ? \
+             AND state IN ('pending', 'active')",
+            params![req.file_id, req.from_node, req.to_group],
+        )?;
+        if !dup.is_empty() {
+            return Ok(None);
+        }
+        let id = self.insert(
+            "INSERT INTO copy_request (file_id, from_node, to_group, state, created_at) \
+             VALUES (?, ?, ?, 'pending', ?) RETURNING id",
+            params![req.file_id, req.from_node, req.to_group, now],
+        )?;
+        Ok(Some(id))
+    }
+
+    pub fn copy_request(&mut self, id: Id) -> Result<CopyRequest> {
+        self.row(&copy_request_query("WHERE r.id = ?"), params![id])?
+            .ok_or_else(|| CatalogError::not_found("copy request", format!("#{id}")))
+    }
+
+    /// Copy requests selected by `filter`, oldest first.
+    pub fn copy_requests(&mut self, filter: &CopyRequestFilter) -> Result<Vec<CopyRequest>> {
+        let mut args: Vec<Value> = Vec::new();
+        let mut sql = copy_request_query("WHERE 1 = 1");
+        if !filter.states.is_empty() {
+            sql.push_str(&format!(
+                " AND r.state IN ({})",
+                vec!["?"; filter.states.len()].join(", ")
+            ));
+            args.extend(filter.states.iter().map(|s| Value::from(*s)));
+        }
+        if let Some(n) = filter.node {
+            sql.push_str(
+                " AND (r.from_node = ? OR r.to_group = (SELECT group_id FROM node WHERE id = ?))",
+            );
+            args.push(n.into());
+            args.push(n.into());
+        }
+        sql.push_str(" ORDER BY r.id");
+        if let Some(l) = filter.limit {
+            sql.push_str(" LIMIT ?");
+            args.push(l.into());
+        }
+        self.rows(&sql, &args)
+    }
+
+    /// Number of pending or active requests reading from the copy of `file_id` on `node_id`.
+    pub fn pending_reads(&mut self, file_id: Id, node_id: Id) -> Result<u64> {
+        self.scalar(
+            "SELECT COUNT(*) FROM copy_request WHERE file_id = ? AND from_node = ? \
+             AND state IN ('pending', 'active')",
+            params![file_id, node_id],
+        )
+    }
+
+    /// Pending/active copy requests from `node_id` grouped by destination group:
+    /// (group name, count, total bytes).
+    pub fn outbound_summary(&mut self, node_id: Id) -> Result<Vec<(String, u64, u64)>> {
+        let rows = self.raw(
+            "SELECT g.name, COUNT(*), SUM(f.size) FROM copy_request r \
+             JOIN storage_group g ON g.id = r.to_group JOIN file f ON f.id = r.file_id \
+             WHERE r.from_node = ? AND r.state IN ('pending', 'active') \
+             GROUP BY g.name ORDER BY g.name",
+            params![node_id],
+        )?;
+        rows.iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get::<Option<u64>>(2)?.unwrap_or(0))))
+            .collect()
+    }
+
+    /// Claims a pending request for `host` (pending → active). True if this caller won it.
+    pub fn claim_copy_request(&mut self, id: Id, host: &str, now: i64) -> Result<bool> {
+        let n = self.exec(
+            "UPDATE copy_request SET state = 'active', claimed_by = ?, started_at = ?, \
+             attempts = attempts + 1 WHERE id = ? AND state = 'pending' AND not_before <= ?",
+            params![host, now, id, now],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Puts failed requests back in the queue with their attempts reset. `None` retries every
+    /// failed request. Returns how many were requeued.
+    pub fn retry_copy_requests(&mut self, id: Option<Id>) -> Result<u64> {
+        match id {
+            Some(id) => {
+                let req = self.copy_request(id)?;
+                if !matches!(req.state, RequestState::Failed | RequestState::Cancelled) {
+                    return Err(CatalogError::Invalid(format!(
+                        "copy request #{id} is {}, only failed or cancelled requests can be \
+                         retried",
+                        req.state
+                    )));
+                }
+                self.exec(
+                    "UPDATE copy_request SET state = 'pending', attempts = 0, not_before = 0, \
+                     finished_at = NULL WHERE id = ?",
+                    params![id],
+                )
+            }
+            None => self.exec(
+                "UPDATE copy_request SET state = 'pending', attempts = 0, not_before = 0, \
+                 finished_at = NULL WHERE state = 'failed'",
+                params![],
+            ),
+        }
+    }
+
+    /// Cancels a pending or active request.
+    pub fn cancel_copy_request(&mut self, id: Id, now: i64) -> Result<()> {
+        let req = self.copy_request(id)?;
+        if !matches!(req.state, RequestState::Pending | RequestState::Active) {
+            return Err(CatalogError::Invalid(format!(
+                "copy request #{id} is {}, only pending or active requests can be cancelled",
+                req.state
+            )));
+        }
+        self.exec(
+            "UPDATE copy_request SET state = 'cancelled', finished_at = ? WHERE id = ?",
+            params![now, id],
+        )?;
+        Ok(())
+    }
+
+    /// Copy request counts by state.
+    pub fn copy_request_counts(&mut self) -> Result<Vec<(RequestState, u64)>> {
+        let rows = self.raw(
+            "SELECT state, COUNT(*) FROM copy_request GROUP BY state ORDER BY state",
+            params![],
+        )?;
+        rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
+    }
+
+    // ---- import requests ----
+
+    /// Creates an import request (`init` for node initialisation). An identical pending
+    /// request is reused. Returns (id, created).
+    pub fn create_import_request(
+        &mut self,
+        node_id: Id,
+        path: &str,
+        scan: bool,
+        register_new: bool,
+        init: bool,
+        now: i64,
+    ) -> Result<(Id, bool)> {
+        let dup = self.raw(
+            "SELECT id FROM import_request WHERE node_id = ? AND path = ? AND scan = ? \
+             AND register_new = ? AND init = ? AND state = 'pending'",
+            params![node_id, path, scan, register_new, init],
+        )?;
+        if let Some(r) = dup.first() {
+            return Ok((r.get(0)?, false));
+        }
+        let id = self.insert(
+            "INSERT INTO import_request (node_id, path, scan, register_new, init, state, \
+             created_at) VALUES (?, ?, ?, ?, ?, 'pending', ?) RETURNING id",
+            params![node_id, path, scan, register_new, init, now],
+        )?;
+        Ok((id, true))
+    }
+
+    /// Import requests of a node (all nodes if `None`) in the given states, oldest first.
+    pub fn import_requests(
+        &mut self,
+        node_id: Option<Id>,
+        states: &[RequestState],
+    ) -> Result<Vec<ImportRequest>> {
+        let mut args: Vec<Value> = Vec::new();
+        let mut sql = format!(
+            "SELECT {} FROM {} WHERE 1 = 1",
+            ImportRequest::COLUMNS,
+            ImportRequest::FROM
+        );
+        if let Some(n) = node_id {
+            sql.push_str(" AND i.node_id = ?");
+            args.push(n.into());
+        }
+        if !states.is_empty() {
+            sql.push_str(&format!(
+                " AND i.state IN ({})",
+                vec!["?"; states.len()].join(", ")
+            ));
+            args.extend(states.iter().map(|s| Value::from(*s)));
+        }
+        sql.push_str(" ORDER BY i.id");
+        self.rows(&sql, &args)
+    }
+}

@@ -1,0 +1,220 @@
+//! The narrow waist between the catalog's named queries and a database backend.
+//!
+//! Every named query in [`crate::Tx`] is written once, in portable SQL with `?` placeholders,
+//! against the [`Backend`] trait: execute, query, begin, commit, rollback. A backend only maps
+//! values and errors and rewrites placeholders if it must. That keeps the SQL in one place, so
+//! SQLite and PostgreSQL cannot drift apart in behaviour.
+//!
+//! Portable subset used by the queries: `INSERT … RETURNING id`, `ON CONFLICT DO NOTHING`,
+//! integers for booleans, text for enums, `BIGINT` unix seconds for times.
+
+pub mod sqlite;
+
+use std::fmt;
+
+/// A value bound to a placeholder or read from a row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+impl From<i64> for Value {
+    fn from(v: i64) -> Self {
+        Value::Int(v)
+    }
+}
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+}
+impl From<i32> for Value {
+    fn from(v: i32) -> Self {
+        Value::Int(v.into())
+    }
+}
+impl From<u32> for Value {
+    fn from(v: u32) -> Self {
+        Value::Int(v.into())
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Int(v.into())
+    }
+}
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Real(v)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Text(v.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Text(v)
+    }
+}
+impl From<&String> for Value {
+    fn from(v: &String) -> Self {
+        Value::Text(v.clone())
+    }
+}
+impl<T: Into<Value>> From<Option<T>> for Value {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Value::Null, Into::into)
+    }
+}
+
+/// Builds a `&[Value]` parameter list: `params![a, b, c]`.
+#[macro_export]
+macro_rules! params {
+    () => { &[] as &[$crate::db::Value] };
+    ($($v:expr),+ $(,)?) => { &[$($crate::db::Value::from($v)),+] as &[$crate::db::Value] };
+}
+
+/// One result row.
+#[derive(Debug, Clone)]
+pub struct Row(pub Vec<Value>);
+
+/// Conversion of one column of a [`Row`].
+pub trait FromValue: Sized {
+    fn from_value(v: &Value) -> Result<Self, DbError>;
+}
+
+impl Row {
+    /// Column `i` converted to `T`; a type mismatch is a [`DbError::Decode`].
+    pub fn get<T: FromValue>(&self, i: usize) -> Result<T, DbError> {
+        let v = self.0.get(i).ok_or_else(|| {
+            DbError::Decode(format!("no column {i} in a row of {}", self.0.len()))
+        })?;
+        T::from_value(v)
+    }
+}
+
+impl FromValue for i64 {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        match v {
+            Value::Int(i) => Ok(*i),
+            other => Err(DbError::Decode(format!(
+                "expected an integer, found {other:?}"
+            ))),
+        }
+    }
+}
+impl FromValue for u64 {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        let i = i64::from_value(v)?;
+        u64::try_from(i).map_err(|_| DbError::Decode(format!("expected a size, found {i}")))
+    }
+}
+impl FromValue for u32 {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        let i = i64::from_value(v)?;
+        u32::try_from(i).map_err(|_| DbError::Decode(format!("expected a count, found {i}")))
+    }
+}
+impl FromValue for bool {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        Ok(i64::from_value(v)? != 0)
+    }
+}
+impl FromValue for f64 {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        match v {
+            Value::Real(f) => Ok(*f),
+            Value::Int(i) => Ok(*i as f64),
+            other => Err(DbError::Decode(format!(
+                "expected a number, found {other:?}"
+            ))),
+        }
+    }
+}
+impl FromValue for String {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        match v {
+            Value::Text(s) => Ok(s.clone()),
+            other => Err(DbError::Decode(format!("expected text, found {other:?}"))),
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: &Value) -> Result<Self, DbError> {
+        match v {
+            Value::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// A failure of the database itself, as opposed to the catalog saying no.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// Another process holds the lock or a serialization conflict occurred; the whole
+    /// transaction may be retried.
+    #[error("database busy: {0}")]
+    Busy(String),
+    /// A unique or foreign-key constraint failed.
+    #[error("constraint failed: {0}")]
+    Constraint(String),
+    /// A column did not hold what the query expected.
+    #[error("unexpected value in the catalog: {0}")]
+    Decode(String),
+    /// The database could not be opened.
+    #[error("cannot open {url}: {reason}")]
+    Open { url: String, reason: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl DbError {
+    pub fn is_busy(&self) -> bool {
+        matches!(self, DbError::Busy(_))
+    }
+}
+
+/// Which SQL dialect a backend speaks, for the few statements that differ (DDL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Dialect::Sqlite => "SQLite",
+            Dialect::Postgres => "PostgreSQL",
+        })
+    }
+}
+
+/// How a transaction intends to use the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxMode {
+    /// A consistent snapshot for reading.
+    Read,
+    /// Takes the write lock up front (SQLite `BEGIN IMMEDIATE`), so a transaction never fails
+    /// half-way because another writer got in first.
+    Write,
+}
+
+/// A connection to one catalog database.
+pub trait Backend: Send {
+    fn dialect(&self) -> Dialect;
+    /// Runs a statement and returns the number of rows changed.
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError>;
+    /// Runs a query and returns all its rows.
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError>;
+    /// Runs several statements separated by `;` with no parameters (DDL).
+    fn execute_batch(&mut self, sql: &str) -> Result<(), DbError>;
+    fn begin(&mut self, mode: TxMode) -> Result<(), DbError>;
+    fn commit(&mut self) -> Result<(), DbError>;
+    fn rollback(&mut self) -> Result<(), DbError>;
+}

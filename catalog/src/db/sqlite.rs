@@ -1,0 +1,239 @@
+//! SQLite backend: the embedded default, shared by every process on one machine.
+//!
+//! Opened in WAL mode with a busy timeout and foreign keys on (asserted after setting, since a
+//! PRAGMA that is silently ignored would be a latent bug). Writers take the lock up front with
+//! `BEGIN IMMEDIATE`, so a write transaction waits in SQLite's busy handler instead of failing
+//! half-way; what still comes back as `SQLITE_BUSY` is retried by [`crate::Catalog`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+
+use super::{Backend, DbError, Dialect, Row, TxMode, Value};
+
+/// How long SQLite itself waits for a lock before returning `SQLITE_BUSY`.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub struct SqliteBackend {
+    conn: Connection,
+}
+
+/// The file path named by a `sqlite://` URL: `sqlite:///abs/path.db` or `sqlite://rel.db`.
+pub fn path_from_url(url: &str) -> Option<PathBuf> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    if rest.is_empty() {
+        return None;
+    }
+    Some(PathBuf::from(rest))
+}
+
+impl SqliteBackend {
+    /// Opens (creating if `create`) the database file at `path`.
+    pub fn open(path: &Path, create: bool) -> Result<Self, DbError> {
+        let open_err = |reason: String| DbError::Open {
+            url: format!("sqlite://{}", path.display()),
+            reason,
+        };
+        if !create && !path.exists() {
+            return Err(open_err(
+                "no such file (run `cairn db init` to create it)".into(),
+            ));
+        }
+        if create && let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| open_err(format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(map_err)?;
+        conn.set_prepared_statement_cache_capacity(128);
+        let mut backend = SqliteBackend { conn };
+        backend.configure()?;
+        Ok(backend)
+    }
+
+    fn configure(&mut self) -> Result<(), DbError> {
+        // journal_mode needs the write lock on a fresh file; retry while another process has it.
+        let mode: String = retry_busy(|| {
+            self.conn
+                .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+                .map_err(map_err)
+        })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(DbError::Other(format!(
+                "SQLite refused WAL mode (journal_mode is {mode}); is the catalog on a network filesystem?"
+            )));
+        }
+        self.conn
+            .execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
+            .map_err(map_err)?;
+        let fk: i64 = self
+            .conn
+            .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+            .map_err(map_err)?;
+        if fk != 1 {
+            return Err(DbError::Other(
+                "SQLite refused to enable foreign keys".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T, DbError>) -> Result<T, DbError> {
+    let mut delay = Duration::from_millis(5);
+    for _ in 0..50 {
+        match f() {
+            Err(e) if e.is_busy() => {
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+    f()
+}
+
+fn map_err(e: rusqlite::Error) -> DbError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => DbError::Busy(e.to_string()),
+            ErrorCode::ConstraintViolation => DbError::Constraint(e.to_string()),
+            _ => DbError::Other(e.to_string()),
+        },
+        _ => DbError::Other(e.to_string()),
+    }
+}
+
+fn to_sql(v: &Value) -> rusqlite::types::Value {
+    use rusqlite::types::Value as S;
+    match v {
+        Value::Null => S::Null,
+        Value::Int(i) => S::Integer(*i),
+        Value::Real(f) => S::Real(*f),
+        Value::Text(s) => S::Text(s.clone()),
+    }
+}
+
+fn from_sql(v: ValueRef<'_>) -> Result<Value, DbError> {
+    Ok(match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Int(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(
+            std::str::from_utf8(t)
+                .map_err(|e| DbError::Decode(format!("text column is not UTF-8: {e}")))?
+                .to_owned(),
+        ),
+        ValueRef::Blob(_) => return Err(DbError::Decode("unexpected blob column".into())),
+    })
+}
+
+impl Backend for SqliteBackend {
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(map_err)?;
+        let params: Vec<_> = params.iter().map(to_sql).collect();
+        let n = stmt
+            .execute(rusqlite::params_from_iter(params))
+            .map_err(map_err)?;
+        Ok(n as u64)
+    }
+
+    fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(map_err)?;
+        let ncols = stmt.column_count();
+        let params: Vec<_> = params.iter().map(to_sql).collect();
+        let mut rows = stmt
+            .query(rusqlite::params_from_iter(params))
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        while let Some(r) = rows.next().map_err(map_err)? {
+            let mut vals = Vec::with_capacity(ncols);
+            for i in 0..ncols {
+                vals.push(from_sql(r.get_ref(i).map_err(map_err)?)?);
+            }
+            out.push(Row(vals));
+        }
+        Ok(out)
+    }
+
+    fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
+        self.conn.execute_batch(sql).map_err(map_err)
+    }
+
+    fn begin(&mut self, mode: TxMode) -> Result<(), DbError> {
+        let sql = match mode {
+            TxMode::Read => "BEGIN DEFERRED",
+            TxMode::Write => "BEGIN IMMEDIATE",
+        };
+        self.conn.execute_batch(sql).map_err(map_err)
+    }
+
+    fn commit(&mut self) -> Result<(), DbError> {
+        self.conn.execute_batch("COMMIT").map_err(map_err)
+    }
+
+    fn rollback(&mut self) -> Result<(), DbError> {
+        if self.conn.is_autocommit() {
+            return Ok(());
+        }
+        self.conn.execute_batch("ROLLBACK").map_err(map_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_forms() {
+        assert_eq!(
+            path_from_url("sqlite:///var/lib/cairn/catalog.db"),
+            Some(PathBuf::from("/var/lib/cairn/catalog.db"))
+        );
+        assert_eq!(
+            path_from_url("sqlite://rel.db"),
+            Some(PathBuf::from("rel.db"))
+        );
+        assert_eq!(
+            path_from_url("sqlite:rel.db"),
+            Some(PathBuf::from("rel.db"))
+        );
+        assert_eq!(path_from_url("sqlite://"), None);
+        assert_eq!(path_from_url("postgres://x"), None);
+    }
+
+    #[test]
+    fn pragmas_are_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
+        let mode = b.query("PRAGMA journal_mode", &[]).unwrap();
+        assert_eq!(mode[0].get::<String>(0).unwrap(), "wal");
+        let fk = b.query("PRAGMA foreign_keys", &[]).unwrap();
+        assert_eq!(fk[0].get::<i64>(0).unwrap(), 1);
+        let t = b.query("PRAGMA busy_timeout", &[]).unwrap();
+        assert_eq!(t[0].get::<i64>(0).unwrap(), 5000);
+    }
+
+    #[test]
+    fn open_missing_without_create_says_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = SqliteBackend::open(&dir.path().join("none.db"), false)
+            .err()
+            .expect("opening a missing catalog fails");
+        assert!(err.to_string().contains("cairn db init"), "{err}");
+    }
+}

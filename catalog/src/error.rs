@@ -1,0 +1,62 @@
+//! Catalog errors: "the catalog said no" kept apart from "the database failed".
+
+use crate::db::DbError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// A named thing does not exist: `node "demo_storag2" not found`.
+    #[error("{kind} {name:?} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// A named thing exists already.
+    #[error("{kind} {name:?} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    /// The request contradicts the catalog's rules (e.g. an archive node in a transport group).
+    #[error("{0}")]
+    Invalid(String),
+    /// The catalog has no schema yet.
+    #[error("the catalog at {url} is not initialised: run `cairn db init`")]
+    NotInitialised { url: String },
+    /// The catalog's schema is older than this build.
+    #[error(
+        "the catalog at {url} has schema version {found}, this cairn needs version {expected}: \
+         run `cairn db upgrade`"
+    )]
+    SchemaTooOld {
+        url: String,
+        found: u32,
+        expected: u32,
+    },
+    /// The catalog's schema is newer than this build.
+    #[error(
+        "the catalog at {url} has schema version {found}, newer than this cairn knows \
+         ({expected}): upgrade cairn on this machine"
+    )]
+    SchemaTooNew {
+        url: String,
+        found: u32,
+        expected: u32,
+    },
+    /// The URL names no backend this build has.
+    #[error("unsupported catalog url {0:?}: expected sqlite:///path/to/catalog.db")]
+    UnsupportedUrl(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+impl CatalogError {
+    pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
+        CatalogError::NotFound {
+            kind,
+            name: name.into(),
+        }
+    }
+
+    pub fn exists(kind: &'static str, name: impl Into<String>) -> Self {
+        CatalogError::AlreadyExists {
+            kind,
+            name: name.into(),
+        }
+    }
+}
+
+pub type Result<T, E = CatalogError> = std::result::Result<T, E>;

@@ -1,0 +1,22 @@
+//! The cairn catalog: the data index every cairn process shares.
+//!
+//! - [`Catalog`] opens a catalog by URL and runs named queries in transactions ([`Tx`]),
+//!   retrying whole transactions when the database is busy.
+//! - [`db`] is the narrow backend interface (SQLite today, PostgreSQL next).
+//! - [`schema`] holds the migrations and the version check.
+//! - [`rules`] holds the storage-graph rules as plain functions.
+//! - [`config`] is the typed `cairn.toml`; [`units`] parses and prints sizes, durations, times.
+
+pub mod catalog;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod md5;
+pub mod model;
+pub mod rules;
+pub mod schema;
+pub mod units;
+
+pub use catalog::{Catalog, Tx};
+pub use config::Config;
+pub use error::CatalogError;

@@ -1,0 +1,205 @@
+//! Schema and migrations.
+//!
+//! The schema is a list of migrations, applied in order, each in its own transaction together
+//! with the bump of `schema_version.version`. A binary knows the version it was built for
+//! ([`SCHEMA_VERSION`]) and refuses a catalog of any other version with a message naming the
+//! command that fixes it: `cairn db upgrade` when the catalog is older, a newer cairn when the
+//! catalog is newer. `docs/catalog-schema.md` keeps the history in prose.
+//!
+//! The SQL is shared by every backend; the one token `{ID}` stands for an auto-assigned
+//! integer primary key, which SQLite and PostgreSQL spell differently.
+
+use crate::db::Dialect;
+
+/// The schema version this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub struct Migration {
+    /// The version the catalog has after this migration.
+    pub version: u32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one: add a new one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "initial schema: hosts, groups, nodes, the directory tree, acquisitions, \
+                  files, copies, copy and import requests, auto-actions",
+    sql: V1,
+}];
+
+const V1: &str = r#"
+CREATE TABLE schema_version (
+    version     INTEGER NOT NULL,
+    catalog_id  TEXT NOT NULL,
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE host (
+    id          {ID},
+    name        TEXT NOT NULL UNIQUE,
+    address     TEXT,
+    notes       TEXT,
+    last_seen   BIGINT
+);
+
+CREATE TABLE storage_group (
+    id          {ID},
+    name        TEXT NOT NULL UNIQUE,
+    io_class    TEXT NOT NULL DEFAULT 'default' CHECK (io_class IN ('default', 'transport')),
+    notes       TEXT
+);
+
+CREATE TABLE node (
+    id           {ID},
+    name         TEXT NOT NULL UNIQUE,
+    group_id     BIGINT NOT NULL REFERENCES storage_group (id),
+    kind         TEXT NOT NULL DEFAULT 'field' CHECK (kind IN ('field', 'archive', 'transport')),
+    host_id      BIGINT REFERENCES host (id),
+    root         TEXT,
+    active       INTEGER NOT NULL DEFAULT 0,
+    auto_import  INTEGER NOT NULL DEFAULT 0,
+    auto_verify  BIGINT,
+    max_total    BIGINT,
+    min_avail    BIGINT,
+    avail        BIGINT,
+    capacity     BIGINT,
+    last_checked BIGINT,
+    username     TEXT,
+    address      TEXT,
+    notes        TEXT
+);
+CREATE INDEX node_group ON node (group_id);
+CREATE INDEX node_host ON node (host_id);
+
+CREATE TABLE dir (
+    id          {ID},
+    parent_id   BIGINT REFERENCES dir (id),
+    name        TEXT NOT NULL,
+    path        TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX dir_parent_name ON dir (parent_id, name);
+INSERT INTO dir (parent_id, name, path, created_at) VALUES (NULL, '', '', 0);
+
+CREATE TABLE acq (
+    id          {ID},
+    name        TEXT NOT NULL UNIQUE,
+    created_at  BIGINT NOT NULL
+);
+
+CREATE TABLE file (
+    id            {ID},
+    dir_id        BIGINT NOT NULL REFERENCES dir (id),
+    name          TEXT NOT NULL,
+    acq_id        BIGINT NOT NULL REFERENCES acq (id),
+    size          BIGINT NOT NULL,
+    md5           TEXT NOT NULL,
+    mtime         BIGINT NOT NULL,
+    registered_at BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX file_dir_name ON file (dir_id, name);
+CREATE INDEX file_acq ON file (acq_id);
+
+CREATE TABLE copy (
+    id               {ID},
+    file_id          BIGINT NOT NULL REFERENCES file (id),
+    node_id          BIGINT NOT NULL REFERENCES node (id),
+    has              TEXT NOT NULL CHECK (has IN ('yes', 'suspect', 'corrupt', 'no')),
+    wants            TEXT NOT NULL DEFAULT 'keep'
+                     CHECK (wants IN ('keep', 'release_when_needed', 'release_now')),
+    verify_requested INTEGER NOT NULL DEFAULT 0,
+    size_on_node     BIGINT,
+    added_at         BIGINT NOT NULL,
+    verified_at      BIGINT,
+    updated_at       BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX copy_file_node ON copy (file_id, node_id);
+CREATE INDEX copy_node_has ON copy (node_id, has);
+
+CREATE TABLE copy_request (
+    id           {ID},
+    file_id      BIGINT NOT NULL REFERENCES file (id),
+    from_node    BIGINT NOT NULL REFERENCES node (id),
+    to_group     BIGINT NOT NULL REFERENCES storage_group (id),
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'active', 'done', 'failed', 'cancelled')),
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    claimed_by   TEXT,
+    not_before   BIGINT NOT NULL DEFAULT 0,
+    created_at   BIGINT NOT NULL,
+    started_at   BIGINT,
+    finished_at  BIGINT,
+    bytes        BIGINT,
+    seconds      DOUBLE PRECISION
+);
+CREATE INDEX copy_request_state_group ON copy_request (state, to_group);
+CREATE INDEX copy_request_from_state ON copy_request (from_node, state);
+CREATE INDEX copy_request_file ON copy_request (file_id);
+
+CREATE TABLE import_request (
+    id           {ID},
+    node_id      BIGINT NOT NULL REFERENCES node (id),
+    path         TEXT NOT NULL,
+    scan         INTEGER NOT NULL DEFAULT 0,
+    register_new INTEGER NOT NULL DEFAULT 0,
+    init         INTEGER NOT NULL DEFAULT 0,
+    state        TEXT NOT NULL DEFAULT 'pending'
+                 CHECK (state IN ('pending', 'active', 'done', 'failed', 'cancelled')),
+    last_error   TEXT,
+    created_at   BIGINT NOT NULL,
+    finished_at  BIGINT
+);
+CREATE INDEX import_request_node_state ON import_request (node_id, state);
+
+CREATE TABLE auto_action (
+    id          {ID},
+    group_id    BIGINT NOT NULL REFERENCES storage_group (id),
+    node_id     BIGINT NOT NULL REFERENCES node (id),
+    autosync    INTEGER NOT NULL DEFAULT 0,
+    autoclean   INTEGER NOT NULL DEFAULT 0
+);
+CREATE UNIQUE INDEX auto_action_group_node ON auto_action (group_id, node_id);
+"#;
+
+/// The migration's SQL in the given dialect.
+pub fn render(sql: &str, dialect: Dialect) -> String {
+    let id = match dialect {
+        Dialect::Sqlite => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Dialect::Postgres => "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+    };
+    sql.replace("{ID}", id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_contiguous_and_end_at_the_current_version() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                m.version as usize,
+                i + 1,
+                "migration {} out of order",
+                m.version
+            );
+        }
+        assert_eq!(MIGRATIONS.last().map(|m| m.version), Some(SCHEMA_VERSION));
+    }
+
+    #[test]
+    fn render_replaces_every_token() {
+        for m in MIGRATIONS {
+            for d in [Dialect::Sqlite, Dialect::Postgres] {
+                assert!(
+                    !render(m.sql, d).contains('{'),
+                    "unrendered token in {}",
+                    m.version
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! End-to-end harness: real processes against real catalogs.

@@ -1,0 +1,66 @@
+//! The command tree, after alpenhorn's: one module per group of subcommands.
+
+mod acq;
+mod db;
+mod file;
+mod group;
+mod host;
+mod node;
+mod request;
+mod status;
+
+use anyhow::Result;
+use clap::Subcommand;
+
+use crate::Ctx;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or upgrade the catalog
+    #[command(subcommand)]
+    Db(db::Command),
+    /// Hosts: the machines that run a cairnd
+    #[command(subcommand)]
+    Host(host::Command),
+    /// Storage groups: where copies are wanted
+    #[command(subcommand)]
+    Group(group::Command),
+    /// Storage nodes: the disks and trees that hold copies
+    #[command(subcommand)]
+    Node(node::Command),
+    /// Archived files and their copies
+    #[command(subcommand)]
+    File(file::Command),
+    /// Acquisitions: the units files are grouped in
+    #[command(subcommand)]
+    Acq(acq::Command),
+    /// Copy and import requests
+    #[command(subcommand)]
+    Request(request::Command),
+    /// One screen on the whole archive: hosts, nodes, queues
+    Status,
+}
+
+pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
+    match cmd {
+        Command::Db(c) => db::run(ctx, c),
+        Command::Host(c) => host::run(ctx, c),
+        Command::Group(c) => group::run(ctx, c),
+        Command::Node(c) => node::run(ctx, c),
+        Command::File(c) => file::run(ctx, c),
+        Command::Acq(c) => acq::run(ctx, c),
+        Command::Request(c) => request::run(ctx, c),
+        Command::Status => status::run(ctx),
+    }
+}
+
+/// clap value parser for sizes: `50GiB`, `10 GB`, `4096`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    cairn_catalog::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// clap value parser for durations: `10s`, `7d`, `1h30m`; as seconds.
+pub fn parse_duration_secs(s: &str) -> Result<i64, String> {
+    let d = cairn_catalog::units::parse_duration(s).map_err(|e| e.to_string())?;
+    i64::try_from(d.as_secs()).map_err(|_| format!("duration {s:?} is too long"))
+}

@@ -1,0 +1,887 @@
+use anyhow::{Result, bail};
+use cairn_catalog::catalog::{NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
+use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats, Wants};
+use cairn_catalog::units::{format_duration, now};
+use cairn_catalog::{Catalog, CatalogError};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::group::Side;
+use super::{parse_duration_secs, parse_size};
+use crate::Ctx;
+use crate::output::{
+    Table, confirm, count_size, json, on_off, opt_size, opt_str, opt_time, opt_time_short, plural,
+    size_or_dash, yes_no,
+};
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct KindArgs {
+    /// The node is an archive node: its copies count towards `min_archive_copies`
+    #[arg(long)]
+    archive: bool,
+    /// The node is a field node (the default): its copies do not count as archived
+    #[arg(long)]
+    field: bool,
+    /// The node is a transport disk carried between sites
+    #[arg(long)]
+    transport: bool,
+}
+
+impl KindArgs {
+    fn kind(&self) -> Option<NodeKind> {
+        if self.archive {
+            Some(NodeKind::Archive)
+        } else if self.transport {
+            Some(NodeKind::Transport)
+        } else if self.field {
+            Some(NodeKind::Field)
+        } else {
+            None
+        }
+    }
+}
+
+/// Options shared by `node sync` and `group sync`.
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Skip files already present in this group (the final destination behind a transport
+    /// group)
+    #[arg(long)]
+    target: Option<String>,
+    /// Only files of this acquisition
+    #[arg(long)]
+    acq: Option<String>,
+    /// List the files that would be synced
+    #[arg(long)]
+    show_files: bool,
+    /// Do not ask for confirmation
+    #[arg(long, short = 'f')]
+    force: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a storage node
+    Create {
+        name: String,
+        /// The group the node belongs to
+        #[arg(long, required_unless_present = "create_group")]
+        group: Option<String>,
+        /// Also create a group of the same name for it
+        #[arg(long, conflicts_with = "group")]
+        create_group: bool,
+        #[command(flatten)]
+        kind: KindArgs,
+        /// Where the node's tree is mounted on its host (absolute path)
+        #[arg(long)]
+        root: Option<String>,
+        /// The host whose cairnd manages the node (created if new)
+        #[arg(long)]
+        host: Option<String>,
+        /// Import new files written under the root automatically
+        #[arg(long)]
+        auto_import: bool,
+        /// Re-verify copies older than this (e.g. 30d)
+        #[arg(long, value_parser = parse_duration_secs, value_name = "AGE")]
+        auto_verify: Option<i64>,
+        /// Most bytes of copies the node may hold (e.g. 10TiB)
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        max_total: Option<u64>,
+        /// Free space that must remain on the node's filesystem (e.g. 50GiB)
+        #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+        min_avail: Option<u64>,
+        /// Log-in user for the rsync-over-ssh transfer method
+        #[arg(long)]
+        username: Option<String>,
+        /// Log-in address for the rsync-over-ssh transfer method
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        notes: Option<String>,
+        /// Also request initialisation of the node
+        #[arg(long)]
+        init: bool,
+        /// Also activate the node
+        #[arg(long)]
+        activate: bool,
+    },
+    /// List storage nodes
+    List,
+    /// Show a storage node
+    Show {
+        name: String,
+        /// Show file counts and usage
+        #[arg(long)]
+        stats: bool,
+        /// Show its auto-actions
+        #[arg(long)]
+        actions: bool,
+        /// Show everything: stats, pending requests, auto-actions
+        #[arg(long)]
+        all: bool,
+    },
+    /// Change a storage node
+    Modify {
+        name: String,
+        #[command(flatten)]
+        kind: KindArgs,
+        /// Move the node to another group
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        root: Option<String>,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long, overrides_with = "no_auto_import")]
+        auto_import: bool,
+        #[arg(long)]
+        no_auto_import: bool,
+        #[arg(long, value_parser = parse_duration_secs, value_name = "AGE",
+              conflicts_with = "no_auto_verify")]
+        auto_verify: Option<i64>,
+        #[arg(long)]
+        no_auto_verify: bool,
+        #[arg(long, value_parser = parse_size, value_name = "SIZE",
+              conflicts_with = "no_max_total")]
+        max_total: Option<u64>,
+        #[arg(long)]
+        no_max_total: bool,
+        #[arg(long, value_parser = parse_size, value_name = "SIZE",
+              conflicts_with = "no_min_avail")]
+        min_avail: Option<u64>,
+        #[arg(long)]
+        no_min_avail: bool,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// Let the node's host use it (optionally moving it: a transport disk that travelled)
+    Activate {
+        name: String,
+        #[arg(long)]
+        host: Option<String>,
+        #[arg(long)]
+        root: Option<String>,
+        #[arg(long)]
+        username: Option<String>,
+        #[arg(long)]
+        address: Option<String>,
+    },
+    /// Stop using the node
+    Deactivate { name: String },
+    /// Ask the node's cairnd to initialise it (write its marker)
+    Init { name: String },
+    /// Ask the node's cairnd to look for files under PATH
+    Scan {
+        node: String,
+        /// Directory below the node root to scan
+        #[arg(default_value = ".")]
+        path: String,
+        /// Register files the catalog does not know yet
+        #[arg(long)]
+        register_new: bool,
+    },
+    /// Ask the node's cairnd to re-check copies against their md5
+    Verify {
+        node: String,
+        /// Every copy on the node
+        #[arg(long)]
+        all: bool,
+        /// Healthy copies
+        #[arg(long)]
+        healthy: bool,
+        /// Corrupt copies (the default, with --suspect)
+        #[arg(long)]
+        corrupt: bool,
+        /// Suspect copies (the default, with --corrupt)
+        #[arg(long)]
+        suspect: bool,
+        /// Only files of this acquisition
+        #[arg(long)]
+        acq: Option<String>,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Copy every file on NODE that GROUP lacks into GROUP
+    Sync {
+        node: String,
+        group: String,
+        #[command(flatten)]
+        args: SyncArgs,
+    },
+    /// Release copies on the node so cairnd deletes them (never below the archive rule)
+    Clean {
+        node: String,
+        /// Delete as soon as allowed (else only when the node needs space)
+        #[arg(long)]
+        now: bool,
+        /// Only files present in this group
+        #[arg(long)]
+        target: Option<String>,
+        /// Only files of this acquisition
+        #[arg(long)]
+        acq: Option<String>,
+        /// Keep the copies after all (undo an earlier clean)
+        #[arg(long, conflicts_with = "now")]
+        cancel: bool,
+        /// List the files that would be released
+        #[arg(long)]
+        show_files: bool,
+        /// Do not ask for confirmation
+        #[arg(long, short = 'f')]
+        force: bool,
+    },
+    /// Release a file on NODE automatically once it arrives in GROUP (auto-clean)
+    Autoclean {
+        node: String,
+        group: String,
+        /// Stop the auto-clean instead
+        #[arg(long)]
+        remove: bool,
+    },
+    /// File counts and sizes per node
+    Stats {
+        /// Only these nodes
+        nodes: Vec<String>,
+        /// Also count corrupt, suspect and missing copies
+        #[arg(long)]
+        extra_stats: bool,
+    },
+}
+
+pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
+    let mut cat = ctx.open()?;
+    match cmd {
+        Command::Create {
+            name,
+            group,
+            create_group,
+            kind,
+            root,
+            host,
+            auto_import,
+            auto_verify,
+            max_total,
+            min_avail,
+            username,
+            address,
+            notes,
+            init,
+            activate,
+        } => {
+            if activate && (host.is_none() || root.is_none()) {
+                bail!("node {name:?} cannot be activated without --host and --root");
+            }
+            let kind = kind.kind();
+            let new = NewNode {
+                name: name.clone(),
+                group: group.unwrap_or_else(|| name.clone()),
+                kind,
+                host,
+                root,
+                active: activate,
+                auto_import,
+                auto_verify,
+                max_total,
+                min_avail,
+                username,
+                address,
+                notes,
+            };
+            let (node, host_created) = cat.write(|tx| {
+                if create_group {
+                    let class = match kind {
+                        Some(NodeKind::Transport) => IoClass::Transport,
+                        _ => IoClass::Default,
+                    };
+                    tx.create_group(&new.group, class, None)?;
+                }
+                let created = tx.create_node(&new)?;
+                if init {
+                    tx.create_import_request(created.0.id, ".", false, false, true, now())?;
+                }
+                Ok(created)
+            })?;
+            if create_group {
+                println!("Created storage group \"{}\".", node.group);
+            }
+            if host_created {
+                println!("Created host \"{}\".", opt_str(node.host.as_deref()));
+            }
+            println!("Created storage node \"{name}\".");
+            if init {
+                println!("Requested initialisation of Node \"{name}\".");
+            }
+            if activate {
+                println!("Storage node \"{name}\" activated.");
+            }
+        }
+        Command::List => {
+            let nodes = cat.read(|tx| tx.nodes())?;
+            if ctx.json {
+                return json(&nodes);
+            }
+            let mut t = Table::new(&["Name", "Group", "Type", "Host", "Root", "Active"]);
+            for n in &nodes {
+                t.row(vec![
+                    n.name.clone(),
+                    n.group.clone(),
+                    n.kind.display_name().into(),
+                    opt_str(n.host.as_deref()).into(),
+                    opt_str(n.root.as_deref()).into(),
+                    yes_no(n.active).into(),
+                ]);
+            }
+            t.print();
+        }
+        Command::Show {
+            name,
+            stats,
+            actions,
+            all,
+        } => show(ctx, &mut cat, &name, stats || all, actions || all, all)?,
+        Command::Modify {
+            name,
+            kind,
+            group,
+            root,
+            host,
+            auto_import,
+            no_auto_import,
+            auto_verify,
+            no_auto_verify,
+            max_total,
+            no_max_total,
+            min_avail,
+            no_min_avail,
+            username,
+            address,
+            notes,
+        } => {
+            let clear_or = |flag: bool, v: Option<u64>| if flag { Some(None) } else { v.map(Some) };
+            let update = NodeUpdate {
+                kind: kind.kind(),
+                group,
+                host: host.map(Some),
+                root: root.map(Some),
+                active: None,
+                auto_import: if no_auto_import {
+                    Some(false)
+                } else if auto_import {
+                    Some(true)
+                } else {
+                    None
+                },
+                auto_verify: if no_auto_verify {
+                    Some(None)
+                } else {
+                    auto_verify.map(Some)
+                },
+                max_total: clear_or(no_max_total, max_total),
+                min_avail: clear_or(no_min_avail, min_avail),
+                username: username.map(|u| Some(u).filter(|u| !u.is_empty())),
+                address: address.map(|a| Some(a).filter(|a| !a.is_empty())),
+                notes: notes.map(|n| Some(n).filter(|n| !n.is_empty())),
+            };
+            if update.is_empty() {
+                bail!("nothing to change for node {name:?}: give at least one option (see --help)");
+            }
+            let (node, host_created) = cat.write(|tx| tx.update_node(&name, &update))?;
+            if host_created {
+                println!("Created host \"{}\".", opt_str(node.host.as_deref()));
+            }
+            println!("Node updated.");
+        }
+        Command::Activate {
+            name,
+            host,
+            root,
+            username,
+            address,
+        } => {
+            let update = NodeUpdate {
+                host: host.map(Some),
+                root: root.map(Some),
+                username: username.map(Some),
+                address: address.map(Some),
+                active: Some(true),
+                ..NodeUpdate::default()
+            };
+            let (was_active, node, host_created) = cat.write(|tx| {
+                let before = tx.node(&name)?;
+                let (after, created) = tx.update_node(&name, &update)?;
+                if after.host.is_none() || after.root.is_none() {
+                    return Err(CatalogError::Invalid(format!(
+                        "node {name:?} cannot be activated without a host and a root \
+                         (give --host and --root)"
+                    )));
+                }
+                Ok((before.active, after, created))
+            })?;
+            if host_created {
+                println!("Created host \"{}\".", opt_str(node.host.as_deref()));
+            }
+            if was_active && update.host.is_none() && update.root.is_none() {
+                println!("Storage node \"{name}\" is already active.");
+            } else {
+                println!("Storage node \"{name}\" activated.");
+            }
+        }
+        Command::Deactivate { name } => {
+            let update = NodeUpdate {
+                active: Some(false),
+                ..NodeUpdate::default()
+            };
+            let was_active = cat.write(|tx| {
+                let before = tx.node(&name)?;
+                tx.update_node(&name, &update)?;
+                Ok(before.active)
+            })?;
+            if was_active {
+                println!("Storage node \"{name}\" deactivated.");
+            } else {
+                println!("Storage node \"{name}\" is already inactive.");
+            }
+        }
+        Command::Init { name } => {
+            let created = cat.write(|tx| {
+                let node = tx.node(&name)?;
+                tx.create_import_request(node.id, ".", false, false, true, now())
+                    .map(|(_, c)| c)
+            })?;
+            if created {
+                println!("Requested initialisation of Node \"{name}\".");
+            } else {
+                println!("Initialisation of Node \"{name}\" is already requested.");
+            }
+        }
+        Command::Scan {
+            node,
+            path,
+            register_new,
+        } => {
+            let path = if path == "." {
+                ".".to_owned()
+            } else {
+                let p = cairn_catalog::catalog::normalize_path(&path)?;
+                if p.is_empty() { ".".to_owned() } else { p }
+            };
+            let created = cat.write(|tx| {
+                let n = tx.node(&node)?;
+                tx.create_import_request(n.id, &path, true, register_new, false, now())
+                    .map(|(_, c)| c)
+            })?;
+            if created {
+                println!("Added request for scan of \"{path}\" on Node \"{node}\".");
+            } else {
+                println!("A scan of \"{path}\" on Node \"{node}\" is already pending.");
+            }
+        }
+        Command::Verify {
+            node,
+            all,
+            healthy,
+            corrupt,
+            suspect,
+            acq,
+            force,
+        } => {
+            let states: Vec<Has> = if all {
+                vec![Has::Yes, Has::Suspect, Has::Corrupt]
+            } else if healthy || corrupt || suspect {
+                [
+                    (healthy, Has::Yes),
+                    (suspect, Has::Suspect),
+                    (corrupt, Has::Corrupt),
+                ]
+                .into_iter()
+                .filter_map(|(on, h)| on.then_some(h))
+                .collect()
+            } else {
+                vec![Has::Suspect, Has::Corrupt]
+            };
+            let files = cat.read(|tx| {
+                let n = tx.node(&node)?;
+                let acq_id = acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id);
+                tx.verify_candidates(n.id, &states, acq_id)
+            })?;
+            let (n, bytes) = totals(&files);
+            if n == 0 {
+                println!("No files to verify.");
+                return Ok(());
+            }
+            println!("Would request verification of {}.", count_size(n, bytes));
+            if !confirm(force)? {
+                println!("Cancelled.");
+                return Ok(());
+            }
+            println!("Requesting verification of {}.", count_size(n, bytes));
+            let ids: Vec<_> = files.iter().map(|f| f.copy_id).collect();
+            let updated = cat.write(|tx| tx.request_verify(&ids, now()))?;
+            println!(
+                "Updated {updated} {}.",
+                plural(updated as usize, "file", "files")
+            );
+        }
+        Command::Sync { node, group, args } => sync(ctx, &mut cat, &node, &group, &args)?,
+        Command::Clean {
+            node,
+            now: immediately,
+            target,
+            acq,
+            cancel,
+            show_files,
+            force,
+        } => {
+            let wants = if cancel {
+                Wants::Keep
+            } else if immediately {
+                Wants::ReleaseNow
+            } else {
+                Wants::ReleaseWhenNeeded
+            };
+            let files = cat.read(|tx| {
+                let n = tx.node(&node)?;
+                let target_id = target
+                    .as_deref()
+                    .map(|g| tx.group(g))
+                    .transpose()?
+                    .map(|g| g.id);
+                let acq_id = acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id);
+                tx.clean_candidates(n.id, wants, target_id, acq_id)
+            })?;
+            let (n, bytes) = totals(&files);
+            let verb = if cancel { "keep" } else { "release" };
+            if n == 0 {
+                println!("No files to {verb}.");
+                return Ok(());
+            }
+            let colon = if show_files { ":" } else { "." };
+            println!("Would {verb} {}{colon}", count_size(n, bytes));
+            if show_files {
+                files.iter().for_each(|f| println!("{}", f.path));
+            }
+            if !confirm(force)? {
+                println!("Cancelled.");
+                return Ok(());
+            }
+            let ing = if cancel { "Keeping" } else { "Releasing" };
+            println!("{ing} {}.", count_size(n, bytes));
+            let ids: Vec<_> = files.iter().map(|f| f.copy_id).collect();
+            let updated = cat.write(|tx| tx.set_wants(&ids, wants, now()))?;
+            println!(
+                "Updated {updated} {}.",
+                plural(updated as usize, "file", "files")
+            );
+        }
+        Command::Autoclean {
+            node,
+            group,
+            remove,
+        } => {
+            let changed = cat.write(|tx| {
+                let g = tx.group(&group)?;
+                let n = tx.node(&node)?;
+                tx.set_autoclean(&g, &n, !remove)
+            })?;
+            match (remove, changed) {
+                (false, true) => println!("Auto-clean trigger: Group \"{group}\" added"),
+                (false, false) => println!("Auto-clean trigger: Group \"{group}\" already set"),
+                (true, true) => println!("Auto-clean trigger: Group \"{group}\" removed"),
+                (true, false) => println!("No auto-clean trigger for Group \"{group}\" to remove"),
+            }
+        }
+        Command::Stats { nodes, extra_stats } => {
+            let stats = cat.read(|tx| {
+                if nodes.is_empty() {
+                    tx.node_stats(None)
+                } else {
+                    let mut ids = Vec::new();
+                    for n in &nodes {
+                        ids.push(tx.node(n)?.id);
+                    }
+                    tx.node_stats(Some(&ids))
+                }
+            })?;
+            if ctx.json {
+                return json(&stats);
+            }
+            stats_table(&stats, extra_stats).print();
+        }
+    }
+    Ok(())
+}
+
+fn totals(files: &[SyncCandidate]) -> (usize, u64) {
+    (files.len(), files.iter().map(|f| f.size).sum())
+}
+
+/// `node sync NODE GROUP` and `group sync GROUP NODE`: request copies of every file that is
+/// healthy on NODE and absent from GROUP (and from `--target`).
+pub fn sync(ctx: &Ctx, cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Result<()> {
+    let _ = ctx;
+    let (src, dst, files) = cat.read(|tx| {
+        let src = tx.node(node)?;
+        let dst = tx.group(group)?;
+        if src.group_id == dst.id {
+            return Err(CatalogError::Invalid(format!(
+                "node {node:?} is in group {group:?} already: nothing to sync into itself"
+            )));
+        }
+        let target = args.target.as_deref().map(|g| tx.group(g)).transpose()?;
+        let acq_id = args
+            .acq
+            .as_deref()
+            .map(|a| tx.acq(a))
+            .transpose()?
+            .map(|a| a.id);
+        let files = tx.sync_candidates(src.id, dst.id, target.map(|g| g.id), acq_id)?;
+        Ok((src, dst, files))
+    })?;
+    let (n, bytes) = totals(&files);
+    if n == 0 {
+        println!("No files to sync.");
+        return Ok(());
+    }
+    let what = format!(
+        "{} from Node \"{}\" to Group \"{}\"",
+        count_size(n, bytes),
+        src.name,
+        dst.name
+    );
+    if args.show_files {
+        println!("Would sync {what}:");
+        files.iter().for_each(|f| println!("{}", f.path));
+    } else {
+        println!("Would sync {what}.");
+    }
+    if !confirm(args.force)? {
+        println!("Cancelled.");
+        return Ok(());
+    }
+    println!("Syncing {what}.");
+    let t = now();
+    let added = cat.write(|tx| {
+        let mut added = 0usize;
+        for f in &files {
+            let req = NewCopyRequest {
+                file_id: f.file_id,
+                from_node: src.id,
+                to_group: dst.id,
+            };
+            if tx.create_copy_request(req, t)?.is_some() {
+                added += 1;
+            }
+        }
+        Ok(added)
+    })?;
+    println!(
+        "Added {added} new copy {}.",
+        plural(added, "request", "requests")
+    );
+    if added < n {
+        println!("{} already requested.", n - added);
+    }
+    Ok(())
+}
+
+/// The `node stats` table.
+pub fn stats_table(stats: &[NodeStats], extra: bool) -> Table {
+    let mut headers = vec!["Name", "File Count", "Total Size", "% Full"];
+    if extra {
+        headers.extend(["Corrupt Files", "Suspect Files", "Missing Files"]);
+    }
+    let mut t = Table::new(&headers);
+    let count = |n: u64| {
+        if n == 0 {
+            "-".to_owned()
+        } else {
+            n.to_string()
+        }
+    };
+    for s in stats {
+        let mut row = vec![
+            s.node.clone(),
+            s.files.to_string(),
+            size_or_dash(s.bytes),
+            s.percent_full()
+                .map_or_else(|| "-".into(), |p| format!("{p:.1}")),
+        ];
+        if extra {
+            row.extend([count(s.corrupt), count(s.suspect), count(s.missing)]);
+        }
+        t.row(row);
+    }
+    t
+}
+
+/// Prints auto-actions seen from a group (which nodes feed it) or from a node.
+pub fn print_auto_actions(actions: &[AutoAction], side: Side) {
+    if actions.is_empty() {
+        println!("none");
+        return;
+    }
+    let mut t = match side {
+        Side::Group => Table::new(&["Node", "Action", "Trigger"]),
+        Side::Node => Table::new(&["Group", "Action", "Trigger"]),
+    };
+    for a in actions {
+        let other = match side {
+            Side::Group => a.node.clone(),
+            Side::Node => a.group.clone(),
+        };
+        if a.autosync {
+            let trigger = match side {
+                Side::Group => "File added to that node",
+                Side::Node => "File added to this node",
+            };
+            t.row(vec![other.clone(), "Auto-sync".into(), trigger.into()]);
+        }
+        if a.autoclean {
+            let trigger = match side {
+                Side::Group => "File added to this group",
+                Side::Node => "File added to that group",
+            };
+            t.row(vec![other.clone(), "Auto-clean".into(), trigger.into()]);
+        }
+    }
+    t.print();
+}
+
+#[derive(Serialize)]
+struct NodeView {
+    #[serde(flatten)]
+    node: Node,
+    io_class: IoClass,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stats: Option<NodeStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_imports: Option<Vec<cairn_catalog::model::ImportRequest>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pending_outbound: Option<Vec<(String, u64, u64)>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auto_actions: Option<Vec<AutoAction>>,
+}
+
+fn show(
+    ctx: &Ctx,
+    cat: &mut Catalog,
+    name: &str,
+    stats: bool,
+    actions: bool,
+    requests: bool,
+) -> Result<()> {
+    use cairn_catalog::model::RequestState;
+    let view = cat.read(|tx| {
+        let node = tx.node(name)?;
+        let io_class = tx.group(&node.group)?.io_class;
+        let st = if stats {
+            tx.node_stats(Some(&[node.id]))?.into_iter().next()
+        } else {
+            None
+        };
+        let (imports, outbound) = if requests {
+            (
+                Some(tx.import_requests(Some(node.id), &[RequestState::Pending])?),
+                Some(tx.outbound_summary(node.id)?),
+            )
+        } else {
+            (None, None)
+        };
+        let acts = if actions {
+            Some(tx.auto_actions(None, Some(node.id))?)
+        } else {
+            None
+        };
+        // Auto-clean triggers name this node too, from the group's side.
+        Ok(NodeView {
+            node,
+            io_class,
+            stats: st,
+            pending_imports: imports,
+            pending_outbound: outbound,
+            auto_actions: acts,
+        })
+    })?;
+    if ctx.json {
+        return json(&view);
+    }
+    let n = &view.node;
+    println!("Storage Node: {}", n.name);
+    println!("Storage Group: {}", n.group);
+    println!("Active: {}", yes_no(n.active));
+    println!("Type: {}", n.kind.display_name());
+    println!("Notes: {}", opt_str(n.notes.as_deref()));
+    println!("I/O Class: {}", view.io_class.display_name());
+    println!();
+    println!("Daemon Host: {}", opt_str(n.host.as_deref()));
+    println!("Root: {}", opt_str(n.root.as_deref()));
+    println!("Log-in Address: {}", opt_str(n.address.as_deref()));
+    println!("Log-in Username: {}", opt_str(n.username.as_deref()));
+    println!();
+    println!("Auto-Import: {}", on_off(n.auto_import));
+    println!(
+        "Auto-Verify: {}",
+        n.auto_verify.map_or_else(
+            || "Off".to_owned(),
+            |s| format!(
+                "older than {}",
+                format_duration(std::time::Duration::from_secs(s as u64))
+            )
+        )
+    );
+    println!("Max Total: {}", opt_size(n.max_total));
+    println!("Available: {}", opt_size(n.avail));
+    println!("Min Available: {}", opt_size(n.min_avail));
+    println!("Last Checked: {}", opt_time(n.last_checked));
+    if let Some(s) = &view.stats {
+        println!();
+        println!("Stats:");
+        println!("    Total Files: {}", s.files);
+        println!("    Total Size: {}", size_or_dash(s.bytes));
+        println!(
+            "    Usage: {}%",
+            s.percent_full()
+                .map_or_else(|| "-".into(), |p| format!("{p:.1}"))
+        );
+    }
+    if let Some(imports) = &view.pending_imports {
+        println!();
+        println!("Pending import requests:");
+        let mut t = Table::new(&["Path", "Scan", "Register New", "Request Time"]);
+        for r in imports {
+            let (path, scan, reg) = if r.init {
+                ("[Node Init]".to_owned(), "-", "-")
+            } else {
+                (r.path.clone(), yes_no(r.scan), yes_no(r.register_new))
+            };
+            t.row(vec![
+                path,
+                scan.into(),
+                reg.into(),
+                opt_time_short(Some(r.created_at)),
+            ]);
+        }
+        t.print();
+    }
+    if let Some(outbound) = &view.pending_outbound {
+        println!();
+        println!("Pending outbound transfers:");
+        let mut t = Table::new(&["Dest. Group", "Request Count", "Total Size"]);
+        for (g, count, bytes) in outbound {
+            t.row(vec![g.clone(), count.to_string(), size_or_dash(*bytes)]);
+        }
+        t.print();
+    }
+    if let Some(acts) = &view.auto_actions {
+        println!();
+        println!("Auto-actions:");
+        print_auto_actions(acts, Side::Node);
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `cairn`, the admin command line: writes requests into the catalog; cairnd carries them out.
+
+mod cmd;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result};
+use cairn_catalog::{Catalog, Config};
+use clap::Parser;
+
+/// Manage a cairn archive: hosts, storage groups and nodes, files and their copies.
+#[derive(Debug, Parser)]
+#[command(name = "cairn", version, propagate_version = true)]
+struct Cli {
+    /// Config file [default: $CAIRN_CONFIG, else /etc/cairn/cairn.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Catalog URL, overriding `catalog.url` of the config (e.g. sqlite:///srv/catalog.db)
+    #[arg(long, global = true, value_name = "URL", env = "CAIRN_CATALOG")]
+    catalog: Option<String>,
+    /// Print JSON instead of tables (listings and shows)
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: cmd::Command,
+}
+
+/// What every command gets: the config, the catalog URL, output mode.
+pub struct Ctx {
+    pub config: Config,
+    pub url: String,
+    pub json: bool,
+}
+
+impl Ctx {
+    /// Opens the catalog, checking its schema version.
+    pub fn open(&self) -> Result<Catalog> {
+        Catalog::open(&self.url).context("failed to open the catalog")
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
+    let url = cli.catalog.unwrap_or_else(|| config.catalog.url.clone());
+    let ctx = Ctx {
+        config,
+        url,
+        json: cli.json,
+    };
+    cmd::run(&ctx, cli.command)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
