@@ -1,0 +1,570 @@
+//! The catalog conformance suite: every backend must pass every test here.
+//!
+//! Each behaviour is a function over an open, empty catalog; `backend_tests!` instantiates it
+//! once per backend as `<behaviour>_<backend>`. The PostgreSQL backend joins the list when it
+//! exists.
+
+use cairn_catalog::catalog::{
+    CopyRequestFilter, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
+};
+use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
+use cairn_catalog::{Catalog, CatalogError};
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cat: Catalog,
+}
+
+fn sqlite() -> Fixture {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    let cat = Catalog::init(&url).expect("a fresh catalog");
+    Fixture { _dir: dir, cat }
+}
+
+macro_rules! backend_tests {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[test]
+                fn $name() {
+                    let mut f = super::sqlite();
+                    super::$name(&mut f.cat);
+                }
+            )+
+        }
+    };
+}
+
+backend_tests!(
+    groups_and_nodes_round_trip,
+    duplicate_names_are_refused,
+    unknown_names_are_not_found,
+    transport_groups_hold_only_transport_nodes,
+    node_update_changes_only_what_is_given,
+    register_file_is_idempotent_and_immutable,
+    register_rejects_bad_paths_and_md5,
+    directory_tree_and_lookup,
+    sync_candidates_skip_files_present_in_group_or_target,
+    corrupt_copy_does_not_count_as_present,
+    clean_candidates_follow_target_and_wants,
+    copy_requests_are_deduplicated_and_claimed_once,
+    retry_and_cancel_follow_request_state,
+    import_requests_reuse_identical_pending_ones,
+    auto_actions_toggle_and_list,
+    node_stats_count_healthy_copies_only,
+    failed_transaction_changes_nothing,
+    path_prefix_selects_a_subtree_only,
+);
+
+const NOW: i64 = 1_740_179_228;
+
+fn md5(n: u64) -> String {
+    format!("{n:032x}")
+}
+
+/// Two groups with one node each on two hosts, like the start of seed 004.
+fn two_nodes(cat: &mut Catalog) -> (i64, i64, i64, i64) {
+    cat.write(|tx| {
+        let g1 = tx.create_group("demo_storage1", IoClass::Default, None)?;
+        let g2 = tx.create_group("demo_storage2", IoClass::Default, None)?;
+        let (n1, _) = tx.create_node(&NewNode {
+            name: "demo_storage1".into(),
+            group: "demo_storage1".into(),
+            host: Some("alpenhost1".into()),
+            root: Some("/data".into()),
+            active: true,
+            ..NewNode::default()
+        })?;
+        let (n2, _) = tx.create_node(&NewNode {
+            name: "demo_storage2".into(),
+            group: "demo_storage2".into(),
+            host: Some("alpenhost2".into()),
+            root: Some("/data".into()),
+            kind: Some(NodeKind::Archive),
+            ..NewNode::default()
+        })?;
+        Ok((n1.id, g1.id, n2.id, g2.id))
+    })
+    .expect("the storage graph")
+}
+
+fn add_file(cat: &mut Catalog, path: &str, size: u64, node: i64, has: Has) -> i64 {
+    cat.write(|tx| {
+        let (f, _) = tx.register_file(
+            &NewFile {
+                path,
+                acq: "2025/02/21",
+                size,
+                md5: &md5(size),
+                mtime: NOW,
+            },
+            NOW,
+        )?;
+        tx.record_copy(f.id, node, has, Some(4096), NOW)?;
+        Ok(f.id)
+    })
+    .expect("a registered file")
+}
+
+fn groups_and_nodes_round_trip(cat: &mut Catalog) {
+    two_nodes(cat);
+    let (groups, nodes, hosts) = cat
+        .read(|tx| Ok((tx.groups()?, tx.nodes()?, tx.hosts()?)))
+        .unwrap();
+    assert_eq!(
+        groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(),
+        ["demo_storage1", "demo_storage2"]
+    );
+    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes[0].host.as_deref(), Some("alpenhost1"));
+    assert_eq!(nodes[0].kind, NodeKind::Field);
+    assert!(nodes[0].active);
+    assert_eq!(nodes[1].kind, NodeKind::Archive);
+    assert!(!nodes[1].active);
+    assert_eq!(hosts.len(), 2, "hosts named by nodes are created");
+}
+
+fn duplicate_names_are_refused(cat: &mut Catalog) {
+    two_nodes(cat);
+    let err = cat
+        .write(|tx| tx.create_group("demo_storage1", IoClass::Default, None))
+        .unwrap_err();
+    assert!(
+        matches!(err, CatalogError::AlreadyExists { kind: "group", .. }),
+        "{err}"
+    );
+    assert_eq!(err.to_string(), "group \"demo_storage1\" already exists");
+    let err = cat
+        .write(|tx| {
+            tx.create_node(&NewNode {
+                name: "demo_storage2".into(),
+                group: "demo_storage1".into(),
+                ..NewNode::default()
+            })
+        })
+        .unwrap_err();
+    assert_eq!(err.to_string(), "node \"demo_storage2\" already exists");
+}
+
+fn unknown_names_are_not_found(cat: &mut Catalog) {
+    two_nodes(cat);
+    let err = cat.read(|tx| tx.node("demo_storag2")).unwrap_err();
+    assert_eq!(err.to_string(), "node \"demo_storag2\" not found");
+    let err = cat.read(|tx| tx.group("nope")).unwrap_err();
+    assert_eq!(err.to_string(), "group \"nope\" not found");
+    let err = cat.read(|tx| tx.file("2025/x.dat")).unwrap_err();
+    assert_eq!(err.to_string(), "file \"2025/x.dat\" not found");
+    let err = cat.read(|tx| tx.acq("2025/02/30")).unwrap_err();
+    assert_eq!(err.to_string(), "acquisition \"2025/02/30\" not found");
+}
+
+fn transport_groups_hold_only_transport_nodes(cat: &mut Catalog) {
+    cat.write(|tx| tx.create_group("transport_group", IoClass::Transport, None))
+        .unwrap();
+    let err = cat
+        .write(|tx| {
+            tx.create_node(&NewNode {
+                name: "t1".into(),
+                group: "transport_group".into(),
+                kind: Some(NodeKind::Archive),
+                ..NewNode::default()
+            })
+        })
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("holds only transport nodes"),
+        "{err}"
+    );
+    let (node, _) = cat
+        .write(|tx| {
+            tx.create_node(&NewNode {
+                name: "t1".into(),
+                group: "transport_group".into(),
+                ..NewNode::default()
+            })
+        })
+        .unwrap();
+    assert_eq!(
+        node.kind,
+        NodeKind::Transport,
+        "a transport group's nodes default to transport"
+    );
+    assert!(cat.read(|tx| tx.node_by_name("t1")).unwrap().is_some());
+}
+
+fn node_update_changes_only_what_is_given(cat: &mut Catalog) {
+    two_nodes(cat);
+    let update = NodeUpdate {
+        auto_import: Some(true),
+        max_total: Some(Some(10_000)),
+        username: Some(Some("root".into())),
+        ..NodeUpdate::default()
+    };
+    let (n, _) = cat
+        .write(|tx| tx.update_node("demo_storage1", &update))
+        .unwrap();
+    assert!(n.auto_import);
+    assert_eq!(n.max_total, Some(10_000));
+    assert_eq!(n.username.as_deref(), Some("root"));
+    assert_eq!(n.root.as_deref(), Some("/data"));
+    assert_eq!(n.host.as_deref(), Some("alpenhost1"));
+    let clear = NodeUpdate {
+        max_total: Some(None),
+        ..NodeUpdate::default()
+    };
+    let (n, _) = cat
+        .write(|tx| tx.update_node("demo_storage1", &clear))
+        .unwrap();
+    assert_eq!(n.max_total, None);
+    assert!(n.auto_import);
+}
+
+fn register_file_is_idempotent_and_immutable(cat: &mut Catalog) {
+    let f = NewFile {
+        path: "2025/02/21/meta.txt",
+        acq: "2025/02/21",
+        size: 52,
+        md5: "4f2a66c1ff5eb90a5013522d53ea2e91",
+        mtime: NOW,
+    };
+    let (a, created) = cat.write(|tx| tx.register_file(&f, NOW)).unwrap();
+    assert!(created);
+    assert_eq!(a.path, "2025/02/21/meta.txt");
+    assert_eq!(a.name, "meta.txt");
+    assert_eq!(a.acq, "2025/02/21");
+    let (b, created) = cat.write(|tx| tx.register_file(&f, NOW + 5)).unwrap();
+    assert!(!created, "the same file again is not new");
+    assert_eq!(a, b);
+    let changed = NewFile {
+        size: 53,
+        ..f.clone()
+    };
+    let err = cat.write(|tx| tx.register_file(&changed, NOW)).unwrap_err();
+    assert!(
+        err.to_string().contains("registered files never change"),
+        "{err}"
+    );
+    let back = cat.read(|tx| tx.file("2025/02/21/meta.txt")).unwrap();
+    assert_eq!(back.size, 52, "the refused registration changed nothing");
+}
+
+fn register_rejects_bad_paths_and_md5(cat: &mut Catalog) {
+    for (path, md5, want) in [
+        ("../etc/passwd", md5(1), "invalid archive path"),
+        ("a//b.dat", md5(1), "invalid archive path"),
+        ("2025/.hidden.dat", md5(1), "names starting with '.'"),
+        ("2025/ok.dat", "XYZ".to_owned(), "invalid md5"),
+    ] {
+        let f = NewFile {
+            path,
+            acq: "a",
+            size: 1,
+            md5: &md5,
+            mtime: 0,
+        };
+        let err = cat.write(|tx| tx.register_file(&f, NOW)).unwrap_err();
+        assert!(err.to_string().contains(want), "{path}: {err}");
+    }
+    let files = cat.read(|tx| tx.files(&FileFilter::default())).unwrap();
+    assert!(files.is_empty(), "nothing was half-registered");
+}
+
+fn directory_tree_and_lookup(cat: &mut Catalog) {
+    let (n1, ..) = two_nodes(cat);
+    add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Yes);
+    let (root, d21, listing, hit, miss) = cat
+        .read(|tx| {
+            let root = tx.dir_by_path("")?.expect("the root directory");
+            let d21 = tx.dir_by_path("2025/02/21")?.expect("dir 2025/02/21");
+            let listing = tx.list_dir(d21.id)?;
+            let hit = tx.lookup(d21.id, "meta.txt")?;
+            let miss = tx.lookup(d21.id, "nope")?;
+            Ok((root, d21, listing, hit, miss))
+        })
+        .unwrap();
+    assert_eq!(root.path, "");
+    assert_eq!(d21.name, "21");
+    let (dirs, files) = listing;
+    assert_eq!(
+        dirs.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(),
+        ["2025/02/21/23"]
+    );
+    assert_eq!(
+        files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(),
+        ["2025/02/21/meta.txt"]
+    );
+    assert!(matches!(hit, Some(Ok(f)) if f.size == 52));
+    assert!(miss.is_none());
+    let sub = cat
+        .read(|tx| tx.lookup(d21.id, "23"))
+        .unwrap()
+        .expect("subdirectory 23");
+    assert!(matches!(sub, Err(d) if d.path == "2025/02/21/23"));
+}
+
+fn sync_candidates_skip_files_present_in_group_or_target(cat: &mut Catalog) {
+    let (n1, g1, n2, g2) = two_nodes(cat);
+    let a = add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1330.dat", 12, n1, Has::Yes);
+    cat.write(|tx| tx.record_copy(a, n2, Has::Yes, None, NOW))
+        .unwrap();
+    let c = cat
+        .read(|tx| tx.sync_candidates(n1, g2, None, None))
+        .unwrap();
+    assert_eq!(
+        c.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
+        ["2025/02/21/23/1324.dat", "2025/02/21/23/1330.dat"]
+    );
+    assert_eq!(c.iter().map(|c| c.size).sum::<u64>(), 24);
+    // The other way: only meta.txt is on node 2, and group 1 has it already.
+    let back = cat
+        .read(|tx| tx.sync_candidates(n2, g1, None, None))
+        .unwrap();
+    assert!(back.is_empty());
+    // With a target group that holds a file, that file is skipped too.
+    let t = cat
+        .read(|tx| tx.sync_candidates(n1, g2, Some(g1), None))
+        .unwrap();
+    assert!(t.is_empty(), "every file is already in the target group");
+}
+
+fn corrupt_copy_does_not_count_as_present(cat: &mut Catalog) {
+    let (n1, g1, n2, _) = two_nodes(cat);
+    let f = add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Corrupt);
+    cat.write(|tx| tx.record_copy(f, n2, Has::Yes, None, NOW))
+        .unwrap();
+    let c = cat
+        .read(|tx| tx.sync_candidates(n2, g1, None, None))
+        .unwrap();
+    assert_eq!(c.len(), 1, "the corrupt copy in group 1 does not count");
+}
+
+fn clean_candidates_follow_target_and_wants(cat: &mut Catalog) {
+    let (n1, _, n2, g2) = two_nodes(cat);
+    let a = add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Yes);
+    cat.write(|tx| tx.record_copy(a, n2, Has::Yes, None, NOW))
+        .unwrap();
+    let all = cat
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, None, None))
+        .unwrap();
+    assert_eq!(all.len(), 2);
+    let targeted = cat
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None))
+        .unwrap();
+    assert_eq!(targeted.len(), 1);
+    assert_eq!(targeted[0].path, "2025/02/21/meta.txt");
+    let ids: Vec<_> = targeted.iter().map(|c| c.copy_id).collect();
+    assert_eq!(
+        cat.write(|tx| tx.set_wants(&ids, Wants::ReleaseNow, NOW))
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cat.write(|tx| tx.set_wants(&ids, Wants::ReleaseNow, NOW))
+            .unwrap(),
+        0
+    );
+    let again = cat
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None))
+        .unwrap();
+    assert!(
+        again.is_empty(),
+        "an already released copy is not counted again"
+    );
+    let copy = cat.read(|tx| tx.copy_on(a, n1)).unwrap().unwrap();
+    assert_eq!(copy.wants, Wants::ReleaseNow);
+    assert_eq!(copy.has, Has::Yes, "releasing does not delete: cairnd does");
+}
+
+fn copy_requests_are_deduplicated_and_claimed_once(cat: &mut Catalog) {
+    let (n1, _, _, g2) = two_nodes(cat);
+    let f = add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    let req = NewCopyRequest {
+        file_id: f,
+        from_node: n1,
+        to_group: g2,
+    };
+    let id = cat
+        .write(|tx| tx.create_copy_request(req, NOW))
+        .unwrap()
+        .expect("a new request");
+    assert_eq!(
+        cat.write(|tx| tx.create_copy_request(req, NOW)).unwrap(),
+        None
+    );
+    assert_eq!(cat.read(|tx| tx.pending_reads(f, n1)).unwrap(), 1);
+    assert!(
+        cat.write(|tx| tx.claim_copy_request(id, "alpenhost2", NOW))
+            .unwrap()
+    );
+    assert!(
+        !cat.write(|tx| tx.claim_copy_request(id, "elsewhere", NOW))
+            .unwrap(),
+        "a claimed request cannot be claimed again"
+    );
+    let r = cat.read(|tx| tx.copy_request(id)).unwrap();
+    assert_eq!(r.state, RequestState::Active);
+    assert_eq!(r.claimed_by.as_deref(), Some("alpenhost2"));
+    assert_eq!(r.attempts, 1);
+    assert_eq!(r.path, "2025/02/21/meta.txt");
+    let listed = cat
+        .read(|tx| {
+            tx.copy_requests(&CopyRequestFilter {
+                states: vec![RequestState::Active],
+                node: Some(n1),
+                limit: None,
+            })
+        })
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    let summary = cat.read(|tx| tx.outbound_summary(n1)).unwrap();
+    assert_eq!(summary, vec![("demo_storage2".to_owned(), 1, 52)]);
+}
+
+fn retry_and_cancel_follow_request_state(cat: &mut Catalog) {
+    let (n1, _, _, g2) = two_nodes(cat);
+    let f = add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    let req = NewCopyRequest {
+        file_id: f,
+        from_node: n1,
+        to_group: g2,
+    };
+    let id = cat
+        .write(|tx| tx.create_copy_request(req, NOW))
+        .unwrap()
+        .unwrap();
+    let err = cat
+        .write(|tx| tx.retry_copy_requests(Some(id)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("only failed or cancelled"),
+        "{err}"
+    );
+    cat.write(|tx| tx.cancel_copy_request(id, NOW)).unwrap();
+    let err = cat.write(|tx| tx.cancel_copy_request(id, NOW)).unwrap_err();
+    assert!(err.to_string().contains("only pending or active"), "{err}");
+    assert_eq!(cat.write(|tx| tx.retry_copy_requests(Some(id))).unwrap(), 1);
+    assert_eq!(
+        cat.read(|tx| tx.copy_request(id)).unwrap().state,
+        RequestState::Pending
+    );
+    let err = cat
+        .write(|tx| tx.cancel_copy_request(999, NOW))
+        .unwrap_err();
+    assert_eq!(err.to_string(), "copy request \"#999\" not found");
+}
+
+fn import_requests_reuse_identical_pending_ones(cat: &mut Catalog) {
+    let (n1, ..) = two_nodes(cat);
+    let (a, new_a) = cat
+        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .unwrap();
+    let (b, new_b) = cat
+        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .unwrap();
+    assert!(new_a && !new_b);
+    assert_eq!(a, b);
+    let (_, scan) = cat
+        .write(|tx| tx.create_import_request(n1, "2025/02/21", true, true, false, NOW))
+        .unwrap();
+    assert!(scan);
+    let pending = cat
+        .read(|tx| tx.import_requests(Some(n1), &[RequestState::Pending]))
+        .unwrap();
+    assert_eq!(pending.len(), 2);
+    assert!(pending[0].init);
+    assert!(pending[1].scan && pending[1].register_new);
+}
+
+fn auto_actions_toggle_and_list(cat: &mut Catalog) {
+    let (..) = two_nodes(cat);
+    let (g2, n1, g1) = cat
+        .read(|tx| {
+            Ok((
+                tx.group("demo_storage2")?,
+                tx.node("demo_storage1")?,
+                tx.group("demo_storage1")?,
+            ))
+        })
+        .unwrap();
+    assert!(cat.write(|tx| tx.set_autosync(&g2, &n1, true)).unwrap());
+    assert!(
+        !cat.write(|tx| tx.set_autosync(&g2, &n1, true)).unwrap(),
+        "already on"
+    );
+    assert!(cat.write(|tx| tx.set_autoclean(&g2, &n1, true)).unwrap());
+    let acts = cat.read(|tx| tx.auto_actions(Some(g2.id), None)).unwrap();
+    assert_eq!(acts.len(), 1);
+    assert!(acts[0].autosync && acts[0].autoclean);
+    assert!(cat.write(|tx| tx.set_autosync(&g2, &n1, false)).unwrap());
+    assert!(cat.write(|tx| tx.set_autoclean(&g2, &n1, false)).unwrap());
+    assert!(
+        cat.read(|tx| tx.auto_actions(None, None))
+            .unwrap()
+            .is_empty()
+    );
+    let err = cat.write(|tx| tx.set_autosync(&g1, &n1, true)).unwrap_err();
+    assert!(err.to_string().contains("outside the group"), "{err}");
+}
+
+fn node_stats_count_healthy_copies_only(cat: &mut Catalog) {
+    let (n1, ..) = two_nodes(cat);
+    add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Corrupt);
+    add_file(cat, "2025/02/21/23/1330.dat", 12, n1, Has::Suspect);
+    add_file(cat, "2025/02/21/23/1342.dat", 12, n1, Has::Yes);
+    let stats = cat.read(|tx| tx.node_stats(None)).unwrap();
+    assert_eq!(stats.len(), 2);
+    let s = &stats[0];
+    assert_eq!(
+        (s.node.as_str(), s.files, s.bytes),
+        ("demo_storage1", 2, 64)
+    );
+    assert_eq!((s.corrupt, s.suspect, s.missing), (1, 1, 0));
+    assert_eq!((stats[1].files, stats[1].bytes), (0, 0));
+}
+
+fn failed_transaction_changes_nothing(cat: &mut Catalog) {
+    let err = cat
+        .write(|tx| {
+            tx.create_group("half", IoClass::Default, None)?;
+            tx.create_group("half", IoClass::Default, None)
+        })
+        .unwrap_err();
+    assert!(matches!(err, CatalogError::AlreadyExists { .. }));
+    assert!(cat.read(|tx| tx.group_by_name("half")).unwrap().is_none());
+}
+
+fn path_prefix_selects_a_subtree_only(cat: &mut Catalog) {
+    let (n1, ..) = two_nodes(cat);
+    add_file(cat, "2025/02/21/meta.txt", 52, n1, Has::Yes);
+    add_file(cat, "2025/02/21/23/1324.dat", 12, n1, Has::Yes);
+    add_file(cat, "2025/02/210/x.dat", 13, n1, Has::Yes);
+    add_file(cat, "2025_a/y.dat", 14, n1, Has::Yes);
+    let pick = |cat: &mut Catalog, p: &str| {
+        cat.read(|tx| {
+            tx.files(&FileFilter {
+                path_prefix: Some(p.into()),
+                ..FileFilter::default()
+            })
+        })
+        .unwrap()
+        .into_iter()
+        .map(|f| f.path)
+        .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        pick(cat, "2025/02/21"),
+        ["2025/02/21/meta.txt", "2025/02/21/23/1324.dat"]
+    );
+    assert_eq!(
+        pick(cat, "2025/02/21/23/1324.dat"),
+        ["2025/02/21/23/1324.dat"]
+    );
+    assert_eq!(pick(cat, "2025_a").len(), 1, "'_' is not a wildcard");
+    assert_eq!(pick(cat, "").len(), 4);
+}
