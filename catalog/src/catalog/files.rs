@@ -434,6 +434,17 @@ impl Tx<'_> {
         )
     }
 
+    /// Records the outcome of checking a copy against its md5: its new state, when it was
+    /// checked, and that the check asked for (if any) is done.
+    pub fn record_verify(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE copy SET has = ?, verified_at = ?, verify_requested = 0, updated_at = ? \
+             WHERE id = ?",
+            params![has, now, now, copy_id],
+        )?;
+        Ok(())
+    }
+
     /// Sets `wants` on the given copies. Returns how many changed.
     pub fn set_wants(&mut self, copy_ids: &[Id], wants: Wants, now: i64) -> Result<u64> {
         let mut n = 0;
