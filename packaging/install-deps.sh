@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs what building and testing cairn needs on a Debian machine (run as root).
+# The Rust toolchain and cargo-nextest are expected to be there already.
+set -euo pipefail
+
+# util-linux's script(1) gives the CLI tests a terminal to answer `Continue? [y/N]` on.
+packages=(bsdutils)
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+    cargo install --locked cargo-nextest
+fi
