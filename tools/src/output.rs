@@ -79,6 +79,16 @@ pub fn confirm(force: bool) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }
 
+/// Prints `Label: value`, or just `Label:` when the value is empty.
+pub fn field(label: &str, value: impl std::fmt::Display) {
+    let v = value.to_string();
+    if v.is_empty() {
+        println!("{label}:");
+    } else {
+        println!("{label}: {v}");
+    }
+}
+
 /// Prints a value as pretty JSON.
 pub fn json<T: serde::Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
-use crate::output::{Table, json, size_or_dash};
+use crate::output::{Table, field, json, size_or_dash};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -97,10 +97,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             if ctx.json {
                 return json(&view);
             }
-            println!("Acquisition: {}", view.acq.name);
-            println!("Created: {}", format_time(view.acq.created_at));
-            println!("Files: {}", view.files);
-            println!("Total Size: {}", size_or_dash(view.bytes));
+            field("Acquisition", &view.acq.name);
+            field("Created", format_time(view.acq.created_at));
+            field("Files", view.files);
+            field("Total Size", size_or_dash(view.bytes));
             println!();
             println!("Copies by node:");
             if view.nodes.is_empty() {

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
-use crate::output::{Table, json, opt_size, opt_str};
+use crate::output::{Table, field, json, opt_size, opt_str};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -115,12 +115,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 return json(&view);
             }
             let f = &view.file;
-            println!("Name: {}", f.name);
-            println!("Acquisition: {}", f.acq);
-            println!("Path: {}", f.path);
-            println!("Size: {}", format_size(f.size));
+            field("Name", &f.name);
+            field("Acquisition", &f.acq);
+            field("Path", &f.path);
+            field("Size", format_size(f.size));
             println!("MD5 Hash: {}", f.md5);
-            println!("Registered: {}", format_time(f.registered_at));
+            field("Registered", format_time(f.registered_at));
             println!();
             println!("Copies:");
             print_copies(&view.copies);

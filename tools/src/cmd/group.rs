@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::node::{SyncArgs, print_auto_actions, stats_table, sync};
 use crate::Ctx;
-use crate::output::{Table, json, opt_str};
+use crate::output::{Table, field, json, opt_str};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -138,9 +138,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             if ctx.json {
                 return json(&view);
             }
-            println!("Storage Group: {}", view.group.name);
-            println!("Notes: {}", opt_str(view.group.notes.as_deref()));
-            println!("I/O Class: {}", view.group.io_class.display_name());
+            field("Storage Group", &view.group.name);
+            field("Notes", opt_str(view.group.notes.as_deref()));
+            field("I/O Class", view.group.io_class.display_name());
             println!();
             println!("Nodes:");
             match &view.node_stats {

@@ -3,7 +3,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
-use crate::output::{Table, json, opt_str, opt_time};
+use crate::output::{Table, field, json, opt_str, opt_time};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -93,10 +93,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             if ctx.json {
                 return json(&view);
             }
-            println!("Host: {}", view.host.name);
-            println!("Address: {}", opt_str(view.host.address.as_deref()));
-            println!("Notes: {}", opt_str(view.host.notes.as_deref()));
-            println!("Last Seen: {}", opt_time(view.host.last_seen));
+            field("Host", &view.host.name);
+            field("Address", opt_str(view.host.address.as_deref()));
+            field("Notes", opt_str(view.host.notes.as_deref()));
+            field("Last Seen", opt_time(view.host.last_seen));
             println!("Nodes:");
             if view.nodes.is_empty() {
                 println!("none");

@@ -10,8 +10,8 @@ use super::group::Side;
 use super::{parse_duration_secs, parse_size};
 use crate::Ctx;
 use crate::output::{
-    Table, confirm, count_size, json, on_off, opt_size, opt_str, opt_time, opt_time_short, plural,
-    size_or_dash, yes_no,
+    Table, confirm, count_size, field, json, on_off, opt_size, opt_str, opt_time, opt_time_short,
+    plural, size_or_dash, yes_no,
 };
 
 #[derive(Debug, Args)]
@@ -812,19 +812,19 @@ fn show(
         return json(&view);
     }
     let n = &view.node;
-    println!("Storage Node: {}", n.name);
-    println!("Storage Group: {}", n.group);
-    println!("Active: {}", yes_no(n.active));
-    println!("Type: {}", n.kind.display_name());
-    println!("Notes: {}", opt_str(n.notes.as_deref()));
-    println!("I/O Class: {}", view.io_class.display_name());
+    field("Storage Node", &n.name);
+    field("Storage Group", &n.group);
+    field("Active", yes_no(n.active));
+    field("Type", n.kind.display_name());
+    field("Notes", opt_str(n.notes.as_deref()));
+    field("I/O Class", view.io_class.display_name());
     println!();
-    println!("Daemon Host: {}", opt_str(n.host.as_deref()));
-    println!("Root: {}", opt_str(n.root.as_deref()));
-    println!("Log-in Address: {}", opt_str(n.address.as_deref()));
-    println!("Log-in Username: {}", opt_str(n.username.as_deref()));
+    field("Daemon Host", opt_str(n.host.as_deref()));
+    field("Root", opt_str(n.root.as_deref()));
+    field("Log-in Address", opt_str(n.address.as_deref()));
+    field("Log-in Username", opt_str(n.username.as_deref()));
     println!();
-    println!("Auto-Import: {}", on_off(n.auto_import));
+    field("Auto-Import", on_off(n.auto_import));
     println!(
         "Auto-Verify: {}",
         n.auto_verify.map_or_else(
@@ -835,10 +835,10 @@ fn show(
             )
         )
     );
-    println!("Max Total: {}", opt_size(n.max_total));
-    println!("Available: {}", opt_size(n.avail));
-    println!("Min Available: {}", opt_size(n.min_avail));
-    println!("Last Checked: {}", opt_time(n.last_checked));
+    field("Max Total", opt_size(n.max_total));
+    field("Available", opt_size(n.avail));
+    field("Min Available", opt_size(n.min_avail));
+    field("Last Checked", opt_time(n.last_checked));
     if let Some(s) = &view.stats {
         println!();
         println!("Stats:");
