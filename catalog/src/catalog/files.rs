@@ -619,6 +619,28 @@ mod tests {
         assert_eq!(normalize_path("").unwrap(), "");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn normalize_keeps_clean_relative_paths(
+            parts in proptest::collection::vec("[A-Za-z0-9_][A-Za-z0-9_.-]{0,8}", 1..6)
+        ) {
+            let path = parts.join("/");
+            proptest::prop_assert_eq!(normalize_path(&path).unwrap(), path.clone());
+            proptest::prop_assert_eq!(normalize_path(&format!("/{path}")).unwrap(), path.clone());
+            proptest::prop_assert_eq!(normalize_path(&format!("./{path}/")).unwrap(), path);
+        }
+
+        #[test]
+        fn normalize_never_lets_dot_dot_through(
+            parts in proptest::collection::vec("[a-z]{1,4}|\\.\\.|\\.", 1..6)
+        ) {
+            let path = parts.join("/");
+            if let Ok(p) = normalize_path(&path) {
+                proptest::prop_assert!(p.split('/').all(|c| c != ".." && c != "."), "{}", p);
+            }
+        }
+    }
+
     #[test]
     fn normalize_rejects_escapes_and_empty_components() {
         for bad in ["a/../b", "a//b", "a/./b", "..", "a/\0"] {

@@ -528,7 +528,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 plural(updated as usize, "file", "files")
             );
         }
-        Command::Sync { node, group, args } => sync(ctx, &mut cat, &node, &group, &args)?,
+        Command::Sync { node, group, args } => sync(&mut cat, &node, &group, &args)?,
         Command::Clean {
             node,
             now: immediately,
@@ -623,8 +623,7 @@ fn totals(files: &[SyncCandidate]) -> (usize, u64) {
 
 /// `node sync NODE GROUP` and `group sync GROUP NODE`: request copies of every file that is
 /// healthy on NODE and absent from GROUP (and from `--target`).
-pub fn sync(ctx: &Ctx, cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Result<()> {
-    let _ = ctx;
+pub fn sync(cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Result<()> {
     let (src, dst, files) = cat.read(|tx| {
         let src = tx.node(node)?;
         let dst = tx.group(group)?;
