@@ -198,7 +198,8 @@ pub struct Node {
     /// Filesystem size last seen by cairnd (statvfs).
     pub capacity: Option<u64>,
     pub last_checked: Option<Timestamp>,
-    /// Log-in user and address for the rsync-over-ssh transfer method.
+    /// Log-in user and address for remote access to the node (sites that pull by rsync over
+    /// ssh); the HTTP transfer between cairnd's does not use them.
     pub username: Option<String>,
     pub address: Option<String>,
     pub notes: Option<String>,

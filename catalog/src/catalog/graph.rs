@@ -464,8 +464,13 @@ fn check_kind_in_group(node: &str, kind: NodeKind, group: &Group) -> Result<()> 
     match (group.io_class, kind) {
         (IoClass::Transport, NodeKind::Transport) | (IoClass::Default, _) => Ok(()),
         (IoClass::Transport, other) => Err(CatalogError::Invalid(format!(
-            "node {node:?} cannot be a {other} node in transport group {:?}: a transport group \
+            "node {node:?} cannot be {} {other} node in transport group {:?}: a transport group \
              holds only transport nodes",
+            if other == NodeKind::Archive {
+                "an"
+            } else {
+                "a"
+            },
             group.name
         ))),
     }

@@ -173,6 +173,15 @@ impl Tx<'_> {
 
     // ---- import requests ----
 
+    /// Import request counts by state (node initialisations included).
+    pub fn import_request_counts(&mut self) -> Result<Vec<(RequestState, u64)>> {
+        let rows = self.raw(
+            "SELECT state, COUNT(*) FROM import_request GROUP BY state ORDER BY state",
+            params![],
+        )?;
+        rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
+    }
+
     /// Creates an import request (`init` for node initialisation). An identical pending
     /// request is reused. Returns (id, created).
     pub fn create_import_request(

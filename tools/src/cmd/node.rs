@@ -91,12 +91,14 @@ pub enum Command {
         /// Free space that must remain on the node's filesystem (e.g. 50GiB)
         #[arg(long, value_parser = parse_size, value_name = "SIZE")]
         min_avail: Option<u64>,
-        /// Log-in user for the rsync-over-ssh transfer method
+        /// Log-in user for remote access to the node (kept for sites that pull by rsync over
+        /// ssh; the HTTP transfer does not use it)
         #[arg(long)]
         username: Option<String>,
-        /// Log-in address for the rsync-over-ssh transfer method
+        /// Log-in address for remote access to the node (see --username)
         #[arg(long)]
         address: Option<String>,
+        /// Free-form notes shown by `node show`
         #[arg(long)]
         notes: Option<String>,
         /// Also request initialisation of the node
@@ -852,6 +854,9 @@ fn show(
     if let Some(imports) = &view.pending_imports {
         println!();
         println!("Pending import requests:");
+        if imports.is_empty() {
+            println!("none");
+        }
         let mut t = Table::new(&["Path", "Scan", "Register New", "Request Time"]);
         for r in imports {
             let (path, scan, reg) = if r.init {
@@ -866,16 +871,22 @@ fn show(
                 opt_time_short(Some(r.created_at)),
             ]);
         }
-        t.print();
+        if !imports.is_empty() {
+            t.print();
+        }
     }
     if let Some(outbound) = &view.pending_outbound {
         println!();
         println!("Pending outbound transfers:");
-        let mut t = Table::new(&["Dest. Group", "Request Count", "Total Size"]);
-        for (g, count, bytes) in outbound {
-            t.row(vec![g.clone(), count.to_string(), size_or_dash(*bytes)]);
+        if outbound.is_empty() {
+            println!("none");
+        } else {
+            let mut t = Table::new(&["Dest. Group", "Request Count", "Total Size"]);
+            for (g, count, bytes) in outbound {
+                t.row(vec![g.clone(), count.to_string(), size_or_dash(*bytes)]);
+            }
+            t.print();
         }
-        t.print();
     }
     if let Some(acts) = &view.auto_actions {
         println!();

@@ -167,7 +167,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                         r.node.clone(),
                         if r.init { "-".into() } else { r.path.clone() },
                         kind.into(),
-                        if r.register_new { "Yes" } else { "No" }.into(),
+                        match (r.init, r.register_new) {
+                            (true, _) => "-",
+                            (false, true) => "Yes",
+                            (false, false) => "No",
+                        }
+                        .into(),
                         r.state.display_name().into(),
                         opt_time_short(Some(r.created_at)),
                         opt_str(r.last_error.as_deref()).into(),

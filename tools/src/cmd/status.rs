@@ -10,6 +10,7 @@ struct Status {
     hosts: Vec<Host>,
     nodes: Vec<(Node, NodeStats)>,
     copy_requests: Vec<(RequestState, u64)>,
+    import_requests: Vec<(RequestState, u64)>,
 }
 
 pub fn run(ctx: &Ctx) -> Result<()> {
@@ -23,6 +24,7 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             hosts,
             nodes,
             copy_requests: tx.copy_request_counts()?,
+            import_requests: tx.import_request_counts()?,
         })
     })?;
     if ctx.json {
@@ -73,12 +75,16 @@ pub fn run(ctx: &Ctx) -> Result<()> {
         }
         t.print();
     }
-    println!();
-    println!("Copy requests:");
-    if status.copy_requests.is_empty() {
-        println!("none");
-    } else {
-        for (state, n) in &status.copy_requests {
+    for (title, counts) in [
+        ("Copy requests", &status.copy_requests),
+        ("Import requests", &status.import_requests),
+    ] {
+        println!();
+        println!("{title}:");
+        if counts.is_empty() {
+            println!("none");
+        }
+        for (state, n) in counts {
             println!("{}: {n}", state.display_name());
         }
     }
