@@ -11,12 +11,14 @@
 mod files;
 mod graph;
 mod requests;
+mod work;
 
 use std::time::{Duration, Instant};
 
 pub use files::{FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use requests::{CopyRequestFilter, NewCopyRequest};
+pub use work::{CopyWork, Fired};
 
 use crate::db::sqlite::{self, SqliteBackend};
 use crate::db::{Backend, DbError, Dialect, FromValue, Row, TxMode, Value};

@@ -202,6 +202,12 @@ pub struct ImportConfig {
     /// `2025/02/21/23/1324.dat` part of `2025/02/21`. Default: none, meaning the file's directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acq_depth: Option<u32>,
+    /// Regular expressions over the path below the node root: when any are given, only paths
+    /// matching at least one are importable. Default: empty (everything but dot files).
+    pub include: Vec<String>,
+    /// Regular expressions over the path below the node root: a matching path is never
+    /// imported. Default: empty.
+    pub exclude: Vec<String>,
 }
 
 impl Config {
@@ -298,6 +304,19 @@ impl Config {
         }
         if let Some(depth) = self.import.acq_depth {
             at_least_one("import.acq_depth", u64::from(depth))?;
+        }
+        for (key, patterns) in [
+            ("import.include", &self.import.include),
+            ("import.exclude", &self.import.exclude),
+        ] {
+            for p in patterns {
+                if let Err(e) = regex_lite::Regex::new(p) {
+                    return Err(invalid(
+                        key,
+                        format!("{p:?} is not a valid regular expression: {e}"),
+                    ));
+                }
+            }
         }
         Ok(())
     }
@@ -646,7 +665,10 @@ mod tests {
             fs: FsConfig {
                 write_node: Some("n".to_owned()),
             },
-            import: ImportConfig { acq_depth: Some(1) },
+            import: ImportConfig {
+                acq_depth: Some(1),
+                ..ImportConfig::default()
+            },
             ..Config::default()
         };
         let expected = keys(&toml::Table::try_from(&full).unwrap());

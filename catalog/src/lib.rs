@@ -13,6 +13,7 @@ pub mod db;
 pub mod error;
 pub mod md5;
 pub mod model;
+pub mod nudge;
 pub mod rules;
 pub mod schema;
 pub mod units;

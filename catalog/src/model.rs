@@ -381,6 +381,8 @@ pub struct CopyRequest {
     pub size: u64,
     pub from_node: String,
     pub to_group: String,
+    pub from_node_id: Id,
+    pub to_group_id: Id,
     pub state: RequestState,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -395,7 +397,7 @@ pub struct CopyRequest {
 impl CopyRequest {
     pub const COLUMNS: &'static str = "r.id, r.file_id, d.path, f.name, f.size, rn.name, rg.name, \
         r.state, r.attempts, r.last_error, r.claimed_by, r.created_at, r.started_at, \
-        r.finished_at, r.bytes, r.seconds";
+        r.finished_at, r.bytes, r.seconds, r.from_node, r.to_group";
     pub const FROM: &'static str = "copy_request r JOIN file f ON f.id = r.file_id \
         JOIN dir d ON d.id = f.dir_id JOIN node rn ON rn.id = r.from_node \
         JOIN storage_group rg ON rg.id = r.to_group";
@@ -421,6 +423,8 @@ impl FromRow for CopyRequest {
             finished_at: r.get(13)?,
             bytes: r.get(14)?,
             seconds: r.get(15)?,
+            from_node_id: r.get(16)?,
+            to_group_id: r.get(17)?,
         })
     }
 }
@@ -429,6 +433,7 @@ impl FromRow for CopyRequest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImportRequest {
     pub id: Id,
+    pub node_id: Id,
     pub node: String,
     pub path: String,
     pub scan: bool,
@@ -443,7 +448,7 @@ pub struct ImportRequest {
 
 impl ImportRequest {
     pub const COLUMNS: &'static str = "i.id, inn.name, i.path, i.scan, i.register_new, i.init, \
-        i.state, i.last_error, i.created_at, i.finished_at";
+        i.state, i.last_error, i.created_at, i.finished_at, i.node_id";
     pub const FROM: &'static str = "import_request i JOIN node inn ON inn.id = i.node_id";
 }
 
@@ -460,6 +465,7 @@ impl FromRow for ImportRequest {
             last_error: r.get(7)?,
             created_at: r.get(8)?,
             finished_at: r.get(9)?,
+            node_id: r.get(10)?,
         })
     }
 }

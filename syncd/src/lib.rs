@@ -1,18 +1,19 @@
-//! cairnd, the per-host daemon: moves, checks and cleans copies for the nodes of one host.
+//! cairnd, the per-host daemon: carries out what the catalog asks of the nodes of one host —
+//! initialise, import (by request, by scan, and automatically on close), copy between nodes,
+//! verify, release, tidy — and fires the auto-actions that each new copy sets off.
 //!
-//! The daemon itself is built in a later step (see docs/ARCHITECTURE.md). What exists now is
-//! its configuration and catalog check, so that `cairnd` on a host fails with a clear message
-//! instead of pretending to work.
+//! [`run`] is the whole daemon; `main.rs` only parses arguments, sets up logging and turns
+//! SIGTERM into the shutdown future. See [`daemon`] for the loop and [`tasks`] for the work.
 
-use anyhow::{Context, Result, bail};
-use cairn_catalog::{Catalog, Config};
+pub mod copyfile;
+pub mod daemon;
+pub mod importer;
+pub mod lock;
+pub mod noderoot;
+pub mod nudge;
+pub mod procfs;
+pub mod tasks;
+pub mod transfer;
+pub mod watch;
 
-/// Checks that the catalog opens for this host, then reports that the daemon is not built.
-pub fn run(config: &Config) -> Result<()> {
-    Catalog::open(&config.catalog.url).context("failed to open the catalog")?;
-    bail!(
-        "cairnd for host {:?}: the daemon's work loop is not built yet in this version; \
-         requests written by `cairn` stay pending in the catalog",
-        config.host_name()
-    )
-}
+pub use daemon::run;

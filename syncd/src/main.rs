@@ -2,26 +2,64 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+
+const USAGE: &str = "usage: cairnd [--config FILE]";
 
 fn main() -> ExitCode {
     let mut config_path: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--config" => config_path = args.next().map(PathBuf::from),
+            "--config" => match args.next() {
+                Some(p) => config_path = Some(PathBuf::from(p)),
+                None => {
+                    eprintln!("cairnd: --config needs a FILE\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            },
             "-h" | "--help" => {
-                println!("usage: cairnd [--config FILE]");
+                println!(
+                    "{USAGE}\n\ncairnd carries out what the catalog asks of this host's nodes."
+                );
                 return ExitCode::SUCCESS;
             }
             other => {
-                eprintln!("cairnd: unexpected argument {other:?}\nusage: cairnd [--config FILE]");
+                eprintln!("cairnd: unexpected argument {other:?}\n{USAGE}");
                 return ExitCode::from(2);
             }
         }
     }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
     let result = cairn_catalog::Config::load(config_path.as_deref())
         .context("failed to load the configuration")
-        .and_then(|c| cairn_syncd::run(&c));
+        .and_then(|config| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .max_blocking_threads(config.daemon.workers + 16)
+                .enable_all()
+                .build()
+                .context("failed to start the runtime")?;
+            rt.block_on(async {
+                let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+                let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+                let shutdown = async move {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
+                };
+                cairn_syncd::run(config, shutdown).await
+            })
+        });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

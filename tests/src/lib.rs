@@ -1,1 +1,262 @@
 //! End-to-end harness: real processes against real catalogs.
+//!
+//! - [`Archive`] owns a temp dir with a fresh SQLite catalog and runs the real `cairn` CLI.
+//! - [`TestHost`] is one host: its config, node roots and a real `cairnd` process, killed in
+//!   `Drop` even when a test fails.
+//!
+//! The binaries are the workspace's own (`target/<profile>/cairn`, `cairnd`); cargo builds them
+//! for the test run because their crates have integration tests of their own.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary built for this test run.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run the tests with `cargo nextest run --workspace` (or `cargo build \
+         --workspace` first)",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// A catalog in a temp dir, and the hosts that use it.
+pub struct Archive {
+    pub dir: tempfile::TempDir,
+    pub url: String,
+}
+
+impl Default for Archive {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Archive {
+    pub fn new() -> Archive {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        let a = Archive { dir, url };
+        let out = a.run_cli(None, &["db", "init"]);
+        assert!(
+            out.status.success(),
+            "db init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        a
+    }
+
+    pub fn catalog(&self) -> cairn_catalog::Catalog {
+        cairn_catalog::Catalog::open(&self.url).expect("the catalog opens")
+    }
+
+    fn run_cli(&self, config: Option<&Path>, args: &[&str]) -> Output {
+        let mut cmd = Command::new(bin("cairn"));
+        cmd.args(args)
+            .env("CAIRN_CATALOG", &self.url)
+            .stdin(Stdio::null());
+        match config {
+            Some(c) => cmd.env("CAIRN_CONFIG", c),
+            None => cmd.env("CAIRN_CONFIG", "/dev/null"),
+        };
+        cmd.output().expect("cairn runs")
+    }
+
+    /// Runs `cairn` (as if on no particular host), asserts success, returns stdout.
+    pub fn cairn(&self, args: &[&str]) -> String {
+        let out = self.run_cli(None, args);
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+
+    /// A host named `name` with its own dir, config, socket and lock (not started).
+    pub fn host(&self, name: &str) -> TestHost {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        let config = dir.join("cairn.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
+                 interval = \"1s\"\nsocket = \"{d}/run/cairnd.sock\"\n\
+                 lock_file = \"{d}/run/cairnd.lock\"\n[import]\nacq_depth = 3\n",
+                self.url,
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        TestHost {
+            name: name.to_owned(),
+            dir,
+            config,
+            url: self.url.clone(),
+            child: None,
+        }
+    }
+
+    /// `node stats` as (name → (files, bytes)).
+    pub fn stats(&self) -> std::collections::BTreeMap<String, (u64, u64)> {
+        let mut cat = self.catalog();
+        cat.read(|tx| tx.node_stats(None))
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.node, (s.files, s.bytes)))
+            .collect()
+    }
+
+    /// Files and bytes healthy on `node`.
+    pub fn on(&self, node: &str) -> (u64, u64) {
+        self.stats().get(node).copied().unwrap_or((0, 0))
+    }
+
+    /// Waits until no copy or import request is pending or active.
+    pub fn wait_idle(&self, timeout: Duration) {
+        use cairn_catalog::model::RequestState::{Active, Pending};
+        wait_until(timeout, "all requests done", || {
+            let mut cat = self.catalog();
+            cat.read(|tx| {
+                let copies = tx.copy_requests(&cairn_catalog::catalog::CopyRequestFilter {
+                    states: vec![Pending, Active],
+                    ..Default::default()
+                })?;
+                let imports = tx.import_requests(None, &[Pending, Active])?;
+                Ok(copies.is_empty() && imports.is_empty())
+            })
+            .unwrap()
+        });
+    }
+}
+
+/// One host: a cairnd process and its node roots.
+pub struct TestHost {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    url: String,
+    child: Option<Child>,
+}
+
+impl TestHost {
+    /// The root directory for node `node` on this host (created).
+    pub fn root(&self, node: &str) -> PathBuf {
+        let p = self.dir.join("nodes").join(node);
+        std::fs::create_dir_all(&p).unwrap();
+        p
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("cairnd.log")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Starts cairnd and waits until it listens on its socket.
+    pub fn start(&mut self) {
+        assert!(
+            self.child.is_none(),
+            "cairnd of {} already started",
+            self.name
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new(bin("cairnd"))
+            .arg("--config")
+            .arg(&self.config)
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("cairnd starts");
+        self.child = Some(child);
+        let sock = self.dir.join("run/cairnd.sock");
+        let log = self.log_path();
+        wait_until(Duration::from_secs(20), "cairnd to listen", || {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!(
+                    "cairnd of {} exited with {status}: {}",
+                    self.name,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            sock.exists()
+        });
+    }
+
+    /// Runs `cairn` with this host's config (so it nudges this host's cairnd).
+    pub fn cairn(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("cairn"))
+            .args(args)
+            .env_remove("CAIRN_CATALOG")
+            .env("CAIRN_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .output()
+            .expect("cairn runs");
+        assert!(
+            out.status.success(),
+            "cairn {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("cairnd running");
+        // SAFETY: kill(2) with a pid we spawned and own; no memory is involved.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    /// SIGKILL: the crash case.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

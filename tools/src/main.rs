@@ -49,7 +49,10 @@ fn run(cli: Cli) -> Result<()> {
         url,
         json: cli.json,
     };
-    cmd::run(&ctx, cli.command)
+    cmd::run(&ctx, cli.command)?;
+    // Wake this machine's cairnd, if one runs here, so a request made here starts at once.
+    cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -1,0 +1,419 @@
+//! The queries cairnd uses to find work, finish it, and apply the storage-graph rules.
+//!
+//! The rules themselves live in [`crate::rules`] as pure functions; these methods gather their
+//! inputs and apply their outcome inside the caller's transaction. That is what makes a release
+//! safe (invariant 3): the archive-copies check and the `has = no` that commits the deletion are
+//! one transaction, so two hosts releasing different copies of one file serialize, and the
+//! second sees the first's release.
+
+use super::Tx;
+use crate::db::Value;
+use crate::error::{CatalogError, Result};
+use crate::model::{Copy, CopyRequest, Has, Id, ImportRequest, NodeKind, Wants};
+use crate::params;
+use crate::rules::{self, ActionRule, AutoEffect, FileState, NewCopy, OtherCopy, ReleaseRefusal};
+
+fn in_list(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+/// An auto-action that fired, with the name of the group synced into or node released on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fired {
+    pub effect: AutoEffect,
+    pub name: String,
+}
+
+/// A copy cairnd should look at (verify or release), with its file's facts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CopyWork {
+    pub copy: Copy,
+    pub path: String,
+    pub size: u64,
+    pub md5: String,
+}
+
+impl Tx<'_> {
+    /// Pending copy requests into `groups` that are due at `now`, oldest first.
+    pub fn due_copy_requests(
+        &mut self,
+        groups: &[Id],
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<CopyRequest>> {
+        if groups.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args: Vec<Value> = groups.iter().map(|g| Value::from(*g)).collect();
+        args.push(now.into());
+        args.push(limit.into());
+        self.rows(
+            &format!(
+                "SELECT {} FROM {} WHERE r.state = 'pending' AND r.to_group IN ({}) \
+                 AND r.not_before <= ? ORDER BY r.id LIMIT ?",
+                CopyRequest::COLUMNS,
+                CopyRequest::FROM,
+                in_list(groups.len())
+            ),
+            &args,
+        )
+    }
+
+    /// Pending import requests (init, import, scan) of `nodes`, oldest first.
+    pub fn due_import_requests(&mut self, nodes: &[Id]) -> Result<Vec<ImportRequest>> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<Value> = nodes.iter().map(|n| Value::from(*n)).collect();
+        self.rows(
+            &format!(
+                "SELECT {} FROM {} WHERE i.state = 'pending' AND i.node_id IN ({}) ORDER BY i.id",
+                ImportRequest::COLUMNS,
+                ImportRequest::FROM,
+                in_list(nodes.len())
+            ),
+            &args,
+        )
+    }
+
+    /// Claims a pending import request (pending → active). True if this caller won it.
+    pub fn claim_import_request(&mut self, id: Id) -> Result<bool> {
+        Ok(self.exec(
+            "UPDATE import_request SET state = 'active' WHERE id = ? AND state = 'pending'",
+            params![id],
+        )? == 1)
+    }
+
+    /// Ends an import request: `done`, or `failed` with the reason.
+    pub fn finish_import_request(&mut self, id: Id, error: Option<&str>, now: i64) -> Result<()> {
+        let state = if error.is_some() { "failed" } else { "done" };
+        self.exec(
+            "UPDATE import_request SET state = ?, last_error = ?, finished_at = ? WHERE id = ?",
+            params![state, error, now, id],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a copy request as done, with what it moved.
+    pub fn finish_copy_request(
+        &mut self,
+        id: Id,
+        bytes: u64,
+        seconds: f64,
+        now: i64,
+    ) -> Result<()> {
+        self.exec(
+            "UPDATE copy_request SET state = 'done', finished_at = ?, bytes = ?, seconds = ?, \
+             last_error = NULL WHERE id = ?",
+            params![now, bytes, seconds, id],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: back to `pending` until `not_before`, or `failed` once
+    /// `max_attempts` attempts have been made. Returns true if the request is now failed.
+    pub fn fail_copy_request(
+        &mut self,
+        id: Id,
+        error: &str,
+        max_attempts: u32,
+        not_before: i64,
+        now: i64,
+    ) -> Result<bool> {
+        let attempts: u32 = self.scalar(
+            "SELECT attempts FROM copy_request WHERE id = ?",
+            params![id],
+        )?;
+        let failed = attempts >= max_attempts;
+        if failed {
+            self.exec(
+                "UPDATE copy_request SET state = 'failed', last_error = ?, finished_at = ? \
+                 WHERE id = ? AND state = 'active'",
+                params![error, now, id],
+            )?;
+        } else {
+            self.exec(
+                "UPDATE copy_request SET state = 'pending', last_error = ?, not_before = ? \
+                 WHERE id = ? AND state = 'active'",
+                params![error, not_before, id],
+            )?;
+        }
+        Ok(failed)
+    }
+
+    /// Gives a claimed request back without counting the attempt (shutdown, or no local
+    /// source after all).
+    pub fn unclaim_copy_request(&mut self, id: Id) -> Result<()> {
+        self.exec(
+            "UPDATE copy_request SET state = 'pending', claimed_by = NULL, \
+             attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
+             WHERE id = ? AND state = 'active'",
+            params![id],
+        )?;
+        Ok(())
+    }
+
+    /// Requests this host left active when it stopped (a crash): back to pending.
+    pub fn requeue_abandoned(&mut self, host: &str, node_ids: &[Id]) -> Result<u64> {
+        let mut n = self.exec(
+            "UPDATE copy_request SET state = 'pending', claimed_by = NULL \
+             WHERE state = 'active' AND claimed_by = ?",
+            params![host],
+        )?;
+        if !node_ids.is_empty() {
+            let args: Vec<Value> = node_ids.iter().map(|i| Value::from(*i)).collect();
+            n += self.exec(
+                &format!(
+                    "UPDATE import_request SET state = 'pending' \
+                     WHERE state = 'active' AND node_id IN ({})",
+                    in_list(node_ids.len())
+                ),
+                &args,
+            )?;
+        }
+        Ok(n)
+    }
+
+    fn copy_work(&mut self, filter: &str, args: &[Value]) -> Result<Vec<CopyWork>> {
+        let rows = self.raw(
+            &format!(
+                "SELECT {}, d.path, f.name, f.size, f.md5 FROM {} \
+                 JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id {filter}",
+                Copy::COLUMNS,
+                Copy::FROM
+            ),
+            args,
+        )?;
+        use crate::model::FromRow;
+        rows.iter()
+            .map(|r| {
+                let dir: String = r.get(11)?;
+                let name: String = r.get(12)?;
+                Ok(CopyWork {
+                    copy: Copy::from_row(r)?,
+                    path: crate::model::join_path(&dir, &name),
+                    size: r.get(13)?,
+                    md5: r.get(14)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Copies on `node_id` to verify: asked for, or (with `auto_verify` seconds) last checked
+    /// longer ago than that.
+    pub fn copies_to_verify(
+        &mut self,
+        node_id: Id,
+        auto_verify: Option<i64>,
+        now: i64,
+        limit: u64,
+    ) -> Result<Vec<CopyWork>> {
+        match auto_verify {
+            Some(age) => self.copy_work(
+                "WHERE c.node_id = ? AND c.has <> 'no' AND (c.verify_requested = 1 OR \
+                 COALESCE(c.verified_at, c.added_at) < ?) ORDER BY c.id LIMIT ?",
+                params![node_id, now - age, limit],
+            ),
+            None => self.copy_work(
+                "WHERE c.node_id = ? AND c.has <> 'no' AND c.verify_requested = 1 \
+                 ORDER BY c.id LIMIT ?",
+                params![node_id, limit],
+            ),
+        }
+    }
+
+    /// Copies on `node_id` released for deletion as soon as allowed.
+    pub fn copies_to_release(&mut self, node_id: Id, limit: u64) -> Result<Vec<CopyWork>> {
+        self.copy_work(
+            "WHERE c.node_id = ? AND c.has <> 'no' AND c.wants = 'release_now' \
+             ORDER BY c.id LIMIT ?",
+            params![node_id, limit],
+        )
+    }
+
+    /// Copies on `node_id` that may go when space is needed, oldest first.
+    pub fn copies_releasable_when_needed(&mut self, node_id: Id) -> Result<Vec<CopyWork>> {
+        self.copy_work(
+            "WHERE c.node_id = ? AND c.has <> 'no' AND c.wants = 'release_when_needed' \
+             ORDER BY c.added_at, c.id",
+            params![node_id],
+        )
+    }
+
+    /// The copy of the file at `path` on `node_id`, if the catalog has one.
+    pub fn copy_work_at(&mut self, node_id: Id, path: &str) -> Result<Option<CopyWork>> {
+        let Some(file) = self.file_by_path(path)? else {
+            return Ok(None);
+        };
+        Ok(self
+            .copy_work(
+                "WHERE c.node_id = ? AND c.file_id = ?",
+                params![node_id, file.id],
+            )?
+            .into_iter()
+            .next())
+    }
+
+    /// Bytes of the healthy copies on a node (what counts against `max_total`).
+    pub fn used_by_copies(&mut self, node_id: Id) -> Result<u64> {
+        let v: Option<u64> = self.scalar(
+            "SELECT SUM(f.size) FROM copy c JOIN file f ON f.id = c.file_id \
+             WHERE c.node_id = ? AND c.has IN ('yes', 'suspect')",
+            params![node_id],
+        )?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Sets a copy's state (e.g. `suspect` after it delivered wrong bytes).
+    pub fn mark_copy(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {
+        self.exec(
+            "UPDATE copy SET has = ?, updated_at = ? WHERE id = ?",
+            params![has, now, copy_id],
+        )?;
+        Ok(())
+    }
+
+    /// Releases a copy if invariant 3 allows: at least `min_archive_copies` *other* healthy
+    /// copies on archive nodes and no pending request reading from it. On success the copy is
+    /// recorded `has = no` in this transaction; the caller deletes the bytes after commit.
+    pub fn try_release(
+        &mut self,
+        copy_id: Id,
+        min_archive_copies: usize,
+        now: i64,
+    ) -> Result<Result<(), ReleaseRefusal>> {
+        let copy = self
+            .row::<Copy>(
+                &format!(
+                    "SELECT {} FROM {} WHERE c.id = ?",
+                    Copy::COLUMNS,
+                    Copy::FROM
+                ),
+                params![copy_id],
+            )?
+            .ok_or_else(|| CatalogError::not_found("copy", format!("#{copy_id}")))?;
+        let others = self.other_copies(copy.file_id)?;
+        let pending = self.pending_reads(copy.file_id, copy.node_id)? as usize;
+        if let Err(refusal) = rules::may_release(copy.node_id, &others, pending, min_archive_copies)
+        {
+            return Ok(Err(refusal));
+        }
+        self.exec(
+            "UPDATE copy SET has = 'no', verify_requested = 0, updated_at = ? WHERE id = ?",
+            params![now, copy_id],
+        )?;
+        Ok(Ok(()))
+    }
+
+    fn other_copies(&mut self, file_id: Id) -> Result<Vec<OtherCopy>> {
+        let rows = self.raw(
+            "SELECT c.node_id, n.kind, c.has FROM copy c JOIN node n ON n.id = c.node_id \
+             WHERE c.file_id = ?",
+            params![file_id],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(OtherCopy {
+                    node_id: r.get(0)?,
+                    node_kind: r.get::<NodeKind>(1)?,
+                    has: r.get(2)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Applies the auto-actions a new healthy copy of `file_id` on `node_id` sets off:
+    /// copy requests into auto-synced groups, releases of auto-cleaned upstream copies.
+    /// Returns what it did.
+    pub fn fire_auto_actions(&mut self, file_id: Id, node_id: Id, now: i64) -> Result<Vec<Fired>> {
+        let group_id: Id =
+            self.scalar("SELECT group_id FROM node WHERE id = ?", params![node_id])?;
+        let rules: Vec<ActionRule> = self
+            .raw(
+                "SELECT group_id, node_id, autosync, autoclean FROM auto_action \
+                 WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
+                params![node_id, group_id],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(ActionRule {
+                    group_id: r.get(0)?,
+                    node_id: r.get(1)?,
+                    autosync: r.get(2)?,
+                    autoclean: r.get(3)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        if rules.is_empty() {
+            return Ok(Vec::new());
+        }
+        let present_in_groups = self
+            .raw(
+                "SELECT DISTINCT n.group_id FROM copy c JOIN node n ON n.id = c.node_id \
+                 WHERE c.file_id = ? AND c.has = 'yes'",
+                params![file_id],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<_, _>>()?;
+        let requested_into_groups = self
+            .raw(
+                "SELECT DISTINCT to_group FROM copy_request WHERE file_id = ? \
+                 AND state IN ('pending', 'active')",
+                params![file_id],
+            )?
+            .iter()
+            .map(|r| r.get(0))
+            .collect::<Result<_, _>>()?;
+        let copies_on_nodes = self
+            .raw(
+                "SELECT node_id, has, wants FROM copy WHERE file_id = ?",
+                params![file_id],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get::<Has>(1)?, r.get::<Wants>(2)?)))
+            .collect::<Result<_>>()?;
+        let state = FileState {
+            present_in_groups,
+            requested_into_groups,
+            copies_on_nodes,
+        };
+        let effects = rules::auto_effects(&NewCopy { node_id, group_id }, &rules, &state);
+        let mut fired = Vec::with_capacity(effects.len());
+        for e in effects {
+            let name: String = match e {
+                AutoEffect::Sync { to_group, .. } => self.scalar(
+                    "SELECT name FROM storage_group WHERE id = ?",
+                    params![to_group],
+                )?,
+                AutoEffect::Release { node_id } => {
+                    self.scalar("SELECT name FROM node WHERE id = ?", params![node_id])?
+                }
+            };
+            fired.push(Fired { effect: e, name });
+            match e {
+                AutoEffect::Sync {
+                    from_node,
+                    to_group,
+                } => {
+                    self.create_copy_request(
+                        super::NewCopyRequest {
+                            file_id,
+                            from_node,
+                            to_group,
+                        },
+                        now,
+                    )?;
+                }
+                AutoEffect::Release { node_id } => {
+                    self.exec(
+                        "UPDATE copy SET wants = 'release_now', updated_at = ? \
+                         WHERE file_id = ? AND node_id = ?",
+                        params![now, file_id, node_id],
+                    )?;
+                }
+            }
+        }
+        Ok(fired)
+    }
+}

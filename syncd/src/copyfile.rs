@@ -1,0 +1,779 @@
+//! Copying a file into a node: read once, hash while copying, fsync, rename into place.
+//!
+//! # The invariant
+//!
+//! A copy arrives under a temporary name in the node's `.cairn/tmp/`, its md5 computed while it
+//! is written, is checked against the catalog, fsynced, renamed into place, and only then
+//! recorded (DESIGN.md, invariant 2). This module owns the file-system half of that:
+//!
+//! 1. [`copy_with_md5`] (or [`resume_from_reader`] for a transfer) writes the temporary file and
+//!    returns the md5 of the bytes it read, in the same pass; it fsyncs the file before returning.
+//! 2. The caller compares that md5 with the catalog's.
+//! 3. [`install`] renames the temporary file to its archive name and fsyncs the directory, so
+//!    the name is durable before the caller records the copy.
+//!
+//! A crash before the rename leaves only a file in `.cairn/tmp/`; the rename itself is atomic,
+//! and it only ever names a complete, fsynced file. So an archive name holds no copy or a
+//! complete one, never a partial file.
+//!
+//! # The pipeline
+//!
+//! MD5 is serial and slow (about 0.7 GB/s on one core), and fsync waits for the disk, so a naive
+//! read-hash-write loop followed by fsync costs the hash time *plus* the I/O and writeback time.
+//! Instead two threads share a small pool of `CHUNK`-sized (8 MiB) buffers, so that one core does
+//! nothing but hash while the other moves bytes:
+//!
+//! ```text
+//!  I/O thread                                                   calling thread
+//!  read chunk   (source: fadvise SEQUENTIAL)
+//!  pwrite chunk (destination)
+//!  sync_file_range(WRITE)          ──▶ (buffer, len) ──▶        check cancel, hash, progress
+//!        ▲                                                             │
+//!        └──────────────────────── buffer returned ◀──────────────────┘
+//! ```
+//!
+//! The I/O thread runs ahead of the hashing by at most `BUFFERS` (4) chunks.
+//! `sync_file_range(SYNC_FILE_RANGE_WRITE)` starts writeback of each chunk as soon as it is
+//! written, so the disk works while later chunks are hashed and the final fsync has little left
+//! to wait for. The md5 is of the very buffers that were written.
+//!
+//! [`resume_from_reader`] turns this around: its reader (a network stream) and the progress
+//! callback need not be `Send`, so the calling thread reads and hashes and the second thread
+//! writes. [`md5_of`] is the pipeline without a destination. Files smaller than one chunk are
+//! handled on the calling thread alone.
+//!
+//! Cancellation is checked between chunks and reported as [`io::ErrorKind::Interrupted`]; the
+//! temporary file is left for the caller to remove.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
+use std::thread;
+
+use cairn_catalog::md5::Hasher;
+fn tcpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+fn tr() -> bool {
+    std::env::var_os("CF_TRACE").is_some()
+}
+
+/// Size of one pipeline buffer. Big enough that per-chunk costs (syscalls, channel hand-off,
+/// `sync_file_range`) vanish, small enough that [`BUFFERS`] of them stay cheap per worker.
+const CHUNK: usize = 8 << 20;
+
+/// Buffers per pipeline: one being hashed, one being read or written, two queued between.
+const BUFFERS: usize = 4;
+
+/// What [`copy_with_md5`] and [`resume_from_reader`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copied {
+    /// Size of the destination file.
+    pub bytes: u64,
+    /// md5 of the destination file's bytes, as 32 lowercase hex digits.
+    pub md5: String,
+}
+
+/// Copies `src` into `dst` (created new, truncating; normally a path in `.cairn/tmp/`),
+/// computing the md5 of the bytes read in the same pass, then fsyncs `dst`.
+///
+/// `cancel` is checked between chunks: once set, this returns [`io::ErrorKind::Interrupted`],
+/// leaving `dst` for the caller to remove. `progress` is called after each chunk with the number
+/// of bytes hashed so far.
+pub fn copy_with_md5(
+    src: &Path,
+    dst: &Path,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Copied> {
+    let source = File::open(src)?;
+    advise_sequential(&source);
+    let target = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(dst)?;
+    let mut hasher = Hasher::new();
+    pump_file(&source, Some(Sink::new(&target, 0)), cancel, &mut |chunk| {
+        hasher.update(chunk);
+        progress(hasher.len());
+    })?;
+    let t = std::time::Instant::now();
+    target.sync_all()?;
+    if tr() {
+        eprintln!("fsync {:?}", t.elapsed());
+    }
+    Ok(Copied {
+        bytes: hasher.len(),
+        md5: hasher.finish_hex(),
+    })
+}
+
+/// Appends everything `reader` yields, up to EOF, to the file `dst` (created if missing) after
+/// the bytes it already holds, then fsyncs it: for resuming a transfer.
+///
+/// The md5 covers the whole file: the bytes already in `dst` are read back and hashed first, so
+/// a partial file left by an earlier attempt (or damaged by a crash) is never trusted blindly.
+/// `progress` gets the size of the file so far, existing bytes included; cancellation works as
+/// in [`copy_with_md5`].
+pub fn resume_from_reader(
+    dst: &Path,
+    reader: &mut dyn Read,
+    cancel: &AtomicBool,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Copied> {
+    let target = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(dst)?;
+    advise_sequential(&target);
+    let mut hasher = Hasher::new();
+    let mut inspect = |chunk: &[u8]| {
+        hasher.update(chunk);
+        progress(hasher.len());
+    };
+    let existing = pump_file(&target, None, cancel, &mut inspect)?;
+    pump_reader(reader, Sink::new(&target, existing), cancel, &mut inspect)?;
+    target.sync_all()?;
+    Ok(Copied {
+        bytes: hasher.len(),
+        md5: hasher.finish_hex(),
+    })
+}
+
+/// The size and md5 (lowercase hex) of the file at `path`, read in big sequential chunks on one
+/// thread while this one hashes. Returns [`io::ErrorKind::Interrupted`] once `cancel` is set.
+pub fn md5_of(path: &Path, cancel: &AtomicBool) -> io::Result<(u64, String)> {
+    let file = File::open(path)?;
+    advise_sequential(&file);
+    let mut hasher = Hasher::new();
+    pump_file(&file, None, cancel, &mut |chunk| hasher.update(chunk))?;
+    Ok((hasher.len(), hasher.finish_hex()))
+}
+
+/// Moves a complete, fsynced temporary file to its archive name.
+///
+/// Creates missing parent directories (fsyncing the parent of each new one), renames `tmp` to
+/// `final_path` (replacing an existing file there, such as a corrupt copy), then fsyncs the
+/// directory that holds `final_path`, so the new name survives a crash once this returns.
+pub fn install(tmp: &Path, final_path: &Path) -> io::Result<()> {
+    let parent = match final_path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    create_dirs_durably(parent)?;
+    fs::rename(tmp, final_path)?;
+    sync_dir(parent)
+}
+
+/// Removes empty directories from `dir` upward, stopping at (and never removing) `stop_at`.
+///
+/// Stops at the first directory that is not empty. A directory that is already gone is passed
+/// over. Returns the directories removed, deepest first, for logging. `dir` must be `stop_at` or
+/// lie under it, or this fails with [`io::ErrorKind::InvalidInput`] and removes nothing.
+pub fn remove_empty_dirs(dir: &Path, stop_at: &Path) -> io::Result<Vec<PathBuf>> {
+    if !dir.starts_with(stop_at) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not under {}", dir.display(), stop_at.display()),
+        ));
+    }
+    let mut removed = Vec::new();
+    let mut current = dir;
+    while current != stop_at {
+        match fs::remove_dir(current) {
+            Ok(()) => removed.push(current.to_path_buf()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) if is_not_empty(&e) => break,
+            Err(e) => return Err(e),
+        }
+        match current.parent() {
+            Some(parent) => current = parent,
+            None => break,
+        }
+    }
+    Ok(removed)
+}
+
+/// Where a pipeline writes: `file`, from `offset` on.
+struct Sink<'a> {
+    file: &'a File,
+    offset: u64,
+}
+
+impl<'a> Sink<'a> {
+    fn new(file: &'a File, offset: u64) -> Self {
+        Self { file, offset }
+    }
+
+    /// Writes `chunk` at the current offset and starts its writeback.
+    fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let t = std::time::Instant::now();
+        self.file.write_all_at(chunk, self.offset)?;
+        let t2 = std::time::Instant::now();
+        if std::env::var("CF_SFR").as_deref() != Ok("0") {
+            start_writeback(self.file, self.offset, chunk.len());
+        }
+        if tr() {
+            eprintln!(
+                "W {} {:.1} {:.1}",
+                self.offset >> 20,
+                (t2 - t).as_secs_f64() * 1e3,
+                t2.elapsed().as_secs_f64() * 1e3
+            );
+        }
+        self.offset += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// Reads `source` from its current position to EOF, writing each chunk to `sink` (if any) and
+/// passing it to `inspect`, in order. Returns the number of bytes read.
+///
+/// Reading and writing run on a second thread, ahead of `inspect` by at most [`BUFFERS`] chunks;
+/// `inspect` and the `cancel` check (before each chunk) run on this one. A source smaller than
+/// one chunk is handled on this thread alone. On an error no further chunk is inspected; the
+/// first error seen here (cancellation) wins over the I/O thread's.
+fn pump_file(
+    source: &File,
+    mut sink: Option<Sink<'_>>,
+    cancel: &AtomicBool,
+    inspect: &mut dyn FnMut(&[u8]),
+) -> io::Result<u64> {
+    check_cancel(cancel)?;
+    let size = source.metadata()?.len();
+    if size < CHUNK as u64 {
+        // One buffer, sized so that a file that did not grow is read in one chunk.
+        let mut buffer = vec![0; size as usize + 1];
+        let mut total = 0;
+        loop {
+            check_cancel(cancel)?;
+            let len = read_full(&mut &*source, &mut buffer)?;
+            if let Some(sink) = &mut sink {
+                sink.write(&buffer[..len])?;
+            }
+            inspect(&buffer[..len]);
+            total += len as u64;
+            if len < buffer.len() {
+                return Ok(total);
+            }
+            // The file grew since its size was read: go on in full chunks.
+            buffer.resize(CHUNK, 0);
+        }
+    }
+
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    thread::scope(|scope| {
+        let io = scope.spawn(move || -> io::Result<()> {
+            let mut allocated = 0;
+            loop {
+                let Some(mut buffer) = next_buffer(&free_rx, &mut allocated) else {
+                    return Ok(()); // this thread stopped inspecting
+                };
+                let len = read_full(&mut &*source, &mut buffer)?;
+                if let Some(sink) = &mut sink {
+                    sink.write(&buffer[..len])?;
+                }
+                if len == 0 || full_tx.send((buffer, len)).is_err() || len < CHUNK {
+                    if tr() {
+                        eprintln!("io thread cpu {:?}", tcpu());
+                    }
+                    return Ok(());
+                }
+            }
+        });
+
+        let mut total = 0;
+        let inspect_result = (|| -> io::Result<()> {
+            let mut waited = std::time::Duration::ZERO;
+            let mut t = std::time::Instant::now();
+            for (buffer, len) in &full_rx {
+                waited += t.elapsed();
+                check_cancel(cancel)?;
+                inspect(&buffer[..len]);
+                total += len as u64;
+                // The I/O thread may have finished; then the buffer is simply dropped.
+                let _ = free_tx.send(buffer);
+                t = std::time::Instant::now();
+            }
+            if tr() {
+                eprintln!("hash thread waited {:?} cpu {:?}", waited, tcpu());
+            }
+            Ok(())
+        })();
+        // Hang up so that the I/O thread stops at its next hand-off.
+        drop(full_rx);
+        drop(free_tx);
+        let io_result = join(io);
+        inspect_result?;
+        io_result?;
+        Ok(total)
+    })
+}
+
+/// Reads `reader` to EOF on this thread, passing each chunk to `inspect` here and writing it to
+/// `sink` on a second thread, in order. Returns the number of bytes read.
+///
+/// This is [`pump_file`] turned around for readers that cannot move to another thread (a network
+/// stream). Checks `cancel` before each read. The first error (cancellation or reading first,
+/// else writing) is returned; after it no more chunks are read or written.
+fn pump_reader(
+    reader: &mut dyn Read,
+    mut sink: Sink<'_>,
+    cancel: &AtomicBool,
+    inspect: &mut dyn FnMut(&[u8]),
+) -> io::Result<u64> {
+    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    thread::scope(|scope| {
+        let writer = scope.spawn(move || -> io::Result<()> {
+            for (buffer, len) in full_rx {
+                sink.write(&buffer[..len])?;
+                // The reader may have stopped; then the buffer is simply dropped.
+                let _ = free_tx.send(buffer);
+            }
+            Ok(())
+        });
+
+        let mut total = 0;
+        let read_result = (|| -> io::Result<()> {
+            let mut allocated = 0;
+            loop {
+                check_cancel(cancel)?;
+                let Some(mut buffer) = next_buffer(&free_rx, &mut allocated) else {
+                    return Ok(()); // the writer failed; its error is reported below
+                };
+                let len = read_full(reader, &mut buffer)?;
+                if len == 0 {
+                    return Ok(());
+                }
+                inspect(&buffer[..len]);
+                total += len as u64;
+                if full_tx.send((buffer, len)).is_err() || len < CHUNK {
+                    return Ok(());
+                }
+            }
+        })();
+        // Hang up so the writer finishes what is queued (or stops at its error) and returns.
+        drop(full_tx);
+        let write_result = join(writer);
+        read_result?;
+        write_result?;
+        Ok(total)
+    })
+}
+
+/// A buffer for the next chunk: a returned one, a new one while fewer than [`BUFFERS`] exist,
+/// else the next one returned. `None` once the other end hung up.
+fn next_buffer(free: &Receiver<Vec<u8>>, allocated: &mut usize) -> Option<Vec<u8>> {
+    match free.try_recv() {
+        Ok(buffer) => return Some(buffer),
+        Err(TryRecvError::Disconnected) => return None,
+        Err(TryRecvError::Empty) => {}
+    }
+    if *allocated < BUFFERS {
+        *allocated += 1;
+        return Some(vec![0; CHUNK]);
+    }
+    free.recv().ok()
+}
+
+/// Waits for a pipeline thread, passing on its panic.
+fn join<T>(handle: thread::ScopedJoinHandle<'_, T>) -> T {
+    handle
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Fills `buffer` from `reader`, stopping early only at EOF. Returns the bytes read.
+fn read_full(reader: &mut dyn Read, buffer: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match reader.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn check_cancel(cancel: &AtomicBool) -> io::Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"))
+    } else {
+        Ok(())
+    }
+}
+
+fn is_not_empty(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::DirectoryNotEmpty
+        || matches!(e.raw_os_error(), Some(libc::ENOTEMPTY | libc::EEXIST))
+}
+
+/// Creates `dir` and its missing ancestors; once created, fsyncs the parent of each new
+/// directory so the new entries are durable. A directory created concurrently by someone else
+/// counts as existing.
+fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = dir;
+    while !current.is_dir() {
+        missing.push(current);
+        match current.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => current = parent,
+            _ => break,
+        }
+    }
+    let mut to_sync = Vec::new();
+    for new_dir in missing.into_iter().rev() {
+        match fs::create_dir(new_dir) {
+            Ok(()) => to_sync.push(new_dir.parent().unwrap_or(Path::new("."))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && new_dir.is_dir() => {}
+            Err(e) => return Err(e),
+        }
+    }
+    for parent in to_sync {
+        let parent = if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Tells the kernel `file` will be read sequentially, so it reads ahead further. Advice only:
+/// a failure changes nothing but speed, so it is ignored.
+fn advise_sequential(file: &File) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is valid for the
+        // duration of the call because `file` is borrowed.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
+}
+
+/// Starts writeback of the `len` bytes just written at `offset` without waiting for it, so the
+/// final fsync has little left to do. Advice only: on failure the fsync does all the work.
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: sync_file_range only reads its integer arguments; the descriptor is valid for
+        // the duration of the call because `file` is borrowed.
+        let _ = unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_catalog::md5::md5_hex;
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ (i >> 13) as u8)
+            .collect()
+    }
+
+    fn copy_case(len: usize) {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        let data = pattern(len);
+        fs::write(&src, &data).unwrap();
+        let mut seen = Vec::new();
+        let copied =
+            copy_with_md5(&src, &dst, &AtomicBool::new(false), &mut |n| seen.push(n)).unwrap();
+        let expected = Copied {
+            bytes: len as u64,
+            md5: md5_hex(&data),
+        };
+        assert_eq!(copied, expected);
+        assert!(fs::read(&dst).unwrap() == data, "copy differs from source");
+        assert!(seen.is_sorted(), "progress went backwards: {seen:?}");
+        if len > 0 {
+            assert_eq!(seen.last(), Some(&(len as u64)));
+        }
+        assert_eq!(
+            md5_of(&dst, &AtomicBool::new(false)).unwrap(),
+            (expected.bytes, expected.md5)
+        );
+    }
+
+    #[test]
+    fn copies_empty_file() {
+        copy_case(0);
+    }
+
+    #[test]
+    fn copies_small_file() {
+        copy_case(12_345);
+    }
+
+    #[test]
+    fn copies_exactly_one_chunk() {
+        copy_case(CHUNK);
+    }
+
+    #[test]
+    fn copies_multi_chunk_file() {
+        copy_case(9 * (1 << 20) + 3);
+    }
+
+    #[test]
+    fn copies_more_chunks_than_buffers() {
+        copy_case(CHUNK * (BUFFERS + 2) + 17);
+    }
+
+    #[test]
+    fn copy_truncates_existing_destination() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        fs::write(&src, b"short").unwrap();
+        fs::write(&dst, vec![7; 100_000]).unwrap();
+        let copied = copy_with_md5(&src, &dst, &AtomicBool::new(false), &mut |_| {}).unwrap();
+        assert_eq!(copied.bytes, 5);
+        assert_eq!(fs::read(&dst).unwrap(), b"short");
+    }
+
+    #[test]
+    fn cancelled_copy_is_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        fs::write(&src, pattern(3 * CHUNK)).unwrap();
+        let err = copy_with_md5(&src, &dst, &AtomicBool::new(true), &mut |_| {}).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        let err = md5_of(&src, &AtomicBool::new(true)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+    }
+
+    #[test]
+    fn cancel_during_copy_stops_between_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let len = (BUFFERS + 3) * CHUNK;
+        fs::write(&src, pattern(len)).unwrap();
+        let cancel = AtomicBool::new(false);
+        let mut calls = 0;
+        let err = copy_with_md5(&src, &dst, &cancel, &mut |_| {
+            calls += 1;
+            cancel.store(true, Ordering::Relaxed);
+        })
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(calls, 1);
+        // The writer runs ahead of the hashing by at most BUFFERS chunks.
+        let written = fs::metadata(&dst).unwrap().len();
+        assert!(
+            written <= ((BUFFERS + 1) * CHUNK) as u64,
+            "{written} bytes written"
+        );
+    }
+
+    #[test]
+    fn missing_source_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = copy_with_md5(
+            &dir.path().join("nope"),
+            &dir.path().join("dst"),
+            &AtomicBool::new(false),
+            &mut |_| {},
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// A reader that yields its data in small, uneven pieces, like a network stream.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.0.len()).min(65_537);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn resume_completes_partial_file_with_full_md5() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("partial");
+        let data = pattern(2 * CHUNK + 1000);
+        for done in [0, 1, 3 << 20, CHUNK, CHUNK + 5, data.len()] {
+            fs::write(&dst, &data[..done]).unwrap();
+            let mut seen = Vec::new();
+            let copied = resume_from_reader(
+                &dst,
+                &mut Trickle(&data[done..]),
+                &AtomicBool::new(false),
+                &mut |n| seen.push(n),
+            )
+            .unwrap();
+            assert_eq!(copied.bytes, data.len() as u64, "resumed at {done}");
+            assert_eq!(copied.md5, md5_hex(&data), "resumed at {done}");
+            assert!(
+                fs::read(&dst).unwrap() == data,
+                "resumed at {done}: bytes differ"
+            );
+            assert_eq!(seen.last(), Some(&(data.len() as u64)));
+        }
+    }
+
+    /// A reader that fails after yielding `good` bytes, like a dropped connection.
+    struct Broken(usize);
+
+    impl Read for Broken {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "peer went away",
+                ));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(b'x');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn resume_reports_reader_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("partial");
+        for good in [10, CHUNK + 10] {
+            fs::write(&dst, b"abc").unwrap();
+            let err = resume_from_reader(
+                &dst,
+                &mut Broken(good),
+                &AtomicBool::new(false),
+                &mut |_| {},
+            )
+            .unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        }
+    }
+
+    #[test]
+    fn resume_creates_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("new");
+        let copied =
+            resume_from_reader(&dst, &mut &b"abc"[..], &AtomicBool::new(false), &mut |_| {})
+                .unwrap();
+        assert_eq!(copied.md5, md5_hex(b"abc"));
+        assert_eq!(fs::read(&dst).unwrap(), b"abc");
+    }
+
+    #[test]
+    fn install_creates_parents_and_replaces_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp1");
+        let target = dir.path().join("a/b/c/file.dat");
+        fs::write(&tmp, b"first").unwrap();
+        install(&tmp, &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"first");
+        assert!(!tmp.exists());
+
+        fs::write(&tmp, b"second").unwrap();
+        install(&tmp, &target).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"second");
+        assert!(!tmp.exists());
+    }
+
+    #[test]
+    fn install_into_existing_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp1");
+        fs::write(&tmp, b"x").unwrap();
+        install(&tmp, &dir.path().join("file")).unwrap();
+        assert_eq!(fs::read(dir.path().join("file")).unwrap(), b"x");
+    }
+
+    #[test]
+    fn install_does_not_replace_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let tmp = dir.path().join("tmp1");
+        fs::write(&tmp, b"x").unwrap();
+        fs::create_dir_all(dir.path().join("d/inside")).unwrap();
+        install(&tmp, &dir.path().join("d")).unwrap_err();
+        assert!(tmp.exists());
+    }
+
+    #[test]
+    fn remove_empty_dirs_stops_at_non_empty_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        fs::create_dir_all(root.join("a/b/c")).unwrap();
+        fs::write(root.join("a/keep"), b"").unwrap();
+        let removed = remove_empty_dirs(&root.join("a/b/c"), root).unwrap();
+        assert_eq!(removed, vec![root.join("a/b/c"), root.join("a/b")]);
+        assert!(root.join("a/keep").exists());
+    }
+
+    #[test]
+    fn remove_empty_dirs_stops_at_stop_at() {
+        let root = tempfile::tempdir().unwrap();
+        let node = root.path().join("node");
+        fs::create_dir_all(node.join("x/y")).unwrap();
+        let removed = remove_empty_dirs(&node.join("x/y"), &node).unwrap();
+        assert_eq!(removed, vec![node.join("x/y"), node.join("x")]);
+        assert!(node.is_dir());
+        assert!(remove_empty_dirs(&node, &node).unwrap().is_empty());
+        assert!(node.is_dir());
+    }
+
+    #[test]
+    fn remove_empty_dirs_passes_over_missing_dir() {
+        let root = tempfile::tempdir().unwrap();
+        let root = root.path();
+        fs::create_dir_all(root.join("a")).unwrap();
+        let removed = remove_empty_dirs(&root.join("a/gone"), root).unwrap();
+        assert_eq!(removed, vec![root.join("a")]);
+    }
+
+    #[test]
+    fn remove_empty_dirs_refuses_dir_outside_stop_at() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("a")).unwrap();
+        fs::create_dir_all(root.path().join("b")).unwrap();
+        let err = remove_empty_dirs(&root.path().join("a"), &root.path().join("b")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(root.path().join("a").is_dir());
+    }
+}

@@ -1,0 +1,969 @@
+//! The units of work cairnd runs: init, import, scan, copy, verify, release, tidy.
+//!
+//! Each runs on a blocking worker thread with a catalog connection from the pool. Disk work
+//! happens outside transactions; each outcome is recorded in one transaction together with the
+//! auto-actions it sets off, so a crash between two steps leaves either the old state or the
+//! new one — never a copy recorded that is not complete on disk (invariant 2).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+use cairn_catalog::Catalog;
+use cairn_catalog::catalog::{CopyWork, Fired, NewFile};
+use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind};
+use cairn_catalog::rules::{self, AutoEffect, NodeSpace, TransportCandidate};
+use cairn_catalog::units::{format_size, now};
+use tracing::{debug, error, info, warn};
+
+use crate::copyfile;
+use crate::daemon::Shared;
+use crate::importer::Verdict;
+use crate::noderoot::{self, Marker, RootState};
+use crate::procfs::{self, OpenWriters};
+use crate::transfer::{Location, Source};
+
+/// What a task works on, so the same thing never runs twice at once on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Key {
+    Init(Id),
+    Import(Id, String),
+    Scan(Id, String),
+    Copy(Id),
+    /// Verify and release of one copy exclude each other.
+    CopyRow(Id),
+    Tidy(Id),
+}
+
+#[derive(Debug)]
+pub enum Task {
+    Init {
+        request: Id,
+        node_id: Id,
+    },
+    Import {
+        node_id: Id,
+        request: Option<Id>,
+        path: String,
+        register_new: bool,
+    },
+    /// A file closed or moved into place under an auto-import node.
+    AutoImport {
+        node_id: Id,
+        path: String,
+    },
+    Scan {
+        node_id: Id,
+        request: Option<Id>,
+        path: String,
+        register_new: bool,
+    },
+    Copy {
+        request: CopyRequest,
+    },
+    Verify {
+        node_id: Id,
+        copy: CopyWork,
+    },
+    Release {
+        node_id: Id,
+        copy: CopyWork,
+    },
+    Tidy {
+        node_id: Id,
+    },
+}
+
+impl Task {
+    pub fn key(&self) -> Key {
+        match self {
+            Task::Init { node_id, .. } => Key::Init(*node_id),
+            Task::Import { node_id, path, .. } | Task::AutoImport { node_id, path } => {
+                Key::Import(*node_id, path.clone())
+            }
+            Task::Scan { node_id, path, .. } => Key::Scan(*node_id, path.clone()),
+            Task::Copy { request } => Key::Copy(request.id),
+            Task::Verify { copy, .. } | Task::Release { copy, .. } => Key::CopyRow(copy.copy.id),
+            Task::Tidy { node_id } => Key::Tidy(*node_id),
+        }
+    }
+
+    /// Nodes whose per-node cap this task counts against.
+    pub fn nodes(&self) -> Vec<Id> {
+        match self {
+            Task::Init { node_id, .. }
+            | Task::Import { node_id, .. }
+            | Task::AutoImport { node_id, .. }
+            | Task::Scan { node_id, .. }
+            | Task::Verify { node_id, .. }
+            | Task::Release { node_id, .. }
+            | Task::Tidy { node_id } => vec![*node_id],
+            Task::Copy { request } => vec![request.from_node_id],
+        }
+    }
+
+    /// How long this task may take before it is reported as stuck: a minute plus the time its
+    /// bytes take at a slow disk's pace.
+    pub fn time_limit(&self) -> Duration {
+        const SLOW: u64 = 20 * 1024 * 1024;
+        let bytes = match self {
+            Task::Copy { request } => request.size,
+            Task::Verify { copy, .. } => copy.size,
+            Task::Scan { .. } => 100 * SLOW * 60,
+            _ => 0,
+        };
+        Duration::from_secs(60 + bytes / SLOW)
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Task::Init { node_id, .. } => format!("Init node #{node_id}"),
+            Task::Import { node_id, path, .. } | Task::AutoImport { node_id, path } => {
+                format!("Import {path} on node #{node_id}")
+            }
+            Task::Scan { node_id, path, .. } => format!("Scan \"{path}\" on node #{node_id}"),
+            Task::Copy { request } => format!(
+                "AFCR#{}: {} -> {}",
+                request.id, request.from_node, request.to_group
+            ),
+            Task::Verify { copy, .. } => format!("Check file {} on {}", copy.path, copy.copy.node),
+            Task::Release { copy, .. } => {
+                format!("Delete copy {} from {}", copy.path, copy.copy.node)
+            }
+            Task::Tidy { node_id } => format!("Tidy up node #{node_id}"),
+        }
+    }
+}
+
+pub fn run(shared: &Arc<Shared>, task: Task) -> Result<()> {
+    if shared.is_cancelled() {
+        return Ok(());
+    }
+    match task {
+        Task::Init { request, node_id } => init(shared, request, node_id),
+        Task::Import {
+            node_id,
+            request,
+            path,
+            register_new,
+        } => import_request(shared, node_id, request, &path, register_new),
+        Task::AutoImport { node_id, path } => auto_import(shared, node_id, &path),
+        Task::Scan {
+            node_id,
+            request,
+            path,
+            register_new,
+        } => scan(shared, node_id, request, &path, register_new),
+        Task::Copy { request } => copy(shared, request),
+        Task::Verify { node_id, copy } => verify(shared, node_id, &copy),
+        Task::Release { node_id, copy } => release(shared, node_id, &copy),
+        Task::Tidy { node_id } => tidy(shared, node_id),
+    }
+}
+
+// ---- init ----
+
+fn init(shared: &Arc<Shared>, request: Id, node_id: Id) -> Result<()> {
+    shared.pool.with(|cat| {
+        if !cat.write(|tx| tx.claim_import_request(request))? {
+            return Ok(());
+        }
+        let node = cat.read(|tx| tx.node_by_id(node_id))?;
+        let outcome = init_node(shared, &node);
+        let error = outcome.as_ref().err().map(|e| format!("{e:#}"));
+        match &outcome {
+            Ok(msg) => info!("{msg}"),
+            Err(e) => error!("Cannot initialise node \"{}\": {e:#}", node.name),
+        }
+        cat.write(|tx| tx.finish_import_request(request, error.as_deref(), now()))?;
+        Ok(())
+    })
+}
+
+fn init_node(shared: &Shared, node: &Node) -> Result<String> {
+    let root = node
+        .root
+        .as_deref()
+        .ok_or_else(|| anyhow!("it has no root (set one with `cairn node modify --root`)"))?;
+    let root = Path::new(root);
+    match noderoot::check_root(root, &node.name, &shared.catalog_id) {
+        RootState::Ready => Ok(format!("Node \"{}\" is already initialised.", node.name)),
+        RootState::NotInitialised => {
+            noderoot::write_marker(
+                root,
+                &Marker {
+                    node: node.name.clone(),
+                    catalog_id: shared.catalog_id.clone(),
+                },
+            )
+            .with_context(|| format!("cannot write the marker under {}", root.display()))?;
+            Ok(format!("Node \"{}\" initialised.", node.name))
+        }
+        RootState::Missing => Err(anyhow!("root \"{}\" is not there", root.display())),
+        RootState::Foreign(m) => Err(anyhow!(
+            "root \"{}\" already holds the marker of node \"{}\" of catalog {}",
+            root.display(),
+            m.node,
+            m.catalog_id
+        )),
+        RootState::Unreadable(e) => Err(anyhow!(
+            "the marker under {} is unreadable: {e}",
+            root.display()
+        )),
+    }
+}
+
+// ---- import ----
+
+/// What importing one path came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Imported {
+    /// Registered (new file or a copy of a known one).
+    Yes,
+    /// The node already had a healthy copy.
+    AlreadyThere,
+    Skipped(String),
+}
+
+struct Candidate {
+    path: String,
+    acq: String,
+    size: u64,
+    md5: String,
+    mtime: i64,
+}
+
+fn node_and_root(shared: &Shared, node_id: Id) -> Result<(Node, PathBuf)> {
+    let node = shared
+        .node(node_id)
+        .ok_or_else(|| anyhow!("node #{node_id} is no longer available"))?;
+    let root = PathBuf::from(node.root.clone().unwrap_or_default());
+    Ok((node, root))
+}
+
+fn import_request(
+    shared: &Arc<Shared>,
+    node_id: Id,
+    request: Option<Id>,
+    path: &str,
+    register_new: bool,
+) -> Result<()> {
+    shared.pool.with(|cat| {
+        if let Some(r) = request
+            && !cat.write(|tx| tx.claim_import_request(r))?
+        {
+            return Ok(());
+        }
+        let (node, root) = node_and_root(shared, node_id)?;
+        let writers = procfs::open_for_writing().ok();
+        let outcome = import_one(
+            shared,
+            cat,
+            &node,
+            &root,
+            path,
+            register_new,
+            writers.as_ref(),
+        );
+        let error = match &outcome {
+            Ok(Imported::Skipped(why)) => {
+                info!("Not importing \"{path}\" on node \"{}\": {why}.", node.name);
+                Some(why.clone())
+            }
+            Ok(_) => None,
+            Err(e) => {
+                error!(
+                    "Import of \"{path}\" on node \"{}\" failed: {e:#}",
+                    node.name
+                );
+                Some(format!("{e:#}"))
+            }
+        };
+        if let Some(r) = request {
+            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
+            if error.is_none() {
+                info!("Completed import request #{r}.");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn auto_import(shared: &Arc<Shared>, node_id: Id, path: &str) -> Result<()> {
+    shared.pool.with(|cat| {
+        let (node, root) = node_and_root(shared, node_id)?;
+        match import_one(shared, cat, &node, &root, path, true, None)? {
+            Imported::Skipped(why) => {
+                info!("Not importing \"{path}\" on node \"{}\": {why}.", node.name)
+            }
+            Imported::Yes | Imported::AlreadyThere => {}
+        }
+        Ok(())
+    })
+}
+
+fn import_one(
+    shared: &Shared,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+    writers: Option<&OpenWriters>,
+) -> Result<Imported> {
+    let Some(c) = examine(shared, cat, node, root, path, register_new, writers)? else {
+        return Ok(Imported::AlreadyThere);
+    };
+    match c {
+        Err(why) => Ok(Imported::Skipped(why)),
+        Ok(c) => {
+            register(cat, node, std::slice::from_ref(&c))?;
+            Ok(Imported::Yes)
+        }
+    }
+}
+
+/// Looks at one file under a node root: `None` if the node already has a healthy copy,
+/// `Some(Err(why))` if it is not to be imported, else what to register (md5 computed).
+fn examine(
+    shared: &Shared,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+    writers: Option<&OpenWriters>,
+) -> Result<Option<Result<Candidate, String>>> {
+    let path = match cairn_catalog::catalog::normalize_path(path) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return Ok(Some(Err("not a file path".into()))),
+        Err(e) => return Ok(Some(Err(e.to_string()))),
+    };
+    let acq = match shared.importer.check(&path) {
+        Verdict::Import { acq } => acq,
+        Verdict::Skip(why) => return Ok(Some(Err(why))),
+    };
+    let full = root.join(&path);
+    let meta = match std::fs::symlink_metadata(&full) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Some(Err(format!("no such file under {}", root.display()))));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", full.display())),
+    };
+    if !meta.file_type().is_file() {
+        return Ok(Some(Err("not a regular file".into())));
+    }
+    let open = match writers {
+        Some(w) => w.contains(&full),
+        None => procfs::is_open_for_writing(&full).unwrap_or(false),
+    };
+    if open {
+        return Ok(Some(Err(
+            "still open for writing; it is imported when closed".into(),
+        )));
+    }
+    let known = cat.read(|tx| {
+        let Some(f) = tx.file_by_path(&path)? else {
+            return Ok(None);
+        };
+        let copy = tx.copy_on(f.id, node.id)?;
+        Ok(Some((f, copy)))
+    })?;
+    if let Some((_, Some(c))) = &known
+        && c.has == Has::Yes
+    {
+        return Ok(None);
+    }
+    if known.is_none() && !register_new {
+        return Ok(Some(Err(
+            "not in the catalog (import with --register-new to add it)".into(),
+        )));
+    }
+    let (size, md5) = copyfile::md5_of(&full, &shared.cancel)
+        .with_context(|| format!("cannot read {}", full.display()))?;
+    if let Some((f, _)) = &known
+        && (f.size != size || f.md5 != md5)
+    {
+        return Ok(Some(Err(format!(
+            "its contents differ from the registered file ({size} bytes, md5 {md5}; \
+             the catalog has {} bytes, md5 {})",
+            f.size, f.md5
+        ))));
+    }
+    use std::os::unix::fs::MetadataExt;
+    Ok(Some(Ok(Candidate {
+        path,
+        acq,
+        size,
+        md5,
+        mtime: meta.mtime(),
+    })))
+}
+
+/// Registers files and their copies on `node` in one transaction, with their auto-actions.
+fn register(cat: &mut Catalog, node: &Node, files: &[Candidate]) -> Result<()> {
+    let t = now();
+    let report = cat.write(|tx| {
+        let mut report = Vec::new();
+        for c in files {
+            let acq_new = tx.acq_by_name(&c.acq)?.is_none();
+            let (file, created) = tx.register_file(
+                &NewFile {
+                    path: &c.path,
+                    acq: &c.acq,
+                    size: c.size,
+                    md5: &c.md5,
+                    mtime: c.mtime,
+                },
+                t,
+            )?;
+            // A scan and an inotify event may race for one file: record it once.
+            if tx
+                .copy_on(file.id, node.id)?
+                .is_some_and(|c| c.has == Has::Yes)
+            {
+                continue;
+            }
+            tx.record_copy(file.id, node.id, Has::Yes, Some(disk_usage(c.size)), t)?;
+            let effects = tx.fire_auto_actions(file.id, node.id, t)?;
+            report.push((c.path.clone(), c.acq.clone(), acq_new, created, effects));
+        }
+        Ok(report)
+    })?;
+    for (path, acq, acq_new, created, effects) in report {
+        if acq_new {
+            info!("Acquisition \"{acq}\" added to DB.");
+        }
+        if created {
+            info!("File \"{path}\" added to DB.");
+        }
+        info!("Imported file copy \"{path}\" on node \"{}\".", node.name);
+        log_effects(&path, &effects);
+    }
+    Ok(())
+}
+
+/// Space a file takes on a typical filesystem (4 KiB blocks), for "Size on Node".
+fn disk_usage(size: u64) -> u64 {
+    size.div_ceil(4096).max(1) * 4096
+}
+
+fn log_effects(path: &str, fired: &[Fired]) {
+    for f in fired {
+        match f.effect {
+            AutoEffect::Sync { .. } => {
+                info!(
+                    "Auto-sync: requested copy of \"{path}\" into group \"{}\".",
+                    f.name
+                )
+            }
+            AutoEffect::Release { .. } => {
+                info!("Auto-clean: released \"{path}\" on node \"{}\".", f.name)
+            }
+        }
+    }
+}
+
+// ---- scan ----
+
+fn scan(
+    shared: &Arc<Shared>,
+    node_id: Id,
+    request: Option<Id>,
+    path: &str,
+    register_new: bool,
+) -> Result<()> {
+    shared.pool.with(|cat| {
+        if let Some(r) = request
+            && !cat.write(|tx| tx.claim_import_request(r))?
+        {
+            return Ok(());
+        }
+        let (node, root) = node_and_root(shared, node_id)?;
+        let result = scan_tree(shared, cat, &node, &root, path, register_new);
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        match &result {
+            Ok((imported, skipped)) => debug!(
+                "Scan of \"{path}\" on \"{}\": {imported} imported, {skipped} skipped.",
+                node.name
+            ),
+            Err(e) => error!("Scan of \"{path}\" on node \"{}\" failed: {e:#}", node.name),
+        }
+        if let Some(r) = request {
+            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
+            info!("Completed import request #{r}.");
+        }
+        Ok(())
+    })
+}
+
+fn scan_tree(
+    shared: &Shared,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+) -> Result<(usize, usize)> {
+    let rel = if path == "." {
+        String::new()
+    } else {
+        cairn_catalog::catalog::normalize_path(path)?
+    };
+    info!("Scanning \"{path}\" on \"{}\" for new files.", node.name);
+    let start = root.join(&rel);
+    if !start.is_dir() {
+        return Err(anyhow!(
+            "\"{path}\" is not a directory under {}",
+            root.display()
+        ));
+    }
+    let have: std::collections::HashSet<String> = cat
+        .read(|tx| tx.files_on_node(node.id, None, (!rel.is_empty()).then_some(rel.as_str())))?
+        .into_iter()
+        .filter(|(_, c)| c.has == Has::Yes)
+        .map(|(f, _)| f.path)
+        .collect();
+    let writers = procfs::open_for_writing().ok();
+    let mut files = Vec::new();
+    walk(root, &start, &mut files)?;
+    files.sort();
+    let (mut imported, mut skipped) = (0, 0);
+    let mut batch = Vec::new();
+    for p in files {
+        if shared.is_cancelled() {
+            break;
+        }
+        if have.contains(&p) {
+            continue;
+        }
+        match examine(shared, cat, node, root, &p, register_new, writers.as_ref())? {
+            None => {}
+            Some(Err(why)) => {
+                info!("Not importing \"{p}\": {why}.");
+                skipped += 1;
+            }
+            Some(Ok(c)) => batch.push(c),
+        }
+        if batch.len() >= 256 {
+            imported += batch.len();
+            register(cat, node, &std::mem::take(&mut batch))?;
+        }
+    }
+    imported += batch.len();
+    register(cat, node, &batch)?;
+    Ok((imported, skipped))
+}
+
+/// Files below `dir`, as paths relative to `root`; skips `.cairn/` at the root.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for e in entries {
+        let e = e?;
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            if dir == root && e.file_name() == ".cairn" {
+                continue;
+            }
+            debug!(
+                "Scanning \"{}\".",
+                p.strip_prefix(root).unwrap_or(&p).display()
+            );
+            walk(root, &p, out)?;
+        } else if ft.is_file()
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
+
+// ---- copy ----
+
+/// Whether this host can serve a copy request now: a healthy copy on one of its available
+/// nodes outside the destination group (a pull from another host is not done here).
+pub fn has_local_source(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<bool> {
+    Ok(local_sources(cat, shared, r)?.next().is_some())
+}
+
+fn local_sources(
+    cat: &mut Catalog,
+    shared: &Shared,
+    r: &CopyRequest,
+) -> Result<impl Iterator<Item = Source>> {
+    let copies = cat.read(|tx| tx.copies_of(r.file_id))?;
+    let mut sources: Vec<Source> = copies
+        .into_iter()
+        .filter(|c| c.has == Has::Yes)
+        .filter_map(|c| {
+            let n = shared.node(c.node_id)?;
+            (n.group_id != r.to_group_id).then(|| Source {
+                node_id: n.id,
+                node: n.name.clone(),
+                copy_id: c.id,
+                location: Location::Local(PathBuf::from(n.root.unwrap_or_default()).join(&r.path)),
+            })
+        })
+        .collect();
+    // The requested source first, then any other healthy local copy.
+    sources.sort_by_key(|s| s.node_id != r.from_node_id);
+    Ok(sources.into_iter())
+}
+
+fn copy(shared: &Arc<Shared>, r: CopyRequest) -> Result<()> {
+    shared.pool.with(|cat| {
+        if !cat.write(|tx| tx.claim_copy_request(r.id, &shared.host, now()))? {
+            return Ok(());
+        }
+        info!(
+            "Beginning task AFCR#{}: {} -> {}",
+            r.id, r.from_node, r.to_group
+        );
+        match copy_claimed(shared, cat, &r) {
+            Ok(()) => Ok(()),
+            Err(CopyFailure::Cancelled) => {
+                cat.write(|tx| tx.unclaim_copy_request(r.id))?;
+                Ok(())
+            }
+            Err(CopyFailure::Failed(reason)) => {
+                let attempts = cat.read(|tx| tx.copy_request(r.id))?.attempts;
+                let delay = backoff(attempts);
+                let max = shared.config.daemon.max_attempts;
+                let failed =
+                    cat.write(|tx| tx.fail_copy_request(r.id, &reason, max, now() + delay, now()))?;
+                if failed {
+                    error!("AFCR#{} failed after {attempts} attempts: {reason}", r.id);
+                } else {
+                    warn!(
+                        "AFCR#{} attempt {attempts} failed: {reason}; retrying in {delay}s.",
+                        r.id
+                    );
+                }
+                Ok(())
+            }
+            Err(CopyFailure::Catalog(e)) => Err(e),
+        }
+    })
+}
+
+/// Seconds before retry `attempts`: 10 s doubling, capped at an hour.
+fn backoff(attempts: u32) -> i64 {
+    (10i64 << attempts.saturating_sub(1).min(9)).min(3600)
+}
+
+enum CopyFailure {
+    Cancelled,
+    Failed(String),
+    Catalog(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CopyFailure {
+    fn from(e: anyhow::Error) -> Self {
+        CopyFailure::Catalog(e)
+    }
+}
+
+impl From<cairn_catalog::CatalogError> for CopyFailure {
+    fn from(e: cairn_catalog::CatalogError) -> Self {
+        CopyFailure::Catalog(e.into())
+    }
+}
+
+fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(), CopyFailure> {
+    let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
+    let dest = choose_destination(shared, cat, r)?;
+    let root = PathBuf::from(dest.root.clone().unwrap_or_default());
+    let final_path = root.join(&file.path);
+    let t0 = Instant::now();
+
+    // Pre-pull search: the file may be there already (copied by hand, or by an earlier run
+    // that stopped before recording it).
+    debug!("Pre-pull search for {} in {}", file.path, dest.name);
+    if let Ok(meta) = std::fs::metadata(&final_path)
+        && meta.is_file()
+        && meta.len() == file.size
+        && let Ok((_, md5)) = copyfile::md5_of(&final_path, &shared.cancel)
+        && md5 == file.md5
+    {
+        info!(
+            "Pre-pull search found {} on node \"{}\": recording it.",
+            file.path, dest.name
+        );
+        record_arrival(cat, r, &dest, file.size, t0)?;
+        return Ok(());
+    }
+
+    let space = node_space(cat, &dest)?;
+    if let Err(no) = rules::fits(&space, file.size) {
+        return Err(CopyFailure::Failed(format!(
+            "node \"{}\" has no room: {no}",
+            dest.name
+        )));
+    }
+    let sources: Vec<Source> = local_sources(cat, shared, r)?.collect();
+    let Some(source) = sources.into_iter().next() else {
+        return Err(CopyFailure::Cancelled);
+    };
+    let tmp = noderoot::tmp_dir(&root).join(format!("copy-{}.part", r.id));
+    if let Some(parent) = tmp.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CopyFailure::Failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    info!(
+        "Pulling file {} from node \"{}\" using {}",
+        file.path,
+        source.node,
+        shared.transfer.method()
+    );
+    let fetched = shared.transfer.fetch(&source, &tmp, &shared.cancel);
+    let copied = match fetched {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            if e.kind() == std::io::ErrorKind::Interrupted || shared.is_cancelled() {
+                info!("Pull of {} aborted: shutting down.", file.path);
+                return Err(CopyFailure::Cancelled);
+            }
+            return Err(CopyFailure::Failed(format!(
+                "cannot copy from node \"{}\": {e}",
+                source.node
+            )));
+        }
+    };
+    if copied.md5 != file.md5 || copied.bytes != file.size {
+        let _ = std::fs::remove_file(&tmp);
+        cat.write(|tx| tx.mark_copy(source.copy_id, Has::Suspect, now()))?;
+        error!(
+            "Pull of {} from node \"{}\" gave wrong bytes ({} B, md5 {}; expected {} B, md5 {}): \
+             copy there marked suspect.",
+            file.path, source.node, copied.bytes, copied.md5, file.size, file.md5
+        );
+        return Err(CopyFailure::Failed(format!(
+            "md5 mismatch from node \"{}\" (marked suspect)",
+            source.node
+        )));
+    }
+    if shared.is_cancelled() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CopyFailure::Cancelled);
+    }
+    if let Some(parent) = final_path.parent()
+        && !parent.exists()
+    {
+        info!("Creating directory \"{}\".", parent.display());
+    }
+    copyfile::install(&tmp, &final_path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CopyFailure::Failed(format!(
+            "cannot move into place at {}: {e}",
+            final_path.display()
+        ))
+    })?;
+    record_arrival(cat, r, &dest, copied.bytes, t0)?;
+    let secs = t0.elapsed().as_secs_f64();
+    info!(
+        "Pull of {} complete. Transferred {} in {:.1}s [{}/s]",
+        file.path,
+        format_size(copied.bytes),
+        secs,
+        format_size((copied.bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    Ok(())
+}
+
+fn record_arrival(
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    dest: &Node,
+    bytes: u64,
+    t0: Instant,
+) -> Result<(), CopyFailure> {
+    let t = now();
+    let effects = cat.write(|tx| {
+        tx.record_copy(r.file_id, dest.id, Has::Yes, Some(disk_usage(bytes)), t)?;
+        tx.finish_copy_request(r.id, bytes, t0.elapsed().as_secs_f64(), t)?;
+        tx.fire_auto_actions(r.file_id, dest.id, t)
+    })?;
+    log_effects(&r.path, &effects);
+    Ok(())
+}
+
+fn node_space(cat: &mut Catalog, node: &Node) -> Result<NodeSpace> {
+    let used = cat.read(|tx| tx.used_by_copies(node.id))?;
+    Ok(NodeSpace {
+        used_by_copies: used,
+        max_total: node.max_total,
+        avail: node.avail,
+        capacity: node.capacity,
+        min_avail: node.min_avail,
+    })
+}
+
+/// The node of the destination group on this host that takes the copy: the group's node here,
+/// or for a transport group the fullest disk that still fits.
+fn choose_destination(
+    shared: &Shared,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+) -> Result<Node, CopyFailure> {
+    let group = cat.read(|tx| tx.group(&r.to_group))?;
+    let here: Vec<Node> = shared
+        .available
+        .lock()
+        .expect("available lock")
+        .values()
+        .filter(|n| n.group_id == group.id)
+        .cloned()
+        .collect();
+    if here.is_empty() {
+        return Err(CopyFailure::Cancelled);
+    }
+    if group.io_class == IoClass::Transport {
+        let mut cands = Vec::new();
+        for n in &here {
+            cands.push(TransportCandidate {
+                node_id: n.id,
+                name: n.name.clone(),
+                host_id: n.host_id,
+                active: n.active && n.kind == NodeKind::Transport,
+                space: node_space(cat, n)?,
+            });
+        }
+        let chosen = rules::choose_transport(&cands, shared.host_id, r.size)
+            .map_err(|e| CopyFailure::Failed(e.to_string()))?;
+        return Ok(here
+            .into_iter()
+            .find(|n| n.id == chosen)
+            .expect("chosen among candidates"));
+    }
+    let mut here = here;
+    here.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(here.remove(0))
+}
+
+// ---- verify ----
+
+fn verify(shared: &Arc<Shared>, node_id: Id, w: &CopyWork) -> Result<()> {
+    let (node, root) = node_and_root(shared, node_id)?;
+    let full = root.join(&w.path);
+    info!("Checking copy \"{}\" on node {}.", w.path, node.name);
+    let has = match std::fs::metadata(&full) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            error!("File {} on node {} is missing!", w.path, node.name);
+            Has::No
+        }
+        Err(e) => {
+            warn!(
+                "File {} on node {}: cannot stat: {e}; marking suspect.",
+                w.path, node.name
+            );
+            Has::Suspect
+        }
+        Ok(m) if m.len() != w.size => {
+            error!(
+                "File {} on node {} is corrupt! Size: {}; expected: {}",
+                w.path,
+                node.name,
+                m.len(),
+                w.size
+            );
+            Has::Corrupt
+        }
+        Ok(_) => match copyfile::md5_of(&full, &shared.cancel) {
+            Ok((_, md5)) if md5 == w.md5 => {
+                info!("File {} on node {} is A-OK!", w.path, node.name);
+                Has::Yes
+            }
+            Ok((_, md5)) => {
+                error!(
+                    "File {} on node {} is corrupt! MD5: {md5}; expected: {}",
+                    w.path, node.name, w.md5
+                );
+                Has::Corrupt
+            }
+            Err(_) if shared.is_cancelled() => return Ok(()),
+            Err(e) => {
+                warn!(
+                    "File {} on node {}: read error: {e}; marking suspect.",
+                    w.path, node.name
+                );
+                Has::Suspect
+            }
+        },
+    };
+    shared.pool.with(|cat| {
+        cat.write(|tx| tx.record_verify(w.copy.id, has, now()))?;
+        Ok(())
+    })
+}
+
+// ---- release ----
+
+fn release(shared: &Arc<Shared>, node_id: Id, w: &CopyWork) -> Result<()> {
+    let (node, root) = node_and_root(shared, node_id)?;
+    let min = shared.config.daemon.min_archive_copies;
+    let outcome = shared
+        .pool
+        .with(|cat| Ok(cat.write(|tx| tx.try_release(w.copy.id, min, now()))?))?;
+    if let Err(refusal) = outcome {
+        warn!("Not deleting {} on {}: {refusal}.", w.path, node.name);
+        return Ok(());
+    }
+    let full = root.join(&w.path);
+    match std::fs::remove_file(&full) {
+        Ok(()) => info!("Removed file copy {} on {}", w.path, node.name),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!("File copy {} on {} was already gone", w.path, node.name)
+        }
+        Err(e) => {
+            error!(
+                "Cannot remove {}: {e} (the catalog no longer counts it)",
+                full.display()
+            );
+            return Ok(());
+        }
+    }
+    if let Some(parent) = full.parent() {
+        match copyfile::remove_empty_dirs(parent, &root) {
+            Ok(dirs) => {
+                for d in dirs {
+                    info!("Removed directory {} on {}", d.display(), node.name);
+                }
+            }
+            Err(e) => warn!("Cannot tidy directories above {}: {e}", full.display()),
+        }
+    }
+    Ok(())
+}
+
+// ---- tidy ----
+
+fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
+    let (node, root) = node_and_root(shared, node_id)?;
+    let tmp = noderoot::tmp_dir(&root);
+    let Ok(entries) = std::fs::read_dir(&tmp) else {
+        return Ok(());
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        // A temp file of a copy running now is not a leftover.
+        let running = name
+            .strip_prefix("copy-")
+            .and_then(|s| s.strip_suffix(".part"))
+            .and_then(|id| id.parse::<Id>().ok())
+            .is_some_and(|id| shared.is_running(&Key::Copy(id)));
+        if running {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => info!("Tidy up {}: removed leftover temp file {name}", node.name),
+            Err(err) => warn!("Tidy up {}: cannot remove {name}: {err}", node.name),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! The `cairnd` binary's own contract: usage, config errors, one instance per host.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cairnd() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairnd"));
+    c.stdin(Stdio::null()).env("CAIRN_LOG", "info");
+    c
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    cairn_catalog::Catalog::init(&url).unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[catalog]\nurl = \"{url}\"\n[host]\nname = \"h1\"\n[daemon]\ninterval = \"1s\"\n\
+             socket = \"{d}/cairnd.sock\"\nlock_file = \"{d}/cairnd.lock\"\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = cairnd().arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: cairnd"));
+}
+
+#[test]
+fn a_config_with_an_unknown_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cairn.toml");
+    std::fs::write(&config, "[daemon]\nworkerz = 3\n").unwrap();
+    let out = cairnd().arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("workerz"));
+}
+
+#[test]
+fn a_second_cairnd_for_the_host_refuses_to_start_and_sigterm_exits_0() {
+    let (dir, config) = setup();
+    let mut first = cairnd()
+        .arg("--config")
+        .arg(&config)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sock = dir.path().join("cairnd.sock");
+    let start = Instant::now();
+    while !sock.exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "first cairnd never listened"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = cairnd().arg("--config").arg(&config).output().unwrap();
+    assert_eq!(second.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("another cairnd holds"), "{err}");
+    assert!(err.contains(&format!("pid {}", first.id())), "{err}");
+    assert!(err.contains("host h1"), "{err}");
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    let status = first.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
+    assert!(!sock.exists(), "the socket is removed at exit");
+}

@@ -1,0 +1,514 @@
+//! cairnd on one host, with real processes: the single-host parts of seed 004, crash safety,
+//! racing cleans.
+
+use std::path::Path;
+use std::time::Duration;
+
+use cairn_catalog::md5::md5_file;
+use cairn_catalog::model::Has;
+use cairn_tests::{Archive, wait_until};
+
+const T: Duration = Duration::from_secs(30);
+
+fn write(root: &Path, rel: &str, contents: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, contents).unwrap();
+}
+
+fn has(a: &Archive, node: &str, path: &str) -> Option<Has> {
+    let mut cat = a.catalog();
+    cat.read(|tx| {
+        let Some(f) = tx.file_by_path(path)? else {
+            return Ok(None);
+        };
+        let n = tx.node(node)?;
+        Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
+    })
+    .unwrap()
+}
+
+#[test]
+fn seed_004_single_host() {
+    let a = Archive::new();
+    let mut h = a.host("alpenhost1");
+    let r1 = h.root("demo_storage1");
+    let r2 = h.root("demo_storage2");
+    let r3 = h.root("demo_storage3");
+    h.cairn(&["group", "create", "demo_storage1"]);
+    h.cairn(&[
+        "node",
+        "create",
+        "demo_storage1",
+        "--group=demo_storage1",
+        "--auto-import",
+        &format!("--root={}", r1.display()),
+        "--host=alpenhost1",
+    ]);
+    h.start();
+    h.cairn(&["node", "activate", "demo_storage1"]);
+    h.cairn(&["node", "init", "demo_storage1"]);
+    wait_until(T, "node init", || r1.join(".cairn/node.toml").exists());
+    wait_until(T, "auto-import watch", || {
+        h.log().contains("for auto import")
+    });
+
+    // Auto-import: a plain write, closed → imported; a temp name then mv → imported once.
+    write(
+        &r1,
+        "2025/02/21/meta.txt",
+        "This is the first acquisition in the alpenhorn demo\n",
+    );
+    write(&r1, "2025/02/21/23/.1324.dat", "0 1 2 3 4 5\n");
+    std::fs::rename(
+        r1.join("2025/02/21/23/.1324.dat"),
+        r1.join("2025/02/21/23/1324.dat"),
+    )
+    .unwrap();
+    wait_until(T, "auto-import of two files", || {
+        a.on("demo_storage1") == (2, 64)
+    });
+    let f = a
+        .catalog()
+        .read(|tx| tx.file("2025/02/21/meta.txt"))
+        .unwrap();
+    assert_eq!(f.md5, "4f2a66c1ff5eb90a5013522d53ea2e91");
+    assert_eq!(f.acq, "2025/02/21", "acq_depth = 3");
+
+    // Manual import: auto-import off, then import one file and scan for the rest.
+    h.cairn(&["node", "modify", "demo_storage1", "--no-auto-import"]);
+    wait_until(T, "watch stopped", || {
+        h.log().contains("Stopped watching node \"demo_storage1\"")
+    });
+    write(&r1, "2025/02/21/23/1330.dat", "0 1 2 3 4 5\n");
+    write(&r1, "2025/02/21/23/1342.dat", "3 4 5 6 7 8\n");
+    write(&r1, "2025/02/21/23/1349.dat", "9 10 11 12 13\n");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        a.on("demo_storage1"),
+        (2, 64),
+        "nothing imported without auto-import: {}",
+        h.log()
+    );
+    h.cairn(&[
+        "file",
+        "import",
+        "--register-new",
+        "2025/02/21/23/1330.dat",
+        "demo_storage1",
+    ]);
+    h.cairn(&[
+        "node",
+        "scan",
+        "demo_storage1",
+        "--register-new",
+        "2025/02/21",
+    ]);
+    a.wait_idle(T);
+    assert_eq!(a.on("demo_storage1"), (5, 102));
+
+    // Sync between nodes: one file, then the rest in bulk.
+    h.cairn(&[
+        "node",
+        "create",
+        "demo_storage2",
+        "--create-group",
+        &format!("--root={}", r2.display()),
+        "--host=alpenhost1",
+        "--init",
+        "--activate",
+    ]);
+    h.cairn(&[
+        "file",
+        "sync",
+        "--from",
+        "demo_storage1",
+        "--to",
+        "demo_storage2",
+        "2025/02/21/meta.txt",
+    ]);
+    a.wait_idle(T);
+    assert_eq!(a.on("demo_storage2"), (1, 52));
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/02/21/meta.txt"))
+            .unwrap()
+            .len(),
+        52
+    );
+    let out = h.cairn(&["node", "sync", "demo_storage1", "demo_storage2", "--force"]);
+    assert!(out.contains("Would sync 4 files (50 B)"), "{out}");
+    a.wait_idle(T);
+    assert_eq!(a.on("demo_storage2"), (5, 102));
+    assert!(
+        h.log()
+            .contains("Pull of 2025/02/21/23/1349.dat complete. Transferred 14 B")
+    );
+
+    // Corruption: verify finds it, syncing back repairs it.
+    std::fs::write(r1.join("2025/02/21/23/1324.dat"), "bad data\n").unwrap();
+    h.cairn(&[
+        "node",
+        "verify",
+        "--all",
+        "--acq=2025/02/21",
+        "demo_storage1",
+        "--force",
+    ]);
+    wait_until(T, "verify finds the corrupt copy", || {
+        has(&a, "demo_storage1", "2025/02/21/23/1324.dat") == Some(Has::Corrupt)
+    });
+    wait_until(T, "all verified", || {
+        let mut cat = a.catalog();
+        let n = cat.read(|tx| tx.node("demo_storage1")).unwrap();
+        cat.read(|tx| tx.copies_to_verify(n.id, None, 0, 10))
+            .unwrap()
+            .is_empty()
+    });
+    let stats = a.cairn(&["node", "stats", "--extra-stats"]);
+    let row: Vec<_> = stats
+        .lines()
+        .find(|l| l.starts_with("demo_storage1"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row,
+        ["demo_storage1", "4", "90", "B", "-", "1", "-", "-"],
+        "{stats}"
+    );
+    assert!(
+        h.log().contains("is corrupt! Size: 9; expected: 12"),
+        "{}",
+        h.log()
+    );
+    let out = h.cairn(&["node", "sync", "demo_storage2", "demo_storage1", "--force"]);
+    assert!(out.contains("Would sync 1 file (12 B)"), "{out}");
+    a.wait_idle(T);
+    assert_eq!(
+        has(&a, "demo_storage1", "2025/02/21/23/1324.dat"),
+        Some(Has::Yes)
+    );
+    assert_eq!(
+        std::fs::read_to_string(r1.join("2025/02/21/23/1324.dat")).unwrap(),
+        "0 1 2 3 4 5\n"
+    );
+
+    // Clean: refused until two archive copies exist elsewhere.
+    h.cairn(&[
+        "file",
+        "clean",
+        "--now",
+        "--node=demo_storage1",
+        "2025/02/21/meta.txt",
+    ]);
+    wait_until(T, "refusal logged", || {
+        h.log().contains("too few archive copies (0 of 2")
+    });
+    assert!(r1.join("2025/02/21/meta.txt").exists());
+    h.cairn(&["node", "modify", "--archive", "demo_storage2"]);
+    wait_until(T, "refusal with one archive copy", || {
+        h.log().contains("too few archive copies (1 of 2")
+    });
+    assert!(r1.join("2025/02/21/meta.txt").exists());
+    h.cairn(&[
+        "node",
+        "create",
+        "demo_storage3",
+        "--create-group",
+        "--archive",
+        &format!("--root={}", r3.display()),
+        "--host=alpenhost1",
+        "--init",
+        "--activate",
+    ]);
+    h.cairn(&["node", "sync", "--force", "demo_storage2", "demo_storage3"]);
+    wait_until(T, "meta.txt deleted", || {
+        !r1.join("2025/02/21/meta.txt").exists()
+    });
+    assert_eq!(
+        has(&a, "demo_storage1", "2025/02/21/meta.txt"),
+        Some(Has::No)
+    );
+    a.wait_idle(T);
+    let out = h.cairn(&[
+        "node",
+        "clean",
+        "demo_storage1",
+        "--now",
+        "--target",
+        "demo_storage3",
+        "--force",
+    ]);
+    assert!(out.contains("Would release 4 files (50 B)."), "{out}");
+    wait_until(T, "node 1 emptied", || {
+        a.on("demo_storage1") == (0, 0) && !r1.join("2025").exists()
+    });
+    assert!(h.log().contains(&format!(
+        "Removed directory {}/2025 on demo_storage1",
+        r1.display()
+    )));
+    assert_eq!(a.on("demo_storage2"), (5, 102));
+    assert_eq!(a.on("demo_storage3"), (5, 102));
+
+    // Auto-actions: node1 → group2 → group3, autoclean of node1 once in group3.
+    h.cairn(&["group", "autosync", "demo_storage2", "demo_storage1"]);
+    h.cairn(&["group", "autosync", "demo_storage3", "demo_storage2"]);
+    h.cairn(&["node", "autoclean", "demo_storage1", "demo_storage3"]);
+    write(&r1, "2025/02/26/02/0011.dat", "14 15 16 17 18\n");
+    h.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
+    wait_until(
+        T,
+        "the new file travels to node 3 and leaves node 1",
+        || {
+            has(&a, "demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
+                && has(&a, "demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
+        },
+    );
+    assert!(!r1.join("2025").exists(), "empty dirs removed");
+    assert_eq!(a.on("demo_storage2"), (6, 117));
+    assert_eq!(a.on("demo_storage3"), (6, 117));
+    let (_, md5) = md5_file(&r3.join("2025/02/26/02/0011.dat")).unwrap();
+    assert_eq!(md5, cairn_catalog::md5::md5_hex(b"14 15 16 17 18\n"));
+
+    assert_eq!(h.stop().code(), Some(0));
+    for r in [&r1, &r2, &r3] {
+        let tmp: Vec<_> = std::fs::read_dir(r.join(".cairn/tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "no temp files left in {}", r.display());
+    }
+}
+
+#[test]
+fn a_root_with_another_nodes_marker_is_refused() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let r = h.root("n1");
+    let root = format!("--root={}", r.display());
+    h.cairn(&[
+        "node",
+        "create",
+        "n1",
+        "--create-group",
+        &root,
+        "--host=h1",
+        "--init",
+        "--activate",
+    ]);
+    h.start();
+    wait_until(T, "n1 initialised", || r.join(".cairn/node.toml").exists());
+    // The same disk named as another node: the wrong disk in the slot.
+    h.cairn(&[
+        "node",
+        "create",
+        "n2",
+        "--create-group",
+        &root,
+        "--host=h1",
+        "--init",
+        "--activate",
+    ]);
+    wait_until(T, "a refusal", || h.log().contains("Refusing node \"n2\""));
+    let marker = std::fs::read_to_string(r.join(".cairn/node.toml")).unwrap();
+    assert!(marker.contains("node = \"n1\""), "{marker}");
+    let mut cat = a.catalog();
+    let failed = cat
+        .read(|tx| tx.import_requests(None, &[cairn_catalog::model::RequestState::Failed]))
+        .unwrap();
+    assert_eq!(failed.len(), 1);
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("marker of node \"n1\"")
+    );
+}
+
+/// Writes `mib` MiB of varied bytes (not all zeros, so a truncated copy has a different md5).
+fn big_file(path: &Path, mib: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        for (j, b) in block.iter_mut().enumerate().step_by(4096) {
+            *b = (i * 31 + j / 4096) as u8;
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
+fn partial_copy_in(root: &Path) -> Option<u64> {
+    std::fs::read_dir(root.join(".cairn/tmp"))
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("copy-"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .find(|len| *len > 32 << 20)
+}
+
+#[test]
+fn sigterm_and_kill_9_mid_copy_leave_no_partial_file_and_the_copy_completes() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let r1 = h.root("n1");
+    let r2 = h.root("n2");
+    for (n, r) in [("n1", &r1), ("n2", &r2)] {
+        h.cairn(&[
+            "node",
+            "create",
+            n,
+            "--create-group",
+            &format!("--root={}", r.display()),
+            "--host=h1",
+            "--init",
+            "--activate",
+        ]);
+    }
+    big_file(&r1.join("2025/01/01/big.dat"), 1024);
+    let (size, md5) = md5_file(&r1.join("2025/01/01/big.dat")).unwrap();
+    h.start();
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(Duration::from_secs(120));
+    assert_eq!(a.on("n1"), (1, size));
+    let target = r2.join("2025/01/01/big.dat");
+
+    // SIGTERM mid-copy: a clean stop, no temp file, the request back in the queue.
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    wait_until(Duration::from_secs(60), "a partial copy", || {
+        partial_copy_in(&r2).is_some()
+    });
+    assert_eq!(h.stop().code(), Some(0), "{}", h.log());
+    assert!(!target.exists(), "nothing under the archive name");
+    assert_eq!(
+        std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(),
+        0,
+        "temp file removed"
+    );
+    let pending = a.cairn(&["request", "list", "--pending"]);
+    assert!(pending.contains("big.dat"), "{pending}");
+
+    // kill -9 mid-copy: the partial file stays in .cairn/tmp only.
+    h.start();
+    wait_until(Duration::from_secs(60), "a partial copy again", || {
+        partial_copy_in(&r2).is_some()
+    });
+    h.kill9();
+    assert!(
+        !target.exists(),
+        "nothing under the archive name after a crash"
+    );
+    assert_eq!(
+        has(&a, "n2", "2025/01/01/big.dat"),
+        None,
+        "no copy recorded"
+    );
+
+    // Restart: the abandoned request resumes and the copy completes, verified.
+    h.start();
+    a.wait_idle(Duration::from_secs(180));
+    assert_eq!(
+        has(&a, "n2", "2025/01/01/big.dat"),
+        Some(Has::Yes),
+        "{}",
+        h.log()
+    );
+    assert_eq!(md5_file(&target).unwrap(), (size, md5));
+    assert_eq!(
+        std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(),
+        0,
+        "leftovers tidied"
+    );
+    assert!(
+        h.log().contains("Resuming 1 requests left active"),
+        "{}",
+        h.log()
+    );
+}
+
+#[test]
+fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
+    use cairn_catalog::catalog::NewFile;
+    use cairn_catalog::model::Wants;
+    const FILES: usize = 40;
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let h3 = a.host("h3");
+    let roots = [h1.root("a1"), h2.root("a2"), h3.root("a3")];
+    for (i, (h, r)) in [(&h1, &roots[0]), (&h2, &roots[1]), (&h3, &roots[2])]
+        .into_iter()
+        .enumerate()
+    {
+        let n = format!("a{}", i + 1);
+        h.cairn(&[
+            "node",
+            "create",
+            &n,
+            "--create-group",
+            "--archive",
+            &format!("--root={}", r.display()),
+            &format!("--host={}", h.name),
+            "--init",
+            "--activate",
+        ]);
+    }
+    // Every file has a healthy copy on all three archive nodes; a1 and a2 are both released.
+    let mut cat = a.catalog();
+    for i in 0..FILES {
+        let path = format!("2025/race/{i:03}.dat");
+        let body = format!("file {i}\n");
+        for r in &roots {
+            write(r, &path, &body);
+        }
+        cat.write(|tx| {
+            let (f, _) = tx.register_file(
+                &NewFile {
+                    path: &path,
+                    acq: "2025/race",
+                    size: body.len() as u64,
+                    md5: &cairn_catalog::md5::md5_hex(body.as_bytes()),
+                    mtime: 0,
+                },
+                1,
+            )?;
+            for n in ["a1", "a2", "a3"] {
+                let node = tx.node(n)?;
+                let c = tx.record_copy(f.id, node.id, Has::Yes, None, 1)?;
+                if n != "a3" {
+                    tx.set_wants(&[c], Wants::ReleaseNow, 1)?;
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    }
+    h1.start();
+    h2.start();
+    let gone =
+        |node: &str, i: usize| has(&a, node, &format!("2025/race/{i:03}.dat")) == Some(Has::No);
+    wait_until(Duration::from_secs(60), "one of each pair released", || {
+        (0..FILES).all(|i| gone("a1", i) || gone("a2", i))
+    });
+    // Let both daemons try again for a few loops: the survivors must stay.
+    std::thread::sleep(Duration::from_secs(3));
+    for i in 0..FILES {
+        let path = format!("2025/race/{i:03}.dat");
+        let healthy: Vec<_> = ["a1", "a2", "a3"]
+            .into_iter()
+            .filter(|n| has(&a, n, &path) == Some(Has::Yes))
+            .collect();
+        assert_eq!(healthy.len(), 2, "{path}: {healthy:?}");
+        for (n, r) in ["a1", "a2", "a3"].iter().zip(&roots) {
+            assert_eq!(
+                r.join(&path).exists(),
+                healthy.contains(n),
+                "{path} on {n}: disk and catalog agree"
+            );
+        }
+    }
+    assert!(
+        h1.log().contains("too few archive copies") || h2.log().contains("too few archive copies")
+    );
+}
