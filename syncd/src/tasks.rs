@@ -630,25 +630,37 @@ fn copy(shared: &Arc<Shared>, r: CopyRequest) -> Result<()> {
                 cat.write(|tx| tx.unclaim_copy_request(r.id))?;
                 Ok(())
             }
-            Err(CopyFailure::Failed(reason)) => {
-                let attempts = cat.read(|tx| tx.copy_request(r.id))?.attempts;
-                let delay = backoff(attempts);
-                let max = shared.config.daemon.max_attempts;
-                let failed =
-                    cat.write(|tx| tx.fail_copy_request(r.id, &reason, max, now() + delay, now()))?;
-                if failed {
-                    error!("AFCR#{} failed after {attempts} attempts: {reason}", r.id);
-                } else {
-                    warn!(
-                        "AFCR#{} attempt {attempts} failed: {reason}; retrying in {delay}s.",
-                        r.id
-                    );
-                }
-                Ok(())
-            }
+            Err(CopyFailure::Failed(reason)) => retry_later(shared, cat, &r, &reason, false),
+            // A source that sent wrong bytes is marked suspect and no longer chosen: the next
+            // attempt may start at once, from another copy.
+            Err(CopyFailure::BadSource(reason)) => retry_later(shared, cat, &r, &reason, true),
             Err(CopyFailure::Catalog(e)) => Err(e),
         }
     })
+}
+
+/// Records a failed attempt: retried after a growing backoff (at once if `now`), or failed
+/// for good after `daemon.max_attempts`.
+fn retry_later(
+    shared: &Shared,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    reason: &str,
+    immediately: bool,
+) -> Result<()> {
+    let attempts = cat.read(|tx| tx.copy_request(r.id))?.attempts;
+    let delay = if immediately { 0 } else { backoff(attempts) };
+    let max = shared.config.daemon.max_attempts;
+    let failed = cat.write(|tx| tx.fail_copy_request(r.id, reason, max, now() + delay, now()))?;
+    if failed {
+        error!("AFCR#{} failed after {attempts} attempts: {reason}", r.id);
+    } else {
+        warn!(
+            "AFCR#{} attempt {attempts} failed: {reason}; retrying in {delay}s.",
+            r.id
+        );
+    }
+    Ok(())
 }
 
 /// Seconds before retry `attempts`: 10 s doubling, capped at an hour.
@@ -659,6 +671,8 @@ fn backoff(attempts: u32) -> i64 {
 enum CopyFailure {
     Cancelled,
     Failed(String),
+    /// The source delivered wrong bytes (it is marked suspect now).
+    BadSource(String),
     Catalog(anyhow::Error),
 }
 
@@ -743,7 +757,7 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
              copy there marked suspect.",
             file.path, source.node, copied.bytes, copied.md5, file.size, file.md5
         );
-        return Err(CopyFailure::Failed(format!(
+        return Err(CopyFailure::BadSource(format!(
             "md5 mismatch from node \"{}\" (marked suspect)",
             source.node
         )));

@@ -512,3 +512,122 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
         h1.log().contains("too few archive copies") || h2.log().contains("too few archive copies")
     );
 }
+
+/// Three nodes on one host; returns their roots after init.
+fn three_nodes(
+    a: &Archive,
+    h: &mut cairn_tests::TestHost,
+    archive: bool,
+) -> [std::path::PathBuf; 3] {
+    let roots = [h.root("n1"), h.root("n2"), h.root("n3")];
+    for (i, r) in roots.iter().enumerate() {
+        let name = format!("n{}", i + 1);
+        let root = format!("--root={}", r.display());
+        let mut args = vec![
+            "node",
+            "create",
+            &name,
+            "--create-group",
+            &root,
+            "--host=h1",
+            "--init",
+            "--activate",
+        ];
+        if archive && i > 0 {
+            args.push("--archive");
+        }
+        h.cairn(&args);
+    }
+    h.start();
+    for r in &roots {
+        wait_until(T, "init", || r.join(".cairn/node.toml").exists());
+    }
+    let _ = a;
+    roots
+}
+
+#[test]
+fn a_source_with_wrong_bytes_is_marked_suspect_and_another_source_is_used() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, r2, r3] = three_nodes(&a, &mut h, false);
+    write(&r1, "2025/01/01/a.dat", "the right bytes\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n3", "--force"]);
+    a.wait_idle(T);
+    // n1's copy rots on disk; the catalog does not know yet.
+    std::fs::write(r1.join("2025/01/01/a.dat"), "the wrong bytes\n").unwrap();
+    // Ask for a copy from n1 into n2: n1's bytes fail the md5, n3's copy is used instead.
+    h.cairn(&[
+        "file",
+        "sync",
+        "--from",
+        "n1",
+        "--to",
+        "n2",
+        "2025/01/01/a.dat",
+    ]);
+    a.wait_idle(T);
+    assert_eq!(has(&a, "n1", "2025/01/01/a.dat"), Some(Has::Suspect));
+    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
+        "the right bytes\n"
+    );
+    assert!(h.log().contains("gave wrong bytes"), "{}", h.log());
+    let _ = r3;
+}
+
+#[test]
+fn space_pressure_releases_discretionary_copies_only_when_needed() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, true);
+    for i in 0..3 {
+        write(&r1, &format!("2025/01/01/{i}.dat"), &format!("file {i}\n"));
+    }
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    h.cairn(&["node", "sync", "n1", "n3", "--force"]);
+    a.wait_idle(T);
+    // Released for discretionary cleaning: nothing goes while there is room.
+    let out = h.cairn(&["node", "clean", "n1", "--force"]);
+    assert!(out.contains("Would release 3 files"), "{out}");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(a.on("n1").0, 3, "no deletion without space pressure");
+    // Now the node must keep more free space than its disk has: everything releasable goes.
+    h.cairn(&["node", "modify", "n1", "--min-avail", "1000PiB"]);
+    wait_until(T, "discretionary release", || a.on("n1").0 == 0);
+    assert!(!r1.join("2025").exists());
+    assert!(h.log().contains("needs"), "{}", h.log());
+}
+
+#[test]
+fn auto_verify_finds_corruption_by_age() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let r = h.root("n1");
+    h.cairn(&[
+        "node",
+        "create",
+        "n1",
+        "--create-group",
+        &format!("--root={}", r.display()),
+        "--host=h1",
+        "--init",
+        "--activate",
+        "--auto-verify",
+        "1s",
+    ]);
+    write(&r, "2025/01/01/a.dat", "good\n");
+    h.start();
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    std::fs::write(r.join("2025/01/01/a.dat"), "evil\n").unwrap();
+    wait_until(T, "auto-verify marks it corrupt", || {
+        has(&a, "n1", "2025/01/01/a.dat") == Some(Has::Corrupt)
+    });
+    assert!(h.log().contains("is corrupt! MD5"), "{}", h.log());
+}
