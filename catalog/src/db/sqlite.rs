@@ -76,6 +76,16 @@ impl SqliteBackend {
         self.conn
             .execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;")
             .map_err(map_err)?;
+        // Keep one query plan per statement. Without this, SQLite re-plans a join with bound
+        // parameters every time rusqlite's statement cache clears the bindings, which was most
+        // of the cost of a path lookup. The catalog never runs ANALYZE and has no partial
+        // indexes, so plans chosen from bound values would not be better.
+        self.conn
+            .set_db_config(
+                rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+                true,
+            )
+            .map_err(map_err)?;
         let fk: i64 = self
             .conn
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
