@@ -108,6 +108,7 @@ impl Shared {
 }
 
 /// Per-loop state the tasks do not need.
+#[derive(Default)]
 struct LoopState {
     /// Last reported state per node, so a problem is logged when it starts, not every loop.
     last_state: HashMap<Id, String>,
@@ -178,12 +179,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
     let workers = Arc::new(Semaphore::new(shared.config.daemon.workers));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<(Id, WatchEvent)>();
-    let mut state = LoopState {
-        last_state: HashMap::new(),
-        watchers: HashMap::new(),
-        events: Vec::new(),
-        loops: 0,
-    };
+    let mut state = LoopState::default();
     let mut running = tokio::task::JoinSet::new();
     let interval = shared.config.daemon.interval.0;
     let mut next_loop = tokio::time::Instant::now();
@@ -209,15 +205,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             let shared = shared.clone();
             let events = std::mem::take(&mut state.events);
             let event_tx = event_tx.clone();
-            let mut st = std::mem::replace(
-                &mut state,
-                LoopState {
-                    last_state: HashMap::new(),
-                    watchers: HashMap::new(),
-                    events: Vec::new(),
-                    loops: 0,
-                },
-            );
+            let mut st = std::mem::take(&mut state);
             tokio::task::spawn_blocking(move || {
                 let work = plan(&shared, &mut st, full, events, &event_tx);
                 (st, work)
@@ -338,19 +326,18 @@ fn plan(
                 continue;
             }
             let root = PathBuf::from(node.root.as_deref().unwrap_or("/"));
+            let mut fresh = node.clone();
             match noderoot::space(&root) {
                 Ok((avail, capacity)) => {
                     cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
+                    (fresh.avail, fresh.capacity, fresh.last_checked) =
+                        (Some(avail), Some(capacity), Some(t));
                 }
                 Err(e) => warn!(
                     "Node \"{}\": cannot read free space of {}: {e}",
                     node.name,
                     root.display()
                 ),
-            }
-            let mut fresh = node.clone();
-            if let Ok(n) = cat.read(|tx| tx.node_by_id(node.id)) {
-                fresh = n;
             }
             shared
                 .available

@@ -67,6 +67,9 @@ with open(os.path.join(root, "big/one.dat"), "wb") as f:
 PY
 sync
 
+# Empties the page cache (needs root), so a file is read from the disk as an archive's
+# files usually are; returns non-zero where that is not allowed.
+cold() { sync; echo 3 2>/dev/null >/proc/sys/vm/drop_caches; }
 rate() { python3 -c "print(f'{$1 / $2:,.0f}')"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 mibs() { python3 -c "print(f'{1024 / $1:,.0f} MiB/s')"; }
@@ -80,20 +83,60 @@ n=$(cairn node stats n1 --json | python3 -c "import json,sys; print(json.load(sy
 [ "$n" = 10000 ] || { echo "expected 10000 files imported, got $n" >&2; exit 1; }
 
 # 2. One 1 GiB file: md5sum (baseline), then cairn's import (md5 at registration).
+#    Warm: the file in the page cache for both. Cold: read from the disk for both.
 t0=$(now); md5sum "$W/n1/big/one.dat" >/dev/null; t1=$(now)
 base_big=$(python3 -c "print($t1 - $t0)")
 t0=$(now); cairn file import --register-new big/one.dat n1 >/dev/null; wait_done; t1=$(now)
 ours_big=$(python3 -c "print($t1 - $t0)")
 cairn file show big/one.dat | grep -q "1.000 GiB" || { echo "1 GiB file not imported" >&2; exit 1; }
+have_cold=no
+if cold; then
+    have_cold=yes
+    t0=$(now); md5sum "$W/n1/big/one.dat" >/dev/null; t1=$(now)
+    base_big_cold=$(python3 -c "print($t1 - $t0)")
+    cairn file verify big/one.dat n1 >/dev/null; wait_done
+    cold
+    # A verify reads and hashes the whole copy, like an import: the cold-cache md5 pass.
+    t0=$(now); cairn file verify big/one.dat n1 >/dev/null
+    python3 - "$W/catalog.db" <<'PY'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+while db.execute("SELECT COUNT(*) FROM copy WHERE verify_requested = 1").fetchone()[0]:
+    time.sleep(0.01)
+PY
+    t1=$(now)
+    ours_big_cold=$(python3 -c "print($t1 - $t0)")
+fi
 
 # 3. Verified copy of 1 GiB: cp then md5sum of the copy (baseline), then a cairn copy
-#    (md5 computed in the same pass, checked, fsynced, renamed).
-t0=$(now); cp "$W/n1/big/one.dat" "$W/base/one.dat"; md5sum "$W/base/one.dat" >/dev/null; t1=$(now)
-base_copy=$(python3 -c "print($t1 - $t0)")
-rm -f "$W/base/one.dat"; sync
-t0=$(now); cairn file sync --from n1 --to n2 big/one.dat >/dev/null; wait_done; t1=$(now)
-ours_copy=$(python3 -c "print($t1 - $t0)")
-cairn file state big/one.dat n2 | grep -q Healthy || { echo "copy not recorded healthy" >&2; exit 1; }
+#    (md5 computed in the same pass, checked, fsynced, renamed). Warm, then cold.
+copy_base() {
+    t0=$(now); cp "$W/n1/big/one.dat" "$W/base/one.dat"; md5sum "$W/base/one.dat" >/dev/null; t1=$(now)
+    rm -f "$W/base/one.dat"; sync
+    python3 -c "print($t1 - $t0)"
+}
+copy_ours() {
+    t0=$(now); cairn file sync --from n1 --to n2 big/one.dat >/dev/null; wait_done; t1=$(now)
+    cairn file state big/one.dat n2 | grep -q Healthy || { echo "copy not recorded healthy" >&2; exit 1; }
+    # Take the copy away again (through the catalog, as an operator would) for the next run.
+    cairn file clean --now --node=n2 big/one.dat >/dev/null
+    python3 - "$W/catalog.db" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=30)
+db.execute("UPDATE copy SET has = 'no' WHERE node_id = (SELECT id FROM node WHERE name = 'n2')")
+db.commit()
+PY
+    rm -f "$W/n2/big/one.dat"
+    python3 -c "print($t1 - $t0)"
+}
+cat "$W/n1/big/one.dat" >/dev/null
+base_copy=$(copy_base)
+cat "$W/n1/big/one.dat" >/dev/null
+ours_copy=$(copy_ours)
+if [ $have_cold = yes ]; then
+    cold; base_copy_cold=$(copy_base)
+    cold; ours_copy_cold=$(copy_ours)
+fi
 
 echo
 echo "Run $(date -u +%Y-%m-%d), $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, work dir on $(df -h "$W" | awk 'NR==2 {print $1}')"
@@ -101,5 +144,8 @@ echo
 echo "| workload | cairn | baseline (same run) | ratio | target |"
 echo "|---|---|---|---|---|"
 echo "| import 10,000 × 4 KiB by scan | $(rate 10000 "$ours_small") files/s | md5sum: $(rate 10000 "$base_small") files/s | $(ratio "$base_small" "$ours_small")× | ≥ 1,500 files/s |"
-echo "| import one 1 GiB file | $(mibs "$ours_big") | md5sum: $(mibs "$base_big") | $(ratio "$base_big" "$ours_big")× | ≥ 0.9× md5sum |"
-echo "| verified copy of 1 GiB | $(mibs "$ours_copy") | cp + md5sum: $(mibs "$base_copy") | $(ratio "$base_copy" "$ours_copy")× faster | ≥ 1.2× faster |"
+echo "| import one 1 GiB file, page cache warm | $(mibs "$ours_big") | md5sum: $(mibs "$base_big") | $(ratio "$base_big" "$ours_big")× | ≥ 0.9× md5sum |"
+[ $have_cold = yes ] && echo "| md5 pass over 1 GiB (verify), page cache cold | $(mibs "$ours_big_cold") | md5sum: $(mibs "$base_big_cold") | $(ratio "$base_big_cold" "$ours_big_cold")× | ≥ 0.9× md5sum |"
+echo "| verified copy of 1 GiB, page cache warm | $(mibs "$ours_copy") | cp + md5sum: $(mibs "$base_copy") | $(ratio "$base_copy" "$ours_copy")× faster | ≥ 1.2× faster |"
+[ $have_cold = yes ] && echo "| verified copy of 1 GiB, page cache cold | $(mibs "$ours_copy_cold") | cp + md5sum: $(mibs "$base_copy_cold") | $(ratio "$base_copy_cold" "$ours_copy_cold")× faster | ≥ 1.2× faster |"
+true
