@@ -95,6 +95,12 @@ impl Archive {
 
     /// A host named `name` with its own dir, config, socket and lock (not started).
     pub fn host(&self, name: &str) -> TestHost {
+        self.host_with(name, "")
+    }
+
+    /// Like [`Archive::host`], with `daemon_extra` appended to the config's `[daemon]` table
+    /// (e.g. `max_attempts = 1`).
+    pub fn host_with(&self, name: &str, daemon_extra: &str) -> TestHost {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let config = dir.join("cairn.toml");
@@ -103,7 +109,7 @@ impl Archive {
             format!(
                 "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
                  interval = \"1s\"\nsocket = \"{d}/run/cairnd.sock\"\n\
-                 lock_file = \"{d}/run/cairnd.lock\"\n[import]\nacq_depth = 3\n",
+                 lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n[import]\nacq_depth = 3\n",
                 self.url,
                 d = dir.display()
             ),

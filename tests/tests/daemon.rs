@@ -631,3 +631,76 @@ fn auto_verify_finds_corruption_by_age() {
     });
     assert!(h.log().contains("is corrupt! MD5"), "{}", h.log());
 }
+
+#[test]
+fn a_file_open_for_writing_is_not_imported_by_a_scan() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    write(&r1, "2025/01/01/done.dat", "complete\n");
+    let open = std::fs::File::create(r1.join("2025/01/01/busy.dat")).unwrap();
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    assert_eq!(has(&a, "n1", "2025/01/01/done.dat"), Some(Has::Yes));
+    assert_eq!(
+        has(&a, "n1", "2025/01/01/busy.dat"),
+        None,
+        "still being written"
+    );
+    assert!(h.log().contains("still open for writing"), "{}", h.log());
+    drop(open);
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    assert_eq!(has(&a, "n1", "2025/01/01/busy.dat"), Some(Has::Yes));
+}
+
+#[test]
+fn pre_pull_search_records_a_file_already_in_place() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, r2, _] = three_nodes(&a, &mut h, false);
+    write(&r1, "2025/01/01/a.dat", "same bytes\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    write(&r2, "2025/01/01/a.dat", "same bytes\n");
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert!(
+        h.log().contains("Pre-pull search found 2025/01/01/a.dat"),
+        "{}",
+        h.log()
+    );
+    assert!(
+        !h.log().contains("Pulling file 2025/01/01/a.dat"),
+        "no copy was made"
+    );
+}
+
+#[test]
+fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
+    let a = Archive::new();
+    let mut h = a.host_with("h1", "max_attempts = 1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    h.cairn(&["node", "modify", "n2", "--max-total", "10B"]);
+    write(
+        &r1,
+        "2025/01/01/a.dat",
+        "fifty-two bytes of data that will not fit on node 2\n",
+    );
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    let failed = a.cairn(&["request", "list", "--failed"]);
+    assert!(failed.contains("has no room"), "{failed}");
+    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), None);
+    // Room made, the failed request put back: it completes.
+    h.cairn(&["node", "modify", "n2", "--no-max-total"]);
+    assert!(
+        h.cairn(&["request", "retry", "--failed"])
+            .contains("Requeued 1 copy request.")
+    );
+    a.wait_idle(T);
+    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+}
