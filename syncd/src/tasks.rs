@@ -165,18 +165,42 @@ pub fn run(shared: &Arc<Shared>, task: Task) -> Result<()> {
 // ---- init ----
 
 fn init(shared: &Arc<Shared>, request: Id, node_id: Id) -> Result<()> {
+    with_import_request(shared, Some(request), |cat| {
+        let node = cat.read(|tx| tx.node_by_id(node_id))?;
+        match init_node(shared, &node) {
+            Ok(msg) => {
+                info!("{msg}");
+                Ok(None)
+            }
+            Err(e) => {
+                error!("Cannot initialise node \"{}\": {e:#}", node.name);
+                Ok(Some(format!("{e:#}")))
+            }
+        }
+    })
+}
+
+/// Runs `work` for an import request (or for no request: an auto-import or catch-up scan).
+/// The request is claimed first — another worker or host may have won it — and ends `done`,
+/// or `failed` with the reason `work` returns.
+fn with_import_request(
+    shared: &Shared,
+    request: Option<Id>,
+    work: impl FnOnce(&mut Catalog) -> Result<Option<String>>,
+) -> Result<()> {
     shared.pool.with(|cat| {
-        if !cat.write(|tx| tx.claim_import_request(request))? {
+        if let Some(r) = request
+            && !cat.write(|tx| tx.claim_import_request(r))?
+        {
             return Ok(());
         }
-        let node = cat.read(|tx| tx.node_by_id(node_id))?;
-        let outcome = init_node(shared, &node);
-        let error = outcome.as_ref().err().map(|e| format!("{e:#}"));
-        match &outcome {
-            Ok(msg) => info!("{msg}"),
-            Err(e) => error!("Cannot initialise node \"{}\": {e:#}", node.name),
+        let error = work(cat)?;
+        if let Some(r) = request {
+            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
+            if error.is_none() {
+                info!("Completed import request #{r}.");
+            }
         }
-        cat.write(|tx| tx.finish_import_request(request, error.as_deref(), now()))?;
         Ok(())
     })
 }
@@ -249,12 +273,7 @@ fn import_request(
     path: &str,
     register_new: bool,
 ) -> Result<()> {
-    shared.pool.with(|cat| {
-        if let Some(r) = request
-            && !cat.write(|tx| tx.claim_import_request(r))?
-        {
-            return Ok(());
-        }
+    with_import_request(shared, request, |cat| {
         let (node, root) = node_and_root(shared, node_id)?;
         let writers = procfs::open_for_writing().ok();
         let outcome = import_one(
@@ -266,10 +285,10 @@ fn import_request(
             register_new,
             writers.as_ref(),
         );
-        let error = match &outcome {
+        Ok(match outcome {
             Ok(Imported::Skipped(why)) => {
                 info!("Not importing \"{path}\" on node \"{}\": {why}.", node.name);
-                Some(why.clone())
+                Some(why)
             }
             Ok(_) => None,
             Err(e) => {
@@ -279,14 +298,7 @@ fn import_request(
                 );
                 Some(format!("{e:#}"))
             }
-        };
-        if let Some(r) = request {
-            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
-            if error.is_none() {
-                info!("Completed import request #{r}.");
-            }
-        }
-        Ok(())
+        })
     })
 }
 
@@ -475,27 +487,23 @@ fn scan(
     path: &str,
     register_new: bool,
 ) -> Result<()> {
-    shared.pool.with(|cat| {
-        if let Some(r) = request
-            && !cat.write(|tx| tx.claim_import_request(r))?
-        {
-            return Ok(());
-        }
+    with_import_request(shared, request, |cat| {
         let (node, root) = node_and_root(shared, node_id)?;
-        let result = scan_tree(shared, cat, &node, &root, path, register_new);
-        let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        match &result {
-            Ok((imported, skipped)) => debug!(
-                "Scan of \"{path}\" on \"{}\": {imported} imported, {skipped} skipped.",
-                node.name
-            ),
-            Err(e) => error!("Scan of \"{path}\" on node \"{}\" failed: {e:#}", node.name),
-        }
-        if let Some(r) = request {
-            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
-            info!("Completed import request #{r}.");
-        }
-        Ok(())
+        Ok(
+            match scan_tree(shared, cat, &node, &root, path, register_new) {
+                Ok((imported, skipped)) => {
+                    debug!(
+                        "Scan of \"{path}\" on \"{}\": {imported} imported, {skipped} skipped.",
+                        node.name
+                    );
+                    None
+                }
+                Err(e) => {
+                    error!("Scan of \"{path}\" on node \"{}\" failed: {e:#}", node.name);
+                    Some(format!("{e:#}"))
+                }
+            },
+        )
     })
 }
 

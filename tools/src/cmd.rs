@@ -54,6 +54,19 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
     }
 }
 
+/// What `clean` asks for a copy: keep it after all (`--cancel`), delete it as soon as allowed
+/// (`--now`), or let it go when space is needed.
+pub fn clean_wants(cancel: bool, now: bool) -> cairn_catalog::model::Wants {
+    use cairn_catalog::model::Wants;
+    if cancel {
+        Wants::Keep
+    } else if now {
+        Wants::ReleaseNow
+    } else {
+        Wants::ReleaseWhenNeeded
+    }
+}
+
 /// clap value parser for sizes: `50GiB`, `10 GB`, `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     cairn_catalog::units::parse_size(s).map_err(|e| e.to_string())

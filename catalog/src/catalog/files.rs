@@ -413,6 +413,20 @@ impl Tx<'_> {
         )
     }
 
+    /// The copy of the file at `path` on node `node` that has not been removed: what a clean
+    /// or a verify of one file acts on.
+    pub fn present_copy(&mut self, path: &str, node: &str) -> Result<(File, Copy)> {
+        let file = self.file(path)?;
+        let n = self.node(node)?;
+        let copy = self
+            .copy_on(file.id, n.id)?
+            .filter(|c| c.has != Has::No)
+            .ok_or_else(|| {
+                CatalogError::Invalid(format!("file {:?} has no copy on node {node:?}", file.path))
+            })?;
+        Ok((file, copy))
+    }
+
     /// Records that `node_id` holds a copy of `file_id` in state `has` (a new copy wants
     /// `keep`). Returns the copy id.
     pub fn record_copy(

@@ -296,25 +296,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             now: immediately,
             cancel,
         } => {
-            let wants = if cancel {
-                Wants::Keep
-            } else if immediately {
-                Wants::ReleaseNow
-            } else {
-                Wants::ReleaseWhenNeeded
-            };
+            let wants = super::clean_wants(cancel, immediately);
             let file_path = cat.write(|tx| {
-                let file = tx.file(&path)?;
-                let n = tx.node(&node)?;
-                let copy = tx
-                    .copy_on(file.id, n.id)?
-                    .filter(|c| c.has != Has::No)
-                    .ok_or_else(|| {
-                        CatalogError::Invalid(format!(
-                            "file {:?} has no copy on node {node:?}",
-                            file.path
-                        ))
-                    })?;
+                let (file, copy) = tx.present_copy(&path, &node)?;
                 tx.set_wants(&[copy.id], wants, now())?;
                 Ok(file.path)
             })?;
@@ -330,17 +314,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         }
         Command::Verify { path, node } => {
             let file_path = cat.write(|tx| {
-                let file = tx.file(&path)?;
-                let n = tx.node(&node)?;
-                let copy = tx
-                    .copy_on(file.id, n.id)?
-                    .filter(|c| c.has != Has::No)
-                    .ok_or_else(|| {
-                        CatalogError::Invalid(format!(
-                            "file {:?} has no copy on node {node:?}",
-                            file.path
-                        ))
-                    })?;
+                let (file, copy) = tx.present_copy(&path, &node)?;
                 tx.request_verify(&[copy.id], now())?;
                 Ok(file.path)
             })?;

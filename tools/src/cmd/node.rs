@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use cairn_catalog::catalog::{NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
-use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats, Wants};
+use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats};
 use cairn_catalog::units::{format_duration, now};
 use cairn_catalog::{Catalog, CatalogError};
 use clap::{Args, Subcommand};
@@ -540,13 +540,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             show_files,
             force,
         } => {
-            let wants = if cancel {
-                Wants::Keep
-            } else if immediately {
-                Wants::ReleaseNow
-            } else {
-                Wants::ReleaseWhenNeeded
-            };
+            let wants = super::clean_wants(cancel, immediately);
             let files = cat.read(|tx| {
                 let n = tx.node(&node)?;
                 let target_id = target
