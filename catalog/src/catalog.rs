@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 pub use files::{FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use requests::{CopyRequestFilter, NewCopyRequest};
-pub use work::{CopyWork, Fired};
+pub use work::{CopyWork, Fired, SourceCopy};
 
 use crate::db::sqlite::{self, SqliteBackend};
 use crate::db::{Backend, DbError, Dialect, FromValue, Row, TxMode, Value};

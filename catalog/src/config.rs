@@ -109,6 +109,9 @@ pub struct DaemonConfig {
     pub min_archive_copies: usize,
     /// Attempts at a request before it is marked failed. Default 10.
     pub max_attempts: u32,
+    /// Wait before a failed request is tried again; each further failure doubles it, up to an
+    /// hour. Default `"10s"`.
+    pub retry_delay: HumanDuration,
     /// Lock held by the running cairnd, so a second one on this host refuses to start.
     /// Default `"/run/cairn/cairnd.lock"`.
     pub lock_file: PathBuf,
@@ -123,6 +126,7 @@ impl Default for DaemonConfig {
             socket: PathBuf::from("/run/cairn/cairnd.sock"),
             min_archive_copies: 2,
             max_attempts: 10,
+            retry_delay: HumanDuration(std::time::Duration::from_secs(10)),
             lock_file: PathBuf::from("/run/cairn/cairnd.lock"),
         }
     }
@@ -132,10 +136,18 @@ impl Default for DaemonConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
-    /// Address (`host:port`) the HTTP server listens on. Default `"0.0.0.0:7070"`.
+    /// Address (`host:port`) the HTTP server listens on; empty to serve nothing. Port 0 picks a
+    /// free port (for tests). Default `"0.0.0.0:7070"`.
     pub listen: String,
-    /// File holding the bearer token that peers present. Default `"/etc/cairn/token"`.
+    /// File holding the bearer token that peers present (and that this host presents when it
+    /// pulls). Without it, copies are neither served nor pulled. Default `"/etc/cairn/token"`.
     pub token_file: PathBuf,
+    /// Most bytes per second this host pulls from other hosts, all pulls together. Default:
+    /// none (no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_rate: Option<ByteSize>,
+    /// Most pulls running at once from any one other host. Default `2`.
+    pub pulls_per_peer: usize,
 }
 
 impl Default for TransferConfig {
@@ -143,6 +155,8 @@ impl Default for TransferConfig {
         Self {
             listen: "0.0.0.0:7070".to_owned(),
             token_file: PathBuf::from("/etc/cairn/token"),
+            max_rate: None,
+            pulls_per_peer: 2,
         }
     }
 }
@@ -297,6 +311,20 @@ impl Config {
             daemon.min_archive_copies as u64,
         )?;
         at_least_one("daemon.max_attempts", u64::from(daemon.max_attempts))?;
+        at_least_one(
+            "transfer.pulls_per_peer",
+            self.transfer.pulls_per_peer as u64,
+        )?;
+        if let Some(rate) = self.transfer.max_rate {
+            at_least_one("transfer.max_rate", rate.0)?;
+        }
+        let listen = &self.transfer.listen;
+        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(invalid(
+                "transfer.listen",
+                format!("{listen:?} is not an address like 0.0.0.0:7070"),
+            ));
+        }
         if let Some(node) = &self.fs.write_node
             && node.trim().is_empty()
         {
@@ -664,6 +692,10 @@ mod tests {
             },
             fs: FsConfig {
                 write_node: Some("n".to_owned()),
+            },
+            transfer: TransferConfig {
+                max_rate: Some(ByteSize(1)),
+                ..TransferConfig::default()
             },
             import: ImportConfig {
                 acq_depth: Some(1),

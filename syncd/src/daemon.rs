@@ -26,11 +26,12 @@ use cairn_catalog::{Catalog, Config};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
+use crate::http::Metrics;
 use crate::importer::Importer;
 use crate::lock::InstanceLock;
 use crate::noderoot::{self, RootState};
 use crate::tasks::{self, Task};
-use crate::transfer::{LocalTransfer, Transfer};
+use crate::transfer::{Puller, Transfer};
 use crate::watch::{WatchEvent, Watcher};
 
 /// Catalog connections shared by the tasks.
@@ -69,6 +70,12 @@ pub struct Shared {
     pub pool: Pool,
     pub importer: Importer,
     pub transfer: Arc<dyn Transfer>,
+    /// The bearer token of `transfer.token_file`, if there is one.
+    pub token: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// Failed pulls per peer host since its last success: sources on hosts with fewer
+    /// failures are tried first.
+    pub peer_failures: Mutex<HashMap<String, u32>>,
     /// Set at shutdown: tasks stop at their next check.
     pub cancel: AtomicBool,
     /// Nodes available now (checked, marker matches), by id.
@@ -96,6 +103,16 @@ impl Shared {
             .expect("available lock")
             .get(&id)
             .cloned()
+    }
+
+    /// Nodes available now.
+    pub fn available(&self) -> Vec<Node> {
+        self.available
+            .lock()
+            .expect("available lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Whether the unit of work `key` is running on this host now.
@@ -154,10 +171,21 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     })
     .await??;
 
+    let token = read_token(&config.transfer.token_file);
+    let metrics = Arc::new(Metrics::default());
+    let transfer = Arc::new(Puller::new(
+        token.clone(),
+        config.transfer.max_rate.map(|r| r.0),
+        config.transfer.pulls_per_peer,
+        metrics.clone(),
+    ));
     let shared = Arc::new(Shared {
         pool: Pool::new(&config.catalog.url),
         importer,
-        transfer: Arc::new(LocalTransfer),
+        transfer,
+        token,
+        metrics,
+        peer_failures: Mutex::new(HashMap::new()),
         cancel: AtomicBool::new(false),
         available: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
@@ -176,6 +204,24 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let socket = shared.config.daemon.socket.clone();
     let listener = crate::nudge::listen(&socket, shared.clone())
         .with_context(|| format!("failed to listen on {}", socket.display()))?;
+
+    let http = match shared.config.transfer.listen.as_str() {
+        "" => None,
+        listen => {
+            let l = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("failed to listen on {listen} (transfer.listen)"))?;
+            info!("Serving copies over HTTP on {}.", l.local_addr()?);
+            if shared.token.is_none() {
+                warn!(
+                    "No transfer token ({} is missing or empty): copies are neither served \
+                     to nor pulled from other hosts.",
+                    shared.config.transfer.token_file.display()
+                );
+            }
+            Some(tokio::spawn(crate::http::serve(l, shared.clone())))
+        }
+    };
 
     let workers = Arc::new(Semaphore::new(shared.config.daemon.workers));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<(Id, WatchEvent)>();
@@ -241,9 +287,19 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     state.watchers.clear();
     while running.join_next().await.is_some() {}
     listener.abort();
+    if let Some(h) = http {
+        h.abort();
+    }
     let _ = std::fs::remove_file(&socket);
     info!("cairnd stopped.");
     Ok(())
+}
+
+/// The token in `path`, trimmed; `None` if the file is missing, unreadable or empty.
+fn read_token(path: &std::path::Path) -> Option<String> {
+    let t = std::fs::read_to_string(path).ok()?;
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_owned())
 }
 
 /// One pass over this host's nodes and the catalog: returns the work to dispatch.
@@ -446,12 +502,35 @@ fn plan(
             g
         };
         for r in cat.read(|tx| tx.due_copy_requests(&groups, t, batch * 4))? {
-            if tasks::has_local_source(cat, shared, &r)? {
+            if tasks::has_source(cat, shared, &r)? {
                 work.push(Task::Copy { request: r });
             }
         }
         Ok(())
     })?;
+    let m = &shared.metrics;
+    for (gauge, pick) in [
+        (
+            &m.queue_copy,
+            (|t| matches!(t, Task::Copy { .. })) as fn(&Task) -> bool,
+        ),
+        (&m.queue_import, |t| {
+            matches!(
+                t,
+                Task::Init { .. }
+                    | Task::Import { .. }
+                    | Task::AutoImport { .. }
+                    | Task::Scan { .. }
+            )
+        }),
+        (&m.queue_verify, |t| matches!(t, Task::Verify { .. })),
+        (&m.queue_release, |t| matches!(t, Task::Release { .. })),
+    ] {
+        gauge.store(
+            work.iter().filter(|t| pick(t)).count() as u64,
+            Ordering::Relaxed,
+        );
+    }
     Ok(work)
 }
 

@@ -7,6 +7,7 @@
 
 pub mod copyfile;
 pub mod daemon;
+pub mod http;
 pub mod importer;
 pub mod lock;
 pub mod noderoot;

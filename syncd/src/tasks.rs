@@ -19,6 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::copyfile;
 use crate::daemon::Shared;
+use crate::http::Metrics;
 use crate::importer::Verdict;
 use crate::noderoot::{self, Marker, RootState};
 use crate::procfs::{self, OpenWriters};
@@ -593,34 +594,59 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
 
 // ---- copy ----
 
-/// Whether this host can serve a copy request now: a healthy copy on one of its available
-/// nodes outside the destination group (a pull from another host is not done here).
-pub fn has_local_source(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<bool> {
-    Ok(local_sources(cat, shared, r)?.next().is_some())
+/// Whether this host can carry out a copy request now: it has a node of the destination group
+/// (the caller checked) and a source — a healthy copy on one of its own available nodes, or on
+/// an active node of another host whose cairnd address is known.
+pub fn has_source(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<bool> {
+    Ok(!sources(cat, shared, r)?.is_empty())
 }
 
-fn local_sources(
-    cat: &mut Catalog,
-    shared: &Shared,
-    r: &CopyRequest,
-) -> Result<impl Iterator<Item = Source>> {
-    let copies = cat.read(|tx| tx.copies_of(r.file_id))?;
-    let mut sources: Vec<Source> = copies
-        .into_iter()
-        .filter(|c| c.has == Has::Yes)
-        .filter_map(|c| {
-            let n = shared.node(c.node_id)?;
-            (n.group_id != r.to_group_id).then(|| Source {
-                node_id: n.id,
-                node: n.name.clone(),
-                copy_id: c.id,
-                location: Location::Local(PathBuf::from(n.root.unwrap_or_default()).join(&r.path)),
-            })
-        })
-        .collect();
-    // The requested source first, then any other healthy local copy.
-    sources.sort_by_key(|s| s.node_id != r.from_node_id);
-    Ok(sources.into_iter())
+/// Where a requested file can be read from, best first: the requested node if it is here,
+/// other copies here, then copies on other hosts, fewest recent failures first.
+fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<Source>> {
+    let copies = cat.read(|tx| tx.source_copies(r.file_id))?;
+    let failures = shared
+        .peer_failures
+        .lock()
+        .expect("peer failures lock")
+        .clone();
+    let mut ranked: Vec<((u8, u32, bool), Source)> = Vec::new();
+    for c in copies.into_iter().filter(|c| c.group_id != r.to_group_id) {
+        let requested = c.node_id != r.from_node_id;
+        if let Some(n) = shared.node(c.node_id) {
+            let path = PathBuf::from(n.root.unwrap_or_default()).join(&r.path);
+            ranked.push((
+                (0, 0, requested),
+                Source {
+                    node_id: c.node_id,
+                    node: c.node,
+                    copy_id: c.copy_id,
+                    location: Location::Local(path),
+                },
+            ));
+        } else if let (true, Some(host), Some(address)) = (c.active, c.host, c.address)
+            && host != shared.host
+        {
+            let fails = failures.get(&host).copied().unwrap_or(0);
+            ranked.push((
+                (1, fails, requested),
+                Source {
+                    node_id: c.node_id,
+                    node: c.node.clone(),
+                    copy_id: c.copy_id,
+                    location: Location::Remote {
+                        host,
+                        address,
+                        node: c.node,
+                        path: r.path.clone(),
+                        size: r.size,
+                    },
+                },
+            ));
+        }
+    }
+    ranked.sort_by_key(|(k, _)| *k);
+    Ok(ranked.into_iter().map(|(_, s)| s).collect())
 }
 
 fn copy(shared: &Arc<Shared>, r: CopyRequest) -> Result<()> {
@@ -657,7 +683,12 @@ fn retry_later(
     immediately: bool,
 ) -> Result<()> {
     let attempts = cat.read(|tx| tx.copy_request(r.id))?.attempts;
-    let delay = if immediately { 0 } else { backoff(attempts) };
+    let base = shared.config.daemon.retry_delay.0.as_secs().max(1) as i64;
+    let delay = if immediately {
+        0
+    } else {
+        backoff(base, attempts)
+    };
     let max = shared.config.daemon.max_attempts;
     let failed = cat.write(|tx| tx.fail_copy_request(r.id, reason, max, now() + delay, now()))?;
     if failed {
@@ -671,9 +702,9 @@ fn retry_later(
     Ok(())
 }
 
-/// Seconds before retry `attempts`: 10 s doubling, capped at an hour.
-fn backoff(attempts: u32) -> i64 {
-    (10i64 << attempts.saturating_sub(1).min(9)).min(3600)
+/// Seconds before retry number `attempts`: `base` doubling, capped at an hour.
+fn backoff(base: i64, attempts: u32) -> i64 {
+    (base << attempts.saturating_sub(1).min(12)).min(3600)
 }
 
 enum CopyFailure {
@@ -727,9 +758,12 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
             dest.name
         )));
     }
-    let sources: Vec<Source> = local_sources(cat, shared, r)?.collect();
-    let Some(source) = sources.into_iter().next() else {
+    let Some(source) = sources(cat, shared, r)?.into_iter().next() else {
         return Err(CopyFailure::Cancelled);
+    };
+    let remote_host = match &source.location {
+        Location::Remote { host, .. } => Some(host.clone()),
+        Location::Local(_) => None,
     };
     let tmp = noderoot::tmp_dir(&root).join(format!("copy-{}.part", r.id));
     if let Some(parent) = tmp.parent() {
@@ -737,20 +771,41 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
             .map_err(|e| CopyFailure::Failed(format!("cannot create {}: {e}", parent.display())))?;
     }
     info!(
-        "Pulling file {} from node \"{}\" using {}",
+        "Pulling file {} from node \"{}\"{} using {}",
         file.path,
         source.node,
-        shared.transfer.method()
+        remote_host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default(),
+        shared.transfer.method(&source)
     );
     let fetched = shared.transfer.fetch(&source, &tmp, &shared.cancel);
+    let note_peer = |ok: bool| {
+        if let Some(h) = &remote_host {
+            let mut f = shared.peer_failures.lock().expect("peer failures lock");
+            if ok {
+                f.remove(h);
+            } else {
+                *f.entry(h.clone()).or_default() += 1;
+            }
+            let m = &shared.metrics;
+            Metrics::add(if ok { &m.pulls_ok } else { &m.pulls_failed }, 1);
+        }
+    };
     let copied = match fetched {
         Ok(c) => c,
         Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
+            // A partial pull from another host stays in .cairn/tmp, to be resumed with Range;
+            // anything else starts over.
+            if remote_host.is_none() || shared.is_cancelled() {
+                let _ = std::fs::remove_file(&tmp);
+            }
             if e.kind() == std::io::ErrorKind::Interrupted || shared.is_cancelled() {
                 info!("Pull of {} aborted: shutting down.", file.path);
                 return Err(CopyFailure::Cancelled);
             }
+            note_peer(false);
             return Err(CopyFailure::Failed(format!(
                 "cannot copy from node \"{}\": {e}",
                 source.node
@@ -759,6 +814,8 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
     };
     if copied.md5 != file.md5 || copied.bytes != file.size {
         let _ = std::fs::remove_file(&tmp);
+        note_peer(false);
+        Metrics::add(&shared.metrics.md5_mismatches, 1);
         cat.write(|tx| tx.mark_copy(source.copy_id, Has::Suspect, now()))?;
         error!(
             "Pull of {} from node \"{}\" gave wrong bytes ({} B, md5 {}; expected {} B, md5 {}): \
@@ -786,6 +843,7 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
             final_path.display()
         ))
     })?;
+    note_peer(true);
     record_arrival(cat, r, &dest, copied.bytes, t0)?;
     let secs = t0.elapsed().as_secs_f64();
     info!(

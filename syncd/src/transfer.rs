@@ -1,21 +1,36 @@
 //! The transfer step, as a trait: how the bytes of a source copy reach a temp file here.
 //!
-//! Local copies (both nodes on this host) are a plain pipelined copy. Copies from another host
-//! (HTTP pull) implement the same trait, so the rest of the copy task — temp file, md5 check,
-//! fsync, rename, record (invariant 2) — is one code path for both.
+//! A copy on a node of this host is a plain pipelined copy. A copy on another host is pulled
+//! from that host's cairnd over HTTP (invariant 5: the receiver runs the transfer), resuming a
+//! partial temp file with `Range`. Either way the rest of the copy task — md5 check, fsync,
+//! rename, record (invariant 2) — is one code path.
 
+use std::collections::HashMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use cairn_catalog::model::Id;
+use tracing::{info, warn};
 
 use crate::copyfile::{self, Copied};
+use crate::http::{Metrics, percent_encode};
 
 /// Where a source copy's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
     /// On a node of this host: the file's absolute path.
     Local(PathBuf),
+    /// On another host: its cairnd's `host:port`, the node, the archive path and size.
+    Remote {
+        host: String,
+        address: String,
+        node: String,
+        path: String,
+        size: u64,
+    },
 }
 
 /// A copy to read from.
@@ -29,25 +44,296 @@ pub struct Source {
 
 pub trait Transfer: Send + Sync {
     /// A word for logs: "local copy", "http".
-    fn method(&self) -> &'static str;
+    fn method(&self, source: &Source) -> &'static str;
 
-    /// Writes the source's bytes into `tmp` (created or resumed), fsynced, and returns their
-    /// size and md5. Stops with `ErrorKind::Interrupted` when `cancel` is set.
+    /// Writes the source's bytes into `tmp` (created, or resumed where it holds a prefix of
+    /// them), fsynced, and returns the whole file's size and md5. Stops with
+    /// `ErrorKind::Interrupted` when `cancel` is set.
     fn fetch(&self, source: &Source, tmp: &Path, cancel: &AtomicBool) -> std::io::Result<Copied>;
 }
 
-/// Copies between nodes of one host.
-#[derive(Debug, Default)]
-pub struct LocalTransfer;
+/// The real transfers: local copies and HTTP pulls.
+pub struct Puller {
+    agent: ureq::Agent,
+    token: Option<String>,
+    limiter: Option<RateLimiter>,
+    peers: PeerSlots,
+    metrics: std::sync::Arc<Metrics>,
+}
 
-impl Transfer for LocalTransfer {
-    fn method(&self) -> &'static str {
-        "local copy"
+impl Puller {
+    pub fn new(
+        token: Option<String>,
+        max_rate: Option<u64>,
+        pulls_per_peer: usize,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Puller {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A read that stalls this long means a dead peer, whatever the file's size.
+            .timeout_per_read(Some(Duration::from_secs(60)))
+            .build()
+            .new_agent();
+        Puller {
+            agent,
+            token,
+            limiter: max_rate.map(RateLimiter::new),
+            peers: PeerSlots::new(pulls_per_peer),
+            metrics,
+        }
+    }
+
+    /// Pulls a copy from another host's cairnd into `tmp`, resuming what `tmp` holds.
+    fn pull(
+        &self,
+        (host, address, node, path, size): (&str, &str, &str, &str, u64),
+        tmp: &Path,
+        cancel: &AtomicBool,
+    ) -> std::io::Result<Copied> {
+        let token = self.token.as_deref().ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "no transfer token on this host (transfer.token_file)",
+            )
+        })?;
+        let _slot = self.peers.acquire(host, cancel)?;
+        let url = format!(
+            "http://{address}/v1/copy/{}/{}",
+            percent_encode(node),
+            percent_encode(path)
+        );
+        // A whole-file deadline scaled to its size: a minute, plus the bytes at 1 MiB/s.
+        let deadline = Instant::now() + Duration::from_secs(60 + size / (1 << 20));
+        let mut tries = 0;
+        loop {
+            let have = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
+            if have > size {
+                std::fs::remove_file(tmp)?;
+                continue;
+            }
+            let mut req = self
+                .agent
+                .get(&url)
+                .header("Authorization", format!("Bearer {token}"));
+            if have > 0 {
+                info!("Resuming pull of {path} from {host} at byte {have}.");
+                req = req.header("Range", format!("bytes={have}-"));
+            }
+            let result = req.call().map_err(std::io::Error::other).and_then(|resp| {
+                let status = resp.status().as_u16();
+                match status {
+                    200 | 206 => {}
+                    401 => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!("{host} refused our token (401)"),
+                        ));
+                    }
+                    416 if have == size => {}
+                    other => {
+                        let mut body = String::new();
+                        let _ = resp
+                            .into_body()
+                            .into_reader()
+                            .take(300)
+                            .read_to_string(&mut body);
+                        return Err(std::io::Error::other(format!(
+                            "{host} answered {other}: {}",
+                            body.trim()
+                        )));
+                    }
+                }
+                if status == 200 && have > 0 {
+                    // The server sent the whole file: start the temp file over.
+                    std::fs::remove_file(tmp)?;
+                }
+                let mut reader = Counted {
+                    inner: resp.into_body().into_reader(),
+                    limiter: self.limiter.as_ref(),
+                    metrics: &self.metrics,
+                };
+                copyfile::resume_from_reader(tmp, &mut reader, cancel, &mut |_| {})
+            });
+            match result {
+                Ok(c) => return Ok(c),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Err(e),
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Err(e),
+                Err(e) => {
+                    tries += 1;
+                    if tries >= 3 || Instant::now() > deadline {
+                        return Err(e);
+                    }
+                    warn!("Pull of {path} from {host} broke off ({e}); retrying.");
+                    std::thread::sleep(Duration::from_millis(500 * tries));
+                }
+            }
+        }
+    }
+}
+
+impl Transfer for Puller {
+    fn method(&self, source: &Source) -> &'static str {
+        match source.location {
+            Location::Local(_) => "local copy",
+            Location::Remote { .. } => "http",
+        }
     }
 
     fn fetch(&self, source: &Source, tmp: &Path, cancel: &AtomicBool) -> std::io::Result<Copied> {
         match &source.location {
-            Location::Local(path) => copyfile::copy_with_md5(path, tmp, cancel, &mut |_| {}),
+            Location::Local(path) => {
+                // A local copy never resumes: start from nothing.
+                let _ = std::fs::remove_file(tmp);
+                copyfile::copy_with_md5(path, tmp, cancel, &mut |_| {})
+            }
+            Location::Remote {
+                host,
+                address,
+                node,
+                path,
+                size,
+            } => self.pull((host, address, node, path, *size), tmp, cancel),
         }
+    }
+}
+
+/// Counts received bytes and applies the host-wide rate limit.
+struct Counted<'a, R> {
+    inner: R,
+    limiter: Option<&'a RateLimiter>,
+    metrics: &'a Metrics,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(l) = self.limiter {
+            l.take(n as u64);
+        }
+        Metrics::add(&self.metrics.bytes_received, n as u64);
+        Ok(n)
+    }
+}
+
+/// A token bucket shared by all pulls of this host (`transfer.max_rate`).
+pub struct RateLimiter {
+    rate: f64,
+    state: Mutex<(Instant, f64)>,
+}
+
+impl RateLimiter {
+    pub fn new(bytes_per_sec: u64) -> RateLimiter {
+        RateLimiter {
+            rate: bytes_per_sec as f64,
+            state: Mutex::new((Instant::now(), bytes_per_sec as f64)),
+        }
+    }
+
+    /// Accounts for `n` bytes, sleeping as long as needed to stay under the rate.
+    pub fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().expect("limiter lock");
+            let now = Instant::now();
+            // Refill, at most one second's worth of burst.
+            s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.rate).min(self.rate);
+            s.0 = now;
+            s.1 -= n as f64;
+            if s.1 < 0.0 { -s.1 / self.rate } else { 0.0 }
+        };
+        if wait > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+}
+
+/// At most `per_peer` pulls at once from one host (`transfer.pulls_per_peer`).
+struct PeerSlots {
+    per_peer: usize,
+    busy: Mutex<HashMap<String, usize>>,
+    freed: Condvar,
+}
+
+struct Slot<'a> {
+    slots: &'a PeerSlots,
+    host: String,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut busy = self.slots.busy.lock().expect("peer slots lock");
+        if let Some(n) = busy.get_mut(&self.host) {
+            *n = n.saturating_sub(1);
+        }
+        self.slots.freed.notify_all();
+    }
+}
+
+impl PeerSlots {
+    fn new(per_peer: usize) -> PeerSlots {
+        PeerSlots {
+            per_peer,
+            busy: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self, host: &str, cancel: &AtomicBool) -> std::io::Result<Slot<'_>> {
+        let mut busy = self.busy.lock().expect("peer slots lock");
+        loop {
+            let n = busy.entry(host.to_owned()).or_default();
+            if *n < self.per_peer {
+                *n += 1;
+                return Ok(Slot {
+                    slots: self,
+                    host: host.to_owned(),
+                });
+            }
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, Duration::from_millis(200))
+                .expect("peer slots lock")
+                .0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limiter_holds_the_rate() {
+        let l = RateLimiter::new(1 << 20);
+        let start = Instant::now();
+        for _ in 0..20 {
+            l.take(128 << 10); // 2.5 MiB in all, 1 MiB of it free burst
+        }
+        assert!(
+            start.elapsed() >= Duration::from_millis(1400),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn peer_slots_cap_concurrent_pulls() {
+        let slots = PeerSlots::new(2);
+        let cancel = AtomicBool::new(false);
+        let a = slots.acquire("h2", &cancel).unwrap();
+        let _b = slots.acquire("h2", &cancel).unwrap();
+        let _other = slots.acquire("h3", &cancel).unwrap();
+        cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            slots.acquire("h2", &cancel).is_err(),
+            "a third pull from h2 waits"
+        );
+        drop(a);
+        cancel.store(false, std::sync::atomic::Ordering::Relaxed);
+        slots.acquire("h2", &cancel).expect("a freed slot");
     }
 }

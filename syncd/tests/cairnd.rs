@@ -18,7 +18,8 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
         &config,
         format!(
             "[catalog]\nurl = \"{url}\"\n[host]\nname = \"h1\"\n[daemon]\ninterval = \"1s\"\n\
-             socket = \"{d}/cairnd.sock\"\nlock_file = \"{d}/cairnd.lock\"\n",
+             socket = \"{d}/cairnd.sock\"\nlock_file = \"{d}/cairnd.lock\"\n\
+             [transfer]\nlisten = \"127.0.0.1:0\"\n",
             d = dir.path().display()
         ),
     )

@@ -23,6 +23,8 @@ name = "bench"
 interval = "10s"
 socket = "$W/run/cairnd.sock"
 lock_file = "$W/run/cairnd.lock"
+[transfer]
+listen = "127.0.0.1:0"
 [import]
 acq_depth = 3
 TOML

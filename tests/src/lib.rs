@@ -28,6 +28,14 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// A TCP port free on 127.0.0.1 right now (bound, then released for the caller).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -56,6 +64,12 @@ impl Archive {
     pub fn new() -> Archive {
         let dir = tempfile::tempdir().expect("a temp dir");
         let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        // The shared secret every host of this archive presents to the others.
+        std::fs::write(
+            dir.path().join("token"),
+            format!("test-token-{}\n", std::process::id()),
+        )
+        .unwrap();
         let a = Archive { dir, url };
         let out = a.run_cli(None, &["db", "init"]);
         assert!(
@@ -104,14 +118,18 @@ impl Archive {
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let config = dir.join("cairn.toml");
+        let address = format!("127.0.0.1:{}", free_port());
         std::fs::write(
             &config,
             format!(
                 "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
                  interval = \"1s\"\nsocket = \"{d}/run/cairnd.sock\"\n\
-                 lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n[import]\nacq_depth = 3\n",
+                 lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n\
+                 [transfer]\nlisten = \"{address}\"\ntoken_file = \"{t}\"\n\
+                 [import]\nacq_depth = 3\n",
                 self.url,
-                d = dir.display()
+                d = dir.display(),
+                t = self.dir.path().join("token").display(),
             ),
         )
         .unwrap();
@@ -119,6 +137,7 @@ impl Archive {
             name: name.to_owned(),
             dir,
             config,
+            address,
             url: self.url.clone(),
             child: None,
         }
@@ -162,6 +181,8 @@ pub struct TestHost {
     pub name: String,
     pub dir: PathBuf,
     pub config: PathBuf,
+    /// `127.0.0.1:port` of this host's cairnd HTTP server.
+    pub address: String,
     url: String,
     child: Option<Child>,
 }
@@ -189,6 +210,7 @@ impl TestHost {
             "cairnd of {} already started",
             self.name
         );
+        self.register_address();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -240,6 +262,28 @@ impl TestHost {
         String::from_utf8(out.stdout).unwrap()
     }
 
+    /// Records this host's address in the catalog, creating the host if needed.
+    fn register_address(&self) {
+        let run = |args: &[&str]| {
+            Command::new(bin("cairn"))
+                .args(args)
+                .env_remove("CAIRN_CATALOG")
+                .env("CAIRN_CONFIG", &self.config)
+                .stdin(Stdio::null())
+                .output()
+                .expect("cairn runs")
+        };
+        let created = run(&["host", "create", &self.name, "--address", &self.address]);
+        if !created.status.success() {
+            let out = run(&["host", "modify", &self.name, "--address", &self.address]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// SIGTERM, then waits for the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("cairnd running");
@@ -264,5 +308,51 @@ impl TestHost {
 impl Drop for TestHost {
     fn drop(&mut self) {
         self.kill9();
+    }
+}
+
+/// A plain HTTP/1.1 GET over a fresh connection, for probing cairnd's server as any client
+/// would: returns the status code, the headers (lowercased names) and the body.
+pub fn http_get(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(address).expect("cairnd accepts connections");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .expect("a status line");
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, raw[split + 4..].to_vec())
+}
+
+impl Archive {
+    /// The bearer token every host of this archive uses.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("token"))
+            .unwrap()
+            .trim()
+            .to_owned()
     }
 }

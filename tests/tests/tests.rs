@@ -3,6 +3,9 @@
 //! - `concurrency`: several processes writing one SQLite catalog at once.
 //! - `daemon`: cairnd on one host: seed 004's single-host flow, refused roots, crash safety,
 //!   racing cleans.
+//! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
+//!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 
 mod concurrency;
 mod daemon;
+mod hosts;

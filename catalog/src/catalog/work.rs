@@ -33,7 +33,43 @@ pub struct CopyWork {
     pub md5: String,
 }
 
+/// A healthy copy of a file and where it is: a candidate source for a pull.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCopy {
+    pub copy_id: Id,
+    pub node_id: Id,
+    pub node: String,
+    pub group_id: Id,
+    pub active: bool,
+    pub host: Option<String>,
+    /// The host's cairnd address (`host:port`).
+    pub address: Option<String>,
+}
+
 impl Tx<'_> {
+    /// Every healthy copy of `file_id`, with its node's host and that host's address.
+    pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
+        let rows = self.raw(
+            "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address FROM copy c \
+             JOIN node n ON n.id = c.node_id LEFT JOIN host h ON h.id = n.host_id \
+             WHERE c.file_id = ? AND c.has = 'yes' ORDER BY n.name",
+            params![file_id],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(SourceCopy {
+                    copy_id: r.get(0)?,
+                    node_id: r.get(1)?,
+                    node: r.get(2)?,
+                    group_id: r.get(3)?,
+                    active: r.get(4)?,
+                    host: r.get(5)?,
+                    address: r.get(6)?,
+                })
+            })
+            .collect()
+    }
+
     /// Pending copy requests into `groups` that are due at `now`, oldest first.
     pub fn due_copy_requests(
         &mut self,

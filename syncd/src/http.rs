@@ -1,0 +1,465 @@
+//! cairnd's HTTP server: other hosts pull this host's copies from it (invariant 5: the
+//! receiver runs the transfer).
+//!
+//! - `GET /v1/copy/{node}/{path}` streams the copy of a registered file that the catalog records
+//!   `has = yes` on `node`, a node available on this host; `Range: bytes=N-` (or `N-M`) resumes.
+//!   Nothing else under a root is reachable: the path must be a registered file (so no `..`,
+//!   no dot files, no `.cairn/`), the final component is opened with `O_NOFOLLOW`, and the
+//!   opened path must resolve inside the node root (no symlinked directory leading out).
+//! - Every copy request must carry `Authorization: Bearer <token>` with the token of
+//!   `transfer.token_file`; a missing or wrong token is a 401, logged with the peer address.
+//! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Frame, Incoming};
+use hyper::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::io::{AsyncRead, ReadBuf};
+use tracing::{info, warn};
+
+use crate::daemon::Shared;
+
+/// Counters for `/metrics`; names follow Prometheus conventions.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub pulls_ok: AtomicU64,
+    pub pulls_failed: AtomicU64,
+    pub md5_mismatches: AtomicU64,
+    pub copies_served: AtomicU64,
+    pub requests_refused: AtomicU64,
+    /// Work found by the last loop, by kind: copy, import, verify, release.
+    pub queue_copy: AtomicU64,
+    pub queue_import: AtomicU64,
+    pub queue_verify: AtomicU64,
+    pub queue_release: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self) -> String {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (labels, v) in rows {
+                out.push_str(&format!("{name}{labels} {v}\n"));
+            }
+        };
+        metric(
+            "cairn_transfer_bytes_sent_total",
+            "counter",
+            "Bytes of copies served to other hosts.",
+            &[("", g(&self.bytes_sent))],
+        );
+        metric(
+            "cairn_transfer_bytes_received_total",
+            "counter",
+            "Bytes pulled from other hosts.",
+            &[("", g(&self.bytes_received))],
+        );
+        metric(
+            "cairn_transfers_total",
+            "counter",
+            "Pulls from other hosts by result.",
+            &[
+                ("{result=\"ok\"}", g(&self.pulls_ok)),
+                ("{result=\"failed\"}", g(&self.pulls_failed)),
+            ],
+        );
+        metric(
+            "cairn_md5_mismatches_total",
+            "counter",
+            "Copies whose bytes did not match the catalog's md5 (source marked suspect).",
+            &[("", g(&self.md5_mismatches))],
+        );
+        metric(
+            "cairn_copies_served_total",
+            "counter",
+            "Copy downloads started by other hosts.",
+            &[("", g(&self.copies_served))],
+        );
+        metric(
+            "cairn_http_refused_total",
+            "counter",
+            "HTTP requests refused (bad token, unknown or unreachable path).",
+            &[("", g(&self.requests_refused))],
+        );
+        metric(
+            "cairn_queue_depth",
+            "gauge",
+            "Work found by cairnd's last loop, by kind.",
+            &[
+                ("{kind=\"copy\"}", g(&self.queue_copy)),
+                ("{kind=\"import\"}", g(&self.queue_import)),
+                ("{kind=\"verify\"}", g(&self.queue_verify)),
+                ("{kind=\"release\"}", g(&self.queue_release)),
+            ],
+        );
+        out
+    }
+}
+
+type ResBody = BoxBody<Bytes, std::io::Error>;
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<ResBody> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(
+            Full::new(Bytes::from(body.into() + "\n"))
+                .map_err(|never| match never {})
+                .boxed(),
+        )
+        .expect("a valid response")
+}
+
+/// Accepts connections until the task is aborted.
+pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("HTTP accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(io, service)
+                .await
+            {
+                tracing::debug!("HTTP connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> Response<ResBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
+    }
+    let path = req.uri().path().to_owned();
+    match path.as_str() {
+        "/healthz" => return text(StatusCode::OK, "ok"),
+        "/metrics" => return text(StatusCode::OK, shared.metrics.render().trim_end()),
+        _ => {}
+    }
+    let Some(rest) = path.strip_prefix("/v1/copy/") else {
+        return refuse(
+            &shared,
+            peer,
+            StatusCode::NOT_FOUND,
+            &path,
+            "no such endpoint",
+        );
+    };
+    if let Err(why) = check_token(&shared, &req) {
+        return refuse(&shared, peer, StatusCode::UNAUTHORIZED, &path, why);
+    }
+    let decoded = match percent_decode(rest) {
+        Some(d) => d,
+        None => return refuse(&shared, peer, StatusCode::BAD_REQUEST, &path, "bad escape"),
+    };
+    let Some((node, file_path)) = decoded.split_once('/') else {
+        return refuse(&shared, peer, StatusCode::NOT_FOUND, &path, "no file path");
+    };
+    let (node, file_path) = (node.to_owned(), file_path.to_owned());
+    let range = req
+        .headers()
+        .get(RANGE)
+        .map(|v| v.to_str().unwrap_or("").to_owned());
+    let shared2 = shared.clone();
+    let opened = tokio::task::spawn_blocking(move || open_copy(&shared2, &node, &file_path)).await;
+    let (file, size, shown) = match opened {
+        Ok(Ok(o)) => o,
+        Ok(Err((status, why))) => return refuse(&shared, peer, status, &path, &why),
+        Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let (start, end) = match range.as_deref().map(|r| parse_range(r, size)) {
+        None => (0, size),
+        Some(Some(r)) => r,
+        Some(None) => {
+            return Response::builder()
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(CONTENT_RANGE, format!("bytes */{size}"))
+                .body(
+                    Full::new(Bytes::new())
+                        .map_err(|never| match never {})
+                        .boxed(),
+                )
+                .expect("a valid response");
+        }
+    };
+    let mut file = tokio::fs::File::from_std(file);
+    if start > 0 {
+        use tokio::io::AsyncSeekExt;
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)).await {
+            return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        info!("Serving {shown} to {peer} from byte {start} (resume).");
+    } else {
+        info!("Serving {shown} to {peer}.");
+    }
+    Metrics::add(&shared.metrics.copies_served, 1);
+    let mut resp = Response::builder()
+        .header(CONTENT_LENGTH, end - start)
+        .header(CONTENT_TYPE, "application/octet-stream")
+        .header("Accept-Ranges", "bytes");
+    if range.is_some() {
+        resp = resp.status(StatusCode::PARTIAL_CONTENT).header(
+            CONTENT_RANGE,
+            format!("bytes {start}-{}/{size}", end.saturating_sub(1)),
+        );
+    }
+    let body = if req.method() == Method::HEAD {
+        Full::new(Bytes::new())
+            .map_err(|never| match never {})
+            .boxed()
+    } else {
+        FileBody {
+            file,
+            remaining: end - start,
+            buf: vec![0; 256 * 1024],
+            shared: shared.clone(),
+        }
+        .boxed()
+    };
+    resp.body(body).expect("a valid response")
+}
+
+fn refuse(
+    shared: &Shared,
+    peer: SocketAddr,
+    status: StatusCode,
+    path: &str,
+    why: &str,
+) -> Response<ResBody> {
+    Metrics::add(&shared.metrics.requests_refused, 1);
+    warn!("Refused {path} to {peer}: {why} ({}).", status.as_u16());
+    text(status, why)
+}
+
+fn check_token(shared: &Shared, req: &Request<Incoming>) -> Result<(), &'static str> {
+    let Some(token) = shared.token.as_deref() else {
+        return Err("this host has no transfer token configured");
+    };
+    let given = req
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or("missing bearer token")?;
+    // Compare in constant time: no early exit on the first differing byte.
+    let same = given.len() == token.len()
+        && given
+            .bytes()
+            .zip(token.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err("wrong bearer token")
+    }
+}
+
+type Refusal = (StatusCode, String);
+
+/// Opens the copy of `path` on `node` if the catalog says this host may serve it.
+fn open_copy(
+    shared: &Shared,
+    node: &str,
+    path: &str,
+) -> Result<(std::fs::File, u64, String), Refusal> {
+    let not_found = |why: String| (StatusCode::NOT_FOUND, why);
+    match cairn_catalog::catalog::normalize_path(path) {
+        Ok(p) if p == path => {}
+        _ => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("{path:?} is not an archive path"),
+            ));
+        }
+    }
+    let n = shared
+        .available()
+        .into_iter()
+        .find(|n| n.name == node)
+        .ok_or_else(|| not_found(format!("node {node:?} is not available on this host")))?;
+    let root = PathBuf::from(n.root.clone().unwrap_or_default());
+    let file = shared
+        .pool
+        .with(|cat| {
+            Ok(cat.read(|tx| {
+                let Some(f) = tx.file_by_path(path)? else {
+                    return Ok(None);
+                };
+                let copy = tx.copy_on(f.id, n.id)?;
+                Ok(Some((f, copy)))
+            })?)
+        })
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let (f, copy) = file.ok_or_else(|| not_found(format!("{path:?} is not a registered file")))?;
+    if copy.map(|c| c.has) != Some(cairn_catalog::model::Has::Yes) {
+        return Err(not_found(format!(
+            "no healthy copy of {path:?} on node {node:?}"
+        )));
+    }
+    let full = root.join(&f.path);
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&full)
+        .map_err(|e| not_found(format!("cannot open the copy: {e}")))?;
+    let real = std::fs::canonicalize(&full).map_err(|e| not_found(e.to_string()))?;
+    let real_root = std::fs::canonicalize(&root).map_err(|e| not_found(e.to_string()))?;
+    if !real.starts_with(&real_root) {
+        return Err((
+            StatusCode::FORBIDDEN,
+            format!("{path:?} leads outside the root of node {node:?}"),
+        ));
+    }
+    let size = file.metadata().map_err(|e| not_found(e.to_string()))?.len();
+    Ok((file, size, format!("{} of {node}", f.path)))
+}
+
+/// `bytes=N-` or `bytes=N-M` → (start, end exclusive); `None` if unsatisfiable.
+fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let (a, b) = spec.split_once('-')?;
+    let start: u64 = a.trim().parse().ok()?;
+    let end = if b.trim().is_empty() {
+        size
+    } else {
+        b.trim().parse::<u64>().ok()?.checked_add(1)?.min(size)
+    };
+    (start < end || (start == 0 && size == 0)).then_some((start, end))
+}
+
+/// Decodes `%XX` escapes (paths are sent percent-encoded); `None` on a malformed escape or
+/// invalid UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Percent-encodes an archive path for a URL (keeps `/` and unreserved characters).
+pub fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Streams a file's remaining bytes as response frames.
+struct FileBody {
+    file: tokio::fs::File,
+    remaining: u64,
+    buf: Vec<u8>,
+    shared: Arc<Shared>,
+}
+
+impl Body for FileBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let this = self.get_mut();
+        if this.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = (this.buf.len() as u64).min(this.remaining) as usize;
+        let mut rb = ReadBuf::new(&mut this.buf[..want]);
+        match Pin::new(&mut this.file).poll_read(cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the copy is shorter than announced",
+                    ))));
+                }
+                this.remaining -= n as u64;
+                Metrics::add(&this.shared.metrics.bytes_sent, n as u64);
+                Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-", 10), Some((0, 10)));
+        assert_eq!(parse_range("bytes=4-", 10), Some((4, 10)));
+        assert_eq!(parse_range("bytes=4-5", 10), Some((4, 6)));
+        assert_eq!(parse_range("bytes=4-99", 10), Some((4, 10)));
+        assert_eq!(parse_range("bytes=10-", 10), None);
+        assert_eq!(parse_range("bytes=-5", 10), None);
+        assert_eq!(parse_range("items=0-", 10), None);
+    }
+
+    #[test]
+    fn percent_round_trip() {
+        for p in ["2025/02/21/meta.txt", "a b/ü%.dat", "x/.hidden"] {
+            assert_eq!(percent_decode(&percent_encode(p)).as_deref(), Some(p));
+        }
+        assert_eq!(percent_decode("%2e%2e/x").as_deref(), Some("../x"));
+        assert_eq!(percent_decode("%zz"), None);
+    }
+}
