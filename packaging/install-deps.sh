@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # util-linux's script(1) gives the CLI tests a terminal to answer `Continue? [y/N]` on.
-packages=(bsdutils)
+# rsync: a baseline of the transfer benchmarks (tests/bench/).
+packages=(bsdutils rsync curl)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -12,6 +12,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod md5;
+pub mod md5fast;
 pub mod model;
 pub mod nudge;
 pub mod rules;

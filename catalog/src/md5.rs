@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use md5::{Digest, Md5};
+use crate::md5fast::Md5;
 
 /// Buffer size for reading whole files.
 const READ_BUFFER: usize = 1 << 20;
