@@ -80,7 +80,8 @@ pub struct Copied {
 }
 
 /// Copies `src` into `dst` (created new, truncating; normally a path in `.cairn/tmp/`),
-/// computing the md5 of the bytes read in the same pass, then fsyncs `dst`.
+/// computing the md5 of the bytes read in the same pass. `dst` is not fsynced: the caller makes
+/// it durable before installing it — [`sync_file`] for one copy, [`sync_fs`] for a batch.
 ///
 /// `cancel` is checked between chunks: once set, this returns [`io::ErrorKind::Interrupted`],
 /// leaving `dst` for the caller to remove. `progress` is called after each chunk with the number
@@ -103,7 +104,6 @@ pub fn copy_with_md5(
         hasher.update(chunk);
         progress(hasher.len());
     })?;
-    target.sync_all()?;
     Ok(Copied {
         bytes: hasher.len(),
         md5: hasher.finish_hex(),
@@ -111,7 +111,8 @@ pub fn copy_with_md5(
 }
 
 /// Appends everything `reader` yields, up to EOF, to the file `dst` (created if missing) after
-/// the bytes it already holds, then fsyncs it: for resuming a transfer.
+/// the bytes it already holds: for resuming a transfer. Like [`copy_with_md5`], it does not
+/// fsync.
 ///
 /// The md5 covers the whole file: the bytes already in `dst` are read back and hashed first, so
 /// a partial file left by an earlier attempt (or damaged by a crash) is never trusted blindly.
@@ -137,7 +138,6 @@ pub fn resume_from_reader(
     };
     let existing = pump_file(&target, None, cancel, &mut inspect)?;
     pump_reader(reader, Sink::new(&target, existing), cancel, &mut inspect)?;
-    target.sync_all()?;
     Ok(Copied {
         bytes: hasher.len(),
         md5: hasher.finish_hex(),
@@ -152,6 +152,32 @@ pub fn md5_of(path: &Path, cancel: &AtomicBool) -> io::Result<(u64, String)> {
     let mut hasher = Hasher::new();
     pump_file(&file, None, cancel, &mut |chunk| hasher.update(chunk))?;
     Ok((hasher.len(), hasher.finish_hex()))
+}
+
+/// Makes the data of the file at `path` durable (fsync).
+pub fn sync_file(path: &Path) -> io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Makes everything written to the filesystem holding `path` durable at once (`syncfs`): one
+/// call for a batch of small copies instead of an fsync per file and per directory.
+pub fn sync_fs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = File::open(path)?;
+    // SAFETY: syncfs takes a valid open file descriptor and touches no memory of ours.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Moves a complete temporary file to its archive name without syncing: for a batch, where
+/// the caller calls [`sync_fs`] once after all its renames.
+pub fn install_deferred(tmp: &Path, final_path: &Path) -> io::Result<()> {
+    if let Some(parent) = final_path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::rename(tmp, final_path)
 }
 
 /// Moves a complete, fsynced temporary file to its archive name.
