@@ -148,6 +148,11 @@ pub struct TransferConfig {
     pub max_rate: Option<ByteSize>,
     /// Most pulls running at once from any one other host. Default `2`.
     pub pulls_per_peer: usize,
+    /// `host:port` at which other hosts reach this cairnd; recorded as this host's address in
+    /// the catalog when cairnd starts. Default: none (set it with `cairn host modify
+    /// --address`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<String>,
 }
 
 impl Default for TransferConfig {
@@ -157,6 +162,7 @@ impl Default for TransferConfig {
             token_file: PathBuf::from("/etc/cairn/token"),
             max_rate: None,
             pulls_per_peer: 2,
+            advertise: None,
         }
     }
 }
@@ -317,6 +323,16 @@ impl Config {
         )?;
         if let Some(rate) = self.transfer.max_rate {
             at_least_one("transfer.max_rate", rate.0)?;
+        }
+        if let Some(a) = &self.transfer.advertise
+            && !a
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+        {
+            return Err(invalid(
+                "transfer.advertise",
+                format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
+            ));
         }
         let listen = &self.transfer.listen;
         if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
@@ -695,6 +711,7 @@ mod tests {
             },
             transfer: TransferConfig {
                 max_rate: Some(ByteSize(1)),
+                advertise: Some("h:1".to_owned()),
                 ..TransferConfig::default()
             },
             import: ImportConfig {

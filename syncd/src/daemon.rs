@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cairn_catalog::catalog::CopyWork;
 use cairn_catalog::model::{Id, Node};
 use cairn_catalog::units::now;
 use cairn_catalog::{Catalog, Config};
@@ -76,6 +77,8 @@ pub struct Shared {
     /// Failed pulls per peer host since its last success: sources on hosts with fewer
     /// failures are tried first.
     pub peer_failures: Mutex<HashMap<String, u32>>,
+    /// Copies whose release was refused (invariant 3), and when.
+    pub refused: Mutex<HashMap<Id, Instant>>,
     /// Set at shutdown: tasks stop at their next check.
     pub cancel: AtomicBool,
     /// Nodes available now (checked, marker matches), by id.
@@ -151,12 +154,19 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let importer = Importer::new(&config.import).context("invalid [import] patterns")?;
     let url = config.catalog.url.clone();
     let host_for_init = host.clone();
+    let advertise = config.transfer.advertise.clone();
     let (host_id, catalog_id) = tokio::task::spawn_blocking(move || -> Result<(Id, String)> {
         let mut cat = Catalog::open(&url).context("failed to open the catalog")?;
         let catalog_id = cat.catalog_id()?;
         let (h, created) = cat.write(|tx| tx.ensure_host(&host_for_init))?;
         if created {
             info!("Host \"{}\" added to the catalog.", h.name);
+        }
+        if let Some(address) = &advertise
+            && h.address.as_deref() != Some(address)
+        {
+            cat.write(|tx| tx.update_host(&h.name, Some(Some(address)), None))?;
+            info!("Host \"{}\" now reachable at {address}.", h.name);
         }
         let nodes: Vec<Id> = cat
             .read(|tx| tx.nodes_on_host(h.id))?
@@ -186,6 +196,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         token,
         metrics,
         peer_failures: Mutex::new(HashMap::new()),
+        refused: Mutex::new(HashMap::new()),
         cancel: AtomicBool::new(false),
         available: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
@@ -480,14 +491,26 @@ fn plan(
             work.push(task);
         }
         let batch = (cfg.daemon.workers as u64) * 8;
+        // A refused release is tried again at the next loop, not at every wake-up: else a
+        // refusal, which finishes at once, would wake the loop that dispatches it again.
+        shared
+            .refused
+            .lock()
+            .expect("refused lock")
+            .retain(|_, at| at.elapsed() < cfg.daemon.interval.0);
+        let refused = shared.refused.lock().expect("refused lock").clone();
         for n in &available {
-            for w in cat.read(|tx| tx.copies_to_release(n.id, batch))? {
+            let releases = cat
+                .read(|tx| tx.copies_to_release(n.id, batch))?
+                .into_iter()
+                .chain(space_pressure(cat, n)?)
+                .filter(|w| !refused.contains_key(&w.copy.id));
+            for w in releases {
                 work.push(Task::Release {
                     node_id: n.id,
                     copy: w,
                 });
             }
-            work.extend(space_pressure(cat, n)?);
             for w in cat.read(|tx| tx.copies_to_verify(n.id, n.auto_verify, t, batch))? {
                 work.push(Task::Verify {
                     node_id: n.id,
@@ -535,7 +558,7 @@ fn plan(
 }
 
 /// Discretionary releases when a node is short of space: oldest first, only as much as needed.
-fn space_pressure(cat: &mut Catalog, node: &Node) -> Result<Vec<Task>> {
+fn space_pressure(cat: &mut Catalog, node: &Node) -> Result<Vec<CopyWork>> {
     let (Some(avail), Some(capacity)) = (node.avail, node.capacity) else {
         return Ok(Vec::new());
     };
@@ -569,10 +592,6 @@ fn space_pressure(cat: &mut Catalog, node: &Node) -> Result<Vec<Task>> {
     Ok(candidates
         .into_iter()
         .filter(|c| picked.contains(&c.copy.id))
-        .map(|c| Task::Release {
-            node_id: node.id,
-            copy: c,
-        })
         .collect())
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::{CopyWork, Fired, NewFile};
-use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind};
+use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, AutoEffect, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
 use tracing::{debug, error, info, warn};
@@ -196,7 +196,12 @@ fn with_import_request(
             return Ok(());
         }
         let error = work(cat)?;
-        if let Some(r) = request {
+        if let Some(r) = request
+            && shared.is_cancelled()
+        {
+            // Stopped part-way: the request runs again at the next start.
+            cat.write(|tx| tx.unclaim_import_request(r))?;
+        } else if let Some(r) = request {
             cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
             if error.is_none() {
                 info!("Completed import request #{r}.");
@@ -750,6 +755,20 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
         record_arrival(cat, r, &dest, file.size, t0)?;
         return Ok(());
     }
+    // Something else is at the archive name. Overwrite it only if it is this file's own copy
+    // gone bad; a file the catalog does not know is not cairn's to touch (invariant 6).
+    if std::fs::symlink_metadata(&final_path).is_ok() {
+        let ours = cat
+            .read(|tx| tx.copy_on(file.id, dest.id))?
+            .is_some_and(|c| c.has != Has::No);
+        if !ours {
+            return Err(CopyFailure::Failed(format!(
+                "{} is in the way on node \"{}\": a file the catalog does not know, left alone",
+                final_path.display(),
+                dest.name
+            )));
+        }
+    }
 
     let space = node_space(cat, &dest)?;
     if let Err(no) = rules::fits(&space, file.size) {
@@ -992,6 +1011,11 @@ fn release(shared: &Arc<Shared>, node_id: Id, w: &CopyWork) -> Result<()> {
         .with(|cat| Ok(cat.write(|tx| tx.try_release(w.copy.id, min, now()))?))?;
     if let Err(refusal) = outcome {
         warn!("Not deleting {} on {}: {refusal}.", w.path, node.name);
+        shared
+            .refused
+            .lock()
+            .expect("refused lock")
+            .insert(w.copy.id, Instant::now());
         return Ok(());
     }
     let full = root.join(&w.path);
@@ -1031,14 +1055,21 @@ fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        // A temp file of a copy running now is not a leftover.
-        let running = name
+        // A temp file of a copy running now, or of a pull from another host waiting to be
+        // resumed, is not a leftover.
+        let request = name
             .strip_prefix("copy-")
             .and_then(|s| s.strip_suffix(".part"))
-            .and_then(|id| id.parse::<Id>().ok())
-            .is_some_and(|id| shared.is_running(&Key::Copy(id)));
-        if running {
-            continue;
+            .and_then(|id| id.parse::<Id>().ok());
+        if let Some(id) = request {
+            let waiting = shared.is_running(&Key::Copy(id))
+                || shared
+                    .pool
+                    .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
+                    .is_ok_and(|r| matches!(r.state, RequestState::Pending | RequestState::Active));
+            if waiting {
+                continue;
+            }
         }
         match std::fs::remove_file(e.path()) {
             Ok(()) => info!("Tidy up {}: removed leftover temp file {name}", node.name),

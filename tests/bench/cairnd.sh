@@ -72,6 +72,15 @@ sync
 # Empties the page cache (needs root), so a file is read from the disk as an archive's
 # files usually are; returns non-zero where that is not allowed.
 cold() { sync; echo 3 2>/dev/null >/proc/sys/vm/drop_caches; }
+# Waits until no copy is waiting to be verified.
+wait_verified() {
+    python3 - "$W/catalog.db" <<'PY'
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], timeout=30)
+while db.execute("SELECT COUNT(*) FROM copy WHERE verify_requested = 1").fetchone()[0]:
+    time.sleep(0.01)
+PY
+}
 rate() { python3 -c "print(f'{$1 / $2:,.0f}')"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
 mibs() { python3 -c "print(f'{1024 / $1:,.0f} MiB/s')"; }
@@ -96,17 +105,9 @@ if cold; then
     have_cold=yes
     t0=$(now); md5sum "$W/n1/big/one.dat" >/dev/null; t1=$(now)
     base_big_cold=$(python3 -c "print($t1 - $t0)")
-    cairn file verify big/one.dat n1 >/dev/null; wait_done
     cold
     # A verify reads and hashes the whole copy, like an import: the cold-cache md5 pass.
-    t0=$(now); cairn file verify big/one.dat n1 >/dev/null
-    python3 - "$W/catalog.db" <<'PY'
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], timeout=30)
-while db.execute("SELECT COUNT(*) FROM copy WHERE verify_requested = 1").fetchone()[0]:
-    time.sleep(0.01)
-PY
-    t1=$(now)
+    t0=$(now); cairn file verify big/one.dat n1 >/dev/null; wait_verified; t1=$(now)
     ours_big_cold=$(python3 -c "print($t1 - $t0)")
 fi
 

@@ -125,7 +125,8 @@ impl Archive {
                 "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
                  interval = \"1s\"\nsocket = \"{d}/run/cairnd.sock\"\n\
                  lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n\
-                 [transfer]\nlisten = \"{address}\"\ntoken_file = \"{t}\"\n\
+                 [transfer]\nlisten = \"{address}\"\nadvertise = \"{address}\"\n\
+                 token_file = \"{t}\"\n\
                  [import]\nacq_depth = 3\n",
                 self.url,
                 d = dir.display(),
@@ -210,7 +211,6 @@ impl TestHost {
             "cairnd of {} already started",
             self.name
         );
-        self.register_address();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -260,28 +260,6 @@ impl TestHost {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Records this host's address in the catalog, creating the host if needed.
-    fn register_address(&self) {
-        let run = |args: &[&str]| {
-            Command::new(bin("cairn"))
-                .args(args)
-                .env_remove("CAIRN_CATALOG")
-                .env("CAIRN_CONFIG", &self.config)
-                .stdin(Stdio::null())
-                .output()
-                .expect("cairn runs")
-        };
-        let created = run(&["host", "create", &self.name, "--address", &self.address]);
-        if !created.status.success() {
-            let out = run(&["host", "modify", &self.name, "--address", &self.address]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
     }
 
     /// SIGTERM, then waits for the exit status.

@@ -704,3 +704,44 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
     a.wait_idle(T);
     assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
 }
+
+#[test]
+fn a_refused_release_is_retried_each_loop_not_in_a_spin() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    write(&r1, "2025/01/01/a.dat", "only copy\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["file", "clean", "--now", "--node=n1", "2025/01/01/a.dat"]);
+    wait_until(T, "the refusal", || {
+        h.log().contains("Not deleting 2025/01/01/a.dat")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    let refusals = h.log().matches("Not deleting 2025/01/01/a.dat").count();
+    assert!(
+        (2..=6).contains(&refusals),
+        "{refusals} refusals in about 3 s of 1 s loops"
+    );
+    assert!(r1.join("2025/01/01/a.dat").exists());
+}
+
+#[test]
+fn a_copy_never_overwrites_a_file_the_catalog_does_not_know() {
+    let a = Archive::new();
+    let mut h = a.host_with("h1", "max_attempts = 1");
+    let [r1, r2, _] = three_nodes(&a, &mut h, false);
+    write(&r1, "2025/01/01/a.dat", "archived bytes\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    write(&r2, "2025/01/01/a.dat", "someone else's file\n");
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    let failed = a.cairn(&["request", "list", "--failed"]);
+    assert!(failed.contains("is in the way"), "{failed}");
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
+        "someone else's file\n"
+    );
+    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), None);
+}

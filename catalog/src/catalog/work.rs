@@ -120,6 +120,15 @@ impl Tx<'_> {
         )? == 1)
     }
 
+    /// Gives a claimed import request back (cairnd stopped before it was done).
+    pub fn unclaim_import_request(&mut self, id: Id) -> Result<()> {
+        self.exec(
+            "UPDATE import_request SET state = 'pending' WHERE id = ? AND state = 'active'",
+            params![id],
+        )?;
+        Ok(())
+    }
+
     /// Ends an import request: `done`, or `failed` with the reason.
     pub fn finish_import_request(&mut self, id: Id, error: Option<&str>, now: i64) -> Result<()> {
         let state = if error.is_some() { "failed" } else { "done" };
@@ -140,7 +149,7 @@ impl Tx<'_> {
     ) -> Result<()> {
         self.exec(
             "UPDATE copy_request SET state = 'done', finished_at = ?, bytes = ?, seconds = ?, \
-             last_error = NULL WHERE id = ?",
+             last_error = NULL WHERE id = ? AND state = 'active'",
             params![now, bytes, seconds, id],
         )?;
         Ok(())
