@@ -240,8 +240,14 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let mut running = tokio::task::JoinSet::new();
     let interval = shared.config.daemon.interval.0;
     let mut next_loop = tokio::time::Instant::now();
+    // Work the last pass found but could not start (all workers busy), and when that pass ran:
+    // a finished task first starts more of it, and only asks the catalog again once it is
+    // used up or older than a moment. Many small copies would otherwise pay a whole pass each.
+    let mut backlog: Vec<Task> = Vec::new();
+    let mut last_pass = Instant::now();
     tokio::pin!(shutdown);
     loop {
+        let mut task_done = false;
         let full = tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(next_loop) => true,
@@ -253,8 +259,20 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 }
                 false
             }
-            Some(_) = running.join_next(), if !running.is_empty() => true,
+            Some(_) = running.join_next(), if !running.is_empty() => {
+                task_done = true;
+                true
+            }
         };
+        if task_done && !backlog.is_empty() && last_pass.elapsed() < Duration::from_millis(500) {
+            backlog = dispatch(
+                &shared,
+                &workers,
+                &mut running,
+                std::mem::take(&mut backlog),
+            );
+            continue;
+        }
         if full && tokio::time::Instant::now() >= next_loop {
             next_loop = tokio::time::Instant::now() + interval;
         }
@@ -286,7 +304,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 continue;
             }
         };
-        dispatch(&shared, &workers, &mut running, work);
+        if full {
+            last_pass = Instant::now();
+            backlog = dispatch(&shared, &workers, &mut running, work);
+        } else {
+            backlog.extend(dispatch(&shared, &workers, &mut running, work));
+        }
         report_stuck(&shared);
     }
 
@@ -671,21 +694,22 @@ fn start_watcher(
     Ok(WatcherHandle { stop })
 }
 
+/// Starts what it can of `work`; returns what is left for lack of a worker or of room on a
+/// node.
 fn dispatch(
     shared: &Arc<Shared>,
     workers: &Arc<Semaphore>,
     running: &mut tokio::task::JoinSet<()>,
     work: Vec<Task>,
-) {
+) -> Vec<Task> {
     let cap = shared.config.daemon.node_workers;
-    for task in work {
+    let mut left = Vec::new();
+    let mut work = work.into_iter();
+    while let Some(task) = work.next() {
         let key = task.key();
         let nodes = task.nodes();
-        {
-            let inflight = shared.inflight.lock().expect("inflight lock");
-            if inflight.contains_key(&key) {
-                continue;
-            }
+        if shared.is_running(&key) {
+            continue;
         }
         {
             let load = shared.node_load.lock().expect("load lock");
@@ -693,12 +717,14 @@ fn dispatch(
                 .iter()
                 .any(|n| load.get(n).copied().unwrap_or(0) >= cap)
             {
+                left.push(task);
                 continue;
             }
         }
         let Ok(permit) = workers.clone().try_acquire_owned() else {
-            debug!("All workers busy; the rest waits for the next loop.");
-            return;
+            left.push(task);
+            left.extend(work);
+            return left;
         };
         {
             let mut load = shared.node_load.lock().expect("load lock");
@@ -732,6 +758,7 @@ fn dispatch(
             drop(permit);
         });
     }
+    left
 }
 
 /// Logs tasks that run far longer than their size explains: a hung disk is reported, not
