@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # util-linux's script(1) gives the CLI tests a terminal to answer `Continue? [y/N]` on.
-# rsync: a baseline of the transfer benchmarks (tests/bench/).
-packages=(bsdutils rsync curl)
+# rsync, curl: baselines of the transfer benchmarks (tests/bench/); openssl: the TLS test makes
+# its certificate authority with it.
+packages=(bsdutils rsync curl openssl)
 
 missing=()
 for p in "${packages[@]}"; do

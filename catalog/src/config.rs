@@ -153,6 +153,18 @@ pub struct TransferConfig {
     /// --address`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// PEM certificate chain of this host's HTTP server; with `tls_key`, copies are served
+    /// over TLS only. Default: none (plain HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM certificate(s) of the authority that signed the other hosts' server certificates;
+    /// when set, this host pulls over TLS (https) and trusts only these. Default: none (plain
+    /// HTTP).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for TransferConfig {
@@ -163,6 +175,9 @@ impl Default for TransferConfig {
             max_rate: None,
             pulls_per_peer: 2,
             advertise: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -332,6 +347,12 @@ impl Config {
             return Err(invalid(
                 "transfer.advertise",
                 format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
+            ));
+        }
+        if self.transfer.tls_cert.is_some() != self.transfer.tls_key.is_some() {
+            return Err(invalid(
+                "transfer.tls_cert",
+                "tls_cert and tls_key go together: give both or neither".to_owned(),
             ));
         }
         let listen = &self.transfer.listen;
@@ -712,6 +733,9 @@ mod tests {
             transfer: TransferConfig {
                 max_rate: Some(ByteSize(1)),
                 advertise: Some("h:1".to_owned()),
+                tls_cert: Some(PathBuf::from("c")),
+                tls_key: Some(PathBuf::from("k")),
+                tls_ca: Some(PathBuf::from("a")),
                 ..TransferConfig::default()
             },
             import: ImportConfig {

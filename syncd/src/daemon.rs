@@ -184,11 +184,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let token = read_token(&config.transfer.token_file);
     let metrics = Arc::new(Metrics::default());
     let transfer = Arc::new(Puller::new(
+        config.transfer.tls_ca.as_deref(),
         token.clone(),
         config.transfer.max_rate.map(|r| r.0),
         config.transfer.pulls_per_peer,
         metrics.clone(),
-    ));
+    )?);
     let shared = Arc::new(Shared {
         pool: Pool::new(&config.catalog.url),
         importer,
@@ -230,7 +231,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     shared.config.transfer.token_file.display()
                 );
             }
-            Some(tokio::spawn(crate::http::serve(l, shared.clone())))
+            let tls = match (
+                &shared.config.transfer.tls_cert,
+                &shared.config.transfer.tls_key,
+            ) {
+                (Some(cert), Some(key)) => {
+                    info!("Serving over TLS with {}.", cert.display());
+                    Some(crate::http::tls_config(cert, key)?)
+                }
+                _ => None,
+            };
+            Some(tokio::spawn(crate::http::serve(l, shared.clone(), tls)))
         }
     };
 

@@ -55,6 +55,8 @@ pub trait Transfer: Send + Sync {
 /// The real transfers: local copies and HTTP pulls.
 pub struct Puller {
     agent: ureq::Agent,
+    /// `https` when pulls go over TLS (`transfer.tls_ca`), else `http`.
+    scheme: &'static str,
     token: Option<String>,
     limiter: Option<RateLimiter>,
     peers: PeerSlots,
@@ -62,13 +64,36 @@ pub struct Puller {
 }
 
 impl Puller {
+    /// A puller; with `tls_ca`, pulls go over https and trust only the authority in that PEM
+    /// file.
     pub fn new(
+        tls_ca: Option<&Path>,
         token: Option<String>,
         max_rate: Option<u64>,
         pulls_per_peer: usize,
         metrics: std::sync::Arc<Metrics>,
-    ) -> Puller {
+    ) -> std::io::Result<Puller> {
+        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
+        if let Some(ca) = tls_ca {
+            let pem = std::fs::read(ca).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", ca.display()))
+            })?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                return Err(std::io::Error::other(format!(
+                    "{} holds no certificate",
+                    ca.display()
+                )));
+            }
+            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+        }
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.build())
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -76,13 +101,14 @@ impl Puller {
             .timeout_per_read(Some(Duration::from_secs(60)))
             .build()
             .new_agent();
-        Puller {
+        Ok(Puller {
             agent,
+            scheme: if tls_ca.is_some() { "https" } else { "http" },
             token,
             limiter: max_rate.map(RateLimiter::new),
             peers: PeerSlots::new(pulls_per_peer),
             metrics,
-        }
+        })
     }
 
     /// Pulls a copy from another host's cairnd into `tmp`, resuming what `tmp` holds.
@@ -100,7 +126,8 @@ impl Puller {
         })?;
         let _slot = self.peers.acquire(host, cancel)?;
         let url = format!(
-            "http://{address}/v1/copy/{}/{}",
+            "{}://{address}/v1/copy/{}/{}",
+            self.scheme,
             percent_encode(node),
             percent_encode(path)
         );

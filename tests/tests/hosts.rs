@@ -470,3 +470,126 @@ fn the_http_server_refuses_what_it_must_not_serve() {
         "{metrics}"
     );
 }
+
+/// A test CA and a certificate for 127.0.0.1 signed by it, made with openssl(1).
+fn test_pki(dir: &Path) -> Option<()> {
+    let run = |args: &[&str]| {
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|_| ())
+    };
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=cairn test CA",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "host.key",
+        "-out",
+        "host.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ])?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "host.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "host.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ])
+}
+
+#[test]
+fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
+    let a = Archive::new();
+    let pki = a.dir.path().join("pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    if test_pki(&pki).is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl(1) is needed for the TLS test in CI"
+        );
+        eprintln!("SKIPPED: openssl(1) could not make a test certificate authority");
+        return;
+    }
+    let tls = format!(
+        "[transfer]\ntls_cert = \"{p}/host.pem\"\ntls_key = \"{p}/host.key\"\ntls_ca = \"{p}/ca.pem\"\n",
+        p = pki.display()
+    );
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    for h in [&h1, &h2] {
+        let text = std::fs::read_to_string(&h.config)
+            .unwrap()
+            .replace("[transfer]\n", &tls);
+        std::fs::write(&h.config, text).unwrap();
+    }
+    let r1 = node_on(&h1, "n1", false);
+    let r2 = node_on(&h2, "n2", false);
+    h1.start();
+    h2.start();
+    write(&r1, "2025/01/01/a.dat", "over tls\n");
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(
+        has(&a, "n2", "2025/01/01/a.dat"),
+        Some(Has::Yes),
+        "{}",
+        h2.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
+        "over tls\n"
+    );
+    assert!(h1.log().contains("Serving over TLS"), "{}", h1.log());
+    // A plain-HTTP request to the TLS server gets no copy.
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&h1.address).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let token = a.token();
+    let req = format!(
+        "GET /v1/copy/n1/2025/01/01/a.dat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(
+        !String::from_utf8_lossy(&got).contains("over tls"),
+        "served in clear"
+    );
+    wait_until(T, "the refusal logged", || {
+        h1.log().contains("TLS handshake failed")
+    });
+}
