@@ -153,6 +153,12 @@ pub struct TransferConfig {
     /// --address`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// How this host pulls from other hosts: `"http"` (from their cairnd) or `"rsync"` (rsync
+    /// over a remote shell, logging in with the source node's username and address). Default
+    /// `"http"`.
+    pub method: String,
+    /// The remote shell rsync uses for `method = "rsync"`. Default `"ssh -o BatchMode=yes"`.
+    pub rsync_rsh: String,
     /// PEM certificate chain of this host's HTTP server; with `tls_key`, copies are served
     /// over TLS only. Default: none (plain HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +181,8 @@ impl Default for TransferConfig {
             max_rate: None,
             pulls_per_peer: 2,
             advertise: None,
+            method: "http".to_owned(),
+            rsync_rsh: "ssh -o BatchMode=yes".to_owned(),
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
@@ -347,6 +355,15 @@ impl Config {
             return Err(invalid(
                 "transfer.advertise",
                 format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
+            ));
+        }
+        if !matches!(self.transfer.method.as_str(), "http" | "rsync") {
+            return Err(invalid(
+                "transfer.method",
+                format!(
+                    "{:?} is neither \"http\" nor \"rsync\"",
+                    self.transfer.method
+                ),
             ));
         }
         if self.transfer.tls_cert.is_some() != self.transfer.tls_key.is_some() {

@@ -183,7 +183,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
     let token = read_token(&config.transfer.token_file);
     let metrics = Arc::new(Metrics::default());
+    let rsync_rsh = (config.transfer.method == "rsync").then(|| config.transfer.rsync_rsh.clone());
     let transfer = Arc::new(Puller::new(
+        rsync_rsh,
         config.transfer.tls_ca.as_deref(),
         token.clone(),
         config.transfer.max_rate.map(|r| r.0),

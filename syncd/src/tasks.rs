@@ -629,9 +629,27 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
                     location: Location::Local(path),
                 },
             ));
-        } else if let (true, Some(host), Some(address)) = (c.active, c.host, c.address)
+        } else if let (true, Some(host)) = (c.active, c.host.clone())
             && host != shared.host
         {
+            // A pull over HTTP needs the host's cairnd address; one over rsync, a login.
+            let rsync = c.root.as_deref().map(|root| {
+                let at = c.login_address.clone().unwrap_or_else(|| host.clone());
+                let user = c
+                    .login_user
+                    .as_deref()
+                    .map(|u| format!("{u}@"))
+                    .unwrap_or_default();
+                format!("{user}{at}:{}", Path::new(root).join(&r.path).display())
+            });
+            let usable = if shared.config.transfer.method == "rsync" {
+                rsync.is_some()
+            } else {
+                c.address.is_some()
+            };
+            if !usable {
+                continue;
+            }
             let fails = failures.get(&host).copied().unwrap_or(0);
             ranked.push((
                 (1, fails, requested),
@@ -641,10 +659,11 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
                     copy_id: c.copy_id,
                     location: Location::Remote {
                         host,
-                        address,
+                        address: c.address.unwrap_or_default(),
                         node: c.node,
                         path: r.path.clone(),
                         size: r.size,
+                        rsync,
                     },
                 },
             ));

@@ -23,13 +23,15 @@ use crate::http::{Metrics, percent_encode};
 pub enum Location {
     /// On a node of this host: the file's absolute path.
     Local(PathBuf),
-    /// On another host: its cairnd's `host:port`, the node, the archive path and size.
+    /// On another host: its cairnd's `host:port`, the node, the archive path and size, and
+    /// for rsync the `[user@]address:/root/path` to log in to.
     Remote {
         host: String,
         address: String,
         node: String,
         path: String,
         size: u64,
+        rsync: Option<String>,
     },
 }
 
@@ -55,6 +57,8 @@ pub trait Transfer: Send + Sync {
 /// The real transfers: local copies and HTTP pulls.
 pub struct Puller {
     agent: ureq::Agent,
+    /// The remote shell for rsync pulls; `None` pulls over HTTP.
+    rsync_rsh: Option<String>,
     /// `https` when pulls go over TLS (`transfer.tls_ca`), else `http`.
     scheme: &'static str,
     token: Option<String>,
@@ -67,6 +71,7 @@ impl Puller {
     /// A puller; with `tls_ca`, pulls go over https and trust only the authority in that PEM
     /// file.
     pub fn new(
+        rsync_rsh: Option<String>,
         tls_ca: Option<&Path>,
         token: Option<String>,
         max_rate: Option<u64>,
@@ -103,6 +108,7 @@ impl Puller {
             .new_agent();
         Ok(Puller {
             agent,
+            rsync_rsh,
             scheme: if tls_ca.is_some() { "https" } else { "http" },
             token,
             limiter: max_rate.map(RateLimiter::new),
@@ -202,9 +208,10 @@ impl Puller {
 
 impl Transfer for Puller {
     fn method(&self, source: &Source) -> &'static str {
-        match source.location {
-            Location::Local(_) => "local copy",
-            Location::Remote { .. } => "http",
+        match (&source.location, &self.rsync_rsh) {
+            (Location::Local(_), _) => "local copy",
+            (Location::Remote { .. }, None) => "http",
+            (Location::Remote { .. }, Some(_)) => "rsync",
         }
     }
 
@@ -221,9 +228,69 @@ impl Transfer for Puller {
                 node,
                 path,
                 size,
-            } => self.pull((host, address, node, path, *size), tmp, cancel),
+                rsync,
+            } => match (&self.rsync_rsh, rsync) {
+                (Some(rsh), Some(spec)) => rsync_pull(rsh, host, spec, *size, tmp, cancel),
+                (Some(_), None) => Err(std::io::Error::other(format!(
+                    "no rsync login for node {node:?} on {host}"
+                ))),
+                (None, _) => self.pull((host, address, node, path, *size), tmp, cancel),
+            },
         }
     }
+}
+
+/// Pulls `spec` (`[user@]address:/path`) into `tmp` with rsync over `rsh`, resuming a partial
+/// `tmp`, then hashes the result: rsync's own checks do not replace the catalog's md5.
+fn rsync_pull(
+    rsh: &str,
+    host: &str,
+    spec: &str,
+    size: u64,
+    tmp: &Path,
+    cancel: &AtomicBool,
+) -> std::io::Result<Copied> {
+    let mut child = std::process::Command::new("rsync")
+        .args(["--partial", "--append-verify", "--inplace", "-e", rsh])
+        .arg(spec)
+        .arg(tmp)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot run rsync: {e}")))?;
+    let deadline = Instant::now() + Duration::from_secs(60 + size / (1 << 20));
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        let stop = cancel.load(std::sync::atomic::Ordering::Relaxed);
+        if stop || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(if stop {
+                std::io::ErrorKind::Interrupted.into()
+            } else {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("rsync from {host} timed out"),
+                )
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        return Err(std::io::Error::other(format!(
+            "rsync from {host} failed ({status}): {}",
+            err.trim()
+        )));
+    }
+    let (bytes, md5) = copyfile::md5_of(tmp, cancel)?;
+    Ok(Copied { bytes, md5 })
 }
 
 /// Counts received bytes and applies the host-wide rate limit.

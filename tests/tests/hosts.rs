@@ -593,3 +593,76 @@ fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
         h1.log().contains("TLS handshake failed")
     });
 }
+
+#[test]
+fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
+    let a = Archive::new();
+    // A remote shell that runs the command on this machine: the real rsync protocol, without
+    // an ssh server in the test.
+    let rsh = a.dir.path().join("local-rsh");
+    std::fs::write(
+        &rsh,
+        "#!/bin/sh\n# rsh [-l USER] HOST COMMAND...: run COMMAND here.\n\
+         [ \"$1\" = -l ] && shift 2\nshift\nexec \"$@\"\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&rsh, std::fs::Permissions::from_mode(0o755)).unwrap();
+    if std::process::Command::new("rsync")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "rsync is needed for this test in CI"
+        );
+        eprintln!("SKIPPED: rsync is not installed");
+        return;
+    }
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host_with("h2", "max_attempts = 1");
+    let text = std::fs::read_to_string(&h2.config).unwrap().replace(
+        "[transfer]\n",
+        &format!(
+            "[transfer]\nmethod = \"rsync\"\nrsync_rsh = \"{}\"\n",
+            rsh.display()
+        ),
+    );
+    std::fs::write(&h2.config, text).unwrap();
+    let r1 = node_on(&h1, "n1", false);
+    let r2 = node_on(&h2, "n2", false);
+    h1.cairn(&[
+        "node",
+        "modify",
+        "n1",
+        "--username",
+        "root",
+        "--address",
+        "localhost",
+    ]);
+    h1.start();
+    h2.start();
+    write(&r1, "2025/01/01/good.dat", "good bytes\n");
+    write(&r1, "2025/01/01/rotten.dat", "fine at first\n");
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    std::fs::write(r1.join("2025/01/01/rotten.dat"), "rotten later\n").unwrap();
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(
+        has(&a, "n2", "2025/01/01/good.dat"),
+        Some(Has::Yes),
+        "{}",
+        h2.log()
+    );
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/01/01/good.dat")).unwrap(),
+        "good bytes\n"
+    );
+    assert!(h2.log().contains("using rsync"), "{}", h2.log());
+    // The rotten source gave bytes that fail the md5: not installed, the source suspect.
+    assert!(!r2.join("2025/01/01/rotten.dat").exists());
+    assert_eq!(has(&a, "n1", "2025/01/01/rotten.dat"), Some(Has::Suspect));
+    assert_eq!(std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(), 0);
+}

@@ -44,13 +44,18 @@ pub struct SourceCopy {
     pub host: Option<String>,
     /// The host's cairnd address (`host:port`).
     pub address: Option<String>,
+    pub root: Option<String>,
+    /// Log-in user and address of the node, for rsync over a remote shell.
+    pub login_user: Option<String>,
+    pub login_address: Option<String>,
 }
 
 impl Tx<'_> {
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
     pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
         let rows = self.raw(
-            "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address FROM copy c \
+            "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address, n.root, \
+             n.username, n.address FROM copy c \
              JOIN node n ON n.id = c.node_id LEFT JOIN host h ON h.id = n.host_id \
              WHERE c.file_id = ? AND c.has = 'yes' ORDER BY n.name",
             params![file_id],
@@ -65,6 +70,9 @@ impl Tx<'_> {
                     active: r.get(4)?,
                     host: r.get(5)?,
                     address: r.get(6)?,
+                    root: r.get(7)?,
+                    login_user: r.get(8)?,
+                    login_address: r.get(9)?,
                 })
             })
             .collect()
