@@ -135,6 +135,7 @@ struct LoopState {
     watchers: HashMap<Id, WatcherHandle>,
     events: Vec<(Id, WatchEvent)>,
     loops: u64,
+    disks: crate::transport::Disks,
 }
 
 struct WatcherHandle {
@@ -391,6 +392,9 @@ fn plan(
     let t = now();
     let cfg = &shared.config;
     shared.pool.with(|cat| {
+        if let Err(e) = crate::transport::detect(shared, cat, &mut st.disks) {
+            warn!("Transport disk detection failed: {e:#}");
+        }
         let nodes = cat.write(|tx| {
             tx.touch_host(shared.host_id, t)?;
             tx.nodes_on_host(shared.host_id)

@@ -15,6 +15,7 @@ pub mod nudge;
 pub mod procfs;
 pub mod tasks;
 pub mod transfer;
+pub mod transport;
 pub mod watch;
 
 pub use daemon::run;

@@ -609,7 +609,10 @@ pub fn has_source(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result
 /// Where a requested file can be read from, best first: the requested node if it is here,
 /// other copies here, then copies on other hosts, fewest recent failures first.
 fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<Source>> {
-    let copies = cat.read(|tx| tx.source_copies(r.file_id))?;
+    let (copies, group) =
+        cat.read(|tx| Ok((tx.source_copies(r.file_id)?, tx.group(&r.to_group)?)))?;
+    // A transport disk takes copies only from the host it is plugged into.
+    let local_only = group.io_class == IoClass::Transport;
     let failures = shared
         .peer_failures
         .lock()
@@ -629,7 +632,7 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
                     location: Location::Local(path),
                 },
             ));
-        } else if let (true, Some(host)) = (c.active, c.host.clone())
+        } else if let (false, true, Some(host)) = (local_only, c.active, c.host.clone())
             && host != shared.host
         {
             // A pull over HTTP needs the host's cairnd address; one over rsync, a login.
@@ -755,6 +758,13 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
     let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
     let dest = choose_destination(shared, cat, r)?;
     let root = PathBuf::from(dest.root.clone().unwrap_or_default());
+    // The destination may be a disk pulled out since the last loop: write only onto the disk
+    // whose marker says it is this node (never into the empty mount point below it).
+    let still_there =
+        || noderoot::check_root(&root, &dest.name, &shared.catalog_id) == RootState::Ready;
+    if !still_there() {
+        return Err(CopyFailure::Cancelled);
+    }
     let final_path = root.join(&file.path);
     let t0 = Instant::now();
 
@@ -803,7 +813,11 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
         Location::Remote { host, .. } => Some(host.clone()),
         Location::Local(_) => None,
     };
-    let tmp = noderoot::tmp_dir(&root).join(format!("copy-{}.part", r.id));
+    // A pull from another host may be resumed, so its temp file (`.part`) outlives a failed
+    // attempt; a local copy starts over, and its temp file (`.tmp`) is a leftover once the
+    // copy is not running.
+    let suffix = if remote_host.is_some() { "part" } else { "tmp" };
+    let tmp = noderoot::tmp_dir(&root).join(format!("copy-{}.{suffix}", r.id));
     if let Some(parent) = tmp.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| CopyFailure::Failed(format!("cannot create {}: {e}", parent.display())))?;
@@ -868,6 +882,22 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
     if shared.is_cancelled() {
         let _ = std::fs::remove_file(&tmp);
         return Err(CopyFailure::Cancelled);
+    }
+    // Invariant 2: the bytes are on disk before the copy gets its archive name.
+    if let Err(e) = copyfile::sync_file(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CopyFailure::Failed(format!(
+            "cannot fsync {}: {e}",
+            tmp.display()
+        )));
+    }
+    if !still_there() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(CopyFailure::Failed(format!(
+            "node \"{}\" went away during the copy (its disk is no longer at {})",
+            dest.name,
+            root.display()
+        )));
     }
     if let Some(parent) = final_path.parent()
         && !parent.exists()
@@ -1075,17 +1105,23 @@ fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         // A temp file of a copy running now, or of a pull from another host waiting to be
-        // resumed, is not a leftover.
-        let request = name
-            .strip_prefix("copy-")
-            .and_then(|s| s.strip_suffix(".part"))
-            .and_then(|id| id.parse::<Id>().ok());
-        if let Some(id) = request {
+        // resumed (`.part`), is not a leftover.
+        let copy = name.strip_prefix("copy-").and_then(|s| {
+            s.strip_suffix(".part")
+                .map(|id| (id, true))
+                .or_else(|| s.strip_suffix(".tmp").map(|id| (id, false)))
+        });
+        if let Some((id, resumable)) = copy
+            && let Ok(id) = id.parse::<Id>()
+        {
             let waiting = shared.is_running(&Key::Copy(id))
-                || shared
-                    .pool
-                    .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
-                    .is_ok_and(|r| matches!(r.state, RequestState::Pending | RequestState::Active));
+                || (resumable
+                    && shared
+                        .pool
+                        .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
+                        .is_ok_and(|r| {
+                            matches!(r.state, RequestState::Pending | RequestState::Active)
+                        }));
             if waiting {
                 continue;
             }

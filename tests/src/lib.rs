@@ -127,6 +127,7 @@ impl Archive {
                  lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n\
                  [transfer]\nlisten = \"{address}\"\nadvertise = \"{address}\"\n\
                  token_file = \"{t}\"\n\
+                 [transport]\nwatch = [\"{d}/watch\"]\n\
                  [import]\nacq_depth = 3\n",
                 self.url,
                 d = dir.display(),

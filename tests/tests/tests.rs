@@ -6,6 +6,9 @@
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 
+//! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
+
 mod concurrency;
 mod daemon;
 mod hosts;
+mod transport;

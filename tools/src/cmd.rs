@@ -8,6 +8,7 @@ mod host;
 mod node;
 mod request;
 mod status;
+mod transport;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -37,6 +38,9 @@ pub enum Command {
     /// Copy and import requests
     #[command(subcommand)]
     Request(request::Command),
+    /// Transport disks: the sneakernet
+    #[command(subcommand)]
+    Transport(transport::Command),
     /// One screen on the whole archive: hosts, nodes, queues
     Status,
 }
@@ -50,6 +54,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::File(c) => file::run(ctx, c),
         Command::Acq(c) => acq::run(ctx, c),
         Command::Request(c) => request::run(ctx, c),
+        Command::Transport(c) => transport::run(ctx, c),
         Command::Status => status::run(ctx),
     }
 }

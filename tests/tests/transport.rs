@@ -1,0 +1,411 @@
+//! Transport disks with real filesystems: ext4 images on loop devices, mounted and unmounted
+//! under the hosts' `transport.watch` directories. Needs root (CI runs as root).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_catalog::model::Has;
+use cairn_tests::{Archive, TestHost, wait_until};
+
+const T: Duration = Duration::from_secs(40);
+
+/// An ext4 filesystem in an image file, mounted with `mount -o loop`; unmounted on drop.
+struct Disk {
+    image: PathBuf,
+    at: Option<PathBuf>,
+}
+
+impl Disk {
+    /// `None` (and a loud note) where this machine cannot make and mount one.
+    fn new(dir: &Path, name: &str, mib: u64) -> Option<Disk> {
+        let image = dir.join(format!("{name}.img"));
+        let ok = Command::new("truncate")
+            .args(["-s", &format!("{mib}M")])
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-m", "0"])
+                .arg(&image)
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then_some(Disk { image, at: None })
+    }
+
+    fn mount(&mut self, at: &Path) {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.image)
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.at = Some(at.to_owned());
+    }
+
+    fn umount(&mut self) {
+        if let Some(at) = self.at.take() {
+            // Retry briefly: a daemon may be between two reads of the disk.
+            for _ in 0..50 {
+                if Command::new("umount")
+                    .arg(&at)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("cannot unmount {}", at.display());
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if let Some(at) = self.at.take() {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
+        }
+    }
+}
+
+fn can_mount() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc_geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "transport-disk tests need root in CI"
+        );
+        eprintln!("SKIPPED: transport-disk tests need root to mount loop devices");
+    }
+    root
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn write(root: &Path, rel: &str, contents: &[u8]) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, contents).unwrap();
+}
+
+fn has(a: &Archive, node: &str, path: &str) -> Option<Has> {
+    let mut cat = a.catalog();
+    cat.read(|tx| {
+        let Some(f) = tx.file_by_path(path)? else {
+            return Ok(None);
+        };
+        let n = tx.node(node)?;
+        Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
+    })
+    .unwrap()
+}
+
+fn node_active_on(a: &Archive, node: &str) -> Option<(String, String)> {
+    let n = a.catalog().read(|tx| tx.node(node)).unwrap();
+    n.active
+        .then(|| (n.host.unwrap_or_default(), n.root.unwrap_or_default()))
+}
+
+fn node_on(h: &TestHost, node: &str, extra: &[&str]) -> PathBuf {
+    let r = h.root(node);
+    let root = format!("--root={}", r.display());
+    let host = format!("--host={}", h.name);
+    let mut args = vec![
+        "node",
+        "create",
+        node,
+        "--create-group",
+        &root,
+        &host,
+        "--init",
+        "--activate",
+    ];
+    args.extend(extra);
+    h.cairn(&args);
+    r
+}
+
+#[test]
+fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
+    if !can_mount() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("alpenhost1");
+    let mut h3 = a.host("alpenhost3");
+    let r1 = node_on(&h1, "demo_storage1", &["--archive"]);
+    let r3 = node_on(&h3, "demo_storage3", &["--archive"]);
+    h1.start();
+    h3.start();
+    wait_until(T, "init", || {
+        r3.join(".cairn/node.toml").exists() && r1.join(".cairn/node.toml").exists()
+    });
+    for (p, body) in [
+        ("2025/02/21/meta.txt", "meta\n"),
+        ("2025/02/21/23/1324.dat", "0 1 2 3 4 5\n"),
+        ("2025/02/26/02/0011.dat", "14 15 16 17 18\n"),
+    ] {
+        write(&r3, p, body.as_bytes());
+    }
+    h3.cairn(&["node", "scan", "demo_storage3", "--register-new"]);
+    a.wait_idle(T);
+    // The transport disk, plugged into alpenhost3.
+    let mut disk = Disk::new(a.dir.path(), "transport1", 32).expect("mkfs.ext4 works");
+    let at3 = h3.dir.join("watch/disk1");
+    disk.mount(&at3);
+    h3.cairn(&["group", "create", "--class=transport", "transport_group"]);
+    h3.cairn(&[
+        "node",
+        "create",
+        "transport1",
+        "--transport",
+        "--group",
+        "transport_group",
+        "--host=alpenhost3",
+        &format!("--root={}", at3.display()),
+        "--init",
+        "--activate",
+    ]);
+    wait_until(T, "transport1 initialised", || {
+        at3.join(".cairn/node.toml").exists()
+    });
+    let out = h3.cairn(&[
+        "node",
+        "sync",
+        "demo_storage3",
+        "transport_group",
+        "--target=demo_storage1",
+        "--force",
+    ]);
+    assert!(out.contains("Would sync 3 files"), "{out}");
+    a.wait_idle(T);
+    assert_eq!(a.on("transport1").0, 3);
+    let status = a.cairn(&["transport", "status"]);
+    assert!(
+        status.contains("transport1") && status.contains("alpenhost3"),
+        "{status}"
+    );
+
+    // Carried to alpenhost1: unmounted there, mounted here; no cairn command in between.
+    disk.umount();
+    wait_until(T, "alpenhost3 lets it go", || {
+        node_active_on(&a, "transport1").is_none()
+    });
+    assert!(
+        h3.log().contains("Transport disk \"transport1\" unmounted"),
+        "{}",
+        h3.log()
+    );
+    let at1 = h1.dir.join("watch/disk1");
+    disk.mount(&at1);
+    wait_until(T, "alpenhost1 takes it over", || {
+        node_active_on(&a, "transport1") == Some(("alpenhost1".into(), at1.display().to_string()))
+    });
+    assert!(
+        h1.log()
+            .contains("Transport disk \"transport1\" mounted at"),
+        "{}",
+        h1.log()
+    );
+    h1.cairn(&["node", "sync", "transport1", "demo_storage1", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(a.on("demo_storage1").0, 3);
+    assert_eq!(
+        std::fs::read_to_string(r1.join("2025/02/21/23/1324.dat")).unwrap(),
+        "0 1 2 3 4 5\n"
+    );
+    assert!(
+        h1.log().contains("using local copy"),
+        "a disk plugged into this host is read locally"
+    );
+    // Cleared for reuse once the archive has everything.
+    h1.cairn(&[
+        "node",
+        "clean",
+        "--now",
+        "--force",
+        "transport1",
+        "--target=demo_storage1",
+    ]);
+    wait_until(T, "transport1 cleared", || a.on("transport1") == (0, 0));
+    assert!(!at1.join("2025").exists());
+    disk.umount();
+    wait_until(T, "inactive once unplugged", || {
+        node_active_on(&a, "transport1").is_none()
+    });
+}
+
+#[test]
+fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reason() {
+    if !can_mount() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h = a.host_with("h1", "retry_delay = \"1h\"");
+    let r = node_on(&h, "field", &[]);
+    h.start();
+    wait_until(T, "init", || r.join(".cairn/node.toml").exists());
+    h.cairn(&["group", "create", "--class=transport", "tg"]);
+    let mut disks = Vec::new();
+    for name in ["t1", "t2"] {
+        let mut d = Disk::new(a.dir.path(), name, 32).expect("mkfs.ext4 works");
+        let at = h.dir.join("watch").join(name);
+        d.mount(&at);
+        h.cairn(&[
+            "node",
+            "create",
+            name,
+            "--transport",
+            "--group",
+            "tg",
+            "--host=h1",
+            &format!("--root={}", at.display()),
+            "--init",
+            "--activate",
+        ]);
+        wait_until(T, "disk initialised", || {
+            at.join(".cairn/node.toml").exists()
+        });
+        disks.push((d, at));
+    }
+    // t2 is the fuller one: something else already takes half of it.
+    std::fs::write(disks[1].1.join("other-data"), vec![7u8; 14 << 20]).unwrap();
+    for i in 0..3 {
+        write(&r, &format!("2025/01/01/{i}.dat"), &vec![i as u8; 1 << 20]);
+    }
+    write(&r, "2025/01/01/huge.dat", &vec![9u8; 40 << 20]);
+    h.cairn(&["node", "scan", "field", "--register-new"]);
+    a.wait_idle(T);
+    std::thread::sleep(Duration::from_millis(1500)); // a loop records the disks' free space
+    h.cairn(&["node", "sync", "field", "tg", "--force"]);
+    wait_until(T, "the three small files copied", || {
+        (0..3).all(|i| has(&a, "t2", &format!("2025/01/01/{i}.dat")) == Some(Has::Yes))
+    });
+    assert_eq!(
+        a.on("t1").0,
+        0,
+        "the emptier disk is not used while the fuller one has room"
+    );
+    wait_until(T, "the huge file refused", || {
+        a.cairn(&["request", "list", "--pending"])
+            .contains("no transport disk has room")
+    });
+    let pending = a.cairn(&["request", "list", "--pending"]);
+    assert!(pending.contains("huge.dat"), "{pending}");
+}
+
+#[test]
+fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_returns() {
+    if !can_mount() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
+    let r1 = node_on(&h2, "field", &[]);
+    h2.start();
+    wait_until(T, "init", || r1.join(".cairn/node.toml").exists());
+    // Big enough that the copy onto the disk takes a while.
+    let body: Vec<u8> = (0..(150u32 << 20)).map(|i| (i % 251) as u8).collect();
+    write(&r1, "2025/01/01/big.dat", &body);
+    h2.cairn(&["node", "scan", "field", "--register-new"]);
+    a.wait_idle(Duration::from_secs(60));
+    h2.cairn(&["group", "create", "--class=transport", "tg"]);
+    let mut disk = Disk::new(a.dir.path(), "t1", 512).expect("mkfs.ext4 works");
+    let at = h2.dir.join("watch/t1");
+    disk.mount(&at);
+    h2.cairn(&[
+        "node",
+        "create",
+        "t1",
+        "--transport",
+        "--group",
+        "tg",
+        "--host=h2",
+        &format!("--root={}", at.display()),
+        "--init",
+        "--activate",
+    ]);
+    wait_until(T, "disk initialised", || {
+        at.join(".cairn/node.toml").exists()
+    });
+    h2.cairn(&["node", "sync", "field", "tg", "--force"]);
+    let partial = || {
+        std::fs::read_dir(at.join(".cairn/tmp"))
+            .ok()
+            .and_then(|d| d.flatten().next())
+            .and_then(|e| e.metadata().ok())
+            .map_or(0, |m| m.len())
+    };
+    wait_until(T, "a partial copy on the disk", || partial() > 0);
+    // Yanked: gone from the tree at once, though the copy still holds a file open on it.
+    let out = Command::new("umount").arg("-l").arg(&at).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    disk.at = None;
+    wait_until(T, "the node inactive", || {
+        node_active_on(&a, "t1").is_none()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        has(&a, "t1", "2025/01/01/big.dat"),
+        None,
+        "nothing recorded"
+    );
+    assert!(
+        !at.join("2025").exists(),
+        "nothing written into the empty mount point"
+    );
+    // The interrupted attempt ends; only then is the disk really out (a lazily unmounted
+    // filesystem lives on while a file on it is open), as a yanked disk would be.
+    wait_until(T, "the attempt to fail", || {
+        h2.log().contains("AFCR#1 attempt 1 failed")
+    });
+    wait_until(T, "the loop device released", || {
+        Command::new("losetup")
+            .arg("-j")
+            .arg(&disk.image)
+            .output()
+            .is_ok_and(|o| o.stdout.is_empty())
+    });
+    // Plugged back in (checked first, as a disk pulled out mid-write would be), taken over
+    // again, and the copy completes.
+    let _ = Command::new("e2fsck")
+        .args(["-f", "-y", "-q"])
+        .arg(&disk.image)
+        .output();
+    disk.mount(&at);
+    let done = || has(&a, "t1", "2025/01/01/big.dat") == Some(Has::Yes);
+    for _ in 0..600 {
+        if done() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let tmp: Vec<_> = std::fs::read_dir(at.join(".cairn/tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        done(),
+        "the copy did not complete on the returned disk: tmp {tmp:?} {}",
+        h2.log()
+    );
+    assert_eq!(std::fs::read(at.join("2025/01/01/big.dat")).unwrap(), body);
+}
