@@ -28,6 +28,28 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Writes `contents` at `rel` below `root`, creating the directories on the way.
+pub fn write_file(root: &Path, rel: &str, contents: impl AsRef<[u8]>) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().expect("a path below root")).unwrap();
+    std::fs::write(p, contents).unwrap();
+}
+
+/// Writes `mib` MiB of varied bytes (not all zeros, so a truncated copy has another md5).
+pub fn big_file(path: &Path, mib: usize) {
+    use std::io::Write;
+    std::fs::create_dir_all(path.parent().expect("a file path")).unwrap();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..mib {
+        for (j, b) in block.iter_mut().enumerate().step_by(4096) {
+            *b = (i * 131 + j / 4096) as u8;
+        }
+        f.write_all(&block).unwrap();
+    }
+    f.into_inner().unwrap().sync_all().unwrap();
+}
+
 /// A TCP port free on 127.0.0.1 right now (bound, then released for the caller).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -155,6 +177,19 @@ impl Archive {
             .collect()
     }
 
+    /// The state of the copy of `path` on `node`, if the catalog has one.
+    pub fn has(&self, node: &str, path: &str) -> Option<cairn_catalog::model::Has> {
+        let mut cat = self.catalog();
+        cat.read(|tx| {
+            let Some(f) = tx.file_by_path(path)? else {
+                return Ok(None);
+            };
+            let n = tx.node(node)?;
+            Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
+        })
+        .unwrap()
+    }
+
     /// Files and bytes healthy on `node`.
     pub fn on(&self, node: &str) -> (u64, u64) {
         self.stats().get(node).copied().unwrap_or((0, 0))
@@ -195,6 +230,28 @@ impl TestHost {
         let p = self.dir.join("nodes").join(node);
         std::fs::create_dir_all(&p).unwrap();
         p
+    }
+
+    /// Creates node `name` on this host, in a group of its own name, with its root under this
+    /// host's dir, and asks for its init and activation (`extra`: more `node create` options,
+    /// e.g. `--archive`). Returns the root.
+    pub fn node(&self, name: &str, extra: &[&str]) -> PathBuf {
+        let r = self.root(name);
+        let root = format!("--root={}", r.display());
+        let host = format!("--host={}", self.name);
+        let mut args = vec![
+            "node",
+            "create",
+            name,
+            "--create-group",
+            &root,
+            &host,
+            "--init",
+            "--activate",
+        ];
+        args.extend(extra);
+        self.cairn(&args);
+        r
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -6,27 +6,9 @@ use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
-use cairn_tests::{Archive, wait_until};
+use cairn_tests::{Archive, big_file, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(30);
-
-fn write(root: &Path, rel: &str, contents: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, contents).unwrap();
-}
-
-fn has(a: &Archive, node: &str, path: &str) -> Option<Has> {
-    let mut cat = a.catalog();
-    cat.read(|tx| {
-        let Some(f) = tx.file_by_path(path)? else {
-            return Ok(None);
-        };
-        let n = tx.node(node)?;
-        Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
-    })
-    .unwrap()
-}
 
 #[test]
 fn seed_004_single_host() {
@@ -54,12 +36,12 @@ fn seed_004_single_host() {
     });
 
     // Auto-import: a plain write, closed → imported; a temp name then mv → imported once.
-    write(
+    write_file(
         &r1,
         "2025/02/21/meta.txt",
         "This is the first acquisition in the alpenhorn demo\n",
     );
-    write(&r1, "2025/02/21/23/.1324.dat", "0 1 2 3 4 5\n");
+    write_file(&r1, "2025/02/21/23/.1324.dat", "0 1 2 3 4 5\n");
     std::fs::rename(
         r1.join("2025/02/21/23/.1324.dat"),
         r1.join("2025/02/21/23/1324.dat"),
@@ -80,9 +62,9 @@ fn seed_004_single_host() {
     wait_until(T, "watch stopped", || {
         h.log().contains("Stopped watching node \"demo_storage1\"")
     });
-    write(&r1, "2025/02/21/23/1330.dat", "0 1 2 3 4 5\n");
-    write(&r1, "2025/02/21/23/1342.dat", "3 4 5 6 7 8\n");
-    write(&r1, "2025/02/21/23/1349.dat", "9 10 11 12 13\n");
+    write_file(&r1, "2025/02/21/23/1330.dat", "0 1 2 3 4 5\n");
+    write_file(&r1, "2025/02/21/23/1342.dat", "3 4 5 6 7 8\n");
+    write_file(&r1, "2025/02/21/23/1349.dat", "9 10 11 12 13\n");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
         a.on("demo_storage1"),
@@ -155,7 +137,7 @@ fn seed_004_single_host() {
         "--force",
     ]);
     wait_until(T, "verify finds the corrupt copy", || {
-        has(&a, "demo_storage1", "2025/02/21/23/1324.dat") == Some(Has::Corrupt)
+        a.has("demo_storage1", "2025/02/21/23/1324.dat") == Some(Has::Corrupt)
     });
     wait_until(T, "all verified", || {
         let mut cat = a.catalog();
@@ -185,7 +167,7 @@ fn seed_004_single_host() {
     assert!(out.contains("Would sync 1 file (12 B)"), "{out}");
     a.wait_idle(T);
     assert_eq!(
-        has(&a, "demo_storage1", "2025/02/21/23/1324.dat"),
+        a.has("demo_storage1", "2025/02/21/23/1324.dat"),
         Some(Has::Yes)
     );
     assert_eq!(
@@ -225,10 +207,7 @@ fn seed_004_single_host() {
     wait_until(T, "meta.txt deleted", || {
         !r1.join("2025/02/21/meta.txt").exists()
     });
-    assert_eq!(
-        has(&a, "demo_storage1", "2025/02/21/meta.txt"),
-        Some(Has::No)
-    );
+    assert_eq!(a.has("demo_storage1", "2025/02/21/meta.txt"), Some(Has::No));
     a.wait_idle(T);
     let out = h.cairn(&[
         "node",
@@ -254,14 +233,14 @@ fn seed_004_single_host() {
     h.cairn(&["group", "autosync", "demo_storage2", "demo_storage1"]);
     h.cairn(&["group", "autosync", "demo_storage3", "demo_storage2"]);
     h.cairn(&["node", "autoclean", "demo_storage1", "demo_storage3"]);
-    write(&r1, "2025/02/26/02/0011.dat", "14 15 16 17 18\n");
+    write_file(&r1, "2025/02/26/02/0011.dat", "14 15 16 17 18\n");
     h.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
     wait_until(
         T,
         "the new file travels to node 3 and leaves node 1",
         || {
-            has(&a, "demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
-                && has(&a, "demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
+            a.has("demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
+                && a.has("demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
         },
     );
     assert!(!r1.join("2025").exists(), "empty dirs removed");
@@ -321,21 +300,6 @@ fn a_root_with_another_nodes_marker_is_refused() {
             .unwrap()
             .contains("marker of node \"n1\"")
     );
-}
-
-/// Writes `mib` MiB of varied bytes (not all zeros, so a truncated copy has a different md5).
-fn big_file(path: &Path, mib: usize) {
-    use std::io::Write;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..mib {
-        for (j, b) in block.iter_mut().enumerate().step_by(4096) {
-            *b = (i * 31 + j / 4096) as u8;
-        }
-        f.write_all(&block).unwrap();
-    }
-    f.into_inner().unwrap().sync_all().unwrap();
 }
 
 fn partial_copy_in(root: &Path) -> Option<u64> {
@@ -399,17 +363,13 @@ fn sigterm_and_kill_9_mid_copy_leave_no_partial_file_and_the_copy_completes() {
         !target.exists(),
         "nothing under the archive name after a crash"
     );
-    assert_eq!(
-        has(&a, "n2", "2025/01/01/big.dat"),
-        None,
-        "no copy recorded"
-    );
+    assert_eq!(a.has("n2", "2025/01/01/big.dat"), None, "no copy recorded");
 
     // Restart: the abandoned request resumes and the copy completes, verified.
     h.start();
     a.wait_idle(Duration::from_secs(180));
     assert_eq!(
-        has(&a, "n2", "2025/01/01/big.dat"),
+        a.has("n2", "2025/01/01/big.dat"),
         Some(Has::Yes),
         "{}",
         h.log()
@@ -460,7 +420,7 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
         let path = format!("2025/race/{i:03}.dat");
         let body = format!("file {i}\n");
         for r in &roots {
-            write(r, &path, &body);
+            write_file(r, &path, &body);
         }
         cat.write(|tx| {
             let (f, _) = tx.register_file(
@@ -487,7 +447,7 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
     h1.start();
     h2.start();
     let gone =
-        |node: &str, i: usize| has(&a, node, &format!("2025/race/{i:03}.dat")) == Some(Has::No);
+        |node: &str, i: usize| a.has(node, &format!("2025/race/{i:03}.dat")) == Some(Has::No);
     wait_until(Duration::from_secs(60), "one of each pair released", || {
         (0..FILES).all(|i| gone("a1", i) || gone("a2", i))
     });
@@ -497,7 +457,7 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
         let path = format!("2025/race/{i:03}.dat");
         let healthy: Vec<_> = ["a1", "a2", "a3"]
             .into_iter()
-            .filter(|n| has(&a, n, &path) == Some(Has::Yes))
+            .filter(|n| a.has(n, &path) == Some(Has::Yes))
             .collect();
         assert_eq!(healthy.len(), 2, "{path}: {healthy:?}");
         for (n, r) in ["a1", "a2", "a3"].iter().zip(&roots) {
@@ -551,7 +511,7 @@ fn a_source_with_wrong_bytes_is_marked_suspect_and_another_source_is_used() {
     let a = Archive::new();
     let mut h = a.host("h1");
     let [r1, r2, r3] = three_nodes(&a, &mut h, false);
-    write(&r1, "2025/01/01/a.dat", "the right bytes\n");
+    write_file(&r1, "2025/01/01/a.dat", "the right bytes\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h.cairn(&["node", "sync", "n1", "n3", "--force"]);
@@ -569,8 +529,8 @@ fn a_source_with_wrong_bytes_is_marked_suspect_and_another_source_is_used() {
         "2025/01/01/a.dat",
     ]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n1", "2025/01/01/a.dat"), Some(Has::Suspect));
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n1", "2025/01/01/a.dat"), Some(Has::Suspect));
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
     assert_eq!(
         std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
         "the right bytes\n"
@@ -585,7 +545,7 @@ fn space_pressure_releases_discretionary_copies_only_when_needed() {
     let mut h = a.host("h1");
     let [r1, _, _] = three_nodes(&a, &mut h, true);
     for i in 0..3 {
-        write(&r1, &format!("2025/01/01/{i}.dat"), &format!("file {i}\n"));
+        write_file(&r1, &format!("2025/01/01/{i}.dat"), format!("file {i}\n"));
     }
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
@@ -621,13 +581,13 @@ fn auto_verify_finds_corruption_by_age() {
         "--auto-verify",
         "1s",
     ]);
-    write(&r, "2025/01/01/a.dat", "good\n");
+    write_file(&r, "2025/01/01/a.dat", "good\n");
     h.start();
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     std::fs::write(r.join("2025/01/01/a.dat"), "evil\n").unwrap();
     wait_until(T, "auto-verify marks it corrupt", || {
-        has(&a, "n1", "2025/01/01/a.dat") == Some(Has::Corrupt)
+        a.has("n1", "2025/01/01/a.dat") == Some(Has::Corrupt)
     });
     assert!(h.log().contains("is corrupt! MD5"), "{}", h.log());
 }
@@ -637,13 +597,13 @@ fn a_file_open_for_writing_is_not_imported_by_a_scan() {
     let a = Archive::new();
     let mut h = a.host("h1");
     let [r1, _, _] = three_nodes(&a, &mut h, false);
-    write(&r1, "2025/01/01/done.dat", "complete\n");
+    write_file(&r1, "2025/01/01/done.dat", "complete\n");
     let open = std::fs::File::create(r1.join("2025/01/01/busy.dat")).unwrap();
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n1", "2025/01/01/done.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n1", "2025/01/01/done.dat"), Some(Has::Yes));
     assert_eq!(
-        has(&a, "n1", "2025/01/01/busy.dat"),
+        a.has("n1", "2025/01/01/busy.dat"),
         None,
         "still being written"
     );
@@ -651,7 +611,7 @@ fn a_file_open_for_writing_is_not_imported_by_a_scan() {
     drop(open);
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n1", "2025/01/01/busy.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n1", "2025/01/01/busy.dat"), Some(Has::Yes));
 }
 
 #[test]
@@ -659,13 +619,13 @@ fn pre_pull_search_records_a_file_already_in_place() {
     let a = Archive::new();
     let mut h = a.host("h1");
     let [r1, r2, _] = three_nodes(&a, &mut h, false);
-    write(&r1, "2025/01/01/a.dat", "same bytes\n");
+    write_file(&r1, "2025/01/01/a.dat", "same bytes\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
-    write(&r2, "2025/01/01/a.dat", "same bytes\n");
+    write_file(&r2, "2025/01/01/a.dat", "same bytes\n");
     h.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
     assert!(
         h.log().contains("Pre-pull search found 2025/01/01/a.dat"),
         "{}",
@@ -683,7 +643,7 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
     let mut h = a.host_with("h1", "max_attempts = 1");
     let [r1, _, _] = three_nodes(&a, &mut h, false);
     h.cairn(&["node", "modify", "n2", "--max-total", "10B"]);
-    write(
+    write_file(
         &r1,
         "2025/01/01/a.dat",
         "fifty-two bytes of data that will not fit on node 2\n",
@@ -694,7 +654,7 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
     a.wait_idle(T);
     let failed = a.cairn(&["request", "list", "--failed"]);
     assert!(failed.contains("has no room"), "{failed}");
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), None);
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), None);
     // Room made, the failed request put back: it completes.
     h.cairn(&["node", "modify", "n2", "--no-max-total"]);
     assert!(
@@ -702,7 +662,7 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
             .contains("Requeued 1 copy request.")
     );
     a.wait_idle(T);
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
 }
 
 #[test]
@@ -710,7 +670,7 @@ fn a_refused_release_is_retried_each_loop_not_in_a_spin() {
     let a = Archive::new();
     let mut h = a.host("h1");
     let [r1, _, _] = three_nodes(&a, &mut h, false);
-    write(&r1, "2025/01/01/a.dat", "only copy\n");
+    write_file(&r1, "2025/01/01/a.dat", "only copy\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h.cairn(&["file", "clean", "--now", "--node=n1", "2025/01/01/a.dat"]);
@@ -731,10 +691,10 @@ fn a_copy_never_overwrites_a_file_the_catalog_does_not_know() {
     let a = Archive::new();
     let mut h = a.host_with("h1", "max_attempts = 1");
     let [r1, r2, _] = three_nodes(&a, &mut h, false);
-    write(&r1, "2025/01/01/a.dat", "archived bytes\n");
+    write_file(&r1, "2025/01/01/a.dat", "archived bytes\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
-    write(&r2, "2025/01/01/a.dat", "someone else's file\n");
+    write_file(&r2, "2025/01/01/a.dat", "someone else's file\n");
     h.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(T);
     let failed = a.cairn(&["request", "list", "--failed"]);
@@ -743,5 +703,5 @@ fn a_copy_never_overwrites_a_file_the_catalog_does_not_know() {
         std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
         "someone else's file\n"
     );
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), None);
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), None);
 }

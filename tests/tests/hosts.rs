@@ -7,49 +7,9 @@ use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
-use cairn_tests::{Archive, TestHost, http_get, wait_until};
+use cairn_tests::{Archive, big_file, http_get, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
-
-fn write(root: &Path, rel: &str, contents: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, contents).unwrap();
-}
-
-fn has(a: &Archive, node: &str, path: &str) -> Option<Has> {
-    let mut cat = a.catalog();
-    cat.read(|tx| {
-        let Some(f) = tx.file_by_path(path)? else {
-            return Ok(None);
-        };
-        let n = tx.node(node)?;
-        Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
-    })
-    .unwrap()
-}
-
-/// One node named `node` on host `h` (in a group of the same name), created and initialised.
-fn node_on(h: &TestHost, node: &str, archive: bool) -> std::path::PathBuf {
-    let r = h.root(node);
-    let root = format!("--root={}", r.display());
-    let host = format!("--host={}", h.name);
-    let mut args = vec![
-        "node",
-        "create",
-        node,
-        "--create-group",
-        &root,
-        &host,
-        "--init",
-        "--activate",
-    ];
-    if archive {
-        args.push("--archive");
-    }
-    h.cairn(&args);
-    r
-}
 
 #[test]
 fn seed_004_across_three_hosts() {
@@ -57,22 +17,22 @@ fn seed_004_across_three_hosts() {
     let mut h1 = a.host("alpenhost1");
     let mut h2 = a.host("alpenhost2");
     let mut h3 = a.host("alpenhost3");
-    let r1 = node_on(&h1, "demo_storage1", false);
-    let r2 = node_on(&h2, "demo_storage2", false);
+    let r1 = h1.node("demo_storage1", &[]);
+    let r2 = h2.node("demo_storage2", &[]);
     h1.start();
     h2.start();
     wait_until(T, "nodes initialised", || {
         r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
     });
-    write(
+    write_file(
         &r1,
         "2025/02/21/meta.txt",
         "This is the first acquisition in the alpenhorn demo\n",
     );
-    write(&r1, "2025/02/21/23/1324.dat", "0 1 2 3 4 5\n");
-    write(&r1, "2025/02/21/23/1330.dat", "0 1 2 3 4 5\n");
-    write(&r1, "2025/02/21/23/1342.dat", "3 4 5 6 7 8\n");
-    write(&r1, "2025/02/21/23/1349.dat", "9 10 11 12 13\n");
+    write_file(&r1, "2025/02/21/23/1324.dat", "0 1 2 3 4 5\n");
+    write_file(&r1, "2025/02/21/23/1330.dat", "0 1 2 3 4 5\n");
+    write_file(&r1, "2025/02/21/23/1342.dat", "3 4 5 6 7 8\n");
+    write_file(&r1, "2025/02/21/23/1349.dat", "9 10 11 12 13\n");
     h1.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
     a.wait_idle(T);
     assert_eq!(a.on("demo_storage1"), (5, 102));
@@ -128,7 +88,7 @@ fn seed_004_across_three_hosts() {
     ]);
     a.wait_idle(T);
     wait_until(T, "the corrupt copy found", || {
-        has(&a, "demo_storage1", "2025/02/21/23/1324.dat") == Some(Has::Corrupt)
+        a.has("demo_storage1", "2025/02/21/23/1324.dat") == Some(Has::Corrupt)
     });
     assert_eq!(a.on("demo_storage1"), (4, 90));
     let out = h1.cairn(&["node", "sync", "demo_storage2", "demo_storage1", "--force"]);
@@ -156,7 +116,7 @@ fn seed_004_across_three_hosts() {
         h1.log().contains("too few archive copies (1 of 2")
     });
     assert!(r1.join("2025/02/21/meta.txt").exists());
-    let r3 = node_on(&h3, "demo_storage3", true);
+    let r3 = h3.node("demo_storage3", &["--archive"]);
     h3.start();
     h1.cairn(&["node", "sync", "--force", "demo_storage2", "demo_storage3"]);
     wait_until(T, "meta.txt deleted on alpenhost1", || {
@@ -184,20 +144,20 @@ fn seed_004_across_three_hosts() {
     // Auto-actions across hosts: 1 → 2 → 3, and 1 cleaned once the file is on 3.
     h1.cairn(&["group", "autosync", "demo_storage2", "demo_storage1"]);
     // 52 B, as in the seed.
-    write(
+    write_file(
         &r1,
         "2025/02/26/meta.txt",
         "This is the second acquisition in the alpenhorn demo",
     );
     h1.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
     wait_until(T, "the first auto-sync", || {
-        has(&a, "demo_storage2", "2025/02/26/meta.txt") == Some(Has::Yes)
+        a.has("demo_storage2", "2025/02/26/meta.txt") == Some(Has::Yes)
     });
     h1.cairn(&["group", "autosync", "demo_storage3", "demo_storage2"]);
-    write(&r1, "2025/02/26/01/0529.dat", "14 15 16 17 18\n");
+    write_file(&r1, "2025/02/26/01/0529.dat", "14 15 16 17 18\n");
     h1.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
     wait_until(T, "the chain to demo_storage3", || {
-        has(&a, "demo_storage3", "2025/02/26/01/0529.dat") == Some(Has::Yes)
+        a.has("demo_storage3", "2025/02/26/01/0529.dat") == Some(Has::Yes)
     });
     a.wait_idle(T);
     let stats = a.stats();
@@ -220,11 +180,11 @@ fn seed_004_across_three_hosts() {
         "--force",
     ]);
     h1.cairn(&["node", "autoclean", "demo_storage1", "demo_storage3"]);
-    write(&r1, "2025/02/26/02/0011.dat", "14 15 16 17 18\n");
+    write_file(&r1, "2025/02/26/02/0011.dat", "14 15 16 17 18\n");
     h1.cairn(&["node", "scan", "demo_storage1", "--register-new"]);
     wait_until(T, "the new file on 3 and gone from 1", || {
-        has(&a, "demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
-            && has(&a, "demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
+        a.has("demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
+            && a.has("demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
     });
     a.wait_idle(T);
     let stats = a.stats();
@@ -245,18 +205,18 @@ fn a_corrupt_source_on_another_host_is_marked_suspect_and_another_host_serves() 
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
     let mut h3 = a.host("h3");
-    let r1 = node_on(&h1, "n1", false);
-    let r2 = node_on(&h2, "n2", false);
-    node_on(&h3, "n3", false);
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h3.node("n3", &[]);
     for h in [&mut h1, &mut h2, &mut h3] {
         h.start();
     }
-    write(&r1, "2025/01/01/a.dat", "the right bytes\n");
+    write_file(&r1, "2025/01/01/a.dat", "the right bytes\n");
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h1.cairn(&["node", "sync", "n1", "n3", "--force"]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n3", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n3", "2025/01/01/a.dat"), Some(Has::Yes));
     // n1's copy rots; the catalog still says it is healthy.
     std::fs::write(r1.join("2025/01/01/a.dat"), "the wrong bytes\n").unwrap();
     h1.cairn(&[
@@ -269,8 +229,8 @@ fn a_corrupt_source_on_another_host_is_marked_suspect_and_another_host_serves() 
         "2025/01/01/a.dat",
     ]);
     a.wait_idle(T);
-    assert_eq!(has(&a, "n1", "2025/01/01/a.dat"), Some(Has::Suspect));
-    assert_eq!(has(&a, "n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    assert_eq!(a.has("n1", "2025/01/01/a.dat"), Some(Has::Suspect));
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
     assert_eq!(
         std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
         "the right bytes\n"
@@ -294,20 +254,6 @@ fn a_corrupt_source_on_another_host_is_marked_suspect_and_another_host_serves() 
     );
 }
 
-/// Writes `mib` MiB of varied bytes.
-fn big_file(path: &Path, mib: usize) {
-    use std::io::Write;
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..mib {
-        for (j, b) in block.iter_mut().enumerate().step_by(4096) {
-            *b = (i * 131 + j / 4096) as u8;
-        }
-        f.write_all(&block).unwrap();
-    }
-}
-
 #[test]
 fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
     let a = Archive::new();
@@ -321,8 +267,8 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
             .replace("[transfer]\n", "[transfer]\nmax_rate = \"64MiB\"\n"),
     )
     .unwrap();
-    let r1 = node_on(&h1, "n1", false);
-    let r2 = node_on(&h2, "n2", false);
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
     big_file(&r1.join("2025/01/01/big.dat"), 256);
     let (size, md5) = md5_file(&r1.join("2025/01/01/big.dat")).unwrap();
     h1.start();
@@ -348,7 +294,7 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
     h1.start();
     a.wait_idle(Duration::from_secs(120));
     assert_eq!(
-        has(&a, "n2", "2025/01/01/big.dat"),
+        a.has("n2", "2025/01/01/big.dat"),
         Some(Has::Yes),
         "{}",
         h2.log()
@@ -369,11 +315,11 @@ fn the_http_server_refuses_what_it_must_not_serve() {
     use cairn_catalog::catalog::NewFile;
     let a = Archive::new();
     let mut h1 = a.host("h1");
-    let r1 = node_on(&h1, "n1", false);
+    let r1 = h1.node("n1", &[]);
     h1.start();
     wait_until(T, "init", || r1.join(".cairn/node.toml").exists());
-    write(&r1, "2025/01/01/ok.dat", "served\n");
-    write(&r1, "2025/01/01/unregistered.dat", "secret\n");
+    write_file(&r1, "2025/01/01/ok.dat", "served\n");
+    write_file(&r1, "2025/01/01/unregistered.dat", "secret\n");
     h1.cairn(&[
         "file",
         "import",
@@ -554,17 +500,17 @@ fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
             .replace("[transfer]\n", &tls);
         std::fs::write(&h.config, text).unwrap();
     }
-    let r1 = node_on(&h1, "n1", false);
-    let r2 = node_on(&h2, "n2", false);
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
     h1.start();
     h2.start();
-    write(&r1, "2025/01/01/a.dat", "over tls\n");
+    write_file(&r1, "2025/01/01/a.dat", "over tls\n");
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(T);
     assert_eq!(
-        has(&a, "n2", "2025/01/01/a.dat"),
+        a.has("n2", "2025/01/01/a.dat"),
         Some(Has::Yes),
         "{}",
         h2.log()
@@ -630,8 +576,8 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
         ),
     );
     std::fs::write(&h2.config, text).unwrap();
-    let r1 = node_on(&h1, "n1", false);
-    let r2 = node_on(&h2, "n2", false);
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
     h1.cairn(&[
         "node",
         "modify",
@@ -643,15 +589,15 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
     ]);
     h1.start();
     h2.start();
-    write(&r1, "2025/01/01/good.dat", "good bytes\n");
-    write(&r1, "2025/01/01/rotten.dat", "fine at first\n");
+    write_file(&r1, "2025/01/01/good.dat", "good bytes\n");
+    write_file(&r1, "2025/01/01/rotten.dat", "fine at first\n");
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     std::fs::write(r1.join("2025/01/01/rotten.dat"), "rotten later\n").unwrap();
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(T);
     assert_eq!(
-        has(&a, "n2", "2025/01/01/good.dat"),
+        a.has("n2", "2025/01/01/good.dat"),
         Some(Has::Yes),
         "{}",
         h2.log()
@@ -663,6 +609,6 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
     assert!(h2.log().contains("using rsync"), "{}", h2.log());
     // The rotten source gave bytes that fail the md5: not installed, the source suspect.
     assert!(!r2.join("2025/01/01/rotten.dat").exists());
-    assert_eq!(has(&a, "n1", "2025/01/01/rotten.dat"), Some(Has::Suspect));
+    assert_eq!(a.has("n1", "2025/01/01/rotten.dat"), Some(Has::Suspect));
     assert_eq!(std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(), 0);
 }

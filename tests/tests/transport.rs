@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_catalog::model::Has;
-use cairn_tests::{Archive, TestHost, wait_until};
+use cairn_tests::{Archive, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -93,47 +93,10 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
-fn write(root: &Path, rel: &str, contents: &[u8]) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, contents).unwrap();
-}
-
-fn has(a: &Archive, node: &str, path: &str) -> Option<Has> {
-    let mut cat = a.catalog();
-    cat.read(|tx| {
-        let Some(f) = tx.file_by_path(path)? else {
-            return Ok(None);
-        };
-        let n = tx.node(node)?;
-        Ok(tx.copy_on(f.id, n.id)?.map(|c| c.has))
-    })
-    .unwrap()
-}
-
 fn node_active_on(a: &Archive, node: &str) -> Option<(String, String)> {
     let n = a.catalog().read(|tx| tx.node(node)).unwrap();
     n.active
         .then(|| (n.host.unwrap_or_default(), n.root.unwrap_or_default()))
-}
-
-fn node_on(h: &TestHost, node: &str, extra: &[&str]) -> PathBuf {
-    let r = h.root(node);
-    let root = format!("--root={}", r.display());
-    let host = format!("--host={}", h.name);
-    let mut args = vec![
-        "node",
-        "create",
-        node,
-        "--create-group",
-        &root,
-        &host,
-        "--init",
-        "--activate",
-    ];
-    args.extend(extra);
-    h.cairn(&args);
-    r
 }
 
 #[test]
@@ -144,8 +107,8 @@ fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
     let a = Archive::new();
     let mut h1 = a.host("alpenhost1");
     let mut h3 = a.host("alpenhost3");
-    let r1 = node_on(&h1, "demo_storage1", &["--archive"]);
-    let r3 = node_on(&h3, "demo_storage3", &["--archive"]);
+    let r1 = h1.node("demo_storage1", &["--archive"]);
+    let r3 = h3.node("demo_storage3", &["--archive"]);
     h1.start();
     h3.start();
     wait_until(T, "init", || {
@@ -156,7 +119,7 @@ fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
         ("2025/02/21/23/1324.dat", "0 1 2 3 4 5\n"),
         ("2025/02/26/02/0011.dat", "14 15 16 17 18\n"),
     ] {
-        write(&r3, p, body.as_bytes());
+        write_file(&r3, p, body.as_bytes());
     }
     h3.cairn(&["node", "scan", "demo_storage3", "--register-new"]);
     a.wait_idle(T);
@@ -253,7 +216,7 @@ fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reaso
     }
     let a = Archive::new();
     let mut h = a.host_with("h1", "retry_delay = \"1h\"");
-    let r = node_on(&h, "field", &[]);
+    let r = h.node("field", &[]);
     h.start();
     wait_until(T, "init", || r.join(".cairn/node.toml").exists());
     h.cairn(&["group", "create", "--class=transport", "tg"]);
@@ -282,15 +245,15 @@ fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reaso
     // t2 is the fuller one: something else already takes half of it.
     std::fs::write(disks[1].1.join("other-data"), vec![7u8; 14 << 20]).unwrap();
     for i in 0..3 {
-        write(&r, &format!("2025/01/01/{i}.dat"), &vec![i as u8; 1 << 20]);
+        write_file(&r, &format!("2025/01/01/{i}.dat"), vec![i as u8; 1 << 20]);
     }
-    write(&r, "2025/01/01/huge.dat", &vec![9u8; 40 << 20]);
+    write_file(&r, "2025/01/01/huge.dat", vec![9u8; 40 << 20]);
     h.cairn(&["node", "scan", "field", "--register-new"]);
     a.wait_idle(T);
     std::thread::sleep(Duration::from_millis(1500)); // a loop records the disks' free space
     h.cairn(&["node", "sync", "field", "tg", "--force"]);
     wait_until(T, "the three small files copied", || {
-        (0..3).all(|i| has(&a, "t2", &format!("2025/01/01/{i}.dat")) == Some(Has::Yes))
+        (0..3).all(|i| a.has("t2", &format!("2025/01/01/{i}.dat")) == Some(Has::Yes))
     });
     assert_eq!(
         a.on("t1").0,
@@ -312,12 +275,12 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
     }
     let a = Archive::new();
     let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
-    let r1 = node_on(&h2, "field", &[]);
+    let r1 = h2.node("field", &[]);
     h2.start();
     wait_until(T, "init", || r1.join(".cairn/node.toml").exists());
     // Big enough that the copy onto the disk takes a while.
     let body: Vec<u8> = (0..(150u32 << 20)).map(|i| (i % 251) as u8).collect();
-    write(&r1, "2025/01/01/big.dat", &body);
+    write_file(&r1, "2025/01/01/big.dat", &body);
     h2.cairn(&["node", "scan", "field", "--register-new"]);
     a.wait_idle(Duration::from_secs(60));
     h2.cairn(&["group", "create", "--class=transport", "tg"]);
@@ -360,11 +323,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
         node_active_on(&a, "t1").is_none()
     });
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(
-        has(&a, "t1", "2025/01/01/big.dat"),
-        None,
-        "nothing recorded"
-    );
+    assert_eq!(a.has("t1", "2025/01/01/big.dat"), None, "nothing recorded");
     assert!(
         !at.join("2025").exists(),
         "nothing written into the empty mount point"
@@ -388,7 +347,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
         .arg(&disk.image)
         .output();
     disk.mount(&at);
-    let done = || has(&a, "t1", "2025/01/01/big.dat") == Some(Has::Yes);
+    let done = || a.has("t1", "2025/01/01/big.dat") == Some(Has::Yes);
     for _ in 0..600 {
         if done() {
             break;
