@@ -368,3 +368,83 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
     );
     assert_eq!(std::fs::read(at.join("2025/01/01/big.dat")).unwrap(), body);
 }
+
+#[test]
+fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
+    if !can_mount() {
+        return;
+    }
+    let a = Archive::new();
+    // The archive keeps one copy here; the site has no network to the archive: its host has no
+    // address, so nothing is pulled from it over the wire.
+    let mut archive = a.host_with("archive", "min_archive_copies = 1");
+    let mut site = a.host("site");
+    let cfg = std::fs::read_to_string(&site.config).unwrap();
+    let cfg: String = cfg
+        .lines()
+        .filter(|l| !l.starts_with("advertise"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&site.config, cfg).unwrap();
+    let field = site.node("field", &[]);
+    let store = archive.node("store", &["--archive"]);
+    site.start();
+    archive.start();
+    wait_until(T, "init", || {
+        field.join(".cairn/node.toml").exists() && store.join(".cairn/node.toml").exists()
+    });
+    let mut disk = Disk::new(a.dir.path(), "t1", 32).expect("mkfs.ext4 works");
+    let at_site = site.dir.join("watch/t1");
+    disk.mount(&at_site);
+    site.cairn(&["group", "create", "--class=transport", "tg"]);
+    site.cairn(&[
+        "node",
+        "create",
+        "t1",
+        "--transport",
+        "--group",
+        "tg",
+        "--host=site",
+        &format!("--root={}", at_site.display()),
+        "--init",
+        "--activate",
+    ]);
+    wait_until(T, "disk initialised", || {
+        at_site.join(".cairn/node.toml").exists()
+    });
+    // The cycle: field → transport disks; each disk → the archive; a disk is cleared of what
+    // the archive has.
+    site.cairn(&["group", "autosync", "tg", "field"]);
+    site.cairn(&["group", "autosync", "store", "t1"]);
+    site.cairn(&["node", "autoclean", "t1", "store"]);
+    write_file(&field, "2025/03/01/run.dat", "observations\n");
+    site.cairn(&["node", "scan", "field", "--register-new"]);
+    wait_until(T, "the new file on the disk", || {
+        a.has("t1", "2025/03/01/run.dat") == Some(Has::Yes)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        a.has("store", "2025/03/01/run.dat"),
+        None,
+        "no way over the network"
+    );
+    // Carried to the archive.
+    disk.umount();
+    wait_until(T, "released by the site", || {
+        node_active_on(&a, "t1").is_none()
+    });
+    let at_archive = archive.dir.join("watch/t1");
+    disk.mount(&at_archive);
+    wait_until(T, "drained into the archive and cleared", || {
+        a.has("store", "2025/03/01/run.dat") == Some(Has::Yes)
+            && a.has("t1", "2025/03/01/run.dat") == Some(Has::No)
+    });
+    assert_eq!(
+        std::fs::read_to_string(store.join("2025/03/01/run.dat")).unwrap(),
+        "observations\n"
+    );
+    assert!(
+        !at_archive.join("2025").exists(),
+        "the disk is empty again, ready to go back"
+    );
+}
