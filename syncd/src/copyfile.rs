@@ -1,20 +1,24 @@
-//! Copying a file into a node: read once, hash while copying, fsync, rename into place.
+//! Copying a file into a node: read once, hash while copying, rename into place.
 //!
 //! # The invariant
 //!
 //! A copy arrives under a temporary name in the node's `.cairn/tmp/`, its md5 computed while it
 //! is written, is checked against the catalog, fsynced, renamed into place, and only then
-//! recorded (DESIGN.md, invariant 2). This module owns the file-system half of that:
+//! recorded (DESIGN.md, invariant 2). This module provides the file-system half of that; the
+//! caller (cairnd's copy task) runs the steps in order:
 //!
 //! 1. [`copy_with_md5`] (or [`resume_from_reader`] for a transfer) writes the temporary file and
-//!    returns the md5 of the bytes it read, in the same pass; it fsyncs the file before returning.
+//!    returns the md5 of the bytes it read, in the same pass. Neither fsyncs the file.
 //! 2. The caller compares that md5 with the catalog's.
-//! 3. [`install`] renames the temporary file to its archive name and fsyncs the directory, so
-//!    the name is durable before the caller records the copy.
+//! 3. The caller makes the data durable: [`sync_file`] for one copy, or [`sync_fs`] once for a
+//!    batch.
+//! 4. [`install`] renames the temporary file to its archive name and fsyncs the directory, so
+//!    the name is durable before the caller records the copy ([`install_deferred`] renames
+//!    without syncing, for a batch followed by one [`sync_fs`]).
 //!
 //! A crash before the rename leaves only a file in `.cairn/tmp/`; the rename itself is atomic,
-//! and it only ever names a complete, fsynced file. So an archive name holds no copy or a
-//! complete one, never a partial file.
+//! and, with the caller syncing first, it only ever names a complete, fsynced file. So an
+//! archive name holds no copy or a complete one, never a partial file.
 //!
 //! # The pipeline
 //!
