@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_catalog::model::Has;
-use cairn_tests::{Archive, wait_until, write_file};
+use cairn_tests::{Archive, TestHost, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -93,6 +93,30 @@ unsafe extern "C" {
     fn libc_geteuid() -> u32;
 }
 
+/// A new disk of `mib` MiB plugged into host `h` (mounted in its watch dir as `name`) and made
+/// transport node `name` of group `group` there, initialised. Returns the disk and its mount.
+fn plug_new_disk(a: &Archive, h: &TestHost, name: &str, group: &str, mib: u64) -> (Disk, PathBuf) {
+    let mut disk = Disk::new(a.dir.path(), name, mib).expect("mkfs.ext4 works");
+    let at = h.dir.join("watch").join(name);
+    disk.mount(&at);
+    h.cairn(&[
+        "node",
+        "create",
+        name,
+        "--transport",
+        "--group",
+        group,
+        &format!("--host={}", h.name),
+        &format!("--root={}", at.display()),
+        "--init",
+        "--activate",
+    ]);
+    wait_until(T, "the disk initialised", || {
+        at.join(".cairn/node.toml").exists()
+    });
+    (disk, at)
+}
+
 fn node_active_on(a: &Archive, node: &str) -> Option<(String, String)> {
     let n = a.catalog().read(|tx| tx.node(node)).unwrap();
     n.active
@@ -124,25 +148,8 @@ fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
     h3.cairn(&["node", "scan", "demo_storage3", "--register-new"]);
     a.wait_idle(T);
     // The transport disk, plugged into alpenhost3.
-    let mut disk = Disk::new(a.dir.path(), "transport1", 32).expect("mkfs.ext4 works");
-    let at3 = h3.dir.join("watch/disk1");
-    disk.mount(&at3);
     h3.cairn(&["group", "create", "--class=transport", "transport_group"]);
-    h3.cairn(&[
-        "node",
-        "create",
-        "transport1",
-        "--transport",
-        "--group",
-        "transport_group",
-        "--host=alpenhost3",
-        &format!("--root={}", at3.display()),
-        "--init",
-        "--activate",
-    ]);
-    wait_until(T, "transport1 initialised", || {
-        at3.join(".cairn/node.toml").exists()
-    });
+    let (mut disk, _) = plug_new_disk(&a, &h3, "transport1", "transport_group", 32);
     let out = h3.cairn(&[
         "node",
         "sync",
@@ -222,24 +229,7 @@ fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reaso
     h.cairn(&["group", "create", "--class=transport", "tg"]);
     let mut disks = Vec::new();
     for name in ["t1", "t2"] {
-        let mut d = Disk::new(a.dir.path(), name, 32).expect("mkfs.ext4 works");
-        let at = h.dir.join("watch").join(name);
-        d.mount(&at);
-        h.cairn(&[
-            "node",
-            "create",
-            name,
-            "--transport",
-            "--group",
-            "tg",
-            "--host=h1",
-            &format!("--root={}", at.display()),
-            "--init",
-            "--activate",
-        ]);
-        wait_until(T, "disk initialised", || {
-            at.join(".cairn/node.toml").exists()
-        });
+        let (d, at) = plug_new_disk(&a, &h, name, "tg", 32);
         disks.push((d, at));
     }
     // t2 is the fuller one: something else already takes half of it.
@@ -284,24 +274,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
     h2.cairn(&["node", "scan", "field", "--register-new"]);
     a.wait_idle(Duration::from_secs(60));
     h2.cairn(&["group", "create", "--class=transport", "tg"]);
-    let mut disk = Disk::new(a.dir.path(), "t1", 512).expect("mkfs.ext4 works");
-    let at = h2.dir.join("watch/t1");
-    disk.mount(&at);
-    h2.cairn(&[
-        "node",
-        "create",
-        "t1",
-        "--transport",
-        "--group",
-        "tg",
-        "--host=h2",
-        &format!("--root={}", at.display()),
-        "--init",
-        "--activate",
-    ]);
-    wait_until(T, "disk initialised", || {
-        at.join(".cairn/node.toml").exists()
-    });
+    let (mut disk, at) = plug_new_disk(&a, &h2, "t1", "tg", 512);
     h2.cairn(&["node", "sync", "field", "tg", "--force"]);
     let partial = || {
         std::fs::read_dir(at.join(".cairn/tmp"))
@@ -393,25 +366,8 @@ fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
     wait_until(T, "init", || {
         field.join(".cairn/node.toml").exists() && store.join(".cairn/node.toml").exists()
     });
-    let mut disk = Disk::new(a.dir.path(), "t1", 32).expect("mkfs.ext4 works");
-    let at_site = site.dir.join("watch/t1");
-    disk.mount(&at_site);
     site.cairn(&["group", "create", "--class=transport", "tg"]);
-    site.cairn(&[
-        "node",
-        "create",
-        "t1",
-        "--transport",
-        "--group",
-        "tg",
-        "--host=site",
-        &format!("--root={}", at_site.display()),
-        "--init",
-        "--activate",
-    ]);
-    wait_until(T, "disk initialised", || {
-        at_site.join(".cairn/node.toml").exists()
-    });
+    let (mut disk, _) = plug_new_disk(&a, &site, "t1", "tg", 32);
     // The cycle: field → transport disks; each disk → the archive; a disk is cleared of what
     // the archive has.
     site.cairn(&["group", "autosync", "tg", "field"]);
