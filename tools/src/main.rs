@@ -56,6 +56,11 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes away
+    // (`cairn file list | head`), instead of panicking on a broken pipe.
+    // SAFETY: setting a signal's disposition to the default touches no memory of ours; it is
+    // done before any other thread exists.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

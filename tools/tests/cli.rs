@@ -851,3 +851,48 @@ fn catalog_url_comes_from_the_config_file() {
     );
     assert!(a.dir.path().join("catalog.db").exists());
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let a = Archive::new();
+    a.ok(&["db", "init"]);
+    for i in 0..200 {
+        a.import_quietly(i);
+    }
+    // `cairn file list | head -1`: the reader leaves after one line.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} file list | head -1",
+            env!("CARGO_BIN_EXE_cairn")
+        ))
+        .env("CAIRN_CATALOG", &a.url)
+        .env("CAIRN_CONFIG", a.config())
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+impl Archive {
+    /// Registers file number `i` (a stand-in for cairnd's import).
+    fn import_quietly(&self, i: usize) {
+        self.catalog()
+            .write(|tx| {
+                let md5 = md5_hex(format!("{i}").as_bytes());
+                tx.register_file(
+                    &NewFile {
+                        path: &format!("2025/01/01/{i:04}.dat"),
+                        acq: "2025/01/01",
+                        size: 4,
+                        md5: &md5,
+                        mtime: 0,
+                    },
+                    1,
+                )?;
+                Ok(())
+            })
+            .unwrap();
+    }
+}
