@@ -482,11 +482,14 @@ pub struct AutoAction {
     pub node: String,
     pub autosync: bool,
     pub autoclean: bool,
+    /// For auto-clean: seconds the file must have been in the group, with its copy there
+    /// verified since it arrived, before the node's copy is released. `None`: at once.
+    pub clean_after: Option<i64>,
 }
 
 impl AutoAction {
     pub const COLUMNS: &'static str =
-        "aa.group_id, ag.name, aa.node_id, an.name, aa.autosync, aa.autoclean";
+        "aa.group_id, ag.name, aa.node_id, an.name, aa.autosync, aa.autoclean, aa.clean_after";
     pub const FROM: &'static str = "auto_action aa JOIN storage_group ag ON ag.id = aa.group_id \
         JOIN node an ON an.id = aa.node_id";
 }
@@ -500,6 +503,7 @@ impl FromRow for AutoAction {
             node: r.get(3)?,
             autosync: r.get(4)?,
             autoclean: r.get(5)?,
+            clean_after: r.get(6)?,
         })
     }
 }

@@ -12,7 +12,7 @@
 use crate::db::Dialect;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 pub struct Migration {
     /// The version the catalog has after this migration.
@@ -22,12 +22,22 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one: add a new one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "initial schema: hosts, groups, nodes, the directory tree, acquisitions, \
-                  files, copies, copy and import requests, auto-actions",
-    sql: V1,
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "initial schema: hosts, groups, nodes, the directory tree, acquisitions, \
+                      files, copies, copy and import requests, auto-actions",
+        sql: V1,
+    },
+    Migration {
+        version: 2,
+        description: "delayed auto-clean: a copy is released only once the file has been in \
+                      the group this many seconds and its copy there was verified since",
+        sql: V2,
+    },
+];
+
+const V2: &str = "ALTER TABLE auto_action ADD COLUMN clean_after BIGINT;";
 
 const V1: &str = r#"
 CREATE TABLE schema_version (

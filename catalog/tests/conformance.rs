@@ -349,11 +349,11 @@ fn clean_candidates_follow_target_and_wants(cat: &mut Catalog) {
     cat.write(|tx| tx.record_copy(a, n2, Has::Yes, None, NOW))
         .unwrap();
     let all = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, None, None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, None, None, None))
         .unwrap();
     assert_eq!(all.len(), 2);
     let targeted = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None, None))
         .unwrap();
     assert_eq!(targeted.len(), 1);
     assert_eq!(targeted[0].path, "2025/02/21/meta.txt");
@@ -369,7 +369,7 @@ fn clean_candidates_follow_target_and_wants(cat: &mut Catalog) {
         0
     );
     let again = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None, None))
         .unwrap();
     assert!(
         again.is_empty(),
@@ -496,12 +496,18 @@ fn auto_actions_toggle_and_list(cat: &mut Catalog) {
         !cat.write(|tx| tx.set_autosync(&g2, &n1, true)).unwrap(),
         "already on"
     );
-    assert!(cat.write(|tx| tx.set_autoclean(&g2, &n1, true)).unwrap());
+    assert!(
+        cat.write(|tx| tx.set_autoclean(&g2, &n1, true, None))
+            .unwrap()
+    );
     let acts = cat.read(|tx| tx.auto_actions(Some(g2.id), None)).unwrap();
     assert_eq!(acts.len(), 1);
     assert!(acts[0].autosync && acts[0].autoclean);
     assert!(cat.write(|tx| tx.set_autosync(&g2, &n1, false)).unwrap());
-    assert!(cat.write(|tx| tx.set_autoclean(&g2, &n1, false)).unwrap());
+    assert!(
+        cat.write(|tx| tx.set_autoclean(&g2, &n1, false, None))
+            .unwrap()
+    );
     assert!(
         cat.read(|tx| tx.auto_actions(None, None))
             .unwrap()

@@ -540,6 +540,17 @@ fn plan(
             .retain(|_, at| at.elapsed() < cfg.daemon.interval.0);
         let refused = shared.refused.lock().expect("refused lock").clone();
         for n in &available {
+            // Delayed auto-clean: release what has been in the target group long enough and
+            // was verified there since it arrived.
+            for (copy_id, path, group) in cat.read(|tx| tx.delayed_clean_due(n.id, t))? {
+                cat.write(|tx| {
+                    tx.set_wants(&[copy_id], cairn_catalog::model::Wants::ReleaseNow, t)
+                })?;
+                info!(
+                    "Delayed auto-clean: releasing {path} on {} (verified in group \"{group}\").",
+                    n.name
+                );
+            }
             let releases = cat
                 .read(|tx| tx.copies_to_release(n.id, batch))?
                 .into_iter()

@@ -705,3 +705,116 @@ fn a_copy_never_overwrites_a_file_the_catalog_does_not_know() {
     );
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), None);
 }
+
+#[test]
+fn delayed_auto_clean_waits_for_the_age_and_a_verification_after_arrival() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, r2, _] = three_nodes(&a, &mut h, true);
+    h.cairn(&["group", "autosync", "n2", "n1"]);
+    h.cairn(&["group", "autosync", "n3", "n1"]);
+    let out = h.cairn(&["node", "autoclean", "n1", "n2", "--after", "2s"]);
+    assert_eq!(
+        out,
+        "Auto-clean trigger: Group \"n2\" added (after 2s there, once verified)\n"
+    );
+    let show = h.cairn(&["node", "show", "n1", "--actions"]);
+    assert!(
+        show.contains("File in that group for 2s, verified"),
+        "{show}"
+    );
+    write_file(&r1, "2025/05/01/x.dat", "field data\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    wait_until(T, "both archives have it", || {
+        a.has("n2", "2025/05/01/x.dat") == Some(Has::Yes)
+            && a.has("n3", "2025/05/01/x.dat") == Some(Has::Yes)
+    });
+    // Old enough, but not verified since it arrived: kept.
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        a.has("n1", "2025/05/01/x.dat"),
+        Some(Has::Yes),
+        "not verified yet"
+    );
+    h.cairn(&["node", "verify", "--all", "n2", "--force"]);
+    wait_until(T, "released once verified", || {
+        a.has("n1", "2025/05/01/x.dat") == Some(Has::No)
+    });
+    assert!(!r1.join("2025/05/01/x.dat").exists());
+    assert!(r2.join("2025/05/01/x.dat").exists());
+    assert!(
+        h.log()
+            .contains("Delayed auto-clean: releasing 2025/05/01/x.dat on n1"),
+        "{}",
+        h.log()
+    );
+}
+
+#[test]
+fn clean_older_than_picks_copies_by_age_including_past_dates() {
+    use cairn_catalog::catalog::NewFile;
+    let a = Archive::new();
+    a.cairn(&[
+        "node",
+        "create",
+        "n1",
+        "--create-group",
+        "--root=/d",
+        "--host=h",
+    ]);
+    let now = cairn_catalog::units::now();
+    let day = 86_400;
+    let mut cat = a.catalog();
+    cat.write(|tx| {
+        let n = tx.node("n1")?;
+        // Copies that arrived 40 days, 10 days and 1 hour ago.
+        for (name, age) in [("old", 40 * day), ("mid", 10 * day), ("new", 3600)] {
+            let path = format!("2025/01/01/{name}.dat");
+            let md5 = cairn_catalog::md5::md5_hex(name.as_bytes());
+            let (f, _) = tx.register_file(
+                &NewFile {
+                    path: &path,
+                    acq: "2025/01/01",
+                    size: 3,
+                    md5: &md5,
+                    mtime: 0,
+                },
+                now - age,
+            )?;
+            tx.record_copy(f.id, n.id, Has::Yes, None, now - age)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let out = a.cairn(&[
+        "node",
+        "clean",
+        "n1",
+        "--older-than",
+        "30d",
+        "--show-files",
+        "--force",
+    ]);
+    assert!(
+        out.contains("Would release 1 file (3 B):\n2025/01/01/old.dat\n"),
+        "{out}"
+    );
+    let out = a.cairn(&[
+        "node",
+        "clean",
+        "n1",
+        "--older-than",
+        "7d",
+        "--now",
+        "--show-files",
+        "--force",
+    ]);
+    assert!(
+        out.contains("Would release 2 files (6 B):\n2025/01/01/mid.dat\n2025/01/01/old.dat\n"),
+        "{out}"
+    );
+    assert_eq!(
+        a.cairn(&["file", "state", "2025/01/01/new.dat", "n1"]),
+        "Healthy Keep\n"
+    );
+}

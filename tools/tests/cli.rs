@@ -133,7 +133,11 @@ fn seed_004_cli_half_replays() {
     let a = Archive::new();
     assert_eq!(
         a.ok(&["db", "init"]),
-        format!("Catalog schema version 1 initialised at {}.\n", a.url)
+        format!(
+            "Catalog schema version {} initialised at {}.\n",
+            cairn_catalog::schema::SCHEMA_VERSION,
+            a.url
+        )
     );
     assert_eq!(
         a.ok(&["group", "create", "demo_storage1"]),

@@ -524,6 +524,7 @@ impl Tx<'_> {
         wants: Wants,
         target_group: Option<Id>,
         acq: Option<Id>,
+        added_before: Option<i64>,
     ) -> Result<Vec<SyncCandidate>> {
         let mut args: Vec<Value> = vec![node_id.into(), wants.into()];
         let mut sql = String::from(
@@ -541,6 +542,10 @@ impl Tx<'_> {
         if let Some(a) = acq {
             sql.push_str(" AND f.acq_id = ?");
             args.push(a.into());
+        }
+        if let Some(t) = added_before {
+            sql.push_str(" AND c.added_at <= ?");
+            args.push(t.into());
         }
         sql.push_str(" ORDER BY d.path, f.name");
         self.rows(&sql, &args)

@@ -404,15 +404,37 @@ impl Tx<'_> {
         self.set_action(group.id, node.id, "autosync", on)
     }
 
-    /// Turns auto-clean of `node` when files arrive in `group` on or off.
-    pub fn set_autoclean(&mut self, group: &Group, node: &Node, on: bool) -> Result<bool> {
+    /// Turns auto-clean of `node` when files arrive in `group` on or off; with `after`
+    /// (seconds), only once a file has been in `group` that long and its copy there was
+    /// verified since it arrived.
+    pub fn set_autoclean(
+        &mut self,
+        group: &Group,
+        node: &Node,
+        on: bool,
+        after: Option<i64>,
+    ) -> Result<bool> {
         if on && node.group_id == group.id {
             return Err(CatalogError::Invalid(format!(
                 "node {:?} is in group {:?}: auto-clean needs a node outside the group",
                 node.name, group.name
             )));
         }
-        self.set_action(group.id, node.id, "autoclean", on)
+        let mut changed = self.set_action(group.id, node.id, "autoclean", on)?;
+        if on {
+            let current: Option<i64> = self.scalar(
+                "SELECT clean_after FROM auto_action WHERE group_id = ? AND node_id = ?",
+                params![group.id, node.id],
+            )?;
+            if current != after {
+                self.exec(
+                    "UPDATE auto_action SET clean_after = ? WHERE group_id = ? AND node_id = ?",
+                    params![after, group.id, node.id],
+                )?;
+                changed = true;
+            }
+        }
+        Ok(changed)
     }
 
     fn set_action(&mut self, group_id: Id, node_id: Id, column: &str, on: bool) -> Result<bool> {

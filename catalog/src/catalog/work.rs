@@ -51,6 +51,36 @@ pub struct SourceCopy {
 }
 
 impl Tx<'_> {
+    /// Copies on `node_id` that a delayed auto-clean releases at `now`: still wanted, of files
+    /// that have had a healthy copy in the rule's group for at least its delay, verified since
+    /// it arrived. Returns (copy id, path, group name).
+    pub fn delayed_clean_due(
+        &mut self,
+        node_id: Id,
+        now: i64,
+    ) -> Result<Vec<(Id, String, String)>> {
+        let rows = self.raw(
+            "SELECT c.id, d.path, f.name, g.name FROM auto_action aa \
+             JOIN storage_group g ON g.id = aa.group_id \
+             JOIN copy c ON c.node_id = aa.node_id \
+             JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE aa.node_id = ? AND aa.autoclean = 1 AND aa.clean_after IS NOT NULL \
+             AND c.has <> 'no' AND c.wants = 'keep' \
+             AND EXISTS (SELECT 1 FROM copy c2 JOIN node n2 ON n2.id = c2.node_id \
+                 WHERE c2.file_id = c.file_id AND n2.group_id = aa.group_id \
+                 AND c2.has = 'yes' AND c2.added_at <= ? - aa.clean_after \
+                 AND c2.verified_at > c2.added_at)",
+            params![node_id, now],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let dir: String = r.get(1)?;
+                let name: String = r.get(2)?;
+                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
+            })
+            .collect()
+    }
+
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
     pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
         let rows = self.raw(
@@ -383,7 +413,10 @@ impl Tx<'_> {
             self.scalar("SELECT group_id FROM node WHERE id = ?", params![node_id])?;
         let rules: Vec<ActionRule> = self
             .raw(
-                "SELECT group_id, node_id, autosync, autoclean FROM auto_action \
+                // A delayed auto-clean does not fire on arrival; see `delayed_clean_due`.
+                "SELECT group_id, node_id, autosync, \
+                 CASE WHEN autoclean = 1 AND clean_after IS NULL THEN 1 ELSE 0 END \
+                 FROM auto_action \
                  WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
                 params![node_id, group_id],
             )?

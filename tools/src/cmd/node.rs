@@ -228,6 +228,9 @@ pub enum Command {
         /// Only files of this acquisition
         #[arg(long)]
         acq: Option<String>,
+        /// Only copies that have been on the node at least this long (e.g. 30d)
+        #[arg(long, value_parser = parse_duration_secs, value_name = "AGE")]
+        older_than: Option<i64>,
         /// Keep the copies after all (undo an earlier clean)
         #[arg(long, conflicts_with = "now")]
         cancel: bool,
@@ -242,6 +245,10 @@ pub enum Command {
     Autoclean {
         node: String,
         group: String,
+        /// Release only once the file has been in GROUP this long (e.g. 7d) and its copy there
+        /// was md5-verified after it arrived
+        #[arg(long, value_parser = parse_duration_secs, value_name = "AGE", conflicts_with = "remove")]
+        after: Option<i64>,
         /// Stop the auto-clean instead
         #[arg(long)]
         remove: bool,
@@ -536,6 +543,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             now: immediately,
             target,
             acq,
+            older_than,
             cancel,
             show_files,
             force,
@@ -549,7 +557,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                     .transpose()?
                     .map(|g| g.id);
                 let acq_id = acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id);
-                tx.clean_candidates(n.id, wants, target_id, acq_id)
+                let added_before = older_than.map(|age| now() - age);
+                tx.clean_candidates(n.id, wants, target_id, acq_id, added_before)
             })?;
             let (n, bytes) = totals(&files);
             let verb = if cancel { "keep" } else { "release" };
@@ -578,15 +587,22 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Autoclean {
             node,
             group,
+            after,
             remove,
         } => {
             let changed = cat.write(|tx| {
                 let g = tx.group(&group)?;
                 let n = tx.node(&node)?;
-                tx.set_autoclean(&g, &n, !remove)
+                tx.set_autoclean(&g, &n, !remove, after)
             })?;
+            let delay = after.map_or_else(String::new, |s| {
+                format!(
+                    " (after {} there, once verified)",
+                    format_duration(std::time::Duration::from_secs(s as u64))
+                )
+            });
             match (remove, changed) {
-                (false, true) => println!("Auto-clean trigger: Group \"{group}\" added"),
+                (false, true) => println!("Auto-clean trigger: Group \"{group}\" added{delay}"),
                 (false, false) => println!("Auto-clean trigger: Group \"{group}\" already set"),
                 (true, true) => println!("Auto-clean trigger: Group \"{group}\" removed"),
                 (true, false) => println!("No auto-clean trigger for Group \"{group}\" to remove"),
@@ -738,11 +754,18 @@ pub fn print_auto_actions(actions: &[AutoAction], side: Side) {
             t.row(vec![other.clone(), "Auto-sync".into(), trigger.into()]);
         }
         if a.autoclean {
-            let trigger = match side {
-                Side::Group => "File added to this group",
-                Side::Node => "File added to that group",
+            let group = match side {
+                Side::Group => "this group",
+                Side::Node => "that group",
             };
-            t.row(vec![other.clone(), "Auto-clean".into(), trigger.into()]);
+            let trigger = match a.clean_after {
+                None => format!("File added to {group}"),
+                Some(s) => format!(
+                    "File in {group} for {}, verified",
+                    format_duration(std::time::Duration::from_secs(s as u64))
+                ),
+            };
+            t.row(vec![other.clone(), "Auto-clean".into(), trigger]);
         }
     }
     t.print();
