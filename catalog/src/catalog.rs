@@ -15,7 +15,7 @@ mod work;
 
 use std::time::{Duration, Instant};
 
-pub use files::{FileFilter, NewFile, SyncCandidate, normalize_path};
+pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use requests::{CopyRequestFilter, NewCopyRequest};
 pub use work::{CopyWork, Fired, SourceCopy};

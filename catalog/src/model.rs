@@ -485,11 +485,12 @@ pub struct AutoAction {
     /// For auto-clean: seconds the file must have been in the group, with its copy there
     /// verified since it arrived, before the node's copy is released. `None`: at once.
     pub clean_after: Option<i64>,
+    /// For auto-sync: only files at or below this path are copied. `None`: every file.
+    pub path_prefix: Option<String>,
 }
 
 impl AutoAction {
-    pub const COLUMNS: &'static str =
-        "aa.group_id, ag.name, aa.node_id, an.name, aa.autosync, aa.autoclean, aa.clean_after";
+    pub const COLUMNS: &'static str = "aa.group_id, ag.name, aa.node_id, an.name, aa.autosync, aa.autoclean, aa.clean_after, aa.path_prefix";
     pub const FROM: &'static str = "auto_action aa JOIN storage_group ag ON ag.id = aa.group_id \
         JOIN node an ON an.id = aa.node_id";
 }
@@ -504,6 +505,7 @@ impl FromRow for AutoAction {
             autosync: r.get(4)?,
             autoclean: r.get(5)?,
             clean_after: r.get(6)?,
+            path_prefix: r.get(7)?,
         })
     }
 }

@@ -31,13 +31,15 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 2,
-        description: "delayed auto-clean: a copy is released only once the file has been in \
-                      the group this many seconds and its copy there was verified since",
+        description: "delayed auto-clean (a copy is released only once the file has been in \
+                      the group this long and its copy there was verified since), and \
+                      auto-sync restricted to a path prefix",
         sql: V2,
     },
 ];
 
-const V2: &str = "ALTER TABLE auto_action ADD COLUMN clean_after BIGINT;";
+const V2: &str = "ALTER TABLE auto_action ADD COLUMN clean_after BIGINT;
+ALTER TABLE auto_action ADD COLUMN path_prefix TEXT;";
 
 const V1: &str = r#"
 CREATE TABLE schema_version (

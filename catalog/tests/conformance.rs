@@ -5,7 +5,7 @@
 //! exists.
 
 use cairn_catalog::catalog::{
-    CopyRequestFilter, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
+    CopyRequestFilter, CopySelect, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
 };
 use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
@@ -312,7 +312,7 @@ fn sync_candidates_skip_files_present_in_group_or_target(cat: &mut Catalog) {
     cat.write(|tx| tx.record_copy(a, n2, Has::Yes, None, NOW))
         .unwrap();
     let c = cat
-        .read(|tx| tx.sync_candidates(n1, g2, None, None))
+        .read(|tx| tx.sync_candidates(n1, g2, None, &CopySelect::default()))
         .unwrap();
     assert_eq!(
         c.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
@@ -321,12 +321,12 @@ fn sync_candidates_skip_files_present_in_group_or_target(cat: &mut Catalog) {
     assert_eq!(c.iter().map(|c| c.size).sum::<u64>(), 24);
     // The other way: only meta.txt is on node 2, and group 1 has it already.
     let back = cat
-        .read(|tx| tx.sync_candidates(n2, g1, None, None))
+        .read(|tx| tx.sync_candidates(n2, g1, None, &CopySelect::default()))
         .unwrap();
     assert!(back.is_empty());
     // With a target group that holds a file, that file is skipped too.
     let t = cat
-        .read(|tx| tx.sync_candidates(n1, g2, Some(g1), None))
+        .read(|tx| tx.sync_candidates(n1, g2, Some(g1), &CopySelect::default()))
         .unwrap();
     assert!(t.is_empty(), "every file is already in the target group");
 }
@@ -337,7 +337,7 @@ fn corrupt_copy_does_not_count_as_present(cat: &mut Catalog) {
     cat.write(|tx| tx.record_copy(f, n2, Has::Yes, None, NOW))
         .unwrap();
     let c = cat
-        .read(|tx| tx.sync_candidates(n2, g1, None, None))
+        .read(|tx| tx.sync_candidates(n2, g1, None, &CopySelect::default()))
         .unwrap();
     assert_eq!(c.len(), 1, "the corrupt copy in group 1 does not count");
 }
@@ -349,11 +349,11 @@ fn clean_candidates_follow_target_and_wants(cat: &mut Catalog) {
     cat.write(|tx| tx.record_copy(a, n2, Has::Yes, None, NOW))
         .unwrap();
     let all = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, None, None, None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, None, &CopySelect::default()))
         .unwrap();
     assert_eq!(all.len(), 2);
     let targeted = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None, None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), &CopySelect::default()))
         .unwrap();
     assert_eq!(targeted.len(), 1);
     assert_eq!(targeted[0].path, "2025/02/21/meta.txt");
@@ -369,7 +369,7 @@ fn clean_candidates_follow_target_and_wants(cat: &mut Catalog) {
         0
     );
     let again = cat
-        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), None, None))
+        .read(|tx| tx.clean_candidates(n1, Wants::ReleaseNow, Some(g2), &CopySelect::default()))
         .unwrap();
     assert!(
         again.is_empty(),
@@ -491,9 +491,13 @@ fn auto_actions_toggle_and_list(cat: &mut Catalog) {
             ))
         })
         .unwrap();
-    assert!(cat.write(|tx| tx.set_autosync(&g2, &n1, true)).unwrap());
     assert!(
-        !cat.write(|tx| tx.set_autosync(&g2, &n1, true)).unwrap(),
+        cat.write(|tx| tx.set_autosync(&g2, &n1, true, None))
+            .unwrap()
+    );
+    assert!(
+        !cat.write(|tx| tx.set_autosync(&g2, &n1, true, None))
+            .unwrap(),
         "already on"
     );
     assert!(
@@ -503,7 +507,10 @@ fn auto_actions_toggle_and_list(cat: &mut Catalog) {
     let acts = cat.read(|tx| tx.auto_actions(Some(g2.id), None)).unwrap();
     assert_eq!(acts.len(), 1);
     assert!(acts[0].autosync && acts[0].autoclean);
-    assert!(cat.write(|tx| tx.set_autosync(&g2, &n1, false)).unwrap());
+    assert!(
+        cat.write(|tx| tx.set_autosync(&g2, &n1, false, None))
+            .unwrap()
+    );
     assert!(
         cat.write(|tx| tx.set_autoclean(&g2, &n1, false, None))
             .unwrap()
@@ -513,7 +520,9 @@ fn auto_actions_toggle_and_list(cat: &mut Catalog) {
             .unwrap()
             .is_empty()
     );
-    let err = cat.write(|tx| tx.set_autosync(&g1, &n1, true)).unwrap_err();
+    let err = cat
+        .write(|tx| tx.set_autosync(&g1, &n1, true, None))
+        .unwrap_err();
     assert!(err.to_string().contains("outside the group"), "{err}");
 }
 

@@ -818,3 +818,40 @@ fn clean_older_than_picks_copies_by_age_including_past_dates() {
         "Healthy Keep\n"
     );
 }
+
+#[test]
+fn a_mirror_takes_only_its_subset_by_path() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, r2, _] = three_nodes(&a, &mut h, false);
+    let out = h.cairn(&["group", "autosync", "n2", "n1", "--path", "2025/"]);
+    assert_eq!(out, "Auto-sync from \"n1\" started (under 2025/)\n");
+    write_file(&r1, "2025/01/01/wanted.dat", "mirror me\n");
+    write_file(&r1, "2024/12/31/old.dat", "not for the mirror\n");
+    write_file(&r1, "2025x/other.dat", "not under 2025/ either\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    wait_until(T, "the wanted file mirrored", || {
+        a.has("n2", "2025/01/01/wanted.dat") == Some(Has::Yes)
+    });
+    a.wait_idle(T);
+    assert_eq!(a.on("n2").0, 1, "only the subset");
+    assert!(!r2.join("2024").exists() && !r2.join("2025x").exists());
+    // A one-off sync by path prefix, too.
+    let out = h.cairn(&[
+        "node",
+        "sync",
+        "n1",
+        "n3",
+        "--path",
+        "2024",
+        "--show-files",
+        "--force",
+    ]);
+    assert!(
+        out.contains(
+            "Would sync 1 file (19 B) from Node \"n1\" to Group \"n3\":\n2024/12/31/old.dat\n"
+        ),
+        "{out}"
+    );
+}

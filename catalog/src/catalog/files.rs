@@ -25,6 +25,17 @@ pub struct FileFilter {
     pub path_prefix: Option<String>,
 }
 
+/// What narrows a bulk sync, clean or verify; every field is optional.
+#[derive(Debug, Clone, Default)]
+pub struct CopySelect {
+    /// Only files of this acquisition.
+    pub acq: Option<Id>,
+    /// Only files at or below this path.
+    pub path_prefix: Option<String>,
+    /// Only copies that arrived on the node at or before this time.
+    pub added_before: Option<i64>,
+}
+
 /// A file that a bulk sync, clean or verify would act on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncCandidate {
@@ -491,7 +502,7 @@ impl Tx<'_> {
         node_id: Id,
         group_id: Id,
         target_group: Option<Id>,
-        acq: Option<Id>,
+        select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
         let mut args: Vec<Value> = vec![node_id.into(), group_id.into()];
         let mut sql = String::from(
@@ -508,12 +519,7 @@ impl Tx<'_> {
             );
             args.push(t.into());
         }
-        if let Some(a) = acq {
-            sql.push_str(" AND f.acq_id = ?");
-            args.push(a.into());
-        }
-        sql.push_str(" ORDER BY d.path, f.name");
-        self.rows(&sql, &args)
+        self.select_copies(sql, args, select)
     }
 
     /// Copies on `node_id` that `node clean` would release: not removed, not already
@@ -523,8 +529,7 @@ impl Tx<'_> {
         node_id: Id,
         wants: Wants,
         target_group: Option<Id>,
-        acq: Option<Id>,
-        added_before: Option<i64>,
+        select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
         let mut args: Vec<Value> = vec![node_id.into(), wants.into()];
         let mut sql = String::from(
@@ -539,16 +544,7 @@ impl Tx<'_> {
             );
             args.push(t.into());
         }
-        if let Some(a) = acq {
-            sql.push_str(" AND f.acq_id = ?");
-            args.push(a.into());
-        }
-        if let Some(t) = added_before {
-            sql.push_str(" AND c.added_at <= ?");
-            args.push(t.into());
-        }
-        sql.push_str(" ORDER BY d.path, f.name");
-        self.rows(&sql, &args)
+        self.select_copies(sql, args, select)
     }
 
     /// Copies on `node_id` whose state is one of `states`: what `node verify` would check.
@@ -556,7 +552,7 @@ impl Tx<'_> {
         &mut self,
         node_id: Id,
         states: &[Has],
-        acq: Option<Id>,
+        select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
         if states.is_empty() {
             return Ok(Vec::new());
@@ -564,14 +560,32 @@ impl Tx<'_> {
         let mut args: Vec<Value> = vec![node_id.into()];
         let marks = vec!["?"; states.len()].join(", ");
         args.extend(states.iter().map(|h| Value::from(*h)));
-        let mut sql = format!(
+        let sql = format!(
             "SELECT f.id, c.id, d.path, f.name, f.size FROM copy c \
              JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
              WHERE c.node_id = ? AND c.has IN ({marks})"
         );
-        if let Some(a) = acq {
+        self.select_copies(sql, args, select)
+    }
+
+    /// Runs a candidates query (over `copy c`, `file f`, `dir d`) narrowed by `select`.
+    fn select_copies(
+        &mut self,
+        mut sql: String,
+        mut args: Vec<Value>,
+        select: &CopySelect,
+    ) -> Result<Vec<SyncCandidate>> {
+        if let Some(a) = select.acq {
             sql.push_str(" AND f.acq_id = ?");
             args.push(a.into());
+        }
+        if let Some(p) = &select.path_prefix {
+            let p = normalize_path(p)?;
+            sql.push_str(&prefix_clause(&p, &mut args));
+        }
+        if let Some(t) = select.added_before {
+            sql.push_str(" AND c.added_at <= ?");
+            args.push(t.into());
         }
         sql.push_str(" ORDER BY d.path, f.name");
         self.rows(&sql, &args)

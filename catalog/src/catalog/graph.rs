@@ -393,15 +393,40 @@ impl Tx<'_> {
 
     // ---- auto-actions ----
 
-    /// Turns auto-sync from `node` into `group` on or off. Returns false if nothing changed.
-    pub fn set_autosync(&mut self, group: &Group, node: &Node, on: bool) -> Result<bool> {
+    /// Turns auto-sync from `node` into `group` on or off; with `path`, only files at or
+    /// below that path are copied. Returns false if nothing changed.
+    pub fn set_autosync(
+        &mut self,
+        group: &Group,
+        node: &Node,
+        on: bool,
+        path: Option<&str>,
+    ) -> Result<bool> {
         if on && node.group_id == group.id {
             return Err(CatalogError::Invalid(format!(
                 "node {:?} is in group {:?}: auto-sync needs a node outside the group",
                 node.name, group.name
             )));
         }
-        self.set_action(group.id, node.id, "autosync", on)
+        let path = path
+            .map(super::normalize_path)
+            .transpose()?
+            .filter(|p| !p.is_empty());
+        let mut changed = self.set_action(group.id, node.id, "autosync", on)?;
+        if on {
+            let current: Option<String> = self.scalar(
+                "SELECT path_prefix FROM auto_action WHERE group_id = ? AND node_id = ?",
+                params![group.id, node.id],
+            )?;
+            if current != path {
+                self.exec(
+                    "UPDATE auto_action SET path_prefix = ? WHERE group_id = ? AND node_id = ?",
+                    params![path, group.id, node.id],
+                )?;
+                changed = true;
+            }
+        }
+        Ok(changed)
     }
 
     /// Turns auto-clean of `node` when files arrive in `group` on or off; with `after`

@@ -45,6 +45,9 @@ pub enum Command {
     Autosync {
         group: String,
         node: String,
+        /// Only files at or below this path (a mirror that takes a subset)
+        #[arg(long, value_name = "PREFIX", conflicts_with = "remove")]
+        path: Option<String>,
         /// Stop the auto-sync instead
         #[arg(long)]
         remove: bool,
@@ -167,15 +170,19 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Autosync {
             group,
             node,
+            path,
             remove,
         } => {
             let changed = cat.write(|tx| {
                 let g = tx.group(&group)?;
                 let n = tx.node(&node)?;
-                tx.set_autosync(&g, &n, !remove)
+                tx.set_autosync(&g, &n, !remove, path.as_deref())
             })?;
+            let under = path
+                .as_deref()
+                .map_or_else(String::new, |p| format!(" (under {p})"));
             match (remove, changed) {
-                (false, true) => println!("Auto-sync from \"{node}\" started"),
+                (false, true) => println!("Auto-sync from \"{node}\" started{under}"),
                 (false, false) => println!("Auto-sync from \"{node}\" already running"),
                 (true, true) => println!("Auto-sync from \"{node}\" stopped"),
                 (true, false) => println!("No auto-sync from \"{node}\" to stop"),

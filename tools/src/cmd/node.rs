@@ -1,5 +1,5 @@
 use anyhow::{Result, bail};
-use cairn_catalog::catalog::{NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
+use cairn_catalog::catalog::{CopySelect, NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
 use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats};
 use cairn_catalog::units::{format_duration, now};
 use cairn_catalog::{Catalog, CatalogError};
@@ -52,6 +52,9 @@ pub struct SyncArgs {
     /// Only files of this acquisition
     #[arg(long)]
     acq: Option<String>,
+    /// Only files at or below this path
+    #[arg(long, value_name = "PREFIX")]
+    path: Option<String>,
     /// List the files that would be synced
     #[arg(long)]
     show_files: bool,
@@ -205,6 +208,9 @@ pub enum Command {
         /// Only files of this acquisition
         #[arg(long)]
         acq: Option<String>,
+        /// Only files at or below this path
+        #[arg(long, value_name = "PREFIX")]
+        path: Option<String>,
         /// Do not ask for confirmation
         #[arg(long, short = 'f')]
         force: bool,
@@ -228,6 +234,9 @@ pub enum Command {
         /// Only files of this acquisition
         #[arg(long)]
         acq: Option<String>,
+        /// Only files at or below this path
+        #[arg(long, value_name = "PREFIX")]
+        path: Option<String>,
         /// Only copies that have been on the node at least this long (e.g. 30d)
         #[arg(long, value_parser = parse_duration_secs, value_name = "AGE")]
         older_than: Option<i64>,
@@ -498,6 +507,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             corrupt,
             suspect,
             acq,
+            path,
             force,
         } => {
             let states: Vec<Has> = if all {
@@ -516,8 +526,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             };
             let files = cat.read(|tx| {
                 let n = tx.node(&node)?;
-                let acq_id = acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id);
-                tx.verify_candidates(n.id, &states, acq_id)
+                let select = CopySelect {
+                    acq: acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id),
+                    path_prefix: path.clone(),
+                    added_before: None,
+                };
+                tx.verify_candidates(n.id, &states, &select)
             })?;
             let (n, bytes) = totals(&files);
             if n == 0 {
@@ -543,6 +557,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             now: immediately,
             target,
             acq,
+            path,
             older_than,
             cancel,
             show_files,
@@ -556,9 +571,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                     .map(|g| tx.group(g))
                     .transpose()?
                     .map(|g| g.id);
-                let acq_id = acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id);
-                let added_before = older_than.map(|age| now() - age);
-                tx.clean_candidates(n.id, wants, target_id, acq_id, added_before)
+                let select = CopySelect {
+                    acq: acq.as_deref().map(|a| tx.acq(a)).transpose()?.map(|a| a.id),
+                    path_prefix: path.clone(),
+                    added_before: older_than.map(|age| now() - age),
+                };
+                tx.clean_candidates(n.id, wants, target_id, &select)
             })?;
             let (n, bytes) = totals(&files);
             let verb = if cancel { "keep" } else { "release" };
@@ -645,13 +663,17 @@ pub fn sync(cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Resu
             )));
         }
         let target = args.target.as_deref().map(|g| tx.group(g)).transpose()?;
-        let acq_id = args
-            .acq
-            .as_deref()
-            .map(|a| tx.acq(a))
-            .transpose()?
-            .map(|a| a.id);
-        let files = tx.sync_candidates(src.id, dst.id, target.map(|g| g.id), acq_id)?;
+        let select = CopySelect {
+            acq: args
+                .acq
+                .as_deref()
+                .map(|a| tx.acq(a))
+                .transpose()?
+                .map(|a| a.id),
+            path_prefix: args.path.clone(),
+            added_before: None,
+        };
+        let files = tx.sync_candidates(src.id, dst.id, target.map(|g| g.id), &select)?;
         Ok((src, dst, files))
     })?;
     let (n, bytes) = totals(&files);
@@ -747,11 +769,15 @@ pub fn print_auto_actions(actions: &[AutoAction], side: Side) {
             Side::Node => a.group.clone(),
         };
         if a.autosync {
-            let trigger = match side {
-                Side::Group => "File added to that node",
-                Side::Node => "File added to this node",
+            let node = match side {
+                Side::Group => "that node",
+                Side::Node => "this node",
             };
-            t.row(vec![other.clone(), "Auto-sync".into(), trigger.into()]);
+            let trigger = match &a.path_prefix {
+                None => format!("File added to {node}"),
+                Some(p) => format!("File added to {node} under {p}"),
+            };
+            t.row(vec![other.clone(), "Auto-sync".into(), trigger]);
         }
         if a.autoclean {
             let group = match side {
