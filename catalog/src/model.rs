@@ -134,10 +134,12 @@ pub struct Host {
     pub address: Option<String>,
     pub notes: Option<String>,
     pub last_seen: Option<Timestamp>,
+    /// Paused: its cairnd starts no new work (queued requests wait).
+    pub paused: bool,
 }
 
 impl Host {
-    pub const COLUMNS: &'static str = "h.id, h.name, h.address, h.notes, h.last_seen";
+    pub const COLUMNS: &'static str = "h.id, h.name, h.address, h.notes, h.last_seen, h.paused";
 }
 
 impl FromRow for Host {
@@ -148,6 +150,7 @@ impl FromRow for Host {
             address: r.get(2)?,
             notes: r.get(3)?,
             last_seen: r.get(4)?,
+            paused: r.get(5)?,
         })
     }
 }
@@ -203,12 +206,14 @@ pub struct Node {
     pub username: Option<String>,
     pub address: Option<String>,
     pub notes: Option<String>,
+    /// Paused: no new work into or out of it (queued requests wait).
+    pub paused: bool,
 }
 
 impl Node {
     pub const COLUMNS: &'static str = "n.id, n.name, n.group_id, g.name, n.kind, n.host_id, h.name, \
         n.root, n.active, n.auto_import, n.auto_verify, n.max_total, n.min_avail, n.avail, \
-        n.capacity, n.last_checked, n.username, n.address, n.notes";
+        n.capacity, n.last_checked, n.username, n.address, n.notes, n.paused";
     pub const FROM: &'static str = "node n JOIN storage_group g ON g.id = n.group_id \
         LEFT JOIN host h ON h.id = n.host_id";
 }
@@ -235,6 +240,7 @@ impl FromRow for Node {
             username: r.get(16)?,
             address: r.get(17)?,
             notes: r.get(18)?,
+            paused: r.get(19)?,
         })
     }
 }

@@ -495,11 +495,21 @@ fn plan(
             .retain(|id, _| seen.contains(id));
         st.watchers.retain(|id, _| seen.contains(id));
 
+        // Paused nodes, and every node of a paused host, get no new work; queued requests
+        // wait for the resume.
+        let host_paused = cat.read(|tx| tx.host(&shared.host))?.paused;
+        if host_paused && !st.last_state.contains_key(&-1) {
+            info!("Host \"{}\" is paused: no new work.", shared.host);
+            st.last_state.insert(-1, "paused".into());
+        } else if !host_paused {
+            st.last_state.remove(&-1);
+        }
         let available: Vec<Node> = shared
             .available
             .lock()
             .expect("available lock")
             .values()
+            .filter(|n| !n.paused && !host_paused)
             .cloned()
             .collect();
         let ids: Vec<Id> = available.iter().map(|n| n.id).collect();

@@ -619,7 +619,10 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
         .expect("peer failures lock")
         .clone();
     let mut ranked: Vec<((u8, u32, bool), Source)> = Vec::new();
-    for c in copies.into_iter().filter(|c| c.group_id != r.to_group_id) {
+    for c in copies
+        .into_iter()
+        .filter(|c| c.group_id != r.to_group_id && !c.paused)
+    {
         let requested = c.node_id != r.from_node_id;
         if let Some(n) = shared.node(c.node_id) {
             let path = PathBuf::from(n.root.unwrap_or_default()).join(&r.path);
@@ -965,7 +968,7 @@ fn choose_destination(
         .lock()
         .expect("available lock")
         .values()
-        .filter(|n| n.group_id == group.id)
+        .filter(|n| n.group_id == group.id && !n.paused)
         .cloned()
         .collect();
     if here.is_empty() {

@@ -855,3 +855,43 @@ fn a_mirror_takes_only_its_subset_by_path() {
         "{out}"
     );
 }
+
+#[test]
+fn a_paused_node_or_host_gets_no_new_work_and_keeps_its_queue() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    write_file(&r1, "2025/01/01/a.dat", "queued\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    let out = h.cairn(&["node", "pause", "n2"]);
+    assert_eq!(
+        out,
+        "Node \"n2\" paused: no new work into or out of it; queued requests wait.\n"
+    );
+    assert!(h.cairn(&["node", "show", "n2"]).contains("Paused: Yes"));
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        a.has("n2", "2025/01/01/a.dat"),
+        None,
+        "nothing into a paused node"
+    );
+    assert!(
+        a.cairn(&["request", "list", "--pending"]).contains("a.dat"),
+        "still queued"
+    );
+    // Resumed node, paused host: still nothing.
+    h.cairn(&["host", "pause", "h1"]);
+    h.cairn(&["node", "resume", "n2"]);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        a.has("n2", "2025/01/01/a.dat"),
+        None,
+        "nothing on a paused host"
+    );
+    assert!(h.log().contains("Host \"h1\" is paused"), "{}", h.log());
+    h.cairn(&["host", "resume", "h1"]);
+    a.wait_idle(T);
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
+}

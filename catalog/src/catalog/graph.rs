@@ -165,6 +165,25 @@ impl Tx<'_> {
         self.host(name)
     }
 
+    /// Pauses or resumes a node: a paused node gets no new work into or out of it. Returns
+    /// false if it already was in that state.
+    pub fn set_node_paused(&mut self, name: &str, paused: bool) -> Result<bool> {
+        let node = self.node(name)?;
+        Ok(self.exec(
+            "UPDATE node SET paused = ? WHERE id = ? AND paused <> ?",
+            params![paused, node.id, paused],
+        )? > 0)
+    }
+
+    /// Pauses or resumes all work of a host's cairnd.
+    pub fn set_host_paused(&mut self, name: &str, paused: bool) -> Result<bool> {
+        let host = self.host(name)?;
+        Ok(self.exec(
+            "UPDATE host SET paused = ? WHERE id = ? AND paused <> ?",
+            params![paused, host.id, paused],
+        )? > 0)
+    }
+
     /// Records that this host's cairnd was alive at `now`.
     pub fn touch_host(&mut self, host_id: Id, now: i64) -> Result<()> {
         self.exec(

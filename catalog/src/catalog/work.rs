@@ -48,6 +48,8 @@ pub struct SourceCopy {
     /// Log-in user and address of the node, for rsync over a remote shell.
     pub login_user: Option<String>,
     pub login_address: Option<String>,
+    /// The node or its host is paused: not to be read from now.
+    pub paused: bool,
 }
 
 impl Tx<'_> {
@@ -85,7 +87,7 @@ impl Tx<'_> {
     pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
         let rows = self.raw(
             "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address, n.root, \
-             n.username, n.address FROM copy c \
+             n.username, n.address, n.paused + COALESCE(h.paused, 0) FROM copy c \
              JOIN node n ON n.id = c.node_id LEFT JOIN host h ON h.id = n.host_id \
              WHERE c.file_id = ? AND c.has = 'yes' ORDER BY n.name",
             params![file_id],
@@ -103,6 +105,7 @@ impl Tx<'_> {
                     root: r.get(7)?,
                     login_user: r.get(8)?,
                     login_address: r.get(9)?,
+                    paused: r.get(10)?,
                 })
             })
             .collect()

@@ -20,6 +20,10 @@ pub enum Command {
     List,
     /// Show one host and its nodes
     Show { name: String },
+    /// Start no new work on the host's cairnd (queued requests wait)
+    Pause { name: String },
+    /// Let a paused host's cairnd work again
+    Resume { name: String },
     /// Change a host
     Modify {
         name: String,
@@ -103,6 +107,22 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             }
             for n in &view.nodes {
                 println!("{n}");
+            }
+        }
+        Command::Pause { name } => {
+            if cat.write(|tx| tx.set_host_paused(&name, true))? {
+                println!(
+                    "Host \"{name}\" paused: its cairnd starts no new work; queued requests wait."
+                );
+            } else {
+                println!("Host \"{name}\" is already paused.");
+            }
+        }
+        Command::Resume { name } => {
+            if cat.write(|tx| tx.set_host_paused(&name, false))? {
+                println!("Host \"{name}\" resumed.");
+            } else {
+                println!("Host \"{name}\" is not paused.");
             }
         }
         Command::Modify {

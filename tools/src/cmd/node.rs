@@ -178,6 +178,10 @@ pub enum Command {
     },
     /// Stop using the node
     Deactivate { name: String },
+    /// Start no new work into or out of the node (queued requests wait)
+    Pause { name: String },
+    /// Let work into and out of a paused node again
+    Resume { name: String },
     /// Ask the node's cairnd to initialise it (write its marker)
     Init { name: String },
     /// Ask the node's cairnd to look for files under PATH
@@ -464,6 +468,22 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 println!("Storage node \"{name}\" deactivated.");
             } else {
                 println!("Storage node \"{name}\" is already inactive.");
+            }
+        }
+        Command::Pause { name } => {
+            if cat.write(|tx| tx.set_node_paused(&name, true))? {
+                println!(
+                    "Node \"{name}\" paused: no new work into or out of it; queued requests wait."
+                );
+            } else {
+                println!("Node \"{name}\" is already paused.");
+            }
+        }
+        Command::Resume { name } => {
+            if cat.write(|tx| tx.set_node_paused(&name, false))? {
+                println!("Node \"{name}\" resumed.");
+            } else {
+                println!("Node \"{name}\" is not paused.");
             }
         }
         Command::Init { name } => {
@@ -859,6 +879,7 @@ fn show(
     field("Storage Node", &n.name);
     field("Storage Group", &n.group);
     field("Active", yes_no(n.active));
+    field("Paused", yes_no(n.paused));
     field("Type", n.kind.display_name());
     field("Notes", opt_str(n.notes.as_deref()));
     field("I/O Class", view.io_class.display_name());
