@@ -245,6 +245,11 @@ pub struct ImportConfig {
     /// `2025/02/21/23/1324.dat` part of `2025/02/21`. Default: none, meaning the file's directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acq_depth: Option<u32>,
+    /// Close an acquisition (no more files expected, so it can be complete) when no file has
+    /// been added to it for this long, e.g. `"1d"`. Default: none (close with `cairn acq
+    /// close`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acq_idle: Option<HumanDuration>,
     /// Regular expressions over the path below the node root: when any are given, only paths
     /// matching at least one are importable. Default: empty (everything but dot files).
     pub include: Vec<String>,
@@ -757,6 +762,7 @@ mod tests {
             },
             import: ImportConfig {
                 acq_depth: Some(1),
+                acq_idle: Some(HumanDuration(std::time::Duration::from_secs(60))),
                 ..ImportConfig::default()
             },
             ..Config::default()

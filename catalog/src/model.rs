@@ -250,6 +250,9 @@ pub struct Acq {
     pub id: Id,
     pub name: String,
     pub created_at: Timestamp,
+    /// When the acquisition was closed: no more files are expected. A closed acquisition
+    /// whose every file is in a group is complete there.
+    pub closed_at: Option<Timestamp>,
 }
 
 impl FromRow for Acq {
@@ -258,6 +261,7 @@ impl FromRow for Acq {
             id: r.get(0)?,
             name: r.get(1)?,
             created_at: r.get(2)?,
+            closed_at: r.get(3)?,
         })
     }
 }

@@ -33,7 +33,8 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         description: "delayed auto-clean (a copy is released only once the file has been in \
                       the group this long and its copy there was verified since), and \
-                      auto-sync restricted to a path prefix, and pausing nodes and hosts",
+                      auto-sync restricted to a path prefix, pausing nodes and hosts, and \
+                      closed (complete) acquisitions",
         sql: V2,
     },
 ];
@@ -41,7 +42,8 @@ pub const MIGRATIONS: &[Migration] = &[
 const V2: &str = "ALTER TABLE auto_action ADD COLUMN clean_after BIGINT;
 ALTER TABLE auto_action ADD COLUMN path_prefix TEXT;
 ALTER TABLE node ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
-ALTER TABLE host ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;";
+ALTER TABLE host ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE acq ADD COLUMN closed_at BIGINT;";
 
 const V1: &str = r#"
 CREATE TABLE schema_version (

@@ -495,6 +495,15 @@ fn plan(
             .retain(|id, _| seen.contains(id));
         st.watchers.retain(|id, _| seen.contains(id));
 
+        if let Some(idle) = cfg.import.acq_idle {
+            let idle = idle.0.as_secs() as i64;
+            for name in cat.write(|tx| tx.close_idle_acqs(idle, t))? {
+                info!(
+                    "Acquisition \"{name}\" closed: no new file for {}.",
+                    cfg.import.acq_idle.expect("set")
+                );
+            }
+        }
         // Paused nodes, and every node of a paused host, get no new work; queued requests
         // wait for the resume.
         let host_paused = cat.read(|tx| tx.host(&shared.host))?.paused;

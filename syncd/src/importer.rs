@@ -66,6 +66,7 @@ mod tests {
             acq_depth: depth,
             include: include.iter().map(|s| (*s).to_owned()).collect(),
             exclude: exclude.iter().map(|s| (*s).to_owned()).collect(),
+            ..ImportConfig::default()
         })
         .unwrap()
     }

@@ -895,3 +895,81 @@ fn a_paused_node_or_host_gets_no_new_work_and_keeps_its_queue() {
     a.wait_idle(T);
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
 }
+
+#[test]
+fn a_closed_acquisition_is_complete_where_all_its_files_are() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        cfg.replace("[import]\n", "[import]\nacq_idle = \"2s\"\n"),
+    )
+    .unwrap();
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    write_file(&r1, "2025/06/01/01/a.dat", "a\n");
+    write_file(&r1, "2025/06/01/02/b.dat", "b\n");
+    write_file(&r1, "2025/06/02/01/c.dat", "c\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    // Only one file of 2025/06/01 copied to n2 so far.
+    h.cairn(&[
+        "file",
+        "sync",
+        "--from",
+        "n1",
+        "--to",
+        "n2",
+        "2025/06/01/01/a.dat",
+    ]);
+    a.wait_idle(T);
+    let out = a.cairn(&["acq", "close", "2025/06/01"]);
+    assert_eq!(out, "Acquisition \"2025/06/01\" closed.\n");
+    let listing: serde_json::Value =
+        serde_json::from_str(&a.cairn(&["acq", "list", "--complete-in", "n2", "--json"])).unwrap();
+    let closed: Vec<_> = listing
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        closed,
+        ["2025/06/01"],
+        "only closed acquisitions are listed"
+    );
+    let n2 = |v: &serde_json::Value| {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["group"] == "n2")
+            .cloned()
+    };
+    assert_eq!(
+        n2(&listing[0]).unwrap()["complete"],
+        false,
+        "one of two files there"
+    );
+    h.cairn(&["node", "sync", "n1", "n2", "--acq", "2025/06/01", "--force"]);
+    a.wait_idle(T);
+    let show = a.cairn(&["acq", "show", "2025/06/01"]);
+    assert!(
+        show.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["n2", "2", "Yes"]),
+        "{show}"
+    );
+    // The other acquisition closes by itself once idle (acq_idle = 2s).
+    wait_until(T, "closed when idle", || {
+        a.cairn(&["acq", "show", "2025/06/02"]).contains("Closed: ")
+            && !a
+                .cairn(&["acq", "show", "2025/06/02"])
+                .contains("Closed: No")
+    });
+    assert!(
+        h.log()
+            .contains("Acquisition \"2025/06/02\" closed: no new file for 2s."),
+        "{}",
+        h.log()
+    );
+}

@@ -192,7 +192,7 @@ impl Tx<'_> {
 
     pub fn acq_by_name(&mut self, name: &str) -> Result<Option<Acq>> {
         self.row(
-            "SELECT id, name, created_at FROM acq WHERE name = ?",
+            "SELECT id, name, created_at, closed_at FROM acq WHERE name = ?",
             params![name],
         )
     }
@@ -205,20 +205,54 @@ impl Tx<'_> {
     /// Every acquisition with its file count and total size.
     pub fn acqs(&mut self) -> Result<Vec<(Acq, u64, u64)>> {
         let rows = self.raw(
-            "SELECT a.id, a.name, a.created_at, COUNT(f.id), SUM(f.size) FROM acq a \
-             LEFT JOIN file f ON f.acq_id = a.id GROUP BY a.id, a.name, a.created_at \
-             ORDER BY a.name",
+            "SELECT a.id, a.name, a.created_at, a.closed_at, COUNT(f.id), SUM(f.size) FROM acq a \
+             LEFT JOIN file f ON f.acq_id = a.id \
+             GROUP BY a.id, a.name, a.created_at, a.closed_at ORDER BY a.name",
             params![],
         )?;
         rows.iter()
             .map(|r| {
                 Ok((
                     Acq::from_row(r)?,
-                    r.get::<u64>(3)?,
-                    r.get::<Option<u64>>(4)?.unwrap_or(0),
+                    r.get::<u64>(4)?,
+                    r.get::<Option<u64>>(5)?.unwrap_or(0),
                 ))
             })
             .collect()
+    }
+
+    /// Closes an acquisition: no more files are expected. False if it was closed already.
+    pub fn close_acq(&mut self, name: &str, now: i64) -> Result<bool> {
+        let acq = self.acq(name)?;
+        Ok(self.exec(
+            "UPDATE acq SET closed_at = ? WHERE id = ? AND closed_at IS NULL",
+            params![now, acq.id],
+        )? > 0)
+    }
+
+    /// Closes every open acquisition whose newest file was registered `idle` seconds or more
+    /// before `now`. Returns their names.
+    pub fn close_idle_acqs(&mut self, idle: i64, now: i64) -> Result<Vec<String>> {
+        let rows = self.raw(
+            "UPDATE acq SET closed_at = ? WHERE closed_at IS NULL AND id IN \
+             (SELECT acq_id FROM file GROUP BY acq_id HAVING MAX(registered_at) <= ?) \
+             RETURNING name",
+            params![now, now - idle],
+        )?;
+        rows.iter().map(|r| Ok(r.get(0)?)).collect()
+    }
+
+    /// For each group holding any of the acquisition's files: how many of its files have a
+    /// healthy copy there. (group name, files), sorted by group.
+    pub fn acq_presence(&mut self, acq_id: Id) -> Result<Vec<(String, u64)>> {
+        let rows = self.raw(
+            "SELECT g.name, COUNT(DISTINCT c.file_id) FROM copy c \
+             JOIN node n ON n.id = c.node_id JOIN storage_group g ON g.id = n.group_id \
+             JOIN file f ON f.id = c.file_id \
+             WHERE f.acq_id = ? AND c.has = 'yes' GROUP BY g.name ORDER BY g.name",
+            params![acq_id],
+        )?;
+        rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
     /// The id of acquisition `name`, created if needed; the flag says whether it was.

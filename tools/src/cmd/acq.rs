@@ -1,19 +1,24 @@
 use anyhow::Result;
-use cairn_catalog::catalog::FileFilter;
-use cairn_catalog::model::{Acq, NodeStats};
-use cairn_catalog::units::format_time;
+use cairn_catalog::model::Acq;
+use cairn_catalog::units::{format_time, now};
 use clap::Subcommand;
 use serde::Serialize;
 
 use crate::Ctx;
-use crate::output::{Table, field, json, size_or_dash};
+use crate::output::{Table, field, json, opt_time, size_or_dash};
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// List acquisitions with their file counts and sizes
-    List,
-    /// Show an acquisition and where its files are
+    List {
+        /// Only closed acquisitions, and whether each is complete in this group
+        #[arg(long, value_name = "GROUP")]
+        complete_in: Option<String>,
+    },
+    /// Show an acquisition and, per group, whether it is complete there
     Show { name: String },
+    /// Close an acquisition: no more files are expected, so it can be complete
+    Close { name: String },
 }
 
 #[derive(Serialize)]
@@ -22,76 +27,104 @@ struct AcqView {
     acq: Acq,
     files: u64,
     bytes: u64,
-    /// Per node: how many of the acquisition's files it holds healthy copies of.
-    nodes: Vec<NodeStats>,
+    /// Per group: files with a healthy copy there, and whether the (closed) acquisition is
+    /// complete there.
+    groups: Vec<Presence>,
+}
+
+#[derive(Serialize)]
+struct Presence {
+    group: String,
+    files: u64,
+    complete: bool,
+}
+
+fn presence(acq: &Acq, files: u64, per_group: Vec<(String, u64)>) -> Vec<Presence> {
+    per_group
+        .into_iter()
+        .map(|(group, n)| Presence {
+            group,
+            files: n,
+            complete: acq.closed_at.is_some() && n == files,
+        })
+        .collect()
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
     let mut cat = ctx.open()?;
     match cmd {
-        Command::List => {
-            let acqs = cat.read(|tx| tx.acqs())?;
-            if ctx.json {
-                let views: Vec<_> = acqs
-                    .into_iter()
-                    .map(|(acq, files, bytes)| AcqView {
+        Command::List { complete_in } => {
+            let views = cat.read(|tx| {
+                if let Some(g) = &complete_in {
+                    tx.group(g)?;
+                }
+                let mut out = Vec::new();
+                for (acq, files, bytes) in tx.acqs()? {
+                    if complete_in.is_some() && acq.closed_at.is_none() {
+                        continue;
+                    }
+                    let per_group = tx.acq_presence(acq.id)?;
+                    let groups = presence(&acq, files, per_group);
+                    out.push(AcqView {
                         acq,
                         files,
                         bytes,
-                        nodes: Vec::new(),
-                    })
-                    .collect();
+                        groups,
+                    });
+                }
+                Ok(out)
+            })?;
+            if ctx.json {
                 return json(&views);
             }
-            let mut t = Table::new(&["Name", "Files", "Size", "Created"]);
-            for (a, files, bytes) in &acqs {
-                t.row(vec![
-                    a.name.clone(),
-                    files.to_string(),
-                    size_or_dash(*bytes),
-                    format_time(a.created_at),
-                ]);
+            match &complete_in {
+                None => {
+                    let mut t = Table::new(&["Name", "Files", "Size", "Created", "Closed"]);
+                    for v in &views {
+                        t.row(vec![
+                            v.acq.name.clone(),
+                            v.files.to_string(),
+                            size_or_dash(v.bytes),
+                            format_time(v.acq.created_at),
+                            opt_time(v.acq.closed_at),
+                        ]);
+                    }
+                    t.print();
+                }
+                Some(g) => {
+                    let mut t = Table::new(&["Name", "Files", &format!("In {g}"), "Complete"]);
+                    for v in &views {
+                        let here = v.groups.iter().find(|p| &p.group == g);
+                        t.row(vec![
+                            v.acq.name.clone(),
+                            v.files.to_string(),
+                            here.map_or(0, |p| p.files).to_string(),
+                            if here.is_some_and(|p| p.complete) {
+                                "Yes"
+                            } else {
+                                "No"
+                            }
+                            .into(),
+                        ]);
+                    }
+                    t.print();
+                }
             }
-            t.print();
         }
         Command::Show { name } => {
             let view = cat.read(|tx| {
                 let acq = tx.acq(&name)?;
-                let files = tx.files(&FileFilter {
-                    acq: Some(acq.id),
-                    ..FileFilter::default()
-                })?;
-                let mut nodes = Vec::new();
-                for n in tx.nodes()? {
-                    let on = tx.files_on_node(n.id, Some(acq.id), None)?;
-                    let healthy: Vec<_> = on
-                        .iter()
-                        .filter(|(_, c)| c.has == cairn_catalog::model::Has::Yes)
-                        .collect();
-                    if on.is_empty() {
-                        continue;
-                    }
-                    nodes.push(NodeStats {
-                        node: n.name.clone(),
-                        files: healthy.len() as u64,
-                        bytes: healthy.iter().map(|(f, _)| f.size).sum(),
-                        corrupt: on
-                            .iter()
-                            .filter(|(_, c)| c.has == cairn_catalog::model::Has::Corrupt)
-                            .count() as u64,
-                        suspect: on
-                            .iter()
-                            .filter(|(_, c)| c.has == cairn_catalog::model::Has::Suspect)
-                            .count() as u64,
-                        missing: 0,
-                        max_total: n.max_total,
-                    });
-                }
+                let (files, bytes) = tx
+                    .acqs()?
+                    .into_iter()
+                    .find(|(a, _, _)| a.id == acq.id)
+                    .map_or((0, 0), |(_, f, b)| (f, b));
+                let groups = presence(&acq, files, tx.acq_presence(acq.id)?);
                 Ok(AcqView {
                     acq,
-                    files: files.len() as u64,
-                    bytes: files.iter().map(|f| f.size).sum(),
-                    nodes,
+                    files,
+                    bytes,
+                    groups,
                 })
             })?;
             if ctx.json {
@@ -99,23 +132,33 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             }
             field("Acquisition", &view.acq.name);
             field("Created", format_time(view.acq.created_at));
+            field(
+                "Closed",
+                view.acq.closed_at.map_or_else(|| "No".into(), format_time),
+            );
             field("Files", view.files);
             field("Total Size", size_or_dash(view.bytes));
             println!();
-            println!("Copies by node:");
-            if view.nodes.is_empty() {
+            println!("Copies by group:");
+            if view.groups.is_empty() {
                 println!("none");
             } else {
-                let mut t = Table::new(&["Node", "Files", "Size", "Complete"]);
-                for s in &view.nodes {
+                let mut t = Table::new(&["Group", "Files", "Complete"]);
+                for p in &view.groups {
                     t.row(vec![
-                        s.node.clone(),
-                        s.files.to_string(),
-                        size_or_dash(s.bytes),
-                        if s.files == view.files { "Yes" } else { "No" }.into(),
+                        p.group.clone(),
+                        p.files.to_string(),
+                        if p.complete { "Yes" } else { "No" }.into(),
                     ]);
                 }
                 t.print();
+            }
+        }
+        Command::Close { name } => {
+            if cat.write(|tx| tx.close_acq(&name, now()))? {
+                println!("Acquisition \"{name}\" closed.");
+            } else {
+                println!("Acquisition \"{name}\" was already closed.");
             }
         }
     }
