@@ -111,6 +111,25 @@ fn seed_004_single_host() {
     ]);
     a.wait_idle(T);
     assert_eq!(a.on("demo_storage2"), (1, 52));
+    let done = a.cairn(&["request", "list", "--done"]);
+    let row: Vec<&str> = done
+        .lines()
+        .find(|l| l.contains("2025/02/21/meta.txt"))
+        .expect("the finished request is listed")
+        .split_whitespace()
+        .collect();
+    assert!(
+        row.windows(2).any(|w| w == ["Done", "1"]),
+        "state and attempts: {done}"
+    );
+    assert!(
+        row.windows(2).filter(|w| w == &["52", "B"]).count() == 2,
+        "size and bytes moved: {done}"
+    );
+    assert!(
+        row.iter().any(|c| c.ends_with('s') && c.contains('.')),
+        "duration: {done}"
+    );
     assert_eq!(
         std::fs::read_to_string(r2.join("2025/02/21/meta.txt"))
             .unwrap()

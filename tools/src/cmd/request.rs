@@ -122,6 +122,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                     "State",
                     "Attempts",
                     "Created",
+                    "Moved",
+                    "Took",
                     "Last Error",
                 ]);
                 for r in &listing.copy_requests {
@@ -134,6 +136,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                         r.state.display_name().into(),
                         r.attempts.to_string(),
                         opt_time_short(Some(r.created_at)),
+                        r.bytes.map_or_else(|| "-".into(), format_size),
+                        r.seconds.map_or_else(|| "-".into(), |s| format!("{s:.1}s")),
                         opt_str(r.last_error.as_deref()).into(),
                     ]);
                 }
