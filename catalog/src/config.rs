@@ -115,6 +115,12 @@ pub struct DaemonConfig {
     /// Lock held by the running cairnd, so a second one on this host refuses to start.
     /// Default `"/run/cairn/cairnd.lock"`.
     pub lock_file: PathBuf,
+    /// Directory for daily log files (`cairnd-YYYY-MM-DD.log`, UTC days). Default: none, and
+    /// cairnd logs to stderr (the journal under systemd).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_dir: Option<PathBuf>,
+    /// Days of daily log files kept in `log_dir`; older ones are deleted. Default `30`.
+    pub log_keep_days: u32,
 }
 
 impl Default for DaemonConfig {
@@ -128,6 +134,8 @@ impl Default for DaemonConfig {
             max_attempts: 10,
             retry_delay: HumanDuration(std::time::Duration::from_secs(10)),
             lock_file: PathBuf::from("/run/cairn/cairnd.lock"),
+            log_dir: None,
+            log_keep_days: 30,
         }
     }
 }
@@ -751,6 +759,10 @@ mod tests {
             },
             fs: FsConfig {
                 write_node: Some("n".to_owned()),
+            },
+            daemon: DaemonConfig {
+                log_dir: Some(PathBuf::from("l")),
+                ..DaemonConfig::default()
             },
             transfer: TransferConfig {
                 max_rate: Some(ByteSize(1)),

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod http;
 pub mod importer;
 pub mod lock;
+pub mod logfile;
 pub mod noderoot;
 pub mod nudge;
 pub mod procfs;

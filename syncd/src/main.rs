@@ -30,36 +30,41 @@ fn main() -> ExitCode {
             }
         }
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
-    let result = cairn_catalog::Config::load(config_path.as_deref())
-        .context("failed to load the configuration")
-        .and_then(|config| {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .max_blocking_threads(config.daemon.workers + 16)
-                .enable_all()
-                .build()
-                .context("failed to start the runtime")?;
-            rt.block_on(async {
-                let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-                let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
-                let shutdown = async move {
-                    tokio::select! {
-                        _ = term.recv() => {}
-                        _ = int.recv() => {}
-                    }
-                };
-                cairn_syncd::run(config, shutdown).await
-            })
-        });
+    let config = match cairn_catalog::Config::load(config_path.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!(
+                "cairnd: failed to load the configuration: {:#}",
+                anyhow::Error::from(e)
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match &config.daemon.log_dir {
+        Some(dir) => match cairn_syncd::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
+            Ok(log) => builder
+                .with_ansi(false)
+                .with_writer(move || log.writer())
+                .init(),
+            Err(e) => {
+                eprintln!(
+                    "cairnd: cannot write logs in {} (daemon.log_dir): {e}",
+                    dir.display()
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+        None => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .with_writer(std::io::stderr)
+            .init(),
+    }
+    let result = serve(config);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -67,4 +72,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs the daemon on a multi-threaded runtime until SIGTERM or SIGINT.
+fn serve(config: cairn_catalog::Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(config.daemon.workers + 16)
+        .enable_all()
+        .build()
+        .context("failed to start the runtime")?;
+    rt.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        cairn_syncd::run(config, shutdown).await
+    })
 }

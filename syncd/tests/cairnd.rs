@@ -74,3 +74,46 @@ fn a_second_cairnd_for_the_host_refuses_to_start_and_sigterm_exits_0() {
     assert_eq!(status.code(), Some(0), "SIGTERM is a clean stop");
     assert!(!sock.exists(), "the socket is removed at exit");
 }
+
+#[test]
+fn with_a_log_dir_cairnd_writes_daily_files() {
+    let (dir, config) = setup();
+    let logs = dir.path().join("logs");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[daemon]\n",
+        &format!(
+            "[daemon]\nlog_dir = \"{}\"\nlog_keep_days = 7\n",
+            logs.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    std::fs::create_dir_all(&logs).unwrap();
+    std::fs::write(logs.join("cairnd-2001-01-01.log"), "ancient\n").unwrap();
+    let mut child = cairnd().arg("--config").arg(&config).spawn().unwrap();
+    let today = &cairn_catalog::units::format_time_short(cairn_catalog::units::now())[..10];
+    let file = logs.join(format!("cairnd-{today}.log"));
+    let start = Instant::now();
+    while !std::fs::read_to_string(&file)
+        .unwrap_or_default()
+        .contains("cairnd start")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no log line in {}",
+            file.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !logs.join("cairnd-2001-01-01.log").exists(),
+        "files past their keep are deleted"
+    );
+    // SAFETY: kill(2) on the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("cairnd stopped.")
+    );
+}
