@@ -992,3 +992,37 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
         h.log()
     );
 }
+
+#[test]
+fn status_shows_live_hosts_queues_and_recent_transfers() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    write_file(&r1, "2025/01/01/a.dat", "moved\n");
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "pause", "n3"]);
+    let status: serde_json::Value = serde_json::from_str(&h.cairn(&["status", "--json"])).unwrap();
+    assert_eq!(status["hosts"][0]["name"], "h1");
+    assert_eq!(status["hosts"][0]["cairnd_up"], true);
+    assert_eq!(status["last_hour"][0], 1, "one copy in the last hour");
+    assert_eq!(status["last_hour"][1], 6, "of 6 bytes");
+    let text = h.cairn(&["status"]);
+    assert!(text.contains("n3 (paused)"), "{text}");
+    assert!(text.contains("Last hour: 1 copies, 6 B"), "{text}");
+    let host_line = text
+        .lines()
+        .find(|l| l.starts_with("h1 "))
+        .unwrap_or_default();
+    assert!(host_line.contains(" Up "), "{text}");
+    h.stop();
+    let out = std::process::Command::new(cairn_tests::bin("cairn"))
+        .args(["status", "--watch", "--json"])
+        .env("CAIRN_CATALOG", &a.url)
+        .env("CAIRN_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}

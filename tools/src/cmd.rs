@@ -41,8 +41,12 @@ pub enum Command {
     /// Transport disks: the sneakernet
     #[command(subcommand)]
     Transport(transport::Command),
-    /// One screen on the whole archive: hosts, nodes, queues
-    Status,
+    /// One screen on the whole archive: hosts, nodes, queues, recent transfers
+    Status {
+        /// Refresh the screen in place every 2 seconds
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
@@ -55,7 +59,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Acq(c) => acq::run(ctx, c),
         Command::Request(c) => request::run(ctx, c),
         Command::Transport(c) => transport::run(ctx, c),
-        Command::Status => status::run(ctx),
+        Command::Status { watch } => status::run(ctx, watch),
     }
 }
 

@@ -171,6 +171,32 @@ impl Tx<'_> {
         rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
+    /// Copies waiting to be verified, and copies released for deletion but still there.
+    pub fn copy_work_counts(&mut self) -> Result<(u64, u64)> {
+        let verify = self.scalar(
+            "SELECT COUNT(*) FROM copy WHERE verify_requested = 1 AND has <> 'no'",
+            params![],
+        )?;
+        let release = self.scalar(
+            "SELECT COUNT(*) FROM copy WHERE wants = 'release_now' AND has <> 'no'",
+            params![],
+        )?;
+        Ok((verify, release))
+    }
+
+    /// Copy requests finished as done since `since`: (count, bytes moved).
+    pub fn transfers_since(&mut self, since: i64) -> Result<(u64, u64)> {
+        let rows = self.raw(
+            "SELECT COUNT(*), SUM(bytes) FROM copy_request WHERE state = 'done' \
+             AND finished_at >= ?",
+            params![since],
+        )?;
+        let r = rows
+            .first()
+            .ok_or_else(|| CatalogError::Invalid("no totals".into()))?;
+        Ok((r.get(0)?, r.get::<Option<u64>>(1)?.unwrap_or(0)))
+    }
+
     // ---- import requests ----
 
     /// Import request counts by state (node initialisations included).

@@ -1,47 +1,100 @@
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
 use cairn_catalog::model::{Host, Node, NodeStats, RequestState};
+use cairn_catalog::units::{format_size, now};
 use serde::Serialize;
 
 use crate::Ctx;
 use crate::output::{Table, json, opt_size, opt_str, opt_time, size_or_dash, yes_no};
 
 #[derive(Serialize)]
-struct Status {
-    hosts: Vec<Host>,
-    nodes: Vec<(Node, NodeStats)>,
-    copy_requests: Vec<(RequestState, u64)>,
-    import_requests: Vec<(RequestState, u64)>,
+struct HostStatus {
+    #[serde(flatten)]
+    host: Host,
+    /// Its cairnd was seen within three loop intervals (of this machine's config).
+    cairnd_up: bool,
 }
 
-pub fn run(ctx: &Ctx) -> Result<()> {
+#[derive(Serialize)]
+struct NodeStatus {
+    #[serde(flatten)]
+    node: Node,
+    stats: NodeStats,
+    percent_full: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct Status {
+    hosts: Vec<HostStatus>,
+    nodes: Vec<NodeStatus>,
+    copy_requests: Vec<(RequestState, u64)>,
+    import_requests: Vec<(RequestState, u64)>,
+    verifications_pending: u64,
+    releases_pending: u64,
+    /// Copies finished in the last hour: count and bytes.
+    last_hour: (u64, u64),
+}
+
+fn gather(ctx: &Ctx) -> Result<Status> {
     let mut cat = ctx.open()?;
-    let status = cat.read(|tx| {
-        let hosts = tx.hosts()?;
-        let nodes = tx.nodes()?;
-        let stats = tx.node_stats(None)?;
-        let nodes = nodes.into_iter().zip(stats).collect();
+    let t = now();
+    let up_within = (ctx.config.daemon.interval.0.as_secs() as i64 * 3).max(30);
+    Ok(cat.read(|tx| {
+        let hosts = tx
+            .hosts()?
+            .into_iter()
+            .map(|h| HostStatus {
+                cairnd_up: h.last_seen.is_some_and(|s| t - s <= up_within),
+                host: h,
+            })
+            .collect();
+        let nodes = tx
+            .nodes()?
+            .into_iter()
+            .zip(tx.node_stats(None)?)
+            .map(|(node, stats)| NodeStatus {
+                percent_full: match (node.avail, node.capacity) {
+                    (Some(a), Some(c)) if c > 0 => Some((c - a.min(c)) as f64 * 100.0 / c as f64),
+                    _ => None,
+                },
+                node,
+                stats,
+            })
+            .collect();
+        let (verifications_pending, releases_pending) = tx.copy_work_counts()?;
         Ok(Status {
             hosts,
             nodes,
             copy_requests: tx.copy_request_counts()?,
             import_requests: tx.import_request_counts()?,
+            verifications_pending,
+            releases_pending,
+            last_hour: tx.transfers_since(t - 3600)?,
         })
-    })?;
-    if ctx.json {
-        return json(&status);
-    }
+    })?)
+}
+
+fn print(ctx: &Ctx, status: &Status) {
     println!("Catalog: {}", ctx.url);
     println!();
     println!("Hosts:");
     if status.hosts.is_empty() {
         println!("none");
     } else {
-        let mut t = Table::new(&["Name", "Address", "Last Seen"]);
+        let mut t = Table::new(&["Name", "Address", "cairnd", "Last Seen", "Paused"]);
         for h in &status.hosts {
             t.row(vec![
-                h.name.clone(),
-                opt_str(h.address.as_deref()).into(),
-                opt_time(h.last_seen),
+                h.host.name.clone(),
+                opt_str(h.host.address.as_deref()).into(),
+                match (h.cairnd_up, h.host.last_seen) {
+                    (true, _) => "Up",
+                    (false, Some(_)) => "Down",
+                    (false, None) => "Never seen",
+                }
+                .into(),
+                opt_time(h.host.last_seen),
+                yes_no(h.host.paused).into(),
             ]);
         }
         t.print();
@@ -56,37 +109,90 @@ pub fn run(ctx: &Ctx) -> Result<()> {
             "Host",
             "Active",
             "Available",
+            "% Full",
             "Files",
             "Size",
             "Corrupt",
             "Suspect",
         ]);
-        for (n, s) in &status.nodes {
+        for n in &status.nodes {
+            let name = if n.node.paused {
+                format!("{} (paused)", n.node.name)
+            } else {
+                n.node.name.clone()
+            };
             t.row(vec![
-                n.name.clone(),
-                opt_str(n.host.as_deref()).into(),
-                yes_no(n.active).into(),
-                opt_size(n.avail),
-                s.files.to_string(),
-                size_or_dash(s.bytes),
-                s.corrupt.to_string(),
-                s.suspect.to_string(),
+                name,
+                opt_str(n.node.host.as_deref()).into(),
+                yes_no(n.node.active).into(),
+                opt_size(n.node.avail),
+                n.percent_full
+                    .map_or_else(|| "-".into(), |p| format!("{p:.1}")),
+                n.stats.files.to_string(),
+                size_or_dash(n.stats.bytes),
+                n.stats.corrupt.to_string(),
+                n.stats.suspect.to_string(),
             ]);
         }
         t.print();
     }
-    for (title, counts) in [
-        ("Copy requests", &status.copy_requests),
-        ("Import requests", &status.import_requests),
+    println!();
+    println!("Queues:");
+    let count = |v: &[(RequestState, u64)], s: RequestState| {
+        v.iter().find(|(k, _)| *k == s).map_or(0, |(_, n)| *n)
+    };
+    let mut t = Table::new(&["Kind", "Pending", "Active", "Failed"]);
+    for (kind, v) in [
+        ("copy", &status.copy_requests),
+        ("import", &status.import_requests),
     ] {
-        println!();
-        println!("{title}:");
-        if counts.is_empty() {
-            println!("none");
-        }
-        for (state, n) in counts {
-            println!("{}: {n}", state.display_name());
-        }
+        t.row(vec![
+            kind.into(),
+            count(v, RequestState::Pending).to_string(),
+            count(v, RequestState::Active).to_string(),
+            count(v, RequestState::Failed).to_string(),
+        ]);
     }
-    Ok(())
+    t.row(vec![
+        "verify".into(),
+        status.verifications_pending.to_string(),
+        "-".into(),
+        "-".into(),
+    ]);
+    t.row(vec![
+        "release".into(),
+        status.releases_pending.to_string(),
+        "-".into(),
+        "-".into(),
+    ]);
+    t.print();
+    println!();
+    let (n, bytes) = status.last_hour;
+    println!(
+        "Last hour: {n} copies, {} ({}/s on average)",
+        size_or_dash(bytes),
+        format_size(bytes / 3600)
+    );
+}
+
+pub fn run(ctx: &Ctx, watch: bool) -> Result<()> {
+    if watch && ctx.json {
+        bail!("--watch shows a screen for people; use --json without it");
+    }
+    if !watch {
+        let status = gather(ctx)?;
+        if ctx.json {
+            return json(&status);
+        }
+        print(ctx, &status);
+        return Ok(());
+    }
+    loop {
+        let status = gather(ctx)?;
+        // Clear the screen and go home, then draw: a refresh in place.
+        print!("\x1b[2J\x1b[H");
+        print(ctx, &status);
+        println!("\n(refreshing every 2 s; Ctrl-C to stop)");
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
