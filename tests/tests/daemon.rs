@@ -1026,3 +1026,41 @@ fn status_shows_live_hosts_queues_and_recent_transfers() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn wait_follows_the_work_and_reports_how_it_ended() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    for i in 0..3 {
+        write_file(&r1, &format!("2025/01/01/{i}.dat"), format!("file {i}\n"));
+    }
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    // No terminal here: plain progress lines, then the summary.
+    let out = h.cairn(&["node", "sync", "n1", "n2", "--force", "--wait"]);
+    assert!(
+        out.contains("Finished: 3 of 3 files done, 0 failed, 21 B"),
+        "{out}"
+    );
+    assert_eq!(a.on("n2").0, 3, "done when the command returns");
+    let out = h.cairn(&["node", "verify", "--all", "n2", "--force", "--wait"]);
+    assert!(out.contains("Finished: 3 of 3 verified done"), "{out}");
+    let out = h.cairn(&[
+        "file",
+        "sync",
+        "--from",
+        "n1",
+        "--to",
+        "n3",
+        "2025/01/01/0.dat",
+        "--wait",
+    ]);
+    assert!(out.contains("Finished: 1 of 1 files done"), "{out}");
+    // A release the archive rule refuses never finishes: the wait gives up, saying so.
+    let out = h.cairn(&["node", "clean", "n1", "--now", "--force", "--wait"]);
+    assert!(
+        out.contains("Stopped waiting: 0 of 3 released done"),
+        "{out}"
+    );
+}

@@ -472,6 +472,17 @@ impl Tx<'_> {
         Ok((file, copy))
     }
 
+    pub fn copy_by_id(&mut self, id: Id) -> Result<Option<Copy>> {
+        self.row(
+            &format!(
+                "SELECT {} FROM {} WHERE c.id = ?",
+                Copy::COLUMNS,
+                Copy::FROM
+            ),
+            params![id],
+        )
+    }
+
     /// Records that `node_id` holds a copy of `file_id` in state `has` (a new copy wants
     /// `keep`). Returns the copy id.
     pub fn record_copy(

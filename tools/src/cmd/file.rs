@@ -53,6 +53,9 @@ pub enum Command {
         /// Request it even if the group has the file already
         #[arg(long, short = 'f')]
         force: bool,
+        /// Follow the copy until it is done or failed
+        #[arg(long)]
+        wait: bool,
     },
     /// Release a file's copy on a node so cairnd deletes it (never below the archive rule)
     Clean {
@@ -246,6 +249,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             from,
             to,
             force,
+            wait,
         } => {
             let outcome = cat.write(|tx| {
                 let file = tx.file(&path)?;
@@ -286,7 +290,14 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                     "File \"{path}\" is already in Group \"{to}\"; nothing requested \
                      (--force to copy anyway)."
                 ),
-                Some(Some(_)) => println!("Request submitted."),
+                Some(Some(id)) => {
+                    println!("Request submitted.");
+                    if wait {
+                        cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                        let size = cat.read(|tx| tx.file(&path))?.size;
+                        super::node::follow_copies(&mut cat, &[(id, size)])?;
+                    }
+                }
                 Some(None) => println!("An identical request is already pending."),
             }
         }

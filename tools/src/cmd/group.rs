@@ -188,7 +188,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 (true, false) => println!("No auto-sync from \"{node}\" to stop"),
             }
         }
-        Command::Sync { group, node, args } => sync(&mut cat, &node, &group, &args)?,
+        Command::Sync { group, node, args } => {
+            sync(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
+        }
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use cairn_catalog::catalog::{CopySelect, NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
-use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats};
+use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats, RequestState};
 use cairn_catalog::units::{format_duration, now};
 use cairn_catalog::{Catalog, CatalogError};
 use clap::{Args, Subcommand};
@@ -61,6 +61,9 @@ pub struct SyncArgs {
     /// Do not ask for confirmation
     #[arg(long, short = 'f')]
     force: bool,
+    /// Follow the copies until they are done or failed
+    #[arg(long)]
+    wait: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -218,6 +221,9 @@ pub enum Command {
         /// Do not ask for confirmation
         #[arg(long, short = 'f')]
         force: bool,
+        /// Follow the work until it is done
+        #[arg(long)]
+        wait: bool,
     },
     /// Copy every file on NODE that GROUP lacks into GROUP
     Sync {
@@ -253,6 +259,9 @@ pub enum Command {
         /// Do not ask for confirmation
         #[arg(long, short = 'f')]
         force: bool,
+        /// Follow the work until it is done
+        #[arg(long)]
+        wait: bool,
     },
     /// Release a file on NODE automatically once it arrives in GROUP (auto-clean)
     Autoclean {
@@ -529,6 +538,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             acq,
             path,
             force,
+            wait,
         } => {
             let states: Vec<Has> = if all {
                 vec![Has::Yes, Has::Suspect, Has::Corrupt]
@@ -570,8 +580,15 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 "Updated {updated} {}.",
                 plural(updated as usize, "file", "files")
             );
+            if wait {
+                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
+                follow_copy_rows(&mut cat, "verified", &sizes, None, |c| !c.verify_requested)?;
+            }
         }
-        Command::Sync { node, group, args } => sync(&mut cat, &node, &group, &args)?,
+        Command::Sync { node, group, args } => {
+            sync(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
+        }
         Command::Clean {
             node,
             now: immediately,
@@ -582,6 +599,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             cancel,
             show_files,
             force,
+            wait,
         } => {
             let wants = super::clean_wants(cancel, immediately);
             let files = cat.read(|tx| {
@@ -621,6 +639,16 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 "Updated {updated} {}.",
                 plural(updated as usize, "file", "files")
             );
+            if wait && wants == cairn_catalog::model::Wants::ReleaseNow {
+                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
+                // A release the archive rule refuses does not finish: stop once nothing has
+                // moved for three loops.
+                let stalled = ctx.config.daemon.interval.0 * 3;
+                follow_copy_rows(&mut cat, "released", &sizes, Some(stalled), |c| {
+                    c.has == Has::No
+                })?;
+            }
         }
         Command::Autoclean {
             node,
@@ -673,7 +701,13 @@ fn totals(files: &[SyncCandidate]) -> (usize, u64) {
 
 /// `node sync NODE GROUP` and `group sync GROUP NODE`: request copies of every file that is
 /// healthy on NODE and absent from GROUP (and from `--target`).
-pub fn sync(cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Result<()> {
+pub fn sync(
+    cat: &mut Catalog,
+    node: &str,
+    group: &str,
+    args: &SyncArgs,
+    socket: &std::path::Path,
+) -> Result<()> {
     let (src, dst, files) = cat.read(|tx| {
         let src = tx.node(node)?;
         let dst = tx.group(group)?;
@@ -719,26 +753,101 @@ pub fn sync(cat: &mut Catalog, node: &str, group: &str, args: &SyncArgs) -> Resu
     }
     println!("Syncing {what}.");
     let t = now();
-    let added = cat.write(|tx| {
-        let mut added = 0usize;
+    let created = cat.write(|tx| {
+        let mut created = Vec::new();
         for f in &files {
             let req = NewCopyRequest {
                 file_id: f.file_id,
                 from_node: src.id,
                 to_group: dst.id,
             };
-            if tx.create_copy_request(req, t)?.is_some() {
-                added += 1;
+            if let Some(id) = tx.create_copy_request(req, t)? {
+                created.push((id, f.size));
             }
         }
-        Ok(added)
+        Ok(created)
     })?;
+    let added = created.len();
     println!(
         "Added {added} new copy {}.",
         plural(added, "request", "requests")
     );
     if added < n {
         println!("{} already requested.", n - added);
+    }
+    if args.wait && added > 0 {
+        // Wake this machine's cairnd now: the nudge after the command would come too late.
+        cairn_catalog::nudge::nudge(socket);
+        follow_copies(cat, &created)?;
+    }
+    Ok(())
+}
+
+/// `--wait` for work on copies: (copy id, size) each, done once `done(copy)` holds.
+fn follow_copy_rows(
+    cat: &mut Catalog,
+    what: &str,
+    copies: &[(i64, u64)],
+    stalled: Option<std::time::Duration>,
+    done: impl Fn(&cairn_catalog::model::Copy) -> bool,
+) -> Result<()> {
+    let total_bytes = copies.iter().map(|(_, s)| s).sum();
+    crate::wait::follow(
+        cat,
+        what,
+        copies.len() as u64,
+        total_bytes,
+        stalled,
+        |cat| {
+            cat.read(|tx| {
+                let mut p = crate::wait::Progress::default();
+                for (id, size) in copies {
+                    if tx.copy_by_id(*id)?.is_none_or(|c| done(&c)) {
+                        p.done += 1;
+                        p.bytes += size;
+                    }
+                }
+                Ok(p)
+            })
+            .map_err(Into::into)
+        },
+    )?;
+    Ok(())
+}
+
+/// `--wait` for copy requests: (id, size) each.
+pub fn follow_copies(cat: &mut Catalog, requests: &[(i64, u64)]) -> Result<()> {
+    let total_bytes = requests.iter().map(|(_, s)| s).sum();
+    let p = crate::wait::follow(
+        cat,
+        "files",
+        requests.len() as u64,
+        total_bytes,
+        None,
+        |cat| {
+            cat.read(|tx| {
+                let mut p = crate::wait::Progress::default();
+                for (id, size) in requests {
+                    match tx.copy_request(*id)?.state {
+                        RequestState::Done => {
+                            p.done += 1;
+                            p.bytes += size;
+                        }
+                        RequestState::Failed | RequestState::Cancelled => p.failed += 1,
+                        RequestState::Pending | RequestState::Active => {}
+                    }
+                }
+                Ok(p)
+            })
+            .map_err(Into::into)
+        },
+    )?;
+    if p.failed > 0 {
+        anyhow::bail!(
+            "{} of {} copies failed (see `cairn request list --failed`)",
+            p.failed,
+            requests.len()
+        );
     }
     Ok(())
 }
