@@ -743,11 +743,16 @@ fn delayed_auto_clean_waits_for_the_age_and_a_verification_after_arrival() {
         "{show}"
     );
     write_file(&r1, "2025/05/01/x.dat", "field data\n");
+    write_file(&r1, "2025/05/01/y.dat", "more field data\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
-    wait_until(T, "both archives have it", || {
-        a.has("n2", "2025/05/01/x.dat") == Some(Has::Yes)
-            && a.has("n3", "2025/05/01/x.dat") == Some(Has::Yes)
+    wait_until(T, "both archives have them", || {
+        ["x", "y"].iter().all(|f| {
+            let p = format!("2025/05/01/{f}.dat");
+            a.has("n2", &p) == Some(Has::Yes) && a.has("n3", &p) == Some(Has::Yes)
+        })
     });
+    // y's copy in the group rots before it is verified.
+    std::fs::write(r2.join("2025/05/01/y.dat"), "rotten!!!!!!!!!!\n").unwrap();
     // Old enough, but not verified since it arrived: kept.
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
@@ -759,6 +764,15 @@ fn delayed_auto_clean_waits_for_the_age_and_a_verification_after_arrival() {
     wait_until(T, "released once verified", || {
         a.has("n1", "2025/05/01/x.dat") == Some(Has::No)
     });
+    wait_until(T, "the rotten copy found", || {
+        a.has("n2", "2025/05/01/y.dat") == Some(Has::Corrupt)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        a.has("n1", "2025/05/01/y.dat"),
+        Some(Has::Yes),
+        "kept: its copy in the group is corrupt"
+    );
     assert!(!r1.join("2025/05/01/x.dat").exists());
     assert!(r2.join("2025/05/01/x.dat").exists());
     assert!(
@@ -978,6 +992,18 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
             .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["n2", "2", "Yes"]),
         "{show}"
     );
+    let listing: serde_json::Value =
+        serde_json::from_str(&a.cairn(&["acq", "list", "--complete-in", "n3", "--json"])).unwrap();
+    let n3 = listing[0]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["group"] == "n3")
+        .cloned();
+    assert!(
+        n3.is_none_or(|g| g["complete"] == false),
+        "complete in n2 only, not in n3"
+    );
     // The other acquisition closes by itself once idle (acq_idle = 2s).
     wait_until(T, "closed when idle", || {
         a.cairn(&["acq", "show", "2025/06/02"]).contains("Closed: ")
@@ -1062,5 +1088,71 @@ fn wait_follows_the_work_and_reports_how_it_ended() {
     assert!(
         out.contains("Stopped waiting: 0 of 3 released done"),
         "{out}"
+    );
+    // On a terminal, a progress bar (script(1) provides one).
+    let cmd = format!(
+        "{} node verify --all n2 --force --wait",
+        cairn_tests::bin("cairn").display()
+    );
+    let tty = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("CAIRN_CONFIG", &h.config)
+        .env_remove("CAIRN_CATALOG")
+        .output();
+    match tty {
+        Ok(o) => {
+            let shown = String::from_utf8_lossy(&o.stdout);
+            assert!(
+                shown.contains("[========================] 3/3 verified"),
+                "{shown}"
+            );
+            assert!(shown.contains("ETA"), "{shown}");
+        }
+        Err(_) => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "script(1) is needed in CI"
+            );
+            eprintln!("SKIPPED: script(1) is not installed");
+        }
+    }
+}
+
+#[test]
+fn pausing_a_node_mid_sync_lets_running_copies_finish_and_loses_nothing() {
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    const N: usize = 600;
+    for i in 0..N {
+        write_file(
+            &r1,
+            &format!("2025/01/{:02}/{i:04}.dat", i / 100),
+            format!("{i}\n"),
+        );
+    }
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(Duration::from_secs(60));
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    wait_until(T, "the sync under way", || a.on("n2").0 >= 5);
+    h.cairn(&["node", "pause", "n2"]);
+    std::thread::sleep(Duration::from_millis(1500)); // copies already running finish
+    let at_pause = a.on("n2").0;
+    assert!(
+        at_pause < N as u64,
+        "paused mid-sync ({at_pause} of {N} done)"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.on("n2").0, at_pause, "nothing new starts while paused");
+    h.cairn(&["node", "resume", "n2"]);
+    a.wait_idle(Duration::from_secs(120));
+    assert_eq!(a.on("n2").0, N as u64, "resume continues to the end");
+    let done: serde_json::Value =
+        serde_json::from_str(&a.cairn(&["request", "list", "--done", "--json"])).unwrap();
+    let requests = done["copy_requests"].as_array().unwrap();
+    assert_eq!(
+        requests.len(),
+        N,
+        "one request per file: none lost, none duplicated"
     );
 }

@@ -194,6 +194,36 @@ fn seed_004_across_three_hosts() {
     assert!(!r1.join("2025").exists());
     let (_, md5) = md5_file(&r3.join("2025/02/26/02/0011.dat")).unwrap();
     assert_eq!(md5, cairn_catalog::md5::md5_hex(b"14 15 16 17 18\n"));
+    // `cairn status` over the three hosts: all up, the same counts as `node stats`.
+    let status: serde_json::Value = serde_json::from_str(&h1.cairn(&["status", "--json"])).unwrap();
+    let hosts = status["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert!(hosts.iter().all(|h| h["cairnd_up"] == true), "{hosts:?}");
+    let files = |n: &str| {
+        status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .map(|x| {
+                (
+                    x["stats"]["files"].as_u64().unwrap(),
+                    x["stats"]["bytes"].as_u64().unwrap(),
+                )
+            })
+    };
+    assert_eq!(files("demo_storage1"), Some((0, 0)));
+    assert_eq!(files("demo_storage2"), Some((8, 184)));
+    assert_eq!(files("demo_storage3"), Some((8, 184)));
+    assert_eq!(
+        status["copy_requests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r[0] == "pending")
+            .count(),
+        0
+    );
     for h in [&mut h1, &mut h2, &mut h3] {
         assert_eq!(h.stop().code(), Some(0));
     }
