@@ -414,36 +414,40 @@ impl Tx<'_> {
     pub fn fire_auto_actions(&mut self, file_id: Id, node_id: Id, now: i64) -> Result<Vec<Fired>> {
         let group_id: Id =
             self.scalar("SELECT group_id FROM node WHERE id = ?", params![node_id])?;
-        let path = self.file_by_id(file_id)?.path;
-        let rules: Vec<ActionRule> = self
-            .raw(
-                // A delayed auto-clean does not fire on arrival; see `delayed_clean_due`.
-                "SELECT group_id, node_id, autosync, \
-                 CASE WHEN autoclean = 1 AND clean_after IS NULL THEN 1 ELSE 0 END, path_prefix \
-                 FROM auto_action \
-                 WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
-                params![node_id, group_id],
-            )?
-            .iter()
-            .map(|r| {
-                // An auto-sync restricted to a prefix ignores files outside it.
-                let prefix: Option<String> = r.get(4)?;
-                let in_prefix = prefix.as_deref().is_none_or(|p| {
+        let rows = self.raw(
+            // A delayed auto-clean does not fire on arrival; see `delayed_clean_due`.
+            "SELECT group_id, node_id, autosync, \
+             CASE WHEN autoclean = 1 AND clean_after IS NULL THEN 1 ELSE 0 END, path_prefix \
+             FROM auto_action \
+             WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
+            params![node_id, group_id],
+        )?;
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The file's path matters only to an auto-sync restricted to a prefix.
+        let mut path = None;
+        let mut rules = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let in_prefix = match r.get::<Option<String>>(4)? {
+                None => true,
+                Some(p) => {
+                    if path.is_none() {
+                        path = Some(self.file_by_id(file_id)?.path);
+                    }
+                    let path = path.as_deref().unwrap_or_default();
                     path == p
                         || path
-                            .strip_prefix(p)
+                            .strip_prefix(p.as_str())
                             .is_some_and(|rest| rest.starts_with('/'))
-                });
-                Ok(ActionRule {
-                    group_id: r.get(0)?,
-                    node_id: r.get(1)?,
-                    autosync: r.get::<bool>(2)? && in_prefix,
-                    autoclean: r.get(3)?,
-                })
-            })
-            .collect::<Result<_>>()?;
-        if rules.is_empty() {
-            return Ok(Vec::new());
+                }
+            };
+            rules.push(ActionRule {
+                group_id: r.get(0)?,
+                node_id: r.get(1)?,
+                autosync: r.get::<bool>(2)? && in_prefix,
+                autoclean: r.get(3)?,
+            });
         }
         let present_in_groups = self
             .raw(
