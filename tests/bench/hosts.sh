@@ -94,7 +94,7 @@ t1=$(now)
 base_curl=$(secs "$t0" "$t1"); rm -f "$W/base/curl.dat"; sync
 t0=$(now); cairn file sync --from n1 --to n2 big/one.dat >/dev/null; wait_done; t1=$(now)
 ours_big=$(secs "$t0" "$t1")
-cairn file state big/one.dat n2 | grep -q Healthy || { echo "1 GiB pull not recorded" >&2; exit 1; }
+[[ "$(cairn file state big/one.dat n2)" == Healthy* ]] || { echo "1 GiB pull not recorded" >&2; exit 1; }
 
 # 2. 10,000 small files.
 t0=$(now); cairn node sync n1 n2 --force >/dev/null; wait_done; t1=$(now)
