@@ -7,7 +7,8 @@
 # (polled every 10 ms). Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/cairnd.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/../.."
 cargo build --release --bins -q
 BIN=$PWD/target/release
 W=${1:-$(mktemp -d /var/tmp/cairn-bench.XXXXXX)}
@@ -30,18 +31,7 @@ acq_depth = 3
 TOML
 export CAIRN_CONFIG=$W/cairn.toml
 cairn() { "$BIN/cairn" "$@"; }
-now() { date +%s.%N; }
-# Waits until every request is done, polling the catalog every 10 ms.
-wait_done() {
-    python3 - "$W/catalog.db" <<'PY'
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], timeout=30)
-q = ("SELECT (SELECT COUNT(*) FROM copy_request WHERE state IN ('pending','active'))"
-     " + (SELECT COUNT(*) FROM import_request WHERE state IN ('pending','active'))")
-while db.execute(q).fetchone()[0]:
-    time.sleep(0.01)
-PY
-}
+. "$HERE/lib.sh"
 
 cairn db init >/dev/null
 cairn node create n1 --create-group --root="$W/n1" --host=bench --init --activate >/dev/null
@@ -83,32 +73,31 @@ PY
 }
 rate() { python3 -c "print(f'{$1 / $2:,.0f}')"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}')"; }
-mibs() { python3 -c "print(f'{1024 / $1:,.0f} MiB/s')"; }
 
 # 1. Small files: md5sum of all 10,000 files (baseline), then cairn's scan import.
 t0=$(now); find "$W/n1/2025" -type f -print0 | xargs -0 md5sum >/dev/null; t1=$(now)
-base_small=$(python3 -c "print($t1 - $t0)")
+base_small=$(secs "$t0" "$t1")
 t0=$(now); cairn node scan n1 2025 --register-new >/dev/null; wait_done; t1=$(now)
-ours_small=$(python3 -c "print($t1 - $t0)")
+ours_small=$(secs "$t0" "$t1")
 n=$(cairn node stats n1 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['files'])")
 [ "$n" = 10000 ] || { echo "expected 10000 files imported, got $n" >&2; exit 1; }
 
 # 2. One 1 GiB file: md5sum (baseline), then cairn's import (md5 at registration).
 #    Warm: the file in the page cache for both. Cold: read from the disk for both.
 t0=$(now); md5sum "$W/n1/big/one.dat" >/dev/null; t1=$(now)
-base_big=$(python3 -c "print($t1 - $t0)")
+base_big=$(secs "$t0" "$t1")
 t0=$(now); cairn file import --register-new big/one.dat n1 >/dev/null; wait_done; t1=$(now)
-ours_big=$(python3 -c "print($t1 - $t0)")
+ours_big=$(secs "$t0" "$t1")
 [[ "$(cairn file show big/one.dat)" == *"1.000 GiB"* ]] || { echo "1 GiB file not imported" >&2; exit 1; }
 have_cold=no
 if cold; then
     have_cold=yes
     t0=$(now); md5sum "$W/n1/big/one.dat" >/dev/null; t1=$(now)
-    base_big_cold=$(python3 -c "print($t1 - $t0)")
+    base_big_cold=$(secs "$t0" "$t1")
     cold
     # A verify reads and hashes the whole copy, like an import: the cold-cache md5 pass.
     t0=$(now); cairn file verify big/one.dat n1 >/dev/null; wait_verified; t1=$(now)
-    ours_big_cold=$(python3 -c "print($t1 - $t0)")
+    ours_big_cold=$(secs "$t0" "$t1")
 fi
 
 # 3. Verified copy of 1 GiB: cp then md5sum of the copy (baseline), then a cairn copy
@@ -116,7 +105,7 @@ fi
 copy_base() {
     t0=$(now); cp "$W/n1/big/one.dat" "$W/base/one.dat"; md5sum "$W/base/one.dat" >/dev/null; t1=$(now)
     rm -f "$W/base/one.dat"; sync
-    python3 -c "print($t1 - $t0)"
+    secs "$t0" "$t1"
 }
 copy_ours() {
     t0=$(now); cairn file sync --from n1 --to n2 big/one.dat >/dev/null; wait_done; t1=$(now)
@@ -130,7 +119,7 @@ db.execute("UPDATE copy SET has = 'no' WHERE node_id = (SELECT id FROM node WHER
 db.commit()
 PY
     rm -f "$W/n2/big/one.dat"
-    python3 -c "print($t1 - $t0)"
+    secs "$t0" "$t1"
 }
 cat "$W/n1/big/one.dat" >/dev/null
 base_copy=$(copy_base)

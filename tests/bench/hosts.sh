@@ -8,7 +8,8 @@
 # 10 ms). Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/hosts.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$HERE/../.."
 cargo build --release --bins -q
 BIN=$PWD/target/release
 W=${1:-$(mktemp -d /var/tmp/cairn-hosts.XXXXXX)}
@@ -40,18 +41,7 @@ done
 # hears only its own machine's CLI; the others find requests at their next loop).
 cairn() { CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" "$@"; }
 SMALL=${CAIRN_BENCH_SMALL:-10000}
-now() { date +%s.%N; }
-wait_done() {
-    python3 - "$W/catalog.db" <<'PY'
-import sqlite3, sys, time
-db = sqlite3.connect(sys.argv[1], timeout=30)
-q = ("SELECT (SELECT COUNT(*) FROM copy_request WHERE state IN ('pending','active'))"
-     " + (SELECT COUNT(*) FROM import_request WHERE state IN ('pending','active'))")
-while db.execute(q).fetchone()[0]:
-    time.sleep(0.01)
-PY
-}
-secs() { python3 -c "print($2 - $1)"; }
+. "$HERE/lib.sh"
 
 cairn db init >/dev/null
 cairn host create h1 --address "127.0.0.1:$P1" >/dev/null
@@ -102,7 +92,6 @@ ours_small=$(secs "$t0" "$t1")
 n=$(cairn node stats n2 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['files'])")
 [ "$n" = $((SMALL + 1)) ] || { echo "expected $((SMALL + 1)) files on n2, got $n" >&2; exit 1; }
 
-mibs() { python3 -c "print(f'{1024 / $1:,.0f} MiB/s')"; }
 echo
 echo "Run $(date -u +%Y-%m-%d), $(nproc) cores, loopback, both roots on $(df -h "$W" | awk 'NR==2 {print $1}')"
 echo
