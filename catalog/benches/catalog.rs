@@ -291,7 +291,7 @@ fn raw_plain(path: &Path, shape: Shape) -> Registration {
 fn raw_schema(path: &Path, shape: Shape) -> Registration {
     let mut conn = raw_open(path);
     for m in MIGRATIONS {
-        conn.execute_batch(&render(m.sql, Dialect::Sqlite))
+        conn.execute_batch(&render(m, Dialect::Sqlite))
             .expect("schema");
     }
     conn.execute_batch(

@@ -20,8 +20,9 @@ pub use graph::{NewNode, NodeUpdate};
 pub use requests::{CopyRequestFilter, NewCopyRequest};
 pub use work::{CopyWork, Fired, SourceCopy};
 
+use crate::db::postgres::{self, PostgresBackend};
 use crate::db::sqlite::{self, SqliteBackend};
-use crate::db::{Backend, DbError, Dialect, FromValue, Row, TxMode, Value};
+use crate::db::{Backend, DbError, Dialect, FromValue, Patience, Row, TxMode, Value};
 use crate::error::{CatalogError, Result};
 use crate::model::{FromRow, Id};
 use crate::schema::{self, MIGRATIONS, SCHEMA_VERSION};
@@ -32,7 +33,9 @@ const BUSY_GIVE_UP: Duration = Duration::from_secs(120);
 /// An open catalog.
 pub struct Catalog {
     backend: Box<dyn Backend>,
+    /// The URL with any password hidden: this is what messages show.
     url: String,
+    patience: Patience,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -45,21 +48,19 @@ fn open_backend(url: &str, create: bool) -> Result<Box<dyn Backend>> {
     if let Some(path) = sqlite::path_from_url(url) {
         return Ok(Box::new(SqliteBackend::open(&path, create)?));
     }
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(CatalogError::Invalid(format!(
-            "catalog url {url:?}: this build has no PostgreSQL backend yet; use sqlite:///path"
-        )));
+    if postgres::is_postgres_url(url) {
+        // A PostgreSQL database is created by its administrator (docs/OPERATIONS.md);
+        // `create` only applies to a SQLite file.
+        return Ok(Box::new(PostgresBackend::open(url)?));
     }
-    Err(CatalogError::UnsupportedUrl(url.to_owned()))
+    Err(CatalogError::UnsupportedUrl(postgres::redact(url)))
 }
 
 impl Catalog {
     /// Opens an existing catalog and checks that its schema is the one this build knows.
     pub fn open(url: &str) -> Result<Catalog> {
-        let mut cat = Catalog {
-            backend: open_backend(url, false)?,
-            url: url.to_owned(),
-        };
+        let mut cat = Catalog::new(open_backend(url, false)?, url);
+        let url = &cat.url.clone();
         match cat.schema_version()? {
             None => Err(CatalogError::NotInitialised {
                 url: url.to_owned(),
@@ -86,10 +87,8 @@ impl Catalog {
     /// Creates the schema up to `version` only: for migration tests.
     #[doc(hidden)]
     pub fn init_at(url: &str, version: u32) -> Result<Catalog> {
-        let mut cat = Catalog {
-            backend: open_backend(url, true)?,
-            url: url.to_owned(),
-        };
+        let mut cat = Catalog::new(open_backend(url, true)?, url);
+        let url = &cat.url.clone();
         if let Some(v) = cat.schema_version()? {
             return Err(CatalogError::Invalid(format!(
                 "the catalog at {url} already exists (schema version {v}); \
@@ -102,10 +101,8 @@ impl Catalog {
 
     /// Applies every migration the catalog lacks. Returns (version before, version after).
     pub fn upgrade(url: &str) -> Result<(u32, u32)> {
-        let mut cat = Catalog {
-            backend: open_backend(url, false)?,
-            url: url.to_owned(),
-        };
+        let mut cat = Catalog::new(open_backend(url, false)?, url);
+        let url = &cat.url.clone();
         let before = cat
             .schema_version()?
             .ok_or_else(|| CatalogError::NotInitialised {
@@ -122,8 +119,24 @@ impl Catalog {
         Ok((before, SCHEMA_VERSION))
     }
 
+    fn new(backend: Box<dyn Backend>, url: &str) -> Catalog {
+        Catalog {
+            backend,
+            url: postgres::redact(url),
+            patience: Patience::default(),
+        }
+    }
+
+    /// The catalog's URL, with any password hidden.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// How long a transaction keeps being retried while the database server cannot be
+    /// reached (default two minutes). cairnd waits out an outage of the catalog.
+    pub fn set_patience(&mut self, patience: Patience) {
+        self.backend.set_patience(patience.clone());
+        self.patience = patience;
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -138,7 +151,8 @@ impl Catalog {
                 &[],
             )?,
             Dialect::Postgres => self.backend.query(
-                "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version'",
+                "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version' \
+                 AND table_schema = current_schema()",
                 &[],
             )?,
         };
@@ -165,7 +179,7 @@ impl Catalog {
             .iter()
             .filter(|m| m.version > current && m.version <= target)
         {
-            let sql = schema::render(m.sql, self.backend.dialect());
+            let sql = schema::render(m, self.backend.dialect());
             self.run(TxMode::Write, |tx| {
                 tx.backend.execute_batch(&sql)?;
                 if m.version == 1 {
@@ -199,9 +213,21 @@ impl Catalog {
     fn run<T>(&mut self, mode: TxMode, mut f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
         let start = Instant::now();
         let mut backoff = Backoff::new();
+        let mut outage: Option<Instant> = None;
         loop {
             match self.try_once(mode, &mut f) {
                 Err(CatalogError::Db(e)) if e.is_busy() && start.elapsed() < BUSY_GIVE_UP => {
+                    std::thread::sleep(backoff.next());
+                }
+                // The connection dropped before the transaction committed (a server restart,
+                // a lost link): the backend reconnects at the next BEGIN, and the whole
+                // transaction runs again, as when busy.
+                Err(CatalogError::Db(e))
+                    if e.is_disconnected()
+                        && outage.get_or_insert_with(Instant::now).elapsed()
+                            < self.patience.give_up
+                        && !self.patience.stopped() =>
+                {
                     std::thread::sleep(backoff.next());
                 }
                 Err(CatalogError::Db(e)) if e.is_busy() => {

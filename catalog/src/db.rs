@@ -8,9 +8,13 @@
 //! Portable subset used by the queries: `INSERT … RETURNING id`, `ON CONFLICT DO NOTHING`,
 //! integers for booleans, text for enums, `BIGINT` unix seconds for times.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A value bound to a placeholder or read from a row.
 #[derive(Debug, Clone, PartialEq)]
@@ -160,6 +164,11 @@ pub enum DbError {
     /// transaction may be retried.
     #[error("database busy: {0}")]
     Busy(String),
+    /// The connection to the database server was lost, or could not be made again. The
+    /// transaction did not commit (a commit whose outcome is unknown is looked up after
+    /// reconnecting before this is returned); the whole transaction may be retried.
+    #[error("lost the connection to the catalog: {0}")]
+    Disconnected(String),
     /// A unique or foreign-key constraint failed.
     #[error("constraint failed: {0}")]
     Constraint(String),
@@ -176,6 +185,41 @@ pub enum DbError {
 impl DbError {
     pub fn is_busy(&self) -> bool {
         matches!(self, DbError::Busy(_))
+    }
+
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, DbError::Disconnected(_))
+    }
+}
+
+/// How long to keep trying while the database server cannot be reached, before an operation
+/// fails. cairnd waits out an outage (it pauses and resumes); the CLI gives up sooner.
+#[derive(Debug, Clone)]
+pub struct Patience {
+    /// Give up once the server has been unreachable this long.
+    pub give_up: Duration,
+    /// Give up at once when this is set (a daemon shutting down).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+impl Patience {
+    pub fn new(give_up: Duration) -> Self {
+        Patience {
+            give_up,
+            stop: None,
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for Patience {
+    fn default() -> Self {
+        Patience::new(Duration::from_secs(120))
     }
 }
 
@@ -217,4 +261,7 @@ pub trait Backend: Send {
     fn begin(&mut self, mode: TxMode) -> Result<(), DbError>;
     fn commit(&mut self) -> Result<(), DbError>;
     fn rollback(&mut self) -> Result<(), DbError>;
+    /// How long to keep reconnecting to a server that went away (no-op for an embedded
+    /// database).
+    fn set_patience(&mut self, _patience: Patience) {}
 }

@@ -37,7 +37,10 @@ pub enum CatalogError {
         expected: u32,
     },
     /// The URL names no backend this build has.
-    #[error("unsupported catalog url {0:?}: expected sqlite:///path/to/catalog.db")]
+    #[error(
+        "unsupported catalog url {0:?}: expected sqlite:///path/to/catalog.db or \
+         postgres://user@host/database"
+    )]
     UnsupportedUrl(String),
     #[error(transparent)]
     Db(#[from] DbError),

@@ -2,7 +2,7 @@
 //!
 //! - [`Catalog`] opens a catalog by URL and runs named queries in transactions ([`Tx`]),
 //!   retrying whole transactions when the database is busy.
-//! - [`db`] is the narrow backend interface (SQLite today, PostgreSQL next).
+//! - [`db`] is the narrow backend interface and its two backends, SQLite and PostgreSQL.
 //! - [`schema`] holds the migrations and the version check.
 //! - [`rules`] holds the storage-graph rules as plain functions.
 //! - [`config`] is the typed `cairn.toml`; [`units`] parses and prints sizes, durations, times.
@@ -17,6 +17,8 @@ pub mod model;
 pub mod nudge;
 pub mod rules;
 pub mod schema;
+#[doc(hidden)]
+pub mod testing;
 pub mod units;
 
 pub use catalog::{Catalog, Tx};

@@ -1,8 +1,8 @@
 //! The catalog conformance suite: every backend must pass every test here.
 //!
 //! Each behaviour is a function over an open, empty catalog; `backend_tests!` instantiates it
-//! once per backend as `<behaviour>_<backend>`. The PostgreSQL backend joins the list when it
-//! exists.
+//! once per backend as `<backend>_backend::<behaviour>`. The PostgreSQL tests each get a
+//! fresh database on the server named by `CAIRN_TEST_PG_URL` (`tests/pg.sh` starts one).
 
 use cairn_catalog::catalog::{
     CopyRequestFilter, CopySelect, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
@@ -10,8 +10,11 @@ use cairn_catalog::catalog::{
 use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
 
+use cairn_catalog::testing::{self, TestDatabase};
+
 struct Fixture {
-    _dir: tempfile::TempDir,
+    _dir: Option<tempfile::TempDir>,
+    _db: Option<TestDatabase>,
     cat: Catalog,
 }
 
@@ -19,7 +22,24 @@ fn sqlite() -> Fixture {
     let dir = tempfile::tempdir().expect("a temp dir");
     let url = format!("sqlite://{}/catalog.db", dir.path().display());
     let cat = Catalog::init(&url).expect("a fresh catalog");
-    Fixture { _dir: dir, cat }
+    Fixture {
+        _dir: Some(dir),
+        _db: None,
+        cat,
+    }
+}
+
+/// A fresh catalog in a new PostgreSQL database; `None` (said loudly) if there is no server
+/// and this is not CI.
+fn postgres(test: &str) -> Option<Fixture> {
+    let server = testing::pg_server(test)?;
+    let db = TestDatabase::create(&server);
+    let cat = Catalog::init(&db.url).expect("a fresh catalog");
+    Some(Fixture {
+        _dir: None,
+        _db: Some(db),
+        cat,
+    })
 }
 
 macro_rules! backend_tests {
@@ -30,6 +50,16 @@ macro_rules! backend_tests {
                 fn $name() {
                     let mut f = super::sqlite();
                     super::$name(&mut f.cat);
+                }
+            )+
+        }
+        mod postgres_backend {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(mut f) = super::postgres(concat!("postgres_backend::", stringify!($name))) {
+                        super::$name(&mut f.cat);
+                    }
                 }
             )+
         }

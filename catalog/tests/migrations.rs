@@ -2,6 +2,7 @@
 //! a catalog of another version with a message naming the fix.
 
 use cairn_catalog::schema::{MIGRATIONS, SCHEMA_VERSION};
+use cairn_catalog::testing::{self, TestDatabase};
 use cairn_catalog::{Catalog, CatalogError};
 
 fn url(dir: &tempfile::TempDir) -> String {
@@ -101,4 +102,82 @@ fn catalog_id_is_stable_and_distinct() {
     assert_eq!(id_a.len(), 32);
     assert_ne!(id_a, id_b);
     assert_eq!(Catalog::open(&url(&a)).unwrap().catalog_id().unwrap(), id_a);
+}
+
+/// Columns, triggers and indexes of a PostgreSQL catalog, for comparing schemas.
+fn postgres_schema_of(url: &str) -> Vec<String> {
+    let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
+    let mut out = Vec::new();
+    for r in client
+        .query(
+            "SELECT table_name || '.' || column_name || ' ' || data_type || ' ' || is_nullable \
+             || ' ' || COALESCE(column_default, '') FROM information_schema.columns \
+             WHERE table_schema = current_schema() ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+    {
+        out.push(r.get::<_, String>(0));
+    }
+    for r in client
+        .query(
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+             UNION ALL SELECT tgname || ' ' || tgrelid::regclass::text FROM pg_trigger \
+             WHERE NOT tgisinternal ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+    {
+        out.push(r.get::<_, String>(0));
+    }
+    out
+}
+
+#[test]
+fn every_earlier_version_upgrades_to_current_postgres() {
+    let Some(server) = testing::pg_server("every_earlier_version_upgrades_to_current_postgres")
+    else {
+        return;
+    };
+    let fresh = TestDatabase::create(&server);
+    Catalog::init(&fresh.url).unwrap();
+    let want = postgres_schema_of(&fresh.url);
+    assert!(
+        want.iter().all(|c| !c.contains(" integer ")),
+        "every integer column is 64-bit: {want:#?}"
+    );
+    for m in MIGRATIONS {
+        let db = TestDatabase::create(&server);
+        Catalog::init_at(&db.url, m.version).unwrap();
+        let (before, after) = Catalog::upgrade(&db.url).unwrap();
+        assert_eq!((before, after), (m.version, SCHEMA_VERSION));
+        assert_eq!(
+            postgres_schema_of(&db.url),
+            want,
+            "from version {}",
+            m.version
+        );
+        let mut cat = Catalog::open(&db.url).expect("an upgraded catalog opens");
+        assert_eq!(cat.schema_version().unwrap(), Some(SCHEMA_VERSION));
+    }
+}
+
+#[test]
+fn open_of_an_empty_postgres_database_says_init_and_hides_the_password() {
+    let test = "open_of_an_empty_postgres_database_says_init_and_hides_the_password";
+    let Some(server) = testing::pg_server(test) else {
+        return;
+    };
+    let db = TestDatabase::create(&server);
+    let err = Catalog::open(&db.url).unwrap_err();
+    assert!(err.to_string().contains("cairn db init"), "{err}");
+    // Nothing listens on port 1: the message names the catalog, the reason, and no password.
+    let url = "postgres://cairn:s3cret@127.0.0.1:1/cairn";
+    let err = Catalog::open(url).unwrap_err().to_string();
+    assert!(
+        err.contains("postgres://cairn:***@127.0.0.1:1/cairn"),
+        "{err}"
+    );
+    assert!(err.to_lowercase().contains("refused"), "{err}");
+    assert!(!err.contains("s3cret"), "{err}");
 }
