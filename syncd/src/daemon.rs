@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use cairn_catalog::catalog::CopyWork;
+use cairn_catalog::db::Patience;
 use cairn_catalog::model::{Id, Node};
 use cairn_catalog::units::now;
 use cairn_catalog::{Catalog, Config};
@@ -36,9 +37,14 @@ use crate::transfer::{Puller, Transfer};
 use crate::watch::{WatchEvent, Watcher};
 
 /// Catalog connections shared by the tasks.
+///
+/// A connection that drops (a PostgreSQL restart, a lost link to the catalog's site) is
+/// reopened at its next transaction, and the transaction runs again: cairnd waits out an
+/// outage of the catalog — its work pauses and resumes — until it is told to stop.
 pub struct Pool {
     url: String,
     idle: Mutex<Vec<Catalog>>,
+    patience: Patience,
 }
 
 impl Pool {
@@ -46,6 +52,17 @@ impl Pool {
         Pool {
             url: url.to_owned(),
             idle: Mutex::new(Vec::new()),
+            patience: Patience {
+                give_up: Duration::from_secs(365 * 24 * 3600),
+                stop: Some(Arc::new(AtomicBool::new(false))),
+            },
+        }
+    }
+
+    /// Stops waiting for an unreachable catalog: what waits fails now (shutdown).
+    pub fn stop_waiting(&self) {
+        if let Some(stop) = &self.patience.stop {
+            stop.store(true, Ordering::Relaxed);
         }
     }
 
@@ -54,7 +71,11 @@ impl Pool {
         let cached = self.idle.lock().expect("pool lock").pop();
         let mut cat = match cached {
             Some(c) => c,
-            None => Catalog::open(&self.url).context("failed to open the catalog")?,
+            None => {
+                let mut c = Catalog::open(&self.url).context("failed to open the catalog")?;
+                c.set_patience(self.patience.clone());
+                c
+            }
         };
         let out = f(&mut cat);
         self.idle.lock().expect("pool lock").push(cat);
@@ -83,6 +104,8 @@ pub struct Shared {
     pub cancel: AtomicBool,
     /// Nodes available now (checked, marker matches), by id.
     pub available: Mutex<HashMap<Id, Node>>,
+    /// Every node of this host as of the last pass, available or not: node id → group id.
+    pub host_nodes: Mutex<HashMap<Id, Id>>,
     inflight: Mutex<HashMap<tasks::Key, Inflight>>,
     node_load: Mutex<HashMap<Id, usize>>,
     pub wake: Notify,
@@ -203,6 +226,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         refused: Mutex::new(HashMap::new()),
         cancel: AtomicBool::new(false),
         available: Mutex::new(HashMap::new()),
+        host_nodes: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         node_load: Mutex::new(HashMap::new()),
         wake: Notify::new(),
@@ -213,8 +237,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     });
     info!(
         "cairnd start: host \"{host}\", catalog {}, {} workers.",
-        shared.config.catalog.url, shared.config.daemon.workers
+        cairn_catalog::db::postgres::redact(&shared.config.catalog.url),
+        shared.config.daemon.workers
     );
+    // PostgreSQL: wake when a request for this host is made anywhere.
+    let _listener = crate::listen::spawn(shared.clone());
 
     let socket = shared.config.daemon.socket.clone();
     let listener = crate::nudge::listen(&socket, shared.clone())
@@ -291,15 +318,22 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
             next_loop = tokio::time::Instant::now() + interval;
         }
         let planned = {
-            let shared = shared.clone();
+            let shared2 = shared.clone();
             let events = std::mem::take(&mut state.events);
             let event_tx = event_tx.clone();
             let mut st = std::mem::take(&mut state);
-            tokio::task::spawn_blocking(move || {
-                let work = plan(&shared, &mut st, full, events, &event_tx);
+            let pass = tokio::task::spawn_blocking(move || {
+                let work = plan(&shared2, &mut st, full, events, &event_tx);
                 (st, work)
-            })
-            .await
+            });
+            // A pass waiting for an unreachable catalog must not keep cairnd from stopping.
+            tokio::select! {
+                r = pass => r,
+                _ = &mut shutdown => {
+                    shared.pool.stop_waiting();
+                    break;
+                }
+            }
         };
         let work = match planned {
             Ok((st, work)) => {
@@ -332,6 +366,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         running.len()
     );
     shared.cancel.store(true, Ordering::Relaxed);
+    shared.pool.stop_waiting();
     state.watchers.clear();
     while running.join_next().await.is_some() {}
     listener.abort();
@@ -399,6 +434,8 @@ fn plan(
             tx.touch_host(shared.host_id, t)?;
             tx.nodes_on_host(shared.host_id)
         })?;
+        *shared.host_nodes.lock().expect("host nodes lock") =
+            nodes.iter().map(|n| (n.id, n.group_id)).collect();
         if nodes.iter().all(|n| !n.active) && !st.last_state.contains_key(&0) {
             warn!("No active nodes on host ({})!", shared.host);
             st.last_state.insert(0, "none".into());

@@ -9,6 +9,7 @@ pub mod copyfile;
 pub mod daemon;
 pub mod http;
 pub mod importer;
+pub mod listen;
 pub mod lock;
 pub mod logfile;
 pub mod noderoot;

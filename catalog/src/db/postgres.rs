@@ -95,7 +95,9 @@ fn connection_config(url: &str) -> Result<Config, DbError> {
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
         .keepalives_interval(Duration::from_secs(10))
-        .keepalives_retries(3);
+        .keepalives_retries(3)
+        // …and a write the server never acknowledges.
+        .tcp_user_timeout(Duration::from_secs(60));
     Ok(config)
 }
 
@@ -225,7 +227,7 @@ impl PostgresBackend {
 
     fn connect(&mut self) -> Result<(), DbError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+            close(self.client.take());
         }
         if self.client.is_none() {
             self.statements.clear();
@@ -261,7 +263,7 @@ impl PostgresBackend {
         let closed = e.is_closed() || self.client.as_ref().is_none_or(Client::is_closed);
         let err = map_err(&e, closed, &self.url);
         if err.is_disconnected() {
-            self.client = None;
+            close(self.client.take());
             self.statements.clear();
         }
         err
@@ -285,7 +287,7 @@ impl PostgresBackend {
     /// The open connection; inside a transaction a lost one is not silently replaced.
     fn connected(&mut self) -> Result<&mut Client, DbError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
+            close(self.client.take());
             return Err(DbError::Disconnected(format!(
                 "the connection to {} was closed",
                 self.url
@@ -331,6 +333,28 @@ impl PostgresBackend {
                 }
             }
         }
+    }
+}
+
+/// Closes a connection on a thread of its own: the synchronous client blocks on its own
+/// runtime to say goodbye, which panics on a thread that drives async tasks (cairnd drops
+/// its catalog connections inside its runtime).
+fn close(client: Option<Client>) {
+    if let Some(client) = client {
+        let _ = std::thread::spawn(move || drop(client)).join();
+    }
+}
+
+impl Drop for PostgresBackend {
+    fn drop(&mut self) {
+        self.statements.clear();
+        close(self.client.take());
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        close(self.client.take());
     }
 }
 
@@ -628,7 +652,7 @@ impl Listener {
     /// the next call connects again.
     pub fn wait(&mut self, timeout: Duration) -> Result<Heard, DbError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
-            self.client = None;
+            close(self.client.take());
             let mut client = self.config.connect(NoTls).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
@@ -666,13 +690,13 @@ impl Listener {
             }
         }
         if let Some(e) = failed {
-            self.client = None;
+            close(self.client.take());
             return Err(map_err(&e, true, &self.url));
         }
         if payloads.is_empty() {
             // timeout_iter also ends when the connection closed: find out which.
             if client.is_closed() {
-                self.client = None;
+                close(self.client.take());
                 return Err(DbError::Disconnected(format!(
                     "the listening connection to {} was closed",
                     self.url
