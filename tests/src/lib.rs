@@ -1,6 +1,8 @@
 //! End-to-end harness: real processes against real catalogs.
 //!
-//! - [`Archive`] owns a temp dir with a fresh SQLite catalog and runs the real `cairn` CLI.
+//! - [`Archive`] owns a temp dir with a fresh catalog and runs the real `cairn` CLI. The
+//!   catalog is SQLite, or a new PostgreSQL database when `CAIRN_TEST_CATALOG=postgres` (on the
+//!   server of `CAIRN_TEST_PG_URL`; see [`test_catalog`]).
 //! - [`TestHost`] is one host: its config, node roots and a real `cairnd` process, killed in
 //!   `Drop` even when a test fails.
 //!
@@ -70,10 +72,34 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
     panic!("timed out after {timeout:?} waiting for {what}");
 }
 
+/// Chooses the end-to-end tests' catalog backend.
+pub const CATALOG_ENV: &str = "CAIRN_TEST_CATALOG";
+
+/// A fresh catalog URL for a test: a SQLite file in `dir`, or with `CAIRN_TEST_CATALOG=postgres`
+/// a new database on the server of `CAIRN_TEST_PG_URL`, dropped with the returned guard.
+pub fn test_catalog(dir: &Path) -> (String, Option<cairn_catalog::testing::TestDatabase>) {
+    match std::env::var(CATALOG_ENV).as_deref() {
+        Ok("postgres") => {
+            let server = std::env::var(cairn_catalog::testing::PG_URL_ENV).unwrap_or_else(|_| {
+                panic!(
+                    "{CATALOG_ENV}=postgres needs a server in {} (tests/pg.sh run …)",
+                    cairn_catalog::testing::PG_URL_ENV
+                )
+            });
+            let db = cairn_catalog::testing::TestDatabase::create(&server);
+            (db.url.clone(), Some(db))
+        }
+        Ok("sqlite") | Err(_) => (format!("sqlite://{}/catalog.db", dir.display()), None),
+        Ok(other) => panic!("{CATALOG_ENV}={other:?}: expected sqlite or postgres"),
+    }
+}
+
 /// A catalog in a temp dir, and the hosts that use it.
 pub struct Archive {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// The PostgreSQL database of this archive, dropped with it.
+    _db: Option<cairn_catalog::testing::TestDatabase>,
 }
 
 impl Default for Archive {
@@ -85,14 +111,29 @@ impl Default for Archive {
 impl Archive {
     pub fn new() -> Archive {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let url = format!("sqlite://{}/catalog.db", dir.path().display());
+        let (url, db) = test_catalog(dir.path());
+        Self::with_catalog(dir, url, db)
+    }
+
+    /// An archive whose catalog is a new database on the PostgreSQL server at `server`.
+    pub fn on_postgres(server: &str) -> Archive {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let db = cairn_catalog::testing::TestDatabase::create(server);
+        Self::with_catalog(dir, db.url.clone(), Some(db))
+    }
+
+    fn with_catalog(
+        dir: tempfile::TempDir,
+        url: String,
+        db: Option<cairn_catalog::testing::TestDatabase>,
+    ) -> Archive {
         // The shared secret every host of this archive presents to the others.
         std::fs::write(
             dir.path().join("token"),
             format!("test-token-{}\n", std::process::id()),
         )
         .unwrap();
-        let a = Archive { dir, url };
+        let a = Archive { dir, url, _db: db };
         let out = a.run_cli(None, &["db", "init"]);
         assert!(
             out.status.success(),
@@ -135,8 +176,13 @@ impl Archive {
     }
 
     /// Like [`Archive::host`], with `daemon_extra` appended to the config's `[daemon]` table
-    /// (e.g. `max_attempts = 1`).
+    /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s).
     pub fn host_with(&self, name: &str, daemon_extra: &str) -> TestHost {
+        let interval = if daemon_extra.contains("interval") {
+            ""
+        } else {
+            "interval = \"1s\"\n"
+        };
         let dir = self.dir.path().join(name);
         std::fs::create_dir_all(dir.join("run")).unwrap();
         let config = dir.join("cairn.toml");
@@ -145,7 +191,7 @@ impl Archive {
             &config,
             format!(
                 "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
-                 interval = \"1s\"\nsocket = \"{d}/run/cairnd.sock\"\n\
+                 {interval}socket = \"{d}/run/cairnd.sock\"\n\
                  lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n\
                  [transfer]\nlisten = \"{address}\"\nadvertise = \"{address}\"\n\
                  token_file = \"{t}\"\n\

@@ -1,5 +1,6 @@
-//! Several processes share one SQLite catalog: the CLI, every cairnd and every mount of a
-//! machine. None may lose a write or fail with "database is locked".
+//! Several processes share one catalog: on SQLite the CLI, every cairnd and every mount of a
+//! machine; on PostgreSQL those of every machine. None may lose a write or fail with
+//! "database is locked", and no race takes a file below `min_archive_copies`.
 
 use std::process::{Command, Stdio};
 
@@ -14,7 +15,11 @@ const PER_WRITER: u64 = 1000;
 fn eight_writers_lose_nothing_and_never_see_locked_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}/catalog.db", dir.path().display());
-    let mut cat = Catalog::init(&url).unwrap();
+    eight_writers_lose_nothing(&url);
+}
+
+fn eight_writers_lose_nothing(url: &str) {
+    let mut cat = Catalog::init(url).unwrap();
     cat.write(|tx| {
         tx.create_group("field", IoClass::Default, None)?;
         tx.create_group("archive", IoClass::Default, None)?;
@@ -31,7 +36,7 @@ fn eight_writers_lose_nothing_and_never_see_locked_sqlite() {
         .map(|w| {
             Command::new(env!("CARGO_BIN_EXE_cairn-hammer"))
                 .args([
-                    &url,
+                    url,
                     &format!("w{w}"),
                     &PER_WRITER.to_string(),
                     "field1",
@@ -72,4 +77,128 @@ fn eight_writers_lose_nothing_and_never_see_locked_sqlite() {
         let last = format!("hammer/w{w}/{:05}.dat", PER_WRITER - 1);
         assert!(files.iter().any(|f| f.path == last), "{last} is missing");
     }
+}
+
+/// Archive copies of one file left after eight hosts each try, at the same moment, to release
+/// their copy through the catalog's release path (what cairnd's clean does), for `rounds`
+/// files. Returns (copies left, releases granted) per file.
+fn eight_hosts_release_one_file(url: &str, rounds: usize) -> Vec<(usize, usize)> {
+    use cairn_catalog::model::{Has, NodeKind};
+    use std::sync::{Arc, Barrier};
+    const HOSTS: usize = 8;
+    const MIN_ARCHIVE_COPIES: usize = 2;
+    let mut cat = Catalog::open(url).unwrap();
+    let nodes: Vec<i64> = cat
+        .write(|tx| {
+            tx.create_group("archive", IoClass::Default, None)?;
+            (0..HOSTS)
+                .map(|h| {
+                    let (n, _) = tx.create_node(&NewNode {
+                        name: format!("archive{h}"),
+                        group: "archive".into(),
+                        kind: Some(NodeKind::Archive),
+                        host: Some(format!("host{h}")),
+                        active: true,
+                        ..NewNode::default()
+                    })?;
+                    Ok(n.id)
+                })
+                .collect()
+        })
+        .unwrap();
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let path = format!("2025/01/01/{round:03}.dat");
+        let copies: Vec<i64> = cat
+            .write(|tx| {
+                let (f, _) = tx.register_file(
+                    &cairn_catalog::catalog::NewFile {
+                        path: &path,
+                        acq: "2025/01/01",
+                        size: 1,
+                        md5: &format!("{round:032x}"),
+                        mtime: 0,
+                    },
+                    0,
+                )?;
+                nodes
+                    .iter()
+                    .map(|n| tx.record_copy(f.id, *n, Has::Yes, Some(1), 0))
+                    .collect()
+            })
+            .unwrap();
+        let start = Arc::new(Barrier::new(HOSTS));
+        let granted: usize = std::thread::scope(|s| {
+            let hosts: Vec<_> = copies
+                .iter()
+                .map(|&copy| {
+                    let start = start.clone();
+                    s.spawn(move || {
+                        let mut cat = Catalog::open(url).expect("each host opens the catalog");
+                        start.wait();
+                        cat.write(|tx| tx.try_release(copy, MIN_ARCHIVE_COPIES, 1))
+                            .expect("the release transaction commits")
+                            .is_ok()
+                    })
+                })
+                .collect();
+            hosts
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        let left = cat
+            .read(|tx| {
+                let f = tx.file_by_path(&path)?.expect("the file");
+                let mut n = 0;
+                for node in &nodes {
+                    if tx.copy_on(f.id, *node)?.is_some_and(|c| c.has == Has::Yes) {
+                        n += 1;
+                    }
+                }
+                Ok(n)
+            })
+            .unwrap();
+        out.push((left, granted));
+    }
+    out
+}
+
+fn assert_min_archive_copies_kept(results: &[(usize, usize)]) {
+    for (round, &(left, granted)) in results.iter().enumerate() {
+        assert_eq!(
+            (left, granted),
+            (2, 6),
+            "file {round}: eight concurrent releases must leave exactly min_archive_copies"
+        );
+    }
+}
+
+#[test]
+fn eight_hosts_cleaning_one_file_keep_min_archive_copies_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/catalog.db", dir.path().display());
+    Catalog::init(&url).unwrap();
+    assert_min_archive_copies_kept(&eight_hosts_release_one_file(&url, 20));
+}
+
+#[test]
+fn eight_hosts_cleaning_one_file_keep_min_archive_copies_postgres() {
+    let test = "eight_hosts_cleaning_one_file_keep_min_archive_copies_postgres";
+    let Some(server) = cairn_catalog::testing::pg_server(test) else {
+        return;
+    };
+    let db = cairn_catalog::testing::TestDatabase::create(&server);
+    Catalog::init(&db.url).unwrap();
+    assert_min_archive_copies_kept(&eight_hosts_release_one_file(&db.url, 20));
+}
+
+#[test]
+fn eight_writers_lose_nothing_postgres() {
+    let Some(server) = cairn_catalog::testing::pg_server("eight_writers_lose_nothing_postgres")
+    else {
+        return;
+    };
+    let db = cairn_catalog::testing::TestDatabase::create(&server);
+    eight_writers_lose_nothing(&db.url);
 }

@@ -1,14 +1,19 @@
 //! End-to-end tests with real processes. Index of modules:
 //!
-//! - `concurrency`: several processes writing one SQLite catalog at once.
+//! - `concurrency`: several processes writing one catalog at once; eight hosts cleaning one
+//!   file (both backends).
 //! - `daemon`: cairnd on one host: seed 004's single-host flow, refused roots, crash safety,
 //!   racing cleans.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
-
+//! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
+//!
+//! The end-to-end modules run on SQLite, or on PostgreSQL with `CAIRN_TEST_CATALOG=postgres`
+//! (see `tests/pg.sh`).
 
 mod concurrency;
 mod daemon;
 mod hosts;
+mod postgres;
 mod transport;
