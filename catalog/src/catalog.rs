@@ -133,7 +133,7 @@ impl Catalog {
     }
 
     /// How long a transaction keeps being retried while the database server cannot be
-    /// reached (default two minutes). cairnd waits out an outage of the catalog.
+    /// reached (default 30 s). cairnd waits out an outage of the catalog.
     pub fn set_patience(&mut self, patience: Patience) {
         self.backend.set_patience(patience.clone());
         self.patience = patience;

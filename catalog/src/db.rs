@@ -218,8 +218,9 @@ impl Patience {
 }
 
 impl Default for Patience {
+    /// Long enough for a database restart; short enough for a command to give up in time.
     fn default() -> Self {
-        Patience::new(Duration::from_secs(120))
+        Patience::new(Duration::from_secs(30))
     }
 }
 

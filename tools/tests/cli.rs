@@ -900,3 +900,66 @@ impl Archive {
             .unwrap();
     }
 }
+
+#[test]
+fn an_unreachable_postgres_catalog_is_named_without_its_password() {
+    let a = Archive::new();
+    // Nothing listens on port 1 of loopback.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["status"])
+        .env("CAIRN_CATALOG", "postgres://cairn:s3cret@127.0.0.1:1/cairn")
+        .env("CAIRN_CONFIG", a.config())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("failed to open the catalog")
+            && stderr.contains("postgres://cairn:***@127.0.0.1:1/cairn")
+            && stderr.to_lowercase().contains("connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
+}
+
+#[test]
+fn db_init_on_postgres_prints_the_url_without_its_password() {
+    let test = "db_init_on_postgres_prints_the_url_without_its_password";
+    let Some(server) = cairn_catalog::testing::pg_server(test) else {
+        return;
+    };
+    let a = Archive::new();
+    let db = cairn_catalog::testing::TestDatabase::create(&server);
+    // The test server trusts loopback, so any password is accepted: it must still not show.
+    let url = db.url.replacen("://postgres@", "://postgres:s3cret@", 1);
+    assert_ne!(url, db.url, "the test server's URL names user postgres");
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["db", "init"])
+        .env("CAIRN_CATALOG", &url)
+        .env("CAIRN_CONFIG", a.config())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("postgres:***@"), "{stdout}");
+    assert!(!stdout.contains("s3cret"), "{stdout}");
+    let status = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["status"])
+        .env("CAIRN_CATALOG", &url)
+        .env("CAIRN_CONFIG", a.config())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("Catalog: postgres://postgres:***@"),
+        "{stdout}"
+    );
+}

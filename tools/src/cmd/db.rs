@@ -19,7 +19,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             Catalog::init(&ctx.url).context("failed to initialise the catalog")?;
             println!(
                 "Catalog schema version {SCHEMA_VERSION} initialised at {}.",
-                ctx.url
+                cairn_catalog::db::postgres::redact(&ctx.url)
             );
         }
         Command::Upgrade => {

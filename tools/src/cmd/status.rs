@@ -76,7 +76,7 @@ fn gather(ctx: &Ctx) -> Result<Status> {
 }
 
 fn print(ctx: &Ctx, status: &Status) {
-    println!("Catalog: {}", ctx.url);
+    println!("Catalog: {}", cairn_catalog::db::postgres::redact(&ctx.url));
     println!();
     println!("Hosts:");
     if status.hosts.is_empty() {
