@@ -8,6 +8,8 @@ set -euo pipefail
 # its certificate authority with it.
 packages=(bsdutils rsync curl openssl)
 
+# postgresql: the PostgreSQL catalog tests run a throwaway server of their own (tests/pg.sh).
+packages+=(postgresql)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
