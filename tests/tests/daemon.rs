@@ -308,9 +308,15 @@ fn a_root_with_another_nodes_marker_is_refused() {
     let marker = std::fs::read_to_string(r.join(".cairn/node.toml")).unwrap();
     assert!(marker.contains("node = \"n1\""), "{marker}");
     let mut cat = a.catalog();
-    let failed = cat
-        .read(|tx| tx.import_requests(None, &[cairn_catalog::model::RequestState::Failed]))
-        .unwrap();
+    let failed_requests = |cat: &mut cairn_catalog::Catalog| {
+        cat.read(|tx| tx.import_requests(None, &[cairn_catalog::model::RequestState::Failed]))
+            .unwrap()
+    };
+    // The refusal is logged when the pass sees the root; the init request fails just after.
+    wait_until(T, "the init request failed", || {
+        !failed_requests(&mut cat).is_empty()
+    });
+    let failed = failed_requests(&mut cat);
     assert_eq!(failed.len(), 1);
     assert!(
         failed[0]
