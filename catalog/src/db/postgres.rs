@@ -215,13 +215,11 @@ impl PostgresBackend {
             txid: None,
             patience: Patience::default(),
         };
-        backend.connect().map_err(|e| DbError::Open {
+        let client = backend.config.connect(NoTls).map_err(|e| DbError::Open {
             url: shown,
-            reason: match e {
-                DbError::Disconnected(m) => m,
-                e => e.to_string(),
-            },
+            reason: cause(&e),
         })?;
+        backend.client = Some(client);
         Ok(backend)
     }
 
