@@ -34,6 +34,9 @@ pub const WAKE_CHANNEL: &str = "cairn_wake";
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Prepared statements kept per connection.
+const MAX_CACHED_STATEMENTS: usize = 512;
+
 /// Whether `url` names a PostgreSQL catalog.
 pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
@@ -275,6 +278,10 @@ impl PostgresBackend {
         let client = self.connected()?;
         match client.prepare(&rewritten) {
             Ok(stmt) => {
+                // Lists of `?` of every length make new statements: keep the cache bounded.
+                if self.statements.len() >= MAX_CACHED_STATEMENTS {
+                    self.statements.clear();
+                }
                 self.statements.insert(sql.to_owned(), stmt.clone());
                 Ok(stmt)
             }
@@ -421,6 +428,10 @@ impl ToSql for Value {
                 Type::FLOAT8 => (*i as f64).to_sql(ty, out),
                 Type::FLOAT4 => (*i as f32).to_sql(ty, out),
                 Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::NUMERIC => {
+                    encode_numeric(*i, out);
+                    Ok(IsNull::No)
+                }
                 _ if text_like => i.to_string().to_sql(ty, out),
                 _ => Err(format!("cannot bind an integer to a parameter of type {ty}").into()),
             },
@@ -475,6 +486,26 @@ impl<'a> FromSql<'a> for Column {
 
     fn accepts(_: &Type) -> bool {
         true
+    }
+}
+
+/// Encodes an integer as PostgreSQL's binary `numeric`: base-10000 digits, most significant
+/// first, with the weight of the first.
+fn encode_numeric(v: i64, out: &mut bytes::BytesMut) {
+    let mut digits = Vec::new();
+    let mut rest = v.unsigned_abs();
+    while rest > 0 {
+        digits.push((rest % 10_000) as u16);
+        rest /= 10_000;
+    }
+    digits.reverse();
+    let weight = digits.len().saturating_sub(1) as u16;
+    let sign: u16 = if v < 0 { 0x4000 } else { 0 };
+    for word in [digits.len() as u16, weight, sign, 0] {
+        out.extend_from_slice(&word.to_be_bytes());
+    }
+    for d in digits {
+        out.extend_from_slice(&d.to_be_bytes());
     }
 }
 
@@ -766,6 +797,25 @@ mod tests {
         // 0: no digits.
         let raw = [0, 0, 0, 0, 0, 0, 0, 0];
         assert_eq!(numeric(&raw).unwrap(), Value::Int(0));
+    }
+
+    #[test]
+    fn numeric_round_trips_integers() {
+        for v in [
+            0i64,
+            1,
+            -1,
+            9_999,
+            10_000,
+            123_456_789,
+            -987_654_321_012,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            let mut buf = bytes::BytesMut::new();
+            encode_numeric(v, &mut buf);
+            assert_eq!(numeric(&buf).unwrap(), Value::Int(v), "{v}");
+        }
     }
 
     #[test]
