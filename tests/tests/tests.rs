@@ -11,4 +11,5 @@
 mod concurrency;
 mod daemon;
 mod hosts;
+mod mount;
 mod transport;
