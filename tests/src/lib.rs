@@ -546,6 +546,22 @@ impl Mount {
         child.wait().unwrap()
     }
 
+    /// Waits for cairnfs to exit by itself (after an unmount from outside).
+    pub fn stop_waiting(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("cairnfs running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cairnfs did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// SIGKILL: the mount goes away mid-operation.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
