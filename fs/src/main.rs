@@ -9,7 +9,8 @@ Mounts the archive at MOUNTPOINT. SOURCE is ignored (mount -t fuse.cairnfs passe
   --config FILE  the configuration (default $CAIRN_CONFIG or /etc/cairn/cairn.toml);
                  also -o config=FILE
   -o OPTIONS     allow_other, allow_root, auto_unmount, ro; fstab options are accepted
-  -f             stay in the foreground (otherwise cairnfs returns once mounted)";
+  -f             stay in the foreground, logging to stderr (otherwise cairnfs returns
+                 once mounted and logs to daemon.log_dir, if set)";
 
 fn main() -> ExitCode {
     let mut config_path: Option<PathBuf> = None;
@@ -56,11 +57,26 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+        .with_ansi(false);
+    // In the background, stderr goes away once mounted: log to daemon.log_dir if there is
+    // one (the same daily files as cairnd). In the foreground, stderr (or the journal).
+    match (&config.daemon.log_dir, foreground) {
+        (Some(dir), false) => {
+            match cairn_syncd::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
+                Ok(log) => builder.with_writer(move || log.writer()).init(),
+                Err(e) => {
+                    eprintln!(
+                        "cairnfs: cannot write logs in {} (daemon.log_dir): {e}",
+                        dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => builder.with_writer(std::io::stderr).init(),
+    }
     if !foreground && let Err(e) = daemonize(&mountpoint) {
         eprintln!("cairnfs: {e:#}");
         return ExitCode::FAILURE;
@@ -132,8 +148,26 @@ fn report_when_mounted(mp: PathBuf) {
                 libc::write(fd, b"1".as_ptr().cast(), 1);
                 libc::close(fd);
             }
+            detach_stdio();
             return;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null, so whoever started cairnfs (mount(8), a
+/// shell capturing its output) is not held by our copies of its pipes.
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, from a descriptor we hold open.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
 }

@@ -767,3 +767,54 @@ fn every_claim_in_semantics_md_has_a_test() {
         );
     }
 }
+
+// [S20]
+#[test]
+fn mount_8_and_fstab_style_options_mount_in_the_background() {
+    if !fuse_available() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mount(8) tests need root in CI"
+        );
+        eprintln!("\n*** SKIPPING: mount -t fuse needs root here ***\n");
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    write_file(&root, "seen/by/mount.dat", "via mount(8)\n");
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let mnt = h.dir.join("fstab-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // What an fstab line `CAIRNFS#cairn MNT fuse config=…,_netdev,nofail 0 0` runs; mount
+    // returns only once the file system is up (cairnfs goes to the background then).
+    let out = Command::new("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{}#cairn", cairn_tests::bin("cairnfs").display()))
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("config={},_netdev,nofail", h.config.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cairn_tests::is_mounted(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("seen/by/mount.dat")).unwrap(),
+        "via mount(8)\n"
+    );
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cairn_tests::is_mounted(&mnt));
+}
