@@ -818,3 +818,65 @@ fn mount_8_and_fstab_style_options_mount_in_the_background() {
     );
     assert!(!cairn_tests::is_mounted(&mnt));
 }
+
+#[test]
+fn the_quickstart_sets_up_three_hosts_and_a_working_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("qs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/quickstart.sh");
+    let bin_dir = cairn_tests::bin("cairnfs").parent().unwrap().to_path_buf();
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("CAIRN_BIN", &bin_dir)
+        .env("CAIRN_DEMO_DIR", &demo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stop = demo.join("stop.sh");
+    let stopper = scopeguard(stop.clone());
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("== Try it"), "{stdout}");
+    let mnt = demo.join("archive");
+    assert!(cairn_tests::is_mounted(&mnt));
+    // What the script tells people to try works.
+    let far = mnt.join("2025/03/01/far.bin");
+    assert_eq!(
+        md5sum(&far),
+        md5sum(&demo.join("alpenhost3/demo_storage3/2025/03/01/far.bin"))
+    );
+    let state = sh(&format!(
+        "getfattr --only-values -n user.cairn.state {}",
+        far.display()
+    ));
+    assert_eq!(state, "cached");
+    sh(&format!(
+        "setfattr -n user.cairn.sync -v demo_storage3 {}",
+        mnt.join("2025/02/21").display()
+    ));
+    wait_until(T, "synced to demo_storage3", || {
+        demo.join("alpenhost3/demo_storage3/2025/02/21/meta.txt")
+            .exists()
+    });
+    drop(stopper);
+    assert!(!cairn_tests::is_mounted(&mnt), "stop.sh unmounts");
+}
+
+/// Runs the quick start's stop.sh when dropped, even if the test fails.
+struct StopScript(std::path::PathBuf);
+
+fn scopeguard(p: std::path::PathBuf) -> StopScript {
+    StopScript(p)
+}
+
+impl Drop for StopScript {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(&self.0).output();
+    }
+}
