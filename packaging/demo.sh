@@ -407,9 +407,10 @@ cat <<EOF
 That was the single-host part of the alpenhorn demo, carried out by a real cairnd: imports
 (automatic and requested), md5-checked copies between nodes, verification, repair, deletion
 under the two-archive-copies rule, and auto-sync / auto-clean. Between hosts, cairnd pulls
-copies over HTTP (docs/OPERATIONS.md, "Between hosts"); this demo runs one host only. Not built
-yet: cairnfs (the mount that shows the whole archive as one tree), transport-disk detection
-(the seed's last part, so the demo stops here), and a PostgreSQL catalog.
+copies over HTTP (docs/OPERATIONS.md, "Between hosts"); this demo runs one host only.
+packaging/quickstart.sh runs three hosts with the cairnfs mount, which shows the whole archive
+as one tree. Transport disks (the seed's last part) need root and real mounts: they are an
+end-to-end test (tests/tests/transport.rs). Not built yet: a PostgreSQL catalog.
 
 To keep exploring (cairnd's log is $log):
 

@@ -5,8 +5,9 @@ set -euo pipefail
 
 # util-linux's script(1) gives the CLI tests a terminal to answer `Continue? [y/N]` on.
 # rsync, curl: baselines of the transfer benchmarks (tests/bench/); openssl: the TLS test makes
-# its certificate authority with it.
-packages=(bsdutils rsync curl openssl)
+# its certificate authority with it. fuse3 (fusermount3) and attr (getfattr, setfattr): the cairnfs
+# mount and its tests; python3: the mount test that reads a remote file with seek.
+packages=(bsdutils rsync curl openssl fuse3 attr python3)
 
 # postgresql: the PostgreSQL catalog tests run a throwaway server of their own (tests/pg.sh).
 packages+=(postgresql)

@@ -10,6 +10,7 @@
 
 mod files;
 mod graph;
+mod mount;
 mod requests;
 mod work;
 

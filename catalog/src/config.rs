@@ -206,6 +206,17 @@ pub struct FsConfig {
     /// mount is read-only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_node: Option<String>,
+    /// Owner (numeric uid) shown for every file and directory. Default: the user who mounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Group (numeric gid) shown for every file and directory. Default: the mounting user's
+    /// group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// How long the kernel may cache names and attributes, so files imported elsewhere appear
+    /// within this time. Default `"1s"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<HumanDuration>,
 }
 
 /// `[cache]`: where cairnd keeps files fetched from other hosts for cairnfs.
@@ -759,6 +770,9 @@ mod tests {
             },
             fs: FsConfig {
                 write_node: Some("n".to_owned()),
+                uid: Some(1),
+                gid: Some(1),
+                ttl: Some(HumanDuration(std::time::Duration::from_secs(1))),
             },
             daemon: DaemonConfig {
                 log_dir: Some(PathBuf::from("l")),

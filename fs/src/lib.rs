@@ -1,19 +1,209 @@
 //! cairnfs, the whole archive as one file system on every host.
 //!
-//! The FUSE file system is built in a later step (see docs/ARCHITECTURE.md). What exists now
-//! is its configuration and catalog check, so that `cairnfs` fails with a clear message instead
-//! of pretending to mount.
+//! [`core`] holds what every operation does, with typed results; [`fuse`] is the thin fuser
+//! adapter; [`fetch`] streams files that live only on other hosts through cairnd's cache;
+//! [`staged`] writes new files with their md5 computed on the way. [`mount`] puts it together
+//! and runs until unmounted or signalled.
+
+pub mod core;
+pub mod fetch;
+pub mod fuse;
+pub mod staged;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use cairn_catalog::{Catalog, Config};
+use cairn_catalog::Config;
+use tracing::info;
 
-/// Checks the catalog, then reports that the mount is not built yet.
-pub fn run(config: &Config, mountpoint: &Path) -> Result<()> {
-    Catalog::open(&config.catalog.url).context("failed to open the catalog")?;
-    bail!(
-        "cannot mount {}: the cairnfs file system is not built yet in this version",
-        mountpoint.display()
-    )
+/// How the mount was asked for on the command line (`-o` options).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    pub allow_other: bool,
+    pub allow_root: bool,
+    pub auto_unmount: bool,
+    pub read_only: bool,
+}
+
+impl MountOptions {
+    /// Parses `-o` values. Options that only mean something to mount(8) and fstab are accepted
+    /// and ignored; anything else is an error naming it.
+    pub fn parse(list: &[String]) -> Result<(MountOptions, Option<String>)> {
+        let mut o = MountOptions::default();
+        let mut config = None;
+        for opt in list.iter().flat_map(|l| l.split(',')) {
+            match opt.trim() {
+                "" => {}
+                "allow_other" => o.allow_other = true,
+                "allow_root" => o.allow_root = true,
+                "auto_unmount" => o.auto_unmount = true,
+                "ro" => o.read_only = true,
+                "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
+                | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
+                | "noatime" | "relatime" | "async" => {}
+                o if o.starts_with("x-") || o.starts_with("comment=") => {}
+                o if o.starts_with("config=") => config = Some(o["config=".len()..].to_owned()),
+                other => bail!("unknown mount option {other:?}"),
+            }
+        }
+        Ok((o, config))
+    }
+}
+
+/// Mounts the archive at `mountpoint` and serves it until it is unmounted (`fusermount3 -u`,
+/// `umount`) or the process gets SIGTERM, SIGINT or SIGHUP, which unmount it cleanly.
+pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
+    if !Path::new("/dev/fuse").exists() {
+        bail!(
+            "cannot mount {}: /dev/fuse is missing (load the fuse module: modprobe fuse)",
+            mountpoint.display()
+        );
+    }
+    let meta = std::fs::metadata(mountpoint)
+        .with_context(|| format!("cannot mount on {}", mountpoint.display()))?;
+    if !meta.is_dir() {
+        bail!("cannot mount on {}: not a directory", mountpoint.display());
+    }
+    if is_mount_point(mountpoint) {
+        bail!(
+            "cannot mount on {}: something is already mounted there (unmount it first)",
+            mountpoint.display()
+        );
+    }
+    let mut core_opts = core::Options::from_config(config);
+    if opts.read_only {
+        core_opts.write_node = None;
+    }
+    let core =
+        Arc::new(core::Core::new(core_opts, &config.import).context("cannot start the mount")?);
+    let fs = fuse::CairnFs::new(core.clone());
+    let mut cfg = fuser::Config::default();
+    cfg.mount_options = vec![
+        fuser::MountOption::FSName("cairn".into()),
+        fuser::MountOption::Subtype("cairnfs".into()),
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
+    ];
+    if opts.auto_unmount {
+        cfg.mount_options.push(fuser::MountOption::AutoUnmount);
+    }
+    // SAFETY: geteuid cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    cfg.acl = if opts.allow_other || (root && !opts.allow_root) {
+        fuser::SessionACL::All
+    } else if opts.allow_root {
+        fuser::SessionACL::RootAndOwner
+    } else {
+        fuser::SessionACL::Owner
+    };
+    // Enough threads that reads waiting for a remote file never hold up `ls` elsewhere.
+    cfg.n_threads = Some(8);
+    cfg.clone_fd = true;
+
+    let signals = block_signals();
+    let session = fuser::spawn_mount(fs, mountpoint, &cfg).map_err(|e| {
+        let hint = match e.raw_os_error() {
+            Some(libc::EBUSY) => " (the mount point is busy)",
+            Some(libc::ENOENT) => " (is fusermount3 installed? apt-get install fuse3)",
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                " (not allowed: mount as root, or allow user mounts in /etc/fuse.conf)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
+    })?;
+    info!(
+        "Mounted the archive at {} (host {}, write node {}).",
+        mountpoint.display(),
+        core.opts.host,
+        core.opts.write_node.as_deref().unwrap_or("none: read-only")
+    );
+    loop {
+        if session.guard.is_finished() {
+            info!("{} was unmounted.", mountpoint.display());
+            core.shutdown();
+            return session.join().context("the mount ended with an error");
+        }
+        if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
+            info!("Signal {sig}: unmounting {}.", mountpoint.display());
+            core.shutdown();
+            if let Err(e) = session.umount_and_join() {
+                // Busy (a process has a file open): detach it now; it goes when they close.
+                let lazy = std::process::Command::new("fusermount3")
+                    .args(["-u", "-z"])
+                    .arg(mountpoint)
+                    .status();
+                if !lazy.is_ok_and(|s| s.success()) {
+                    bail!("cannot unmount {}: {e}", mountpoint.display());
+                }
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Whether `path` is the root of a mounted filesystem (its device differs from its parent's).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(canon) = path.canonicalize() else {
+        return false;
+    };
+    let Some(parent) = canon.parent() else {
+        return true;
+    };
+    match (std::fs::metadata(&canon), std::fs::metadata(parent)) {
+        (Ok(a), Ok(b)) => a.dev() != b.dev(),
+        // A dead FUSE mount ("transport endpoint is not connected") is a mount too.
+        (Err(_), _) => true,
+        _ => false,
+    }
+}
+
+fn block_signals() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise the set we own; pthread_sigmask only reads it.
+    // Blocking before any thread starts makes every thread inherit the mask, so the signals
+    // wait for `wait_signal` instead of killing the process mid-write.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `set` is an initialised signal set and `ts` a valid timespec; no info is asked.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fstab_options_are_accepted_and_config_is_taken() {
+        let (o, c) = MountOptions::parse(&[
+            "rw,_netdev,nofail,allow_other".into(),
+            "config=/etc/cairn/site.toml".into(),
+        ])
+        .unwrap();
+        assert!(o.allow_other);
+        assert_eq!(c.as_deref(), Some("/etc/cairn/site.toml"));
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let e = MountOptions::parse(&["rw,bogus".into()]).unwrap_err();
+        assert_eq!(e.to_string(), "unknown mount option \"bogus\"");
+    }
 }

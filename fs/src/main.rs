@@ -3,40 +3,171 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-const USAGE: &str = "usage: cairnfs MOUNTPOINT [--config FILE]";
+const USAGE: &str = "usage: cairnfs [SOURCE] MOUNTPOINT [--config FILE] [-o OPTIONS] [-f]
+
+Mounts the archive at MOUNTPOINT. SOURCE is ignored (mount -t fuse.cairnfs passes one).
+  --config FILE  the configuration (default $CAIRN_CONFIG or /etc/cairn/cairn.toml);
+                 also -o config=FILE
+  -o OPTIONS     allow_other, allow_root, auto_unmount, ro; fstab options are accepted
+  -f             stay in the foreground, logging to stderr (otherwise cairnfs returns
+                 once mounted and logs to daemon.log_dir, if set)";
 
 fn main() -> ExitCode {
     let mut config_path: Option<PathBuf> = None;
-    let mut mountpoint: Option<PathBuf> = None;
+    let mut positional: Vec<PathBuf> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    let mut foreground = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--config" => config_path = args.next().map(PathBuf::from),
+            "-o" => match args.next() {
+                Some(o) => options.push(o),
+                None => return usage("-o needs a value"),
+            },
+            "-f" | "--foreground" => foreground = true,
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
-            other if mountpoint.is_none() && !other.starts_with('-') => {
-                mountpoint = Some(PathBuf::from(other));
-            }
-            other => {
-                eprintln!("cairnfs: unexpected argument {other:?}\n{USAGE}");
-                return ExitCode::from(2);
-            }
+            o if o.starts_with("-o") => options.push(o[2..].to_owned()),
+            other if !other.starts_with('-') => positional.push(PathBuf::from(other)),
+            other => return usage(&format!("unexpected argument {other:?}")),
         }
     }
-    let Some(mountpoint) = mountpoint else {
-        eprintln!("cairnfs: missing MOUNTPOINT\n{USAGE}");
-        return ExitCode::from(2);
+    let mountpoint = match positional.len() {
+        1 => positional.remove(0),
+        2 => positional.remove(1),
+        0 => return usage("missing MOUNTPOINT"),
+        _ => return usage("too many arguments"),
     };
-    let result = cairn_catalog::Config::load(config_path.as_deref())
+    let (opts, from_o) = match cairn_fs::MountOptions::parse(&options) {
+        Ok(x) => x,
+        Err(e) => return usage(&format!("{e:#}")),
+    };
+    let config_path = config_path.or(from_o.map(PathBuf::from));
+    let config = match cairn_catalog::Config::load(config_path.as_deref())
         .context("failed to load the configuration")
-        .and_then(|c| cairn_fs::run(&c, &mountpoint));
-    match result {
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cairnfs: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
+    // In the background, stderr goes away once mounted: log to daemon.log_dir if there is
+    // one (the same daily files as cairnd). In the foreground, stderr (or the journal).
+    match (&config.daemon.log_dir, foreground) {
+        (Some(dir), false) => {
+            match cairn_syncd::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
+                Ok(log) => builder.with_writer(move || log.writer()).init(),
+                Err(e) => {
+                    eprintln!(
+                        "cairnfs: cannot write logs in {} (daemon.log_dir): {e}",
+                        dir.display()
+                    );
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => builder.with_writer(std::io::stderr).init(),
+    }
+    if !foreground && let Err(e) = daemonize(&mountpoint) {
+        eprintln!("cairnfs: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    match cairn_fs::mount(&config, &mountpoint, &opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairnfs: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn usage(msg: &str) -> ExitCode {
+    eprintln!("cairnfs: {msg}\n{USAGE}");
+    ExitCode::from(2)
+}
+
+/// Goes to the background: the parent waits until the child has mounted (or failed) and exits
+/// with its result, so `mount -t fuse.cairnfs` and fstab see success only once it works.
+fn daemonize(mountpoint: &std::path::Path) -> anyhow::Result<()> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe fills the two-element array we own.
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot create a pipe");
+    }
+    // SAFETY: no other thread runs yet, so fork is safe.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("cannot fork"),
+        0 => {
+            // SAFETY: closing our copy of the read end; setsid has no memory effects.
+            unsafe {
+                libc::close(fds[0]);
+                libc::setsid();
+            }
+            READY_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
+            let mp = mountpoint.to_path_buf();
+            std::thread::spawn(move || report_when_mounted(mp));
+            Ok(())
+        }
+        _child => {
+            // SAFETY: closing the write end, then reading one byte into a buffer we own.
+            unsafe { libc::close(fds[1]) };
+            let mut b = [0u8; 1];
+            let n = unsafe { libc::read(fds[0], b.as_mut_ptr().cast(), 1) };
+            std::process::exit(if n == 1 && b[0] == b'1' { 0 } else { 1 });
+        }
+    }
+}
+
+static READY_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// In the background child: tells the waiting parent once the mount is up. If the child
+/// fails first, its exit closes the pipe and the parent exits 1 (the error is on stderr).
+fn report_when_mounted(mp: PathBuf) {
+    for _ in 0..600 {
+        if std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+            let canon = mp.canonicalize().unwrap_or(mp.clone());
+            m.lines().any(|l| {
+                let after = l.split(" - ").nth(1).unwrap_or_default();
+                l.split(' ').nth(4) == Some(&*canon.to_string_lossy())
+                    && after.starts_with("fuse")
+                    && after.split(' ').nth(1) == Some("cairn")
+            })
+        }) {
+            let fd = READY_FD.load(std::sync::atomic::Ordering::Relaxed);
+            // SAFETY: writing one byte from a static buffer to our pipe end, then closing it.
+            unsafe {
+                libc::write(fd, b"1".as_ptr().cast(), 1);
+                libc::close(fd);
+            }
+            detach_stdio();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null, so whoever started cairnfs (mount(8), a
+/// shell capturing its output) is not held by our copies of its pipes.
+fn detach_stdio() {
+    let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    else {
+        return;
+    };
+    use std::os::fd::AsRawFd;
+    for fd in 0..3 {
+        // SAFETY: dup2 onto the standard descriptors, from a descriptor we hold open.
+        unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
 }

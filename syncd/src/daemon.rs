@@ -109,6 +109,8 @@ pub struct Shared {
     inflight: Mutex<HashMap<tasks::Key, Inflight>>,
     node_load: Mutex<HashMap<Id, usize>>,
     pub wake: Notify,
+    /// Files being fetched into the cache for cairnfs.
+    pub cache: crate::cache::Cache,
 }
 
 struct Inflight {
@@ -229,6 +231,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         host_nodes: Mutex::new(HashMap::new()),
         inflight: Mutex::new(HashMap::new()),
         node_load: Mutex::new(HashMap::new()),
+        cache: crate::cache::Cache::default(),
         wake: Notify::new(),
         host: host.clone(),
         host_id,

@@ -5,6 +5,7 @@
 //! [`run`] is the whole daemon; `main.rs` only parses arguments, sets up logging and turns
 //! SIGTERM into the shutdown future. See [`daemon`] for the loop and [`tasks`] for the work.
 
+pub mod cache;
 pub mod copyfile;
 pub mod daemon;
 pub mod http;

@@ -609,10 +609,31 @@ pub fn has_source(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result
 /// Where a requested file can be read from, best first: the requested node if it is here,
 /// other copies here, then copies on other hosts, fewest recent failures first.
 fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<Source>> {
-    let (copies, group) =
-        cat.read(|tx| Ok((tx.source_copies(r.file_id)?, tx.group(&r.to_group)?)))?;
+    let group = cat.read(|tx| tx.group(&r.to_group))?;
     // A transport disk takes copies only from the host it is plugged into.
     let local_only = group.io_class == IoClass::Transport;
+    file_sources(
+        cat,
+        shared,
+        (r.file_id, &r.path, r.size),
+        Some(r.to_group_id),
+        Some(r.from_node_id),
+        local_only,
+    )
+}
+
+/// Where a file can be read from, best first: `preferred` if it is here, other copies here,
+/// then copies on other hosts (unless `local_only`), fewest recent failures first. Copies in
+/// `exclude_group` (the destination of a copy) are not sources.
+pub fn file_sources(
+    cat: &mut Catalog,
+    shared: &Shared,
+    (file_id, path, size): (Id, &str, u64),
+    exclude_group: Option<Id>,
+    preferred: Option<Id>,
+    local_only: bool,
+) -> Result<Vec<Source>> {
+    let copies = cat.read(|tx| tx.source_copies(file_id))?;
     let failures = shared
         .peer_failures
         .lock()
@@ -621,18 +642,18 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
     let mut ranked: Vec<((u8, u32, bool), Source)> = Vec::new();
     for c in copies
         .into_iter()
-        .filter(|c| c.group_id != r.to_group_id && !c.paused)
+        .filter(|c| Some(c.group_id) != exclude_group && !c.paused)
     {
-        let requested = c.node_id != r.from_node_id;
+        let requested = Some(c.node_id) != preferred;
         if let Some(n) = shared.node(c.node_id) {
-            let path = PathBuf::from(n.root.unwrap_or_default()).join(&r.path);
+            let full = PathBuf::from(n.root.unwrap_or_default()).join(path);
             ranked.push((
                 (0, 0, requested),
                 Source {
                     node_id: c.node_id,
                     node: c.node,
                     copy_id: c.copy_id,
-                    location: Location::Local(path),
+                    location: Location::Local(full),
                 },
             ));
         } else if let (false, true, Some(host)) = (local_only, c.active, c.host.clone())
@@ -646,7 +667,7 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
                     .as_deref()
                     .map(|u| format!("{u}@"))
                     .unwrap_or_default();
-                format!("{user}{at}:{}", Path::new(root).join(&r.path).display())
+                format!("{user}{at}:{}", Path::new(root).join(path).display())
             });
             let usable = if shared.config.transfer.method == "rsync" {
                 rsync.is_some()
@@ -667,8 +688,8 @@ fn sources(cat: &mut Catalog, shared: &Shared, r: &CopyRequest) -> Result<Vec<So
                         host,
                         address: c.address.unwrap_or_default(),
                         node: c.node,
-                        path: r.path.clone(),
-                        size: r.size,
+                        path: path.to_owned(),
+                        size,
                         rsync,
                     },
                 },

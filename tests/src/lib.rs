@@ -6,6 +6,8 @@
 //! - [`TestHost`] is one host: its config, node roots and a real `cairnd` process, killed in
 //!   `Drop` even when a test fails.
 //!
+//! - [`Mount`] is a real cairnfs mount of a host's view, unmounted in `Drop`.
+//!
 //! The binaries are the workspace's own (`target/<profile>/cairn`, `cairnd`); cargo builds them
 //! for the test run because their crates have integration tests of their own.
 
@@ -196,7 +198,8 @@ impl Archive {
                  [transfer]\nlisten = \"{address}\"\nadvertise = \"{address}\"\n\
                  token_file = \"{t}\"\n\
                  [transport]\nwatch = [\"{d}/watch\"]\n\
-                 [import]\nacq_depth = 3\n",
+                 [import]\nacq_depth = 3\n\
+                 [cache]\ndir = \"{d}/cache\"\n",
                 self.url,
                 d = dir.display(),
                 t = self.dir.path().join("token").display(),
@@ -436,5 +439,196 @@ impl Archive {
             .unwrap()
             .trim()
             .to_owned()
+    }
+}
+
+/// Whether FUSE mounts can be tested here. Without `/dev/fuse` or `fusermount3` a test may
+/// skip, saying so loudly — but never in CI (`CI` set), where that is a failure.
+pub fn fuse_available() -> bool {
+    let ok = Path::new("/dev/fuse").exists()
+        && Command::new("fusermount3")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI is set but FUSE is not usable (/dev/fuse and fusermount3 are needed; \
+             packaging/install-deps.sh installs fuse3)"
+        );
+        eprintln!(
+            "\n*** SKIPPING a cairnfs test: /dev/fuse or fusermount3 is missing here. \
+             Install fuse3 (packaging/install-deps.sh). ***\n"
+        );
+    }
+    ok
+}
+
+/// A cairnfs mount of one host's view, in the foreground; unmounted and stopped in `Drop`.
+pub struct Mount {
+    pub dir: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestHost {
+    /// Mounts this host's view of the archive at `<host dir>/mnt`, writing into `write_node`
+    /// if given. Waits until the mount is up.
+    pub fn mount(&self, write_node: Option<&str>) -> Mount {
+        let mut config = std::fs::read_to_string(&self.config).unwrap();
+        if !config.contains("[fs]") {
+            config.push_str("[fs]\nttl = \"100ms\"\n");
+            if let Some(n) = write_node {
+                config.push_str(&format!("write_node = \"{n}\"\n"));
+            }
+            std::fs::write(&self.config, config).unwrap();
+        }
+        let dir = self.dir.join("mnt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = self.dir.join("cairnfs.log");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(bin("cairnfs"))
+            .arg(&dir)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("-f")
+            .env(
+                "CAIRN_LOG",
+                std::env::var("CAIRN_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("cairnfs starts");
+        let start = Instant::now();
+        while !is_mounted(&dir) {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "cairnfs exited with {status}: {}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cairnfs did not mount: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mount {
+            dir,
+            child: Some(child),
+            log,
+        }
+    }
+}
+
+/// Whether a cairnfs mount is at `dir` (per /proc/self/mountinfo).
+pub fn is_mounted(dir: &Path) -> bool {
+    let want = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines().any(|l| {
+            let after = l.split(" - ").nth(1).unwrap_or_default();
+            let mut f = after.split(' ');
+            l.split(' ').nth(4) == Some(&*want.to_string_lossy())
+                && f.next().is_some_and(|t| t.starts_with("fuse"))
+                && f.next() == Some("cairn")
+        })
+    })
+}
+
+impl Mount {
+    /// `rel` below the mount point.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of extended attribute `user.cairn.NAME` of `rel`, read with getfattr(1).
+    pub fn xattr(&self, rel: &str, name: &str) -> Result<String, String> {
+        let out = Command::new("getfattr")
+            .args(["--only-values", "--absolute-names", "-n"])
+            .arg(format!("user.cairn.{name}"))
+            .arg(self.path(rel))
+            .output()
+            .expect("getfattr runs");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// Sets `user.cairn.NAME` of `rel` with setfattr(1); the error text on failure.
+    pub fn set_xattr(&self, rel: &str, name: &str, value: &str) -> Result<(), String> {
+        let out = Command::new("setfattr")
+            .arg("-n")
+            .arg(format!("user.cairn.{name}"))
+            .arg("-v")
+            .arg(value)
+            .arg(self.path(rel))
+            .output()
+            .expect("setfattr runs");
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+        }
+    }
+
+    /// SIGTERM, then waits for cairnfs to exit; returns its status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("cairnfs running");
+        // SAFETY: kill(2) with a pid we spawned and own.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().unwrap()
+    }
+
+    /// Waits for cairnfs to exit by itself (after an unmount from outside).
+    pub fn stop_waiting(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("cairnfs running");
+        let start = Instant::now();
+        loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "cairnfs did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: the mount goes away mid-operation.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.dir)
+                .output();
+        }
+        self.kill9();
     }
 }

@@ -6,6 +6,7 @@
 //!   racing cleans.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
+//! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
 //!
@@ -15,5 +16,6 @@
 mod concurrency;
 mod daemon;
 mod hosts;
+mod mount;
 mod postgres;
 mod transport;

@@ -404,3 +404,50 @@ fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
         "the disk is empty again, ready to go back"
     );
 }
+
+// [S4]
+#[test]
+fn a_transport_disks_files_read_through_cairnfs_are_local_reads() {
+    if !can_mount() || !cairn_tests::fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("site");
+    let mut h2 = a.host("faraway");
+    let r1 = h1.node("site_storage", &[]);
+    let r2 = h2.node("far_storage", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+    });
+    h1.cairn(&["group", "create", "--class=transport", "transport_group"]);
+    let (_disk, at) = plug_new_disk(&a, &h1, "transport1", "transport_group", 32);
+    write_file(&r1, "2025/obs/frame.fits", vec![42u8; 200_000]);
+    h1.cairn(&["node", "scan", "site_storage", "--register-new"]);
+    a.wait_idle(T);
+    h1.cairn(&["node", "sync", "site_storage", "transport_group", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(a.has("transport1", "2025/obs/frame.fits"), Some(Has::Yes));
+    // The field node goes away: the disk holds the only copy on this host. A copy on another
+    // host exists too, so a fetch would be possible — and must not happen.
+    h1.cairn(&["node", "sync", "site_storage", "far_storage", "--force"]);
+    a.wait_idle(T);
+    h1.cairn(&["node", "deactivate", "site_storage"]);
+    let m = h1.mount(None);
+    assert_eq!(m.xattr("2025/obs/frame.fits", "state").unwrap(), "local");
+    let bytes = std::fs::read(m.path("2025/obs/frame.fits")).unwrap();
+    assert_eq!(bytes, vec![42u8; 200_000]);
+    assert!(
+        !h1.log().contains("for the mount"),
+        "nothing was fetched: {}",
+        h1.log()
+    );
+    assert!(
+        !h1.dir
+            .join("cache")
+            .join(cairn_catalog::md5::md5_hex(&bytes))
+            .exists()
+    );
+    assert!(at.join("2025/obs/frame.fits").exists());
+}

@@ -1,0 +1,196 @@
+//! Reads of files with no copy on this host: cairnd fetches them into the cache, and reads are
+//! answered from the growing file as soon as their bytes are there.
+//!
+//! The protocol on cairnd's unix socket (`daemon.socket`) is one request line,
+//! `fetch FILE_ID`, answered by lines:
+//!
+//! - `ready PATH`: the file is in the cache, complete and md5-checked;
+//! - `part PATH`: it is being fetched into `PATH`, which grows from byte 0;
+//! - `done PATH`: the fetch finished and the whole file matched its md5 (`PATH` is its final
+//!   name in the cache);
+//! - `error MESSAGE`: no copy could be fetched, or the bytes did not match the md5.
+//!
+//! One [`Fetch`] per file id is shared by every open of that file; a thread reads the answers
+//! and wakes readers waiting for bytes.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+/// How long a read waits for bytes that do not arrive before it fails with EIO.
+pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Where a fetch stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    /// Bytes are arriving in the part file.
+    Running,
+    /// The whole file arrived and matched its md5.
+    Done,
+    /// The fetch failed, or the bytes were wrong: reads fail from now on.
+    Failed(String),
+}
+
+/// One file being fetched by cairnd.
+#[derive(Debug)]
+pub struct Fetch {
+    pub file_id: i64,
+    pub size: u64,
+    /// The file the bytes arrive in (held open, so a rename at the end does not matter).
+    pub file: std::fs::File,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Fetch {
+    /// Asks cairnd at `socket` for file `file_id` (of `size` bytes). Returns the complete cached
+    /// file at once when it is there, or a fetch whose bytes arrive over time.
+    pub fn start(socket: &Path, file_id: i64, size: u64) -> Result<Started, String> {
+        let mut stream = UnixStream::connect(socket).map_err(|e| {
+            format!(
+                "cannot reach cairnd at {} to fetch it: {e} (is cairnd running on this host?)",
+                socket.display()
+            )
+        })?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(format!("fetch {file_id}\n").as_bytes())
+            .map_err(|e| format!("cannot ask cairnd for it: {e}"))?;
+        let mut lines = BufReader::new(stream);
+        let mut line = String::new();
+        lines
+            .read_line(&mut line)
+            .map_err(|e| format!("cairnd did not answer: {e}"))?;
+        let line = line.trim_end();
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        match word {
+            "ready" => Ok(Started::Ready(PathBuf::from(rest))),
+            "part" => {
+                let file = std::fs::File::open(rest)
+                    .map_err(|e| format!("cannot open the part file {rest}: {e}"))?;
+                let fetch = Arc::new(Fetch {
+                    file_id,
+                    size,
+                    file,
+                    state: Mutex::new(State::Running),
+                    changed: Condvar::new(),
+                });
+                let watcher = fetch.clone();
+                let _ = lines.get_ref().set_read_timeout(None);
+                std::thread::Builder::new()
+                    .name(format!("fetch-{file_id}"))
+                    .spawn(move || watcher.follow(lines))
+                    .map_err(|e| e.to_string())?;
+                Ok(Started::Streaming(fetch))
+            }
+            "error" => Err(rest.to_owned()),
+            "" => Err("cairnd closed the connection without an answer".into()),
+            _ => Err(format!("cairnd answered {line:?}")),
+        }
+    }
+
+    /// Reads cairnd's answers until the fetch ends; wakes readers on every change.
+    fn follow(&self, mut lines: BufReader<UnixStream>) {
+        let mut line = String::new();
+        let end = loop {
+            line.clear();
+            match lines.read_line(&mut line) {
+                Ok(0) => break State::Failed("cairnd stopped during the fetch".into()),
+                Ok(_) => {}
+                Err(e) => break State::Failed(format!("lost cairnd during the fetch: {e}")),
+            }
+            let l = line.trim_end();
+            let (word, rest) = l.split_once(' ').unwrap_or((l, ""));
+            match word {
+                "done" => break State::Done,
+                "error" => break State::Failed(rest.to_owned()),
+                _ => continue,
+            }
+        };
+        match &end {
+            State::Done => info!(
+                "Fetched file #{} ({} bytes) into the cache.",
+                self.file_id, self.size
+            ),
+            State::Failed(why) => warn!("Fetching file #{} failed: {why}", self.file_id),
+            State::Running => {}
+        }
+        *self.state.lock().expect("fetch state") = end;
+        self.changed.notify_all();
+    }
+
+    pub fn state(&self) -> State {
+        self.state.lock().expect("fetch state").clone()
+    }
+
+    /// Reads up to `len` bytes at `offset`, waiting until they have arrived (or the file is
+    /// complete). Fails once the fetch failed, even for bytes already there: a file that did
+    /// not match its md5 must not be read at all.
+    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+        let want_end = (offset + len as u64).min(self.size);
+        let mut last_have = 0;
+        let mut stalled_since = Instant::now();
+        loop {
+            let state = self.state();
+            if let State::Failed(why) = &state {
+                return Err(why.clone());
+            }
+            let have = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+            // The read that reaches the end of the file waits for the md5 check, so a program
+            // that reads it all gets EIO for wrong bytes instead of a clean EOF.
+            let ready = if want_end == self.size {
+                state == State::Done
+            } else {
+                have >= want_end
+            };
+            if ready {
+                let n = want_end.saturating_sub(offset) as usize;
+                let mut buf = vec![0u8; n];
+                let mut got = 0;
+                while got < n {
+                    match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) => return Err(format!("cannot read the cached bytes: {e}")),
+                    }
+                }
+                buf.truncate(got);
+                return Ok(buf);
+            }
+            if have != last_have {
+                last_have = have;
+                stalled_since = Instant::now();
+            } else if stalled_since.elapsed() > STALL_LIMIT {
+                return Err(format!(
+                    "no bytes arrived for {}s (at byte {have} of {})",
+                    STALL_LIMIT.as_secs(),
+                    self.size
+                ));
+            }
+            // Bytes land in the file without telling us: look again shortly, or at once when
+            // the fetch ends.
+            let guard = self.state.lock().expect("fetch state");
+            if *guard == State::Running {
+                let _ = self
+                    .changed
+                    .wait_timeout(guard, Duration::from_millis(2))
+                    .expect("fetch state");
+            }
+        }
+    }
+}
+
+/// What [`Fetch::start`] found.
+#[derive(Debug)]
+pub enum Started {
+    /// The complete, checked file in the cache.
+    Ready(PathBuf),
+    Streaming(Arc<Fetch>),
+}

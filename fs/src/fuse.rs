@@ -1,0 +1,502 @@
+//! The thin fuser adapter: each method calls [`Core`] and replies, or goes through
+//! [`fail`], which logs and maps the error to one errno.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use tracing::{debug, error, warn};
+
+use crate::core::{Attr, Core, FsError, Kind};
+
+/// The errno for each error. Exhaustive on purpose: a new variant needs a decision here.
+pub fn errno(e: &FsError) -> i32 {
+    match e {
+        FsError::NotFound => libc::ENOENT,
+        FsError::Exists(_) => libc::EEXIST,
+        FsError::ReadOnly(_) => libc::EROFS,
+        FsError::NotPermitted(_) => libc::EPERM,
+        FsError::NotEmpty => libc::ENOTEMPTY,
+        FsError::NotDir => libc::ENOTDIR,
+        FsError::IsDir => libc::EISDIR,
+        FsError::Invalid(_) => libc::EINVAL,
+        FsError::NoAttr => libc::ENODATA,
+        FsError::Unsupported(_) => libc::ENOTSUP,
+        // Bytes that cannot be had, or that failed their md5: never silently wrong data.
+        FsError::Unavailable(_) => libc::EIO,
+        FsError::BadHandle => libc::EBADF,
+        FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
+        FsError::Catalog(c) => match c {
+            cairn_catalog::CatalogError::NotFound { .. } => libc::ENOENT,
+            cairn_catalog::CatalogError::AlreadyExists { .. } => libc::EEXIST,
+            cairn_catalog::CatalogError::Invalid(_) => libc::EINVAL,
+            // The catalog failing is an I/O error to the program.
+            _ => libc::EIO,
+        },
+    }
+}
+
+/// Logs an error at the level it deserves and returns its errno.
+fn fail(op: &str, e: FsError) -> Errno {
+    let n = errno(&e);
+    match &e {
+        FsError::NotFound | FsError::Exists(_) | FsError::NoAttr | FsError::NotEmpty => {
+            debug!("{op}: {e}")
+        }
+        FsError::NotDir | FsError::IsDir | FsError::Unsupported(_) | FsError::BadHandle => {
+            debug!("{op}: {e}")
+        }
+        FsError::ReadOnly(_) | FsError::NotPermitted(_) | FsError::Invalid(_) => {
+            warn!("{op} refused: {e}")
+        }
+        FsError::Unavailable(_) | FsError::Io(_) | FsError::Catalog(_) => error!("{op}: {e}"),
+    }
+    Errno::from_i32(n)
+}
+
+pub struct CairnFs {
+    core: Arc<Core>,
+    ttl: Duration,
+    passthrough: AtomicBool,
+    /// Backing files the kernel reads directly, kept until their handle is released.
+    backing: Mutex<HashMap<u64, BackingId>>,
+}
+
+impl CairnFs {
+    pub fn new(core: Arc<Core>) -> CairnFs {
+        let ttl = core.opts.ttl;
+        CairnFs {
+            core,
+            ttl,
+            passthrough: AtomicBool::new(false),
+            backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn attr(&self, a: &Attr) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.mtime,
+            mtime: a.mtime,
+            ctime: a.mtime,
+            crtime: a.mtime,
+            kind: match a.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            },
+            perm: a.perm,
+            nlink: if a.kind == Kind::Dir { 2 } else { 1 },
+            uid: self.core.opts.uid,
+            gid: self.core.opts.gid,
+            rdev: 0,
+            flags: 0,
+            blksize: 1 << 20,
+        }
+    }
+}
+
+fn time(t: Option<TimeOrNow>) -> Option<SystemTime> {
+    t.map(|t| match t {
+        TimeOrNow::SpecificTime(t) => t,
+        TimeOrNow::Now => SystemTime::now(),
+    })
+}
+
+impl Filesystem for CairnFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
+            let _ = config.set_max_stack_depth(2);
+            self.passthrough.store(true, Ordering::Relaxed);
+        } else {
+            warn!("This kernel offers no FUSE passthrough: local files are read through cairnfs.");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.core.shutdown();
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.core.lookup(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("lookup", e)),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.core.getattr(ino.0) {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(fail("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        match self
+            .core
+            .setattr(ino.0, mode, size, time(atime), time(mtime))
+        {
+            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Err(e) => reply.error(fail("setattr", e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.core.mkdir(parent.0, name) {
+            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(fail("mkdir", e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rmdir", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        _flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.rename(parent.0, name, newparent.0, newname) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("rename", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = match self.core.open(ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(fail("open", e)),
+        };
+        let Some(file) = opened.passthrough else {
+            return reply.opened(FileHandle(opened.fh), FopenFlags::empty());
+        };
+        if self.passthrough.load(Ordering::Relaxed) {
+            match reply.open_backing(&file) {
+                Ok(id) => {
+                    reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id);
+                    self.backing.lock().expect("backing").insert(opened.fh, id);
+                    return;
+                }
+                Err(e) => {
+                    warn!("FUSE passthrough refused ({e}); reading through cairnfs instead.");
+                    self.passthrough.store(false, Ordering::Relaxed);
+                }
+            }
+        }
+        self.core.passthrough_refused(opened.fh, file);
+        reply.opened(FileHandle(opened.fh), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.core.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(fail("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.core.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(fail("write", e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        self.core.flush(fh.0, req.pid());
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.backing.lock().expect("backing").remove(&fh.0);
+        match self.core.release_handle(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("release", e)),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Files are made durable when they are imported at close.
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(fail("opendir", e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let entries = match self.core.readdir(ino.0, fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(fail("readdir", e)),
+        };
+        let mut i = offset as usize;
+        if i == 0 {
+            if reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            i = 1;
+        }
+        if i == 1 {
+            if reply.add(INodeNo(1), 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            i = 2;
+        }
+        for (k, e) in entries.iter().enumerate().skip(i - 2) {
+            let kind = match e.attr.kind {
+                Kind::Dir => FileType::Directory,
+                Kind::File => FileType::RegularFile,
+            };
+            if reply.add(INodeNo(e.attr.ino), (k + 3) as u64, kind, &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let entries = match self.core.readdir(ino.0, fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(fail("readdirplus", e)),
+        };
+        for (k, e) in entries.iter().enumerate().skip(offset as usize) {
+            let a = self.attr(&e.attr);
+            if reply.add(
+                INodeNo(e.attr.ino),
+                (k + 1) as u64,
+                &e.name,
+                &self.ttl,
+                &a,
+                Generation(0),
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _ = self.core.release_handle(fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.core.statfs();
+        const B: u64 = 4096;
+        reply.statfs(
+            s.total / B,
+            s.free / B,
+            s.avail / B,
+            0,
+            0,
+            B as u32,
+            255,
+            B as u32,
+        );
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.core.setxattr(ino.0, name, value) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("setxattr", e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.core.getxattr(ino.0, name) {
+            Ok(v) => xattr_reply(reply, size, &v),
+            Err(e) => reply.error(fail("getxattr", e)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(ino.0) {
+            Ok(names) => {
+                let mut v = Vec::new();
+                for n in names {
+                    v.extend_from_slice(n.as_bytes());
+                    v.push(0);
+                }
+                xattr_reply(reply, size, &v)
+            }
+            Err(e) => reply.error(fail("listxattr", e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let e = if name.to_string_lossy().starts_with("user.cairn.") {
+            FsError::NotPermitted(format!("{} cannot be removed", name.to_string_lossy()))
+        } else {
+            FsError::NoAttr
+        };
+        reply.error(fail("removexattr", e));
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.core.create(parent.0, name, mode & !umask) {
+            Ok((a, fh)) => reply.created(
+                &self.ttl,
+                &self.attr(&a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(fail("create", e)),
+        }
+    }
+}
+
+fn xattr_reply(reply: ReplyXattr, size: u32, v: &[u8]) {
+    if size == 0 {
+        reply.size(v.len() as u32);
+    } else if (size as usize) < v.len() {
+        reply.error(Errno::from_i32(libc::ERANGE));
+    } else {
+        reply.data(v);
+    }
+}

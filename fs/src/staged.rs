@@ -1,0 +1,232 @@
+//! A file being written through the mount: its bytes go to a backing file on the write node
+//! while a second thread computes their md5, as long as the writes come in order from byte 0
+//! (what `cp`, `rsync` and `dd` do). Out-of-order writes drop the inline hash, and the file is
+//! read back once at close instead.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::AtomicBool;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use cairn_catalog::md5::Hasher;
+
+/// Bytes written between two writeback kicks: the final fsync then has little left to do.
+const WRITEBACK_EVERY: u64 = 8 << 20;
+
+/// The md5 thread of one file.
+struct HashPipe {
+    tx: SyncSender<Vec<u8>>,
+    thread: JoinHandle<Hasher>,
+}
+
+impl HashPipe {
+    fn new() -> io::Result<HashPipe> {
+        // Enough queued chunks that the writer rarely waits for the hasher.
+        let (tx, rx) = sync_channel::<Vec<u8>>(64);
+        let thread = std::thread::Builder::new()
+            .name("md5".into())
+            .spawn(move || {
+                let mut h = Hasher::new();
+                for chunk in rx {
+                    h.update(&chunk);
+                }
+                h
+            })?;
+        Ok(HashPipe { tx, thread })
+    }
+
+    fn finish(self) -> Option<Hasher> {
+        drop(self.tx);
+        self.thread.join().ok()
+    }
+}
+
+/// The writing side of a staged or local file.
+pub struct Writer {
+    pub file: File,
+    pipe: Option<HashPipe>,
+    /// End of the bytes hashed so far; a write elsewhere ends inline hashing.
+    next: u64,
+    /// Where writeback was last started.
+    kicked: u64,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer")
+            .field("inline_md5", &self.pipe.is_some())
+            .field("next", &self.next)
+            .finish()
+    }
+}
+
+impl Writer {
+    /// A writer for `file`, which holds `len` bytes now; inline hashing only starts on an
+    /// empty file.
+    pub fn new(file: File, len: u64) -> Writer {
+        let pipe = if len == 0 { HashPipe::new().ok() } else { None };
+        Writer {
+            file,
+            pipe,
+            next: 0,
+            kicked: 0,
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<usize> {
+        self.file.write_all_at(data, offset)?;
+        if self.pipe.is_some() {
+            if offset == self.next {
+                self.next += data.len() as u64;
+                let sent = self
+                    .pipe
+                    .as_ref()
+                    .map(|p| p.tx.send(data.to_vec()).is_ok())
+                    .unwrap_or(false);
+                if !sent {
+                    self.pipe = None;
+                }
+            } else {
+                self.drop_inline();
+            }
+        }
+        let end = offset + data.len() as u64;
+        if end >= self.kicked + WRITEBACK_EVERY {
+            start_writeback(&self.file, self.kicked, end - self.kicked);
+            self.kicked = end;
+        }
+        Ok(data.len())
+    }
+
+    /// The file was truncated to `len`: inline hashing survives only a truncation to 0 of a
+    /// file whose bytes were all hashed in order so far.
+    pub fn truncated(&mut self, len: u64) {
+        if len == 0 {
+            self.drop_inline();
+            self.pipe = HashPipe::new().ok();
+            self.next = 0;
+            self.kicked = 0;
+        } else if len != self.next {
+            self.drop_inline();
+        }
+    }
+
+    fn drop_inline(&mut self) {
+        if let Some(p) = self.pipe.take() {
+            let _ = p.finish();
+        }
+    }
+
+    /// Size and md5 of the whole file: the inline hash when it covers every byte, else the
+    /// file read back.
+    pub fn finish(mut self, cancel: &AtomicBool) -> io::Result<(File, u64, String)> {
+        let len = self.file.metadata()?.len();
+        let inline = self.pipe.take().and_then(HashPipe::finish);
+        let (size, md5) = match inline {
+            Some(h) if h.len() == len && self.next == len => (len, h.finish_hex()),
+            _ => hash_file(&self.file, cancel)?,
+        };
+        Ok((self.file, size, md5))
+    }
+}
+
+/// Size and md5 of an open file, read from its start.
+pub fn hash_file(file: &File, cancel: &AtomicBool) -> io::Result<(u64, String)> {
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 4 << 20];
+    let mut off = 0;
+    loop {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
+        let n = file.read_at(&mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok((h.len(), h.finish_hex()))
+}
+
+/// Starts writeback of a range without waiting for it. Advice only.
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
+        return;
+    };
+    // SAFETY: sync_file_range reads only its integer arguments; `file` keeps the descriptor
+    // open for the duration of the call.
+    let _ = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn md5(bytes: &[u8]) -> String {
+        cairn_catalog::md5::md5_hex(bytes)
+    }
+
+    fn writer() -> (tempfile::TempDir, Writer) {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        (dir, Writer::new(f, 0))
+    }
+
+    #[test]
+    fn sequential_writes_are_hashed_inline() {
+        let (_d, mut w) = writer();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
+        for (i, chunk) in data.chunks(4096).enumerate() {
+            w.write(i as u64 * 4096, chunk).unwrap();
+        }
+        assert!(w.pipe.is_some(), "in-order writes keep the inline hash");
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (data.len() as u64, md5(&data)));
+    }
+
+    #[test]
+    fn out_of_order_writes_are_hashed_from_the_file() {
+        let (_d, mut w) = writer();
+        w.write(5, b"world").unwrap();
+        w.write(0, b"hello").unwrap();
+        assert!(w.pipe.is_none());
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (10, md5(b"helloworld")));
+    }
+
+    #[test]
+    fn rewriting_from_zero_after_truncation_is_hashed_inline() {
+        let (_d, mut w) = writer();
+        w.write(0, b"first try").unwrap();
+        w.file.set_len(0).unwrap();
+        w.truncated(0);
+        w.write(0, b"second").unwrap();
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (6, md5(b"second")));
+    }
+
+    #[test]
+    fn truncation_shorter_than_written_falls_back_to_reading() {
+        let (_d, mut w) = writer();
+        w.write(0, b"abcdef").unwrap();
+        w.file.set_len(3).unwrap();
+        w.truncated(3);
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (3, md5(b"abc")));
+    }
+}

@@ -1,0 +1,322 @@
+//! The cache of files fetched from other hosts for reads through cairnfs (`[cache]`).
+//!
+//! A file is kept as `<cache.dir>/<md5>` once its whole content matched that md5; while it
+//! arrives it is `<md5>.part`, which cairnfs reads as it grows (see `cairn_fs::fetch` for the
+//! socket protocol). One fetch per file runs at a time however many readers wait for it.
+//! Before a fetch, the least recently used files are evicted until the new one fits in
+//! `cache.max_bytes`; a file some process holds open is never evicted.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use anyhow::{Context, Result, anyhow};
+use cairn_catalog::model::{Has, Id};
+use cairn_catalog::units::{format_size, now};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::daemon::Shared;
+use crate::tasks::file_sources;
+
+/// How a fetch ended: the cached file, or why there is none.
+type Outcome = Option<Result<PathBuf, String>>;
+
+/// Fetches in progress, by md5.
+#[derive(Default)]
+pub struct Cache {
+    running: Mutex<HashMap<String, (PathBuf, watch::Receiver<Outcome>)>>,
+}
+
+/// Answers one `fetch FILE_ID` request on the local socket (protocol in `cairn_fs::fetch`).
+pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
+    shared: Arc<Shared>,
+    file_id: Id,
+    out: &mut W,
+) -> std::io::Result<()> {
+    let s = shared.clone();
+    let started = tokio::task::spawn_blocking(move || start(&s, file_id)).await;
+    let started = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            warn!("Cannot fetch file #{file_id} for the mount: {e:#}");
+            return out.write_all(format!("error {e:#}\n").as_bytes()).await;
+        }
+        Err(e) => return out.write_all(format!("error {e}\n").as_bytes()).await,
+    };
+    let (part, mut rx) = match started {
+        Started::Ready(path) => {
+            return out
+                .write_all(format!("ready {}\n", path.display()).as_bytes())
+                .await;
+        }
+        Started::Running(part, rx) => (part, rx),
+    };
+    out.write_all(format!("part {}\n", part.display()).as_bytes())
+        .await?;
+    out.flush().await?;
+    let end = loop {
+        if let Some(end) = rx.borrow().clone() {
+            break end;
+        }
+        if rx.changed().await.is_err() {
+            break Err("cairnd stopped the fetch".into());
+        }
+    };
+    let line = match end {
+        Ok(path) => format!("done {}\n", path.display()),
+        Err(why) => format!("error {why}\n"),
+    };
+    out.write_all(line.as_bytes()).await
+}
+
+enum Started {
+    Ready(PathBuf),
+    Running(PathBuf, watch::Receiver<Outcome>),
+}
+
+fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
+    let file = shared
+        .pool
+        .with(|cat| Ok(cat.read(|tx| tx.file_by_id(file_id))?))
+        .with_context(|| format!("no file #{file_id} in the catalog"))?;
+    let dir = shared.config.cache.dir.clone();
+    let done = dir.join(&file.md5);
+    if std::fs::metadata(&done).is_ok_and(|m| m.len() == file.size) {
+        touch(&done);
+        return Ok(Started::Ready(done));
+    }
+    let max = shared.config.cache.max_bytes.0;
+    if file.size > max {
+        return Err(anyhow!(
+            "{} ({}) is larger than the whole cache (cache.max_bytes = {})",
+            file.path,
+            format_size(file.size),
+            format_size(max)
+        ));
+    }
+    let mut running = shared.cache.running.lock().expect("cache lock");
+    if let Some((part, rx)) = running.get(&file.md5)
+        && rx.borrow().is_none()
+    {
+        return Ok(Started::Running(part.clone(), rx.clone()));
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
+    evict(&dir, max.saturating_sub(file.size), &running);
+    let part = dir.join(format!("{}.part", file.md5));
+    // A part file left by an earlier fetch is resumed: its bytes are hashed again at the end.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .with_context(|| format!("cannot create {}", part.display()))?;
+    let (tx, rx) = watch::channel(None);
+    running.insert(file.md5.clone(), (part.clone(), rx.clone()));
+    drop(running);
+    let s = shared.clone();
+    let p = part.clone();
+    std::thread::Builder::new()
+        .name(format!("cache-{file_id}"))
+        .spawn(move || {
+            let end = fetch(&s, &file, &p, &done).map_err(|e| {
+                warn!("Fetch of {} for the mount failed: {e:#}", file.path);
+                format!("{e:#}")
+            });
+            let _ = tx.send(Some(end));
+        })
+        .context("cannot start the fetch")?;
+    Ok(Started::Running(part, rx))
+}
+
+/// Pulls `file` into `part` from the best source, checks its md5, and names it `done`.
+fn fetch(
+    shared: &Shared,
+    file: &cairn_catalog::model::File,
+    part: &Path,
+    done: &Path,
+) -> Result<PathBuf> {
+    let sources = shared.pool.with(|cat| {
+        file_sources(
+            cat,
+            shared,
+            (file.id, &file.path, file.size),
+            None,
+            None,
+            false,
+        )
+    })?;
+    if sources.is_empty() {
+        let _ = std::fs::remove_file(part);
+        return Err(anyhow!(
+            "no reachable copy of {}: no active node with a healthy copy on a host with a \
+             known cairnd address",
+            file.path
+        ));
+    }
+    let mut last = None;
+    for src in sources {
+        let started = Instant::now();
+        match shared.transfer.fetch(&src, part, &shared.cancel) {
+            Ok(c) if c.md5 == file.md5 && c.bytes == file.size => {
+                std::fs::rename(part, done)
+                    .with_context(|| format!("cannot rename {}", part.display()))?;
+                info!(
+                    "Cached {} from node {} ({}, {:.1}s) for the mount.",
+                    file.path,
+                    src.node,
+                    format_size(c.bytes),
+                    started.elapsed().as_secs_f64()
+                );
+                return Ok(done.to_path_buf());
+            }
+            Ok(c) => {
+                // Readers may have seen these bytes: the fetch fails (EIO) rather than
+                // retrying into the same file, and the source is marked for verification.
+                let _ = std::fs::remove_file(part);
+                let _ = shared.pool.with(|cat| {
+                    Ok(cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now()))?)
+                });
+                return Err(anyhow!(
+                    "the copy of {} on node {} does not match the catalog ({} bytes, md5 {}; \
+                     expected {} bytes, md5 {}); it is now marked suspect",
+                    file.path,
+                    src.node,
+                    c.bytes,
+                    c.md5,
+                    file.size,
+                    file.md5
+                ));
+            }
+            Err(e) => {
+                warn!(
+                    "Fetching {} from node {} for the mount failed: {e}",
+                    file.path, src.node
+                );
+                last = Some(anyhow!("from node {}: {e}", src.node));
+            }
+        }
+    }
+    let _ = std::fs::remove_file(part);
+    Err(last
+        .unwrap_or_else(|| anyhow!("no source"))
+        .context(format!("cannot fetch {}", file.path)))
+}
+
+/// Removes the least recently used cached files until at most `keep` bytes remain, never one
+/// that is open or being fetched.
+fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Receiver<Outcome>)>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            m.is_file().then(|| {
+                (
+                    m.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    m.len(),
+                    e.path(),
+                )
+            })
+        })
+        .collect();
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    if total <= keep {
+        return;
+    }
+    let busy: HashSet<PathBuf> = running.values().map(|(p, _)| p.clone()).collect();
+    let open = open_files_under(dir);
+    files.sort();
+    for (_, len, path) in files {
+        if total <= keep {
+            break;
+        }
+        if busy.contains(&path) || open.contains(&path) {
+            continue;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
+            info!(
+                "Evicted {} ({}) from the cache.",
+                path.display(),
+                format_size(len)
+            );
+        }
+    }
+    if total > keep {
+        warn!(
+            "The cache holds {} in files that are in use; it exceeds cache.max_bytes until \
+             they are closed.",
+            format_size(total)
+        );
+    }
+}
+
+/// Files under `dir` that some process on this host holds open.
+fn open_files_under(dir: &Path) -> HashSet<PathBuf> {
+    let mut out = HashSet::new();
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path())
+                && target.starts_with(&dir)
+            {
+                out.insert(target);
+            }
+        }
+    }
+    out
+}
+
+fn touch(path: &Path) {
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_takes_the_least_recently_used_and_spares_open_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().canonicalize().unwrap();
+        let mk = |name: &str, age: u64| {
+            let p = d.join(name);
+            std::fs::write(&p, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&p).unwrap();
+            f.set_modified(SystemTime::now() - std::time::Duration::from_secs(age))
+                .unwrap();
+            p
+        };
+        let oldest = mk("a", 300);
+        let open = mk("b", 200);
+        let newer = mk("c", 100);
+        let newest = mk("d", 0);
+        let _held = std::fs::File::open(&open).unwrap();
+        evict(&d, 200, &HashMap::new());
+        assert!(!oldest.exists(), "the least recently used goes first");
+        assert!(open.exists(), "an open file is never evicted");
+        assert!(!newer.exists());
+        assert!(newest.exists(), "eviction stops once the rest fits");
+    }
+}

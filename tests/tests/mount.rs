@@ -1,0 +1,882 @@
+//! cairnfs end to end: real mounts, real tools (cp, rsync, ls, find, stat, getfattr, setfattr,
+//! python), real cairnd processes on several hosts sharing one catalog.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use cairn_catalog::md5::md5_file;
+use cairn_catalog::model::Has;
+use cairn_tests::{Archive, fuse_available, wait_until, write_file};
+
+const T: Duration = Duration::from_secs(40);
+
+/// Runs a shell command, asserting success; returns stdout.
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs a shell command expected to fail; returns stderr.
+fn sh_fails(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().unwrap();
+    assert!(!out.status.success(), "{cmd} should have failed");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn md5sum(p: &Path) -> String {
+    md5_file(p).unwrap().1
+}
+
+// [S4] [S8]
+#[test]
+fn cp_r_imports_every_file_with_its_md5() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let root = h.node("store1", &[]);
+    h.start();
+    wait_until(T, "node initialised", || {
+        root.join(".cairn/node.toml").exists()
+    });
+    let m = h.mount(Some("store1"));
+    let src = a.dir.path().join("src");
+    write_file(&src, "2025/01/a.dat", "alpha\n");
+    write_file(&src, "2025/01/b.dat", vec![7u8; 300_000]);
+    write_file(&src, "2025/02/c.dat", "");
+    sh(&format!("cp -r {}/2025 {}", src.display(), m.dir.display()));
+    for rel in ["2025/01/a.dat", "2025/01/b.dat", "2025/02/c.dat"] {
+        wait_until(T, "imported", || a.has("store1", rel) == Some(Has::Yes));
+        assert_eq!(
+            m.xattr(rel, "md5").unwrap(),
+            md5sum(&src.join(rel)),
+            "{rel}"
+        );
+        assert_eq!(md5sum(&m.path(rel)), md5sum(&src.join(rel)));
+        assert_eq!(md5sum(&root.join(rel)), md5sum(&src.join(rel)));
+        assert_eq!(m.xattr(rel, "state").unwrap(), "local");
+    }
+    assert_eq!(a.on("store1").0, 3);
+    assert!(
+        !root.join(".cairn/staging").exists()
+            || std::fs::read_dir(root.join(".cairn/staging"))
+                .unwrap()
+                .count()
+                == 0,
+        "nothing is left in staging"
+    );
+}
+
+/// One host with node `store1` (its write node), cairnd running, and its mount.
+fn one_host(a: &Archive, daemon_extra: &str) -> (cairn_tests::TestHost, std::path::PathBuf) {
+    let mut h = a.host_with("h1", daemon_extra);
+    let root = h.node("store1", &[]);
+    h.start();
+    wait_until(T, "node initialised", || {
+        root.join(".cairn/node.toml").exists()
+    });
+    (h, root)
+}
+
+fn mtime(p: &Path) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().mtime()
+}
+
+// [S8] [S11]
+#[test]
+fn rsync_a_and_cp_a_import_each_file_once_with_the_source_mtimes() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    let src = a.dir.path().join("src");
+    for i in 0..20 {
+        write_file(&src, &format!("d{}/f{i}.dat", i % 3), format!("file {i}\n"));
+    }
+    sh(&format!(
+        "find {} -type f -exec touch -d '2024-03-01 12:00:00' {{}} +",
+        src.display()
+    ));
+    sh(&format!(
+        "rsync -a {}/ {}/viarsync/",
+        src.display(),
+        m.dir.display()
+    ));
+    sh(&format!(
+        "cp -a {} {}/viacp",
+        src.display(),
+        m.dir.display()
+    ));
+    let mut cat = a.catalog();
+    wait_until(T, "40 files imported", || a.on("store1").0 == 40);
+    let files = cat
+        .read(|tx| tx.files(&cairn_catalog::catalog::FileFilter::default()))
+        .unwrap();
+    assert_eq!(files.len(), 40, "each file once, and no temporary file");
+    for f in &files {
+        assert!(!f.name.starts_with('.'), "{} was imported", f.path);
+        let rel = f.path.split_once('/').unwrap().1;
+        assert_eq!(f.mtime, mtime(&src.join(rel)), "{}", f.path);
+        assert_eq!(mtime(&m.path(&f.path)), f.mtime);
+        assert_eq!(f.md5, md5sum(&src.join(rel)));
+    }
+    // rsync again: nothing changes and nothing is written.
+    sh(&format!(
+        "rsync -a {}/ {}/viarsync/",
+        src.display(),
+        m.dir.display()
+    ));
+    assert_eq!(a.on("store1").0, 40);
+    assert!(m.log().matches("Imported").count() == 40, "{}", m.log());
+    drop(root);
+}
+
+// [S1]
+#[test]
+fn ls_find_du_and_stat_agree_with_the_catalog() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    for i in 0..30 {
+        write_file(
+            &root,
+            &format!("2025/0{}/x{i}.dat", i % 4),
+            vec![b'x'; i * 100],
+        );
+    }
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let m = h.mount(None);
+    let found = sh(&format!("cd {} && find . -type f | sort", m.dir.display()));
+    let mut cat = a.catalog();
+    let mut want: Vec<String> = cat
+        .read(|tx| tx.files(&cairn_catalog::catalog::FileFilter::default()))
+        .unwrap()
+        .iter()
+        .map(|f| format!("./{}", f.path))
+        .collect();
+    want.sort();
+    assert_eq!(found.lines().collect::<Vec<_>>(), want);
+    let du = sh(&format!(
+        "du -sb --apparent-size {} | cut -f1",
+        m.dir.display()
+    ));
+    let bytes: u64 = (0..30).map(|i| i * 100).sum();
+    // du counts directories too (size 0 here).
+    assert_eq!(du.trim().parse::<u64>().unwrap(), bytes);
+    let st = sh(&format!(
+        "stat -c '%s %a %F' {}",
+        m.path("2025/01/x5.dat").display()
+    ));
+    assert_eq!(st.trim(), "500 444 regular file");
+    let st = sh(&format!("stat -c '%a %F' {}", m.path("2025/01").display()));
+    assert_eq!(st.trim(), "755 directory");
+    let ls = sh(&format!("ls -lR {}", m.dir.display()));
+    assert_eq!(ls.matches(".dat").count(), 30, "{ls}");
+    assert!(ls.contains("-r--r--r--"), "{ls}");
+}
+
+// [S10] [S12]
+#[test]
+fn archived_files_cannot_be_removed_renamed_or_overwritten() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    std::fs::create_dir(m.path("2025")).unwrap();
+    std::fs::write(m.path("2025/keep.dat"), "precious\n").unwrap();
+    wait_until(T, "imported", || {
+        a.has("store1", "2025/keep.dat") == Some(Has::Yes)
+    });
+    let p = m.path("2025/keep.dat");
+    for (cmd, what) in [
+        (format!("rm -f {}", p.display()), "rm"),
+        (
+            format!("mv {} {}/moved.dat", p.display(), m.path("2025").display()),
+            "mv",
+        ),
+        (format!("echo overwritten > {}", p.display()), ">"),
+        (format!("echo more >> {}", p.display()), ">>"),
+        (format!("truncate -s 0 {}", p.display()), "truncate"),
+    ] {
+        let err = sh_fails(&cmd);
+        assert!(err.contains("Operation not permitted"), "{what}: {err}");
+    }
+    assert_eq!(std::fs::read_to_string(&p).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("2025/keep.dat")).unwrap(),
+        "precious\n"
+    );
+    assert_eq!(a.on("store1").0, 1);
+    assert!(!m.path("2025/moved.dat").exists());
+    // A directory with an archived file stays; an empty one can go.
+    assert!(sh_fails(&format!("rmdir {}", m.path("2025").display())).contains("not empty"));
+    std::fs::create_dir(m.path("2025/empty")).unwrap();
+    std::fs::remove_dir(m.path("2025/empty")).unwrap();
+    assert!(!m.path("2025/empty").exists());
+}
+
+// [S9] [S11]
+#[test]
+fn dot_files_stay_local_until_renamed_then_import_once() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    std::fs::create_dir(m.path("run")).unwrap();
+    std::fs::write(m.path("run/.part.tmp"), "half of it\n").unwrap();
+    // Visible here, on the write node, and not in the catalog.
+    assert!(sh(&format!("ls -a {}", m.path("run").display())).contains(".part.tmp"));
+    assert_eq!(
+        std::fs::read_to_string(root.join("run/.part.tmp")).unwrap(),
+        "half of it\n"
+    );
+    assert_eq!(m.xattr("run/.part.tmp", "state").unwrap(), "unimported");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.on("store1").0, 0);
+    sh(&format!("chmod 600 {}", m.path("run/.part.tmp").display()));
+    assert_eq!(
+        sh(&format!("stat -c %a {}", m.path("run/.part.tmp").display())).trim(),
+        "600"
+    );
+    // Appending works while it is local; the rename imports it.
+    sh(&format!(
+        "echo 'and the rest' >> {}",
+        m.path("run/.part.tmp").display()
+    ));
+    std::fs::rename(m.path("run/.part.tmp"), m.path("run/final.dat")).unwrap();
+    wait_until(T, "imported", || {
+        a.has("store1", "run/final.dat") == Some(Has::Yes)
+    });
+    assert_eq!(
+        std::fs::read_to_string(m.path("run/final.dat")).unwrap(),
+        "half of it\nand the rest\n"
+    );
+    assert_eq!(
+        m.xattr("run/final.dat", "md5").unwrap(),
+        cairn_catalog::md5::md5_hex(b"half of it\nand the rest\n")
+    );
+    assert!(!root.join("run/.part.tmp").exists());
+    assert_eq!(a.on("store1").0, 1);
+}
+
+// [S13]
+#[test]
+fn a_writer_killed_mid_file_imports_nothing() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    let target = m.path("killed.dat");
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec dd if=/dev/zero of={} bs=64k count=1000000 2>/dev/null",
+            target.display()
+        ))
+        .spawn()
+        .unwrap();
+    wait_until(T, "the writer under way", || {
+        std::fs::metadata(&target).is_ok_and(|md| md.len() > 1 << 20)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_until(T, "the partial file discarded", || !target.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.on("store1").0, 0);
+    assert!(!root.join("killed.dat").exists());
+    assert_eq!(
+        std::fs::read_dir(root.join(".cairn/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "the staged bytes are gone"
+    );
+    assert!(m.log().contains("was killed"), "{}", m.log());
+}
+
+// [S13]
+#[test]
+fn a_mount_killed_mid_write_leaves_nothing_imported_and_is_tidied() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let mut m = h.mount(Some("store1"));
+    let mut f = std::fs::File::create(m.path("half.dat")).unwrap();
+    std::io::Write::write_all(&mut f, &[1u8; 100_000]).unwrap();
+    assert_eq!(
+        std::fs::read_dir(root.join(".cairn/staging"))
+            .unwrap()
+            .count(),
+        1
+    );
+    m.kill9();
+    drop(f);
+    assert_eq!(a.on("store1").0, 0);
+    let m = h.mount(Some("store1"));
+    assert_eq!(
+        std::fs::read_dir(root.join(".cairn/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "a new mount tidies what the dead one left"
+    );
+    assert!(!m.path("half.dat").exists());
+    assert_eq!(a.on("store1").0, 0);
+}
+
+// [S7]
+#[test]
+fn a_mount_without_a_write_node_is_read_only() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let m = h.mount(None);
+    let err = sh_fails(&format!("touch {}", m.path("new.dat").display()));
+    assert!(err.contains("Read-only file system"), "{err}");
+    let err = sh_fails(&format!("mkdir {}", m.path("newdir").display()));
+    assert!(err.contains("Read-only file system"), "{err}");
+}
+
+// [S15] [S16] [S17]
+#[test]
+fn xattrs_sync_clean_and_refuse_bad_values() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h = a.host_with("h1", "min_archive_copies = 1");
+    let root = h.node("store1", &[]);
+    let r2 = h.node("store2", &["--archive"]);
+    h.start();
+    wait_until(T, "nodes initialised", || {
+        root.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+    });
+    let m = h.mount(Some("store1"));
+    std::fs::create_dir_all(m.path("obs/night1")).unwrap();
+    std::fs::write(m.path("obs/night1/a.dat"), "a\n").unwrap();
+    std::fs::write(m.path("obs/night1/b.dat"), "b\n").unwrap();
+    wait_until(T, "imported", || a.on("store1").0 == 2);
+    let names = sh(&format!(
+        "getfattr --absolute-names -d -m - {}",
+        m.path("obs/night1/a.dat").display()
+    ));
+    for n in ["md5", "size", "state", "copies", "requests"] {
+        assert!(names.contains(&format!("user.cairn.{n}")), "{names}");
+    }
+    assert_eq!(m.xattr("obs/night1/a.dat", "size").unwrap(), "2");
+    assert_eq!(m.xattr("obs/night1/a.dat", "copies").unwrap(), "store1=yes");
+
+    // Bad values: EINVAL, nothing changes.
+    let err = m
+        .set_xattr("obs/night1/a.dat", "sync", "no_such_group")
+        .unwrap_err();
+    assert!(err.contains("Invalid argument"), "{err}");
+    let err = m
+        .set_xattr("obs/night1/a.dat", "clean", "store1 later please")
+        .unwrap_err();
+    assert!(err.contains("Invalid argument"), "{err}");
+    let err = m
+        .set_xattr("obs/night1/a.dat", "verify", "nowhere")
+        .unwrap_err();
+    assert!(err.contains("Invalid argument"), "{err}");
+    let err = m
+        .set_xattr("obs/night1/a.dat", "frobnicate", "x")
+        .unwrap_err();
+    assert!(err.contains("not supported"), "{err}");
+    let err = m.set_xattr("obs/night1/a.dat", "md5", "0").unwrap_err();
+    assert!(err.contains("not permitted"), "{err}");
+    assert_eq!(a.on("store2").0, 0);
+
+    // sync on the directory applies to every file below it.
+    m.set_xattr("obs", "sync", "store2").unwrap();
+    wait_until(T, "synced", || a.on("store2").0 == 2);
+    assert_eq!(
+        m.xattr("obs/night1/a.dat", "copies").unwrap(),
+        "store1=yes store2=yes"
+    );
+
+    // Releasing the only archive copy is refused by the archive rule; the field copy goes.
+    m.set_xattr("obs/night1/a.dat", "clean", "store2 now")
+        .unwrap();
+    m.set_xattr("obs/night1/b.dat", "clean", "store1 now")
+        .unwrap();
+    wait_until(T, "field copy released", || {
+        a.has("store1", "obs/night1/b.dat") == Some(Has::No)
+    });
+    assert!(!root.join("obs/night1/b.dat").exists());
+    wait_until(T, "refusal logged", || {
+        h.log().contains("too few archive copies")
+    });
+    assert_eq!(a.has("store2", "obs/night1/a.dat"), Some(Has::Yes));
+    // Still readable: from the archive node of this host.
+    assert_eq!(
+        std::fs::read_to_string(m.path("obs/night1/b.dat")).unwrap(),
+        "b\n"
+    );
+    m.set_xattr("obs/night1/a.dat", "verify", "store2").unwrap();
+}
+
+// [S3] [S5] [S6] [S15]
+#[test]
+fn remote_files_are_read_through_the_cache_on_another_host() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    let r2 = h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+    });
+    let m1 = h1.mount(Some("store1"));
+    let m2 = h2.mount(Some("store2"));
+    // Written on host 1, listed and read on host 2.
+    std::fs::create_dir(m1.path("data")).unwrap();
+    std::fs::write(m1.path("data/small.txt"), "hello from h1\n").unwrap();
+    let big = a.dir.path().join("big.bin");
+    cairn_tests::big_file(&big, 48);
+    sh(&format!(
+        "cp {} {}",
+        big.display(),
+        m1.path("data/big.bin").display()
+    ));
+    wait_until(T, "imported on h1", || a.on("store1").0 == 2);
+    wait_until(T, "listed on h2", || m2.path("data/big.bin").exists());
+    assert_eq!(m2.xattr("data/big.bin", "state").unwrap(), "remote");
+    assert_eq!(
+        std::fs::read_to_string(m2.path("data/small.txt")).unwrap(),
+        "hello from h1\n"
+    );
+    // Python reading with seeks, while the file streams in.
+    let py = sh(&format!(
+        "python3 -c \"
+import hashlib
+f = open('{}', 'rb')
+f.seek(40 << 20); tail = f.read(4096)
+f.seek(0); head = f.read(100)
+f.seek(0); h = hashlib.md5(f.read()).hexdigest()
+print(len(tail), len(head), h)\"",
+        m2.path("data/big.bin").display()
+    ));
+    assert_eq!(py.trim(), format!("4096 100 {}", md5sum(&big)));
+    assert_eq!(md5sum(&m2.path("data/big.bin")), md5sum(&big));
+    assert_eq!(m2.xattr("data/big.bin", "state").unwrap(), "cached");
+    assert!(
+        h2.dir.join("cache").join(md5sum(&big)).exists(),
+        "the cache keeps the checked file by md5"
+    );
+    assert_eq!(a.on("store2").0, 0, "reading does not make an archive copy");
+
+    // No reachable source: EIO, and a log line saying why.
+    std::fs::write(m1.path("data/late.txt"), "late\n").unwrap();
+    wait_until(T, "imported", || {
+        a.has("store1", "data/late.txt") == Some(Has::Yes)
+    });
+    h1.stop();
+    let err = sh_fails(&format!("cat {}", m2.path("data/late.txt").display()));
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(m2.log().contains("data/late.txt"), "{}", m2.log());
+    drop(r2);
+}
+
+// [S6]
+#[test]
+fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "node initialised", || {
+        r1.join(".cairn/node.toml").exists()
+    });
+    write_file(&r1, "x/rot.dat", vec![b'a'; 100_000]);
+    h1.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    // Bit rot on host 1's disk after import: same size, other bytes.
+    std::fs::write(r1.join("x/rot.dat"), vec![b'b'; 100_000]).unwrap();
+    let m2 = h2.mount(None);
+    let err = sh_fails(&format!("md5sum {}", m2.path("x/rot.dat").display()));
+    assert!(err.contains("Input/output error"), "{err}");
+    assert_eq!(a.has("store1", "x/rot.dat"), Some(Has::Suspect));
+    assert!(
+        h2.log().contains("does not match the catalog"),
+        "{}",
+        h2.log()
+    );
+}
+
+// [S18]
+#[test]
+fn acquisition_directories_tell_whether_they_are_complete() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    write_file(&root, "2025/03/04/a.dat", "a");
+    write_file(&root, "2025/03/04/b.dat", "b");
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let m = h.mount(None);
+    assert_eq!(m.xattr("2025/03/04", "complete").unwrap(), "open");
+    assert!(
+        m.xattr("2025/03", "complete").is_err(),
+        "not an acquisition"
+    );
+    h.cairn(&["acq", "close", "2025/03/04"]);
+    wait_until(T, "complete", || {
+        m.xattr("2025/03/04", "complete").as_deref() == Ok("store1=yes")
+    });
+}
+
+// [S19]
+#[test]
+fn statfs_reports_the_capacity_of_this_hosts_nodes() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(None);
+    let size = |p: &Path| sh(&format!("df -B1 --output=size {} | tail -1", p.display()));
+    assert_eq!(size(&m.dir).trim(), size(&root).trim());
+}
+
+// [S20]
+#[test]
+fn sigterm_unmounts_cleanly_and_a_busy_mountpoint_is_refused() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let mut m = h.mount(None);
+    let out = Command::new(cairn_tests::bin("cairnfs"))
+        .arg(&m.dir)
+        .arg("--config")
+        .arg(&h.config)
+        .arg("-f")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already mounted"), "{err}");
+    let status = m.stop();
+    assert!(status.success(), "{status}");
+    assert!(!cairn_tests::is_mounted(&m.dir));
+}
+
+// [S2]
+#[test]
+fn inode_numbers_survive_a_remount() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    write_file(&root, "a/b/c.dat", "c");
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let inodes = |m: &cairn_tests::Mount| {
+        sh(&format!(
+            "stat -c %i {} {}",
+            m.path("a/b").display(),
+            m.path("a/b/c.dat").display()
+        ))
+    };
+    let mut m = h.mount(None);
+    let first = inodes(&m);
+    m.stop();
+    let m = h.mount(None);
+    assert_eq!(inodes(&m), first);
+}
+
+// [S14]
+#[test]
+fn links_and_device_files_cannot_be_made() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    std::fs::write(m.path("f.dat"), "f").unwrap();
+    wait_until(T, "imported", || a.has("store1", "f.dat") == Some(Has::Yes));
+    for cmd in [
+        format!("ln -s f.dat {}", m.path("sym").display()),
+        format!(
+            "ln {} {}",
+            m.path("f.dat").display(),
+            m.path("hard").display()
+        ),
+        format!("mkfifo {}", m.path("fifo").display()),
+    ] {
+        sh_fails(&cmd);
+    }
+    assert_eq!(sh(&format!("ls {}", m.dir.display())).trim(), "f.dat");
+}
+
+// [S20]
+#[test]
+fn fusermount_u_unmounts_and_cairnfs_exits_0() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let mut m = h.mount(None);
+    sh(&format!("fusermount3 -u {}", m.dir.display()));
+    wait_until(T, "unmounted", || !cairn_tests::is_mounted(&m.dir));
+    assert!(m.stop_waiting().success(), "{}", m.log());
+}
+
+// [S21] [S8]
+#[test]
+fn fsync_succeeds_and_autosync_fires_at_close() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        cfg.replace("interval = \"1s\"", "interval = \"60s\""),
+    )
+    .unwrap();
+    let root = h.node("store1", &[]);
+    let r2 = h.node("store2", &[]);
+    h.cairn(&["group", "autosync", "store2", "store1"]);
+    h.start();
+    wait_until(T, "nodes initialised", || {
+        root.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+    });
+    let m = h.mount(Some("store1"));
+    sh(&format!(
+        "python3 -c \"
+import os
+f = open('{}', 'wb'); f.write(b'synced'); f.flush(); os.fsync(f.fileno()); f.close()\"",
+        m.path("s.dat").display()
+    ));
+    // The daemon loop is a minute: only the mount's nudge gets this copied in time.
+    wait_until(Duration::from_secs(20), "auto-synced", || {
+        a.has("store2", "s.dat") == Some(Has::Yes)
+    });
+    assert_eq!(std::fs::read_to_string(r2.join("s.dat")).unwrap(), "synced");
+}
+
+#[test]
+fn a_slow_remote_read_does_not_hold_up_other_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    // Host 2 pulls at 2 MiB/s: a 12 MiB file takes seconds.
+    let cfg = std::fs::read_to_string(&h2.config).unwrap();
+    std::fs::write(
+        &h2.config,
+        cfg.replace("[transfer]\n", "[transfer]\nmax_rate = \"2MiB\"\n"),
+    )
+    .unwrap();
+    let r1 = h1.node("store1", &[]);
+    h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "node initialised", || {
+        r1.join(".cairn/node.toml").exists()
+    });
+    cairn_tests::big_file(&r1.join("slow/big.bin"), 12);
+    write_file(&r1, "other/small.txt", "small\n");
+    h1.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let m2 = h2.mount(None);
+    let mut reader = Command::new("md5sum")
+        .arg(m2.path("slow/big.bin"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(T, "the fetch under way", || {
+        h2.log().contains("Pulling") || {
+            std::fs::read_dir(h2.dir.join("cache")).is_ok_and(|d| d.count() > 0)
+        }
+    });
+    // While the fetch runs: listing, stat and another file's xattrs all answer.
+    let ls = sh(&format!("ls -l {}", m2.path("other").display()));
+    assert!(ls.contains("small.txt"), "{ls}");
+    assert_eq!(m2.xattr("other/small.txt", "size").unwrap(), "6");
+    assert!(
+        reader.try_wait().unwrap().is_none(),
+        "the slow read is still going while the others were answered"
+    );
+    let out = reader.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&md5sum(&r1.join("slow/big.bin"))));
+}
+
+#[test]
+fn every_claim_in_semantics_md_has_a_test() {
+    let doc = include_str!("../../docs/SEMANTICS.md");
+    let tests = [include_str!("mount.rs"), include_str!("transport.rs")].concat();
+    let claims: Vec<&str> = doc
+        .match_indices("**[S")
+        .map(|(i, _)| {
+            let rest = &doc[i + 3..];
+            &rest[..rest.find(']').unwrap()]
+        })
+        .collect();
+    assert!(claims.len() >= 20, "{claims:?}");
+    for c in claims {
+        assert!(
+            tests.contains(&format!("[{c}]")),
+            "docs/SEMANTICS.md claim [{c}] has no test tagged with it"
+        );
+    }
+}
+
+// [S20]
+#[test]
+fn mount_8_and_fstab_style_options_mount_in_the_background() {
+    if !fuse_available() {
+        return;
+    }
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "mount(8) tests need root in CI"
+        );
+        eprintln!("\n*** SKIPPING: mount -t fuse needs root here ***\n");
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    write_file(&root, "seen/by/mount.dat", "via mount(8)\n");
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let mnt = h.dir.join("fstab-mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // What an fstab line `CAIRNFS#cairn MNT fuse config=…,_netdev,nofail 0 0` runs; mount
+    // returns only once the file system is up (cairnfs goes to the background then).
+    let out = Command::new("mount")
+        .args(["-t", "fuse"])
+        .arg(format!("{}#cairn", cairn_tests::bin("cairnfs").display()))
+        .arg(&mnt)
+        .arg("-o")
+        .arg(format!("config={},_netdev,nofail", h.config.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(cairn_tests::is_mounted(&mnt));
+    assert_eq!(
+        std::fs::read_to_string(mnt.join("seen/by/mount.dat")).unwrap(),
+        "via mount(8)\n"
+    );
+    let out = Command::new("umount").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!cairn_tests::is_mounted(&mnt));
+}
+
+#[test]
+fn the_quickstart_sets_up_three_hosts_and_a_working_mount() {
+    if !fuse_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("qs");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/quickstart.sh");
+    let bin_dir = cairn_tests::bin("cairnfs").parent().unwrap().to_path_buf();
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("CAIRN_BIN", &bin_dir)
+        .env("CAIRN_DEMO_DIR", &demo)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stop = demo.join("stop.sh");
+    let stopper = scopeguard(stop.clone());
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("== Try it"), "{stdout}");
+    let mnt = demo.join("archive");
+    assert!(cairn_tests::is_mounted(&mnt));
+    // What the script tells people to try works.
+    let far = mnt.join("2025/03/01/far.bin");
+    assert_eq!(
+        md5sum(&far),
+        md5sum(&demo.join("alpenhost3/demo_storage3/2025/03/01/far.bin"))
+    );
+    let state = sh(&format!(
+        "getfattr --only-values -n user.cairn.state {}",
+        far.display()
+    ));
+    assert_eq!(state, "cached");
+    sh(&format!(
+        "setfattr -n user.cairn.sync -v demo_storage3 {}",
+        mnt.join("2025/02/21").display()
+    ));
+    wait_until(T, "synced to demo_storage3", || {
+        demo.join("alpenhost3/demo_storage3/2025/02/21/meta.txt")
+            .exists()
+    });
+    drop(stopper);
+    assert!(!cairn_tests::is_mounted(&mnt), "stop.sh unmounts");
+}
+
+/// Runs the quick start's stop.sh when dropped, even if the test fails.
+struct StopScript(std::path::PathBuf);
+
+fn scopeguard(p: std::path::PathBuf) -> StopScript {
+    StopScript(p)
+}
+
+impl Drop for StopScript {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(&self.0).output();
+    }
+}
