@@ -351,18 +351,6 @@ impl Tx<'_> {
     }
 }
 
-/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
-pub(crate) fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,10 +363,5 @@ mod tests {
         for _ in 0..20 {
             assert!(b.next() <= Duration::from_millis(500));
         }
-    }
-
-    #[test]
-    fn like_escape_escapes_wildcards() {
-        assert_eq!(like_escape("a_b%c\\d"), "a\\_b\\%c\\\\d");
     }
 }

@@ -612,4 +612,13 @@ fn path_prefix_selects_a_subtree_only(cat: &mut Catalog) {
     );
     assert_eq!(pick(cat, "2025_a").len(), 1, "'_' is not a wildcard");
     assert_eq!(pick(cat, "").len(), 4);
+    add_file(cat, "Raw/z.dat", 15, n1, Has::Yes);
+    add_file(cat, "raw/é/z.dat", 16, n1, Has::Yes);
+    assert_eq!(
+        pick(cat, "raw"),
+        ["raw/é/z.dat"],
+        "paths are case-sensitive"
+    );
+    assert_eq!(pick(cat, "raw/é"), ["raw/é/z.dat"]);
+    assert_eq!(pick(cat, "RAW"), Vec::<String>::new());
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use super::{Tx, like_escape};
+use super::Tx;
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
@@ -111,11 +111,15 @@ fn prefix_clause(prefix: &str, args: &mut Vec<Value>) -> String {
     if prefix.is_empty() {
         return String::new();
     }
+    let below = format!("{prefix}/");
     args.push(prefix.into());
-    args.push(format!("{}/%", like_escape(prefix)).into());
+    args.push((below.chars().count() as i64).into());
+    args.push(below.into());
     args.push(prefix.into());
-    // A prefix names a directory (everything below it) or a single file.
-    " AND (d.path = ? OR d.path LIKE ? ESCAPE '\\' OR (d.path || '/' || f.name) = ?)".into()
+    // A prefix names a directory (everything below it) or a single file. Compared with
+    // `substr`, not `LIKE`: SQLite's LIKE ignores the case of ASCII letters, PostgreSQL's does
+    // not, and paths are case-sensitive.
+    " AND (d.path = ? OR substr(d.path, 1, ?) = ? OR (d.path || '/' || f.name) = ?)".into()
 }
 
 fn file_query(filter: &str) -> String {
