@@ -163,8 +163,8 @@ fn every_earlier_version_upgrades_to_current_postgres() {
 }
 
 #[test]
-fn open_of_an_empty_postgres_database_says_init_and_hides_the_password() {
-    let test = "open_of_an_empty_postgres_database_says_init_and_hides_the_password";
+fn open_of_an_empty_database_says_init_and_hides_the_password_postgres() {
+    let test = "open_of_an_empty_database_says_init_and_hides_the_password_postgres";
     let Some(server) = testing::pg_server(test) else {
         return;
     };

@@ -117,8 +117,8 @@ fn a_request_made_on_another_machine_wakes_cairnd_postgres() {
 }
 
 #[test]
-fn restarting_postgres_mid_sync_loses_nothing_and_repeats_nothing() {
-    let test = "restarting_postgres_mid_sync_loses_nothing_and_repeats_nothing";
+fn restarting_the_server_mid_sync_loses_nothing_and_repeats_nothing_postgres() {
+    let test = "restarting_the_server_mid_sync_loses_nothing_and_repeats_nothing_postgres";
     if testing::pg_server(test).is_none() {
         return;
     }

@@ -924,8 +924,8 @@ fn an_unreachable_postgres_catalog_is_named_without_its_password() {
 }
 
 #[test]
-fn db_init_on_postgres_prints_the_url_without_its_password() {
-    let test = "db_init_on_postgres_prints_the_url_without_its_password";
+fn db_init_prints_the_url_without_its_password_postgres() {
+    let test = "db_init_prints_the_url_without_its_password_postgres";
     let Some(server) = cairn_catalog::testing::pg_server(test) else {
         return;
     };
