@@ -198,9 +198,13 @@ pub struct PostgresBackend {
     config: Config,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
-    /// The transaction id of the open write transaction, to look up its outcome if the
-    /// connection drops during COMMIT.
-    txid: Option<i64>,
+    /// The transaction id of the open write transaction and the server process running it,
+    /// to look up its outcome if the connection drops during COMMIT.
+    txid: Option<(i64, i32)>,
+    /// A write transaction whose connection was lost: in a network partition the server may
+    /// not notice for a long time, and the transaction keeps its locks until it does. It is
+    /// ended on reconnecting, so that its rerun does not wait for those locks.
+    stale: Option<(i64, i32)>,
     patience: Patience,
 }
 
@@ -216,6 +220,7 @@ impl PostgresBackend {
             client: None,
             statements: HashMap::new(),
             txid: None,
+            stale: None,
             patience: Patience::default(),
         };
         let client = backend.config.connect(NoTls).map_err(|e| DbError::Open {
@@ -232,9 +237,12 @@ impl PostgresBackend {
         }
         if self.client.is_none() {
             self.statements.clear();
-            let client = self.config.connect(NoTls).map_err(|e| {
+            let mut client = self.config.connect(NoTls).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
+            if let Some((txid, pid)) = self.stale.take() {
+                end_stale_transaction(&mut client, txid, pid);
+            }
             self.client = Some(client);
         }
         Ok(())
@@ -266,6 +274,7 @@ impl PostgresBackend {
         if err.is_disconnected() {
             close(self.client.take());
             self.statements.clear();
+            self.stale = self.txid.take();
         }
         err
     }
@@ -303,7 +312,7 @@ impl PostgresBackend {
 
     /// After the connection dropped during COMMIT: reconnect and ask the server whether
     /// transaction `txid` committed.
-    fn commit_outcome(&mut self, txid: i64) -> Result<(), DbError> {
+    fn commit_outcome(&mut self, (txid, _): (i64, i32)) -> Result<(), DbError> {
         let start = Instant::now();
         loop {
             let client = self.reconnect_patiently()?;
@@ -339,6 +348,17 @@ impl PostgresBackend {
             }
         }
     }
+}
+
+/// Ends the server session `pid` if it is still running write transaction `txid` (checked
+/// against `backend_xid`, so a reused process id is never hit). Best effort: a session that
+/// is gone, or that committed meanwhile, is left alone.
+fn end_stale_transaction(client: &mut Client, txid: i64, pid: i32) {
+    let _ = client.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE pid = $1 AND backend_xid::text = ($2::bigint % 4294967296)::text",
+        &[&pid, &txid],
+    );
 }
 
 /// Closes a connection on a thread of its own: the synchronous client blocks on its own
@@ -596,12 +616,16 @@ impl Backend for PostgresBackend {
                 .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
                 .map(|()| None),
             TxMode::Write => client
-                .simple_query("BEGIN ISOLATION LEVEL SERIALIZABLE; SELECT txid_current()")
+                .simple_query(
+                    "BEGIN ISOLATION LEVEL SERIALIZABLE; \
+                     SELECT txid_current(), pg_backend_pid()",
+                )
                 .map(|msgs| {
                     msgs.iter().find_map(|m| match m {
-                        postgres::SimpleQueryMessage::Row(r) => {
-                            r.get(0).and_then(|s| s.parse::<i64>().ok())
-                        }
+                        postgres::SimpleQueryMessage::Row(r) => Some((
+                            r.get(0)?.parse::<i64>().ok()?,
+                            r.get(1)?.parse::<i32>().ok()?,
+                        )),
                         _ => None,
                     })
                 }),
@@ -616,12 +640,16 @@ impl Backend for PostgresBackend {
     }
 
     fn commit(&mut self) -> Result<(), DbError> {
-        let txid = self.txid.take();
+        let txid = self.txid;
         let client = self.connected()?;
         match client.batch_execute("COMMIT") {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.txid = None;
+                Ok(())
+            }
             Err(e) => {
                 let err = self.fail(e);
+                self.txid = None;
                 match (err.is_disconnected(), txid) {
                     (true, Some(txid)) => self.commit_outcome(txid),
                     _ => Err(err),
