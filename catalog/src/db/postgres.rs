@@ -13,7 +13,9 @@
 //! - Connection loss: a dropped connection is reopened with backoff at the next transaction.
 //!   A commit whose answer never arrived is looked up after reconnecting (`txid_status` of the
 //!   transaction id taken at `BEGIN`), so a completion is neither lost nor applied twice: it
-//!   is reported committed, or rolled back and retried as a whole.
+//!   is reported committed, or rolled back and retried as a whole. A write transaction left
+//!   running on the server by a connection it never saw drop (a network partition) is ended on
+//!   reconnecting, so that its locks do not block the rerun.
 //! - Passwords come from the URL, `PGPASSWORD`, or the password file (`PGPASSFILE`, default
 //!   `~/.pgpass`), like libpq; URLs are printed with the password replaced by `***`.
 
