@@ -10,7 +10,8 @@
 #
 # Uses the Debian PostgreSQL binaries (apt-get install postgresql). As root, the server runs as
 # the `postgres` user, since initdb refuses to run as root. Trust authentication on loopback
-# only: never point this at anything but a throwaway directory.
+# (except for the role cairn_pw_test, which must give a password): never point this at
+# anything but a throwaway directory.
 set -euo pipefail
 
 bindir() {
@@ -48,6 +49,8 @@ start() {
         as_owner "$BIN/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 \
             --locale=C >"$dir/initdb.log" 2>&1 || { cat "$dir/initdb.log" >&2; exit 1; }
         free_port >"$dir/port"
+        # One role must give a password, for the tests of how cairn finds it.
+        sed -i '1i host all cairn_pw_test 127.0.0.1/32 scram-sha-256' "$dir/data/pg_hba.conf"
     fi
     local port
     port=$(cat "$dir/port")

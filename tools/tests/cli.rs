@@ -963,3 +963,78 @@ fn db_init_prints_the_url_without_its_password_postgres() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_password_comes_from_the_password_file_or_the_environment_postgres() {
+    let test = "the_password_comes_from_the_password_file_or_the_environment_postgres";
+    let Some(server) = cairn_catalog::testing::pg_server(test) else {
+        return;
+    };
+    // tests/pg.sh makes role cairn_pw_test give a password (scram-sha-256).
+    const ROLE: &str = "cairn_pw_test";
+    const PASSWORD: &str = "pa:ss word";
+    let db = cairn_catalog::testing::TestDatabase::create(&server);
+    let mut admin = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+    let _ = admin.batch_execute(&format!("CREATE ROLE {ROLE} LOGIN"));
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {ROLE} PASSWORD 'pa:ss word'; ALTER DATABASE {} OWNER TO {ROLE}",
+            db.name
+        ))
+        .unwrap();
+    let url = db.url.replacen("://postgres@", &format!("://{ROLE}@"), 1);
+    let config: postgres::Config = url.parse().unwrap();
+    let port = config.get_ports()[0];
+    let a = Archive::new();
+    let cairn = |env: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cairn"));
+        cmd.args(args)
+            .env("CAIRN_CATALOG", &url)
+            .env("CAIRN_CONFIG", a.config())
+            .env("HOME", a.dir.path())
+            .env_remove("PGPASSWORD")
+            .env_remove("PGPASSFILE")
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            !text.contains(PASSWORD),
+            "the password is never printed: {text}"
+        );
+        (out.status.code(), text)
+    };
+
+    // None anywhere: the message says where it is looked for.
+    let (code, text) = cairn(&[], &["status"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("PGPASSWORD") && text.contains(".pgpass"),
+        "{text}"
+    );
+
+    // ~/.pgpass, with its escapes (`\:`), and PGPASSFILE naming another file.
+    let line = format!("127.0.0.1:{port}:{}:{ROLE}:pa\\:ss word\n", db.name);
+    let pgpass = a.dir.path().join(".pgpass");
+    std::fs::write(&pgpass, &line).unwrap();
+    let (code, text) = cairn(&[], &["db", "init"]);
+    assert_eq!(code, Some(0), "{text}");
+    std::fs::remove_file(&pgpass).unwrap();
+    let other = a.dir.path().join("catalog.pgpass");
+    std::fs::write(&other, &line).unwrap();
+    let (code, text) = cairn(&[("PGPASSFILE", other.to_str().unwrap())], &["status"]);
+    assert_eq!(code, Some(0), "{text}");
+
+    // PGPASSWORD, right and wrong.
+    let (code, text) = cairn(&[("PGPASSWORD", PASSWORD)], &["status"]);
+    assert_eq!(code, Some(0), "{text}");
+    let (code, text) = cairn(&[("PGPASSWORD", "wrong")], &["status"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("password authentication failed"), "{text}");
+}

@@ -225,9 +225,14 @@ impl PostgresBackend {
             stale: None,
             patience: Patience::default(),
         };
-        let client = backend.config.connect(NoTls).map_err(|e| DbError::Open {
-            url: shown,
-            reason: cause(&e),
+        let client = backend.config.connect(NoTls).map_err(|e| {
+            let mut reason = cause(&e);
+            if reason.contains("password missing") {
+                reason = "the server asks for a password and none was found: set PGPASSWORD, \
+                          or add it to the password file (PGPASSFILE, else ~/.pgpass)"
+                    .into();
+            }
+            DbError::Open { url: shown, reason }
         })?;
         backend.client = Some(client);
         Ok(backend)
