@@ -5,6 +5,7 @@
 #                             CAIRN_TEST_PG_URL (also written to DIR/url)
 #   tests/pg.sh stop DIR      stop it and remove DIR
 #   tests/pg.sh restart DIR   stop and start it again (same port and data)
+#   tests/pg.sh halt DIR      stop it, keeping DIR: `start DIR` brings it back on the same port
 #   tests/pg.sh run CMD...    start one in a temporary directory, run CMD with CAIRN_TEST_PG_URL
 #                             set, stop and remove it however CMD ends; exits with CMD's status
 #
@@ -72,6 +73,7 @@ case "${1:-}" in
 start) start "$2" ;;
 stop) stop "$2"; rm -rf "$2" ;;
 restart) stop "$2"; start "$2" >/dev/null ;;
+halt) stop "$2" ;;
 run)
     shift
     dir=$(mktemp -d /tmp/cairn-pg.XXXXXX)
@@ -85,7 +87,7 @@ run)
     exit $status
     ;;
 *)
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -1,10 +1,10 @@
 //! What a PostgreSQL catalog adds for sites on several machines: requests made anywhere wake
-//! the cairnd concerned (LISTEN/NOTIFY), and a database restart in the middle of a multi-host
-//! sync loses nothing and repeats nothing.
+//! the cairnd concerned (LISTEN/NOTIFY), a database restart in the middle of a multi-host sync
+//! loses nothing and repeats nothing, and cairnd waits out an outage of the catalog.
 //!
-//! These run when `CAIRN_TEST_PG_URL` names a server (`tests/pg.sh run …`); the restart test
-//! starts a private server of its own with `tests/pg.sh`, so that restarting it disturbs no
-//! other test.
+//! These run when `CAIRN_TEST_PG_URL` names a server (`tests/pg.sh run …`); the restart and
+//! outage tests start a private server of their own with `tests/pg.sh`, so that stopping it
+//! disturbs no other test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,15 +54,28 @@ impl PrivateServer {
 
     /// Stops the server (fast: open sessions are ended) and starts it again.
     fn restart(&self) {
+        self.pg_sh("restart");
+    }
+
+    /// Stops the server until [`PrivateServer::resume`].
+    fn halt(&self) {
+        self.pg_sh("halt");
+    }
+
+    fn resume(&self) {
+        self.pg_sh("start");
+    }
+
+    fn pg_sh(&self, what: &str) {
         let out = Command::new("bash")
             .arg(pg_sh())
-            .arg("restart")
+            .arg(what)
             .arg(&self.dir)
             .output()
             .expect("tests/pg.sh runs");
         assert!(
             out.status.success(),
-            "tests/pg.sh restart: {}",
+            "tests/pg.sh {what}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -197,4 +210,50 @@ fn restarting_the_server_mid_sync_loses_nothing_and_repeats_nothing_postgres() {
         "h2 says it is back in touch with the catalog: {}",
         h2.log()
     );
+}
+
+#[test]
+fn cairnd_waits_out_a_catalog_outage_and_still_stops_on_sigterm_postgres() {
+    let test = "cairnd_waits_out_a_catalog_outage_and_still_stops_on_sigterm_postgres";
+    if testing::pg_server(test).is_none() {
+        return;
+    }
+    let server = PrivateServer::start();
+    let a = Archive::on_postgres(&server.url);
+    let mut h1 = a.host("h1");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h1.node("n2", &[]);
+    write_file(&r1, "2025/01/01/a.dat", "a\n");
+    h1.start();
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+
+    // The catalog goes away: cairnd says so and keeps running.
+    server.halt();
+    wait_until(T, "cairnd to notice", || {
+        h1.log().contains("lost the connection to the catalog")
+    });
+    std::thread::sleep(Duration::from_secs(3)); // a few passes' worth of outage
+    // It comes back: cairnd says so and carries out what is asked.
+    server.resume();
+    wait_until(T, "cairnd back in touch", || {
+        h1.log().contains("on the catalog at")
+    });
+    a.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    wait_until(T, "the copy after the outage", || a.on("n2").0 == 1);
+    assert_eq!(
+        std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
+        "a\n"
+    );
+
+    // Gone again: SIGTERM still stops cairnd cleanly instead of waiting for the catalog.
+    server.halt();
+    wait_until(T, "cairnd to notice again", || {
+        h1.log()
+            .matches("lost the connection to the catalog")
+            .count()
+            >= 2
+    });
+    assert_eq!(h1.stop().code(), Some(0), "{}", h1.log());
+    assert!(h1.log().contains("cairnd stopped."), "{}", h1.log());
 }

@@ -7,7 +7,8 @@
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
-//! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync.
+//! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
+//!   through an outage of the catalog.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
 //!
 //! The end-to-end modules run on SQLite, or on PostgreSQL with `CAIRN_TEST_CATALOG=postgres`
