@@ -174,6 +174,9 @@ struct Local {
 
 type LocalRef = Arc<Mutex<Local>>;
 
+/// A directory's entries, shared by the open handles that read them.
+type Listing = Arc<Vec<Entry>>;
+
 #[derive(Default)]
 struct Locals {
     by_ino: HashMap<u64, LocalRef>,
@@ -190,7 +193,7 @@ enum Handle {
     Passthrough(u64),
     Stream(Arc<Fetch>, u64),
     Write(LocalRef),
-    Dir(Mutex<Option<Vec<Entry>>>),
+    Dir(Mutex<Option<Arc<Vec<Entry>>>>),
 }
 
 /// The mount's state; every method is one operation.
@@ -207,6 +210,9 @@ pub struct Core {
     plain_opens: Mutex<HashMap<u64, usize>>,
     fetches: Mutex<HashMap<Id, Arc<Fetch>>>,
     dir_meta: Mutex<HashMap<u64, (u16, SystemTime)>>,
+    /// Directory listings, reused for `[fs] ttl` (the kernel caches names as long), dropped
+    /// whenever this mount changes the namespace.
+    listings: Mutex<HashMap<Id, (Instant, Listing)>>,
     next_fh: AtomicU64,
     staged_seq: AtomicU64,
     cancel: AtomicBool,
@@ -235,6 +241,7 @@ impl Core {
             plain_opens: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
             dir_meta: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             staged_seq: AtomicU64::new(0),
             cancel: AtomicBool::new(false),
@@ -425,13 +432,28 @@ impl Core {
             .by_name
             .get(&(dir_id, name.to_owned()))
             .copied();
-        if let Some(l) = local.and_then(|ino| self.local(ino)) {
-            return Self::local_attr(&l.lock().expect("local"));
+        let local = local.and_then(|ino| self.local(ino));
+        // A file being written here shadows nothing and nothing shadows it; a file merely
+        // kept on the write node yields to an archived one of the same name (cairnd may have
+        // just copied it there).
+        if let Some(l) = &local {
+            let g = l.lock().expect("local");
+            if g.kind == LocalKind::Staged || g.writers > 0 {
+                return Self::local_attr(&g);
+            }
         }
         let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
+        if found.is_some()
+            && let Some(l) = &local
+        {
+            self.forget_local(&mut l.lock().expect("local"));
+        }
         match found {
             Some(Ok(f)) => Ok(Self::file_attr(&f)),
             Some(Err(d)) => Ok(self.dir_attr(&d)),
+            None if local.is_some() => {
+                Self::local_attr(&local.expect("checked").lock().expect("local"))
+            }
             None => {
                 let l = self.find_kept(dir_id, name)?.ok_or(FsError::NotFound)?;
                 Self::local_attr(&l.lock().expect("local"))
@@ -497,6 +519,7 @@ impl Core {
     }
 
     fn forget_local(&self, l: &mut Local) {
+        self.changed();
         let mut ls = self.locals.lock().expect("locals");
         if ls.by_name.get(&(l.dir_id, l.name.clone())) == Some(&l.ino) {
             ls.by_name.remove(&(l.dir_id, l.name.clone()));
@@ -553,7 +576,7 @@ impl Core {
 
     /// The entries of a directory (without `.` and `..`), read once per open and kept, so
     /// reading a large directory in pieces costs one query.
-    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Vec<Entry>> {
+    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<Entry>>> {
         {
             let hs = self.handles.lock().expect("handles");
             if let Some(Handle::Dir(cached)) = hs.get(&fh)
@@ -562,12 +585,35 @@ impl Core {
                 return Ok(list.clone());
             }
         }
-        let list = self.list(ino)?;
+        let dir_id = self.dir_id(ino)?;
+        let fresh = self
+            .listings
+            .lock()
+            .expect("listings")
+            .get(&dir_id)
+            .filter(|(at, _)| at.elapsed() < self.opts.ttl)
+            .map(|(_, l)| l.clone());
+        let list = match fresh {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(self.list(ino)?);
+                self.listings
+                    .lock()
+                    .expect("listings")
+                    .insert(dir_id, (Instant::now(), l.clone()));
+                l
+            }
+        };
         let hs = self.handles.lock().expect("handles");
         if let Some(Handle::Dir(cached)) = hs.get(&fh) {
             *cached.lock().expect("dir handle") = Some(list.clone());
         }
         Ok(list)
+    }
+
+    /// Forgets cached listings after this mount changed the namespace.
+    fn changed(&self) {
+        self.listings.lock().expect("listings").clear();
     }
 
     fn list(&self, ino: u64) -> Result<Vec<Entry>> {
@@ -581,13 +627,16 @@ impl Core {
             })?)
         })?;
         let mut out = Vec::with_capacity(dirs.len() + files.len());
+        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
         for d in &dirs {
+            names.insert(d.name.clone());
             out.push(Entry {
                 name: d.name.clone(),
                 attr: self.dir_attr(d),
             });
         }
         for f in &files {
+            names.insert(f.name.clone());
             out.push(Entry {
                 name: f.name.clone(),
                 attr: Self::file_attr(f),
@@ -601,13 +650,14 @@ impl Core {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if (dir.path.is_empty() && name == ".cairn")
                     || !e.file_type().is_ok_and(|t| t.is_file())
-                    || out.iter().any(|x| x.name == name)
+                    || names.contains(&name)
                 {
                     continue;
                 }
                 let l = self.add_local(dir_id, &dir.path, &name, LocalKind::Kept, e.path());
                 let l = l.lock().expect("local");
                 if let Ok(attr) = Self::local_attr(&l) {
+                    names.insert(name.clone());
                     out.push(Entry { name, attr });
                 }
             }
@@ -622,7 +672,7 @@ impl Core {
         };
         for l in staged {
             let l = l.lock().expect("local");
-            if out.iter().any(|x| x.name == l.name) {
+            if names.contains(&l.name) {
                 continue;
             }
             if let Ok(attr) = Self::local_attr(&l) {
@@ -891,6 +941,7 @@ impl Core {
             .mode(mode & 0o7777)
             .open(&backing)?;
         let l = self.add_local(dir_id, &dir.path, &name, kind, backing);
+        self.changed();
         let attr = {
             let mut g = l.lock().expect("local");
             g.writer = Some(Writer::new(f, 0));
@@ -1165,6 +1216,7 @@ impl Core {
             })?)
         })?;
         let d = d.ok_or(FsError::NotFound)?;
+        self.changed();
         Ok(self.dir_attr(&d))
     }
 
@@ -1184,6 +1236,7 @@ impl Core {
         if !removed {
             return Err(FsError::NotEmpty);
         }
+        self.changed();
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
         }
@@ -1254,6 +1307,7 @@ impl Core {
         g.dir_id = new_dir_id;
         g.dir_path = new_dir.path.clone();
         g.name = newname.clone();
+        self.changed();
         if g.writers > 0 {
             // Still being written: it lands (or is imported) under its new name when closed.
             return Ok(());

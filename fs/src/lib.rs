@@ -99,8 +99,13 @@ pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<
         fuser::SessionACL::Owner
     };
     // Enough threads that reads waiting for a remote file never hold up `ls` elsewhere.
-    cfg.n_threads = Some(8);
-    cfg.clone_fd = true;
+    cfg.n_threads = Some(
+        std::env::var("CAIRNFS_THREADS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(8),
+    );
+    cfg.clone_fd = std::env::var_os("CAIRNFS_NOCLONE").is_none();
 
     let signals = block_signals();
     let session = fuser::spawn_mount(fs, mountpoint, &cfg).map_err(|e| {
