@@ -59,6 +59,9 @@ pub struct Writer {
     ahead_bytes: usize,
     /// Where writeback was last started.
     kicked: u64,
+    /// Starts writeback of the ranges it is sent, off the writer's thread: starting it can
+    /// block while the disk's queue is full, and the writer should not wait for the disk.
+    flusher: Option<SyncSender<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -75,6 +78,7 @@ impl Writer {
     /// empty file.
     pub fn new(file: File, len: u64) -> Writer {
         let pipe = if len == 0 { HashPipe::new().ok() } else { None };
+        let flusher_file = file.try_clone().ok();
         Writer {
             file,
             pipe,
@@ -82,6 +86,7 @@ impl Writer {
             ahead: Default::default(),
             ahead_bytes: 0,
             kicked: 0,
+            flusher: flusher_file.and_then(flusher),
         }
     }
 
@@ -106,7 +111,13 @@ impl Writer {
         }
         let end = offset + data.len() as u64;
         if end >= self.kicked + WRITEBACK_EVERY {
-            start_writeback(&self.file, self.kicked, end - self.kicked);
+            match &self.flusher {
+                // A full queue means the disk is behind anyway: skip this kick.
+                Some(f) => {
+                    let _ = f.try_send((self.kicked, end - self.kicked));
+                }
+                None => start_writeback(&self.file, self.kicked, end - self.kicked),
+            }
             self.kicked = end;
         }
         Ok(data.len())
@@ -158,7 +169,10 @@ impl Writer {
             .filter(|_| complete);
         let (size, md5) = match inline {
             Some(h) if h.len() == len && self.next == len => (len, h.finish_hex()),
-            _ => hash_file(&self.file, cancel)?,
+            _ => {
+                tracing::debug!("Writes were not in order: reading the file back for its md5.");
+                hash_file(&self.file, cancel)?
+            }
         };
         Ok((self.file, size, md5))
     }
@@ -181,6 +195,20 @@ pub fn hash_file(file: &File, cancel: &AtomicBool) -> io::Result<(u64, String)> 
         off += n as u64;
     }
     Ok((h.len(), h.finish_hex()))
+}
+
+/// A thread that starts writeback of the ranges sent to it, until the sender is dropped.
+fn flusher(file: File) -> Option<SyncSender<(u64, u64)>> {
+    let (tx, rx) = sync_channel::<(u64, u64)>(16);
+    std::thread::Builder::new()
+        .name("writeback".into())
+        .spawn(move || {
+            for (offset, len) in rx {
+                start_writeback(&file, offset, len);
+            }
+        })
+        .ok()?;
+    Some(tx)
 }
 
 /// Starts writeback of a range without waiting for it. Advice only.

@@ -8,7 +8,8 @@
 #   5. a 1 GiB file only on another host:       vs  curl of the same bytes from that host's
 #      first byte after open, full read              cairnd, and cairnd's own pull of it
 # Two hosts on loopback, one catalog, release build. Needs root (drop_caches, FUSE
-# passthrough). Prints a Markdown table for BENCHMARKS.md.
+# passthrough). Each figure is the median of three runs, the baseline's too (RUNS=N for
+# another count). Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/fs.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -88,6 +89,8 @@ done
 wait_done
 
 echo "Creating test data in $W and $SRC ..." >&2
+RUNS=${RUNS:-3}
+export RUNS
 python3 - "$W/h1/n1" "$SRC" <<'PY'
 import os, sys
 root, src = sys.argv[1], sys.argv[2]
@@ -97,7 +100,8 @@ def big(path):
         block = os.urandom(1 << 20)
         for i in range(1024):
             f.write(block[i % 7:] + block[: i % 7])
-for name in ("local", "first", "full", "pulled"):
+runs = int(os.environ.get("RUNS", "3"))
+for name in ["local"] + [f"{k}{i}" for k in ("first", "full", "pulled", "curl") for i in range(runs)]:
     big(os.path.join(root, "big", name + ".dat"))
 big(os.path.join(src, "write.dat"))
 for h in range(100):
@@ -120,80 +124,119 @@ rows=()
 row() { rows+=("$(printf '| %s | %s | %s | %s |' "$@")"); }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}x')"; }
 
-# 1. Local sequential read.
-drop; t0=$(now); dd if="$W/h1/n1/big/local.dat" of=/dev/null bs=1M status=none; t1=$(now)
-native_cold=$(secs "$t0" "$t1")
-drop; t0=$(now); dd if="$W/m1/big/local.dat" of=/dev/null bs=1M status=none; t1=$(now)
-mount_cold=$(secs "$t0" "$t1")
-t0=$(now); dd if="$W/h1/n1/big/local.dat" of=/dev/null bs=1M status=none; t1=$(now)
-native_warm=$(secs "$t0" "$t1")
-t0=$(now); dd if="$W/m1/big/local.dat" of=/dev/null bs=1M status=none; t1=$(now)
-mount_warm=$(secs "$t0" "$t1")
-row "Read a local 1 GiB file, cold cache (≥ 0.9× direct)" "$(mibs "$mount_cold")" \
-    "$(mibs "$native_cold") (dd of the node's file)" "$(ratio "$native_cold" "$mount_cold")"
-row "Read a local 1 GiB file, warm cache" "$(mibs "$mount_warm")" \
-    "$(mibs "$native_warm") (dd of the node's file)" "$(ratio "$native_warm" "$mount_warm")"
+# Runs a timing function RUNS times (argument: the run's number); prints the median seconds.
+median() {
+    local f=$1 i t=()
+    for ((i = 0; i < RUNS; i++)); do t+=("$($f "$i")"); done
+    python3 -c "import statistics, sys; print(statistics.median(map(float, sys.argv[1:])))" "${t[@]}"
+}
+timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); secs "$t0" "$t1"; }
 
-# 2. Write 1 GiB, imported at close, vs a native write then md5sum.
-drop; cat "$SRC/write.dat" >/dev/null
-t0=$(now); cp "$SRC/write.dat" "$W/base/write.dat"; md5sum "$W/base/write.dat" >/dev/null; t1=$(now)
-base_write=$(secs "$t0" "$t1"); rm -f "$W/base/write.dat"; drop
-t0=$(now); cp "$SRC/write.dat" "$W/base/write.dat"; sync "$W/base/write.dat"; md5sum "$W/base/write.dat" >/dev/null; t1=$(now)
-base_write_sync=$(secs "$t0" "$t1"); rm -f "$W/base/write.dat"; drop
+# 1. Local sequential read.
+native_cold() { drop; timed dd if="$W/h1/n1/big/local.dat" of=/dev/null bs=1M status=none; }
+mount_cold() { drop; timed dd if="$W/m1/big/local.dat" of=/dev/null bs=1M status=none; }
+native_warm() { timed dd if="$W/h1/n1/big/local.dat" of=/dev/null bs=1M status=none; }
+mount_warm() { timed dd if="$W/m1/big/local.dat" of=/dev/null bs=1M status=none; }
+a=$(median native_cold); b=$(median mount_cold)
+row "Read a local 1 GiB file, cold cache (≥ 0.9× direct)" "$(mibs "$b")" \
+    "$(mibs "$a") (dd of the node's file)" "$(ratio "$a" "$b")"
+a=$(median native_warm); b=$(median mount_warm)
+row "Read a local 1 GiB file, warm cache" "$(mibs "$b")" \
+    "$(mibs "$a") (dd of the node's file)" "$(ratio "$a" "$b")"
+
+# 2. Write 1 GiB, imported at close, vs a native write then md5sum. The source is in RAM.
+base_write() {
+    drop; cat "$SRC/write.dat" >/dev/null
+    local t0 t1; t0=$(now)
+    cp "$SRC/write.dat" "$W/base/write.dat"; md5sum "$W/base/write.dat" >/dev/null
+    t1=$(now); secs "$t0" "$t1"; rm -f "$W/base/write.dat"
+}
+base_write_sync() {
+    drop; cat "$SRC/write.dat" >/dev/null
+    local t0 t1; t0=$(now)
+    cp "$SRC/write.dat" "$W/base/write.dat"; sync "$W/base/write.dat"
+    md5sum "$W/base/write.dat" >/dev/null
+    t1=$(now); secs "$t0" "$t1"; rm -f "$W/base/write.dat"
+}
 mkdir "$W/m1/written"
-t0=$(now); cp "$SRC/write.dat" "$W/m1/written/one.dat"; wait_files written 1; t1=$(now)
-mount_write=$(secs "$t0" "$t1")
-row "Write 1 GiB, imported at close, md5 done, fsynced (≥ 1.2× faster)" "$(mibs "$mount_write")" \
-    "$(mibs "$base_write") (cp, then md5sum)" "$(ratio "$base_write" "$mount_write")"
-row "Same, against a durable baseline" "$(mibs "$mount_write")" \
-    "$(mibs "$base_write_sync") (cp, sync, then md5sum)" "$(ratio "$base_write_sync" "$mount_write")"
+mount_write() {
+    drop; cat "$SRC/write.dat" >/dev/null
+    local t0 t1; t0=$(now)
+    cp "$SRC/write.dat" "$W/m1/written/$1.dat"; wait_files written $(($1 + 1))
+    t1=$(now); secs "$t0" "$t1"
+}
+a=$(median base_write); s2=$(median base_write_sync); b=$(median mount_write)
+row "Write 1 GiB, imported at close, md5 done, fsynced (≥ 1.2× faster)" "$(mibs "$b")" \
+    "$(mibs "$a") (cp, then md5sum)" "$(ratio "$a" "$b")"
+row "Same, against a durable baseline" "$(mibs "$b")" \
+    "$(mibs "$s2") (cp, sync, then md5sum)" "$(ratio "$s2" "$b")"
 
 # 3. cp -r of 10,000 files of 4 KiB.
-t0=$(now); cp -r "$SRC/small" "$W/m1/small"; wait_files small 10000; t1=$(now)
-cp_secs=$(secs "$t0" "$t1")
-t0=$(now); cp -r "$SRC/small" "$W/base/small"; t1=$(now)
-native_cp=$(secs "$t0" "$t1")
+mount_cp() {
+    local t0 t1; t0=$(now)
+    cp -r "$SRC/small" "$W/m1/small$1"; wait_files "small$1" 10000
+    t1=$(now); secs "$t0" "$t1"
+}
+native_cp() { timed cp -r "$SRC/small" "$W/base/small$1"; }
+b=$(median mount_cp); a=$(median native_cp)
 row "cp -r 10,000 files of 4 KiB, all imported (≥ 1,000 files/s)" \
-    "$(python3 -c "print(f'{10000 / $cp_secs:,.0f} files/s')")" \
-    "$(python3 -c "print(f'{10000 / $native_cp:,.0f} files/s')") (cp -r to the disk)" \
-    "$(ratio "$native_cp" "$cp_secs")"
+    "$(python3 -c "print(f'{10000 / $b:,.0f} files/s')")" \
+    "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
+    "$(ratio "$a" "$b")"
 
-# 4. find and ls -lR over 100,000 files (fresh mount: nothing cached by the kernel).
-fusermount3 -u "$W/m1"; "$BIN/cairnfs" "$W/m1" --config "$W/h1/cairn.toml"
+# 4. find and ls -lR over 100,000 files. Cold: caches dropped and a fresh mount, so nothing
+#    is cached by the kernel or by cairnfs. Warm: right after.
+fresh_mount() {
+    fusermount3 -u "$W/m1"
+    while grep -q " $W/m1 " /proc/mounts; do sleep 0.05; done
+    "$BIN/cairnfs" "$W/m1" --config "$W/h1/cairn.toml"
+}
 for cmd in "find" "ls -lR"; do
-    drop; t0=$(now); $cmd "$W/h1/n1/tree" >/dev/null; t1=$(now); n_cold=$(secs "$t0" "$t1")
-    t0=$(now); $cmd "$W/h1/n1/tree" >/dev/null; t1=$(now); n_warm=$(secs "$t0" "$t1")
-    drop; t0=$(now); $cmd "$W/m1/tree" >/dev/null; t1=$(now); m_cold=$(secs "$t0" "$t1")
-    t0=$(now); $cmd "$W/m1/tree" >/dev/null; t1=$(now); m_warm=$(secs "$t0" "$t1")
-    row "\`$cmd\` of 100,000 files, cold (≤ 2× native)" "$(printf '%.2f s' "$m_cold")" \
-        "$(printf '%.2f s' "$n_cold") (the node's tree)" "$(ratio "$m_cold" "$n_cold") the time"
-    row "\`$cmd\` of 100,000 files, warm" "$(printf '%.2f s' "$m_warm")" \
-        "$(printf '%.2f s' "$n_warm") (the node's tree)" "$(ratio "$m_warm" "$n_warm") the time"
+    n_cold() { drop; timed $cmd "$W/h1/n1/tree"; }
+    n_warm() { timed $cmd "$W/h1/n1/tree"; }
+    m_cold() { fresh_mount; drop; timed $cmd "$W/m1/tree"; }
+    m_warm() { timed $cmd "$W/m1/tree"; }
+    a=$(median n_cold); b=$(median m_cold)
+    row "\`$cmd\` of 100,000 files, cold (≤ 2× native)" "$(printf '%.2f s' "$b")" \
+        "$(printf '%.2f s' "$a") (the node's tree)" "$(ratio "$b" "$a") the time"
+    a=$(median n_warm); b=$(median m_warm)
+    row "\`$cmd\` of 100,000 files, warm" "$(printf '%.2f s' "$b")" \
+        "$(printf '%.2f s' "$a") (the node's tree)" "$(ratio "$b" "$a") the time"
 done
 
-# 5. A 1 GiB file only on h1, read on h2. Baselines: curl from h1's cairnd, cairnd's pull.
-drop
-t0=$(now); curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$W/token")" \
-    "http://127.0.0.1:$P1/v1/copy/n1/big/full.dat"; t1=$(now)
-curl_secs=$(secs "$t0" "$t1"); drop
-t0=$(now); CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" file sync --from n1 --to n2 big/pulled.dat >/dev/null
-wait_done; t1=$(now); pull_secs=$(secs "$t0" "$t1"); drop
-first=$(python3 - "$W/m2/big/first.dat" <<'PY'
+# 5. 1 GiB files only on h1, read on h2 (a new file each run). Baselines: curl from h1's
+#    cairnd, and cairnd's own pull to a node of h2.
+curl_pull() {
+    drop
+    timed curl -sf -o /dev/null -H "Authorization: Bearer $(cat "$W/token")" \
+        "http://127.0.0.1:$P1/v1/copy/n1/big/curl$1.dat"
+}
+cairnd_pull() {
+    drop
+    local t0 t1; t0=$(now)
+    CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" file sync --from n1 --to n2 "big/pulled$1.dat" >/dev/null
+    wait_done; t1=$(now); secs "$t0" "$t1"
+}
+first_byte() {
+    drop
+    python3 - "$W/m2/big/first$1.dat" <<'PY'
 import sys, time
 t0 = time.monotonic()
 with open(sys.argv[1], "rb") as f:
     f.read(1)
-    print(f"{(time.monotonic() - t0) * 1000:.0f}")
+    print(time.monotonic() - t0)
+    while f.read(1 << 20):  # the rest, untimed: the next run starts with no fetch going
+        pass
 PY
-)
-row "First byte of a 1 GiB remote-only file after open (≤ 100 ms)" "${first} ms" "-" "-"
-drop
-t0=$(now); cat "$W/m2/big/full.dat" >/dev/null; t1=$(now)
-remote_secs=$(secs "$t0" "$t1")
-row "Full read of a 1 GiB remote-only file (≥ 0.8× the HTTP pull)" "$(mibs "$remote_secs")" \
-    "$(mibs "$pull_secs") (cairnd's HTTP pull to a node, md5 checked)" "$(ratio "$pull_secs" "$remote_secs")"
-row "Same, against the raw HTTP stream" "$(mibs "$remote_secs")" \
-    "$(mibs "$curl_secs") (curl to /dev/null, no md5)" "$(ratio "$curl_secs" "$remote_secs")"
+}
+remote_read() { drop; timed cat "$W/m2/big/full$1.dat"; }
+c=$(median curl_pull); p=$(median cairnd_pull); f=$(median first_byte); r=$(median remote_read)
+row "First byte of a 1 GiB remote-only file after open (≤ 100 ms)" \
+    "$(python3 -c "print(f'{$f * 1000:.0f} ms')")" "-" "-"
+row "Full read of a 1 GiB remote-only file (≥ 0.8× the HTTP pull)" "$(mibs "$r")" \
+    "$(mibs "$p") (cairnd's HTTP pull to a node, md5 checked)" "$(ratio "$p" "$r")"
+row "Same, against the raw HTTP stream" "$(mibs "$r")" \
+    "$(mibs "$c") (curl to /dev/null, no md5)" "$(ratio "$c" "$r")"
 
 echo
 echo "| Measurement | cairnfs | Baseline (same run) | Ratio |"
