@@ -410,7 +410,8 @@ under the two-archive-copies rule, and auto-sync / auto-clean. Between hosts, ca
 copies over HTTP (docs/OPERATIONS.md, "Between hosts"); this demo runs one host only.
 packaging/quickstart.sh runs three hosts with the cairnfs mount, which shows the whole archive
 as one tree. Transport disks (the seed's last part) need root and real mounts: they are an
-end-to-end test (tests/tests/transport.rs). Not built yet: a PostgreSQL catalog.
+end-to-end test (tests/tests/transport.rs). Hosts on several machines share a PostgreSQL
+catalog instead of this SQLite file (docs/OPERATIONS.md).
 
 To keep exploring (cairnd's log is $log):
 

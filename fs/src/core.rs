@@ -72,14 +72,14 @@ pub enum FsError {
 
 pub type Result<T, E = FsError> = std::result::Result<T, E>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Dir,
     File,
 }
 
 /// What `stat` shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
@@ -89,7 +89,7 @@ pub struct Attr {
 }
 
 /// One directory entry with its attributes (for `readdirplus`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Entry {
     pub name: String,
     pub attr: Attr,
@@ -170,9 +170,40 @@ struct Local {
     killed: bool,
     /// Unlinked or imported: the entry only lives on for open handles.
     gone: bool,
+    /// Closed (or renamed to a plain name) and waiting for the importer.
+    importing: bool,
+    /// This local's own reference, to tell it apart from others in a batch.
+    me: std::sync::Weak<Mutex<Local>>,
+}
+
+impl Local {
+    fn me(&self) -> LocalRef {
+        self.me.upgrade().expect("a local lives while it is locked")
+    }
+}
+
+/// A local file ready to be registered: hashed, its name accepted by the import rules.
+struct Ready {
+    local: LocalRef,
+    path: String,
+    acq: String,
+    size: u64,
+    md5: String,
+    mtime: i64,
+}
+
+/// Runs `f` on a local, locking it unless it is the one the caller holds already.
+fn with_local<T>(l: &LocalRef, held: Option<&mut Local>, f: impl FnOnce(&mut Local) -> T) -> T {
+    match held {
+        Some(g) if Arc::ptr_eq(l, &g.me()) => f(g),
+        _ => f(&mut l.lock().expect("local")),
+    }
 }
 
 type LocalRef = Arc<Mutex<Local>>;
+
+/// A directory's entries, shared by the open handles that read them.
+type Listing = Arc<Vec<Entry>>;
 
 #[derive(Default)]
 struct Locals {
@@ -190,7 +221,7 @@ enum Handle {
     Passthrough(u64),
     Stream(Arc<Fetch>, u64),
     Write(LocalRef),
-    Dir(Mutex<Option<Vec<Entry>>>),
+    Dir(Mutex<Option<Arc<Vec<Entry>>>>),
 }
 
 /// The mount's state; every method is one operation.
@@ -207,8 +238,15 @@ pub struct Core {
     plain_opens: Mutex<HashMap<u64, usize>>,
     fetches: Mutex<HashMap<Id, Arc<Fetch>>>,
     dir_meta: Mutex<HashMap<u64, (u16, SystemTime)>>,
+    /// Directory listings, reused for `[fs] ttl` (the kernel caches names as long), dropped
+    /// whenever this mount changes the namespace.
+    listings: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// A digest of the listing last given to the kernel, per directory.
+    served: Mutex<HashMap<Id, u64>>,
     next_fh: AtomicU64,
     staged_seq: AtomicU64,
+    import_queue: Mutex<Option<std::sync::mpsc::Sender<Ready>>>,
+    importer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     cancel: AtomicBool,
 }
 
@@ -235,8 +273,12 @@ impl Core {
             plain_opens: Mutex::new(HashMap::new()),
             fetches: Mutex::new(HashMap::new()),
             dir_meta: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             staged_seq: AtomicU64::new(0),
+            import_queue: Mutex::new(None),
+            importer_thread: Mutex::new(None),
             cancel: AtomicBool::new(false),
         };
         if let Some(node) = &core.opts.write_node {
@@ -425,13 +467,28 @@ impl Core {
             .by_name
             .get(&(dir_id, name.to_owned()))
             .copied();
-        if let Some(l) = local.and_then(|ino| self.local(ino)) {
-            return Self::local_attr(&l.lock().expect("local"));
+        let local = local.and_then(|ino| self.local(ino));
+        // A file being written here shadows nothing and nothing shadows it; a file merely
+        // kept on the write node yields to an archived one of the same name (cairnd may have
+        // just copied it there).
+        if let Some(l) = &local {
+            let g = l.lock().expect("local");
+            if g.kind == LocalKind::Staged || g.writers > 0 || g.importing {
+                return Self::local_attr(&g);
+            }
         }
         let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
+        if found.is_some()
+            && let Some(l) = &local
+        {
+            self.forget_local(&mut l.lock().expect("local"));
+        }
         match found {
             Some(Ok(f)) => Ok(Self::file_attr(&f)),
             Some(Err(d)) => Ok(self.dir_attr(&d)),
+            None if local.is_some() => {
+                Self::local_attr(&local.expect("checked").lock().expect("local"))
+            }
             None => {
                 let l = self.find_kept(dir_id, name)?.ok_or(FsError::NotFound)?;
                 Self::local_attr(&l.lock().expect("local"))
@@ -490,13 +547,17 @@ impl Core {
             hashed: None,
             killed: false,
             gone: false,
+            importing: false,
+            me: std::sync::Weak::new(),
         }));
+        l.lock().expect("local").me = Arc::downgrade(&l);
         ls.by_ino.insert(ino, l.clone());
         ls.by_name.insert((dir_id, name.to_owned()), ino);
         l
     }
 
     fn forget_local(&self, l: &mut Local) {
+        self.changed();
         let mut ls = self.locals.lock().expect("locals");
         if ls.by_name.get(&(l.dir_id, l.name.clone())) == Some(&l.ino) {
             ls.by_name.remove(&(l.dir_id, l.name.clone()));
@@ -546,14 +607,24 @@ impl Core {
         fh
     }
 
-    pub fn opendir(&self, ino: u64) -> Result<u64> {
-        self.dir_id(ino)?;
-        Ok(self.new_fh(Handle::Dir(Mutex::new(None))))
+    /// Opens a directory. The second value says whether the listing is the one this mount
+    /// gave for the directory last time, so the kernel may keep its cached copy of it.
+    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
+        let dir_id = self.dir_id(ino)?;
+        let list = self.listing(ino, dir_id)?;
+        let digest = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            list.hash(&mut h);
+            h.finish()
+        };
+        let same = self.served.lock().expect("served").insert(dir_id, digest) == Some(digest);
+        Ok((self.new_fh(Handle::Dir(Mutex::new(Some(list)))), same))
     }
 
     /// The entries of a directory (without `.` and `..`), read once per open and kept, so
     /// reading a large directory in pieces costs one query.
-    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Vec<Entry>> {
+    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<Entry>>> {
         {
             let hs = self.handles.lock().expect("handles");
             if let Some(Handle::Dir(cached)) = hs.get(&fh)
@@ -562,12 +633,38 @@ impl Core {
                 return Ok(list.clone());
             }
         }
-        let list = self.list(ino)?;
+        let dir_id = self.dir_id(ino)?;
+        let list = self.listing(ino, dir_id)?;
         let hs = self.handles.lock().expect("handles");
         if let Some(Handle::Dir(cached)) = hs.get(&fh) {
             *cached.lock().expect("dir handle") = Some(list.clone());
         }
         Ok(list)
+    }
+
+    /// The entries of directory `dir_id`: the cached listing if it is younger than the TTL.
+    fn listing(&self, ino: u64, dir_id: Id) -> Result<Listing> {
+        let fresh = self
+            .listings
+            .lock()
+            .expect("listings")
+            .get(&dir_id)
+            .filter(|(at, _)| at.elapsed() < self.opts.ttl)
+            .map(|(_, l)| l.clone());
+        if let Some(l) = fresh {
+            return Ok(l);
+        }
+        let l = Arc::new(self.list(ino)?);
+        self.listings
+            .lock()
+            .expect("listings")
+            .insert(dir_id, (Instant::now(), l.clone()));
+        Ok(l)
+    }
+
+    /// Forgets cached listings after this mount changed the namespace.
+    fn changed(&self) {
+        self.listings.lock().expect("listings").clear();
     }
 
     fn list(&self, ino: u64) -> Result<Vec<Entry>> {
@@ -581,13 +678,16 @@ impl Core {
             })?)
         })?;
         let mut out = Vec::with_capacity(dirs.len() + files.len());
+        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
         for d in &dirs {
+            names.insert(d.name.clone());
             out.push(Entry {
                 name: d.name.clone(),
                 attr: self.dir_attr(d),
             });
         }
         for f in &files {
+            names.insert(f.name.clone());
             out.push(Entry {
                 name: f.name.clone(),
                 attr: Self::file_attr(f),
@@ -601,13 +701,14 @@ impl Core {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if (dir.path.is_empty() && name == ".cairn")
                     || !e.file_type().is_ok_and(|t| t.is_file())
-                    || out.iter().any(|x| x.name == name)
+                    || names.contains(&name)
                 {
                     continue;
                 }
                 let l = self.add_local(dir_id, &dir.path, &name, LocalKind::Kept, e.path());
                 let l = l.lock().expect("local");
                 if let Ok(attr) = Self::local_attr(&l) {
+                    names.insert(name.clone());
                     out.push(Entry { name, attr });
                 }
             }
@@ -622,7 +723,7 @@ impl Core {
         };
         for l in staged {
             let l = l.lock().expect("local");
-            if out.iter().any(|x| x.name == l.name) {
+            if names.contains(&l.name) {
                 continue;
             }
             if let Ok(attr) = Self::local_attr(&l) {
@@ -891,6 +992,7 @@ impl Core {
             .mode(mode & 0o7777)
             .open(&backing)?;
         let l = self.add_local(dir_id, &dir.path, &name, kind, backing);
+        self.changed();
         let attr = {
             let mut g = l.lock().expect("local");
             g.writer = Some(Writer::new(f, 0));
@@ -965,12 +1067,13 @@ impl Core {
             }
             return Ok(());
         }
-        self.import_local(&mut g)
+        self.import_local(l, &mut g)
     }
 
-    /// Imports a local file under its plain name: fsync, rename into place on the write node,
-    /// then register the file and its copy (with auto-actions) in one transaction.
-    fn import_local(&self, g: &mut Local) -> Result<()> {
+    /// Imports a local file under its plain name: hashes it (unless the writer did), then hands
+    /// it to the importer, which renames it into place on the write node, makes it durable and
+    /// registers it with its copy. Until then it stays visible here as a local file.
+    fn import_local(&self, l: &LocalRef, g: &mut Local) -> Result<()> {
         let path = join(&g.dir_path, &g.name);
         let path = normalize_path(&path)?;
         let acq = match self.importer.check(&path) {
@@ -987,84 +1090,203 @@ impl Core {
                 return Ok(());
             }
         };
-        let (node, root) = self.write_root()?;
         let file = StdFile::open(&g.backing)?;
         let (size, md5) = match g.hashed.take() {
             Some((s, m)) if file.metadata()?.len() == s => (s, m),
             _ => hash_file(&file, &self.cancel)?,
         };
-        file.sync_all()?;
         let mtime = file.metadata()?.mtime();
         drop(file);
-        let dest = root.join(&path);
-        if let Some(parent) = dest.parent() {
-            std::fs::create_dir_all(parent)?;
+        g.importing = true;
+        let ready = Ready {
+            local: l.clone(),
+            path,
+            acq,
+            size,
+            md5,
+            mtime,
+        };
+        let queued = match &*self.import_queue.lock().expect("import queue") {
+            Some(tx) => tx.send(ready).map_err(|e| e.0),
+            None => Err(ready),
+        };
+        if let Err(ready) = queued {
+            // No importer thread (tests, or the mount is stopping): import it now.
+            self.commit_imports(vec![ready], Some(g));
         }
-        let from = g.backing.clone();
-        if let Err(e) = rename_noreplace(&from, &dest) {
-            warn!(
-                "Cannot import {path}: {} on node {}: {e}; the file stays local as {}",
-                dest.display(),
-                node.name,
-                from.display()
-            );
-            return Err(FsError::Io(e));
-        }
-        if let Some(parent) = dest.parent()
-            && let Ok(d) = StdFile::open(parent)
-        {
-            let _ = d.sync_all();
-        }
-        let t = cairn_catalog::units::now();
-        let registered = self.with_cat(|c| {
-            Ok(c.write(|tx| {
-                let (f, _) = tx.register_file(
-                    &NewFile {
-                        path: &path,
-                        acq: &acq,
-                        size,
-                        md5: &md5,
-                        mtime,
-                    },
-                    t,
-                )?;
-                if f.md5 != md5 || f.size != size {
-                    return Err(CatalogError::Invalid(format!(
-                        "{path} is already archived with other contents"
-                    )));
+        Ok(())
+    }
+
+    /// Starts the thread that imports closed files in batches: one sync of the write node's
+    /// filesystem and one catalog transaction for every file that closed meanwhile.
+    pub fn start_importer(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::channel::<Ready>();
+        let core = Arc::downgrade(self);
+        let handle = std::thread::Builder::new()
+            .name("importer".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < 2000 {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
+                        }
+                    }
+                    match core.upgrade() {
+                        Some(c) => c.commit_imports(batch, None),
+                        None => return,
+                    }
                 }
-                if !tx
-                    .copy_on(f.id, node.id)?
-                    .is_some_and(|c| c.has == Has::Yes)
-                {
-                    tx.record_copy(f.id, node.id, Has::Yes, Some(size.div_ceil(4096) * 4096), t)?;
-                    tx.fire_auto_actions(f.id, node.id, t)?;
-                }
-                Ok(f.id)
-            })?)
-        });
-        let id = match registered {
-            Ok(id) => id,
+            })
+            .expect("the importer thread starts");
+        *self.import_queue.lock().expect("import queue") = Some(tx);
+        *self.importer_thread.lock().expect("importer") = Some(handle);
+    }
+
+    /// Imports what is queued and stops the importer (at unmount): nothing closed is lost.
+    pub fn finish_imports(&self) {
+        self.import_queue.lock().expect("import queue").take();
+        if let Some(h) = self.importer_thread.lock().expect("importer").take() {
+            let _ = h.join();
+        }
+    }
+
+    /// Renames a batch of hashed files into place, makes them durable, and registers them in
+    /// one transaction. `held` is the one local the caller has locked already.
+    fn commit_imports(&self, batch: Vec<Ready>, mut held: Option<&mut Local>) {
+        let (node, root) = match self.write_root() {
+            Ok(x) => x,
             Err(e) => {
-                // Put it back where it was: nothing half-done.
-                let _ = std::fs::rename(&dest, &from);
-                warn!("Cannot import {path}: {e}");
-                return Err(e);
+                for r in &batch {
+                    with_local(&r.local, held.as_deref_mut(), |g| g.importing = false);
+                    warn!("Cannot import {}: {e}", r.path);
+                }
+                return;
             }
         };
-        info!(
-            "Imported {path} ({size} bytes, md5 {md5}) on node {}.",
-            node.name
-        );
-        g.backing = dest;
-        self.forget_local(g);
-        self.locals
-            .lock()
-            .expect("locals")
-            .imported
-            .insert(g.ino, id);
+        // 1. Into place, under the archive name; a file already there is never replaced.
+        let mut moved: Vec<(&Ready, PathBuf, PathBuf)> = Vec::new();
+        for r in &batch {
+            let dest = root.join(&r.path);
+            let outcome = with_local(&r.local, held.as_deref_mut(), |g| {
+                if g.gone {
+                    g.importing = false;
+                    return None;
+                }
+                let from = g.backing.clone();
+                let res = dest
+                    .parent()
+                    .map_or(Ok(()), std::fs::create_dir_all)
+                    .and_then(|()| rename_noreplace(&from, &dest));
+                match res {
+                    Ok(()) => Some(from),
+                    Err(e) => {
+                        g.importing = false;
+                        warn!(
+                            "Cannot import {}: {} on node {}: {e}; the file stays here as {}",
+                            r.path,
+                            dest.display(),
+                            node.name,
+                            from.display()
+                        );
+                        None
+                    }
+                }
+            });
+            if let Some(from) = outcome {
+                moved.push((r, from, dest));
+            }
+        }
+        if moved.is_empty() {
+            return;
+        }
+        // 2. Durable before the catalog says so: one file and its directory, or the whole
+        //    filesystem once for a batch.
+        let synced = if let [(_, _, dest)] = &moved[..] {
+            StdFile::open(dest)
+                .and_then(|f| f.sync_all())
+                .and_then(|()| {
+                    dest.parent()
+                        .map_or(Ok(()), |p| StdFile::open(p).and_then(|d| d.sync_all()))
+                })
+        } else {
+            syncfs(&root)
+        };
+        // 3. One transaction for the batch; a path archived with other contents is refused
+        //    on its own.
+        let t = cairn_catalog::units::now();
+        let registered = synced.map_err(FsError::from).and_then(|()| {
+            self.with_cat(|c| {
+                Ok(c.write(|tx| {
+                    let mut out = Vec::with_capacity(moved.len());
+                    for (r, _, _) in &moved {
+                        if let Some(f) = tx.file_by_path(&r.path)?
+                            && (f.md5 != r.md5 || f.size != r.size)
+                        {
+                            out.push(Err(format!(
+                                "{} is already archived with other contents (md5 {})",
+                                r.path, f.md5
+                            )));
+                            continue;
+                        }
+                        let (f, _) = tx.register_file(
+                            &NewFile {
+                                path: &r.path,
+                                acq: &r.acq,
+                                size: r.size,
+                                md5: &r.md5,
+                                mtime: r.mtime,
+                            },
+                            t,
+                        )?;
+                        if !tx
+                            .copy_on(f.id, node.id)?
+                            .is_some_and(|c| c.has == Has::Yes)
+                        {
+                            let on_disk = Some(r.size.div_ceil(4096) * 4096);
+                            tx.record_copy(f.id, node.id, Has::Yes, on_disk, t)?;
+                            tx.fire_auto_actions(f.id, node.id, t)?;
+                        }
+                        out.push(Ok(f.id));
+                    }
+                    Ok(out)
+                })?)
+            })
+        });
+        let outcomes = match registered {
+            Ok(o) => o,
+            Err(e) => moved
+                .iter()
+                .map(|_| Err(format!("the catalog refused the import: {e}")))
+                .collect(),
+        };
+        for ((r, from, dest), outcome) in moved.iter().zip(outcomes) {
+            with_local(&r.local, held.as_deref_mut(), |g| {
+                g.importing = false;
+                match outcome {
+                    Ok(id) => {
+                        info!(
+                            "Imported {} ({} bytes, md5 {}) on node {}.",
+                            r.path, r.size, r.md5, node.name
+                        );
+                        g.backing = dest.clone();
+                        self.forget_local(g);
+                        self.locals
+                            .lock()
+                            .expect("locals")
+                            .imported
+                            .insert(g.ino, id);
+                    }
+                    Err(why) => {
+                        // Put it back where it was: nothing half-done.
+                        let _ = std::fs::rename(dest, from);
+                        warn!("Cannot import {}: {why}; the file stays here", r.path);
+                    }
+                }
+            });
+        }
         cairn_catalog::nudge::nudge(&self.opts.socket);
-        Ok(())
     }
 
     pub fn setattr(
@@ -1165,6 +1387,7 @@ impl Core {
             })?)
         })?;
         let d = d.ok_or(FsError::NotFound)?;
+        self.changed();
         Ok(self.dir_attr(&d))
     }
 
@@ -1184,6 +1407,7 @@ impl Core {
         if !removed {
             return Err(FsError::NotEmpty);
         }
+        self.changed();
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
         }
@@ -1246,6 +1470,9 @@ impl Core {
         }
         let new_dir = self.dir_by_id(new_dir_id)?;
         let mut g = l.lock().expect("local");
+        if g.importing {
+            return Err(FsError::Io(io::Error::from_raw_os_error(libc::EBUSY)));
+        }
         {
             let mut ls = self.locals.lock().expect("locals");
             ls.by_name.remove(&(g.dir_id, g.name.clone()));
@@ -1254,6 +1481,7 @@ impl Core {
         g.dir_id = new_dir_id;
         g.dir_path = new_dir.path.clone();
         g.name = newname.clone();
+        self.changed();
         if g.writers > 0 {
             // Still being written: it lands (or is imported) under its new name when closed.
             return Ok(());
@@ -1269,7 +1497,7 @@ impl Core {
             g.kind = LocalKind::Kept;
             return Ok(());
         }
-        self.import_local(&mut g)
+        self.import_local(&l, &mut g)
     }
 
     fn importable(&self, g: &Local) -> bool {
@@ -1307,11 +1535,14 @@ impl Core {
             return self.completeness(&d).map(String::into_bytes);
         }
         if let Some(l) = self.local(ino) {
-            // A file just closed may be importing right now: give it a moment.
-            let deadline = Instant::now() + Duration::from_millis(200);
+            // A file just closed is being imported: give it a moment. (`close` returns before
+            // the kernel tells the mount, so a writer may still count briefly.)
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let settle = Instant::now() + Duration::from_millis(200);
             loop {
                 let g = l.lock().expect("local");
-                if g.gone || g.writers == 0 || Instant::now() > deadline {
+                let busy = g.importing || (g.writers > 0 && Instant::now() < settle);
+                if g.gone || !busy || Instant::now() > deadline {
                     break;
                 }
                 drop(g);
@@ -1696,6 +1927,17 @@ fn killed_by_signal(pid: u32) -> bool {
         .and_then(|f| f.parse::<i64>().ok())
         .unwrap_or(0);
     flags & PF_EXITING != 0 && exit_code & 0x7f != 0
+}
+
+/// Makes everything written to the filesystem holding `path` durable (`syncfs`).
+fn syncfs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let dir = StdFile::open(path)?;
+    // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -63,6 +63,9 @@ fn fail(op: &str, e: FsError) -> Errno {
     Errno::from_i32(n)
 }
 
+/// How long the kernel keeps archived names and attributes.
+const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
+
 pub struct CairnFs {
     core: Arc<Core>,
     ttl: Duration,
@@ -79,6 +82,19 @@ impl CairnFs {
             ttl,
             passthrough: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long the kernel may keep a name and its attributes. An archived file never
+    /// changes, and a directory's attributes hardly do: those are kept long. A file that
+    /// exists only here (being written, or kept under a dot name) changes, and uses `[fs] ttl`.
+    /// New names need no TTL: lookups that fail are not cached, and listings are refreshed
+    /// after `[fs] ttl` (see `Core::opendir`).
+    fn ttl(&self, a: &Attr) -> Duration {
+        if a.ino & 3 == 2 {
+            self.ttl
+        } else {
+            ARCHIVED_TTL.max(self.ttl)
         }
     }
 
@@ -134,14 +150,14 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("lookup", e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.core.getattr(ino.0) {
-            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(fail("getattr", e)),
         }
     }
@@ -168,7 +184,7 @@ impl Filesystem for CairnFs {
             .core
             .setattr(ino.0, mode, size, time(atime), time(mtime))
         {
-            Ok(a) => reply.attr(&self.ttl, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", e)),
         }
     }
@@ -183,7 +199,7 @@ impl Filesystem for CairnFs {
         reply: ReplyEntry,
     ) {
         match self.core.mkdir(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", e)),
         }
     }
@@ -321,7 +337,15 @@ impl Filesystem for CairnFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.core.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // The kernel caches the listing; it keeps that copy only while it is unchanged.
+            Ok((fh, same)) => reply.opened(
+                FileHandle(fh),
+                if same {
+                    FopenFlags::FOPEN_CACHE_DIR | FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::FOPEN_CACHE_DIR
+                },
+            ),
             Err(e) => reply.error(fail("opendir", e)),
         }
     }
@@ -381,7 +405,7 @@ impl Filesystem for CairnFs {
                 INodeNo(e.attr.ino),
                 (k + 1) as u64,
                 &e.name,
-                &self.ttl,
+                &self.ttl(&e.attr),
                 &a,
                 Generation(0),
             ) {
@@ -480,7 +504,7 @@ impl Filesystem for CairnFs {
     ) {
         match self.core.create(parent.0, name, mode & !umask) {
             Ok((a, fh)) => reply.created(
-                &self.ttl,
+                &self.ttl(&a),
                 &self.attr(&a),
                 Generation(0),
                 FileHandle(fh),

@@ -78,6 +78,7 @@ pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<
     }
     let core =
         Arc::new(core::Core::new(core_opts, &config.import).context("cannot start the mount")?);
+    core.start_importer();
     let fs = fuse::CairnFs::new(core.clone());
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
@@ -123,11 +124,13 @@ pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<
     loop {
         if session.guard.is_finished() {
             info!("{} was unmounted.", mountpoint.display());
+            core.finish_imports();
             core.shutdown();
             return session.join().context("the mount ended with an error");
         }
         if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
             info!("Signal {sig}: unmounting {}.", mountpoint.display());
+            core.finish_imports();
             core.shutdown();
             if let Err(e) = session.umount_and_join() {
                 // Busy (a process has a file open): detach it now; it goes when they close.

@@ -15,6 +15,11 @@ use cairn_catalog::md5::Hasher;
 /// Bytes written between two writeback kicks: the final fsync then has little left to do.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// Bytes of writes that arrived ahead of their turn (the mount's threads handle one file's
+/// writes concurrently, so they come slightly out of order) held for the inline hash; beyond
+/// this the file is hashed at close instead.
+const REORDER_LIMIT: usize = 64 << 20;
+
 /// The md5 thread of one file.
 struct HashPipe {
     tx: SyncSender<Vec<u8>>,
@@ -47,10 +52,16 @@ impl HashPipe {
 pub struct Writer {
     pub file: File,
     pipe: Option<HashPipe>,
-    /// End of the bytes hashed so far; a write elsewhere ends inline hashing.
+    /// End of the bytes hashed so far; a write before it ends inline hashing.
     next: u64,
+    /// Writes beyond `next`, waiting for the gap before them to be filled.
+    ahead: std::collections::BTreeMap<u64, Vec<u8>>,
+    ahead_bytes: usize,
     /// Where writeback was last started.
     kicked: u64,
+    /// Starts writeback of the ranges it is sent, off the writer's thread: starting it can
+    /// block while the disk's queue is full, and the writer should not wait for the disk.
+    flusher: Option<SyncSender<(u64, u64)>>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -67,11 +78,15 @@ impl Writer {
     /// empty file.
     pub fn new(file: File, len: u64) -> Writer {
         let pipe = if len == 0 { HashPipe::new().ok() } else { None };
+        let flusher_file = file.try_clone().ok();
         Writer {
             file,
             pipe,
             next: 0,
+            ahead: Default::default(),
+            ahead_bytes: 0,
             kicked: 0,
+            flusher: flusher_file.and_then(flusher),
         }
     }
 
@@ -79,22 +94,30 @@ impl Writer {
         self.file.write_all_at(data, offset)?;
         if self.pipe.is_some() {
             if offset == self.next {
-                self.next += data.len() as u64;
-                let sent = self
-                    .pipe
-                    .as_ref()
-                    .map(|p| p.tx.send(data.to_vec()).is_ok())
-                    .unwrap_or(false);
-                if !sent {
-                    self.pipe = None;
+                self.hash(data.to_vec());
+                while let Some(chunk) = self.ahead.remove(&self.next) {
+                    self.ahead_bytes -= chunk.len();
+                    self.hash(chunk);
                 }
+            } else if offset > self.next
+                && self.ahead_bytes + data.len() <= REORDER_LIMIT
+                && !self.ahead.contains_key(&offset)
+            {
+                self.ahead_bytes += data.len();
+                self.ahead.insert(offset, data.to_vec());
             } else {
                 self.drop_inline();
             }
         }
         let end = offset + data.len() as u64;
         if end >= self.kicked + WRITEBACK_EVERY {
-            start_writeback(&self.file, self.kicked, end - self.kicked);
+            match &self.flusher {
+                // A full queue means the disk is behind anyway: skip this kick.
+                Some(f) => {
+                    let _ = f.try_send((self.kicked, end - self.kicked));
+                }
+                None => start_writeback(&self.file, self.kicked, end - self.kicked),
+            }
             self.kicked = end;
         }
         Ok(data.len())
@@ -108,7 +131,20 @@ impl Writer {
             self.pipe = HashPipe::new().ok();
             self.next = 0;
             self.kicked = 0;
-        } else if len != self.next {
+        } else if len != self.next || !self.ahead.is_empty() {
+            self.drop_inline();
+        }
+    }
+
+    /// Hands the next bytes in order to the md5 thread.
+    fn hash(&mut self, chunk: Vec<u8>) {
+        self.next += chunk.len() as u64;
+        let sent = self
+            .pipe
+            .as_ref()
+            .map(|p| p.tx.send(chunk).is_ok())
+            .unwrap_or(false);
+        if !sent {
             self.drop_inline();
         }
     }
@@ -117,16 +153,26 @@ impl Writer {
         if let Some(p) = self.pipe.take() {
             let _ = p.finish();
         }
+        self.ahead.clear();
+        self.ahead_bytes = 0;
     }
 
     /// Size and md5 of the whole file: the inline hash when it covers every byte, else the
     /// file read back.
     pub fn finish(mut self, cancel: &AtomicBool) -> io::Result<(File, u64, String)> {
         let len = self.file.metadata()?.len();
-        let inline = self.pipe.take().and_then(HashPipe::finish);
+        let complete = self.ahead.is_empty();
+        let inline = self
+            .pipe
+            .take()
+            .and_then(HashPipe::finish)
+            .filter(|_| complete);
         let (size, md5) = match inline {
             Some(h) if h.len() == len && self.next == len => (len, h.finish_hex()),
-            _ => hash_file(&self.file, cancel)?,
+            _ => {
+                tracing::debug!("Writes were not in order: reading the file back for its md5.");
+                hash_file(&self.file, cancel)?
+            }
         };
         Ok((self.file, size, md5))
     }
@@ -149,6 +195,20 @@ pub fn hash_file(file: &File, cancel: &AtomicBool) -> io::Result<(u64, String)> 
         off += n as u64;
     }
     Ok((h.len(), h.finish_hex()))
+}
+
+/// A thread that starts writeback of the ranges sent to it, until the sender is dropped.
+fn flusher(file: File) -> Option<SyncSender<(u64, u64)>> {
+    let (tx, rx) = sync_channel::<(u64, u64)>(16);
+    std::thread::Builder::new()
+        .name("writeback".into())
+        .spawn(move || {
+            for (offset, len) in rx {
+                start_writeback(&file, offset, len);
+            }
+        })
+        .ok()?;
+    Some(tx)
 }
 
 /// Starts writeback of a range without waiting for it. Advice only.
@@ -200,11 +260,39 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_writes_are_hashed_from_the_file() {
+    fn writes_slightly_out_of_order_are_still_hashed_inline() {
+        let (_d, mut w) = writer();
+        w.write(5, b"world").unwrap();
+        w.write(10, b"!").unwrap();
+        w.write(0, b"hello").unwrap();
+        assert!(w.pipe.is_some());
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (11, md5(b"helloworld!")));
+    }
+
+    #[test]
+    fn a_write_before_the_hashed_bytes_falls_back_to_reading() {
+        let (_d, mut w) = writer();
+        w.write(0, b"hello").unwrap();
+        w.write(0, b"J").unwrap();
+        assert!(w.pipe.is_none());
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (5, md5(b"Jello")));
+    }
+
+    #[test]
+    fn a_gap_left_at_close_is_hashed_from_the_file() {
+        let (_d, mut w) = writer();
+        w.write(5, b"world").unwrap();
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (10, md5(b"\0\0\0\0\0world")));
+    }
+
+    #[test]
+    fn writes_in_reverse_order_give_the_right_md5() {
         let (_d, mut w) = writer();
         w.write(5, b"world").unwrap();
         w.write(0, b"hello").unwrap();
-        assert!(w.pipe.is_none());
         let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
         assert_eq!((size, sum), (10, md5(b"helloworld")));
     }
