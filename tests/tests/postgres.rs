@@ -257,3 +257,63 @@ fn cairnd_waits_out_a_catalog_outage_and_still_stops_on_sigterm_postgres() {
     assert_eq!(h1.stop().code(), Some(0), "{}", h1.log());
     assert!(h1.log().contains("cairnd stopped."), "{}", h1.log());
 }
+
+#[test]
+fn pulls_longer_than_the_servers_idle_timeout_are_all_recorded_postgres() {
+    // alpenhorn lost work this way: its database server dropped connections left idle during
+    // long pulls, and the completion of each pull was never recorded.
+    let test = "pulls_longer_than_the_servers_idle_timeout_are_all_recorded_postgres";
+    let Some(server) = testing::pg_server(test) else {
+        return;
+    };
+    const FILES: usize = 6;
+    let a = Archive::on_postgres(&server);
+    let db = a.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = postgres::Client::connect(&server, postgres::NoTls).unwrap();
+    // Every session of this catalog idle for more than 300 ms is ended by the server.
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {db} SET idle_session_timeout = '300ms'"
+        ))
+        .unwrap();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    // Each pull takes about a second: longer than the idle timeout.
+    let config = std::fs::read_to_string(&h2.config).unwrap();
+    let config = config.replace("[transfer]\n", "[transfer]\nmax_rate = \"1MiB\"\n");
+    std::fs::write(&h2.config, config).unwrap();
+    let r1 = h1.node("field", &[]);
+    let r2 = h2.node("archive", &["--archive"]);
+    for i in 0..FILES {
+        distinct_file(&r1, &format!("2025/01/01/{i}.dat"), i, 1);
+    }
+    h1.start();
+    h2.start();
+    h1.cairn(&["node", "scan", "field", "--register-new"]);
+    a.wait_idle(T);
+    h1.cairn(&["node", "sync", "field", "archive", "--force"]);
+    a.wait_idle(Duration::from_secs(120));
+    let requests = a
+        .catalog()
+        .read(|tx| tx.copy_requests(&CopyRequestFilter::default()))
+        .unwrap();
+    assert_eq!(requests.len(), FILES);
+    for r in &requests {
+        assert_eq!(r.state, RequestState::Done, "request #{}: {r:?}", r.id);
+        assert_eq!(r.attempts, 1, "done at the first attempt: {r:?}");
+    }
+    for i in 0..FILES {
+        let path = format!("2025/01/01/{i}.dat");
+        assert_eq!(a.has("archive", &path), Some(Has::Yes), "{path}");
+        assert_eq!(
+            md5_file(&r2.join(&path)).unwrap(),
+            md5_file(&r1.join(&path)).unwrap()
+        );
+    }
+    // The server did drop idle sessions (the listening one too, which says so).
+    assert!(
+        h2.log().contains("lost the connection to the catalog"),
+        "{}",
+        h2.log()
+    );
+}
