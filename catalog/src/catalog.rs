@@ -7,6 +7,10 @@
 //! after a capped, jittered backoff. Closures must therefore only touch the database — no
 //! side effects that cannot be repeated. This is what lets the CLI, every cairnd and every
 //! cairnfs of a machine share one SQLite file without "database is locked" failures.
+//!
+//! The same rerun covers a PostgreSQL connection lost before the transaction committed (a
+//! server restart, a lost link): the backend reconnects at the next `BEGIN`, for as long as
+//! the catalog's [`Patience`] allows (30 s by default; cairnd waits until it is stopped).
 
 mod files;
 mod graph;
