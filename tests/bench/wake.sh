@@ -20,10 +20,12 @@ BIN=$PWD/target/release
 W=${1:-$(mktemp -d /var/tmp/cairn-wake.XXXXXX)}
 TRIALS=${CAIRN_BENCH_TRIALS:-10}
 PG=$(mktemp -d /tmp/cairn-wake-pg.XXXXXX)
-pids=()
+mkdir -p "$W"
+# The trials run in subshells: the cairnd they start are recorded here, for the cleanup.
+: >"$W/pids"
 cleanup() {
-    kill "${pids[@]}" 2>/dev/null || true
-    wait 2>/dev/null || true
+    while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$W/pids"
+    sleep 1
     bash tests/pg.sh stop "$PG" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
@@ -65,7 +67,7 @@ TOML
     done
     c node scan n0 --register-new >/dev/null
     "$BIN/cairnd" --config "$d/target/cairn.toml" 2>"$d/cairnd.log" &
-    pids+=($!)
+    echo $! >>"$W/pids"
     # The start-up pass does the inits and the scan; wait until it and the passes that follow
     # finished tasks are over, so that only a wake-up can start the next request.
     until c request list --pending --active --json | python3 -c \
