@@ -241,6 +241,8 @@ pub struct Core {
     /// Directory listings, reused for `[fs] ttl` (the kernel caches names as long), dropped
     /// whenever this mount changes the namespace.
     listings: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// Attributes of archived files and directories seen lately (at most [`KNOWN_LIMIT`]).
+    known: Mutex<HashMap<u64, Attr>>,
     /// A digest of the listing last given to the kernel, per directory.
     served: Mutex<HashMap<Id, u64>>,
     next_fh: AtomicU64,
@@ -256,7 +258,7 @@ pub fn file_ino(id: Id) -> u64 {
 
 impl Core {
     pub fn new(opts: Options, import: &cairn_catalog::config::ImportConfig) -> Result<Core> {
-        let mut cat = Catalog::open(&opts.catalog_url)?;
+        let mut cat = open_catalog(&opts.catalog_url)?;
         let root = cat.read(|tx| tx.dir_by_path(""))?.ok_or_else(|| {
             FsError::Invalid("the catalog has no root directory; run `cairn db init`".into())
         })?;
@@ -275,6 +277,7 @@ impl Core {
             dir_meta: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
+            known: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             staged_seq: AtomicU64::new(0),
             import_queue: Mutex::new(None),
@@ -303,7 +306,7 @@ impl Core {
         let taken = self.pool.lock().expect("pool").pop();
         let mut cat = match taken {
             Some(c) => c,
-            None => Catalog::open(&self.opts.catalog_url)?,
+            None => open_catalog(&self.opts.catalog_url)?,
         };
         let out = f(&mut cat);
         self.pool.lock().expect("pool").push(cat);
@@ -484,8 +487,16 @@ impl Core {
             self.forget_local(&mut l.lock().expect("local"));
         }
         match found {
-            Some(Ok(f)) => Ok(Self::file_attr(&f)),
-            Some(Err(d)) => Ok(self.dir_attr(&d)),
+            Some(Ok(f)) => {
+                let a = Self::file_attr(&f);
+                self.remember(&a);
+                Ok(a)
+            }
+            Some(Err(d)) => {
+                let a = self.dir_attr(&d);
+                self.remember(&a);
+                Ok(a)
+            }
             None if local.is_some() => {
                 Self::local_attr(&local.expect("checked").lock().expect("local"))
             }
@@ -574,13 +585,31 @@ impl Core {
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
-        if ino == ROOT_INO || ino & 3 == 0 {
-            let d = self.dir_by_id(self.dir_id(ino)?)?;
-            return Ok(self.dir_attr(&d));
-        }
-        if ino & 3 == 1 {
-            let f = self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id((ino >> 2) as Id))?))?;
-            return Ok(Self::file_attr(&f));
+        if ino == ROOT_INO || ino & 3 <= 1 {
+            let fresh = if ino & 3 == 1 {
+                self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id((ino >> 2) as Id))?))
+                    .map(|f| Self::file_attr(&f))
+            } else {
+                self.dir_id(ino)
+                    .and_then(|id| self.dir_by_id(id))
+                    .map(|d| self.dir_attr(&d))
+            };
+            return match fresh {
+                Ok(a) => {
+                    self.remember(&a);
+                    Ok(a)
+                }
+                // The catalog is out of reach: what was seen of an archived file or a
+                // directory still holds (archived files never change).
+                Err(e @ FsError::Catalog(_)) => self
+                    .known
+                    .lock()
+                    .expect("known")
+                    .get(&ino)
+                    .cloned()
+                    .ok_or(e),
+                Err(e) => Err(e),
+            };
         }
         if let Some(l) = self.local(ino) {
             return Self::local_attr(&l.lock().expect("local"));
@@ -660,6 +689,16 @@ impl Core {
             .expect("listings")
             .insert(dir_id, (Instant::now(), l.clone()));
         Ok(l)
+    }
+
+    /// Keeps the attributes of an archived file or directory, to answer `stat` with while the
+    /// catalog is out of reach.
+    fn remember(&self, a: &Attr) {
+        let mut k = self.known.lock().expect("known");
+        if k.len() >= KNOWN_LIMIT {
+            k.clear();
+        }
+        k.insert(a.ino, a.clone());
     }
 
     /// Forgets cached listings after this mount changed the namespace.
@@ -1833,6 +1872,20 @@ fn apply(
         }
     }
     Ok(n)
+}
+
+/// How many archived entries' attributes are kept for outages of the catalog (about 100 bytes
+/// each).
+const KNOWN_LIMIT: usize = 1 << 20;
+
+/// How long an operation on the mount waits for an unreachable catalog before it fails with
+/// EIO: a program on the mount should get an error, not hang, while a site's link is down.
+const CATALOG_PATIENCE: Duration = Duration::from_secs(2);
+
+fn open_catalog(url: &str) -> Result<Catalog> {
+    let mut cat = Catalog::open(url)?;
+    cat.set_patience(cairn_catalog::db::Patience::new(CATALOG_PATIENCE));
+    Ok(cat)
 }
 
 fn name_str(name: &OsStr) -> Result<&str> {

@@ -317,3 +317,52 @@ fn pulls_longer_than_the_servers_idle_timeout_are_all_recorded_postgres() {
         h2.log()
     );
 }
+
+#[test]
+fn the_mount_serves_what_it_knows_and_fails_fast_while_the_catalog_is_away_postgres() {
+    let test = "the_mount_serves_what_it_knows_and_fails_fast_while_the_catalog_is_away_postgres";
+    if testing::pg_server(test).is_none() || !cairn_tests::fuse_available() {
+        return;
+    }
+    let server = PrivateServer::start();
+    let a = Archive::on_postgres(&server.url);
+    let mut h1 = a.host("h1");
+    let r1 = h1.node("n1", &[]);
+    write_file(&r1, "seen/a.dat", "seen before\n");
+    write_file(&r1, "unseen/b.dat", "not looked at\n");
+    h1.start();
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    let m = h1.mount(None);
+    let mut open = std::fs::File::open(m.path("seen/a.dat")).unwrap();
+    assert!(m.path("seen/a.dat").exists());
+
+    server.halt();
+    // A name never looked at needs the catalog: an error within seconds, not a hang.
+    let start = std::time::Instant::now();
+    let err = std::fs::read_dir(m.path("unseen")).map(|_| ()).unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    // What is known goes on: an open file reads, a seen name stats.
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut open, &mut text).unwrap();
+    assert_eq!(text, "seen before\n");
+    let size = Command::new("python3")
+        .arg("-c")
+        .arg(format!(
+            "import os; print(os.stat('{}').st_size)",
+            m.path("seen/a.dat").display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&size.stdout).trim(), "12");
+
+    server.resume();
+    wait_until(T, "the mount back in touch", || {
+        std::fs::read_to_string(m.path("unseen/b.dat")).is_ok_and(|t| t == "not looked at\n")
+    });
+}
