@@ -586,7 +586,7 @@ impl Core {
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         if ino == ROOT_INO || ino & 3 <= 1 {
-            let fresh = if ino & 3 == 1 {
+            let fresh = if ino != ROOT_INO && ino & 3 == 1 {
                 self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id((ino >> 2) as Id))?))
                     .map(|f| Self::file_attr(&f))
             } else {
