@@ -143,7 +143,9 @@ for h in 1 2 3; do
     lock=$demo/alpenhost\$h/run/cairnd.lock
     [[ -f \$lock ]] || continue
     read -r _ pid _ <"\$lock" || continue
-    [[ \$pid =~ ^[0-9]+\$ ]] && kill -TERM "\$pid" 2>/dev/null || true
+    # Only a cairnd: the number may have been reused by another process since.
+    [[ \$pid =~ ^[0-9]+\$ && \$(cat /proc/\$pid/comm 2>/dev/null) == cairnd ]] || continue
+    kill -TERM "\$pid" 2>/dev/null || true
 done
 echo "Stopped. (Everything stays in $demo.)"
 EOF

@@ -54,7 +54,14 @@ impl MountOptions {
 
 /// Mounts the archive at `mountpoint` and serves it until it is unmounted (`fusermount3 -u`,
 /// `umount`) or the process gets SIGTERM, SIGINT or SIGHUP, which unmount it cleanly.
-pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<()> {
+///
+/// `mounted` runs once the file system is mounted (to tell a waiting parent process).
+pub fn mount(
+    config: &Config,
+    mountpoint: &Path,
+    opts: &MountOptions,
+    mounted: impl FnOnce(),
+) -> Result<()> {
     if !Path::new("/dev/fuse").exists() {
         bail!(
             "cannot mount {}: /dev/fuse is missing (load the fuse module: modprobe fuse)",
@@ -121,6 +128,7 @@ pub fn mount(config: &Config, mountpoint: &Path, opts: &MountOptions) -> Result<
         core.opts.host,
         core.opts.write_node.as_deref().unwrap_or("none: read-only")
     );
+    mounted();
     loop {
         if session.guard.is_finished() {
             info!("{} was unmounted.", mountpoint.display());

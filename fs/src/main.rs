@@ -77,11 +77,11 @@ fn main() -> ExitCode {
         }
         _ => builder.with_writer(std::io::stderr).init(),
     }
-    if !foreground && let Err(e) = daemonize(&mountpoint) {
+    if !foreground && let Err(e) = daemonize() {
         eprintln!("cairnfs: {e:#}");
         return ExitCode::FAILURE;
     }
-    match cairn_fs::mount(&config, &mountpoint, &opts) {
+    match cairn_fs::mount(&config, &mountpoint, &opts, report_mounted) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("cairnfs: {e:#}");
@@ -97,7 +97,7 @@ fn usage(msg: &str) -> ExitCode {
 
 /// Goes to the background: the parent waits until the child has mounted (or failed) and exits
 /// with its result, so `mount -t fuse.cairnfs` and fstab see success only once it works.
-fn daemonize(mountpoint: &std::path::Path) -> anyhow::Result<()> {
+fn daemonize() -> anyhow::Result<()> {
     let mut fds = [0; 2];
     // SAFETY: pipe fills the two-element array we own.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -113,8 +113,6 @@ fn daemonize(mountpoint: &std::path::Path) -> anyhow::Result<()> {
                 libc::setsid();
             }
             READY_FD.store(fds[1], std::sync::atomic::Ordering::Relaxed);
-            let mp = mountpoint.to_path_buf();
-            std::thread::spawn(move || report_when_mounted(mp));
             Ok(())
         }
         _child => {
@@ -129,30 +127,20 @@ fn daemonize(mountpoint: &std::path::Path) -> anyhow::Result<()> {
 
 static READY_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
-/// In the background child: tells the waiting parent once the mount is up. If the child
-/// fails first, its exit closes the pipe and the parent exits 1 (the error is on stderr).
-fn report_when_mounted(mp: PathBuf) {
-    for _ in 0..600 {
-        if std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
-            let canon = mp.canonicalize().unwrap_or(mp.clone());
-            m.lines().any(|l| {
-                let after = l.split(" - ").nth(1).unwrap_or_default();
-                l.split(' ').nth(4) == Some(&*canon.to_string_lossy())
-                    && after.starts_with("fuse")
-                    && after.split(' ').nth(1) == Some("cairn")
-            })
-        }) {
-            let fd = READY_FD.load(std::sync::atomic::Ordering::Relaxed);
-            // SAFETY: writing one byte from a static buffer to our pipe end, then closing it.
-            unsafe {
-                libc::write(fd, b"1".as_ptr().cast(), 1);
-                libc::close(fd);
-            }
-            detach_stdio();
-            return;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
+/// In the background child, once the mount is up: tells the waiting parent and lets go of the
+/// caller's stdio. (If the child fails first, its exit closes the pipe and the parent exits 1;
+/// the error is on stderr.) In the foreground it does nothing.
+fn report_mounted() {
+    let fd = READY_FD.swap(-1, std::sync::atomic::Ordering::Relaxed);
+    if fd < 0 {
+        return;
     }
+    // SAFETY: writing one byte from a static buffer to our pipe end, then closing it.
+    unsafe {
+        libc::write(fd, b"1".as_ptr().cast(), 1);
+        libc::close(fd);
+    }
+    detach_stdio();
 }
 
 /// Points stdin, stdout and stderr at /dev/null, so whoever started cairnfs (mount(8), a
