@@ -1,7 +1,9 @@
 //! A file being written through the mount: its bytes go to a backing file on the write node
-//! while a second thread computes their md5, as long as the writes come in order from byte 0
-//! (what `cp`, `rsync` and `dd` do). Out-of-order writes drop the inline hash, and the file is
-//! read back once at close instead.
+//! while their md5 is computed, as long as the writes come in order from byte 0 (what `cp`,
+//! `rsync` and `dd` do; writes a little out of order are held back until their turn). The
+//! first MiB is hashed on the writer's thread, the rest on a thread of the file's own. A write
+//! before the bytes hashed so far drops the inline hash, and the file is read back once at
+//! close instead.
 
 use std::fs::File;
 use std::io;
@@ -26,14 +28,50 @@ struct HashPipe {
     thread: JoinHandle<Hasher>,
 }
 
+/// Bytes hashed on the writer's own thread before the md5 moves to a thread of its own: small
+/// files (most of a `cp -r`) cost no thread at all.
+const THREAD_AFTER: u64 = 1 << 20;
+
+/// Where a file's inline md5 is computed.
+enum Inline {
+    Here(Hasher),
+    Thread(HashPipe),
+}
+
+impl Inline {
+    fn update(&mut self, chunk: &[u8]) -> bool {
+        match self {
+            Inline::Here(h) => {
+                h.update(chunk);
+                if h.len() > THREAD_AFTER {
+                    match HashPipe::new(std::mem::take(h)) {
+                        Ok(p) => *self = Inline::Thread(p),
+                        Err(_) => return false,
+                    }
+                }
+                true
+            }
+            Inline::Thread(p) => p.tx.send(chunk.to_vec()).is_ok(),
+        }
+    }
+
+    fn finish(self) -> Option<Hasher> {
+        match self {
+            Inline::Here(h) => Some(h),
+            Inline::Thread(p) => p.finish(),
+        }
+    }
+}
+
 impl HashPipe {
-    fn new() -> io::Result<HashPipe> {
+    /// Goes on from `h`, the md5 of the bytes so far.
+    fn new(h: Hasher) -> io::Result<HashPipe> {
         // Enough queued chunks that the writer rarely waits for the hasher.
         let (tx, rx) = sync_channel::<Vec<u8>>(64);
         let thread = std::thread::Builder::new()
             .name("md5".into())
             .spawn(move || {
-                let mut h = Hasher::new();
+                let mut h = h;
                 for chunk in rx {
                     h.update(&chunk);
                 }
@@ -51,7 +89,7 @@ impl HashPipe {
 /// The writing side of a staged or local file.
 pub struct Writer {
     pub file: File,
-    pipe: Option<HashPipe>,
+    pipe: Option<Inline>,
     /// End of the bytes hashed so far; a write before it ends inline hashing.
     next: u64,
     /// Writes beyond `next`, waiting for the gap before them to be filled.
@@ -77,8 +115,7 @@ impl Writer {
     /// A writer for `file`, which holds `len` bytes now; inline hashing only starts on an
     /// empty file.
     pub fn new(file: File, len: u64) -> Writer {
-        let pipe = if len == 0 { HashPipe::new().ok() } else { None };
-        let flusher_file = file.try_clone().ok();
+        let pipe = (len == 0).then(|| Inline::Here(Hasher::new()));
         Writer {
             file,
             pipe,
@@ -86,7 +123,7 @@ impl Writer {
             ahead: Default::default(),
             ahead_bytes: 0,
             kicked: 0,
-            flusher: flusher_file.and_then(flusher),
+            flusher: None,
         }
     }
 
@@ -94,10 +131,10 @@ impl Writer {
         self.file.write_all_at(data, offset)?;
         if self.pipe.is_some() {
             if offset == self.next {
-                self.hash(data.to_vec());
+                self.hash(data);
                 while let Some(chunk) = self.ahead.remove(&self.next) {
                     self.ahead_bytes -= chunk.len();
-                    self.hash(chunk);
+                    self.hash(&chunk);
                 }
             } else if offset > self.next
                 && self.ahead_bytes + data.len() <= REORDER_LIMIT
@@ -111,6 +148,9 @@ impl Writer {
         }
         let end = offset + data.len() as u64;
         if end >= self.kicked + WRITEBACK_EVERY {
+            if self.flusher.is_none() {
+                self.flusher = self.file.try_clone().ok().and_then(flusher);
+            }
             match &self.flusher {
                 // A full queue means the disk is behind anyway: skip this kick.
                 Some(f) => {
@@ -128,7 +168,7 @@ impl Writer {
     pub fn truncated(&mut self, len: u64) {
         if len == 0 {
             self.drop_inline();
-            self.pipe = HashPipe::new().ok();
+            self.pipe = Some(Inline::Here(Hasher::new()));
             self.next = 0;
             self.kicked = 0;
         } else if len != self.next || !self.ahead.is_empty() {
@@ -136,15 +176,11 @@ impl Writer {
         }
     }
 
-    /// Hands the next bytes in order to the md5 thread.
-    fn hash(&mut self, chunk: Vec<u8>) {
+    /// Hashes the next bytes in order.
+    fn hash(&mut self, chunk: &[u8]) {
         self.next += chunk.len() as u64;
-        let sent = self
-            .pipe
-            .as_ref()
-            .map(|p| p.tx.send(chunk).is_ok())
-            .unwrap_or(false);
-        if !sent {
+        let ok = self.pipe.as_mut().is_some_and(|p| p.update(chunk));
+        if !ok {
             self.drop_inline();
         }
     }
@@ -165,7 +201,7 @@ impl Writer {
         let inline = self
             .pipe
             .take()
-            .and_then(HashPipe::finish)
+            .and_then(Inline::finish)
             .filter(|_| complete);
         let (size, md5) = match inline {
             Some(h) if h.len() == len && self.next == len => (len, h.finish_hex()),
@@ -250,11 +286,17 @@ mod tests {
     #[test]
     fn sequential_writes_are_hashed_inline() {
         let (_d, mut w) = writer();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7) as u8).collect();
-        for (i, chunk) in data.chunks(4096).enumerate() {
-            w.write(i as u64 * 4096, chunk).unwrap();
+        // Past THREAD_AFTER, so the md5 moves to its own thread on the way.
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 7 + i / 4099) as u8)
+            .collect();
+        for (i, chunk) in data.chunks(65536).enumerate() {
+            w.write(i as u64 * 65536, chunk).unwrap();
         }
-        assert!(w.pipe.is_some(), "in-order writes keep the inline hash");
+        assert!(
+            matches!(w.pipe, Some(Inline::Thread(_))),
+            "in-order writes keep the inline hash, on a thread once the file is large"
+        );
         let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
         assert_eq!((size, sum), (data.len() as u64, md5(&data)));
     }
