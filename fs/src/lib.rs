@@ -134,7 +134,17 @@ pub fn mount(
             info!("{} was unmounted.", mountpoint.display());
             core.finish_imports();
             core.shutdown();
-            return session.join().context("the mount ended with an error");
+            // Unmounted from outside (`fusermount3 -u`, `umount`): the session must not
+            // unmount again when it is dropped, or it could take down a new mount at the same
+            // place (fuser 0.18 tries, and its check that the old mount is gone is not
+            // reliable). So it is forgotten, and only its thread is joined.
+            let mut session = session;
+            let guard = std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())));
+            std::mem::forget(session);
+            return match guard.join() {
+                Ok(r) => r.context("the mount ended with an error"),
+                Err(_) => Err(anyhow::anyhow!("the file system thread panicked")),
+            };
         }
         if let Some(sig) = wait_signal(&signals, Duration::from_millis(200)) {
             info!("Signal {sig}: unmounting {}.", mountpoint.display());

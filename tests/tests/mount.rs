@@ -880,3 +880,25 @@ impl Drop for StopScript {
         let _ = Command::new("bash").arg(&self.0).output();
     }
 }
+
+// [S20]
+#[test]
+fn a_mount_unmounted_from_outside_leaves_the_next_mount_alone() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let mut first = h.mount(None);
+    sh(&format!("fusermount3 -u {}", first.dir.display()));
+    wait_until(T, "unmounted", || !cairn_tests::is_mounted(&first.dir));
+    // Mounted again at once, while the first cairnfs may still be on its way out.
+    let second = h.mount(None);
+    assert!(first.stop_waiting().success(), "{}", first.log());
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        cairn_tests::is_mounted(&second.dir),
+        "the first cairnfs, leaving, took the second mount with it"
+    );
+    assert!(second.path("").read_dir().is_ok());
+}
