@@ -1052,6 +1052,21 @@ impl Core {
         Ok(w.write(offset, data)?)
     }
 
+    /// `fsync` of a file being written makes its bytes so far durable where they are (a file
+    /// kept under a dot name is never imported, so this is its only fsync). Others: nothing
+    /// to do, archived files are durable already.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let l = match self.handles.lock().expect("handles").get(&fh) {
+            Some(Handle::Write(l)) => l.clone(),
+            _ => return Ok(()),
+        };
+        let g = l.lock().expect("local");
+        if let Some(w) = &g.writer {
+            w.file.sync_data()?;
+        }
+        Ok(())
+    }
+
     /// A descriptor of `fh` was closed by process `pid`. A writer that is dying from a signal
     /// (killed mid-file) marks the file so that it is not imported.
     pub fn flush(&self, fh: u64, pid: u32) {

@@ -327,12 +327,14 @@ impl Filesystem for CairnFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        // Files are made durable when they are imported at close.
-        reply.ok();
+        match self.core.fsync(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("fsync", e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
