@@ -78,7 +78,8 @@ rm -rf "$demo"
 mkdir -p "$demo"
 touch "$demo/$marker"
 
-# Free TCP ports on loopback for the three cairnd HTTP servers.
+# Free TCP ports on loopback for the three cairnd HTTP servers, below the range the kernel
+# hands out for outgoing connections (32768 and up), so no client takes one meanwhile.
 free_port() {
     local p
     for ((p = $1; p < $1 + 200; p++)); do
@@ -91,7 +92,7 @@ free_port() {
 }
 head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$demo/token"
 chmod 600 "$demo/token"
-port=47100
+port=7100
 for h in 1 2 3; do
     port=$(free_port $((port + 1)))
     d=$demo/alpenhost$h
@@ -151,11 +152,18 @@ echo "Stopped. (Everything stays in $demo.)"
 EOF
 chmod +x "$demo/stop.sh"
 
+pids=()
 wait_for() {
     local what=$1
     shift
-    local deadline=$((SECONDS + timeout))
+    local deadline=$((SECONDS + timeout)) p
     until "$@" >/dev/null 2>&1; do
+        for p in "${!pids[@]}"; do
+            if ! kill -0 "${pids[$p]}" 2>/dev/null; then
+                tail -n 20 "$demo/alpenhost$((p + 1))/cairnd.log" >&2
+                die "the cairnd of alpenhost$((p + 1)) stopped while waiting for $what (its log above)"
+            fi
+        done
         ((SECONDS < deadline)) || die "timed out waiting for $what (logs: $demo/alpenhost*/cairnd.log)"
         sleep 0.2
     done
@@ -165,6 +173,7 @@ say "Starting the three cairnd daemons"
 for h in 1 2 3; do
     d=$demo/alpenhost$h
     nohup "$bin/cairnd" --config "$d/cairn.toml" >>"$d/cairnd.log" 2>&1 </dev/null &
+    pids+=($!)
     echo "alpenhost$h: cairnd pid $!, log $d/cairnd.log"
 done
 for h in 1 2 3; do
