@@ -823,13 +823,16 @@ impl Core {
         let complete = self.complete_local(&file, &copies);
         if let Some(path) = complete {
             let f = StdFile::open(&path)?;
+            if path.starts_with(&self.opts.cache_dir) {
+                cairn_syncd::cache::touch(&f);
+            }
             return Ok(self.open_complete(ino, f));
         }
         let fetch = self.fetch(&file)?;
         match fetch {
             Started::Ready(path) => {
                 let f = StdFile::open(&path)?;
-                touch(&f);
+                cairn_syncd::cache::touch(&f);
                 Ok(self.open_complete(ino, f))
             }
             Started::Streaming(fetch) => {
@@ -866,7 +869,7 @@ impl Core {
         let cached = self.opts.cache_dir.join(&file.md5);
         if std::fs::metadata(&cached).is_ok_and(|m| m.len() == file.size) {
             if let Ok(f) = StdFile::open(&cached) {
-                touch(&f);
+                cairn_syncd::cache::touch(&f);
             }
             return Some(cached);
         }
@@ -1265,7 +1268,7 @@ impl Core {
                         .map_or(Ok(()), |p| StdFile::open(p).and_then(|d| d.sync_all()))
                 })
         } else {
-            syncfs(&root)
+            cairn_syncd::copyfile::sync_fs(&root)
         };
         // 3. One transaction for the batch; a path archived with other contents is refused
         //    on its own.
@@ -1854,35 +1857,11 @@ fn apply(
             }
         }
         Action::Clean(node, wants) => {
-            let nd = tx
-                .node_by_name(node)?
-                .ok_or_else(|| invalid(format!("no node named {node:?}")))?;
-            let mut ids = Vec::new();
-            for f in &files {
-                match tx.copy_on(f.id, nd.id)? {
-                    Some(c) if c.has != Has::No => ids.push(c.id),
-                    _ if single => {
-                        return Err(invalid(format!("{} has no copy on node {node:?}", f.path)));
-                    }
-                    _ => {}
-                }
-            }
+            let ids = present_copies(tx, &files, node, single)?;
             n = tx.set_wants(&ids, *wants, now)?;
         }
         Action::Verify(node) => {
-            let nd = tx
-                .node_by_name(node)?
-                .ok_or_else(|| invalid(format!("no node named {node:?}")))?;
-            let mut ids = Vec::new();
-            for f in &files {
-                match tx.copy_on(f.id, nd.id)? {
-                    Some(c) if c.has != Has::No => ids.push(c.id),
-                    _ if single => {
-                        return Err(invalid(format!("{} has no copy on node {node:?}", f.path)));
-                    }
-                    _ => {}
-                }
-            }
+            let ids = present_copies(tx, &files, node, single)?;
             n = tx.request_verify(&ids, now)?;
         }
     }
@@ -1903,6 +1882,33 @@ fn open_catalog(url: &str) -> Result<Catalog> {
     Ok(cat)
 }
 
+/// The copies of `files` on node `node` that are not gone. An unknown node is an error, and so
+/// is a `single` file without such a copy.
+fn present_copies(
+    tx: &mut cairn_catalog::catalog::Tx<'_>,
+    files: &[File],
+    node: &str,
+    single: bool,
+) -> cairn_catalog::error::Result<Vec<Id>> {
+    let nd = tx
+        .node_by_name(node)?
+        .ok_or_else(|| CatalogError::Invalid(format!("no node named {node:?}")))?;
+    let mut ids = Vec::new();
+    for f in files {
+        match tx.copy_on(f.id, nd.id)? {
+            Some(c) if c.has != Has::No => ids.push(c.id),
+            _ if single => {
+                return Err(CatalogError::Invalid(format!(
+                    "{} has no copy on node {node:?}",
+                    f.path
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(ids)
+}
+
 fn name_str(name: &OsStr) -> Result<&str> {
     let s = std::str::from_utf8(name.as_bytes())
         .map_err(|_| FsError::Invalid(format!("file name {name:?} is not UTF-8")))?;
@@ -1918,11 +1924,6 @@ fn join(dir: &str, name: &str) -> String {
     } else {
         format!("{dir}/{name}")
     }
-}
-
-/// Marks a cached file as just used (the cache evicts the least recently used first).
-fn touch(f: &StdFile) {
-    let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
 }
 
 /// Renames `from` to `to`, failing rather than replacing a file already at `to`.
@@ -1995,17 +1996,6 @@ fn killed_by_signal(pid: u32) -> bool {
         .and_then(|f| f.parse::<i64>().ok())
         .unwrap_or(0);
     flags & PF_EXITING != 0 && exit_code & 0x7f != 0
-}
-
-/// Makes everything written to the filesystem holding `path` durable (`syncfs`).
-fn syncfs(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let dir = StdFile::open(path)?;
-    // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
-    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 use cairn_catalog::md5::Hasher;
+use cairn_syncd::copyfile;
 
 /// Bytes written between two writeback kicks: the final fsync then has little left to do.
 const WRITEBACK_EVERY: u64 = 8 << 20;
@@ -233,6 +234,13 @@ pub fn hash_file(file: &File, cancel: &AtomicBool) -> io::Result<(u64, String)> 
     Ok((h.len(), h.finish_hex()))
 }
 
+/// Starts writeback of a range without waiting for it ([`copyfile::start_writeback`]).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    if let Ok(len) = usize::try_from(len) {
+        copyfile::start_writeback(file, offset, len);
+    }
+}
+
 /// A thread that starts writeback of the ranges sent to it, until the sender is dropped.
 fn flusher(file: File) -> Option<SyncSender<(u64, u64)>> {
     let (tx, rx) = sync_channel::<(u64, u64)>(16);
@@ -245,22 +253,6 @@ fn flusher(file: File) -> Option<SyncSender<(u64, u64)>> {
         })
         .ok()?;
     Some(tx)
-}
-
-/// Starts writeback of a range without waiting for it. Advice only.
-fn start_writeback(file: &File, offset: u64, len: u64) {
-    use std::os::fd::AsRawFd;
-    let (Ok(offset), Ok(len)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
-    // SAFETY: sync_file_range reads only its integer arguments; `file` keeps the descriptor
-    // open for the duration of the call.
-    let _ = unsafe {
-        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    };
 }
 
 #[cfg(test)]

@@ -85,7 +85,9 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
     let dir = shared.config.cache.dir.clone();
     let done = dir.join(&file.md5);
     if std::fs::metadata(&done).is_ok_and(|m| m.len() == file.size) {
-        touch(&done);
+        if let Ok(f) = std::fs::File::open(&done) {
+            touch(&f);
+        }
         return Ok(Started::Ready(done));
     }
     let max = shared.config.cache.max_bytes.0;
@@ -286,10 +288,9 @@ fn open_files_under(dir: &Path) -> HashSet<PathBuf> {
     out
 }
 
-fn touch(path: &Path) {
-    if let Ok(f) = std::fs::File::open(path) {
-        let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
-    }
+/// Marks a cached file as just used: eviction takes the least recently used first.
+pub fn touch(f: &std::fs::File) {
+    let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
 }
 
 #[cfg(test)]

@@ -493,7 +493,7 @@ fn advise_sequential(file: &File) {
 
 /// Starts writeback of the `len` bytes just written at `offset` without waiting for it, so the
 /// final fsync has little left to do. Advice only: on failure the fsync does all the work.
-fn start_writeback(file: &File, offset: u64, len: usize) {
+pub fn start_writeback(file: &File, offset: u64, len: usize) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
