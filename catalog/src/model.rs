@@ -333,6 +333,30 @@ impl FromRow for File {
     }
 }
 
+/// What a directory listing shows of a file: no joins, no md5, no path.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FileStat {
+    pub id: Id,
+    pub name: String,
+    pub size: u64,
+    pub mtime: Timestamp,
+}
+
+impl FileStat {
+    pub const COLUMNS: &'static str = "f.id, f.name, f.size, f.mtime";
+}
+
+impl FromRow for FileStat {
+    fn from_row(r: &Row) -> Result<Self, DbError> {
+        Ok(FileStat {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            size: r.get(2)?,
+            mtime: r.get(3)?,
+        })
+    }
+}
+
 /// `dir/name`, or `name` at the root.
 pub fn join_path(dir: &str, name: &str) -> String {
     if dir.is_empty() {

@@ -309,11 +309,29 @@ fn directory_tree_and_lookup(cat: &mut Catalog) {
             let root = tx.dir_by_path("")?.expect("the root directory");
             let d21 = tx.dir_by_path("2025/02/21")?.expect("dir 2025/02/21");
             let listing = tx.list_dir(d21.id)?;
+            let stats = tx.list_dir_stats(d21.id)?;
             let hit = tx.lookup(d21.id, "meta.txt")?;
             let miss = tx.lookup(d21.id, "nope")?;
-            Ok((root, d21, listing, hit, miss))
+            Ok((root, d21, (listing, stats), hit, miss))
         })
         .unwrap();
+    let (listing, (stat_dirs, stat_files)) = listing;
+    assert_eq!(
+        stat_dirs, listing.0,
+        "both listings have the same subdirectories"
+    );
+    assert_eq!(
+        stat_files
+            .iter()
+            .map(|f| (f.id, f.name.as_str(), f.size, f.mtime))
+            .collect::<Vec<_>>(),
+        listing
+            .1
+            .iter()
+            .map(|f| (f.id, f.name.as_str(), f.size, f.mtime))
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(stat_files[0].size, 52);
     assert_eq!(root.path, "");
     assert_eq!(d21.name, "21");
     let (dirs, files) = listing;

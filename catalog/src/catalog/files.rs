@@ -10,7 +10,7 @@ use super::Tx;
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
-use crate::model::{Acq, Copy, Dir, File, FromRow, Has, Id, NodeStats, Wants};
+use crate::model::{Acq, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Wants};
 use crate::params;
 
 /// Which files a listing selects; every field narrows it.
@@ -169,6 +169,26 @@ impl Tx<'_> {
         )?;
         let files = self.rows(
             &file_query("WHERE f.dir_id = ? ORDER BY f.name"),
+            params![dir_id],
+        )?;
+        Ok((dirs, files))
+    }
+
+    /// The subdirectories and files of directory `dir_id`, by name, with only what a listing
+    /// shows of each file (one indexed range each, no joins): the mount's `readdir`.
+    pub fn list_dir_stats(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<FileStat>)> {
+        let dirs = self.rows(
+            &format!(
+                "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
+                Dir::COLUMNS
+            ),
+            params![dir_id],
+        )?;
+        let files = self.rows(
+            &format!(
+                "SELECT {} FROM file f WHERE f.dir_id = ? ORDER BY f.name",
+                FileStat::COLUMNS
+            ),
             params![dir_id],
         )?;
         Ok((dirs, files))

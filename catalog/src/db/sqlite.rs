@@ -148,6 +148,18 @@ fn from_sql(v: ValueRef<'_>) -> Result<Value, DbError> {
     })
 }
 
+impl SqliteBackend {
+    /// Runs a statement without parameters, prepared once per connection (BEGIN and COMMIT
+    /// run for every transaction).
+    fn run_cached(&mut self, sql: &str) -> Result<(), DbError> {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut st| st.execute([]))
+            .map(drop)
+            .map_err(map_err)
+    }
+}
+
 impl Backend for SqliteBackend {
     fn dialect(&self) -> Dialect {
         Dialect::Sqlite
@@ -189,11 +201,11 @@ impl Backend for SqliteBackend {
             TxMode::Read => "BEGIN DEFERRED",
             TxMode::Write => "BEGIN IMMEDIATE",
         };
-        self.conn.execute_batch(sql).map_err(map_err)
+        self.run_cached(sql)
     }
 
     fn commit(&mut self) -> Result<(), DbError> {
-        self.conn.execute_batch("COMMIT").map_err(map_err)
+        self.run_cached("COMMIT")
     }
 
     fn rollback(&mut self) -> Result<(), DbError> {
