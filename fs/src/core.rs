@@ -5,7 +5,7 @@
 //! `f << 2 | 1`, and the root is 1. Files that exist only on this host — being written, or
 //! named with a leading `.` — get `n << 2 | 2` for as long as this mount lives.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::fs::{File as StdFile, OpenOptions};
 use std::io;
@@ -13,14 +13,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use cairn_catalog::catalog::{FileFilter, NewFile, normalize_path};
 use cairn_catalog::model::{Dir, File, Has, Id, Node, Wants};
 use cairn_catalog::{Catalog, CatalogError, Config};
 use cairn_syncd::importer::{Importer, Verdict};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::fetch::{Fetch, Started, State};
 use crate::staged::{Writer, hash_file};
@@ -203,12 +203,41 @@ fn with_local<T>(l: &LocalRef, held: Option<&mut Local>, f: impl FnOnce(&mut Loc
 type LocalRef = Arc<Mutex<Local>>;
 
 /// A directory's entries, shared by the open handles that read them.
-type Listing = Arc<Vec<Entry>>;
+type Listing = Arc<DirList>;
+
+/// The entries of a directory (without `.` and `..`): subdirectories first, then files.
+#[derive(Debug, Default)]
+pub struct DirList {
+    pub entries: Vec<Entry>,
+    /// Entry by name, made on the first lookup that uses this listing (a `find` makes none).
+    index: OnceLock<HashMap<String, usize>>,
+}
+
+impl DirList {
+    fn new(entries: Vec<Entry>) -> Self {
+        DirList {
+            entries,
+            index: OnceLock::new(),
+        }
+    }
+
+    fn get(&self, name: &str) -> Option<&Entry> {
+        let index = self.index.get_or_init(|| {
+            let mut m = HashMap::with_capacity(self.entries.len());
+            for (i, e) in self.entries.iter().enumerate() {
+                m.insert(e.name.clone(), i);
+            }
+            m
+        });
+        index.get(name).map(|&i| &self.entries[i])
+    }
+}
 
 #[derive(Default)]
 struct Locals {
     by_ino: HashMap<u64, LocalRef>,
-    by_name: HashMap<(Id, String), u64>,
+    /// By directory and name, in order, so a directory's locals are one range.
+    by_name: BTreeMap<(Id, String), u64>,
     /// Locals that were imported: their old inode now stands for the catalog file.
     imported: HashMap<u64, Id>,
     next: u64,
@@ -221,7 +250,7 @@ enum Handle {
     Passthrough(u64),
     Stream(Arc<Fetch>, u64),
     Write(LocalRef),
-    Dir(Mutex<Option<Arc<Vec<Entry>>>>),
+    Dir(Mutex<Option<Listing>>),
 }
 
 /// The mount's state; every method is one operation.
@@ -241,6 +270,11 @@ pub struct Core {
     /// Directory listings, reused for `[fs] ttl` (the kernel caches names as long), dropped
     /// whenever this mount changes the namespace.
     listings: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// Counts this mount's changes to the namespace: a listing read before a change is not
+    /// kept after it.
+    generation: AtomicU64,
+    /// Directories whose listings the prefetcher should read ahead.
+    prefetch: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
     /// Attributes of archived files and directories seen lately (at most [`KNOWN_LIMIT`]).
     known: Mutex<HashMap<u64, Attr>>,
     /// A digest of the listing last given to the kernel, per directory.
@@ -276,6 +310,8 @@ impl Core {
             fetches: Mutex::new(HashMap::new()),
             dir_meta: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            generation: AtomicU64::new(0),
+            prefetch: Mutex::new(None),
             served: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -294,6 +330,7 @@ impl Core {
             }
         }
         core.tidy_staging();
+        core.load_kept();
         Ok(core)
     }
 
@@ -353,11 +390,16 @@ impl Core {
     }
 
     fn file_attr(f: &File) -> Attr {
+        Self::stat_attr(f.id, f.size, f.mtime)
+    }
+
+    /// An archived file's attributes: read-only, its size and mtime from the catalog.
+    fn stat_attr(id: Id, size: u64, mtime: i64) -> Attr {
         Attr {
-            ino: file_ino(f.id),
+            ino: file_ino(id),
             kind: Kind::File,
-            size: f.size,
-            mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(f.mtime.max(0) as u64),
+            size,
+            mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(mtime.max(0) as u64),
             perm: 0o444,
         }
     }
@@ -434,6 +476,78 @@ impl Core {
         root.join(".cairn/staging")
     }
 
+    /// Where a file this host keeps without importing it (a dot name, or a path the import
+    /// rules skip) lives on the write node: `.cairn/kept/PATH`, out of the archive's tree, so
+    /// that listing a directory needs nothing but the catalog and this mount's memory.
+    fn kept_path(root: &Path, dir_path: &str, name: &str) -> PathBuf {
+        root.join(".cairn/kept").join(dir_path).join(name)
+    }
+
+    /// Moves a local file to its kept place, `.cairn/kept/DIR/NAME`.
+    fn keep(root: &Path, g: &mut Local) -> io::Result<()> {
+        let dest = Self::kept_path(root, &g.dir_path, &g.name);
+        if dest != g.backing {
+            std::fs::create_dir_all(dest.parent().unwrap_or(root))?;
+            std::fs::rename(&g.backing, &dest)?;
+            g.backing = dest;
+        }
+        g.kind = LocalKind::Kept;
+        Ok(())
+    }
+
+    /// Makes the files kept by earlier mounts on this host visible again.
+    fn load_kept(&self) {
+        let Ok((_, root)) = self.write_root() else {
+            return;
+        };
+        let top = root.join(".cairn/kept");
+        let mut todo = vec![top.clone()];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() {
+                    todo.push(e.path());
+                    continue;
+                }
+                if !t.is_file() {
+                    continue;
+                }
+                let path = e.path();
+                let rel = path.strip_prefix(&top).expect("under the kept dir");
+                let dir_path = rel
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Its directory may have been removed from the catalog meanwhile (it looked
+                // empty elsewhere): it is made again, since this host has a file in it.
+                let dir = if dir_path.is_empty() {
+                    Ok(self.root_dir)
+                } else {
+                    self.with_cat(|c| {
+                        let found = c.read(|tx| tx.dir_by_path(&dir_path))?;
+                        Ok(match found {
+                            Some(d) => d.id,
+                            None => {
+                                let t = cairn_catalog::units::now();
+                                c.write(|tx| tx.ensure_dir(&dir_path, t))?
+                            }
+                        })
+                    })
+                };
+                match dir {
+                    Ok(dir_id) => {
+                        self.add_local(dir_id, &dir_path, &name, LocalKind::Kept, path);
+                    }
+                    Err(e) => warn!("Cannot show kept file {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+
     /// Removes staged files left by mounts that are gone (killed mid-write): nothing of theirs
     /// was imported, and nothing will be.
     fn tidy_staging(&self) {
@@ -480,6 +594,16 @@ impl Core {
                 return Self::local_attr(&g);
             }
         }
+        // `ls -l` looks up every name it has just listed: answer from that listing, which is
+        // no older than the kernel may keep the names anyway.
+        if local.is_none()
+            && let Some(e) = self
+                .fresh_listing(dir_id)
+                .and_then(|l| l.get(name).filter(|e| e.attr.ino & 3 != 2).cloned())
+        {
+            self.remember(&e.attr);
+            return Ok(e.attr);
+        }
         let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
         if found.is_some()
             && let Some(l) = &local
@@ -500,34 +624,8 @@ impl Core {
             None if local.is_some() => {
                 Self::local_attr(&local.expect("checked").lock().expect("local"))
             }
-            None => {
-                let l = self.find_kept(dir_id, name)?.ok_or(FsError::NotFound)?;
-                Self::local_attr(&l.lock().expect("local"))
-            }
+            None => Err(FsError::NotFound),
         }
-    }
-
-    /// A file kept on the write node (not imported) named `name` in directory `dir_id`.
-    fn find_kept(&self, dir_id: Id, name: &str) -> Result<Option<LocalRef>> {
-        let Ok((_, root)) = self.write_root() else {
-            return Ok(None);
-        };
-        let dir = self.dir_by_id(dir_id)?;
-        if dir.path.is_empty() && name == ".cairn" {
-            return Ok(None);
-        }
-        let backing = root.join(&dir.path).join(name);
-        match std::fs::symlink_metadata(&backing) {
-            Ok(m) if m.is_file() => {}
-            _ => return Ok(None),
-        }
-        Ok(Some(self.add_local(
-            dir_id,
-            &dir.path,
-            name,
-            LocalKind::Kept,
-            backing,
-        )))
     }
 
     fn add_local(
@@ -644,16 +742,17 @@ impl Core {
         let digest = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            list.hash(&mut h);
+            list.entries.hash(&mut h);
             h.finish()
         };
         let same = self.served.lock().expect("served").insert(dir_id, digest) == Some(digest);
+        self.read_ahead(&list);
         Ok((self.new_fh(Handle::Dir(Mutex::new(Some(list)))), same))
     }
 
-    /// The entries of a directory (without `.` and `..`), read once per open and kept, so
-    /// reading a large directory in pieces costs one query.
-    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Arc<Vec<Entry>>> {
+    /// The entries of a directory, read once per open and kept, so reading a large directory
+    /// in pieces costs one query.
+    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Listing> {
         {
             let hs = self.handles.lock().expect("handles");
             if let Some(Handle::Dir(cached)) = hs.get(&fh)
@@ -673,22 +772,74 @@ impl Core {
 
     /// The entries of directory `dir_id`: the cached listing if it is younger than the TTL.
     fn listing(&self, ino: u64, dir_id: Id) -> Result<Listing> {
-        let fresh = self
-            .listings
+        if let Some(l) = self.fresh_listing(dir_id) {
+            return Ok(l);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let l = Arc::new(DirList::new(self.list(ino)?));
+        self.keep_listing(dir_id, generation, &l);
+        Ok(l)
+    }
+
+    /// Keeps a listing for the TTL, unless this mount changed the namespace since it was
+    /// read. Listings past their TTL are dropped once there are many.
+    fn keep_listing(&self, dir_id: Id, generation: u64, l: &Listing) {
+        let mut ls = self.listings.lock().expect("listings");
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if ls.len() >= LISTINGS_KEPT {
+            ls.retain(|_, (at, _)| at.elapsed() < self.opts.ttl);
+        }
+        ls.insert(dir_id, (Instant::now(), l.clone()));
+    }
+
+    /// Asks the prefetcher to read the listings of a directory's subdirectories (at most
+    /// [`READ_AHEAD`]), so that a walk like `find` or `ls -R` finds them ready. Only one
+    /// level: what is read ahead triggers nothing further until a program opens it.
+    fn read_ahead(&self, list: &DirList) {
+        let q = self.prefetch.lock().expect("prefetch");
+        let Some(tx) = &*q else { return };
+        for e in list
+            .entries
+            .iter()
+            .filter(|e| e.attr.kind == Kind::Dir)
+            .take(READ_AHEAD)
+        {
+            if tx.try_send(e.attr.ino).is_err() {
+                break;
+            }
+        }
+    }
+
+    /// Starts the thread that reads listings ahead of a directory walk.
+    pub fn start_prefetcher(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(READ_AHEAD * 4);
+        let core = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("prefetcher".into())
+            .spawn(move || {
+                while let Ok(ino) = rx.recv() {
+                    let Some(c) = core.upgrade() else { return };
+                    if let Ok(dir_id) = c.dir_id(ino)
+                        && c.fresh_listing(dir_id).is_none()
+                        && let Err(e) = c.listing(ino, dir_id)
+                    {
+                        debug!("Reading ahead directory inode {ino}: {e}");
+                    }
+                }
+            })
+            .expect("the prefetcher thread starts");
+        *self.prefetch.lock().expect("prefetch") = Some(tx);
+    }
+
+    fn fresh_listing(&self, dir_id: Id) -> Option<Listing> {
+        self.listings
             .lock()
             .expect("listings")
             .get(&dir_id)
             .filter(|(at, _)| at.elapsed() < self.opts.ttl)
-            .map(|(_, l)| l.clone());
-        if let Some(l) = fresh {
-            return Ok(l);
-        }
-        let l = Arc::new(self.list(ino)?);
-        self.listings
-            .lock()
-            .expect("listings")
-            .insert(dir_id, (Instant::now(), l.clone()));
-        Ok(l)
+            .map(|(_, l)| l.clone())
     }
 
     /// Keeps the attributes of an archived file or directory, to answer `stat` with while the
@@ -703,73 +854,59 @@ impl Core {
 
     /// Forgets cached listings after this mount changed the namespace.
     fn changed(&self) {
-        self.listings.lock().expect("listings").clear();
+        let mut ls = self.listings.lock().expect("listings");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        ls.clear();
     }
 
     fn list(&self, ino: u64) -> Result<Vec<Entry>> {
         let dir_id = self.dir_id(ino)?;
-        let (dir, (dirs, files)) = self.with_cat(|c| {
+        let (dirs, files) = self.with_cat(|c| {
             Ok(c.read(|tx| {
-                let d = tx
-                    .dir_by_id(dir_id)?
-                    .ok_or_else(|| CatalogError::not_found("directory", format!("#{dir_id}")))?;
-                Ok((d, tx.list_dir(dir_id)?))
+                let (dirs, files) = tx.list_dir_stats(dir_id)?;
+                if dirs.is_empty() && files.is_empty() {
+                    // Empty, or gone (removed from another host).
+                    tx.dir_by_id(dir_id)?.ok_or_else(|| {
+                        CatalogError::not_found("directory", format!("#{dir_id}"))
+                    })?;
+                }
+                Ok((dirs, files))
             })?)
         })?;
         let mut out = Vec::with_capacity(dirs.len() + files.len());
-        let mut names: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for d in &dirs {
-            names.insert(d.name.clone());
+        for d in dirs {
+            let attr = self.dir_attr(&d);
+            out.push(Entry { name: d.name, attr });
+        }
+        for f in files {
             out.push(Entry {
-                name: d.name.clone(),
-                attr: self.dir_attr(d),
+                attr: Self::stat_attr(f.id, f.size, f.mtime),
+                name: f.name,
             });
         }
-        for f in &files {
-            names.insert(f.name.clone());
-            out.push(Entry {
-                name: f.name.clone(),
-                attr: Self::file_attr(f),
-            });
-        }
-        // Files only this host has: being written, or kept on the write node.
-        if let Ok((_, root)) = self.write_root()
-            && let Ok(rd) = std::fs::read_dir(root.join(&dir.path))
-        {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if (dir.path.is_empty() && name == ".cairn")
-                    || !e.file_type().is_ok_and(|t| t.is_file())
-                    || names.contains(&name)
-                {
-                    continue;
-                }
-                let l = self.add_local(dir_id, &dir.path, &name, LocalKind::Kept, e.path());
-                let l = l.lock().expect("local");
-                if let Ok(attr) = Self::local_attr(&l) {
-                    names.insert(name.clone());
-                    out.push(Entry { name, attr });
-                }
-            }
-        }
-        let staged: Vec<LocalRef> = {
+        // Files only this host has: being written, or kept on the write node. An archived
+        // file of the same name comes first.
+        let locals: Vec<LocalRef> = {
             let ls = self.locals.lock().expect("locals");
             ls.by_name
-                .iter()
-                .filter(|((d, _), _)| *d == dir_id)
+                .range((dir_id, String::new())..)
+                .take_while(|((d, _), _)| *d == dir_id)
                 .filter_map(|(_, ino)| ls.by_ino.get(ino).cloned())
                 .collect()
         };
-        for l in staged {
-            let l = l.lock().expect("local");
-            if names.contains(&l.name) {
-                continue;
-            }
-            if let Ok(attr) = Self::local_attr(&l) {
-                out.push(Entry {
-                    name: l.name.clone(),
-                    attr,
-                });
+        if !locals.is_empty() {
+            let names: HashSet<String> = out.iter().map(|e| e.name.clone()).collect();
+            for l in locals {
+                let l = l.lock().expect("local");
+                if names.contains(&l.name) {
+                    continue;
+                }
+                if let Ok(attr) = Self::local_attr(&l) {
+                    out.push(Entry {
+                        name: l.name.clone(),
+                        attr,
+                    });
+                }
             }
         }
         Ok(out)
@@ -1015,9 +1152,9 @@ impl Core {
         }
         let dir = self.dir_by_id(dir_id)?;
         let (kind, backing) = if name.starts_with('.') {
-            let d = root.join(&dir.path);
-            std::fs::create_dir_all(&d)?;
-            (LocalKind::Kept, d.join(&name))
+            let p = Self::kept_path(&root, &dir.path, &name);
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
+            (LocalKind::Kept, p)
         } else {
             let staging = Self::staging_dir(&root);
             std::fs::create_dir_all(&staging)?;
@@ -1113,14 +1250,10 @@ impl Core {
             g.hashed = Some((size, md5));
         }
         if g.name.starts_with('.') {
-            // Still a temporary name: keep it on the write node, next to where it will land.
+            // Still a temporary name: keep it on the write node.
             if g.kind == LocalKind::Staged {
                 let (_, root) = self.write_root()?;
-                let dest = root.join(&g.dir_path).join(&g.name);
-                std::fs::create_dir_all(dest.parent().unwrap_or(&root))?;
-                std::fs::rename(&g.backing, &dest)?;
-                g.backing = dest;
-                g.kind = LocalKind::Kept;
+                Self::keep(&root, &mut g)?;
             }
             return Ok(());
         }
@@ -1137,13 +1270,11 @@ impl Core {
             Verdict::Import { acq } => acq,
             Verdict::Skip(why) => {
                 let (_, root) = self.write_root()?;
-                let dest = root.join(&path);
-                if g.backing != dest {
-                    rename_noreplace(&g.backing, &dest)?;
-                    g.backing = dest;
-                }
-                g.kind = LocalKind::Kept;
-                info!("Kept {path} on this host without importing it: {why}.");
+                Self::keep(&root, g)?;
+                info!(
+                    "Kept {path} on this host without importing it, as {}: {why}.",
+                    g.backing.display()
+                );
                 return Ok(());
             }
         };
@@ -1467,6 +1598,7 @@ impl Core {
         self.changed();
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
+            let _ = std::fs::remove_dir(root.join(".cairn/kept").join(&d.path));
         }
         Ok(())
     }
@@ -1545,13 +1677,7 @@ impl Core {
         }
         if newname.starts_with('.') || g.kind == LocalKind::Kept && !self.importable(&g) {
             let (_, root) = self.write_root()?;
-            let dest = root.join(&new_dir.path).join(&newname);
-            if dest != g.backing {
-                std::fs::create_dir_all(dest.parent().unwrap_or(&root))?;
-                std::fs::rename(&g.backing, &dest)?;
-                g.backing = dest;
-            }
-            g.kind = LocalKind::Kept;
+            Self::keep(&root, &mut g)?;
             return Ok(());
         }
         self.import_local(&l, &mut g)
@@ -1582,7 +1708,14 @@ impl Core {
     pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
         let name = name.to_string_lossy();
         let Some(key) = name.strip_prefix("user.cairn.") else {
-            return Err(FsError::NoAttr);
+            // The mount keeps no security labels, ACLs or other namespaces' attributes. Saying
+            // so, rather than "no such attribute", lets `ls -l` stop asking for them on every
+            // file (it remembers a file system that does not support them).
+            return Err(if name.starts_with("user.") {
+                FsError::NoAttr
+            } else {
+                FsError::Unsupported(name.into_owned())
+            });
         };
         if ino == ROOT_INO || ino & 3 == 0 {
             let d = self.dir_by_id(self.dir_id(ino)?)?;
@@ -1871,6 +2004,12 @@ fn apply(
 /// How many archived entries' attributes are kept for outages of the catalog (about 100 bytes
 /// each).
 const KNOWN_LIMIT: usize = 1 << 20;
+
+/// Listings kept before those past their TTL are dropped.
+const LISTINGS_KEPT: usize = 4096;
+
+/// Subdirectories of an opened directory whose listings are read ahead.
+const READ_AHEAD: usize = 256;
 
 /// How long an operation on the mount waits for an unreachable catalog before it fails with
 /// EIO: a program on the mount should get an error, not hang, while a site's link is down.

@@ -1,6 +1,7 @@
 //! The thin fuser adapter: each method calls [`Core`] and replies, or goes through
 //! [`fail`], which logs and maps the error to one errno.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use fuser::{
 };
 use tracing::{debug, error, warn};
 
-use crate::core::{Attr, Core, FsError, Kind};
+use crate::core::{Attr, Core, DirList, Entry, FsError, Kind, ROOT_INO};
 
 /// The errno for each error. Exhaustive on purpose: a new variant needs a decision here.
 pub fn errno(e: &FsError) -> i32 {
@@ -61,6 +62,47 @@ fn fail(op: &str, e: FsError) -> Errno {
         FsError::Unavailable(_) | FsError::Io(_) | FsError::Catalog(_) => error!("{op}: {e}"),
     }
     Errno::from_i32(n)
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+/// A listing as the kernel reads it, from `offset` on: `.` and `..` (offsets 1 and 2), then
+/// the entries. Each carries the offset to resume after it.
+fn stream<'a>(
+    ino: INodeNo,
+    list: &'a DirList,
+    offset: u64,
+) -> impl Iterator<Item = (u64, Cow<'a, Entry>)> {
+    let dots = [(1, ino.0, "."), (2, ROOT_INO, "..")]
+        .into_iter()
+        .filter(move |&(off, _, _)| off > offset)
+        .map(|(off, ino, name)| {
+            let attr = Attr {
+                ino,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                perm: 0o755,
+            };
+            (
+                off,
+                Cow::Owned(Entry {
+                    name: name.into(),
+                    attr,
+                }),
+            )
+        });
+    let start = (offset as usize).saturating_sub(2).min(list.entries.len());
+    let entries = list.entries[start..]
+        .iter()
+        .enumerate()
+        .map(move |(k, e)| ((start + k) as u64 + 3, Cow::Borrowed(e)));
+    dots.chain(entries)
 }
 
 /// How long the kernel keeps archived names and attributes.
@@ -131,7 +173,8 @@ fn time(t: Option<TimeOrNow>) -> Option<SystemTime> {
 
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
+        let _ = config
+            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
             let _ = config.set_max_stack_depth(2);
@@ -360,35 +403,25 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = match self.core.readdir(ino.0, fh.0) {
-            Ok(e) => e,
+        let list = match self.core.readdir(ino.0, fh.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(fail("readdir", e)),
         };
-        let mut i = offset as usize;
-        if i == 0 {
-            if reply.add(ino, 1, FileType::Directory, ".") {
-                return reply.ok();
-            }
-            i = 1;
-        }
-        if i == 1 {
-            if reply.add(INodeNo(1), 2, FileType::Directory, "..") {
-                return reply.ok();
-            }
-            i = 2;
-        }
-        for (k, e) in entries.iter().enumerate().skip(i - 2) {
-            let kind = match e.attr.kind {
-                Kind::Dir => FileType::Directory,
-                Kind::File => FileType::RegularFile,
-            };
-            if reply.add(INodeNo(e.attr.ino), (k + 3) as u64, kind, &e.name) {
+        for (off, e) in stream(ino, &list, offset) {
+            if reply.add(INodeNo(e.attr.ino), off, file_type(e.attr.kind), &e.name) {
                 break;
             }
         }
         reply.ok();
     }
 
+    /// Entries with their attributes, so that `ls -l` needs no lookup per file. The first
+    /// reply of a listing stops after the subdirectories and the first file. A program that
+    /// reads names only (`find`) then gets the rest through plain `readdir`, and the kernel
+    /// makes no inode for each file. A program that stats what it reads (`ls -l`, `du`)
+    /// stats that first file before it reads on, which tells the kernel to ask for the rest
+    /// with attributes too (FUSE_READDIRPLUS_AUTO: an entry that came with attributes and is
+    /// then used advises readdirplus for its directory).
     fn readdirplus(
         &self,
         _req: &Request,
@@ -397,15 +430,22 @@ impl Filesystem for CairnFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = match self.core.readdir(ino.0, fh.0) {
-            Ok(e) => e,
+        let list = match self.core.readdir(ino.0, fh.0) {
+            Ok(l) => l,
             Err(e) => return reply.error(fail("readdirplus", e)),
         };
-        for (k, e) in entries.iter().enumerate().skip(offset as usize) {
+        let mut files = 0;
+        for (off, e) in stream(ino, &list, offset) {
+            if e.attr.kind == Kind::File {
+                files += 1;
+                if offset == 0 && files > 1 {
+                    break;
+                }
+            }
             let a = self.attr(&e.attr);
             if reply.add(
                 INodeNo(e.attr.ino),
-                (k + 1) as u64,
+                off,
                 &e.name,
                 &self.ttl(&e.attr),
                 &a,

@@ -86,6 +86,7 @@ pub fn mount(
     let core =
         Arc::new(core::Core::new(core_opts, &config.import).context("cannot start the mount")?);
     core.start_importer();
+    core.start_prefetcher();
     let fs = fuse::CairnFs::new(core.clone());
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![

@@ -9,7 +9,8 @@
 #      first byte after open, full read              cairnd, and cairnd's own pull of it
 # Two hosts on loopback, one catalog, release build. Needs root (drop_caches, FUSE
 # passthrough). Each figure is the median of three runs, the baseline's too (RUNS=N for
-# another count). Prints a Markdown table for BENCHMARKS.md.
+# another count; PARTS="2 4" for only some of the five). Prints a Markdown table for
+# BENCHMARKS.md.
 # Usage: tests/bench/fs.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -90,10 +91,13 @@ wait_done
 
 echo "Creating test data in $W and $SRC ..." >&2
 RUNS=${RUNS:-3}
-export RUNS
+PARTS=${PARTS:-1 2 3 4 5}
+export RUNS PARTS
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 python3 - "$W/h1/n1" "$SRC" <<'PY'
 import os, sys
 root, src = sys.argv[1], sys.argv[2]
+parts = os.environ["PARTS"].split()
 def big(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "wb") as f:
@@ -101,16 +105,19 @@ def big(path):
         for i in range(1024):
             f.write(block[i % 7:] + block[: i % 7])
 runs = int(os.environ.get("RUNS", "3"))
-for name in ["local"] + [f"{k}{i}" for k in ("first", "full", "pulled", "curl") for i in range(runs)]:
+names = (["local"] if "1" in parts else []) + [
+    f"{k}{i}" for k in ("first", "full", "pulled", "curl") for i in range(runs) if "5" in parts]
+for name in names:
     big(os.path.join(root, "big", name + ".dat"))
-big(os.path.join(src, "write.dat"))
-for h in range(100):
+if "2" in parts:
+    big(os.path.join(src, "write.dat"))
+for h in range(100 if "3" in parts else 0):
     d = os.path.join(src, "small", "%02d" % h)
     os.makedirs(d)
     for m in range(100):
         with open(os.path.join(d, "%04d.dat" % m), "wb") as f:
             f.write(os.urandom(4096))
-for h in range(1000):
+for h in range(1000 if "4" in parts else 0):
     d = os.path.join(root, "tree", "%03d" % (h // 100), "%02d" % (h % 100))
     os.makedirs(d)
     for m in range(100):
@@ -132,6 +139,7 @@ median() {
 }
 timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); secs "$t0" "$t1"; }
 
+if part 1; then
 # 1. Local sequential read.
 native_cold() { drop; timed dd if="$W/h1/n1/big/local.dat" of=/dev/null bs=1M status=none; }
 mount_cold() { drop; timed dd if="$W/m1/big/local.dat" of=/dev/null bs=1M status=none; }
@@ -144,6 +152,9 @@ a=$(median native_warm); b=$(median mount_warm)
 row "Read a local 1 GiB file, warm cache" "$(mibs "$b")" \
     "$(mibs "$a") (dd of the node's file)" "$(ratio "$a" "$b")"
 
+fi
+
+if part 2; then
 # 2. Write 1 GiB, imported at close, vs a native write then md5sum. The source is in RAM.
 base_write() {
     drop; cat "$SRC/write.dat" >/dev/null
@@ -171,6 +182,9 @@ row "Write 1 GiB, imported at close, md5 done, fsynced (≥ 1.2× faster)" "$(mi
 row "Same, against a durable baseline" "$(mibs "$b")" \
     "$(mibs "$s2") (cp, sync, then md5sum)" "$(ratio "$s2" "$b")"
 
+fi
+
+if part 3; then
 # 3. cp -r of 10,000 files of 4 KiB.
 mount_cp() {
     local t0 t1; t0=$(now)
@@ -184,6 +198,9 @@ row "cp -r 10,000 files of 4 KiB, all imported (≥ 1,000 files/s)" \
     "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
     "$(ratio "$a" "$b")"
 
+fi
+
+if part 4; then
 # 4. find and ls -lR over 100,000 files. Cold: caches dropped and a fresh mount, so nothing
 #    is cached by the kernel or by cairnfs. Warm: right after.
 fresh_mount() {
@@ -204,6 +221,9 @@ for cmd in "find" "ls -lR"; do
         "$(printf '%.2f s' "$a") (the node's tree)" "$(ratio "$b" "$a") the time"
 done
 
+fi
+
+if part 5; then
 # 5. 1 GiB files only on h1, read on h2 (a new file each run). Baselines: curl from h1's
 #    cairnd, and cairnd's own pull to a node of h2.
 curl_pull() {
@@ -237,6 +257,7 @@ row "Full read of a 1 GiB remote-only file (≥ 0.8× the HTTP pull)" "$(mibs "$
     "$(mibs "$p") (cairnd's HTTP pull to a node, md5 checked)" "$(ratio "$p" "$r")"
 row "Same, against the raw HTTP stream" "$(mibs "$r")" \
     "$(mibs "$c") (curl to /dev/null, no md5)" "$(ratio "$c" "$r")"
+fi
 
 echo
 echo "| Measurement | cairnfs | Baseline (same run) | Ratio |"

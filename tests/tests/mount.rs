@@ -188,6 +188,72 @@ fn ls_find_du_and_stat_agree_with_the_catalog() {
     assert!(ls.contains("-r--r--r--"), "{ls}");
 }
 
+// [S1]
+#[test]
+fn a_large_directory_lists_whole_with_the_right_attributes() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    // Long names, so the listing takes many readdir replies.
+    let name = |i: usize| format!("observation-{i:05}-detector-channel-a-calibrated.dat");
+    for i in 0..1500 {
+        write_file(&root, &format!("big/{}", name(i)), vec![b'x'; i % 97]);
+    }
+    for d in ["sub0", "sub1", "sub2"] {
+        write_file(&root, &format!("big/{d}/inner.dat"), "inner\n");
+    }
+    h.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let m = h.mount(None);
+    let mut want: Vec<String> = (0..1500)
+        .map(|i| format!("{} {}", name(i), i % 97))
+        .collect();
+    want.extend(["sub0 dir", "sub1 dir", "sub2 dir"].map(String::from));
+    want.sort();
+    // Names only first (`find` reads them without attributes), then with them: cold, then
+    // warm from the kernel's cache.
+    let found = sh(&format!("find {} | wc -l", m.path("big").display()));
+    assert_eq!(found.trim(), (1 + 1500 + 3 + 3).to_string());
+    for pass in ["cold", "warm"] {
+        let listed = sh(&format!(
+            "python3 -c 'import os, sys
+for e in os.scandir(sys.argv[1]):
+    print(e.name, \"dir\" if e.is_dir() else e.stat().st_size)' {}",
+            m.path("big").display()
+        ));
+        let mut got: Vec<&str> = listed.lines().collect();
+        got.sort();
+        assert_eq!(got, want, "{pass}");
+        let ls = sh(&format!("ls -la {}", m.path("big").display()));
+        let lines: Vec<&str> = ls.lines().skip(1).collect();
+        assert_eq!(lines.len(), 2 + 3 + 1500, "{pass}: {ls}");
+        assert!(
+            lines[0].ends_with(" .") && lines[1].ends_with(" .."),
+            "{ls}"
+        );
+        for l in &lines[2..] {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (size, n) = (f[4], f[8]);
+            match n.strip_prefix("observation-") {
+                Some(rest) => {
+                    let i: usize = rest[..5].parse().unwrap();
+                    assert_eq!(size, (i % 97).to_string(), "{pass}: {l}");
+                    assert!(l.starts_with("-r--r--r--"), "{l}");
+                }
+                None => assert!(l.starts_with("drwxr-xr-x"), "{l}"),
+            }
+        }
+        drop_kernel_caches();
+    }
+}
+
+/// Makes the kernel forget dentries and inodes (as root; otherwise a no-op).
+fn drop_kernel_caches() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
+}
+
 // [S10] [S12]
 #[test]
 fn archived_files_cannot_be_removed_renamed_or_overwritten() {
@@ -238,18 +304,27 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
     }
     let a = Archive::new();
     let (h, root) = one_host(&a, "");
-    let m = h.mount(Some("store1"));
+    let mut m = h.mount(Some("store1"));
     std::fs::create_dir(m.path("run")).unwrap();
     std::fs::write(m.path("run/.part.tmp"), "half of it\n").unwrap();
-    // Visible here, on the write node, and not in the catalog.
+    // Visible here, kept on the write node out of the archive's tree, not in the catalog.
     assert!(sh(&format!("ls -a {}", m.path("run").display())).contains(".part.tmp"));
     assert_eq!(
-        std::fs::read_to_string(root.join("run/.part.tmp")).unwrap(),
+        std::fs::read_to_string(root.join(".cairn/kept/run/.part.tmp")).unwrap(),
         "half of it\n"
     );
+    assert!(!root.join("run/.part.tmp").exists());
     assert_eq!(m.xattr("run/.part.tmp", "state").unwrap(), "unimported");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(a.on("store1").0, 0);
+    // The next mount on this host shows it again.
+    m.stop();
+    let m = h.mount(Some("store1"));
+    assert_eq!(
+        std::fs::read_to_string(m.path("run/.part.tmp")).unwrap(),
+        "half of it\n"
+    );
+    assert!(sh(&format!("ls -a {}", m.path("run").display())).contains(".part.tmp"));
     sh(&format!("chmod 600 {}", m.path("run/.part.tmp").display()));
     assert_eq!(
         sh(&format!("stat -c %a {}", m.path("run/.part.tmp").display())).trim(),
@@ -272,7 +347,7 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
         m.xattr("run/final.dat", "md5").unwrap(),
         cairn_catalog::md5::md5_hex(b"half of it\nand the rest\n")
     );
-    assert!(!root.join("run/.part.tmp").exists());
+    assert!(!root.join(".cairn/kept/run/.part.tmp").exists());
     assert_eq!(a.on("store1").0, 1);
 }
 
@@ -409,6 +484,15 @@ fn xattrs_sync_clean_and_refuse_bad_values() {
     let err = m.set_xattr("obs/night1/a.dat", "md5", "0").unwrap_err();
     assert!(err.contains("not permitted"), "{err}");
     assert_eq!(a.on("store2").0, 0);
+    // The mount keeps no security labels or ACLs, and says so (`ls -l` then stops asking);
+    // an unknown user attribute is merely absent.
+    let file = m.path("obs/night1/a.dat");
+    for name in ["security.selinux", "system.posix_acl_access", "trusted.x"] {
+        let err = sh_fails(&format!("getfattr -n {name} {}", file.display()));
+        assert!(err.contains("Operation not supported"), "{name}: {err}");
+    }
+    let err = sh_fails(&format!("getfattr -n user.other {}", file.display()));
+    assert!(err.contains("No such attribute"), "{err}");
 
     // sync on the directory applies to every file below it.
     m.set_xattr("obs", "sync", "store2").unwrap();
