@@ -105,6 +105,12 @@ fn stream<'a>(
     dots.chain(entries)
 }
 
+/// How a file opened for writing is opened: its writes come straight from the writer's
+/// memory to cairnfs, which sends them on to the disk (see `staged.rs`), instead of being
+/// copied into the kernel's page cache of the mount first. `mmap` of it still works
+/// (FUSE_DIRECT_IO_ALLOW_MMAP).
+const WRITING: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
+
 /// How long the kernel keeps archived names and attributes.
 const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
 
@@ -176,6 +182,7 @@ impl Filesystem for CairnFs {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
             let _ = config.set_max_stack_depth(2);
             self.passthrough.store(true, Ordering::Relaxed);
@@ -283,7 +290,13 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(fail("open", e)),
         };
         let Some(file) = opened.passthrough else {
-            return reply.opened(FileHandle(opened.fh), FopenFlags::empty());
+            let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+            let how = if writing {
+                WRITING
+            } else {
+                FopenFlags::empty()
+            };
+            return reply.opened(FileHandle(opened.fh), how);
         };
         if self.passthrough.load(Ordering::Relaxed) {
             match reply.open_backing(&file) {
@@ -550,7 +563,7 @@ impl Filesystem for CairnFs {
                 &self.attr(&a),
                 Generation(0),
                 FileHandle(fh),
-                FopenFlags::empty(),
+                WRITING,
             ),
             Err(e) => reply.error(fail("create", e)),
         }

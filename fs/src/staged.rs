@@ -4,18 +4,25 @@
 //! first MiB is hashed on the writer's thread, the rest on a thread of the file's own. A write
 //! before the bytes hashed so far drops the inline hash, and the file is read back once at
 //! close instead.
+//!
+//! Writes aligned to 4 KiB (all but the last of a `cp`) go to the disk with O_DIRECT from a
+//! buffer that is then handed to the md5 thread and reused: no page cache is filled for them,
+//! so the import's sync has nothing left to write and no memory is taken from the host.
 
-use std::fs::File;
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::sync::atomic::AtomicBool;
-use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use cairn_catalog::md5::Hasher;
 use cairn_syncd::copyfile;
 
-/// Bytes written between two writeback kicks: the final fsync then has little left to do.
+/// Bytes written through the page cache between two writeback kicks: the final fsync then
+/// has little left to do.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
 /// Bytes of writes that arrived ahead of their turn (the mount's threads handle one file's
@@ -23,15 +30,77 @@ const WRITEBACK_EVERY: u64 = 8 << 20;
 /// this the file is hashed at close instead.
 const REORDER_LIMIT: usize = 64 << 20;
 
-/// The md5 thread of one file.
-struct HashPipe {
-    tx: SyncSender<Vec<u8>>,
-    thread: JoinHandle<Hasher>,
-}
-
 /// Bytes hashed on the writer's own thread before the md5 moves to a thread of its own: small
 /// files (most of a `cp -r`) cost no thread at all.
 const THREAD_AFTER: u64 = 1 << 20;
+
+/// Chunks queued for the md5 thread: enough that the writer rarely waits for it.
+const QUEUED: usize = 64;
+
+/// Offsets, lengths and buffers of direct writes are multiples of this (the largest logical
+/// block size of common disks).
+const ALIGN: usize = 4096;
+
+/// Size of the reused buffers (the mount's largest write).
+const BUF: usize = 1 << 20;
+
+/// Bytes in memory that start on an [`ALIGN`] boundary, as O_DIRECT needs.
+struct Aligned {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Aligned {
+    fn with_capacity(cap: usize) -> Aligned {
+        let buf = vec![0u8; cap + ALIGN];
+        let start = buf.as_ptr().align_offset(ALIGN);
+        Aligned { buf, start, len: 0 }
+    }
+
+    fn capacity(&self) -> usize {
+        self.buf.len() - ALIGN
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+/// Buffers for chunks on their way to the md5 thread, which sends them back when done.
+#[derive(Default)]
+struct Pool {
+    free: Vec<Aligned>,
+    back: Option<Receiver<Aligned>>,
+}
+
+impl Pool {
+    /// A buffer holding a copy of `data`.
+    fn copy_of(&mut self, data: &[u8]) -> Aligned {
+        let reused = self
+            .back
+            .as_ref()
+            .and_then(|b| b.try_recv().ok())
+            .or_else(|| self.free.pop())
+            .filter(|b| b.capacity() >= data.len());
+        let mut b = reused.unwrap_or_else(|| Aligned::with_capacity(data.len().max(BUF)));
+        b.buf[b.start..b.start + data.len()].copy_from_slice(data);
+        b.len = data.len();
+        b
+    }
+
+    fn put(&mut self, b: Aligned) {
+        if self.free.len() < 4 {
+            self.free.push(b);
+        }
+    }
+}
+
+/// The md5 thread of one file.
+struct HashPipe {
+    tx: SyncSender<Aligned>,
+    thread: JoinHandle<Hasher>,
+}
 
 /// Where a file's inline md5 is computed.
 enum Inline {
@@ -39,45 +108,22 @@ enum Inline {
     Thread(HashPipe),
 }
 
-impl Inline {
-    fn update(&mut self, chunk: &[u8]) -> bool {
-        match self {
-            Inline::Here(h) => {
-                h.update(chunk);
-                if h.len() > THREAD_AFTER {
-                    match HashPipe::new(std::mem::take(h)) {
-                        Ok(p) => *self = Inline::Thread(p),
-                        Err(_) => return false,
-                    }
-                }
-                true
-            }
-            Inline::Thread(p) => p.tx.send(chunk.to_vec()).is_ok(),
-        }
-    }
-
-    fn finish(self) -> Option<Hasher> {
-        match self {
-            Inline::Here(h) => Some(h),
-            Inline::Thread(p) => p.finish(),
-        }
-    }
-}
-
 impl HashPipe {
-    /// Goes on from `h`, the md5 of the bytes so far.
-    fn new(h: Hasher) -> io::Result<HashPipe> {
-        // Enough queued chunks that the writer rarely waits for the hasher.
-        let (tx, rx) = sync_channel::<Vec<u8>>(64);
+    /// Goes on from `h`, the md5 of the bytes so far; hashed buffers go back to `pool`.
+    fn new(h: Hasher, pool: &mut Pool) -> io::Result<HashPipe> {
+        let (tx, rx) = sync_channel::<Aligned>(QUEUED);
+        let (back_tx, back_rx) = channel::<Aligned>();
         let thread = std::thread::Builder::new()
             .name("md5".into())
             .spawn(move || {
                 let mut h = h;
                 for chunk in rx {
-                    h.update(&chunk);
+                    h.update(chunk.bytes());
+                    let _ = back_tx.send(chunk);
                 }
                 h
             })?;
+        pool.back = Some(back_rx);
         Ok(HashPipe { tx, thread })
     }
 
@@ -87,14 +133,40 @@ impl HashPipe {
     }
 }
 
+/// Bytes for the hasher: borrowed from the request, or already in a buffer of the pool.
+enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Aligned),
+}
+
+impl Chunk<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(b) => b,
+            Chunk::Owned(a) => a.bytes(),
+        }
+    }
+
+    fn into_owned(self, pool: &mut Pool) -> Aligned {
+        match self {
+            Chunk::Borrowed(b) => pool.copy_of(b),
+            Chunk::Owned(a) => a,
+        }
+    }
+}
+
 /// The writing side of a staged or local file.
 pub struct Writer {
     pub file: File,
+    /// The same file opened with O_DIRECT, for aligned writes; `None` where the filesystem
+    /// has no direct I/O (tmpfs) or refused it once.
+    direct: Option<File>,
     pipe: Option<Inline>,
+    pool: Pool,
     /// End of the bytes hashed so far; a write before it ends inline hashing.
     next: u64,
     /// Writes beyond `next`, waiting for the gap before them to be filled.
-    ahead: std::collections::BTreeMap<u64, Vec<u8>>,
+    ahead: BTreeMap<u64, Aligned>,
     ahead_bytes: usize,
     /// Where writeback was last started.
     kicked: u64,
@@ -107,6 +179,7 @@ impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("inline_md5", &self.pipe.is_some())
+            .field("direct", &self.direct.is_some())
             .field("next", &self.next)
             .finish()
     }
@@ -117,11 +190,18 @@ impl Writer {
     /// empty file.
     pub fn new(file: File, len: u64) -> Writer {
         let pipe = (len == 0).then(|| Inline::Here(Hasher::new()));
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+            .ok();
         Writer {
             file,
+            direct,
             pipe,
+            pool: Pool::default(),
             next: 0,
-            ahead: Default::default(),
+            ahead: BTreeMap::new(),
             ahead_bytes: 0,
             kicked: 0,
             flusher: None,
@@ -129,39 +209,71 @@ impl Writer {
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> io::Result<usize> {
-        self.file.write_all_at(data, offset)?;
+        let chunk = match self.write_direct(offset, data)? {
+            Some(buf) => Chunk::Owned(buf),
+            None => {
+                self.file.write_all_at(data, offset)?;
+                self.kick(offset + data.len() as u64);
+                Chunk::Borrowed(data)
+            }
+        };
         if self.pipe.is_some() {
             if offset == self.next {
-                self.hash(data);
-                while let Some(chunk) = self.ahead.remove(&self.next) {
-                    self.ahead_bytes -= chunk.len();
-                    self.hash(&chunk);
+                self.hash(chunk);
+                while let Some(b) = self.ahead.remove(&self.next) {
+                    self.ahead_bytes -= b.len;
+                    self.hash(Chunk::Owned(b));
                 }
             } else if offset > self.next
                 && self.ahead_bytes + data.len() <= REORDER_LIMIT
                 && !self.ahead.contains_key(&offset)
             {
                 self.ahead_bytes += data.len();
-                self.ahead.insert(offset, data.to_vec());
+                let b = chunk.into_owned(&mut self.pool);
+                self.ahead.insert(offset, b);
             } else {
                 self.drop_inline();
             }
         }
-        let end = offset + data.len() as u64;
-        if end >= self.kicked + WRITEBACK_EVERY {
-            if self.flusher.is_none() {
-                self.flusher = self.file.try_clone().ok().and_then(flusher);
-            }
-            match &self.flusher {
-                // A full queue means the disk is behind anyway: skip this kick.
-                Some(f) => {
-                    let _ = f.try_send((self.kicked, end - self.kicked));
-                }
-                None => start_writeback(&self.file, self.kicked, end - self.kicked),
-            }
-            self.kicked = end;
-        }
         Ok(data.len())
+    }
+
+    /// Writes an aligned chunk with O_DIRECT from a pool buffer, which it returns for the
+    /// hasher. `None`: this write goes through the page cache instead.
+    fn write_direct(&mut self, offset: u64, data: &[u8]) -> io::Result<Option<Aligned>> {
+        let aligned = offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN);
+        let Some(direct) = self.direct.as_ref().filter(|_| aligned && !data.is_empty()) else {
+            return Ok(None);
+        };
+        let buf = self.pool.copy_of(data);
+        match direct.write_all_at(buf.bytes(), offset) {
+            Ok(()) => Ok(Some(buf)),
+            // This filesystem wants another alignment, or no direct writes after all.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct = None;
+                self.pool.put(buf);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts writeback of what went through the page cache, every [`WRITEBACK_EVERY`].
+    fn kick(&mut self, end: u64) {
+        if end < self.kicked + WRITEBACK_EVERY {
+            return;
+        }
+        if self.flusher.is_none() {
+            self.flusher = self.file.try_clone().ok().and_then(flusher);
+        }
+        match &self.flusher {
+            // A full queue means the disk is behind anyway: skip this kick.
+            Some(f) => {
+                let _ = f.try_send((self.kicked, end - self.kicked));
+            }
+            None => start_writeback(&self.file, self.kicked, end - self.kicked),
+        }
+        self.kicked = end;
     }
 
     /// The file was truncated to `len`: inline hashing survives only a truncation to 0 of a
@@ -178,9 +290,32 @@ impl Writer {
     }
 
     /// Hashes the next bytes in order.
-    fn hash(&mut self, chunk: &[u8]) {
-        self.next += chunk.len() as u64;
-        let ok = self.pipe.as_mut().is_some_and(|p| p.update(chunk));
+    fn hash(&mut self, chunk: Chunk) {
+        self.next += chunk.bytes().len() as u64;
+        let ok = match self.pipe.as_mut() {
+            None => false,
+            Some(Inline::Here(h)) => {
+                h.update(chunk.bytes());
+                if let Chunk::Owned(b) = chunk {
+                    self.pool.put(b);
+                }
+                if h.len() > THREAD_AFTER {
+                    match HashPipe::new(std::mem::take(h), &mut self.pool) {
+                        Ok(p) => {
+                            self.pipe = Some(Inline::Thread(p));
+                            true
+                        }
+                        Err(_) => false,
+                    }
+                } else {
+                    true
+                }
+            }
+            Some(Inline::Thread(p)) => {
+                let b = chunk.into_owned(&mut self.pool);
+                p.tx.send(b).is_ok()
+            }
+        };
         if !ok {
             self.drop_inline();
         }
@@ -212,6 +347,15 @@ impl Writer {
             }
         };
         Ok((self.file, size, md5))
+    }
+}
+
+impl Inline {
+    fn finish(self) -> Option<Hasher> {
+        match self {
+            Inline::Here(h) => Some(h),
+            Inline::Thread(p) => p.finish(),
+        }
     }
 }
 
@@ -289,6 +433,60 @@ mod tests {
             matches!(w.pipe, Some(Inline::Thread(_))),
             "in-order writes keep the inline hash, on a thread once the file is large"
         );
+        let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (data.len() as u64, md5(&data)));
+    }
+
+    /// Whether `dir` is on a filesystem with direct I/O (tmpfs has none).
+    fn has_direct_io(dir: &std::path::Path) -> bool {
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: statfs writes into the zeroed struct we pass; the path is NUL-terminated.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statfs(c.as_ptr(), &mut st) }, 0);
+        st.f_type != libc::TMPFS_MAGIC
+    }
+
+    #[test]
+    fn aligned_writes_go_direct_and_mixed_writes_keep_every_byte() {
+        let (d, mut w) = writer();
+        assert_eq!(w.direct.is_some(), has_direct_io(d.path()), "{w:?}");
+        let data: Vec<u8> = (0..5_000_000u32)
+            .map(|i| (i * 31 + i / 777) as u8)
+            .collect();
+        let mut chunks: Vec<(u64, &[u8])> = Vec::new();
+        // 1 MiB aligned chunks, a few odd-sized ones in between, and the 2nd and 3rd swapped.
+        let mut off = 0;
+        for len in [1 << 20, 1 << 20, 1 << 20, 1000, 3096, 1 << 20] {
+            chunks.push((off, &data[off as usize..off as usize + len]));
+            off += len as u64;
+        }
+        chunks.push((off, &data[off as usize..]));
+        chunks.swap(1, 2);
+        for (off, c) in &chunks {
+            w.write(*off, c).unwrap();
+        }
+        // A rewrite of bytes written directly, through the page cache: the file has the new
+        // bytes and the md5 is read back.
+        let mut want = data.clone();
+        want[8192..8200].copy_from_slice(b"REWRITE!");
+        w.write(8192, b"REWRITE!").unwrap();
+        let (f, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
+        assert_eq!((size, sum), (want.len() as u64, md5(&want)));
+        let mut back = vec![0u8; want.len()];
+        f.read_exact_at(&mut back, 0).unwrap();
+        assert!(back == want, "the file holds exactly what was written");
+    }
+
+    #[test]
+    fn aligned_writes_in_order_are_hashed_inline() {
+        let (_d, mut w) = writer();
+        let data: Vec<u8> = (0..(3 << 20) + 12345u32)
+            .map(|i| (i ^ (i >> 9)) as u8)
+            .collect();
+        for (i, c) in data.chunks(1 << 20).enumerate() {
+            w.write((i << 20) as u64, c).unwrap();
+        }
+        assert!(matches!(w.pipe, Some(Inline::Thread(_))), "{w:?}");
         let (_, size, sum) = w.finish(&AtomicBool::new(false)).unwrap();
         assert_eq!((size, sum), (data.len() as u64, md5(&data)));
     }

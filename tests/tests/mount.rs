@@ -51,8 +51,18 @@ fn cp_r_imports_every_file_with_its_md5() {
     write_file(&src, "2025/01/a.dat", "alpha\n");
     write_file(&src, "2025/01/b.dat", vec![7u8; 300_000]);
     write_file(&src, "2025/02/c.dat", "");
+    // Large enough for whole-MiB writes (they go to the disk directly) and an odd tail.
+    let big: Vec<u8> = (0..(5 << 20) + 123u32)
+        .map(|i| (i * 13 + i / 4093) as u8)
+        .collect();
+    write_file(&src, "2025/02/d.dat", big);
     sh(&format!("cp -r {}/2025 {}", src.display(), m.dir.display()));
-    for rel in ["2025/01/a.dat", "2025/01/b.dat", "2025/02/c.dat"] {
+    for rel in [
+        "2025/01/a.dat",
+        "2025/01/b.dat",
+        "2025/02/c.dat",
+        "2025/02/d.dat",
+    ] {
         wait_until(T, "imported", || a.has("store1", rel) == Some(Has::Yes));
         assert_eq!(
             m.xattr(rel, "md5").unwrap(),
@@ -63,7 +73,7 @@ fn cp_r_imports_every_file_with_its_md5() {
         assert_eq!(md5sum(&root.join(rel)), md5sum(&src.join(rel)));
         assert_eq!(m.xattr(rel, "state").unwrap(), "local");
     }
-    assert_eq!(a.on("store1").0, 3);
+    assert_eq!(a.on("store1").0, 4);
     assert!(
         !root.join(".cairn/staging").exists()
             || std::fs::read_dir(root.join(".cairn/staging"))
@@ -72,6 +82,40 @@ fn cp_r_imports_every_file_with_its_md5() {
                 == 0,
         "nothing is left in staging"
     );
+}
+
+// [S8]
+#[test]
+fn a_file_written_through_mmap_is_imported_with_its_md5() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    // What numpy.memmap does to make a new file: size it, map it, store into the map.
+    sh(&format!(
+        "python3 -c 'import mmap, sys
+with open(sys.argv[1], \"w+b\") as f:
+    f.truncate(3 << 20)
+    mm = mmap.mmap(f.fileno(), 3 << 20)
+    mm[0:5] = b\"hello\"
+    mm[(2 << 20) + 7:(2 << 20) + 12] = b\"world\"
+    mm.flush()
+    mm.close()' {}",
+        m.path("mapped.dat").display()
+    ));
+    let mut want = vec![0u8; 3 << 20];
+    want[0..5].copy_from_slice(b"hello");
+    want[(2 << 20) + 7..(2 << 20) + 12].copy_from_slice(b"world");
+    wait_until(T, "imported", || {
+        a.has("store1", "mapped.dat") == Some(Has::Yes)
+    });
+    assert_eq!(
+        m.xattr("mapped.dat", "md5").unwrap(),
+        cairn_catalog::md5::md5_hex(&want)
+    );
+    assert!(std::fs::read(m.path("mapped.dat")).unwrap() == want);
 }
 
 /// One host with node `store1` (its write node), cairnd running, and its mount.
