@@ -5,9 +5,10 @@
 //! before the bytes hashed so far drops the inline hash, and the file is read back once at
 //! close instead.
 //!
-//! Writes aligned to 4 KiB (all but the last of a `cp`) go to the disk with O_DIRECT from a
-//! buffer that is then handed to the md5 thread and reused: no page cache is filled for them,
-//! so the import's sync has nothing left to write and no memory is taken from the host.
+//! Writes past the first MiB and aligned to 4 KiB (all but the last of a `cp`) go to the disk
+//! with O_DIRECT from a buffer that is then handed to the md5 thread and reused: no page cache
+//! is filled for them, so the import's sync has little left to write and no memory is taken
+//! from the host.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -40,6 +41,10 @@ const QUEUED: usize = 64;
 /// Offsets, lengths and buffers of direct writes are multiples of this (the largest logical
 /// block size of common disks).
 const ALIGN: usize = 4096;
+
+/// Bytes before this offset go through the page cache: small files (most of a `cp -r`) are
+/// then synced all at once by their import, cheaper than a disk write each.
+const DIRECT_FROM: u64 = 1 << 20;
 
 /// Size of the reused buffers (the mount's largest write).
 const BUF: usize = 1 << 20;
@@ -241,7 +246,9 @@ impl Writer {
     /// Writes an aligned chunk with O_DIRECT from a pool buffer, which it returns for the
     /// hasher. `None`: this write goes through the page cache instead.
     fn write_direct(&mut self, offset: u64, data: &[u8]) -> io::Result<Option<Aligned>> {
-        let aligned = offset.is_multiple_of(ALIGN as u64) && data.len().is_multiple_of(ALIGN);
+        let aligned = offset >= DIRECT_FROM
+            && offset.is_multiple_of(ALIGN as u64)
+            && data.len().is_multiple_of(ALIGN);
         let Some(direct) = self.direct.as_ref().filter(|_| aligned && !data.is_empty()) else {
             return Ok(None);
         };
