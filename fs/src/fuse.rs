@@ -165,7 +165,13 @@ impl CairnFs {
             gid: self.core.opts.gid,
             rdev: 0,
             flags: 0,
-            blksize: 1 << 20,
+            // Programs size their buffers by this: 1 MiB reads and writes of files, but for a
+            // directory the usual 4 KiB, since glibc's readdir buffer follows it and the
+            // kernel sets up a buffer that large for every readdir request.
+            blksize: match a.kind {
+                Kind::Dir => 4096,
+                Kind::File => 1 << 20,
+            },
         }
     }
 }
