@@ -795,18 +795,28 @@ impl Core {
     }
 
     /// Asks the prefetcher to read the listings of a directory's subdirectories (at most
-    /// [`READ_AHEAD`]), so that a walk like `find` or `ls -R` finds them ready. Only one
-    /// level: what is read ahead triggers nothing further until a program opens it.
+    /// [`READ_AHEAD`]) that this mount has not listed yet, so that a first walk like `find`
+    /// or `ls -R` finds them ready. Only one level: what is read ahead triggers nothing
+    /// further until a program opens it; and a directory listed again and again (`ls` in a
+    /// loop) reads nothing ahead after the first time.
     fn read_ahead(&self, list: &DirList) {
         let q = self.prefetch.lock().expect("prefetch");
         let Some(tx) = &*q else { return };
-        for e in list
-            .entries
-            .iter()
-            .filter(|e| e.attr.kind == Kind::Dir)
-            .take(READ_AHEAD)
-        {
-            if tx.try_send(e.attr.ino).is_err() {
+        let new: Vec<u64> = {
+            let listed = self.listings.lock().expect("listings");
+            list.entries
+                .iter()
+                .filter(|e| e.attr.kind == Kind::Dir)
+                .filter(|e| {
+                    self.dir_id(e.attr.ino)
+                        .is_ok_and(|id| !listed.contains_key(&id))
+                })
+                .take(READ_AHEAD)
+                .map(|e| e.attr.ino)
+                .collect()
+        };
+        for ino in new {
+            if tx.try_send(ino).is_err() {
                 break;
             }
         }
@@ -2159,6 +2169,64 @@ mod tests {
             name_str(OsStr::from_bytes(b"\xff")),
             Err(FsError::Invalid(_))
         ));
+    }
+
+    /// A core on a fresh SQLite catalog, with no write node.
+    fn core(dir: &Path) -> Core {
+        let url = format!("sqlite://{}/catalog.db", dir.display());
+        Catalog::init(&url).unwrap();
+        let opts = Options {
+            catalog_url: url,
+            host: "h1".into(),
+            socket: dir.join("cairnd.sock"),
+            cache_dir: dir.join("cache"),
+            write_node: None,
+            uid: 0,
+            gid: 0,
+            ttl: Duration::from_secs(60),
+            min_archive_copies: 1,
+        };
+        Core::new(opts, &Default::default()).unwrap()
+    }
+
+    #[test]
+    fn a_listing_read_before_a_change_is_not_kept_after_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        let l = Arc::new(DirList::new(Vec::new()));
+        let before = c.generation.load(Ordering::Acquire);
+        c.changed();
+        c.keep_listing(c.root_dir, before, &l);
+        assert!(
+            c.fresh_listing(c.root_dir).is_none(),
+            "stale: read before the change"
+        );
+        c.keep_listing(c.root_dir, c.generation.load(Ordering::Acquire), &l);
+        assert!(c.fresh_listing(c.root_dir).is_some());
+    }
+
+    #[test]
+    fn a_listing_answers_lookups_of_its_names() {
+        let attr = |ino| Attr {
+            ino,
+            kind: Kind::File,
+            size: ino,
+            mtime: SystemTime::UNIX_EPOCH,
+            perm: 0o444,
+        };
+        let l = DirList::new(
+            ["b", "a", "c"]
+                .iter()
+                .zip([5, 9, 13])
+                .map(|(n, i)| Entry {
+                    name: n.to_string(),
+                    attr: attr(i),
+                })
+                .collect(),
+        );
+        assert_eq!(l.get("a").map(|e| e.attr.ino), Some(9));
+        assert_eq!(l.get("c").map(|e| e.attr.size), Some(13));
+        assert!(l.get("d").is_none());
     }
 
     #[test]
