@@ -1513,6 +1513,8 @@ impl Core {
                 .lock()
                 .expect("dir meta")
                 .insert(a.ino, (a.perm, a.mtime));
+            // Listings hold the old mode and time (lookups are answered from them).
+            self.changed();
             return Ok(a);
         }
         if let Some(l) = self.local(ino) {

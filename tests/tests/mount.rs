@@ -232,7 +232,7 @@ fn ls_find_du_and_stat_agree_with_the_catalog() {
     assert!(ls.contains("-r--r--r--"), "{ls}");
 }
 
-// [S1]
+// [S1] [S11]
 #[test]
 fn a_large_directory_lists_whole_with_the_right_attributes() {
     if !fuse_available() {
@@ -291,6 +291,13 @@ for e in os.scandir(sys.argv[1]):
         }
         drop_kernel_caches();
     }
+    // A directory's mode set through the mount shows when it is looked up afresh, though
+    // its parent was listed before.
+    sh(&format!("ls {} >/dev/null", m.path("big").display()));
+    sh(&format!("chmod 700 {}", m.path("big/sub0").display()));
+    drop_kernel_caches();
+    let mode = sh(&format!("stat -c %a {}", m.path("big/sub0").display()));
+    assert_eq!(mode.trim(), "700");
 }
 
 /// Makes the kernel forget dentries and inodes (as root; otherwise a no-op).
