@@ -160,30 +160,16 @@ impl Tx<'_> {
 
     /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
     pub fn list_dir(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<File>)> {
-        let dirs = self.rows(
-            &format!(
-                "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
-                Dir::COLUMNS
-            ),
-            params![dir_id],
-        )?;
         let files = self.rows(
             &file_query("WHERE f.dir_id = ? ORDER BY f.name"),
             params![dir_id],
         )?;
-        Ok((dirs, files))
+        Ok((self.subdirs(dir_id)?, files))
     }
 
     /// The subdirectories and files of directory `dir_id`, by name, with only what a listing
     /// shows of each file (one indexed range each, no joins): the mount's `readdir`.
     pub fn list_dir_stats(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<FileStat>)> {
-        let dirs = self.rows(
-            &format!(
-                "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
-                Dir::COLUMNS
-            ),
-            params![dir_id],
-        )?;
         let files = self.rows(
             &format!(
                 "SELECT {} FROM file f WHERE f.dir_id = ? ORDER BY f.name",
@@ -191,7 +177,18 @@ impl Tx<'_> {
             ),
             params![dir_id],
         )?;
-        Ok((dirs, files))
+        Ok((self.subdirs(dir_id)?, files))
+    }
+
+    /// The subdirectories of directory `dir_id`, by name.
+    fn subdirs(&mut self, dir_id: Id) -> Result<Vec<Dir>> {
+        self.rows(
+            &format!(
+                "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
+                Dir::COLUMNS
+            ),
+            params![dir_id],
+        )
     }
 
     /// The file or directory `name` in directory `dir_id`: the lookup a mount makes.
