@@ -275,6 +275,10 @@ pub struct Core {
     generation: AtomicU64,
     /// Directories whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
+    /// When (ms after `started`) a file was last looked up in a listing just read: a program
+    /// stats entries after reading their names ([`Core::stat_walk`]).
+    stat_walk_seen: AtomicU64,
+    started: Instant,
     /// Attributes of archived files and directories seen lately (at most [`KNOWN_LIMIT`]).
     known: Mutex<HashMap<u64, Attr>>,
     /// A digest of the listing last given to the kernel, per directory.
@@ -312,6 +316,8 @@ impl Core {
             listings: Mutex::new(HashMap::new()),
             generation: AtomicU64::new(0),
             prefetch: Mutex::new(None),
+            stat_walk_seen: AtomicU64::new(0),
+            started: Instant::now(),
             served: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
@@ -594,13 +600,17 @@ impl Core {
                 return Self::local_attr(&g);
             }
         }
-        // `ls -l` looks up every name it has just listed: answer from that listing, which is
+        // A program that stats what it has just listed: answer from that listing, which is
         // no older than the kernel may keep the names anyway.
         if local.is_none()
             && let Some(e) = self
                 .fresh_listing(dir_id)
                 .and_then(|l| l.get(name).filter(|e| e.attr.ino & 3 != 2).cloned())
         {
+            if e.attr.kind == Kind::File {
+                let now = self.started.elapsed().as_millis() as u64 + 1;
+                self.stat_walk_seen.store(now, Ordering::Relaxed);
+            }
             self.remember(&e.attr);
             return Ok(e.attr);
         }
@@ -841,6 +851,15 @@ impl Core {
             })
             .expect("the prefetcher thread starts");
         *self.prefetch.lock().expect("prefetch") = Some(tx);
+    }
+
+    /// Whether a program has been looking up files it had listed without their attributes,
+    /// in the last [`STAT_WALK`]: `du` or `os.walk` and `stat` going through a tree. Listings
+    /// are then given to the kernel whole, with every file's attributes.
+    pub fn stat_walk(&self) -> bool {
+        let seen = self.stat_walk_seen.load(Ordering::Relaxed);
+        seen != 0
+            && self.started.elapsed().as_millis() as u64 <= seen + STAT_WALK.as_millis() as u64
     }
 
     fn fresh_listing(&self, dir_id: Id) -> Option<Listing> {
@@ -2020,6 +2039,9 @@ const KNOWN_LIMIT: usize = 1 << 20;
 /// Listings kept before those past their TTL are dropped.
 const LISTINGS_KEPT: usize = 4096;
 
+/// How long after a program looked up a file it had listed the kernel gets whole listings.
+const STAT_WALK: Duration = Duration::from_secs(2);
+
 /// Subdirectories of an opened directory whose listings are read ahead.
 const READ_AHEAD: usize = 256;
 
@@ -2205,6 +2227,27 @@ mod tests {
         );
         c.keep_listing(c.root_dir, c.generation.load(Ordering::Acquire), &l);
         assert!(c.fresh_listing(c.root_dir).is_some());
+    }
+
+    #[test]
+    fn looking_up_files_just_listed_answers_from_the_listing_and_marks_a_stat_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        assert!(!c.stat_walk());
+        // Not in the catalog: only the listing can answer.
+        let entry = Entry {
+            name: "x.dat".into(),
+            attr: Core::stat_attr(4242, 17, 0),
+        };
+        let l = Arc::new(DirList::new(vec![entry]));
+        c.keep_listing(c.root_dir, c.generation.load(Ordering::Acquire), &l);
+        let a = c.lookup(ROOT_INO, OsStr::new("x.dat")).unwrap();
+        assert_eq!((a.ino, a.size), (file_ino(4242), 17));
+        assert!(c.stat_walk());
+        assert!(matches!(
+            c.lookup(ROOT_INO, OsStr::new("y.dat")),
+            Err(FsError::NotFound)
+        ));
     }
 
     #[test]

@@ -437,10 +437,13 @@ impl Filesystem for CairnFs {
     /// Entries with their attributes, so that `ls -l` needs no lookup per file. The first
     /// reply of a listing stops after the subdirectories and the first file. A program that
     /// reads names only (`find`) then gets the rest through plain `readdir`, and the kernel
-    /// makes no inode for each file. A program that stats what it reads (`ls -l`, `du`)
-    /// stats that first file before it reads on, which tells the kernel to ask for the rest
-    /// with attributes too (FUSE_READDIRPLUS_AUTO: an entry that came with attributes and is
-    /// then used advises readdirplus for its directory).
+    /// makes no inode for each file. A program that stats each entry as it reads (`ls -l`,
+    /// `rsync`) stats that first file before it reads on, which tells the kernel to ask for
+    /// the rest with attributes too (FUSE_READDIRPLUS_AUTO: an entry that came with
+    /// attributes and is then used advises readdirplus for its directory). A program that
+    /// stats the entries after reading them all (`du`, Python's `os.walk`) looks them up one
+    /// by one in the first directory; from then on, while that goes on, listings come whole
+    /// ([`Core::stat_walk`]).
     fn readdirplus(
         &self,
         _req: &Request,
@@ -453,11 +456,12 @@ impl Filesystem for CairnFs {
             Ok(l) => l,
             Err(e) => return reply.error(fail("readdirplus", e)),
         };
+        let stat_walk = self.core.stat_walk();
         let mut files = 0;
         for (off, e) in stream(ino, &list, offset) {
             if e.attr.kind == Kind::File {
                 files += 1;
-                if offset == 0 && files > 1 {
+                if offset == 0 && files > 1 && !stat_walk {
                     break;
                 }
             }
