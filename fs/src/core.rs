@@ -166,8 +166,9 @@ struct Local {
     writers: usize,
     /// Size and md5 of the backing file as last written through the mount, when known.
     hashed: Option<(u64, String)>,
-    /// A writer died by a signal: its bytes are not to be imported.
-    killed: bool,
+    /// Why its bytes are not to be imported: a writer died by a signal, or a write to the
+    /// backing file failed (a full disk). It is discarded at the last close.
+    spoiled: Option<String>,
     /// Unlinked or imported: the entry only lives on for open handles.
     gone: bool,
     /// Closed (or renamed to a plain name) and waiting for the importer.
@@ -664,7 +665,7 @@ impl Core {
             writer: None,
             writers: 0,
             hashed: None,
-            killed: false,
+            spoiled: None,
             gone: false,
             importing: false,
             me: std::sync::Weak::new(),
@@ -1218,7 +1219,25 @@ impl Core {
         };
         let mut g = l.lock().expect("local");
         let w = g.writer.as_mut().ok_or(FsError::BadHandle)?;
-        Ok(w.write(offset, data)?)
+        match w.write(offset, data) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let why = format!("a write to {} failed: {e}", g.backing.display());
+                Self::spoil(&mut g, why);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Marks a local's bytes as not to be imported, saying why once.
+    fn spoil(g: &mut Local, why: String) {
+        if g.spoiled.is_none() {
+            warn!(
+                "{}: {why}; the file will not be imported.",
+                join(&g.dir_path, &g.name)
+            );
+            g.spoiled = Some(why);
+        }
     }
 
     /// `fsync` of a file being written makes its bytes so far durable where they are (a file
@@ -1229,9 +1248,12 @@ impl Core {
             Some(Handle::Write(l)) => l.clone(),
             _ => return Ok(()),
         };
-        let g = l.lock().expect("local");
-        if let Some(w) = &g.writer {
-            w.file.sync_data()?;
+        let mut g = l.lock().expect("local");
+        let Some(w) = &g.writer else { return Ok(()) };
+        if let Err(e) = w.file.sync_data() {
+            let why = format!("fsync of {} failed: {e}", g.backing.display());
+            Self::spoil(&mut g, why);
+            return Err(e.into());
         }
         Ok(())
     }
@@ -1245,14 +1267,10 @@ impl Core {
         };
         if killed_by_signal(pid) {
             let mut g = l.lock().expect("local");
-            if !g.killed {
-                warn!(
-                    "The writer of {} (pid {pid}) was killed before it finished; the file will \
-                     not be imported.",
-                    join(&g.dir_path, &g.name)
-                );
-            }
-            g.killed = true;
+            Self::spoil(
+                &mut g,
+                format!("its writer (pid {pid}) was killed mid-file"),
+            );
         }
     }
 
@@ -1263,13 +1281,10 @@ impl Core {
             return Ok(());
         }
         let writer = g.writer.take();
-        if g.killed || g.gone {
-            if g.killed {
+        if g.spoiled.is_some() || g.gone {
+            if let Some(why) = &g.spoiled {
                 let _ = std::fs::remove_file(&g.backing);
-                info!(
-                    "Discarded {}: its writer was killed mid-file.",
-                    join(&g.dir_path, &g.name)
-                );
+                info!("Discarded {}: {why}.", join(&g.dir_path, &g.name));
             }
             self.forget_local(&mut g);
             return Ok(());

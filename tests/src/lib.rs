@@ -632,3 +632,85 @@ impl Drop for Mount {
         self.kill9();
     }
 }
+
+/// An ext4 filesystem in an image file, mounted with `mount -o loop`; unmounted on drop. For
+/// transport disks, and for a write node that fills up.
+pub struct LoopDisk {
+    pub image: PathBuf,
+    /// Where it is mounted; a test that unmounts it itself sets this to `None`.
+    pub at: Option<PathBuf>,
+}
+
+impl LoopDisk {
+    /// An image of `mib` MiB in `dir`, formatted; `None` where `mkfs.ext4` fails.
+    pub fn new(dir: &Path, name: &str, mib: u64) -> Option<LoopDisk> {
+        let image = dir.join(format!("{name}.img"));
+        let ok = Command::new("truncate")
+            .args(["-s", &format!("{mib}M")])
+            .arg(&image)
+            .status()
+            .is_ok_and(|s| s.success())
+            && Command::new("mkfs.ext4")
+                .args(["-q", "-m", "0"])
+                .arg(&image)
+                .status()
+                .is_ok_and(|s| s.success());
+        ok.then_some(LoopDisk { image, at: None })
+    }
+
+    pub fn mount(&mut self, at: &Path) {
+        std::fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&self.image)
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.at = Some(at.to_owned());
+    }
+
+    pub fn umount(&mut self) {
+        if let Some(at) = self.at.take() {
+            // Retry briefly: a daemon may be between two reads of the disk.
+            for _ in 0..50 {
+                if Command::new("umount")
+                    .arg(&at)
+                    .status()
+                    .is_ok_and(|s| s.success())
+                {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            panic!("cannot unmount {}", at.display());
+        }
+    }
+}
+
+impl Drop for LoopDisk {
+    fn drop(&mut self) {
+        if let Some(at) = self.at.take() {
+            let _ = Command::new("umount").arg("-l").arg(at).status();
+        }
+    }
+}
+
+/// Whether loop disks can be mounted here (as root). Outside CI, says loudly that the test is
+/// skipped; in CI, fails.
+pub fn can_mount_loop_disks() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "loop-disk tests need root in CI"
+        );
+        eprintln!("SKIPPED: loop-disk tests need root to mount loop devices");
+    }
+    root
+}

@@ -441,6 +441,50 @@ fn a_writer_killed_mid_file_imports_nothing() {
 
 // [S13]
 #[test]
+fn a_write_that_fails_on_a_full_write_node_imports_nothing() {
+    if !fuse_available() || !cairn_tests::can_mount_loop_disks() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h = a.host("h1");
+    // The write node is a 24 MiB disk.
+    let mut disk = cairn_tests::LoopDisk::new(a.dir.path(), "small", 24).expect("mkfs.ext4");
+    let root = h.root("store1");
+    disk.mount(&root);
+    h.node("store1", &[]);
+    h.start();
+    wait_until(T, "node initialised", || {
+        root.join(".cairn/node.toml").exists()
+    });
+    let m = h.mount(Some("store1"));
+    let err = sh_fails(&format!(
+        "dd if=/dev/urandom of={} bs=1M count=40 status=none",
+        m.path("too-big.dat").display()
+    ));
+    assert!(err.contains("No space left on device"), "{err}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(a.has("store1", "too-big.dat"), None, "nothing imported");
+    assert!(!m.path("too-big.dat").exists());
+    assert_eq!(
+        std::fs::read_dir(root.join(".cairn/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "the staged bytes are gone"
+    );
+    assert!(m.log().contains("No space left"), "{}", m.log());
+    // With the space back, the next file goes in.
+    std::fs::write(m.path("fits.dat"), "small\n").unwrap();
+    wait_until(T, "imported", || {
+        a.has("store1", "fits.dat") == Some(Has::Yes)
+    });
+    drop(m);
+    drop(h);
+    disk.umount();
+}
+
+// [S13]
+#[test]
 fn a_mount_killed_mid_write_leaves_nothing_imported_and_is_tidied() {
     if !fuse_available() {
         return;

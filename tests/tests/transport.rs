@@ -1,102 +1,25 @@
 //! Transport disks with real filesystems: ext4 images on loop devices, mounted and unmounted
 //! under the hosts' `transport.watch` directories. Needs root (CI runs as root).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use cairn_catalog::model::Has;
-use cairn_tests::{Archive, TestHost, wait_until, write_file};
+use cairn_tests::{Archive, LoopDisk, TestHost, can_mount_loop_disks, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
 
-/// An ext4 filesystem in an image file, mounted with `mount -o loop`; unmounted on drop.
-struct Disk {
-    image: PathBuf,
-    at: Option<PathBuf>,
-}
-
-impl Disk {
-    /// `None` (and a loud note) where this machine cannot make and mount one.
-    fn new(dir: &Path, name: &str, mib: u64) -> Option<Disk> {
-        let image = dir.join(format!("{name}.img"));
-        let ok = Command::new("truncate")
-            .args(["-s", &format!("{mib}M")])
-            .arg(&image)
-            .status()
-            .is_ok_and(|s| s.success())
-            && Command::new("mkfs.ext4")
-                .args(["-q", "-m", "0"])
-                .arg(&image)
-                .status()
-                .is_ok_and(|s| s.success());
-        ok.then_some(Disk { image, at: None })
-    }
-
-    fn mount(&mut self, at: &Path) {
-        std::fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&self.image)
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.at = Some(at.to_owned());
-    }
-
-    fn umount(&mut self) {
-        if let Some(at) = self.at.take() {
-            // Retry briefly: a daemon may be between two reads of the disk.
-            for _ in 0..50 {
-                if Command::new("umount")
-                    .arg(&at)
-                    .status()
-                    .is_ok_and(|s| s.success())
-                {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            panic!("cannot unmount {}", at.display());
-        }
-    }
-}
-
-impl Drop for Disk {
-    fn drop(&mut self) {
-        if let Some(at) = self.at.take() {
-            let _ = Command::new("umount").arg("-l").arg(at).status();
-        }
-    }
-}
-
-fn can_mount() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc_geteuid() } == 0;
-    if !root {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "transport-disk tests need root in CI"
-        );
-        eprintln!("SKIPPED: transport-disk tests need root to mount loop devices");
-    }
-    root
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
-}
-
 /// A new disk of `mib` MiB plugged into host `h` (mounted in its watch dir as `name`) and made
 /// transport node `name` of group `group` there, initialised. Returns the disk and its mount.
-fn plug_new_disk(a: &Archive, h: &TestHost, name: &str, group: &str, mib: u64) -> (Disk, PathBuf) {
-    let mut disk = Disk::new(a.dir.path(), name, mib).expect("mkfs.ext4 works");
+fn plug_new_disk(
+    a: &Archive,
+    h: &TestHost,
+    name: &str,
+    group: &str,
+    mib: u64,
+) -> (LoopDisk, PathBuf) {
+    let mut disk = LoopDisk::new(a.dir.path(), name, mib).expect("mkfs.ext4 works");
     let at = h.dir.join("watch").join(name);
     disk.mount(&at);
     h.cairn(&[
@@ -125,7 +48,7 @@ fn node_active_on(a: &Archive, node: &str) -> Option<(String, String)> {
 
 #[test]
 fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
-    if !can_mount() {
+    if !can_mount_loop_disks() {
         return;
     }
     let a = Archive::new();
@@ -218,7 +141,7 @@ fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
 
 #[test]
 fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reason() {
-    if !can_mount() {
+    if !can_mount_loop_disks() {
         return;
     }
     let a = Archive::new();
@@ -260,7 +183,7 @@ fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reaso
 
 #[test]
 fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_returns() {
-    if !can_mount() {
+    if !can_mount_loop_disks() {
         return;
     }
     let a = Archive::new();
@@ -344,7 +267,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
 
 #[test]
 fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
-    if !can_mount() {
+    if !can_mount_loop_disks() {
         return;
     }
     let a = Archive::new();
@@ -408,7 +331,7 @@ fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
 // [S4]
 #[test]
 fn a_transport_disks_files_read_through_cairnfs_are_local_reads() {
-    if !can_mount() || !cairn_tests::fuse_available() {
+    if !can_mount_loop_disks() || !cairn_tests::fuse_available() {
         return;
     }
     let a = Archive::new();
