@@ -276,6 +276,9 @@ pub struct Core {
     generation: AtomicU64,
     /// Directories whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<std::sync::mpsc::SyncSender<u64>>>,
+    /// How many references the kernel holds to each local inode (replies that named it, less
+    /// its FORGETs): an imported local's inode is dropped when the kernel drops it.
+    local_refs: Mutex<HashMap<u64, u64>>,
     /// When (ms after `started`) a file was last looked up in a listing just read: a program
     /// stats entries after reading their names ([`Core::stat_walk`]).
     stat_walk_seen: AtomicU64,
@@ -318,6 +321,7 @@ impl Core {
             generation: AtomicU64::new(0),
             prefetch: Mutex::new(None),
             stat_walk_seen: AtomicU64::new(0),
+            local_refs: Mutex::new(HashMap::new()),
             started: Instant::now(),
             served: Mutex::new(HashMap::new()),
             known: Mutex::new(HashMap::new()),
@@ -685,6 +689,35 @@ impl Core {
         l.gone = true;
         if l.writers == 0 {
             ls.by_ino.remove(&l.ino);
+        }
+    }
+
+    /// The kernel now holds `n` more references to inode `ino` (a reply named it).
+    pub fn referenced(&self, ino: u64, n: u64) {
+        if ino & 3 == 2 {
+            *self
+                .local_refs
+                .lock()
+                .expect("local refs")
+                .entry(ino)
+                .or_default() += n;
+        }
+    }
+
+    /// The kernel dropped `n` references to inode `ino` (FORGET). A local inode it no longer
+    /// knows at all is forgotten here too, once imported: nothing can name it any more.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino & 3 != 2 {
+            return;
+        }
+        let mut refs = self.local_refs.lock().expect("local refs");
+        let Some(count) = refs.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            refs.remove(&ino);
+            self.locals.lock().expect("locals").imported.remove(&ino);
         }
     }
 
@@ -1504,11 +1537,13 @@ impl Core {
                         );
                         g.backing = dest.clone();
                         self.forget_local(g);
-                        self.locals
-                            .lock()
-                            .expect("locals")
-                            .imported
-                            .insert(g.ino, id);
+                        // Its inode goes on naming the archived file for as long as the
+                        // kernel knows it.
+                        let refs = self.local_refs.lock().expect("local refs");
+                        if refs.contains_key(&g.ino) {
+                            let mut ls = self.locals.lock().expect("locals");
+                            ls.imported.insert(g.ino, id);
+                        }
                     }
                     Err(why) => {
                         // Put it back where it was: nothing half-done.
@@ -2263,6 +2298,24 @@ mod tests {
             c.lookup(ROOT_INO, OsStr::new("y.dat")),
             Err(FsError::NotFound)
         ));
+    }
+
+    #[test]
+    fn an_imported_locals_inode_lives_as_long_as_the_kernel_holds_it() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        let ino = 7 << 2 | 2;
+        c.referenced(ino, 1);
+        c.referenced(ino, 2);
+        c.locals.lock().unwrap().imported.insert(ino, 42);
+        c.forget(ino, 2);
+        assert_eq!(c.locals.lock().unwrap().imported.get(&ino), Some(&42));
+        c.forget(ino, 1);
+        assert!(c.locals.lock().unwrap().imported.is_empty());
+        assert!(c.local_refs.lock().unwrap().is_empty());
+        // Archived inodes are not counted.
+        c.referenced(file_ino(3), 1);
+        assert!(c.local_refs.lock().unwrap().is_empty());
     }
 
     #[test]

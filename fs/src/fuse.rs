@@ -206,9 +206,17 @@ impl Filesystem for CairnFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         match self.core.lookup(parent.0, name) {
-            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
+            Ok(a) => {
+                // Counted before the reply: the kernel may forget it as soon as it has it.
+                self.core.referenced(a.ino, 1);
+                reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0))
+            }
             Err(e) => reply.error(fail("lookup", e)),
         }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
@@ -476,6 +484,10 @@ impl Filesystem for CairnFs {
             ) {
                 break;
             }
+            // The kernel takes a reference to each entry but `.` and `..`.
+            if off > 2 {
+                self.core.referenced(e.attr.ino, 1);
+            }
         }
         reply.ok();
     }
@@ -568,13 +580,16 @@ impl Filesystem for CairnFs {
         reply: ReplyCreate,
     ) {
         match self.core.create(parent.0, name, mode & !umask) {
-            Ok((a, fh)) => reply.created(
-                &self.ttl(&a),
-                &self.attr(&a),
-                Generation(0),
-                FileHandle(fh),
-                WRITING,
-            ),
+            Ok((a, fh)) => {
+                self.core.referenced(a.ino, 1);
+                reply.created(
+                    &self.ttl(&a),
+                    &self.attr(&a),
+                    Generation(0),
+                    FileHandle(fh),
+                    WRITING,
+                )
+            }
             Err(e) => reply.error(fail("create", e)),
         }
     }
