@@ -1989,16 +1989,16 @@ impl Core {
         let mut seen = std::collections::HashSet::new();
         for n in self.host_nodes() {
             let root = n.root.unwrap_or_default();
-            let Ok(st) = statvfs(Path::new(&root)) else {
+            let Ok(st) = cairn_syncd::noderoot::space(Path::new(&root)) else {
                 continue;
             };
             // Two nodes on one filesystem count once.
-            if !seen.insert(st.0) {
+            if !seen.insert(st.fsid) {
                 continue;
             }
-            s.total += st.1.total;
-            s.free += st.1.free;
-            s.avail += st.1.avail;
+            s.total += st.total;
+            s.free += st.free;
+            s.avail += st.avail;
         }
         s
     }
@@ -2169,33 +2169,6 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-struct Vfs {
-    total: u64,
-    free: u64,
-    avail: u64,
-}
-
-/// (filesystem id, capacity) of the filesystem holding `path`.
-fn statvfs(path: &Path) -> io::Result<(u64, Vfs)> {
-    use std::ffi::CString;
-    let p = CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `p` is NUL-terminated and `st` is a valid, writable statvfs.
-    if unsafe { libc::statvfs(p.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let f = st.f_frsize as u64;
-    Ok((
-        st.f_fsid as u64,
-        Vfs {
-            total: st.f_blocks as u64 * f,
-            free: st.f_bfree as u64 * f,
-            avail: st.f_bavail as u64 * f,
-        },
-    ))
 }
 
 /// Whether process `pid` is exiting because a signal killed it: its file descriptors are

@@ -474,7 +474,7 @@ fn plan(
             }
             let root = PathBuf::from(node.root.as_deref().unwrap_or("/"));
             let mut fresh = node.clone();
-            match noderoot::space(&root) {
+            match noderoot::space(&root).map(|s| (s.avail, s.total)) {
                 Ok((avail, capacity)) => {
                     cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
                     (fresh.avail, fresh.capacity, fresh.last_checked) =

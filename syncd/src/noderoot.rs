@@ -79,8 +79,19 @@ pub fn write_marker(root: &Path, marker: &Marker) -> std::io::Result<()> {
     std::fs::File::open(&dir)?.sync_all()
 }
 
-/// (available bytes, filesystem size) of the filesystem holding `path`.
-pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
+/// Capacity of the filesystem holding a path, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Space {
+    /// The filesystem's id: two paths on one filesystem have the same.
+    pub fsid: u64,
+    pub total: u64,
+    pub free: u64,
+    /// Free for unprivileged users (without the blocks reserved for root).
+    pub avail: u64,
+}
+
+/// The capacity of the filesystem holding `path` (statvfs).
+pub fn space(path: &Path) -> std::io::Result<Space> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())
         .map_err(|_| std::io::Error::other("path contains a NUL byte"))?;
@@ -94,8 +105,14 @@ pub fn space(path: &Path) -> std::io::Result<(u64, u64)> {
     // SAFETY: statvfs returned 0, so the struct is initialised.
     let st = unsafe { st.assume_init() };
     #[allow(clippy::unnecessary_cast)] // the field types differ between targets
-    let (frsize, bavail, blocks) = (st.f_frsize as u64, st.f_bavail as u64, st.f_blocks as u64);
-    Ok((bavail * frsize, blocks * frsize))
+    let f = st.f_frsize as u64;
+    #[allow(clippy::unnecessary_cast)]
+    Ok(Space {
+        fsid: st.f_fsid as u64,
+        total: st.f_blocks as u64 * f,
+        free: st.f_bfree as u64 * f,
+        avail: st.f_bavail as u64 * f,
+    })
 }
 
 #[cfg(test)]
@@ -129,7 +146,14 @@ mod tests {
 
     #[test]
     fn space_reports_a_filesystem() {
-        let (avail, size) = space(Path::new("/")).unwrap();
-        assert!(size > 0 && avail <= size);
+        let s = space(Path::new("/")).unwrap();
+        assert!(
+            s.total > 0 && s.avail <= s.free && s.free <= s.total,
+            "{s:?}"
+        );
+        assert_eq!(space(Path::new("/usr")).unwrap().fsid == s.fsid, {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/usr").unwrap().dev() == std::fs::metadata("/").unwrap().dev()
+        });
     }
 }
