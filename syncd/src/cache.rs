@@ -231,7 +231,7 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
         return;
     }
     let busy: HashSet<PathBuf> = running.values().map(|(p, _)| p.clone()).collect();
-    let open = open_files_under(dir);
+    let open = crate::procfs::open_under(dir);
     files.sort();
     for (_, len, path) in files {
         if total <= keep {
@@ -256,36 +256,6 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
             format_size(total)
         );
     }
-}
-
-/// Files under `dir` that some process on this host holds open.
-fn open_files_under(dir: &Path) -> HashSet<PathBuf> {
-    let mut out = HashSet::new();
-    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for p in procs.flatten() {
-        if !p
-            .file_name()
-            .to_string_lossy()
-            .bytes()
-            .all(|b| b.is_ascii_digit())
-        {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(target) = std::fs::read_link(fd.path())
-                && target.starts_with(&dir)
-            {
-                out.insert(target);
-            }
-        }
-    }
-    out
 }
 
 /// Marks a cached file as just used: eviction takes the least recently used first.

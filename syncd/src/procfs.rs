@@ -74,7 +74,43 @@ fn comparable(path: &Path) -> PathBuf {
 
 /// Walks `/proc/[0-9]*/fd`. With `only`, looks at that one path and stops at the first writer.
 fn scan(only: Option<&Path>) -> io::Result<OpenWriters> {
-    let mut found = OpenWriters::default();
+    let mut paths = HashSet::new();
+    let unreadable = each_open_file(|proc_dir, fd, path| {
+        if only.is_some_and(|want| want != path) {
+            return false;
+        }
+        let fdinfo = proc_dir.join("fdinfo").join(fd);
+        let Ok(info) = fs::read_to_string(fdinfo) else {
+            return false;
+        };
+        if flags(&info).is_some_and(is_write_mode) {
+            paths.insert(path);
+            return only.is_some();
+        }
+        false
+    })?;
+    Ok(OpenWriters { paths, unreadable })
+}
+
+/// The files below `dir` that some (readable) process on this host has open, in any mode.
+/// Empty if `/proc` cannot be read.
+pub fn open_under(dir: &Path) -> HashSet<PathBuf> {
+    let dir = comparable(dir);
+    let mut out = HashSet::new();
+    let _ = each_open_file(|_, _, path| {
+        if path.starts_with(&dir) {
+            out.insert(path);
+        }
+        false
+    });
+    out
+}
+
+/// Calls `visit(/proc/PID, FD, path)` for each descriptor of each process that names a file,
+/// until it returns `true`. Returns how many processes' descriptors could not be read for
+/// lack of permission; fails only when `/proc` itself cannot be listed.
+fn each_open_file(mut visit: impl FnMut(&Path, &OsStr, PathBuf) -> bool) -> io::Result<usize> {
+    let mut unreadable = 0;
     for entry in fs::read_dir("/proc")? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name();
@@ -88,7 +124,7 @@ fn scan(only: Option<&Path>) -> io::Result<OpenWriters> {
         let fds = match fs::read_dir(proc_dir.join("fd")) {
             Ok(fds) => fds,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                found.unreadable += 1;
+                unreadable += 1;
                 continue;
             }
             // The process exited (or is a zombie without a table): nothing open.
@@ -102,22 +138,12 @@ fn scan(only: Option<&Path>) -> io::Result<OpenWriters> {
             let Some(path) = file_path(link) else {
                 continue;
             };
-            if only.is_some_and(|want| want != path) {
-                continue;
-            }
-            let fdinfo = proc_dir.join("fdinfo").join(fd.file_name());
-            let Ok(info) = fs::read_to_string(fdinfo) else {
-                continue;
-            };
-            if flags(&info).is_some_and(is_write_mode) {
-                found.paths.insert(path);
-                if only.is_some() {
-                    return Ok(found);
-                }
+            if visit(&proc_dir, &fd.file_name(), path) {
+                return Ok(unreadable);
             }
         }
     }
-    Ok(found)
+    Ok(unreadable)
 }
 
 /// The file a `/proc/PID/fd` link points at, or `None` for pipes, sockets and other
@@ -151,6 +177,22 @@ mod tests {
     use super::*;
     use std::fs::{File, OpenOptions};
     use std::io::Write;
+
+    #[test]
+    fn files_open_in_any_mode_under_a_directory_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let inside = dir.path().join("a/b.dat");
+        std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        std::fs::write(&inside, "x").unwrap();
+        std::fs::write(other.path().join("c.dat"), "y").unwrap();
+        let reading = File::open(&inside).unwrap();
+        let _elsewhere = File::open(other.path().join("c.dat")).unwrap();
+        let open = open_under(dir.path());
+        assert_eq!(open, HashSet::from([comparable(&inside)]));
+        drop(reading);
+        assert!(open_under(dir.path()).is_empty());
+    }
 
     #[test]
     fn file_open_for_writing_is_reported_until_closed() {
