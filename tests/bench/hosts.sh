@@ -19,29 +19,15 @@ trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$W/token"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P1=$(port); P2=$(port)
+. "$HERE/lib.sh"
 for h in 1 2; do
     p=P$h
-    cat >"$W/h$h/cairn.toml" <<TOML
-[catalog]
-url = "sqlite://$W/catalog.db"
-[host]
-name = "h$h"
-[daemon]
-interval = "10s"
-socket = "$W/h$h/run/cairnd.sock"
-lock_file = "$W/h$h/run/cairnd.lock"
-[transfer]
-listen = "127.0.0.1:${!p}"
-token_file = "$W/token"
-[import]
-acq_depth = 3
-TOML
+    host_config "$h" "${!p}"
 done
 # The CLI runs on the receiving host, h2, so it wakes h2's cairnd at once (each host's cairnd
 # hears only its own machine's CLI; the others find requests at their next loop).
 cairn() { CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" "$@"; }
 SMALL=${CAIRN_BENCH_SMALL:-10000}
-. "$HERE/lib.sh"
 
 cairn db init >/dev/null
 cairn host create h1 --address "127.0.0.1:$P1" >/dev/null
