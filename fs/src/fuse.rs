@@ -105,12 +105,6 @@ fn stream<'a>(
     dots.chain(entries)
 }
 
-/// How a file opened for writing is opened: its writes come straight from the writer's
-/// memory to cairnfs, which sends them on to the disk (see `staged.rs`), instead of being
-/// copied into the kernel's page cache of the mount first. `mmap` of it still works
-/// (FUSE_DIRECT_IO_ALLOW_MMAP).
-const WRITING: FopenFlags = FopenFlags::FOPEN_DIRECT_IO;
-
 /// How long the kernel keeps archived names and attributes.
 const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
 
@@ -118,17 +112,33 @@ pub struct CairnFs {
     core: Arc<Core>,
     ttl: Duration,
     passthrough: AtomicBool,
+    /// Whether files open for writing bypass the mount's page cache: only where the kernel
+    /// still lets such files be mapped (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6).
+    direct_writes: AtomicBool,
     /// Backing files the kernel reads directly, kept until their handle is released.
     backing: Mutex<HashMap<u64, BackingId>>,
 }
 
 impl CairnFs {
+    /// How a file opened for writing is opened: its writes come straight from the writer's
+    /// memory to cairnfs, which sends them on to the disk (see `staged.rs`), instead of
+    /// being copied into the kernel's page cache of the mount first. Not on kernels that
+    /// would then refuse to `mmap` it.
+    fn writing(&self) -> FopenFlags {
+        if self.direct_writes.load(Ordering::Relaxed) {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     pub fn new(core: Arc<Core>) -> CairnFs {
         let ttl = core.opts.ttl;
         CairnFs {
             core,
             ttl,
             passthrough: AtomicBool::new(false),
+            direct_writes: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
         }
     }
@@ -188,7 +198,12 @@ impl Filesystem for CairnFs {
         let _ = config
             .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
-        let _ = config.add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
+        if config
+            .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
+            .is_ok()
+        {
+            self.direct_writes.store(true, Ordering::Relaxed);
+        }
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
             let _ = config.set_max_stack_depth(2);
             self.passthrough.store(true, Ordering::Relaxed);
@@ -306,7 +321,7 @@ impl Filesystem for CairnFs {
         let Some(file) = opened.passthrough else {
             let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
             let how = if writing {
-                WRITING
+                self.writing()
             } else {
                 FopenFlags::empty()
             };
@@ -587,7 +602,7 @@ impl Filesystem for CairnFs {
                     &self.attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    WRITING,
+                    self.writing(),
                 )
             }
             Err(e) => reply.error(fail("create", e)),
