@@ -238,7 +238,13 @@ impl Writer {
                 self.ahead.insert(offset, b);
             } else {
                 self.drop_inline();
+                if let Chunk::Owned(b) = chunk {
+                    self.pool.put(b);
+                }
             }
+        } else if let Chunk::Owned(b) = chunk {
+            // Not hashed inline (any more): the buffer serves the next direct write.
+            self.pool.put(b);
         }
         Ok(data.len())
     }
