@@ -7,6 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
@@ -856,7 +857,24 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
             .unwrap_or_default(),
         shared.transfer.method(&source)
     );
-    let fetched = shared.transfer.fetch(&source, &tmp, &shared.cancel);
+    // The copy stops at its next chunk when cairnd shuts down or its request is cancelled.
+    let stop = AtomicBool::new(false);
+    let withdrawn = AtomicBool::new(false);
+    let fetched = std::thread::scope(|s| {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        s.spawn(|| watch_request(shared, r.id, finished, &stop, &withdrawn));
+        let fetched = shared.transfer.fetch(&source, &tmp, &stop);
+        drop(done);
+        fetched
+    });
+    if withdrawn.load(Ordering::Relaxed) {
+        let _ = std::fs::remove_file(&tmp);
+        info!(
+            "Copy of {} to node \"{}\" stopped: request AFCR#{} was cancelled.",
+            file.path, dest.name, r.id
+        );
+        return Err(CopyFailure::Cancelled);
+    }
     let note_peer = |ok: bool| {
         if let Some(h) = &remote_host {
             let mut f = shared.peer_failures.lock().expect("peer failures lock");
@@ -946,6 +964,42 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
         format_size((copied.bytes as f64 / secs.max(1e-3)) as u64)
     );
     Ok(())
+}
+
+/// Sets `stop` when cairnd shuts down or copy request `id` is cancelled (and then
+/// `withdrawn` too), until `finished` says the copy is over. The catalog is asked once a
+/// second.
+fn watch_request(
+    shared: &Shared,
+    id: Id,
+    finished: std::sync::mpsc::Receiver<()>,
+    stop: &AtomicBool,
+    withdrawn: &AtomicBool,
+) {
+    const TICK: Duration = Duration::from_millis(100);
+    let mut asked = Instant::now();
+    loop {
+        match finished.recv_timeout(TICK) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if shared.is_cancelled() {
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        if asked.elapsed() >= Duration::from_secs(1) {
+            asked = Instant::now();
+            let cancelled = shared
+                .pool
+                .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
+                .is_ok_and(|q| q.state == RequestState::Cancelled);
+            if cancelled {
+                withdrawn.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
 }
 
 fn record_arrival(

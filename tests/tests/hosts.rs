@@ -285,6 +285,62 @@ fn a_corrupt_source_on_another_host_is_marked_suspect_and_another_host_serves() 
 }
 
 #[test]
+fn cancelling_a_request_stops_its_running_pull() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    // The receiver pulls slowly, so the pull is still running when it is cancelled.
+    std::fs::write(
+        &h2.config,
+        std::fs::read_to_string(&h2.config)
+            .unwrap()
+            .replace("[transfer]\n", "[transfer]\nmax_rate = \"4MiB\"\n"),
+    )
+    .unwrap();
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    big_file(&r1.join("2025/01/01/big.dat"), 64);
+    h1.start();
+    h2.start();
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(Duration::from_secs(60));
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    let partial = || {
+        std::fs::read_dir(r2.join(".cairn/tmp"))
+            .ok()
+            .and_then(|d| d.flatten().next())
+            .and_then(|e| e.metadata().ok())
+            .map_or(0, |m| m.len())
+    };
+    wait_until(T, "a pull under way", || partial() > 4 << 20);
+    let id = a
+        .catalog()
+        .read(|tx| tx.copy_requests(&Default::default()))
+        .unwrap()
+        .into_iter()
+        .next()
+        .expect("the request")
+        .id;
+    let asked = std::time::Instant::now();
+    h2.cairn(&["request", "cancel", &id.to_string()]);
+    wait_until(Duration::from_secs(10), "the pull to stop", || {
+        h2.log().contains("was cancelled")
+    });
+    // Stopped well before the 16 s the whole file takes at this rate, and tidied.
+    assert!(
+        asked.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(partial(), 0, "the partial pull is removed");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(a.has("n2", "2025/01/01/big.dat"), None, "nothing recorded");
+    assert!(!r2.join("2025/01/01/big.dat").exists());
+    let state = a.catalog().read(|tx| tx.copy_request(id)).unwrap().state;
+    assert_eq!(state, cairn_catalog::model::RequestState::Cancelled);
+}
+
+#[test]
 fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
     let a = Archive::new();
     let mut h1 = a.host("h1");
