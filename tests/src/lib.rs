@@ -62,6 +62,16 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// Bytes of the copy or pull in progress on the node at `root` (its file in `.cairn/tmp/`);
+/// 0 when there is none.
+pub fn partial_bytes(root: &Path) -> u64 {
+    std::fs::read_dir(root.join(".cairn/tmp"))
+        .ok()
+        .and_then(|d| d.flatten().next())
+        .and_then(|e| e.metadata().ok())
+        .map_or(0, |m| m.len())
+}
+
 /// Polls `check` until it returns true or `timeout` passes; panics with `what` on timeout.
 pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -301,6 +311,17 @@ impl TestHost {
         args.extend(extra);
         self.cairn(&args);
         r
+    }
+
+    /// Caps how fast this host pulls from others (`transfer.max_rate`, e.g. `"4MiB"`), so a
+    /// pull is still running when the test acts on it. Before `start`.
+    pub fn limit_pulls(&self, rate: &str) {
+        let cfg = std::fs::read_to_string(&self.config).unwrap();
+        let cfg = cfg.replace(
+            "[transfer]\n",
+            &format!("[transfer]\nmax_rate = \"{rate}\"\n"),
+        );
+        std::fs::write(&self.config, cfg).unwrap();
     }
 
     pub fn log_path(&self) -> PathBuf {

@@ -290,13 +290,7 @@ fn cancelling_a_request_stops_its_running_pull() {
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
     // The receiver pulls slowly, so the pull is still running when it is cancelled.
-    std::fs::write(
-        &h2.config,
-        std::fs::read_to_string(&h2.config)
-            .unwrap()
-            .replace("[transfer]\n", "[transfer]\nmax_rate = \"4MiB\"\n"),
-    )
-    .unwrap();
+    h2.limit_pulls("4MiB");
     let r1 = h1.node("n1", &[]);
     let r2 = h2.node("n2", &[]);
     big_file(&r1.join("2025/01/01/big.dat"), 64);
@@ -305,13 +299,7 @@ fn cancelling_a_request_stops_its_running_pull() {
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(Duration::from_secs(60));
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    let partial = || {
-        std::fs::read_dir(r2.join(".cairn/tmp"))
-            .ok()
-            .and_then(|d| d.flatten().next())
-            .and_then(|e| e.metadata().ok())
-            .map_or(0, |m| m.len())
-    };
+    let partial = || cairn_tests::partial_bytes(&r2);
     wait_until(T, "a pull under way", || partial() > 4 << 20);
     let id = a
         .catalog()
@@ -346,13 +334,7 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
     let mut h1 = a.host("h1");
     // The receiver pulls slowly (so the transfer can be cut) and retries after 1 s.
     let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
-    std::fs::write(
-        &h2.config,
-        std::fs::read_to_string(&h2.config)
-            .unwrap()
-            .replace("[transfer]\n", "[transfer]\nmax_rate = \"64MiB\"\n"),
-    )
-    .unwrap();
+    h2.limit_pulls("64MiB");
     let r1 = h1.node("n1", &[]);
     let r2 = h2.node("n2", &[]);
     big_file(&r1.join("2025/01/01/big.dat"), 256);
@@ -362,13 +344,7 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(Duration::from_secs(60));
     h1.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    let partial = || {
-        std::fs::read_dir(r2.join(".cairn/tmp"))
-            .ok()
-            .and_then(|d| d.flatten().next())
-            .and_then(|e| e.metadata().ok())
-            .map_or(0, |m| m.len())
-    };
+    let partial = || cairn_tests::partial_bytes(&r2);
     wait_until(T, "a partial pull", || partial() > 32 << 20);
     h1.kill9();
     let target = r2.join("2025/01/01/big.dat");

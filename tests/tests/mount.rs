@@ -892,12 +892,7 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
     // Host 2 pulls at 2 MiB/s: a 12 MiB file takes seconds.
-    let cfg = std::fs::read_to_string(&h2.config).unwrap();
-    std::fs::write(
-        &h2.config,
-        cfg.replace("[transfer]\n", "[transfer]\nmax_rate = \"2MiB\"\n"),
-    )
-    .unwrap();
+    h2.limit_pulls("2MiB");
     let r1 = h1.node("store1", &[]);
     h2.node("store2", &[]);
     h1.start();

@@ -144,9 +144,7 @@ fn restarting_the_server_mid_sync_loses_nothing_and_repeats_nothing_postgres() {
     let mut h3 = a.host("h3");
     // Pulls slow enough that the restarts land in the middle of the sync.
     for h in [&h2, &h3] {
-        let config = std::fs::read_to_string(&h.config).unwrap();
-        let config = config.replace("[transfer]\n", "[transfer]\nmax_rate = \"8MiB\"\n");
-        std::fs::write(&h.config, config).unwrap();
+        h.limit_pulls("8MiB");
     }
     let r1 = h1.node("field", &[]);
     let r2 = h2.node("archive2", &["--archive"]);
@@ -279,9 +277,7 @@ fn pulls_longer_than_the_servers_idle_timeout_are_all_recorded_postgres() {
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
     // Each pull takes about a second: longer than the idle timeout.
-    let config = std::fs::read_to_string(&h2.config).unwrap();
-    let config = config.replace("[transfer]\n", "[transfer]\nmax_rate = \"1MiB\"\n");
-    std::fs::write(&h2.config, config).unwrap();
+    h2.limit_pulls("1MiB");
     let r1 = h1.node("field", &[]);
     let r2 = h2.node("archive", &["--archive"]);
     for i in 0..FILES {

@@ -199,13 +199,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
     h2.cairn(&["group", "create", "--class=transport", "tg"]);
     let (mut disk, at) = plug_new_disk(&a, &h2, "t1", "tg", 512);
     h2.cairn(&["node", "sync", "field", "tg", "--force"]);
-    let partial = || {
-        std::fs::read_dir(at.join(".cairn/tmp"))
-            .ok()
-            .and_then(|d| d.flatten().next())
-            .and_then(|e| e.metadata().ok())
-            .map_or(0, |m| m.len())
-    };
+    let partial = || cairn_tests::partial_bytes(&at);
     wait_until(T, "a partial copy on the disk", || partial() > 0);
     // Yanked: gone from the tree at once, though the copy still holds a file open on it.
     let out = Command::new("umount").arg("-l").arg(&at).output().unwrap();
