@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -271,6 +271,8 @@ pub struct Core {
     /// Directory listings, reused for `[fs] ttl` (the kernel caches names as long), dropped
     /// whenever this mount changes the namespace.
     listings: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// Size of `listings` at which those past their TTL are dropped next.
+    listings_prune_at: AtomicUsize,
     /// Counts this mount's changes to the namespace: a listing read before a change is not
     /// kept after it.
     generation: AtomicU64,
@@ -318,6 +320,7 @@ impl Core {
             fetches: Mutex::new(HashMap::new()),
             dir_meta: Mutex::new(HashMap::new()),
             listings: Mutex::new(HashMap::new()),
+            listings_prune_at: AtomicUsize::new(LISTINGS_KEPT),
             generation: AtomicU64::new(0),
             prefetch: Mutex::new(None),
             stat_walk_seen: AtomicU64::new(0),
@@ -832,8 +835,12 @@ impl Core {
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if ls.len() >= LISTINGS_KEPT {
+        // Pruned when it has doubled since the last time, so a fast walk of a large tree
+        // (thousands of listings within the TTL) does not scan them all at every insert.
+        if ls.len() >= self.listings_prune_at.load(Ordering::Relaxed) {
             ls.retain(|_, (at, _)| at.elapsed() < self.opts.ttl);
+            let next = (ls.len() * 2).max(LISTINGS_KEPT);
+            self.listings_prune_at.store(next, Ordering::Relaxed);
         }
         ls.insert(dir_id, (Instant::now(), l.clone()));
     }
@@ -2086,7 +2093,7 @@ fn apply(
 /// each).
 const KNOWN_LIMIT: usize = 1 << 20;
 
-/// Listings kept before those past their TTL are dropped.
+/// Listings kept before those past their TTL are first dropped.
 const LISTINGS_KEPT: usize = 4096;
 
 /// How long after a program looked up a file it had listed the kernel gets whole listings.
@@ -2289,6 +2296,27 @@ mod tests {
         // Archived inodes are not counted.
         c.referenced(file_ino(3), 1);
         assert!(c.local_refs.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn many_fresh_listings_are_kept_and_pruning_waits_until_they_have_doubled() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        let l = Arc::new(DirList::new(Vec::new()));
+        let g = c.generation.load(Ordering::Acquire);
+        for id in 0..(LISTINGS_KEPT as Id + 10) {
+            c.keep_listing(id + 1000, g, &l);
+        }
+        assert!(
+            c.fresh_listing(1000).is_some(),
+            "fresh listings are not dropped"
+        );
+        assert_eq!(c.listings.lock().unwrap().len(), LISTINGS_KEPT + 10);
+        assert_eq!(
+            c.listings_prune_at.load(Ordering::Relaxed),
+            2 * LISTINGS_KEPT,
+            "the next scan waits until twice as many"
+        );
     }
 
     #[test]
