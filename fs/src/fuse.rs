@@ -105,12 +105,8 @@ fn stream<'a>(
     dots.chain(entries)
 }
 
-/// How long the kernel keeps archived names and attributes.
-const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
-
 pub struct CairnFs {
     core: Arc<Core>,
-    ttl: Duration,
     passthrough: AtomicBool,
     /// Whether files open for writing bypass the mount's page cache: only where the kernel
     /// still lets such files be mapped (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6).
@@ -133,27 +129,16 @@ impl CairnFs {
     }
 
     pub fn new(core: Arc<Core>) -> CairnFs {
-        let ttl = core.opts.ttl;
         CairnFs {
             core,
-            ttl,
             passthrough: AtomicBool::new(false),
             direct_writes: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
         }
     }
 
-    /// How long the kernel may keep a name and its attributes. An archived file never
-    /// changes, and a directory's attributes hardly do: those are kept long. A file that
-    /// exists only here (being written, or kept under a dot name) changes, and uses `[fs] ttl`.
-    /// New names need no TTL: lookups that fail are not cached, and listings are refreshed
-    /// after `[fs] ttl` (see `Core::opendir`).
     fn ttl(&self, a: &Attr) -> Duration {
-        if a.ino & 3 == 2 {
-            self.ttl
-        } else {
-            ARCHIVED_TTL.max(self.ttl)
-        }
+        self.core.ttl(a)
     }
 
     fn attr(&self, a: &Attr) -> FileAttr {

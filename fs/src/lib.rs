@@ -5,9 +5,16 @@
 //! [`staged`] writes new files with their md5 computed on the way. [`mount`] puts it together
 //! and runs until unmounted or signalled.
 
+pub mod attr;
 pub mod core;
+pub mod error;
 pub mod fetch;
 pub mod fuse;
+pub mod handles;
+pub mod ino;
+pub mod listings;
+pub mod locals;
+pub mod nodes;
 pub mod staged;
 
 use std::path::Path;

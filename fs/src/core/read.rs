@@ -1,0 +1,145 @@
+//! Opening and reading files: a complete copy on this host is read directly (the kernel reads
+//! it itself where FUSE passthrough is offered); otherwise cairnd fetches the file into its
+//! cache and reads are answered from the growing file ([`crate::fetch`]).
+
+use std::collections::HashMap;
+use std::fs::File as StdFile;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use cairn_catalog::model::{Copy, File, Has, Id};
+use tracing::warn;
+
+use super::{Core, FsError, Ino, Opened, Result};
+use crate::fetch::{Fetch, Started, State};
+use crate::handles::{Handle, ReadFrom};
+
+/// Fetches running for this mount, one per file however many opens wait for it.
+#[derive(Default)]
+pub(super) struct Fetches(Mutex<HashMap<Id, Arc<Fetch>>>);
+
+impl Core {
+    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+        let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        if Ino::from(ino).is_dir() {
+            return Err(FsError::IsDir);
+        }
+        if let Some(l) = self.locals.get(ino) {
+            return self.open_local(l, flags, wants_write);
+        }
+        let file_id = self.file_id(ino).ok_or(FsError::NotFound)?;
+        let (file, copies) = self.with_cat(|c| {
+            Ok(c.read(|tx| Ok((tx.file_by_id(file_id)?, tx.copies_of(file_id)?)))?)
+        })?;
+        if wants_write {
+            return Err(FsError::NotPermitted(format!(
+                "{} is archived and cannot be changed (set user.cairn.clean to release a copy)",
+                file.path
+            )));
+        }
+        if let Some(path) = self.complete_local(&file, &copies) {
+            let f = StdFile::open(&path)?;
+            if path.starts_with(&self.opts.cache_dir) {
+                cairn_syncd::cache::touch(&f);
+            }
+            return Ok(self.open_complete(ino, f));
+        }
+        match self.fetch(&file)? {
+            Started::Ready(path) => {
+                let f = StdFile::open(&path)?;
+                cairn_syncd::cache::touch(&f);
+                Ok(self.open_complete(ino, f))
+            }
+            Started::Streaming(fetch) => Ok(Opened {
+                fh: self.handles.insert(Handle::Stream(fetch, ino)),
+                passthrough: None,
+            }),
+        }
+    }
+
+    /// A complete copy of `file` on this host: a healthy copy on an active node here, or the
+    /// cache's checked copy.
+    fn complete_local(&self, file: &File, copies: &[Copy]) -> Option<PathBuf> {
+        let nodes = self.host_nodes();
+        for c in copies.iter().filter(|c| c.has == Has::Yes) {
+            if let Some(n) = nodes.iter().find(|n| n.id == c.node_id) {
+                let p = Path::new(n.root.as_deref().unwrap_or_default()).join(&file.path);
+                if std::fs::metadata(&p).is_ok_and(|m| m.len() == file.size) {
+                    return Some(p);
+                }
+            }
+        }
+        let cached = self.opts.cache_dir.join(&file.md5);
+        if std::fs::metadata(&cached).is_ok_and(|m| m.len() == file.size) {
+            if let Ok(f) = StdFile::open(&cached) {
+                cairn_syncd::cache::touch(&f);
+            }
+            return Some(cached);
+        }
+        None
+    }
+
+    /// An open of a complete file: passed through to the kernel, unless the inode has
+    /// ordinary read opens already (the kernel does not mix the two).
+    fn open_complete(&self, ino: u64, f: StdFile) -> Opened {
+        if self.handles.has_plain_opens(ino) {
+            return Opened {
+                fh: self.handles.insert(Handle::Plain(f, ino)),
+                passthrough: None,
+            };
+        }
+        Opened {
+            fh: self.handles.insert(Handle::Passthrough(ino)),
+            passthrough: Some(f),
+        }
+    }
+
+    /// The adapter could not pass `fh` through to the kernel: serve its reads here.
+    pub fn passthrough_refused(&self, fh: u64, f: StdFile) {
+        self.handles.passthrough_refused(fh, f);
+    }
+
+    fn fetch(&self, file: &File) -> Result<Started> {
+        let mut fetches = self.fetches.0.lock().expect("fetches");
+        if let Some(f) = fetches.get(&file.id) {
+            if f.state() != State::Running && !matches!(f.state(), State::Done) {
+                fetches.remove(&file.id);
+            } else {
+                return Ok(Started::Streaming(f.clone()));
+            }
+        }
+        let started = Fetch::start(&self.opts.socket, file.id, file.size).map_err(|why| {
+            warn!("Cannot read {}: {why}", file.path);
+            FsError::Unavailable(format!("cannot read {}: {why}", file.path))
+        })?;
+        if let Started::Streaming(f) = &started {
+            fetches.retain(|_, f| f.state() == State::Running);
+            fetches.insert(file.id, f.clone());
+        }
+        Ok(started)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let f = match self.handles.read_from(fh)?.ok_or(FsError::BadHandle)? {
+            ReadFrom::File(f) => f,
+            ReadFrom::Local(l) => StdFile::open(&l.lock().expect("local").backing)?,
+            ReadFrom::Stream(f) => {
+                return f.read_at(offset, size as usize).map_err(|why| {
+                    warn!("Read of file #{} failed: {why}", f.file_id);
+                    FsError::Unavailable(why)
+                });
+            }
+        };
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+}

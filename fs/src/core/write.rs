@@ -1,0 +1,404 @@
+//! Writing through the mount: a new file is staged on the write node (`.cairn/staging/`), or
+//! kept under `.cairn/kept/PATH` when its name starts with `.`; its md5 is computed as it is
+//! written ([`crate::staged`]); at its last close it goes to the import queue
+//! ([`super::import`]). A file whose writer was killed, or one of whose writes failed, is
+//! discarded at its last close instead: a truncated file is never archived.
+
+use std::ffi::OsStr;
+use std::fs::{File as StdFile, OpenOptions};
+use std::io;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use cairn_catalog::catalog::normalize_path;
+use cairn_catalog::model::Id;
+use cairn_syncd::importer::Verdict;
+use tracing::{info, warn};
+
+use super::{Attr, Core, FsError, Opened, Result, name_str};
+use crate::handles::Handle;
+use crate::locals::{Local, LocalKind, LocalRef};
+use crate::staged::Writer;
+
+/// Numbers staged files of this process (`PID-N` under `.cairn/staging/`).
+static STAGED_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Core {
+    pub(super) fn open_local(&self, l: LocalRef, flags: i32, wants_write: bool) -> Result<Opened> {
+        let mut g = l.lock().expect("local");
+        if !wants_write {
+            let f = StdFile::open(&g.backing)?;
+            let ino = g.ino;
+            drop(g);
+            return Ok(Opened {
+                fh: self.handles.insert(Handle::Plain(f, ino)),
+                passthrough: None,
+            });
+        }
+        self.write_root()?;
+        if g.writer.is_none() {
+            let f = OpenOptions::new().read(true).write(true).open(&g.backing)?;
+            let len = f.metadata()?.len();
+            g.writer = Some(Writer::new(f, len));
+        }
+        if flags & libc::O_TRUNC != 0
+            && let Some(w) = g.writer.as_mut()
+        {
+            w.file.set_len(0)?;
+            w.truncated(0);
+        }
+        g.hashed = None;
+        g.writers += 1;
+        drop(g);
+        Ok(Opened {
+            fh: self.handles.insert(Handle::Write(l)),
+            passthrough: None,
+        })
+    }
+
+    pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> Result<(Attr, u64)> {
+        let dir_id = self.dir_id(parent)?;
+        let name = name_str(name)?.to_owned();
+        let (_, root) = self.write_root()?;
+        if self.lookup(parent, OsStr::new(&name)).is_ok() {
+            return Err(FsError::Exists(name));
+        }
+        let dir = self.dir_by_id(dir_id)?;
+        let (kind, backing) = if name.starts_with('.') {
+            let p = kept_path(&root, &dir.path, &name);
+            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
+            (LocalKind::Kept, p)
+        } else {
+            let staging = staging_dir(&root);
+            std::fs::create_dir_all(&staging)?;
+            let n = STAGED_SEQ.fetch_add(1, Ordering::Relaxed);
+            (
+                LocalKind::Staged,
+                staging.join(format!("{}-{n}", std::process::id())),
+            )
+        };
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(mode & 0o7777)
+            .open(&backing)?;
+        let l = self.locals.add(dir_id, &dir.path, &name, kind, backing);
+        self.listings.changed();
+        let attr = {
+            let mut g = l.lock().expect("local");
+            g.writer = Some(Writer::new(f, 0));
+            g.writers = 1;
+            g.attr()?
+        };
+        Ok((attr, self.handles.insert(Handle::Write(l))))
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let l = self.handles.writing(fh).ok_or(FsError::BadHandle)?;
+        let mut g = l.lock().expect("local");
+        let w = g.writer.as_mut().ok_or(FsError::BadHandle)?;
+        match w.write(offset, data) {
+            Ok(n) => Ok(n),
+            Err(e) => {
+                let why = format!("a write to {} failed: {e}", g.backing.display());
+                spoil(&mut g, why);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// `fsync` of a file being written makes its bytes so far durable where they are (a file
+    /// kept under a dot name is never imported, so this is its only fsync). Others: nothing
+    /// to do, archived files are durable already.
+    pub fn fsync(&self, fh: u64) -> Result<()> {
+        let Some(l) = self.handles.writing(fh) else {
+            return Ok(());
+        };
+        let mut g = l.lock().expect("local");
+        let Some(w) = &g.writer else { return Ok(()) };
+        if let Err(e) = w.file.sync_data() {
+            let why = format!("fsync of {} failed: {e}", g.backing.display());
+            spoil(&mut g, why);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    /// A descriptor of `fh` was closed by process `pid`. A writer that is dying from a signal
+    /// (killed mid-file) marks the file so that it is not imported.
+    pub fn flush(&self, fh: u64, pid: u32) {
+        let Some(l) = self.handles.writing(fh) else {
+            return;
+        };
+        if killed_by_signal(pid) {
+            let mut g = l.lock().expect("local");
+            spoil(
+                &mut g,
+                format!("its writer (pid {pid}) was killed mid-file"),
+            );
+        }
+    }
+
+    pub(super) fn close_writer(&self, l: &LocalRef) -> Result<()> {
+        let mut g = l.lock().expect("local");
+        g.writers = g.writers.saturating_sub(1);
+        if g.writers > 0 {
+            return Ok(());
+        }
+        let writer = g.writer.take();
+        if g.spoiled.is_some() || g.gone {
+            if let Some(why) = &g.spoiled {
+                let _ = std::fs::remove_file(&g.backing);
+                info!("Discarded {}: {why}.", g.path());
+            }
+            self.forget_local(&mut g);
+            return Ok(());
+        }
+        if let Some(w) = writer {
+            let (_file, size, md5) = w.finish(&self.cancel)?;
+            g.hashed = Some((size, md5));
+        }
+        if g.name.starts_with('.') {
+            // Still a temporary name: keep it on the write node.
+            if g.kind == LocalKind::Staged {
+                let (_, root) = self.write_root()?;
+                keep(&root, &mut g)?;
+            }
+            return Ok(());
+        }
+        self.import_local(l, &mut g)
+    }
+
+    pub(super) fn setattr_local(
+        &self,
+        l: &LocalRef,
+        mode: Option<u32>,
+        size: Option<u64>,
+        atime: Option<SystemTime>,
+        mtime: Option<SystemTime>,
+    ) -> Result<Attr> {
+        let mut g = l.lock().expect("local");
+        if let Some(len) = size {
+            match g.writer.as_mut() {
+                Some(w) => {
+                    w.file.set_len(len)?;
+                    w.truncated(len);
+                }
+                None => {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&g.backing)?
+                        .set_len(len)?;
+                    g.hashed = None;
+                }
+            }
+        }
+        if let Some(m) = mode {
+            std::fs::set_permissions(&g.backing, std::fs::Permissions::from_mode(m & 0o7777))?;
+        }
+        if atime.is_some() || mtime.is_some() {
+            let f = OpenOptions::new().write(true).open(&g.backing)?;
+            let mut times = std::fs::FileTimes::new();
+            if let Some(t) = atime {
+                times = times.set_accessed(t);
+            }
+            if let Some(t) = mtime {
+                times = times.set_modified(t);
+            }
+            f.set_times(times)?;
+        }
+        Ok(g.attr()?)
+    }
+
+    pub(super) fn unlink_local(&self, l: &LocalRef) -> Result<()> {
+        let mut g = l.lock().expect("local");
+        match std::fs::remove_file(&g.backing) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.forget_local(&mut g);
+        Ok(())
+    }
+
+    /// Renames a local file; renamed to a plain name (and closed), it is imported.
+    pub(super) fn rename_local(
+        &self,
+        l: &LocalRef,
+        dir_id: Id,
+        dir_path: &str,
+        name: &str,
+    ) -> Result<()> {
+        let mut g = l.lock().expect("local");
+        if g.importing {
+            return Err(FsError::Io(io::Error::from_raw_os_error(libc::EBUSY)));
+        }
+        self.locals.rename(&mut g, dir_id, dir_path, name);
+        self.listings.changed();
+        if g.writers > 0 {
+            // Still being written: it lands (or is imported) under its new name when closed.
+            return Ok(());
+        }
+        if name.starts_with('.') || g.kind == LocalKind::Kept && !self.importable(&g) {
+            let (_, root) = self.write_root()?;
+            keep(&root, &mut g)?;
+            return Ok(());
+        }
+        self.import_local(l, &mut g)
+    }
+
+    fn importable(&self, g: &Local) -> bool {
+        normalize_path(&g.path())
+            .is_ok_and(|p| matches!(self.importer.check(&p), Verdict::Import { .. }))
+    }
+
+    /// Makes the files kept by earlier mounts on this host visible again.
+    pub(super) fn load_kept(&self) {
+        let Ok((_, root)) = self.write_root() else {
+            return;
+        };
+        let top = root.join(".cairn/kept");
+        let mut todo = vec![top.clone()];
+        while let Some(d) = todo.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(t) = e.file_type() else { continue };
+                if t.is_dir() {
+                    todo.push(e.path());
+                    continue;
+                }
+                if !t.is_file() {
+                    continue;
+                }
+                let path = e.path();
+                let rel = path.strip_prefix(&top).expect("under the kept dir");
+                let dir_path = rel
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let name = e.file_name().to_string_lossy().into_owned();
+                // Its directory may have been removed from the catalog meanwhile (it looked
+                // empty elsewhere): it is made again, since this host has a file in it.
+                let dir = if dir_path.is_empty() {
+                    Ok(self.root_dir)
+                } else {
+                    self.with_cat(|c| {
+                        let found = c.read(|tx| tx.dir_by_path(&dir_path))?;
+                        Ok(match found {
+                            Some(d) => d.id,
+                            None => {
+                                let t = cairn_catalog::units::now();
+                                c.write(|tx| tx.ensure_dir(&dir_path, t))?
+                            }
+                        })
+                    })
+                };
+                match dir {
+                    Ok(dir_id) => {
+                        self.locals
+                            .add(dir_id, &dir_path, &name, LocalKind::Kept, path);
+                    }
+                    Err(e) => warn!("Cannot show kept file {}: {e}", path.display()),
+                }
+            }
+        }
+    }
+
+    /// Removes staged files left by mounts that are gone (killed mid-write): nothing of theirs
+    /// was imported, and nothing will be.
+    pub(super) fn tidy_staging(&self) {
+        let Ok((_, root)) = self.write_root() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(staging_dir(&root)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
+            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+            if (!alive || pid == Some(std::process::id())) && std::fs::remove_file(e.path()).is_ok()
+            {
+                info!(
+                    "Removed {}: left by a mount that stopped while it was being written; it \
+                     was never imported.",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// Marks a local's bytes as not to be imported, saying why once.
+fn spoil(g: &mut Local, why: String) {
+    if g.spoiled.is_none() {
+        warn!("{}: {why}; the file will not be imported.", g.path());
+        g.spoiled = Some(why);
+    }
+}
+
+fn staging_dir(root: &Path) -> PathBuf {
+    root.join(".cairn/staging")
+}
+
+/// Where a file this host keeps without importing it (a dot name, or a path the import rules
+/// skip) lives on the write node: `.cairn/kept/PATH`, out of the archive's tree, so that
+/// listing a directory needs nothing but the catalog and this mount's memory.
+fn kept_path(root: &Path, dir_path: &str, name: &str) -> PathBuf {
+    root.join(".cairn/kept").join(dir_path).join(name)
+}
+
+/// Moves a local file to its kept place, `.cairn/kept/DIR/NAME`.
+pub(super) fn keep(root: &Path, g: &mut Local) -> io::Result<()> {
+    let dest = kept_path(root, &g.dir_path, &g.name);
+    if dest != g.backing {
+        std::fs::create_dir_all(dest.parent().unwrap_or(root))?;
+        std::fs::rename(&g.backing, &dest)?;
+        g.backing = dest;
+    }
+    g.kind = LocalKind::Kept;
+    Ok(())
+}
+
+/// Whether process `pid` is exiting because a signal killed it: its file descriptors are
+/// being closed by the kernel, not by the program.
+fn killed_by_signal(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return false;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    const PF_EXITING: u64 = 0x4;
+    let flags = fields
+        .get(9 - 3)
+        .and_then(|f| f.parse::<u64>().ok())
+        .unwrap_or(0);
+    let exit_code = fields
+        .get(52 - 3)
+        .and_then(|f| f.parse::<i64>().ok())
+        .unwrap_or(0);
+    flags & PF_EXITING != 0 && exit_code & 0x7f != 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_running_process_is_not_killed() {
+        assert!(!killed_by_signal(std::process::id()));
+    }
+
+    #[test]
+    fn a_missing_process_is_not_killed() {
+        assert!(!killed_by_signal(u32::MAX));
+    }
+}

@@ -1,0 +1,380 @@
+//! The extended attributes of the `user.cairn.` namespace: what a file's copies are and
+//! where (read), and requests to sync, clean or verify copies (write). On a directory, the
+//! requests apply to every file below it, in one transaction: an unknown group or node, or a
+//! single file that cannot take the request, refuses the whole request (EINVAL) and nothing
+//! changes.
+
+use std::ffi::OsStr;
+use std::time::{Duration, Instant};
+
+use cairn_catalog::CatalogError;
+use cairn_catalog::catalog::{FileFilter, NewCopyRequest, Tx};
+use cairn_catalog::model::{Copy, Dir, File, Has, Id, Wants};
+use tracing::info;
+
+use super::{Core, FsError, Ino, Result};
+use crate::locals::LocalKind;
+
+/// Names of our extended attributes, in `listxattr` order.
+pub const FILE_XATTRS: &[&str] = &[
+    "user.cairn.md5",
+    "user.cairn.size",
+    "user.cairn.state",
+    "user.cairn.copies",
+    "user.cairn.requests",
+];
+
+/// What a write to one of our attributes asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Action {
+    Sync(String),
+    Clean(String, Wants),
+    Verify(String),
+}
+
+/// What a request applies to.
+enum Scope {
+    File(Id),
+    Dir(String),
+}
+
+/// Reads `user.cairn.KEY = value` as a request. Attributes that only show something are
+/// read-only (EPERM); unknown ones are not supported.
+fn parse_request(name: &str, key: &str, value: &[u8]) -> Result<Action> {
+    let value = std::str::from_utf8(value)
+        .map_err(|_| FsError::Invalid(format!("{name}: the value is not UTF-8")))?
+        .trim_end_matches(['\n', '\0'])
+        .trim();
+    match key {
+        "sync" if !value.is_empty() && !value.contains(' ') => Ok(Action::Sync(value.to_owned())),
+        "clean" => match value.split_whitespace().collect::<Vec<_>>()[..] {
+            [node] => Ok(Action::Clean(node.to_owned(), Wants::ReleaseWhenNeeded)),
+            [node, "now"] => Ok(Action::Clean(node.to_owned(), Wants::ReleaseNow)),
+            _ => Err(FsError::Invalid(format!(
+                "{name}: expected \"NODE\" or \"NODE now\", got {value:?}"
+            ))),
+        },
+        "verify" if !value.is_empty() && !value.contains(' ') => {
+            Ok(Action::Verify(value.to_owned()))
+        }
+        "sync" | "verify" => Err(FsError::Invalid(format!(
+            "{name}: expected one {} name, got {value:?}",
+            if key == "sync" { "group" } else { "node" }
+        ))),
+        "md5" | "size" | "state" | "copies" | "requests" | "complete" => {
+            Err(FsError::NotPermitted(format!("{name} is read-only")))
+        }
+        _ => Err(FsError::Unsupported(name.to_owned())),
+    }
+}
+
+impl Core {
+    pub fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+        if Ino::from(ino).is_dir() {
+            let d = self.dir_by_id(self.dir_id(ino)?)?;
+            let is_acq = self.with_cat(|c| Ok(c.read(|tx| tx.acq_by_name(&d.path))?))?;
+            return Ok(is_acq
+                .map(|_| vec!["user.cairn.complete".to_owned()])
+                .unwrap_or_default());
+        }
+        if self.locals.get(ino).is_some() {
+            return Ok(vec!["user.cairn.size".into(), "user.cairn.state".into()]);
+        }
+        self.getattr(ino)?;
+        Ok(FILE_XATTRS.iter().map(|s| s.to_string()).collect())
+    }
+
+    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        let name = name.to_string_lossy();
+        let Some(key) = name.strip_prefix("user.cairn.") else {
+            // The mount keeps no security labels, ACLs or other namespaces' attributes. Saying
+            // so, rather than "no such attribute", lets `ls -l` stop asking for them on every
+            // file (it remembers a file system that does not support them).
+            return Err(if name.starts_with("user.") {
+                FsError::NoAttr
+            } else {
+                FsError::Unsupported(name.into_owned())
+            });
+        };
+        if Ino::from(ino).is_dir() {
+            let d = self.dir_by_id(self.dir_id(ino)?)?;
+            if key != "complete" {
+                return Err(FsError::NoAttr);
+            }
+            return self.completeness(&d).map(String::into_bytes);
+        }
+        if let Some(l) = self.locals.get(ino) {
+            // A file just closed is being imported: give it a moment. (`close` returns before
+            // the kernel tells the mount, so a writer may still count briefly.)
+            let deadline = Instant::now() + Duration::from_secs(2);
+            let settle = Instant::now() + Duration::from_millis(200);
+            loop {
+                let g = l.lock().expect("local");
+                let busy = g.importing || (g.writers > 0 && Instant::now() < settle);
+                if g.gone || !busy || Instant::now() > deadline {
+                    break;
+                }
+                drop(g);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let g = l.lock().expect("local");
+            if !g.gone {
+                return match key {
+                    "size" => Ok(g.attr()?.size.to_string().into_bytes()),
+                    "state" => Ok(if g.kind == LocalKind::Staged && g.writers > 0 {
+                        b"staged".to_vec()
+                    } else {
+                        b"unimported".to_vec()
+                    }),
+                    _ => Err(FsError::NoAttr),
+                };
+            }
+        }
+        let file_id = self.file_id(ino).ok_or(FsError::NotFound)?;
+        let (file, copies, requests) = self.with_cat(|c| {
+            Ok(c.read(|tx| {
+                let f = tx.file_by_id(file_id)?;
+                let copies = tx.copies_of(file_id)?;
+                let reqs = tx.open_requests_for_file(file_id)?;
+                Ok((f, copies, reqs))
+            })?)
+        })?;
+        let v = match key {
+            "md5" => file.md5.clone(),
+            "size" => file.size.to_string(),
+            "copies" => copies
+                .iter()
+                .filter(|c| c.has != Has::No)
+                .map(|c| format!("{}={}", c.node, c.has.as_str()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "requests" => requests
+                .iter()
+                .map(|r| format!("{}:{}", r.to_group, r.state.as_str()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "state" => self.state(&file, &copies).to_owned(),
+            _ => return Err(FsError::NoAttr),
+        };
+        Ok(v.into_bytes())
+    }
+
+    /// This host's view of an archived file: `local`, `cached`, `corrupt`, `suspect`,
+    /// `remote` or `missing`.
+    fn state(&self, file: &File, copies: &[Copy]) -> &'static str {
+        let nodes = self.host_nodes();
+        let here = |c: &&Copy| nodes.iter().any(|n| n.id == c.node_id);
+        if copies.iter().filter(here).any(|c| c.has == Has::Yes) {
+            return "local";
+        }
+        if std::fs::metadata(self.opts.cache_dir.join(&file.md5))
+            .is_ok_and(|m| m.len() == file.size)
+        {
+            return "cached";
+        }
+        if copies.iter().filter(here).any(|c| c.has == Has::Corrupt) {
+            return "corrupt";
+        }
+        if copies.iter().filter(here).any(|c| c.has == Has::Suspect) {
+            return "suspect";
+        }
+        if copies.iter().any(|c| c.has == Has::Yes) {
+            return "remote";
+        }
+        "missing"
+    }
+
+    /// `user.cairn.complete` of an acquisition's directory: `open` until it is closed, then
+    /// `GROUP=yes|no` for every group holding any of its files.
+    fn completeness(&self, d: &Dir) -> Result<String> {
+        self.with_cat(|c| {
+            Ok(c.read(|tx| {
+                let Some(acq) = tx.acq_by_name(&d.path)? else {
+                    return Err(CatalogError::not_found("acquisition", d.path.clone()));
+                };
+                if acq.closed_at.is_none() {
+                    return Ok("open".to_owned());
+                }
+                let total = tx
+                    .files(&FileFilter {
+                        acq: Some(acq.id),
+                        ..Default::default()
+                    })?
+                    .len() as u64;
+                Ok(tx
+                    .acq_presence(acq.id)?
+                    .into_iter()
+                    .map(|(g, n)| format!("{g}={}", if n == total { "yes" } else { "no" }))
+                    .collect::<Vec<_>>()
+                    .join(" "))
+            })?)
+        })
+        .map_err(|e| match e {
+            FsError::Catalog(CatalogError::NotFound { .. }) => FsError::NoAttr,
+            e => e,
+        })
+    }
+
+    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8]) -> Result<()> {
+        let name = name.to_string_lossy().into_owned();
+        let Some(key) = name.strip_prefix("user.cairn.") else {
+            return Err(FsError::Unsupported(name));
+        };
+        let action = parse_request(&name, key, value)?;
+        if self.locals.get(ino).is_some() {
+            return Err(FsError::NotPermitted(
+                "this file is not archived yet; it can be synced or cleaned once imported".into(),
+            ));
+        }
+        let scope = match Ino::from(ino) {
+            Ino::Root | Ino::Dir(_) => Scope::Dir(self.dir_by_id(self.dir_id(ino)?)?.path),
+            _ => Scope::File(self.file_id(ino).ok_or(FsError::NotFound)?),
+        };
+        let local_nodes: Vec<Id> = self.host_nodes().iter().map(|n| n.id).collect();
+        let t = cairn_catalog::units::now();
+        let n =
+            self.with_cat(|c| Ok(c.write(|tx| apply(tx, &scope, &action, &local_nodes, t))?))?;
+        info!(
+            "Set {name}={:?}: {n} file(s) affected.",
+            String::from_utf8_lossy(value)
+        );
+        cairn_catalog::nudge::nudge(&self.opts.socket);
+        Ok(())
+    }
+}
+
+/// Applies an xattr request to every file in `scope`, in one transaction. Unknown names and
+/// a single file that cannot take the action are errors (EINVAL), and then nothing changes.
+fn apply(
+    tx: &mut Tx<'_>,
+    scope: &Scope,
+    action: &Action,
+    local_nodes: &[Id],
+    now: i64,
+) -> cairn_catalog::error::Result<u64> {
+    let invalid = |m: String| CatalogError::Invalid(m);
+    let files = match scope {
+        Scope::File(id) => vec![tx.file_by_id(*id)?],
+        Scope::Dir(path) => tx.files(&FileFilter {
+            path_prefix: (!path.is_empty()).then(|| path.clone()),
+            ..Default::default()
+        })?,
+    };
+    let single = matches!(scope, Scope::File(_));
+    let mut n = 0;
+    match action {
+        Action::Sync(group) => {
+            let g = tx
+                .group_by_name(group)?
+                .ok_or_else(|| invalid(format!("no group named {group:?}")))?;
+            let members: Vec<Id> = tx.group_nodes(g.id)?.iter().map(|n| n.id).collect();
+            for f in &files {
+                let copies = tx.copies_of(f.id)?;
+                let healthy: Vec<_> = copies.iter().filter(|c| c.has == Has::Yes).collect();
+                if healthy.iter().any(|c| members.contains(&c.node_id)) {
+                    continue;
+                }
+                let src = healthy
+                    .iter()
+                    .find(|c| local_nodes.contains(&c.node_id))
+                    .or_else(|| healthy.first());
+                let Some(src) = src else {
+                    if single {
+                        return Err(invalid(format!(
+                            "{} has no healthy copy to sync from",
+                            f.path
+                        )));
+                    }
+                    continue;
+                };
+                tx.create_copy_request(
+                    NewCopyRequest {
+                        file_id: f.id,
+                        from_node: src.node_id,
+                        to_group: g.id,
+                    },
+                    now,
+                )?;
+                n += 1;
+            }
+        }
+        Action::Clean(node, wants) => {
+            let ids = present_copies(tx, &files, node, single)?;
+            n = tx.set_wants(&ids, *wants, now)?;
+        }
+        Action::Verify(node) => {
+            let ids = present_copies(tx, &files, node, single)?;
+            n = tx.request_verify(&ids, now)?;
+        }
+    }
+    Ok(n)
+}
+
+/// The copies of `files` on node `node` that are not gone. An unknown node is an error, and so
+/// is a `single` file without such a copy.
+fn present_copies(
+    tx: &mut Tx<'_>,
+    files: &[File],
+    node: &str,
+    single: bool,
+) -> cairn_catalog::error::Result<Vec<Id>> {
+    let nd = tx
+        .node_by_name(node)?
+        .ok_or_else(|| CatalogError::Invalid(format!("no node named {node:?}")))?;
+    let mut ids = Vec::new();
+    for f in files {
+        match tx.copy_on(f.id, nd.id)? {
+            Some(c) if c.has != Has::No => ids.push(c.id),
+            _ if single => {
+                return Err(CatalogError::Invalid(format!(
+                    "{} has no copy on node {node:?}",
+                    f.path
+                )));
+            }
+            _ => {}
+        }
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(key: &str, v: &str) -> Result<Action> {
+        parse_request(&format!("user.cairn.{key}"), key, v.as_bytes())
+    }
+
+    #[test]
+    fn requests_are_read_from_their_values() {
+        assert_eq!(
+            parse("sync", "archive\n").unwrap(),
+            Action::Sync("archive".into())
+        );
+        assert_eq!(
+            parse("clean", "n1 now").unwrap(),
+            Action::Clean("n1".into(), Wants::ReleaseNow)
+        );
+        assert_eq!(
+            parse("clean", "n1").unwrap(),
+            Action::Clean("n1".into(), Wants::ReleaseWhenNeeded)
+        );
+        assert_eq!(parse("verify", "n1").unwrap(), Action::Verify("n1".into()));
+    }
+
+    #[test]
+    fn malformed_requests_are_invalid_and_shown_attributes_read_only() {
+        assert!(matches!(parse("sync", ""), Err(FsError::Invalid(_))));
+        assert!(matches!(parse("sync", "a b"), Err(FsError::Invalid(_))));
+        assert!(matches!(
+            parse("clean", "n1 later"),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(parse("md5", "x"), Err(FsError::NotPermitted(_))));
+        assert!(matches!(parse("bogus", "x"), Err(FsError::Unsupported(_))));
+        assert!(matches!(
+            parse_request("user.cairn.sync", "sync", b"\xff"),
+            Err(FsError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,42 @@
+//! Why an operation on the mount failed. The adapter maps each variant to one errno
+//! ([`crate::fuse::errno`], an exhaustive match).
+
+use std::io;
+
+use cairn_catalog::CatalogError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FsError {
+    #[error("no such file or directory")]
+    NotFound,
+    #[error("{0:?} already exists")]
+    Exists(String),
+    #[error("{0}")]
+    ReadOnly(String),
+    /// Archived files and directories cannot be changed through the mount.
+    #[error("{0}")]
+    NotPermitted(String),
+    #[error("directory not empty")]
+    NotEmpty,
+    #[error("not a directory")]
+    NotDir,
+    #[error("is a directory")]
+    IsDir,
+    #[error("{0}")]
+    Invalid(String),
+    #[error("no such attribute")]
+    NoAttr,
+    #[error("attribute {0:?} is not supported")]
+    Unsupported(String),
+    /// The bytes cannot be had: no reachable copy, or they did not match the md5.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("bad file handle")]
+    BadHandle,
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+pub type Result<T, E = FsError> = std::result::Result<T, E>;

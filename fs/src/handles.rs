@@ -1,0 +1,165 @@
+//! Open file and directory handles.
+//!
+//! A handle is what the kernel's file handle number stands for here: a complete file read
+//! here, a file the kernel reads itself (FUSE passthrough), a file streaming in through
+//! cairnd's cache, a local file open for writing, or an open directory with its listing.
+//!
+//! The kernel does not mix passthrough and ordinary opens of one inode, so the table counts
+//! the ordinary read opens per inode: while one is open, a new open of that inode is served
+//! here too.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::fetch::Fetch;
+use crate::listings::Listing;
+use crate::locals::LocalRef;
+
+pub enum Handle {
+    /// Reads from a complete local file (a node copy, the cache, or a local-only file).
+    Plain(File, u64),
+    /// Reads that go to the kernel directly; nothing to do here but count the open.
+    Passthrough(u64),
+    Stream(Arc<Fetch>, u64),
+    Write(LocalRef),
+    Dir(Mutex<Option<Listing>>),
+}
+
+/// Where a read handle's bytes come from.
+pub enum ReadFrom {
+    File(File),
+    Stream(Arc<Fetch>),
+    /// A local file open for writing, read through its backing file.
+    Local(LocalRef),
+}
+
+pub struct Handles {
+    table: Mutex<HashMap<u64, Handle>>,
+    /// Open non-passthrough read handles per inode.
+    plain_opens: Mutex<HashMap<u64, usize>>,
+    next_fh: AtomicU64,
+}
+
+impl Default for Handles {
+    fn default() -> Self {
+        Handles {
+            table: Mutex::new(HashMap::new()),
+            plain_opens: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        }
+    }
+}
+
+impl Handles {
+    /// Adds a handle; returns its number. Ordinary reads of an inode are counted.
+    pub fn insert(&self, h: Handle) -> u64 {
+        if let Handle::Plain(_, ino) | Handle::Stream(_, ino) = &h {
+            *self
+                .plain_opens
+                .lock()
+                .expect("plain opens")
+                .entry(*ino)
+                .or_default() += 1;
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.table.lock().expect("handles").insert(fh, h);
+        fh
+    }
+
+    /// Takes handle `fh` out of the table (at release).
+    pub fn remove(&self, fh: u64) -> Option<Handle> {
+        let h = self.table.lock().expect("handles").remove(&fh);
+        if let Some(Handle::Plain(_, ino) | Handle::Stream(_, ino)) = &h {
+            let mut p = self.plain_opens.lock().expect("plain opens");
+            if let Some(n) = p.get_mut(ino) {
+                *n -= 1;
+                if *n == 0 {
+                    p.remove(ino);
+                }
+            }
+        }
+        h
+    }
+
+    /// Whether inode `ino` has ordinary read opens (so a new open must not pass through).
+    pub fn has_plain_opens(&self, ino: u64) -> bool {
+        self.plain_opens
+            .lock()
+            .expect("plain opens")
+            .get(&ino)
+            .is_some_and(|n| *n > 0)
+    }
+
+    /// The adapter could not pass `fh` through to the kernel: its reads are served here.
+    pub fn passthrough_refused(&self, fh: u64, f: File) {
+        let mut hs = self.table.lock().expect("handles");
+        if let Some(Handle::Passthrough(ino)) = hs.get(&fh) {
+            let ino = *ino;
+            hs.insert(fh, Handle::Plain(f, ino));
+            *self
+                .plain_opens
+                .lock()
+                .expect("plain opens")
+                .entry(ino)
+                .or_default() += 1;
+        }
+    }
+
+    /// The local file a write handle writes.
+    pub fn writing(&self, fh: u64) -> Option<LocalRef> {
+        match self.table.lock().expect("handles").get(&fh) {
+            Some(Handle::Write(l)) => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    /// Where the reads of `fh` come from; `None` for a handle that is not read here.
+    pub fn read_from(&self, fh: u64) -> std::io::Result<Option<ReadFrom>> {
+        Ok(match self.table.lock().expect("handles").get(&fh) {
+            Some(Handle::Plain(f, _)) => Some(ReadFrom::File(f.try_clone()?)),
+            Some(Handle::Stream(f, _)) => Some(ReadFrom::Stream(f.clone())),
+            Some(Handle::Write(l)) => Some(ReadFrom::Local(l.clone())),
+            Some(Handle::Passthrough(_)) | Some(Handle::Dir(_)) | None => None,
+        })
+    }
+
+    /// The listing an open directory handle holds, if it has read one.
+    pub fn dir_listing(&self, fh: u64) -> Option<Listing> {
+        match self.table.lock().expect("handles").get(&fh) {
+            Some(Handle::Dir(cached)) => cached.lock().expect("dir handle").clone(),
+            _ => None,
+        }
+    }
+
+    /// Keeps `list` with directory handle `fh`, for its next reads.
+    pub fn set_dir_listing(&self, fh: u64, list: &Listing) {
+        if let Some(Handle::Dir(cached)) = self.table.lock().expect("handles").get(&fh) {
+            *cached.lock().expect("dir handle") = Some(list.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ordinary_reads_are_counted_until_released() {
+        let hs = Handles::default();
+        let f = tempfile::tempfile().unwrap();
+        let a = hs.insert(Handle::Plain(f.try_clone().unwrap(), 9));
+        let b = hs.insert(Handle::Passthrough(9));
+        assert_ne!(a, b);
+        assert!(hs.has_plain_opens(9));
+        hs.remove(a);
+        assert!(!hs.has_plain_opens(9));
+        hs.passthrough_refused(b, f);
+        assert!(hs.has_plain_opens(9), "a refused passthrough reads here");
+        assert!(matches!(hs.read_from(b), Ok(Some(ReadFrom::File(_)))));
+        hs.remove(b);
+        assert!(!hs.has_plain_opens(9));
+        assert!(hs.remove(b).is_none());
+    }
+}

@@ -1,0 +1,279 @@
+//! Directory listings: read from the catalog, kept for `[fs] ttl` and shared by the handles
+//! that read them, so that reading a large directory in pieces, or looking up the names just
+//! listed, costs no more queries.
+//!
+//! Invariants:
+//! - A listing read before this mount changed the namespace is never kept after the change
+//!   (a generation counter, bumped under the cache's lock).
+//! - Listings past their TTL are dropped when the cache has doubled since the last prune, so a
+//!   fast walk of a large tree, with thousands of listings inside the TTL, stays linear.
+//! - The kernel keeps its own copy of a listing (FOPEN_KEEP_CACHE) only while the listing's
+//!   digest is the one it was last given ([`Listings::served`]).
+//!
+//! Two walk heuristics live here too: the read-ahead queue (opening a directory asks for its
+//! subdirectories' listings, one level down, so that `find` finds them ready) and the
+//! stat-walk detector (a program that looks up files it has just listed, like `du` or
+//! `os.walk` + `stat`, gets whole listings with attributes for the next [`STAT_WALK`]).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cairn_catalog::model::Id;
+
+use crate::attr::{Entry, Kind};
+
+/// Listings kept before those past their TTL are first dropped.
+pub const LISTINGS_KEPT: usize = 4096;
+
+/// How long after a program looked up a file it had listed the kernel gets whole listings.
+pub const STAT_WALK: Duration = Duration::from_secs(2);
+
+/// Subdirectories of an opened directory whose listings are read ahead.
+pub const READ_AHEAD: usize = 256;
+
+/// A directory's entries, shared by the open handles that read them.
+pub type Listing = Arc<DirList>;
+
+/// The entries of a directory (without `.` and `..`): subdirectories first, then files.
+#[derive(Debug, Default)]
+pub struct DirList {
+    pub entries: Vec<Entry>,
+    /// Entry by name, made on the first lookup that uses this listing (a `find` makes none).
+    index: OnceLock<HashMap<String, usize>>,
+}
+
+impl DirList {
+    pub fn new(entries: Vec<Entry>) -> Self {
+        DirList {
+            entries,
+            index: OnceLock::new(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        let index = self.index.get_or_init(|| {
+            let mut m = HashMap::with_capacity(self.entries.len());
+            for (i, e) in self.entries.iter().enumerate() {
+                m.insert(e.name.clone(), i);
+            }
+            m
+        });
+        index.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// A digest of the entries, to tell whether the kernel's copy is still this one.
+    pub fn digest(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.entries.hash(&mut h);
+        h.finish()
+    }
+}
+
+/// The cache of listings, with the walk heuristics.
+pub struct Listings {
+    ttl: Duration,
+    cache: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// Size of `cache` at which those past their TTL are dropped next.
+    prune_at: AtomicUsize,
+    /// Counts this mount's changes to the namespace: a listing read before a change is not
+    /// kept after it.
+    generation: AtomicU64,
+    /// A digest of the listing last given to the kernel, per directory.
+    served: Mutex<HashMap<Id, u64>>,
+    /// Directory inodes whose listings the prefetcher should read ahead.
+    prefetch: Mutex<Option<SyncSender<u64>>>,
+    /// When (ms after `started`) a file was last looked up in a listing just read.
+    stat_walk_seen: AtomicU64,
+    started: Instant,
+}
+
+impl Listings {
+    pub fn new(ttl: Duration) -> Listings {
+        Listings {
+            ttl,
+            cache: Mutex::new(HashMap::new()),
+            prune_at: AtomicUsize::new(LISTINGS_KEPT),
+            generation: AtomicU64::new(0),
+            served: Mutex::new(HashMap::new()),
+            prefetch: Mutex::new(None),
+            stat_walk_seen: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The listing of `dir_id` if it is younger than the TTL.
+    pub fn fresh(&self, dir_id: Id) -> Option<Listing> {
+        self.cache
+            .lock()
+            .expect("listings")
+            .get(&dir_id)
+            .filter(|(at, _)| at.elapsed() < self.ttl)
+            .map(|(_, l)| l.clone())
+    }
+
+    /// Whether `dir_id` has a listing in the cache, fresh or not.
+    pub fn has(&self, dir_id: Id) -> bool {
+        self.cache.lock().expect("listings").contains_key(&dir_id)
+    }
+
+    /// The generation to pass to [`Listings::keep`] for a listing about to be read.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Keeps a listing for the TTL, unless this mount changed the namespace since it was
+    /// read (at `generation`).
+    pub fn keep(&self, dir_id: Id, generation: u64, l: &Listing) {
+        let mut ls = self.cache.lock().expect("listings");
+        if self.generation.load(Ordering::Acquire) != generation {
+            return;
+        }
+        if ls.len() >= self.prune_at.load(Ordering::Relaxed) {
+            ls.retain(|_, (at, _)| at.elapsed() < self.ttl);
+            let next = (ls.len() * 2).max(LISTINGS_KEPT);
+            self.prune_at.store(next, Ordering::Relaxed);
+        }
+        ls.insert(dir_id, (Instant::now(), l.clone()));
+    }
+
+    /// Forgets every listing: this mount changed the namespace.
+    pub fn changed(&self) {
+        let mut ls = self.cache.lock().expect("listings");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        ls.clear();
+    }
+
+    /// Records that the kernel was given `list` for `dir_id`; says whether it is the same as
+    /// the one it was given last time (so it may keep its cached copy).
+    pub fn served(&self, dir_id: Id, list: &DirList) -> bool {
+        let digest = list.digest();
+        self.served.lock().expect("served").insert(dir_id, digest) == Some(digest)
+    }
+
+    /// A file just listed was looked up: a program stats entries after reading their names.
+    pub fn looked_up_listed_file(&self) {
+        let now = self.started.elapsed().as_millis() as u64 + 1;
+        self.stat_walk_seen.store(now, Ordering::Relaxed);
+    }
+
+    /// Whether a program has been looking up files it had listed without their attributes,
+    /// in the last [`STAT_WALK`]: `du` or `os.walk` and `stat` going through a tree. Listings
+    /// are then given to the kernel whole, with every file's attributes.
+    pub fn stat_walk(&self) -> bool {
+        let seen = self.stat_walk_seen.load(Ordering::Relaxed);
+        seen != 0
+            && self.started.elapsed().as_millis() as u64 <= seen + STAT_WALK.as_millis() as u64
+    }
+
+    /// Sets where read-ahead requests go (the prefetcher thread's queue).
+    pub fn set_prefetcher(&self, tx: SyncSender<u64>) {
+        *self.prefetch.lock().expect("prefetch") = Some(tx);
+    }
+
+    /// Asks the prefetcher to read the listings of a directory's subdirectories (at most
+    /// [`READ_AHEAD`]) that this mount has not listed yet. Only one level: what is read ahead
+    /// triggers nothing further until a program opens it; and a directory listed again and
+    /// again (`ls` in a loop) reads nothing ahead after the first time. `dir_id` maps an
+    /// entry's inode to its directory id.
+    pub fn read_ahead(&self, list: &DirList, dir_id: impl Fn(u64) -> Option<Id>) {
+        let q = self.prefetch.lock().expect("prefetch");
+        let Some(tx) = &*q else { return };
+        let new: Vec<u64> = {
+            let listed = self.cache.lock().expect("listings");
+            list.entries
+                .iter()
+                .filter(|e| e.attr.kind == Kind::Dir)
+                .filter(|e| dir_id(e.attr.ino).is_some_and(|id| !listed.contains_key(&id)))
+                .take(READ_AHEAD)
+                .map(|e| e.attr.ino)
+                .collect()
+        };
+        for ino in new {
+            if tx.try_send(ino).is_err() {
+                break;
+            }
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attr::Attr;
+    use std::time::SystemTime;
+
+    #[test]
+    fn a_listing_read_before_a_change_is_not_kept_after_it() {
+        let c = Listings::new(Duration::from_secs(60));
+        let l = Arc::new(DirList::new(Vec::new()));
+        let before = c.generation();
+        c.changed();
+        c.keep(1, before, &l);
+        assert!(c.fresh(1).is_none(), "stale: read before the change");
+        c.keep(1, c.generation(), &l);
+        assert!(c.fresh(1).is_some());
+    }
+
+    #[test]
+    fn many_fresh_listings_are_kept_and_pruning_waits_until_they_have_doubled() {
+        let c = Listings::new(Duration::from_secs(60));
+        let l = Arc::new(DirList::new(Vec::new()));
+        let g = c.generation();
+        for id in 0..(LISTINGS_KEPT as Id + 10) {
+            c.keep(id + 1000, g, &l);
+        }
+        assert!(c.fresh(1000).is_some(), "fresh listings are not dropped");
+        assert_eq!(c.len(), LISTINGS_KEPT + 10);
+        assert_eq!(
+            c.prune_at.load(Ordering::Relaxed),
+            2 * LISTINGS_KEPT,
+            "the next scan waits until twice as many"
+        );
+    }
+
+    #[test]
+    fn a_listing_answers_lookups_of_its_names() {
+        let attr = |ino| Attr {
+            ino,
+            kind: Kind::File,
+            size: ino,
+            mtime: SystemTime::UNIX_EPOCH,
+            perm: 0o444,
+        };
+        let l = DirList::new(
+            ["b", "a", "c"]
+                .iter()
+                .zip([5, 9, 13])
+                .map(|(n, i)| Entry {
+                    name: n.to_string(),
+                    attr: attr(i),
+                })
+                .collect(),
+        );
+        assert_eq!(l.get("a").map(|e| e.attr.ino), Some(9));
+        assert_eq!(l.get("c").map(|e| e.attr.size), Some(13));
+        assert!(l.get("d").is_none());
+    }
+
+    #[test]
+    fn the_kernel_keeps_its_copy_only_of_an_unchanged_listing() {
+        let c = Listings::new(Duration::from_secs(60));
+        let a = DirList::new(Vec::new());
+        assert!(!c.served(1, &a), "first time");
+        assert!(c.served(1, &a));
+        let b = DirList::new(vec![Entry {
+            name: "x".into(),
+            attr: Attr::archived(3, 1, 0),
+        }]);
+        assert!(!c.served(1, &b));
+    }
+}

@@ -1,0 +1,300 @@
+//! Files that exist only on this host: being written through the mount (staged), or kept on
+//! the write node without being imported (a dot name, or a path the `[import]` rules skip).
+//!
+//! The table knows each by inode and by (directory, name); a directory's locals are one range
+//! of the name index, so a listing merges them without a scan. An imported local's inode goes
+//! on naming its catalog file for as long as the kernel holds a reference to it: the table
+//! counts the kernel's references to local inodes (replies that named one, less its FORGETs)
+//! and forgets the mapping when they reach zero, so a long-lived mount does not grow with
+//! every file written through it.
+//!
+//! Lock order: a [`Local`]'s own lock may be held while the table's is taken, never the
+//! other way round.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, Weak};
+
+use cairn_catalog::model::Id;
+
+use crate::attr::{Attr, Kind};
+use crate::ino::Ino;
+use crate::staged::Writer;
+
+/// Where a file that exists only on this host stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// Written under a plain name: imported when its last writer closes it.
+    Staged,
+    /// A file on the write node that is not imported: a `.` name, or one the `[import]` rules
+    /// skip. Renaming it to a plain name imports it.
+    Kept,
+}
+
+#[derive(Debug)]
+pub struct Local {
+    pub ino: u64,
+    pub dir_id: Id,
+    pub dir_path: String,
+    pub name: String,
+    pub kind: LocalKind,
+    pub backing: PathBuf,
+    pub writer: Option<Writer>,
+    pub writers: usize,
+    /// Size and md5 of the backing file as last written through the mount, when known.
+    pub hashed: Option<(u64, String)>,
+    /// Why its bytes are not to be imported: a writer died by a signal, or a write to the
+    /// backing file failed (a full disk). It is discarded at the last close.
+    pub spoiled: Option<String>,
+    /// Unlinked or imported: the entry only lives on for open handles.
+    pub gone: bool,
+    /// Closed (or renamed to a plain name) and waiting for the importer.
+    pub importing: bool,
+    /// This local's own reference, to tell it apart from others in a batch.
+    me: Weak<Mutex<Local>>,
+}
+
+pub type LocalRef = Arc<Mutex<Local>>;
+
+impl Local {
+    pub fn me(&self) -> LocalRef {
+        self.me.upgrade().expect("a local lives while it is locked")
+    }
+
+    /// Its attributes, from the backing file.
+    pub fn attr(&self) -> std::io::Result<Attr> {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&self.backing)?;
+        Ok(Attr {
+            ino: self.ino,
+            kind: Kind::File,
+            size: m.len(),
+            mtime: m.modified()?,
+            perm: (m.permissions().mode() & 0o7777) as u16,
+        })
+    }
+
+    /// Its path in the archive.
+    pub fn path(&self) -> String {
+        join(&self.dir_path, &self.name)
+    }
+}
+
+/// Runs `f` on a local, locking it unless it is the one the caller holds already.
+pub fn with_local<T>(l: &LocalRef, held: Option<&mut Local>, f: impl FnOnce(&mut Local) -> T) -> T {
+    match held {
+        Some(g) if Arc::ptr_eq(l, &g.me()) => f(g),
+        _ => f(&mut l.lock().expect("local")),
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    by_ino: HashMap<u64, LocalRef>,
+    /// By directory and name, in order, so a directory's locals are one range.
+    by_name: BTreeMap<(Id, String), u64>,
+    /// Locals that were imported: their old inode now stands for the catalog file.
+    imported: HashMap<u64, Id>,
+    /// How many references the kernel holds to each local inode.
+    kernel_refs: HashMap<u64, u64>,
+    next: u64,
+}
+
+/// This mount's local files.
+#[derive(Default)]
+pub struct Locals {
+    table: Mutex<Table>,
+}
+
+impl Locals {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().expect("locals")
+    }
+
+    pub fn get(&self, ino: u64) -> Option<LocalRef> {
+        self.table().by_ino.get(&ino).cloned()
+    }
+
+    pub fn by_name(&self, dir_id: Id, name: &str) -> Option<LocalRef> {
+        let t = self.table();
+        let ino = t.by_name.get(&(dir_id, name.to_owned()))?;
+        t.by_ino.get(ino).cloned()
+    }
+
+    /// The local at (`dir_id`, `name`), made if there is none.
+    pub fn add(
+        &self,
+        dir_id: Id,
+        dir_path: &str,
+        name: &str,
+        kind: LocalKind,
+        backing: PathBuf,
+    ) -> LocalRef {
+        let mut t = self.table();
+        if let Some(ino) = t.by_name.get(&(dir_id, name.to_owned()))
+            && let Some(l) = t.by_ino.get(ino)
+        {
+            return l.clone();
+        }
+        t.next += 1;
+        let ino = u64::from(Ino::local(t.next));
+        let l = Arc::new_cyclic(|me| {
+            Mutex::new(Local {
+                ino,
+                dir_id,
+                dir_path: dir_path.to_owned(),
+                name: name.to_owned(),
+                kind,
+                backing,
+                writer: None,
+                writers: 0,
+                hashed: None,
+                spoiled: None,
+                gone: false,
+                importing: false,
+                me: me.clone(),
+            })
+        });
+        t.by_ino.insert(ino, l.clone());
+        t.by_name.insert((dir_id, name.to_owned()), ino);
+        l
+    }
+
+    /// Takes a local out of the namespace (unlinked, replaced or imported); it lives on only
+    /// while handles hold it.
+    pub fn remove(&self, l: &mut Local) {
+        let mut t = self.table();
+        if t.by_name.get(&(l.dir_id, l.name.clone())) == Some(&l.ino) {
+            t.by_name.remove(&(l.dir_id, l.name.clone()));
+        }
+        l.gone = true;
+        if l.writers == 0 {
+            t.by_ino.remove(&l.ino);
+        }
+    }
+
+    /// Gives a local a new directory and name.
+    pub fn rename(&self, l: &mut Local, dir_id: Id, dir_path: &str, name: &str) {
+        {
+            let mut t = self.table();
+            t.by_name.remove(&(l.dir_id, l.name.clone()));
+            t.by_name.insert((dir_id, name.to_owned()), l.ino);
+        }
+        l.dir_id = dir_id;
+        l.dir_path = dir_path.to_owned();
+        l.name = name.to_owned();
+    }
+
+    /// The locals of directory `dir_id`.
+    pub fn in_dir(&self, dir_id: Id) -> Vec<LocalRef> {
+        let t = self.table();
+        t.by_name
+            .range((dir_id, String::new())..)
+            .take_while(|((d, _), _)| *d == dir_id)
+            .filter_map(|(_, ino)| t.by_ino.get(ino).cloned())
+            .collect()
+    }
+
+    /// The catalog file an imported local's inode now stands for.
+    pub fn imported(&self, ino: u64) -> Option<Id> {
+        self.table().imported.get(&ino).copied()
+    }
+
+    /// Local `ino` was imported as catalog file `id`: its inode goes on naming that file
+    /// while the kernel knows it.
+    pub fn mark_imported(&self, ino: u64, id: Id) {
+        let mut t = self.table();
+        if t.kernel_refs.contains_key(&ino) {
+            t.imported.insert(ino, id);
+        }
+    }
+
+    /// The kernel now holds `n` more references to inode `ino` (a reply named it).
+    pub fn referenced(&self, ino: u64, n: u64) {
+        if Ino::from(ino).is_local() {
+            *self.table().kernel_refs.entry(ino).or_default() += n;
+        }
+    }
+
+    /// The kernel dropped `n` references to inode `ino` (FORGET). A local inode it no longer
+    /// knows at all is forgotten here too, once imported: nothing can name it any more.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if !Ino::from(ino).is_local() {
+            return;
+        }
+        let mut t = self.table();
+        let Some(count) = t.kernel_refs.get_mut(&ino) else {
+            return;
+        };
+        *count = count.saturating_sub(n);
+        if *count == 0 {
+            t.kernel_refs.remove(&ino);
+            t.imported.remove(&ino);
+        }
+    }
+}
+
+/// `dir/name`, or `name` at the top.
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ino::file_ino;
+
+    #[test]
+    fn an_imported_locals_inode_lives_as_long_as_the_kernel_holds_it() {
+        let ls = Locals::default();
+        let ino = u64::from(Ino::local(7));
+        ls.referenced(ino, 1);
+        ls.referenced(ino, 2);
+        ls.mark_imported(ino, 42);
+        ls.forget(ino, 2);
+        assert_eq!(ls.imported(ino), Some(42));
+        ls.forget(ino, 1);
+        assert_eq!(ls.imported(ino), None);
+        assert!(ls.table().kernel_refs.is_empty());
+        // Archived inodes are not counted.
+        ls.referenced(file_ino(3), 1);
+        assert!(ls.table().kernel_refs.is_empty());
+    }
+
+    #[test]
+    fn an_inode_the_kernel_never_held_is_not_remembered_after_import() {
+        let ls = Locals::default();
+        let ino = u64::from(Ino::local(3));
+        ls.mark_imported(ino, 42);
+        assert_eq!(ls.imported(ino), None);
+    }
+
+    #[test]
+    fn a_directorys_locals_are_found_by_name_and_listed_together() {
+        let ls = Locals::default();
+        let a = ls.add(5, "d", "a", LocalKind::Staged, "/x/a".into());
+        ls.add(5, "d", "b", LocalKind::Kept, "/x/b".into());
+        ls.add(6, "e", "a", LocalKind::Staged, "/x/c".into());
+        assert!(Arc::ptr_eq(&ls.by_name(5, "a").unwrap(), &a));
+        assert!(
+            Arc::ptr_eq(&ls.add(5, "d", "a", LocalKind::Staged, "/y".into()), &a),
+            "one local per name"
+        );
+        let names: Vec<String> = ls
+            .in_dir(5)
+            .iter()
+            .map(|l| l.lock().unwrap().name.clone())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        ls.rename(&mut a.lock().unwrap(), 6, "e", "z");
+        assert!(ls.by_name(5, "a").is_none());
+        assert_eq!(ls.in_dir(6).len(), 2);
+        ls.remove(&mut a.lock().unwrap());
+        assert!(a.lock().unwrap().gone);
+        assert!(ls.get(a.lock().unwrap().ino).is_none());
+    }
+}
