@@ -217,6 +217,12 @@ pub struct FsConfig {
     /// within this time. Default `"1s"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<HumanDuration>,
+    /// How long a file written through the mount must stay closed before it is imported:
+    /// until then its writer may reopen, append to, truncate, chmod and re-time it (what `cp
+    /// -p`, `install`, `>>` and numpy's `open_memmap` do right after `close`). `"0s"` imports
+    /// at close. Default `"1s"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle: Option<HumanDuration>,
 }
 
 /// `[cache]`: where cairnd keeps files fetched from other hosts for cairnfs.
@@ -773,6 +779,7 @@ mod tests {
                 uid: Some(1),
                 gid: Some(1),
                 ttl: Some(HumanDuration(std::time::Duration::from_secs(1))),
+                settle: Some(HumanDuration(std::time::Duration::from_secs(1))),
             },
             daemon: DaemonConfig {
                 log_dir: Some(PathBuf::from("l")),

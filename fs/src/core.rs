@@ -37,6 +37,7 @@ pub use xattr::FILE_XATTRS;
 
 use crate::attr::Remembered;
 use crate::handles::{Handle, Handles};
+use crate::journal::{Journal, Owner};
 use crate::listings::Listings;
 use crate::locals::{LocalKind, LocalRef, Locals, join};
 use crate::nodes::HostNodes;
@@ -69,6 +70,8 @@ pub struct Options {
     pub uid: u32,
     pub gid: u32,
     pub ttl: Duration,
+    /// How long a written file stays closed before it is imported (`[fs] settle`).
+    pub settle: Duration,
     pub min_archive_copies: usize,
 }
 
@@ -85,6 +88,7 @@ impl Options {
             uid: c.fs.uid.unwrap_or(uid),
             gid: c.fs.gid.unwrap_or(gid),
             ttl: c.fs.ttl.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
+            settle: c.fs.settle.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
             min_archive_copies: c.daemon.min_archive_copies,
         }
     }
@@ -103,6 +107,10 @@ pub struct Core {
     remembered: Remembered,
     fetches: read::Fetches,
     imports: import::Queue,
+    /// The journal of closed files, on the write node (none on a read-only mount).
+    journal: Option<Journal>,
+    /// This process, as the journal names the owner of its rows.
+    owner: String,
     cancel: AtomicBool,
 }
 
@@ -126,8 +134,11 @@ impl Core {
             remembered: Remembered::default(),
             fetches: read::Fetches::default(),
             imports: import::Queue::default(),
+            journal: None,
+            owner: Owner::me(),
             cancel: AtomicBool::new(false),
         };
+        let mut core = core;
         if let Some(node) = &core.opts.write_node {
             let n = core.with_cat(|c| Ok(c.read(|tx| tx.node(node))?))?;
             if n.host.as_deref() != Some(core.opts.host.as_str()) {
@@ -136,8 +147,15 @@ impl Core {
                     core.opts.host
                 )));
             }
+            // Files are written only where their closing can be remembered.
+            if let Ok((_, root)) = core.write_root() {
+                let j = Journal::open(&root).map_err(|e| {
+                    FsError::Invalid(format!("cannot open the journal of closed files: {e}"))
+                })?;
+                core.journal = Some(j);
+            }
         }
-        core.tidy_staging();
+        core.recover();
         core.load_kept();
         Ok(core)
     }
@@ -260,7 +278,7 @@ impl Core {
         // just copied it there).
         if let Some(l) = &local {
             let g = l.lock().expect("local");
-            if g.kind == LocalKind::Staged || g.writers > 0 || g.importing {
+            if g.kind == LocalKind::Staged || g.writers > 0 {
                 return Ok(g.attr()?);
             }
         }
@@ -692,6 +710,7 @@ mod tests {
             uid: 0,
             gid: 0,
             ttl: Duration::from_secs(60),
+            settle: Duration::ZERO,
             min_archive_copies: 1,
         };
         Core::new(opts, &Default::default()).unwrap()

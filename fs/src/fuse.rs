@@ -372,8 +372,10 @@ impl Filesystem for CairnFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.core.flush(fh.0, req.pid());
-        reply.ok();
+        match self.core.flush(fh.0, req.pid()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("flush", e)),
+        }
     }
 
     fn release(

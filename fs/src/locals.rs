@@ -14,12 +14,37 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 
 use cairn_catalog::model::Id;
 
 use crate::attr::{Attr, Kind};
 use crate::ino::Ino;
+use crate::journal::Placed;
 use crate::staged::Writer;
+
+/// Where a written file stands on its way into the archive (docs/SEMANTICS.md, "A written
+/// file's life"). A kept file stays [`Stage::Writing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Open for writing (staged), or kept: its writer may do anything to it.
+    Writing,
+    /// Closed, and imported once it stays closed and unchanged until `until`: it may be
+    /// reopened, appended to, truncated, chmod-ed and re-timed meanwhile.
+    Settling { until: Instant },
+    /// Taken by the importer: its bytes no longer change; hashed and moved into place.
+    Importing,
+    /// In place on the write node under its archive name and in the journal, waiting for
+    /// the catalog. Archived, as far as this host is concerned.
+    Pending,
+}
+
+impl Stage {
+    /// Whether its bytes, name and attributes are frozen: it is being archived.
+    pub fn frozen(self) -> bool {
+        matches!(self, Stage::Importing | Stage::Pending)
+    }
+}
 
 /// Where a file that exists only on this host stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,8 +73,14 @@ pub struct Local {
     pub spoiled: Option<String>,
     /// Unlinked or imported: the entry only lives on for open handles.
     pub gone: bool,
-    /// Closed (or renamed to a plain name) and waiting for the importer.
-    pub importing: bool,
+    pub stage: Stage,
+    /// Its key in the journal (where it was staged, relative to the write node's root), once
+    /// its writer closed it.
+    pub journalled: Option<String>,
+    /// Its bytes were fsynced by its writer and not written since.
+    pub synced: bool,
+    /// Size, md5, mtime and acquisition, once placed.
+    pub placed: Option<Placed>,
     /// This local's own reference, to tell it apart from others in a batch.
     me: Weak<Mutex<Local>>,
 }
@@ -65,12 +96,17 @@ impl Local {
     pub fn attr(&self) -> std::io::Result<Attr> {
         use std::os::unix::fs::PermissionsExt;
         let m = std::fs::metadata(&self.backing)?;
+        let mut perm = (m.permissions().mode() & 0o7777) as u16;
+        if self.stage.frozen() {
+            // Being archived: no longer writable, as archived files are not.
+            perm &= !0o222;
+        }
         Ok(Attr {
             ino: self.ino,
             kind: Kind::File,
             size: m.len(),
             mtime: m.modified()?,
-            perm: (m.permissions().mode() & 0o7777) as u16,
+            perm,
         })
     }
 
@@ -151,7 +187,10 @@ impl Locals {
                 hashed: None,
                 spoiled: None,
                 gone: false,
-                importing: false,
+                stage: Stage::Writing,
+                journalled: None,
+                synced: false,
+                placed: None,
                 me: me.clone(),
             })
         });

@@ -7,6 +7,8 @@
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
+//! - `programs`: real programs writing into the mount (cp, install, rsync, tar, unzip, dd,
+//!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
@@ -19,4 +21,5 @@ mod daemon;
 mod hosts;
 mod mount;
 mod postgres;
+mod programs;
 mod transport;

@@ -1,263 +1,755 @@
-//! Import at close: a file closed under a plain name is hashed (unless its writer's md5 is
-//! complete), then handed to a thread that imports every file closed meanwhile in one batch:
-//! it renames them into place on the write node (never replacing a file already there),
-//! syncs the write node's filesystem once, and registers them with their copies in one
-//! catalog transaction. Until then each stays visible here as a local file; a file the
-//! catalog refuses is put back where it was.
+//! Import of closed files: the queue of settling files, the batch that archives them, and the
+//! recovery of what an earlier mount left in the journal.
+//!
+//! A thread takes every file whose settle time has passed (or that someone asked about, by
+//! reading its md5) and archives them in one batch:
+//!
+//! 1. **freeze**: the file is taken (`Importing`): no writer may open it any more, and it has
+//!    none (a file is only taken with no open write handle);
+//! 2. **hash** it, unless its writer's inline md5 covers every byte;
+//! 3. **journal** its final size, md5 and mtime — before it moves, so that a crash finds its
+//!    bytes at one of the two places the journal names;
+//! 4. **place** it under its archive name on the write node, never replacing a file there (a
+//!    file already there that the catalog does not know makes this one a conflict, kept under
+//!    a name that says so);
+//! 5. **sync**: one `syncfs` of the node for the whole batch (bytes, names and journal);
+//! 6. **register** the batch in one catalog transaction (`Pending` until it succeeds: it is
+//!    retried with backoff, and stays visible here meanwhile);
+//! 7. **forget** it here and take its row out of the journal.
+//!
+//! No state has a gap: the file is visible under its name, with its attributes, from `create`
+//! to registered, because its backing path changes under its own lock in the same step as the
+//! rename on disk.
 
+use std::collections::VecDeque;
 use std::fs::File as StdFile;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Sender, channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use cairn_catalog::catalog::{NewFile, normalize_path};
-use cairn_catalog::model::Has;
+use cairn_catalog::model::{Has, Id, Node};
 use cairn_syncd::importer::Verdict;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
-use super::write::keep;
+use super::write::{keep, staging_dir};
 use super::{Core, FsError, Result};
-use crate::locals::{Local, LocalRef, with_local};
+use crate::journal::{Journal, Owner, Placed};
+use crate::locals::{LocalKind, LocalRef, Stage, join};
 use crate::staged::hash_file;
 
 /// The most files imported in one batch.
 const BATCH: usize = 2000;
 
-/// A local file ready to be registered: hashed, its name accepted by the import rules.
-struct Ready {
-    local: LocalRef,
-    path: String,
-    acq: String,
-    size: u64,
-    md5: String,
-    mtime: i64,
+/// The first wait before a failed registration is tried again; it doubles up to
+/// [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How long reading `user.cairn.md5` of a settling file waits for its import.
+const ASKED_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Default)]
+struct Waiting {
+    /// Files settling, by the time they are due (in order but for the few whose wait began
+    /// again: those are looked at when due and put back).
+    settling: VecDeque<(Instant, LocalRef)>,
+    /// Files someone is waiting for: imported at once.
+    asked: Vec<LocalRef>,
+    /// Files placed, waiting for the catalog.
+    pending: Vec<LocalRef>,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Unmounting: import what settles now, try what is pending once, and stop.
+    stopping: bool,
+    running: bool,
 }
 
-/// The importer thread and its queue.
+/// The import queue and its thread.
 #[derive(Default)]
 pub(super) struct Queue {
-    tx: Mutex<Option<Sender<Ready>>>,
+    waiting: Mutex<Waiting>,
+    wake: Condvar,
+    /// Batches ended, and a wake-up for whoever waits for an asked file.
+    batches: Mutex<u64>,
+    done: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-impl Core {
-    /// Imports a local file under its plain name: hashes it (unless the writer did), then hands
-    /// it to the importer, which renames it into place on the write node, makes it durable and
-    /// registers it with its copy. Until then it stays visible here as a local file.
-    pub(super) fn import_local(&self, l: &LocalRef, g: &mut Local) -> Result<()> {
-        let path = normalize_path(&g.path())?;
-        let acq = match self.importer.check(&path) {
-            Verdict::Import { acq } => acq,
-            Verdict::Skip(why) => {
-                let (_, root) = self.write_root()?;
-                keep(&root, g)?;
-                info!(
-                    "Kept {path} on this host without importing it, as {}: {why}.",
-                    g.backing.display()
-                );
-                return Ok(());
-            }
-        };
-        let file = StdFile::open(&g.backing)?;
-        let (size, md5) = match g.hashed.take() {
-            Some((s, m)) if file.metadata()?.len() == s => (s, m),
-            _ => hash_file(&file, &self.cancel)?,
-        };
-        let mtime = file.metadata()?.mtime();
-        drop(file);
-        g.importing = true;
-        let ready = Ready {
-            local: l.clone(),
-            path,
-            acq,
-            size,
-            md5,
-            mtime,
-        };
-        let queued = match &*self.imports.tx.lock().expect("import queue") {
-            Some(tx) => tx.send(ready).map_err(|e| e.0),
-            None => Err(ready),
-        };
-        if let Err(ready) = queued {
-            // No importer thread (tests, or the mount is stopping): import it now.
-            self.commit_imports(vec![ready], Some(g));
-        }
-        Ok(())
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().expect("import queue")
     }
 
-    /// Starts the thread that imports closed files in batches: one sync of the write node's
-    /// filesystem and one catalog transaction for every file that closed meanwhile.
+    /// `l` settles until `until`. Once unmounting, nothing new is taken: what closes now
+    /// stays in the journal for the next mount.
+    pub(super) fn settle(&self, l: LocalRef, until: Instant) {
+        let mut w = self.lock();
+        if w.stopping {
+            return;
+        }
+        w.settling.push_back((until, l));
+        self.wake.notify_one();
+    }
+
+    /// Someone waits for `l`: it is imported now.
+    fn ask(&self, l: LocalRef) {
+        let mut w = self.lock();
+        w.asked.push(l);
+        self.wake.notify_one();
+    }
+
+    /// The next batch: files due, asked for, or pending and due for a retry. Waits until
+    /// there is one; `None` once stopping and nothing is left.
+    fn next_batch(&self) -> Option<(Vec<LocalRef>, bool)> {
+        let mut w = self.lock();
+        loop {
+            let now = Instant::now();
+            let mut batch: Vec<LocalRef> = std::mem::take(&mut w.asked);
+            while batch.len() < BATCH
+                && let Some((due, _)) = w.settling.front()
+                && (*due <= now || w.stopping)
+            {
+                let (_, l) = w.settling.pop_front().expect("a front");
+                batch.push(l);
+            }
+            let retry =
+                !w.pending.is_empty() && (w.stopping || w.retry_at.is_none_or(|t| t <= now));
+            if retry {
+                batch.append(&mut w.pending);
+            }
+            if !batch.is_empty() {
+                return Some((batch, w.stopping));
+            }
+            if w.stopping {
+                return None;
+            }
+            let next = [
+                w.settling.front().map(|(t, _)| *t),
+                w.retry_at.filter(|_| !w.pending.is_empty()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            w = match next {
+                Some(t) => {
+                    self.wake
+                        .wait_timeout(w, t.saturating_duration_since(now))
+                        .expect("import queue")
+                        .0
+                }
+                None => self.wake.wait(w).expect("import queue"),
+            };
+        }
+    }
+
+    /// Files that could not be registered: tried again after the backoff (once unmounting,
+    /// they stay in the journal for the next mount).
+    fn retry_later(&self, ls: Vec<LocalRef>) {
+        let mut w = self.lock();
+        self.finished();
+        if w.stopping {
+            return;
+        }
+        w.backoff = if w.backoff.is_zero() {
+            RETRY_FIRST
+        } else {
+            (w.backoff * 2).min(RETRY_MAX)
+        };
+        w.retry_at = Some(Instant::now() + w.backoff);
+        w.pending.extend(ls);
+    }
+
+    fn succeeded(&self) {
+        let mut w = self.lock();
+        w.backoff = Duration::ZERO;
+        w.retry_at = None;
+        drop(w);
+        self.finished();
+    }
+
+    /// A batch ended: whoever waits for a file looks again.
+    fn finished(&self) {
+        *self.batches.lock().expect("batches") += 1;
+        self.done.notify_all();
+    }
+}
+
+/// A file the batch places: where it is, where it goes, what is registered.
+struct ToPlace {
+    local: LocalRef,
+    key: String,
+    from: PathBuf,
+    placed: Placed,
+}
+
+/// A file placed, to register.
+struct ToRegister {
+    local: LocalRef,
+    key: String,
+    path: String,
+    placed: Placed,
+}
+
+/// What the catalog said of one file of a batch.
+enum Registered {
+    Yes(Id),
+    /// The path is archived with other contents.
+    Conflict(String),
+}
+
+impl Core {
+    /// Starts the thread that imports settled files in batches.
     pub fn start_importer(self: &Arc<Self>) {
-        let (tx, rx) = channel::<Ready>();
         let core = Arc::downgrade(self);
+        self.imports.lock().running = true;
         let handle = std::thread::Builder::new()
             .name("importer".into())
             .spawn(move || {
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(r) => batch.push(r),
-                            Err(_) => break,
-                        }
-                    }
-                    match core.upgrade() {
-                        Some(c) => c.commit_imports(batch, None),
-                        None => return,
-                    }
+                loop {
+                    let Some(c) = core.upgrade() else { return };
+                    let Some((batch, stopping)) = c.imports.next_batch() else {
+                        return;
+                    };
+                    c.import_batch(batch, stopping);
                 }
             })
             .expect("the importer thread starts");
-        *self.imports.tx.lock().expect("import queue") = Some(tx);
         *self.imports.thread.lock().expect("importer") = Some(handle);
+        // What an earlier mount left, found by `recover`, is queued already.
+        self.imports.wake.notify_one();
     }
 
-    /// Imports what is queued and stops the importer (at unmount): nothing closed is lost.
+    /// Imports what is settling now, tries once more what waits for the catalog, and stops the
+    /// importer (at unmount). What the catalog does not take stays in the journal for the
+    /// next mount.
     pub fn finish_imports(&self) {
-        self.imports.tx.lock().expect("import queue").take();
+        {
+            let mut w = self.imports.lock();
+            w.stopping = true;
+            self.imports.wake.notify_one();
+        }
         if let Some(h) = self.imports.thread.lock().expect("importer").take() {
             let _ = h.join();
         }
     }
 
-    /// Renames a batch of hashed files into place, makes them durable, and registers them in
-    /// one transaction. `held` is the one local the caller has locked already.
-    fn commit_imports(&self, batch: Vec<Ready>, mut held: Option<&mut Local>) {
+    /// Imports `l` now if it is settling, and waits (a while) until it is registered, or its
+    /// registration failed and it waits for the catalog. Reading a settling file's md5 does this.
+    pub(super) fn import_now(&self, l: &LocalRef) {
+        {
+            let mut g = l.lock().expect("local");
+            if let Stage::Settling { .. } = g.stage {
+                g.stage = Stage::Settling {
+                    until: Instant::now(),
+                };
+            } else if g.stage != Stage::Importing {
+                return;
+            }
+        }
+        if !self.imports.lock().running {
+            self.import_batch(vec![l.clone()], true);
+            return;
+        }
+        self.imports.ask(l.clone());
+        let deadline = Instant::now() + ASKED_WAIT;
+        loop {
+            let seen = *self.imports.batches.lock().expect("batches");
+            {
+                let g = l.lock().expect("local");
+                let settled = g.gone || g.stage == Stage::Pending || g.stage == Stage::Writing;
+                if settled || Instant::now() >= deadline {
+                    return;
+                }
+            }
+            let b = self.imports.batches.lock().expect("batches");
+            if *b == seen {
+                let _ = self
+                    .imports
+                    .done
+                    .wait_timeout(b, Duration::from_millis(50))
+                    .expect("batches");
+            }
+        }
+    }
+
+    /// Archives a batch of files: see the module's note for the steps.
+    fn import_batch(&self, batch: Vec<LocalRef>, force: bool) {
         let (node, root) = match self.write_root() {
             Ok(x) => x,
             Err(e) => {
-                for r in &batch {
-                    with_local(&r.local, held.as_deref_mut(), |g| g.importing = false);
-                    warn!("Cannot import {}: {e}", r.path);
-                }
+                warn!("Cannot import {} file(s) now: {e}", batch.len());
+                self.requeue_all(batch);
                 return;
             }
         };
-        // 1. Into place, under the archive name; a file already there is never replaced.
-        let mut moved: Vec<(&Ready, PathBuf, PathBuf)> = Vec::new();
-        for r in &batch {
-            let dest = root.join(&r.path);
-            let outcome = with_local(&r.local, held.as_deref_mut(), |g| {
-                if g.gone {
-                    g.importing = false;
-                    return None;
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let now = Instant::now();
+        let mut place = Vec::new();
+        let mut register = Vec::new();
+        for l in batch {
+            let mut g = l.lock().expect("local");
+            if g.gone {
+                continue;
+            }
+            match g.stage {
+                Stage::Settling { until } if until <= now || force => g.stage = Stage::Importing,
+                Stage::Settling { until } => {
+                    drop(g);
+                    self.imports.settle(l, until);
+                    continue;
                 }
-                let from = g.backing.clone();
-                let res = dest
-                    .parent()
-                    .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| rename_noreplace(&from, &dest));
-                match res {
-                    Ok(()) => Some(from),
-                    Err(e) => {
-                        g.importing = false;
-                        warn!(
-                            "Cannot import {}: {} on node {}: {e}; the file stays here as {}",
-                            r.path,
-                            dest.display(),
-                            node.name,
-                            from.display()
-                        );
-                        None
+                // Placed: only its registration is left (again, after a failure or a conflict).
+                Stage::Pending | Stage::Importing if g.placed.is_some() => {
+                    if let (Some(key), Some(placed)) = (g.journalled.clone(), g.placed.clone()) {
+                        let path = g.path();
+                        drop(g);
+                        register.push(ToRegister {
+                            local: l,
+                            key,
+                            path,
+                            placed,
+                        });
                     }
+                    continue;
                 }
-            });
-            if let Some(from) = outcome {
-                moved.push((r, from, dest));
+                // Reopened for writing meanwhile: it settles again at its next close. (A
+                // pending file without its placement cannot be: placing sets both.)
+                Stage::Writing | Stage::Importing | Stage::Pending => continue,
+            }
+            let Some(key) = g.journalled.clone() else {
+                g.stage = Stage::Writing;
+                continue;
+            };
+            let (from, path, hashed) = (g.backing.clone(), g.path(), g.hashed.clone());
+            drop(g);
+            match self.prepare(&root, &l, &path, &from, hashed) {
+                Ok(Some(placed)) => place.push(ToPlace {
+                    local: l,
+                    key,
+                    from,
+                    placed,
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    warn!("Cannot import {path} yet: {e}; it is tried again shortly.");
+                    self.back_to_settling(&l);
+                }
             }
         }
-        if moved.is_empty() {
+        if !place.is_empty() {
+            let rows: Vec<(&str, &Placed)> =
+                place.iter().map(|p| (p.key.as_str(), &p.placed)).collect();
+            if let Err(e) = journal.placing(&rows) {
+                error!(
+                    "Cannot import {} file(s): {e}; they are tried again shortly.",
+                    rows.len()
+                );
+                for p in place {
+                    self.back_to_settling(&p.local);
+                }
+                return;
+            }
+            for p in place {
+                if let Some(r) = self.place(journal, &root, &node, p) {
+                    register.push(r);
+                }
+            }
+        }
+        if register.is_empty() {
             return;
         }
-        // 2. Durable before the catalog says so: one file and its directory, or the whole
-        //    filesystem once for a batch.
-        let synced = if let [(_, _, dest)] = &moved[..] {
-            StdFile::open(dest)
+        self.register(journal, &root, &node, register);
+    }
+
+    /// Hashes a file taken for import and checks its name against the import rules. `None`:
+    /// the rules keep it here without importing it.
+    fn prepare(
+        &self,
+        root: &Path,
+        l: &LocalRef,
+        path: &str,
+        from: &Path,
+        hashed: Option<(u64, String)>,
+    ) -> Result<Option<Placed>> {
+        let norm = normalize_path(path)?;
+        let acq = match self.importer.check(&norm) {
+            Verdict::Import { acq } => acq,
+            Verdict::Skip(why) => {
+                let mut g = l.lock().expect("local");
+                keep(root, &mut g)?;
+                if let (Some(j), Some(key)) = (&self.journal, g.journalled.take()) {
+                    let _ = j.dropped(&key);
+                }
+                g.kind = LocalKind::Kept;
+                g.stage = Stage::Writing;
+                info!(
+                    "Kept {path} on this host without importing it, as {}: {why}.",
+                    g.backing.display()
+                );
+                return Ok(None);
+            }
+        };
+        let file = StdFile::open(from)?;
+        let meta = file.metadata()?;
+        let (size, md5) = match hashed {
+            Some((s, m)) if meta.len() == s => (s, m),
+            _ => hash_file(&file, &self.cancel)?,
+        };
+        Ok(Some(Placed {
+            size,
+            md5,
+            mtime: meta.mtime(),
+            acq,
+        }))
+    }
+
+    /// Moves a file to its archive path on the node (a conflict name if a file the catalog
+    /// does not know is there). `None` if it could not be moved: it settles again.
+    fn place(&self, journal: &Journal, root: &Path, node: &Node, p: ToPlace) -> Option<ToRegister> {
+        let mut g = p.local.lock().expect("local");
+        let mut path = g.path();
+        let mut tries = 0;
+        loop {
+            let dest = root.join(&path);
+            let res = dest
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| rename_noreplace(&p.from, &dest));
+            match res {
+                Ok(()) => {
+                    // Still `Importing` while its registration runs; `Pending` if that fails.
+                    g.backing = dest;
+                    g.hashed = Some((p.placed.size, p.placed.md5.clone()));
+                    g.placed = Some(p.placed.clone());
+                    drop(g);
+                    return Some(ToRegister {
+                        local: p.local,
+                        key: p.key,
+                        path,
+                        placed: p.placed,
+                    });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && tries < 5 => {
+                    // Something the catalog does not know is at that name on the node: this
+                    // file is kept, under a name that says why.
+                    tries += 1;
+                    let new = conflict_name(&g.name, &self.opts.host);
+                    warn!(
+                        "{} is on node {} already and is not this file; this file is kept as \
+                         {new} in the same directory.",
+                        path, node.name
+                    );
+                    let (dir_id, dir_path) = (g.dir_id, g.dir_path.clone());
+                    self.locals.rename(&mut g, dir_id, &dir_path, &new);
+                    self.listings.changed();
+                    path = g.path();
+                    let _ = journal.moved(&p.key, &path);
+                }
+                Err(e) => {
+                    let why = format!(
+                        "cannot move it to {} on node {}: {e}",
+                        dest.display(),
+                        node.name
+                    );
+                    warn!("Cannot import {path} yet: {why}; it is tried again shortly.");
+                    let _ = journal.unplaced(&p.key, &why);
+                    drop(g);
+                    self.back_to_settling(&p.local);
+                    return None;
+                }
+            }
+        }
+    }
+
+    /// Makes placed files durable, then registers them in one transaction.
+    fn register(&self, journal: &Journal, root: &Path, node: &Node, files: Vec<ToRegister>) {
+        let synced = if let [f] = &files[..] {
+            let dest = root.join(&f.path);
+            StdFile::open(&dest)
                 .and_then(|f| f.sync_all())
                 .and_then(|()| {
                     dest.parent()
                         .map_or(Ok(()), |p| StdFile::open(p).and_then(|d| d.sync_all()))
                 })
         } else {
-            cairn_syncd::copyfile::sync_fs(&root)
+            cairn_syncd::copyfile::sync_fs(root)
         };
-        // 3. One transaction for the batch; a path archived with other contents is refused
-        //    on its own.
         let t = cairn_catalog::units::now();
-        let registered = synced.map_err(FsError::from).and_then(|()| {
+        let outcome = synced.map_err(FsError::from).and_then(|()| {
             self.with_cat(|c| {
                 Ok(c.write(|tx| {
-                    let mut out = Vec::with_capacity(moved.len());
-                    for (r, _, _) in &moved {
-                        if let Some(f) = tx.file_by_path(&r.path)?
-                            && (f.md5 != r.md5 || f.size != r.size)
+                    let mut out = Vec::with_capacity(files.len());
+                    for f in &files {
+                        if let Some(found) = tx.file_by_path(&f.path)?
+                            && (found.md5 != f.placed.md5 || found.size != f.placed.size)
                         {
-                            out.push(Err(format!(
-                                "{} is already archived with other contents (md5 {})",
-                                r.path, f.md5
-                            )));
+                            out.push(Registered::Conflict(found.md5));
                             continue;
                         }
-                        let (f, _) = tx.register_file(
+                        let (row, _) = tx.register_file(
                             &NewFile {
-                                path: &r.path,
-                                acq: &r.acq,
-                                size: r.size,
-                                md5: &r.md5,
-                                mtime: r.mtime,
+                                path: &f.path,
+                                acq: &f.placed.acq,
+                                size: f.placed.size,
+                                md5: &f.placed.md5,
+                                mtime: f.placed.mtime,
                             },
                             t,
                         )?;
                         if !tx
-                            .copy_on(f.id, node.id)?
+                            .copy_on(row.id, node.id)?
                             .is_some_and(|c| c.has == Has::Yes)
                         {
-                            let on_disk = Some(r.size.div_ceil(4096) * 4096);
-                            tx.record_copy(f.id, node.id, Has::Yes, on_disk, t)?;
-                            tx.fire_auto_actions(f.id, node.id, t)?;
+                            let on_disk = Some(f.placed.size.div_ceil(4096) * 4096);
+                            tx.record_copy(row.id, node.id, Has::Yes, on_disk, t)?;
+                            tx.fire_auto_actions(row.id, node.id, t)?;
                         }
-                        out.push(Ok(f.id));
+                        out.push(Registered::Yes(row.id));
                     }
                     Ok(out)
                 })?)
             })
         });
-        let outcomes = match registered {
+        let outcomes = match outcome {
             Ok(o) => o,
-            Err(e) => moved
-                .iter()
-                .map(|_| Err(format!("the catalog refused the import: {e}")))
-                .collect(),
-        };
-        for ((r, from, dest), outcome) in moved.iter().zip(outcomes) {
-            with_local(&r.local, held.as_deref_mut(), |g| {
-                g.importing = false;
-                match outcome {
-                    Ok(id) => {
-                        info!(
-                            "Imported {} ({} bytes, md5 {}) on node {}.",
-                            r.path, r.size, r.md5, node.name
-                        );
-                        g.backing = dest.clone();
-                        self.forget_local(g);
-                        // Its inode goes on naming the archived file for as long as the
-                        // kernel knows it.
-                        self.locals.mark_imported(g.ino, id);
-                    }
-                    Err(why) => {
-                        // Put it back where it was: nothing half-done.
-                        let _ = std::fs::rename(dest, from);
-                        warn!("Cannot import {}: {why}; the file stays here", r.path);
-                    }
+            Err(e) => {
+                let why = format!("the catalog did not take them: {e}");
+                warn!(
+                    "Cannot register {} file(s) yet ({why}); they stay on node {} and in \
+                     the journal, and are tried again.",
+                    files.len(),
+                    node.name
+                );
+                let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
+                let _ = journal.failed(&keys, &why);
+                for f in &files {
+                    f.local.lock().expect("local").stage = Stage::Pending;
                 }
-            });
+                self.imports
+                    .retry_later(files.into_iter().map(|f| f.local).collect());
+                return;
+            }
+        };
+        let mut done = Vec::new();
+        let mut again = Vec::new();
+        for (f, o) in files.into_iter().zip(outcomes) {
+            match o {
+                Registered::Yes(id) => {
+                    let mut g = f.local.lock().expect("local");
+                    info!(
+                        "Imported {} ({} bytes, md5 {}) on node {}.",
+                        f.path, f.placed.size, f.placed.md5, node.name
+                    );
+                    g.journalled = None;
+                    self.forget_local(&mut g);
+                    // Its inode goes on naming the archived file for as long as the kernel
+                    // knows it.
+                    self.locals.mark_imported(g.ino, id);
+                    done.push(f.key);
+                }
+                Registered::Conflict(theirs) => {
+                    // Archived meanwhile with other bytes (from another host): this file is
+                    // kept too, under a name that says so.
+                    let mut g = f.local.lock().expect("local");
+                    let new = conflict_name(&g.name, &self.opts.host);
+                    let dest = root.join(join(&g.dir_path, &new));
+                    match rename_noreplace(&g.backing, &dest) {
+                        Ok(()) => {
+                            warn!(
+                                "{} was archived meanwhile with other contents (md5 {theirs}); \
+                                 this host's file (md5 {}) is kept as {new} in the same \
+                                 directory.",
+                                f.path, f.placed.md5
+                            );
+                            let (dir_id, dir_path) = (g.dir_id, g.dir_path.clone());
+                            self.locals.rename(&mut g, dir_id, &dir_path, &new);
+                            self.listings.changed();
+                            g.backing = dest;
+                            let _ = journal.moved(&f.key, &g.path());
+                        }
+                        Err(e) => warn!("Cannot keep {} aside: {e}", f.path),
+                    }
+                    drop(g);
+                    again.push(f.local);
+                }
+            }
+        }
+        let keys: Vec<&str> = done.iter().map(String::as_str).collect();
+        if let Err(e) = journal.done(&keys) {
+            // They are in the catalog: a later mount finds them registered and only drops
+            // the rows.
+            warn!("{e}");
+        }
+        self.imports.succeeded();
+        if !again.is_empty() {
+            let mut w = self.imports.lock();
+            w.asked.extend(again);
+            self.imports.wake.notify_one();
         }
         cairn_catalog::nudge::nudge(&self.opts.socket);
     }
+
+    /// A file that could not be taken now settles again and is tried after a while.
+    fn back_to_settling(&self, l: &LocalRef) {
+        let until = Instant::now() + RETRY_FIRST.max(self.opts.settle);
+        let mut g = l.lock().expect("local");
+        if !g.gone {
+            g.stage = Stage::Settling { until };
+            drop(g);
+            self.imports.settle(l.clone(), until);
+        }
+    }
+
+    fn requeue_all(&self, batch: Vec<LocalRef>) {
+        let (pending, settling): (Vec<_>, Vec<_>) = batch
+            .into_iter()
+            .partition(|l| l.lock().expect("local").stage == Stage::Pending);
+        for l in settling {
+            self.back_to_settling(&l);
+        }
+        if !pending.is_empty() {
+            self.imports.retry_later(pending);
+        }
+    }
+
+    /// Takes over what earlier mounts of this write node left in the journal (closed files
+    /// not yet registered: they are shown again and imported), and removes staged files that
+    /// no journal row names: their writers never closed them.
+    pub(super) fn recover(&self) {
+        let (Some(journal), Ok((_, root))) = (&self.journal, self.write_root()) else {
+            return;
+        };
+        let entries = match journal.entries() {
+            Ok(e) => e,
+            Err(e) => {
+                error!("Cannot read the journal of closed files: {e}");
+                return;
+            }
+        };
+        let mut named = std::collections::HashSet::new();
+        for e in entries {
+            named.insert(e.staged.clone());
+            if e.owner != self.owner && Owner::alive(&e.owner) {
+                continue;
+            }
+            let staged = root.join(&e.staged);
+            let dest = root.join(&e.path);
+            let (backing, stage) = if staged.exists() {
+                (
+                    staged,
+                    Stage::Settling {
+                        until: Instant::now(),
+                    },
+                )
+            } else if e.placed.is_some() && dest.exists() {
+                (dest, Stage::Pending)
+            } else {
+                error!(
+                    "{} was closed on this host but its bytes are gone (neither {} nor {} \
+                     exists); it cannot be imported.",
+                    e.path,
+                    staged.display(),
+                    dest.display()
+                );
+                let _ = journal.dropped(&e.staged);
+                continue;
+            };
+            if let Err(err) = journal.closed(&e.staged, &e.path, &self.owner, false) {
+                error!("{err}");
+                continue;
+            }
+            let (dir_path, name) = match e.path.rsplit_once('/') {
+                Some((d, n)) => (d.to_owned(), n.to_owned()),
+                None => (String::new(), e.path.clone()),
+            };
+            let dir = self.with_cat(|c| {
+                if dir_path.is_empty() {
+                    return Ok(self.root_dir);
+                }
+                let t = cairn_catalog::units::now();
+                Ok(c.write(|tx| tx.ensure_dir(&dir_path, t))?)
+            });
+            let dir_id = match dir {
+                Ok(d) => d,
+                Err(err) => {
+                    error!(
+                        "Cannot show {} again: {err}; it stays in the journal.",
+                        e.path
+                    );
+                    continue;
+                }
+            };
+            let l = self
+                .locals
+                .add(dir_id, &dir_path, &name, LocalKind::Staged, backing);
+            let mut g = l.lock().expect("local");
+            g.stage = stage;
+            g.journalled = Some(e.staged.clone());
+            g.placed = e.placed.clone();
+            g.hashed = e.placed.as_ref().map(|p| (p.size, p.md5.clone()));
+            drop(g);
+            info!(
+                "Found {} in the journal (closed by an earlier mount, not yet registered): it \
+                 is imported now.",
+                e.path
+            );
+            match stage {
+                Stage::Pending => self.imports.lock().pending.push(l),
+                _ => self.imports.lock().asked.push(l),
+            }
+        }
+        self.tidy_staging(&root, &named);
+    }
+
+    /// Removes staged files that no journal row names and whose mount is gone: their writers
+    /// never closed them, so nothing of theirs was promised.
+    fn tidy_staging(&self, root: &Path, named: &std::collections::HashSet<String>) {
+        let Ok(entries) = std::fs::read_dir(staging_dir(root)) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let key = format!(".cairn/staging/{name}");
+            if named.contains(&key) {
+                continue;
+            }
+            let parts: Vec<&str> = name.split('-').collect();
+            let alive = match parts[..] {
+                [pid, start, _] => {
+                    let owner = format!("{pid}:{start}");
+                    owner != self.owner && Owner::alive(&owner)
+                }
+                // Named by an older mount: PID-N.
+                [pid, _] => pid.parse::<u32>().is_ok_and(|p| {
+                    p != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
+                }),
+                _ => true,
+            };
+            if !alive && std::fs::remove_file(e.path()).is_ok() {
+                info!(
+                    "Removed {}: its writer never closed it (its mount stopped while it was \
+                     being written); it was never imported.",
+                    e.path().display()
+                );
+            }
+        }
+    }
+}
+
+/// A name for this host's file that met another at its name: `NAME.conflict-HOST-SECONDS`.
+fn conflict_name(name: &str, host: &str) -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{name}.conflict-{host}-{t}")
 }
 
 /// Renames `from` to `to`, failing rather than replacing a file already at `to`.

@@ -1,8 +1,14 @@
 //! Writing through the mount: a new file is staged on the write node (`.cairn/staging/`), or
 //! kept under `.cairn/kept/PATH` when its name starts with `.`; its md5 is computed as it is
-//! written ([`crate::staged`]); at its last close it goes to the import queue
-//! ([`super::import`]). A file whose writer was killed, or one of whose writes failed, is
-//! discarded at its last close instead: a truncated file is never archived.
+//! written ([`crate::staged`]).
+//!
+//! When its writer closes it, before `close` returns, the journal notes it
+//! ([`crate::journal`]): from then on it survives a kill of the mount. At its last close it
+//! settles: for `[fs] settle` it may still be reopened, appended to, truncated, chmod-ed and
+//! re-timed, and any of these starts the wait again; then the import queue takes it
+//! ([`super::import`]) and it can no longer change. A file whose writer was killed, or one of
+//! whose writes failed, is discarded at its last close instead: a truncated file is never
+//! archived.
 
 use std::ffi::OsStr;
 use std::fs::{File as StdFile, OpenOptions};
@@ -10,7 +16,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::Id;
@@ -19,7 +25,7 @@ use tracing::{info, warn};
 
 use super::{Attr, Core, FsError, Opened, Result, name_str};
 use crate::handles::Handle;
-use crate::locals::{Local, LocalKind, LocalRef};
+use crate::locals::{Local, LocalKind, LocalRef, Stage, join};
 use crate::staged::Writer;
 
 /// Numbers staged files of this process (`PID-N` under `.cairn/staging/`).
@@ -38,6 +44,10 @@ impl Core {
             });
         }
         self.write_root()?;
+        if g.stage.frozen() {
+            return Err(being_archived(&g));
+        }
+        g.stage = Stage::Writing;
         if g.writer.is_none() {
             let f = OpenOptions::new().read(true).write(true).open(&g.backing)?;
             let len = f.metadata()?.len();
@@ -50,6 +60,7 @@ impl Core {
             w.truncated(0);
         }
         g.hashed = None;
+        g.synced = false;
         g.writers += 1;
         drop(g);
         Ok(Opened {
@@ -66,6 +77,7 @@ impl Core {
             return Err(FsError::Exists(name));
         }
         let dir = self.dir_by_id(dir_id)?;
+        check_name(&root, &dir.path, &name)?;
         let (kind, backing) = if name.starts_with('.') {
             let p = kept_path(&root, &dir.path, &name);
             std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
@@ -74,10 +86,9 @@ impl Core {
             let staging = staging_dir(&root);
             std::fs::create_dir_all(&staging)?;
             let n = STAGED_SEQ.fetch_add(1, Ordering::Relaxed);
-            (
-                LocalKind::Staged,
-                staging.join(format!("{}-{n}", std::process::id())),
-            )
+            // PID-START-N: a later mount tells the files of a mount that is gone.
+            let owner = self.owner.replace(':', "-");
+            (LocalKind::Staged, staging.join(format!("{owner}-{n}")))
         };
         let f = OpenOptions::new()
             .read(true)
@@ -99,6 +110,7 @@ impl Core {
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<usize> {
         let l = self.handles.writing(fh).ok_or(FsError::BadHandle)?;
         let mut g = l.lock().expect("local");
+        g.synced = false;
         let w = g.writer.as_mut().ok_or(FsError::BadHandle)?;
         match w.write(offset, data) {
             Ok(n) => Ok(n),
@@ -124,21 +136,65 @@ impl Core {
             spoil(&mut g, why);
             return Err(e.into());
         }
+        g.synced = true;
         Ok(())
     }
 
     /// A descriptor of `fh` was closed by process `pid`. A writer that is dying from a signal
-    /// (killed mid-file) marks the file so that it is not imported.
-    pub fn flush(&self, fh: u64, pid: u32) {
+    /// (killed mid-file) marks the file so that it is not imported. Any other close is a
+    /// promise kept from here on: the journal notes the file before `close` returns (synced
+    /// to disk when the writer fsynced the file), so that no kill of this mount loses it.
+    pub fn flush(&self, fh: u64, pid: u32) -> Result<()> {
         let Some(l) = self.handles.writing(fh) else {
-            return;
+            return Ok(());
         };
+        let mut g = l.lock().expect("local");
         if killed_by_signal(pid) {
-            let mut g = l.lock().expect("local");
             spoil(
                 &mut g,
                 format!("its writer (pid {pid}) was killed mid-file"),
             );
+            return Ok(());
+        }
+        if g.kind != LocalKind::Staged || g.spoiled.is_some() || g.gone {
+            return Ok(());
+        }
+        self.journal_closed(&mut g)
+    }
+
+    /// Notes in the journal that `g`'s writer closed it.
+    fn journal_closed(&self, g: &mut Local) -> Result<()> {
+        let Some(j) = &self.journal else {
+            return Ok(());
+        };
+        let key = match &g.journalled {
+            Some(k) => k.clone(),
+            None => self.journal_key(&g.backing)?,
+        };
+        j.closed(&key, &g.path(), &self.owner, g.synced)
+            .map_err(|e| FsError::Io(io::Error::other(e.to_string())))?;
+        g.journalled = Some(key);
+        Ok(())
+    }
+
+    /// A local's key in the journal: where its bytes are, relative to the write node's root.
+    fn journal_key(&self, backing: &Path) -> Result<String> {
+        let (_, root) = self.write_root()?;
+        Ok(backing
+            .strip_prefix(&root)
+            .map_err(|_| {
+                FsError::Invalid(format!("{} is not on the write node", backing.display()))
+            })?
+            .to_string_lossy()
+            .into_owned())
+    }
+
+    /// Takes a local's row out of the journal (unlinked, or kept without import).
+    fn journal_dropped(&self, g: &mut Local) {
+        if let (Some(j), Some(key)) = (&self.journal, g.journalled.take())
+            && let Err(e) = j.dropped(&key)
+        {
+            warn!("{}: {e}", g.path());
         }
     }
 
@@ -154,22 +210,40 @@ impl Core {
                 let _ = std::fs::remove_file(&g.backing);
                 info!("Discarded {}: {why}.", g.path());
             }
+            self.journal_dropped(&mut g);
             self.forget_local(&mut g);
             return Ok(());
         }
         if let Some(w) = writer {
-            let (_file, size, md5) = w.finish(&self.cancel)?;
-            g.hashed = Some((size, md5));
+            g.hashed = w.finish_inline()?;
         }
         if g.name.starts_with('.') {
             // Still a temporary name: keep it on the write node.
             if g.kind == LocalKind::Staged {
                 let (_, root) = self.write_root()?;
                 keep(&root, &mut g)?;
+                self.journal_dropped(&mut g);
             }
             return Ok(());
         }
-        self.import_local(l, &mut g)
+        if g.kind == LocalKind::Kept {
+            // Kept under a plain name (the import rules skip it): nothing to import.
+            return Ok(());
+        }
+        self.settle(&mut g)
+    }
+
+    /// A closed file under a plain name starts to settle; the import queue takes it when it
+    /// has stayed closed and unchanged for `[fs] settle`.
+    fn settle(&self, g: &mut Local) -> Result<()> {
+        if g.journalled.is_none() {
+            // Closed without a flush seen here (a rename of a closed kept file): noted now.
+            self.journal_closed(g)?;
+        }
+        let until = Instant::now() + self.opts.settle;
+        g.stage = Stage::Settling { until };
+        self.imports.settle(g.me(), until);
+        Ok(())
     }
 
     pub(super) fn setattr_local(
@@ -181,7 +255,19 @@ impl Core {
         mtime: Option<SystemTime>,
     ) -> Result<Attr> {
         let mut g = l.lock().expect("local");
+        if g.stage.frozen() {
+            // Being archived: as for an archived file, only what changes nothing is accepted.
+            let a = g.attr()?;
+            if size.is_none_or(|s| s == a.size)
+                && mtime.is_none_or(|t| t == a.mtime)
+                && atime.is_none_or(|_| mtime.is_some())
+            {
+                return Ok(a);
+            }
+            return Err(being_archived(&g));
+        }
         if let Some(len) = size {
+            g.synced = false;
             match g.writer.as_mut() {
                 Some(w) => {
                     w.file.set_len(len)?;
@@ -210,21 +296,31 @@ impl Core {
             }
             f.set_times(times)?;
         }
+        if let Stage::Settling { .. } = g.stage {
+            // Changed: it settles again from now.
+            let until = Instant::now() + self.opts.settle;
+            g.stage = Stage::Settling { until };
+            self.imports.settle(g.me(), until);
+        }
         Ok(g.attr()?)
     }
 
     pub(super) fn unlink_local(&self, l: &LocalRef) -> Result<()> {
         let mut g = l.lock().expect("local");
+        if g.stage.frozen() {
+            return Err(being_archived(&g));
+        }
         match std::fs::remove_file(&g.backing) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        self.journal_dropped(&mut g);
         self.forget_local(&mut g);
         Ok(())
     }
 
-    /// Renames a local file; renamed to a plain name (and closed), it is imported.
+    /// Renames a local file; renamed to a plain name (and closed), it settles and is imported.
     pub(super) fn rename_local(
         &self,
         l: &LocalRef,
@@ -233,21 +329,29 @@ impl Core {
         name: &str,
     ) -> Result<()> {
         let mut g = l.lock().expect("local");
-        if g.importing {
-            return Err(FsError::Io(io::Error::from_raw_os_error(libc::EBUSY)));
+        if g.stage.frozen() {
+            return Err(being_archived(&g));
         }
+        let (_, root) = self.write_root()?;
+        check_name(&root, dir_path, name)?;
         self.locals.rename(&mut g, dir_id, dir_path, name);
         self.listings.changed();
+        if let (Some(j), Some(key)) = (&self.journal, &g.journalled) {
+            j.moved(key, &g.path())
+                .map_err(|e| FsError::Io(io::Error::other(e.to_string())))?;
+        }
         if g.writers > 0 {
             // Still being written: it lands (or is imported) under its new name when closed.
             return Ok(());
         }
         if name.starts_with('.') || g.kind == LocalKind::Kept && !self.importable(&g) {
-            let (_, root) = self.write_root()?;
             keep(&root, &mut g)?;
+            self.journal_dropped(&mut g);
+            g.stage = Stage::Writing;
             return Ok(());
         }
-        self.import_local(l, &mut g)
+        g.kind = LocalKind::Staged;
+        self.settle(&mut g)
     }
 
     fn importable(&self, g: &Local) -> bool {
@@ -308,30 +412,6 @@ impl Core {
             }
         }
     }
-
-    /// Removes staged files left by mounts that are gone (killed mid-write): nothing of theirs
-    /// was imported, and nothing will be.
-    pub(super) fn tidy_staging(&self) {
-        let Ok((_, root)) = self.write_root() else {
-            return;
-        };
-        let Ok(entries) = std::fs::read_dir(staging_dir(&root)) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let pid = name.split('-').next().and_then(|p| p.parse::<u32>().ok());
-            let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
-            if (!alive || pid == Some(std::process::id())) && std::fs::remove_file(e.path()).is_ok()
-            {
-                info!(
-                    "Removed {}: left by a mount that stopped while it was being written; it \
-                     was never imported.",
-                    e.path().display()
-                );
-            }
-        }
-    }
 }
 
 /// Marks a local's bytes as not to be imported, saying why once.
@@ -342,7 +422,36 @@ fn spoil(g: &mut Local, why: String) {
     }
 }
 
-fn staging_dir(root: &Path) -> PathBuf {
+/// The error for a change to a file that is being archived.
+pub(super) fn being_archived(g: &Local) -> FsError {
+    FsError::NotPermitted(format!(
+        "{} is being archived and can no longer be changed",
+        g.path()
+    ))
+}
+
+/// The longest name a node's filesystem takes (NAME_MAX).
+const NAME_MAX: usize = 255;
+
+/// Refuses, at `create` or `rename`, a name the archive could not take later: too long for
+/// the write node's filesystem (ENAMETOOLONG), or not a valid archive path (EINVAL). A
+/// write accepted is never dropped at import.
+fn check_name(root: &Path, dir_path: &str, name: &str) -> Result<()> {
+    let too_long = || FsError::Io(io::Error::from_raw_os_error(libc::ENAMETOOLONG));
+    if name.len() > NAME_MAX {
+        return Err(too_long());
+    }
+    let path = join(dir_path, name);
+    if root.join(".cairn/kept").join(&path).as_os_str().len() >= libc::PATH_MAX as usize {
+        return Err(too_long());
+    }
+    if !name.starts_with('.') {
+        normalize_path(&path)?;
+    }
+    Ok(())
+}
+
+pub(super) fn staging_dir(root: &Path) -> PathBuf {
     root.join(".cairn/staging")
 }
 

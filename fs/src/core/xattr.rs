@@ -13,7 +13,7 @@ use cairn_catalog::model::{Copy, Dir, File, Has, Id, Wants};
 use tracing::info;
 
 use super::{Core, FsError, Ino, Result};
-use crate::locals::LocalKind;
+use crate::locals::{Local, LocalKind, Stage};
 
 /// Names of our extended attributes, in `listxattr` order.
 pub const FILE_XATTRS: &[&str] = &[
@@ -36,6 +36,19 @@ enum Action {
 enum Scope {
     File(Id),
     Dir(String),
+}
+
+/// `user.cairn.state` of a file only this host has: `staged` (open for writing), `settling`
+/// (closed, imported soon), `importing`, `pending` (in place on the write node, waiting for
+/// the catalog) or `unimported` (kept under a dot name, or skipped by the import rules).
+fn local_state(g: &Local) -> &'static str {
+    match (g.kind, g.stage) {
+        (LocalKind::Kept, _) => "unimported",
+        (_, Stage::Writing) => "staged",
+        (_, Stage::Settling { .. }) => "settling",
+        (_, Stage::Importing) => "importing",
+        (_, Stage::Pending) => "pending",
+    }
 }
 
 /// Reads `user.cairn.KEY = value` as a request. Attributes that only show something are
@@ -77,8 +90,12 @@ impl Core {
                 .map(|_| vec!["user.cairn.complete".to_owned()])
                 .unwrap_or_default());
         }
-        if self.locals.get(ino).is_some() {
-            return Ok(vec!["user.cairn.size".into(), "user.cairn.state".into()]);
+        if let Some(l) = self.locals.get(ino) {
+            let mut names = vec!["user.cairn.size".to_owned(), "user.cairn.state".to_owned()];
+            if l.lock().expect("local").placed.is_some() {
+                names.insert(0, "user.cairn.md5".to_owned());
+            }
+            return Ok(names);
         }
         self.getattr(ino)?;
         Ok(FILE_XATTRS.iter().map(|s| s.to_string()).collect())
@@ -104,28 +121,26 @@ impl Core {
             return self.completeness(&d).map(String::into_bytes);
         }
         if let Some(l) = self.locals.get(ino) {
-            // A file just closed is being imported: give it a moment. (`close` returns before
-            // the kernel tells the mount, so a writer may still count briefly.)
-            let deadline = Instant::now() + Duration::from_secs(2);
-            let settle = Instant::now() + Duration::from_millis(200);
-            loop {
-                let g = l.lock().expect("local");
-                let busy = g.importing || (g.writers > 0 && Instant::now() < settle);
-                if g.gone || !busy || Instant::now() > deadline {
-                    break;
-                }
-                drop(g);
-                std::thread::sleep(Duration::from_millis(5));
+            // `close` returns before the kernel tells the mount, so a writer that has just
+            // closed may still count for a moment.
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while l.lock().expect("local").writers > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            if key == "md5" {
+                // Asking for the md5 ends the wait: the file is archived now.
+                self.import_now(&l);
             }
             let g = l.lock().expect("local");
             if !g.gone {
                 return match key {
                     "size" => Ok(g.attr()?.size.to_string().into_bytes()),
-                    "state" => Ok(if g.kind == LocalKind::Staged && g.writers > 0 {
-                        b"staged".to_vec()
-                    } else {
-                        b"unimported".to_vec()
-                    }),
+                    "state" => Ok(local_state(&g).as_bytes().to_vec()),
+                    // Placed, waiting for the catalog: its md5 is final.
+                    "md5" => match &g.placed {
+                        Some(p) => Ok(p.md5.clone().into_bytes()),
+                        None => Err(FsError::NoAttr),
+                    },
                     _ => Err(FsError::NoAttr),
                 };
             }

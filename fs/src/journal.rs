@@ -1,0 +1,407 @@
+//! The host's journal of closed files: what its writer has closed, and where it stands on its
+//! way into the catalog, kept in a small SQLite database on the write node
+//! (`.cairn/journal.db`), so that a file whose `close` returned survives a kill of the mount,
+//! a busy, locked or failing catalog, and a restart.
+//!
+//! One row per file, keyed by where its bytes were staged (`staged`, relative to the node's
+//! root: `.cairn/staging/…`, or `.cairn/kept/…` for a dot file renamed to a plain name):
+//!
+//! - **closed**: its writer closed it (written at the writer's `close`, before `close`
+//!   returns); the bytes are at `staged`, the file goes to `path`. A rename before import
+//!   changes `path`; an unlink removes the row.
+//! - **placed**: size, md5, mtime and acquisition are final, and the bytes are moved (or being
+//!   moved) to `path` on the node. Written *before* the move, so that after a crash the bytes
+//!   are found at one of the two places.
+//!
+//! A row is removed once the catalog has the file with its copy. Rows belong to the mount
+//! process that wrote them (`owner`: pid and start time); a new mount takes over the rows of
+//! mounts that are gone.
+//!
+//! Durability: the journal runs in WAL mode with `synchronous = NORMAL`: a commit survives a
+//! kill of the process at once, and a crash of the machine once the filesystem is synced —
+//! which the import does (one `syncfs` of the node for the bytes, their new names and this
+//! journal), and which [`Journal::closed`] does itself for a file its writer fsynced.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Where a journalled file stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub staged: String,
+    pub path: String,
+    /// The mount process that wrote the row ([`Owner`]).
+    pub owner: String,
+    /// Final size, md5, mtime and acquisition, once placed.
+    pub placed: Option<Placed>,
+    /// When its writer closed it (seconds since the epoch).
+    pub closed_at: i64,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// What is registered for a placed file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    pub size: u64,
+    pub md5: String,
+    pub mtime: i64,
+    pub acq: String,
+}
+
+/// How many files wait, and since when.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub files: u64,
+    /// When the oldest was closed (seconds since the epoch).
+    pub oldest: Option<i64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal {path}: {source}")]
+    Db {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, JournalError>;
+
+pub struct Journal {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS closed (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    staged      TEXT NOT NULL UNIQUE,
+    path        TEXT NOT NULL,
+    owner       TEXT NOT NULL,
+    size        INTEGER,
+    md5         TEXT,
+    mtime       INTEGER,
+    acq         TEXT,
+    closed_at   INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT
+);";
+
+impl Journal {
+    /// Opens (or creates) the journal of the node whose root is `root`.
+    pub fn open(root: &Path) -> Result<Journal> {
+        let path = root.join(".cairn/journal.db");
+        let err = |source| JournalError::Db {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(&path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))
+            .map_err(err)?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(err(rusqlite::Error::InvalidQuery));
+        }
+        conn.execute_batch("PRAGMA synchronous = NORMAL;")
+            .map_err(err)?;
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        Ok(Journal {
+            path,
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn run<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
+        let mut c = self.conn.lock().expect("journal");
+        f(&mut c).map_err(|source| JournalError::Db {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The writer closed the file staged at `staged`, which goes to `path`. `durable`: the
+    /// writer fsynced it, so this note is synced to disk too before the writer's `close`
+    /// returns.
+    pub fn closed(&self, staged: &str, path: &str, owner: &str, durable: bool) -> Result<()> {
+        self.run(|c| {
+            if durable {
+                c.execute_batch("PRAGMA synchronous = FULL")?;
+            }
+            let r = c.execute(
+                "INSERT INTO closed (staged, path, owner, closed_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (staged) DO UPDATE SET path = excluded.path,
+                     owner = excluded.owner",
+                params![staged, path, owner, now()],
+            );
+            if durable {
+                c.execute_batch("PRAGMA synchronous = NORMAL")?;
+            }
+            r.map(|_| ())
+        })
+    }
+
+    /// A closed file was renamed before its import: it goes to `path` now.
+    pub fn moved(&self, staged: &str, path: &str) -> Result<()> {
+        self.run(|c| {
+            c.execute(
+                "UPDATE closed SET path = ?2 WHERE staged = ?1",
+                params![staged, path],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// A closed file was removed, or kept without import: nothing to do for it any more.
+    pub fn dropped(&self, staged: &str) -> Result<()> {
+        self.run(|c| {
+            c.execute("DELETE FROM closed WHERE staged = ?1", params![staged])
+                .map(|_| ())
+        })
+    }
+
+    /// Final size, md5 and mtime of files about to be moved to their archive path, in one
+    /// transaction, synced to disk before it returns: after a crash, a file is found where
+    /// the journal says, before or after its move.
+    pub fn placing(&self, files: &[(&str, &Placed)]) -> Result<()> {
+        self.run(|c| {
+            c.execute_batch("PRAGMA synchronous = FULL")?;
+            let r = Self::place_rows(c, files);
+            c.execute_batch("PRAGMA synchronous = NORMAL")?;
+            r
+        })
+    }
+
+    fn place_rows(c: &mut Connection, files: &[(&str, &Placed)]) -> rusqlite::Result<()> {
+        {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE closed SET size = ?2, md5 = ?3, mtime = ?4, acq = ?5
+                     WHERE staged = ?1",
+                )?;
+                for (staged, p) in files {
+                    st.execute(params![staged, p.size as i64, p.md5, p.mtime, p.acq])?;
+                }
+            }
+            tx.commit()
+        }
+    }
+
+    /// A file could not be moved into place: it is back to closed, with the reason.
+    pub fn unplaced(&self, staged: &str, why: &str) -> Result<()> {
+        self.run(|c| {
+            c.execute(
+                "UPDATE closed SET size = NULL, md5 = NULL, mtime = NULL, acq = NULL,
+                     attempts = attempts + 1, last_error = ?2 WHERE staged = ?1",
+                params![staged, why],
+            )
+            .map(|_| ())
+        })
+    }
+
+    /// An attempt to register these files failed.
+    pub fn failed(&self, staged: &[&str], why: &str) -> Result<()> {
+        self.run(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached(
+                    "UPDATE closed SET attempts = attempts + 1, last_error = ?2
+                     WHERE staged = ?1",
+                )?;
+                for s in staged {
+                    st.execute(params![s, why])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// The catalog has these files: their rows go, in one transaction.
+    pub fn done(&self, staged: &[&str]) -> Result<()> {
+        self.run(|c| {
+            let tx = c.transaction()?;
+            {
+                let mut st = tx.prepare_cached("DELETE FROM closed WHERE staged = ?1")?;
+                for s in staged {
+                    st.execute(params![s])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Every row, oldest first.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        self.run(|c| {
+            let mut st = c.prepare(
+                "SELECT staged, path, owner, size, md5, mtime, acq, closed_at, attempts,
+                        last_error
+                 FROM closed ORDER BY id",
+            )?;
+            let rows = st.query_map([], |r| {
+                let size: Option<i64> = r.get(3)?;
+                let md5: Option<String> = r.get(4)?;
+                let mtime: Option<i64> = r.get(5)?;
+                let acq: Option<String> = r.get(6)?;
+                let placed = match (size, md5, mtime, acq) {
+                    (Some(size), Some(md5), Some(mtime), Some(acq)) => Some(Placed {
+                        size: size as u64,
+                        md5,
+                        mtime,
+                        acq,
+                    }),
+                    _ => None,
+                };
+                Ok(Entry {
+                    staged: r.get(0)?,
+                    path: r.get(1)?,
+                    owner: r.get(2)?,
+                    placed,
+                    closed_at: r.get(7)?,
+                    attempts: r.get(8)?,
+                    last_error: r.get(9)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Whether a row for `staged` exists.
+    pub fn has(&self, staged: &str) -> Result<bool> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT 1 FROM closed WHERE staged = ?1",
+                params![staged],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|r| r.is_some())
+        })
+    }
+
+    /// How many files wait, and since when.
+    pub fn summary(&self) -> Result<Summary> {
+        self.run(|c| {
+            c.query_row("SELECT COUNT(*), MIN(closed_at) FROM closed", [], |r| {
+                Ok(Summary {
+                    files: r.get::<_, i64>(0)? as u64,
+                    oldest: r.get(1)?,
+                })
+            })
+        })
+    }
+}
+
+/// A mount process, as `PID:START` (its start time in clock ticks after boot, from
+/// `/proc/PID/stat`): a pid alone may be taken by another process after a restart.
+pub struct Owner;
+
+impl Owner {
+    /// This process.
+    pub fn me() -> String {
+        let pid = std::process::id();
+        format!("{pid}:{}", start_time(pid).unwrap_or(0))
+    }
+
+    /// Whether the process `owner` names is still running.
+    pub fn alive(owner: &str) -> bool {
+        let Some((pid, start)) = owner.split_once(':') else {
+            return false;
+        };
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
+            return false;
+        };
+        start_time(pid) == Some(start)
+    }
+}
+
+/// When process `pid` started (field 22 of `/proc/PID/stat`).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placed(md5: &str) -> Placed {
+        Placed {
+            size: 3,
+            md5: md5.into(),
+            mtime: 7,
+            acq: "a".into(),
+        }
+    }
+
+    #[test]
+    fn a_closed_file_is_remembered_until_it_is_done() {
+        let d = tempfile::tempdir().unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        let me = Owner::me();
+        j.closed(".cairn/staging/1", "x/a.dat", &me, false).unwrap();
+        j.closed(".cairn/staging/2", "x/b.dat", &me, true).unwrap();
+        j.closed(".cairn/staging/1", "x/a.dat", &me, false).unwrap();
+        assert_eq!(j.summary().unwrap().files, 2, "a second close is one row");
+        j.moved(".cairn/staging/2", "x/c.dat").unwrap();
+        j.placing(&[(".cairn/staging/2", &placed("m"))]).unwrap();
+        // Reopened: another process reads what this one wrote.
+        let j2 = Journal::open(d.path()).unwrap();
+        let e = j2.entries().unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(
+            (e[0].path.as_str(), e[0].placed.is_none()),
+            ("x/a.dat", true)
+        );
+        assert_eq!(e[1].path, "x/c.dat");
+        assert_eq!(e[1].placed, Some(placed("m")));
+        j2.failed(&[".cairn/staging/2"], "busy").unwrap();
+        j2.unplaced(".cairn/staging/2", "exists").unwrap();
+        let e = j2.entries().unwrap();
+        assert_eq!(
+            (
+                e[1].attempts,
+                e[1].placed.is_none(),
+                e[1].last_error.as_deref()
+            ),
+            (2, true, Some("exists"))
+        );
+        j2.done(&[".cairn/staging/1"]).unwrap();
+        j2.dropped(".cairn/staging/2").unwrap();
+        assert_eq!(j2.summary().unwrap(), Summary::default());
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_gone_or_reused_pid_is_not() {
+        let me = Owner::me();
+        assert!(Owner::alive(&me));
+        let pid = std::process::id();
+        assert!(!Owner::alive(&format!("{pid}:1")), "another start time");
+        assert!(!Owner::alive(&format!("{}:1", u32::MAX)));
+        assert!(!Owner::alive("garbage"));
+    }
+}
