@@ -14,7 +14,6 @@ pub mod error;
 pub mod md5;
 pub mod md5fast;
 pub mod model;
-pub mod nudge;
 pub mod rules;
 pub mod schema;
 #[doc(hidden)]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use cairn_catalog::catalog::{FileFilter, NewFile, normalize_path};
 use cairn_catalog::model::{Dir, File, Has, Id, Node, Wants};
 use cairn_catalog::{Catalog, CatalogError, Config};
-use cairn_syncd::importer::{Importer, Verdict};
+use cairn_node::importer::{Importer, Verdict};
 use tracing::{debug, info, warn};
 
 use crate::fetch::{Fetch, Started, State};
@@ -487,14 +487,17 @@ impl Core {
     }
 
     fn staging_dir(root: &Path) -> PathBuf {
-        root.join(".cairn/staging")
+        cairn_node::NodeRoot::new(root).staging()
     }
 
     /// Where a file this host keeps without importing it (a dot name, or a path the import
     /// rules skip) lives on the write node: `.cairn/kept/PATH`, out of the archive's tree, so
     /// that listing a directory needs nothing but the catalog and this mount's memory.
     fn kept_path(root: &Path, dir_path: &str, name: &str) -> PathBuf {
-        root.join(".cairn/kept").join(dir_path).join(name)
+        cairn_node::NodeRoot::new(root)
+            .kept()
+            .join(dir_path)
+            .join(name)
     }
 
     /// Moves a local file to its kept place, `.cairn/kept/DIR/NAME`.
@@ -514,7 +517,7 @@ impl Core {
         let Ok((_, root)) = self.write_root() else {
             return;
         };
-        let top = root.join(".cairn/kept");
+        let top = cairn_node::NodeRoot::new(&root).kept();
         let mut todo = vec![top.clone()];
         while let Some(d) = todo.pop() {
             let Ok(entries) = std::fs::read_dir(&d) else {
@@ -1031,7 +1034,7 @@ impl Core {
         if let Some(path) = complete {
             let f = StdFile::open(&path)?;
             if path.starts_with(&self.opts.cache_dir) {
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
             }
             return Ok(self.open_complete(ino, f));
         }
@@ -1039,7 +1042,7 @@ impl Core {
         match fetch {
             Started::Ready(path) => {
                 let f = StdFile::open(&path)?;
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
                 Ok(self.open_complete(ino, f))
             }
             Started::Streaming(fetch) => {
@@ -1073,10 +1076,10 @@ impl Core {
                 }
             }
         }
-        let cached = self.opts.cache_dir.join(&file.md5);
+        let cached = cairn_node::cache::CacheDir::new(&self.opts.cache_dir).complete(&file.md5);
         if std::fs::metadata(&cached).is_ok_and(|m| m.len() == file.size) {
             if let Ok(f) = StdFile::open(&cached) {
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
             }
             return Some(cached);
         }
@@ -1483,7 +1486,7 @@ impl Core {
                         .map_or(Ok(()), |p| StdFile::open(p).and_then(|d| d.sync_all()))
                 })
         } else {
-            cairn_syncd::copyfile::sync_fs(&root)
+            cairn_node::copyfile::sync_fs(&root)
         };
         // 3. One transaction for the batch; a path archived with other contents is refused
         //    on its own.
@@ -1560,7 +1563,7 @@ impl Core {
                 }
             });
         }
-        cairn_catalog::nudge::nudge(&self.opts.socket);
+        cairn_node::socket::nudge(&self.opts.socket);
     }
 
     pub fn setattr(
@@ -1686,7 +1689,7 @@ impl Core {
         self.changed();
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
-            let _ = std::fs::remove_dir(root.join(".cairn/kept").join(&d.path));
+            let _ = std::fs::remove_dir(cairn_node::NodeRoot::new(&root).kept().join(&d.path));
         }
         Ok(())
     }
@@ -1883,8 +1886,10 @@ impl Core {
         if copies.iter().filter(here).any(|c| c.has == Has::Yes) {
             return "local";
         }
-        if std::fs::metadata(self.opts.cache_dir.join(&file.md5))
-            .is_ok_and(|m| m.len() == file.size)
+        if std::fs::metadata(
+            cairn_node::cache::CacheDir::new(&self.opts.cache_dir).complete(&file.md5),
+        )
+        .is_ok_and(|m| m.len() == file.size)
         {
             return "cached";
         }
@@ -1985,7 +1990,7 @@ impl Core {
         let n =
             self.with_cat(|c| Ok(c.write(|tx| apply(tx, &scope, &action, &local_nodes, t))?))?;
         info!("Set {name}={value:?}: {n} file(s) affected.");
-        cairn_catalog::nudge::nudge(&self.opts.socket);
+        cairn_node::socket::nudge(&self.opts.socket);
         Ok(())
     }
 
@@ -1996,7 +2001,7 @@ impl Core {
         let mut seen = std::collections::HashSet::new();
         for n in self.host_nodes() {
             let root = n.root.unwrap_or_default();
-            let Ok(st) = cairn_syncd::noderoot::space(Path::new(&root)) else {
+            let Ok(st) = cairn_node::root::space(Path::new(&root)) else {
                 continue;
             };
             // Two nodes on one filesystem count once.

@@ -1,8 +1,8 @@
 //! The cache of files fetched from other hosts for reads through cairnfs (`[cache]`).
 //!
 //! A file is kept as `<cache.dir>/<md5>` once its whole content matched that md5; while it
-//! arrives it is `<md5>.part`, which cairnfs reads as it grows (see `cairn_fs::fetch` for the
-//! socket protocol). One fetch per file runs at a time however many readers wait for it.
+//! arrives it is `<md5>.part`, which cairnfs reads as it grows (naming in
+//! `cairn_node::cache`, socket protocol in `cairn_node::socket`). One fetch per file runs at a time however many readers wait for it.
 //! Before a fetch, the least recently used files are evicted until the new one fits in
 //! `cache.max_bytes`; a file some process holds open is never evicted.
 
@@ -14,6 +14,8 @@ use std::time::{Instant, SystemTime};
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::model::{Has, Id};
 use cairn_catalog::units::{format_size, now};
+use cairn_node::cache::CacheDir;
+use cairn_node::socket::Reply;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -30,7 +32,12 @@ pub struct Cache {
     running: Mutex<HashMap<String, (PathBuf, watch::Receiver<Outcome>)>>,
 }
 
-/// Answers one `fetch FILE_ID` request on the local socket (protocol in `cairn_fs::fetch`).
+/// Writes one reply line.
+async fn reply<W: AsyncWriteExt + Unpin>(out: &mut W, reply: Reply) -> std::io::Result<()> {
+    out.write_all(format!("{reply}\n").as_bytes()).await
+}
+
+/// Answers one `fetch FILE_ID` request on the local socket (`cairn_node::socket`).
 pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
     shared: Arc<Shared>,
     file_id: Id,
@@ -42,20 +49,15 @@ pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!("Cannot fetch file #{file_id} for the mount: {e:#}");
-            return out.write_all(format!("error {e:#}\n").as_bytes()).await;
+            return reply(out, Reply::Error(format!("{e:#}"))).await;
         }
-        Err(e) => return out.write_all(format!("error {e}\n").as_bytes()).await,
+        Err(e) => return reply(out, Reply::Error(e.to_string())).await,
     };
     let (part, mut rx) = match started {
-        Started::Ready(path) => {
-            return out
-                .write_all(format!("ready {}\n", path.display()).as_bytes())
-                .await;
-        }
+        Started::Ready(path) => return reply(out, Reply::Ready(path)).await,
         Started::Running(part, rx) => (part, rx),
     };
-    out.write_all(format!("part {}\n", part.display()).as_bytes())
-        .await?;
+    reply(out, Reply::Part(part)).await?;
     out.flush().await?;
     let end = loop {
         if let Some(end) = rx.borrow().clone() {
@@ -65,11 +67,11 @@ pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
             break Err("cairnd stopped the fetch".into());
         }
     };
-    let line = match end {
-        Ok(path) => format!("done {}\n", path.display()),
-        Err(why) => format!("error {why}\n"),
+    let end = match end {
+        Ok(path) => Reply::Done(path),
+        Err(why) => Reply::Error(why),
     };
-    out.write_all(line.as_bytes()).await
+    reply(out, end).await
 }
 
 enum Started {
@@ -82,11 +84,12 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
         .pool
         .with(|cat| Ok(cat.read(|tx| tx.file_by_id(file_id))?))
         .with_context(|| format!("no file #{file_id} in the catalog"))?;
-    let dir = shared.config.cache.dir.clone();
-    let done = dir.join(&file.md5);
+    let cache = CacheDir::new(&shared.config.cache.dir);
+    let dir = cache.path();
+    let done = cache.complete(&file.md5);
     if std::fs::metadata(&done).is_ok_and(|m| m.len() == file.size) {
         if let Ok(f) = std::fs::File::open(&done) {
-            touch(&f);
+            cairn_node::cache::touch(&f);
         }
         return Ok(Started::Ready(done));
     }
@@ -105,10 +108,10 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
     {
         return Ok(Started::Running(part.clone(), rx.clone()));
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-    evict(&dir, max.saturating_sub(file.size), &running);
-    let part = dir.join(format!("{}.part", file.md5));
+    evict(dir, max.saturating_sub(file.size), &running);
+    let part = cache.part(&file.md5);
     // A part file left by an earlier fetch is resumed: its bytes are hashed again at the end.
     std::fs::OpenOptions::new()
         .create(true)
@@ -256,11 +259,6 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
             format_size(total)
         );
     }
-}
-
-/// Marks a cached file as just used: eviction takes the least recently used first.
-pub fn touch(f: &std::fs::File) {
-    let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
 }
 
 #[cfg(test)]

@@ -25,13 +25,13 @@ use cairn_catalog::db::Patience;
 use cairn_catalog::model::{Id, Node};
 use cairn_catalog::units::now;
 use cairn_catalog::{Catalog, Config};
+use cairn_node::importer::Importer;
+use cairn_node::{NodeRoot, RootState};
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::http::Metrics;
-use crate::importer::Importer;
 use crate::lock::InstanceLock;
-use crate::noderoot::{self, RootState};
 use crate::tasks::{self, Task};
 use crate::transfer::{Puller, Transfer};
 use crate::watch::{WatchEvent, Watcher};
@@ -474,7 +474,7 @@ fn plan(
             }
             let root = PathBuf::from(node.root.as_deref().unwrap_or("/"));
             let mut fresh = node.clone();
-            match noderoot::space(&root).map(|s| (s.avail, s.total)) {
+            match NodeRoot::new(&root).space().map(|s| (s.avail, s.total)) {
                 Ok((avail, capacity)) => {
                     cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
                     (fresh.avail, fresh.capacity, fresh.last_checked) =
@@ -712,7 +712,7 @@ fn node_state(shared: &Shared, node: &Node) -> (String, bool) {
     let Some(root) = node.root.as_deref() else {
         return ("no root".into(), false);
     };
-    match noderoot::check_root(std::path::Path::new(root), &node.name, &shared.catalog_id) {
+    match NodeRoot::new(root).check(&node.name, &shared.catalog_id) {
         RootState::Ready => ("ready".into(), true),
         RootState::NotInitialised => ("uninitialised".into(), false),
         RootState::Missing => ("missing".into(), false),

@@ -6,14 +6,10 @@
 //! SIGTERM into the shutdown future. See [`daemon`] for the loop and [`tasks`] for the work.
 
 pub mod cache;
-pub mod copyfile;
 pub mod daemon;
 pub mod http;
-pub mod importer;
 pub mod listen;
 pub mod lock;
-pub mod logfile;
-pub mod noderoot;
 pub mod nudge;
 pub mod procfs;
 pub mod tasks;

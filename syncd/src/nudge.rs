@@ -1,10 +1,11 @@
-//! The local unix socket: the CLI and mounts on this host wake cairnd with one line
-//! (`cairn_catalog::nudge`), so a request made here is picked up at once, and cairnfs asks
-//! for files to be fetched into the cache (`fetch FILE_ID`, see [`crate::cache`]).
+//! The server side of the local unix socket (protocol in `cairn_node::socket`): the CLI and
+//! mounts on this host wake cairnd with one line, so a request made here is picked up at once,
+//! and cairnfs asks for files to be fetched into the cache (see [`crate::cache`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
+use cairn_node::socket::{ProtocolError, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tracing::{debug, warn};
@@ -37,20 +38,23 @@ pub fn listen(socket: &Path, shared: Arc<Shared>) -> std::io::Result<tokio::task
                 let (read, mut write) = stream.into_split();
                 let mut lines = BufReader::new(read).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    let line = line.trim();
-                    if line == cairn_catalog::nudge::WAKE {
-                        debug!("Nudged: looking for work now.");
-                        shared.wake.notify_one();
-                    } else if let Some(id) = line.strip_prefix("fetch ") {
-                        let answer = match id.trim().parse() {
-                            Ok(id) => {
-                                crate::cache::serve_fetch(shared.clone(), id, &mut write).await
-                            }
-                            Err(_) => write.write_all(b"error malformed fetch request\n").await,
-                        };
-                        if answer.is_err() {
-                            break;
+                    let answer = match line.parse::<Request>() {
+                        Ok(Request::Wake) => {
+                            debug!("Nudged: looking for work now.");
+                            shared.wake.notify_one();
+                            Ok(())
                         }
+                        Ok(Request::Fetch(id)) => {
+                            crate::cache::serve_fetch(shared.clone(), id, &mut write).await
+                        }
+                        Err(e @ ProtocolError::MalformedFetch) => {
+                            let reply = Reply::Error(e.to_string());
+                            write.write_all(format!("{reply}\n").as_bytes()).await
+                        }
+                        Err(ProtocolError::Unknown(_)) => Ok(()),
+                    };
+                    if answer.is_err() {
+                        break;
                     }
                 }
             });

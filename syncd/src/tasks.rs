@@ -16,13 +16,13 @@ use cairn_catalog::catalog::{CopyWork, Fired, NewFile};
 use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, AutoEffect, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
+use cairn_node::copyfile;
+use cairn_node::importer::Verdict;
+use cairn_node::root::{Incoming, Marker, NodeRoot, RootState};
 use tracing::{debug, error, info, warn};
 
-use crate::copyfile;
 use crate::daemon::Shared;
 use crate::http::Metrics;
-use crate::importer::Verdict;
-use crate::noderoot::{self, Marker, RootState};
 use crate::procfs::{self, OpenWriters};
 use crate::transfer::{Location, Source};
 
@@ -217,30 +217,27 @@ fn init_node(shared: &Shared, node: &Node) -> Result<String> {
         .root
         .as_deref()
         .ok_or_else(|| anyhow!("it has no root (set one with `cairn node modify --root`)"))?;
-    let root = Path::new(root);
-    match noderoot::check_root(root, &node.name, &shared.catalog_id) {
+    let root = NodeRoot::new(root);
+    match root.check(&node.name, &shared.catalog_id) {
         RootState::Ready => Ok(format!("Node \"{}\" is already initialised.", node.name)),
         RootState::NotInitialised => {
-            noderoot::write_marker(
-                root,
-                &Marker {
-                    node: node.name.clone(),
-                    catalog_id: shared.catalog_id.clone(),
-                },
-            )
-            .with_context(|| format!("cannot write the marker under {}", root.display()))?;
+            root.write_marker(&Marker {
+                node: node.name.clone(),
+                catalog_id: shared.catalog_id.clone(),
+            })
+            .with_context(|| format!("cannot write the marker under {}", root.path().display()))?;
             Ok(format!("Node \"{}\" initialised.", node.name))
         }
-        RootState::Missing => Err(anyhow!("root \"{}\" is not there", root.display())),
+        RootState::Missing => Err(anyhow!("root \"{}\" is not there", root.path().display())),
         RootState::Foreign(m) => Err(anyhow!(
             "root \"{}\" already holds the marker of node \"{}\" of catalog {}",
-            root.display(),
+            root.path().display(),
             m.node,
             m.catalog_id
         )),
         RootState::Unreadable(e) => Err(anyhow!(
             "the marker under {} is unreadable: {e}",
-            root.display()
+            root.path().display()
         )),
     }
 }
@@ -581,7 +578,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         let p = e.path();
         let ft = e.file_type()?;
         if ft.is_dir() {
-            if dir == root && e.file_name() == ".cairn" {
+            if dir == root && e.file_name() == cairn_node::root::CAIRN_DIR {
                 continue;
             }
             debug!(
@@ -786,7 +783,7 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
     // The destination may be a disk pulled out since the last loop: write only onto the disk
     // whose marker says it is this node (never into the empty mount point below it).
     let still_there =
-        || noderoot::check_root(&root, &dest.name, &shared.catalog_id) == RootState::Ready;
+        || NodeRoot::new(&root).check(&dest.name, &shared.catalog_id) == RootState::Ready;
     if !still_there() {
         return Err(CopyFailure::Cancelled);
     }
@@ -841,8 +838,10 @@ fn copy_claimed(shared: &Shared, cat: &mut Catalog, r: &CopyRequest) -> Result<(
     // A pull from another host may be resumed, so its temp file (`.part`) outlives a failed
     // attempt; a local copy starts over, and its temp file (`.tmp`) is a leftover once the
     // copy is not running.
-    let suffix = if remote_host.is_some() { "part" } else { "tmp" };
-    let tmp = noderoot::tmp_dir(&root).join(format!("copy-{}.{suffix}", r.id));
+    let tmp = NodeRoot::new(&root).incoming(Incoming {
+        request: r.id,
+        resumable: remote_host.is_some(),
+    });
     if let Some(parent) = tmp.parent() {
         std::fs::create_dir_all(parent)
             .map_err(|e| CopyFailure::Failed(format!("cannot create {}: {e}", parent.display())))?;
@@ -1176,7 +1175,7 @@ fn release(shared: &Arc<Shared>, node_id: Id, w: &CopyWork) -> Result<()> {
 
 fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
     let (node, root) = node_and_root(shared, node_id)?;
-    let tmp = noderoot::tmp_dir(&root);
+    let tmp = NodeRoot::new(&root).tmp();
     let Ok(entries) = std::fs::read_dir(&tmp) else {
         return Ok(());
     };
@@ -1184,13 +1183,10 @@ fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
         let name = e.file_name().to_string_lossy().into_owned();
         // A temp file of a copy running now, or of a pull from another host waiting to be
         // resumed (`.part`), is not a leftover.
-        let copy = name.strip_prefix("copy-").and_then(|s| {
-            s.strip_suffix(".part")
-                .map(|id| (id, true))
-                .or_else(|| s.strip_suffix(".tmp").map(|id| (id, false)))
-        });
-        if let Some((id, resumable)) = copy
-            && let Ok(id) = id.parse::<Id>()
+        if let Some(Incoming {
+            request: id,
+            resumable,
+        }) = Incoming::parse(&name)
         {
             let waiting = shared.is_running(&Key::Copy(id))
                 || (resumable

@@ -14,10 +14,10 @@ use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::NodeUpdate;
 use cairn_catalog::model::{Id, NodeKind};
+use cairn_node::root::{MarkerError, NodeRoot};
 use tracing::{info, warn};
 
 use crate::daemon::Shared;
-use crate::noderoot::{self, Marker};
 
 /// What detection remembers between loops.
 #[derive(Debug, Default)]
@@ -75,8 +75,10 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
         .collect();
     let mut seen_problems = HashSet::new();
     for mp in &mounts {
-        let Ok(text) = std::fs::read_to_string(noderoot::marker_path(mp)) else {
-            continue; // not a cairn disk
+        let marker = match NodeRoot::new(mp).read_marker() {
+            Ok(m) => Ok(m),
+            Err(MarkerError::Parse(e)) => Err(e),
+            Err(MarkerError::Missing | MarkerError::Io(_)) => continue, // not a cairn disk
         };
         let mut report = |key: String, msg: String| {
             if disks.reported.insert(key.clone()) {
@@ -84,7 +86,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
             }
             seen_problems.insert(key);
         };
-        let Ok(marker) = toml::from_str::<Marker>(&text) else {
+        let Ok(marker) = marker else {
             report(
                 format!("unreadable {}", mp.display()),
                 format!(

@@ -293,7 +293,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 Some(Some(id)) => {
                     println!("Request submitted.");
                     if wait {
-                        cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                        cairn_node::socket::nudge(&ctx.config.daemon.socket);
                         let size = cat.read(|tx| tx.file(&path))?.size;
                         super::node::follow_copies(&mut cat, &[(id, size)])?;
                     }

@@ -581,7 +581,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 plural(updated as usize, "file", "files")
             );
             if wait {
-                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                cairn_node::socket::nudge(&ctx.config.daemon.socket);
                 let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
                 follow_copy_rows(&mut cat, "verified", &sizes, None, |c| !c.verify_requested)?;
             }
@@ -640,7 +640,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 plural(updated as usize, "file", "files")
             );
             if wait && wants == cairn_catalog::model::Wants::ReleaseNow {
-                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                cairn_node::socket::nudge(&ctx.config.daemon.socket);
                 let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
                 // A release the archive rule refuses does not finish: stop once nothing has
                 // moved for three loops.
@@ -777,7 +777,7 @@ pub fn sync(
     }
     if args.wait && added > 0 {
         // Wake this machine's cairnd now: the nudge after the command would come too late.
-        cairn_catalog::nudge::nudge(socket);
+        cairn_node::socket::nudge(socket);
         follow_copies(cat, &created)?;
     }
     Ok(())
