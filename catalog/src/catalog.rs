@@ -41,6 +41,9 @@ pub struct Catalog {
     /// The URL with any password hidden: this is what messages show.
     url: String,
     patience: Patience,
+    /// A transaction failed because the database or the link to it did: see
+    /// [`Catalog::is_broken`].
+    broken: bool,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -129,6 +132,7 @@ impl Catalog {
             backend,
             url: postgres::redact(url),
             patience: Patience::default(),
+            broken: false,
         }
     }
 
@@ -142,6 +146,14 @@ impl Catalog {
     pub fn set_patience(&mut self, patience: Patience) {
         self.backend.set_patience(patience.clone());
         self.patience = patience;
+    }
+
+    /// Whether a transaction on this connection failed with a database or connection error
+    /// (not a "not found" or "invalid" from the catalog). A pool drops such a connection
+    /// rather than reuse it: a SQLite connection that met an unwritable WAL, say, may go on
+    /// failing where a fresh one works.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -215,7 +227,21 @@ impl Catalog {
         self.run(TxMode::Write, f)
     }
 
-    fn run<T>(&mut self, mode: TxMode, mut f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+    fn run<T>(&mut self, mode: TxMode, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let result = self.run_retrying(mode, f);
+        if let Err(CatalogError::Db(e)) = &result
+            && e.breaks_connection()
+        {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn run_retrying<T>(
+        &mut self,
+        mode: TxMode,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let start = Instant::now();
         let mut backoff = Backoff::new();
         let mut outage: Option<Instant> = None;

@@ -1,7 +1,8 @@
 //! The cairn catalog: the data index every cairn process shares.
 //!
 //! - [`Catalog`] opens a catalog by URL and runs named queries in transactions ([`Tx`]),
-//!   retrying whole transactions when the database is busy.
+//!   retrying whole transactions when the database is busy; [`Pool`] shares connections
+//!   between the threads of a process.
 //! - [`db`] is the narrow backend interface and its two backends, SQLite and PostgreSQL.
 //! - [`schema`] holds the migrations and the version check.
 //! - [`rules`] holds the storage-graph rules as plain functions.
@@ -14,6 +15,7 @@ pub mod error;
 pub mod md5;
 pub mod md5fast;
 pub mod model;
+pub mod pool;
 pub mod rules;
 pub mod schema;
 #[doc(hidden)]
@@ -23,3 +25,4 @@ pub mod units;
 pub use catalog::{Catalog, Tx};
 pub use config::Config;
 pub use error::CatalogError;
+pub use pool::Pool;

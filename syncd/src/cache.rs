@@ -82,7 +82,7 @@ enum Started {
 fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
     let file = shared
         .pool
-        .with(|cat| Ok(cat.read(|tx| tx.file_by_id(file_id))?))
+        .with(|cat| cat.read(|tx| tx.file_by_id(file_id)))
         .with_context(|| format!("no file #{file_id} in the catalog"))?;
     let cache = CacheDir::new(&shared.config.cache.dir);
     let dir = cache.path();
@@ -181,9 +181,9 @@ fn fetch(
                 // Readers may have seen these bytes: the fetch fails (EIO) rather than
                 // retrying into the same file, and the source is marked for verification.
                 let _ = std::fs::remove_file(part);
-                let _ = shared.pool.with(|cat| {
-                    Ok(cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now()))?)
-                });
+                let _ = shared
+                    .pool
+                    .with(|cat| cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now())));
                 return Err(anyhow!(
                     "the copy of {} on node {} does not match the catalog ({} bytes, md5 {}; \
                      expected {} bytes, md5 {}); it is now marked suspect",

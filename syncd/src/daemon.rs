@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use cairn_catalog::Pool;
 use cairn_catalog::catalog::CopyWork;
 use cairn_catalog::db::Patience;
 use cairn_catalog::model::{Id, Node};
@@ -35,53 +36,6 @@ use crate::lock::InstanceLock;
 use crate::tasks::{self, Task};
 use crate::transfer::{Puller, Transfer};
 use crate::watch::{WatchEvent, Watcher};
-
-/// Catalog connections shared by the tasks.
-///
-/// A connection that drops (a PostgreSQL restart, a lost link to the catalog's site) is
-/// reopened at its next transaction, and the transaction runs again: cairnd waits out an
-/// outage of the catalog — its work pauses and resumes — until it is told to stop.
-pub struct Pool {
-    url: String,
-    idle: Mutex<Vec<Catalog>>,
-    patience: Patience,
-}
-
-impl Pool {
-    pub fn new(url: &str) -> Pool {
-        Pool {
-            url: url.to_owned(),
-            idle: Mutex::new(Vec::new()),
-            patience: Patience {
-                give_up: Duration::from_secs(365 * 24 * 3600),
-                stop: Some(Arc::new(AtomicBool::new(false))),
-            },
-        }
-    }
-
-    /// Stops waiting for an unreachable catalog: what waits fails now (shutdown).
-    pub fn stop_waiting(&self) {
-        if let Some(stop) = &self.patience.stop {
-            stop.store(true, Ordering::Relaxed);
-        }
-    }
-
-    /// Runs `f` with a connection (reused, or opened for it).
-    pub fn with<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
-        let cached = self.idle.lock().expect("pool lock").pop();
-        let mut cat = match cached {
-            Some(c) => c,
-            None => {
-                let mut c = Catalog::open(&self.url).context("failed to open the catalog")?;
-                c.set_patience(self.patience.clone());
-                c
-            }
-        };
-        let out = f(&mut cat);
-        self.idle.lock().expect("pool lock").push(cat);
-        out
-    }
-}
 
 /// What the tasks share.
 pub struct Shared {
@@ -219,7 +173,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         metrics.clone(),
     )?);
     let shared = Arc::new(Shared {
-        pool: Pool::new(&config.catalog.url),
+        pool: Pool::new(&config.catalog.url, Patience::until_stopped()),
         importer,
         transfer,
         token,
@@ -429,7 +383,7 @@ fn plan(
     st.loops += 1;
     let t = now();
     let cfg = &shared.config;
-    shared.pool.with(|cat| {
+    shared.pool.with(|cat| -> Result<()> {
         if let Err(e) = crate::transport::detect(shared, cat, &mut st.disks) {
             warn!("Transport disk detection failed: {e:#}");
         }

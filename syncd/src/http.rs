@@ -366,13 +366,13 @@ fn open_copy(
     let file = shared
         .pool
         .with(|cat| {
-            Ok(cat.read(|tx| {
+            cat.read(|tx| {
                 let Some(f) = tx.file_by_path(path)? else {
                     return Ok(None);
                 };
                 let copy = tx.copy_on(f.id, n.id)?;
                 Ok(Some((f, copy)))
-            })?)
+            })
         })
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let (f, copy) = file.ok_or_else(|| not_found(format!("{path:?} is not a registered file")))?;

@@ -98,7 +98,7 @@ fn concerns(shared: &Shared, payload: &str) -> bool {
         "node" if known.contains_key(&id) => true,
         "node" => shared
             .pool
-            .with(|cat| Ok(cat.read(|tx| tx.node_by_id(id))?))
+            .with(|cat| cat.read(|tx| tx.node_by_id(id)))
             .map_or(true, |n| n.host_id == Some(shared.host_id)),
         _ => true,
     }

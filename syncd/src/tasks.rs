@@ -990,7 +990,7 @@ fn watch_request(
             asked = Instant::now();
             let cancelled = shared
                 .pool
-                .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
+                .with(|cat| cat.read(|tx| tx.copy_request(id)))
                 .is_ok_and(|q| q.state == RequestState::Cancelled);
             if cancelled {
                 withdrawn.store(true, Ordering::Relaxed);
@@ -1134,7 +1134,7 @@ fn release(shared: &Arc<Shared>, node_id: Id, w: &CopyWork) -> Result<()> {
     let min = shared.config.daemon.min_archive_copies;
     let outcome = shared
         .pool
-        .with(|cat| Ok(cat.write(|tx| tx.try_release(w.copy.id, min, now()))?))?;
+        .with(|cat| cat.write(|tx| tx.try_release(w.copy.id, min, now())))?;
     if let Err(refusal) = outcome {
         warn!("Not deleting {} on {}: {refusal}.", w.path, node.name);
         shared
@@ -1192,7 +1192,7 @@ fn tidy(shared: &Arc<Shared>, node_id: Id) -> Result<()> {
                 || (resumable
                     && shared
                         .pool
-                        .with(|cat| Ok(cat.read(|tx| tx.copy_request(id))?))
+                        .with(|cat| cat.read(|tx| tx.copy_request(id)))
                         .is_ok_and(|r| {
                             matches!(r.state, RequestState::Pending | RequestState::Active)
                         }));
