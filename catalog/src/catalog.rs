@@ -14,6 +14,7 @@
 
 mod files;
 mod graph;
+mod import;
 mod mount;
 mod requests;
 mod work;
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
+pub use import::{ImportOutcome, size_on_disk};
 pub use requests::{CopyRequestFilter, NewCopyRequest};
 pub use work::{CopyWork, Fired, SourceCopy};
 

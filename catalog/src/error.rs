@@ -42,6 +42,9 @@ pub enum CatalogError {
          postgres://user@host/database"
     )]
     UnsupportedUrl(String),
+    /// A user's action on files that cannot be done (see [`crate::policy`]).
+    #[error(transparent)]
+    Refused(#[from] crate::policy::Refusal),
     #[error(transparent)]
     Db(#[from] DbError),
 }

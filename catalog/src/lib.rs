@@ -5,7 +5,8 @@
 //!   between the threads of a process.
 //! - [`db`] is the narrow backend interface and its two backends, SQLite and PostgreSQL.
 //! - [`schema`] holds the migrations and the version check.
-//! - [`rules`] holds the storage-graph rules as plain functions.
+//! - [`rules`] holds the storage-graph rules as plain functions; [`policy`] the sync, clean and
+//!   verify a user asks for on files (the CLI and the mount's attributes).
 //! - [`config`] is the typed `cairn.toml`; [`units`] parses and prints sizes, durations, times.
 
 pub mod catalog;
@@ -15,6 +16,7 @@ pub mod error;
 pub mod md5;
 pub mod md5fast;
 pub mod model;
+pub mod policy;
 pub mod pool;
 pub mod rules;
 pub mod schema;

@@ -1507,10 +1507,10 @@ impl Core {
                         }
                         let (f, _) = tx.register_file(
                             &NewFile {
-                                path: &r.path,
-                                acq: &r.acq,
+                                path: r.path.clone(),
+                                acq: r.acq.clone(),
                                 size: r.size,
-                                md5: &r.md5,
+                                md5: r.md5.clone(),
                                 mtime: r.mtime,
                             },
                             t,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Catalog;
-use cairn_catalog::catalog::{CopyWork, Fired, NewFile};
+use cairn_catalog::catalog::{CopyWork, Fired, ImportOutcome, NewFile, size_on_disk};
 use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, AutoEffect, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
@@ -254,14 +254,6 @@ enum Imported {
     Skipped(String),
 }
 
-struct Candidate {
-    path: String,
-    acq: String,
-    size: u64,
-    md5: String,
-    mtime: i64,
-}
-
 fn node_and_root(shared: &Shared, node_id: Id) -> Result<(Node, PathBuf)> {
     let node = shared
         .node(node_id)
@@ -328,20 +320,27 @@ fn import_one(
     register_new: bool,
     writers: Option<&OpenWriters>,
 ) -> Result<Imported> {
-    let Some(c) = examine(shared, cat, node, root, path, register_new, writers)? else {
-        return Ok(Imported::AlreadyThere);
-    };
-    match c {
-        Err(why) => Ok(Imported::Skipped(why)),
-        Ok(c) => {
-            register(cat, node, std::slice::from_ref(&c))?;
+    match examine(shared, cat, node, root, path, register_new, writers)? {
+        Examined::AlreadyThere => Ok(Imported::AlreadyThere),
+        Examined::Skip(why) => Ok(Imported::Skipped(why)),
+        Examined::New(f) => {
+            register(cat, node, std::slice::from_ref(&f))?;
             Ok(Imported::Yes)
         }
     }
 }
 
-/// Looks at one file under a node root: `None` if the node already has a healthy copy,
-/// `Some(Err(why))` if it is not to be imported, else what to register (md5 computed).
+/// What looking at one file under a node root found.
+enum Examined {
+    /// A file to register, its md5 computed.
+    New(NewFile),
+    /// The node has a healthy copy of it already.
+    AlreadyThere,
+    /// Not to be imported, and why.
+    Skip(String),
+}
+
+/// Looks at one file under a node root: whether to register it, and if not, why.
 fn examine(
     shared: &Shared,
     cat: &mut Catalog,
@@ -350,35 +349,38 @@ fn examine(
     path: &str,
     register_new: bool,
     writers: Option<&OpenWriters>,
-) -> Result<Option<Result<Candidate, String>>> {
+) -> Result<Examined> {
     let path = match cairn_catalog::catalog::normalize_path(path) {
         Ok(p) if !p.is_empty() => p,
-        Ok(_) => return Ok(Some(Err("not a file path".into()))),
-        Err(e) => return Ok(Some(Err(e.to_string()))),
+        Ok(_) => return Ok(Examined::Skip("not a file path".into())),
+        Err(e) => return Ok(Examined::Skip(e.to_string())),
     };
     let acq = match shared.importer.check(&path) {
         Verdict::Import { acq } => acq,
-        Verdict::Skip(why) => return Ok(Some(Err(why))),
+        Verdict::Skip(why) => return Ok(Examined::Skip(why)),
     };
     let full = root.join(&path);
     let meta = match std::fs::symlink_metadata(&full) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Some(Err(format!("no such file under {}", root.display()))));
+            return Ok(Examined::Skip(format!(
+                "no such file under {}",
+                root.display()
+            )));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", full.display())),
     };
     if !meta.file_type().is_file() {
-        return Ok(Some(Err("not a regular file".into())));
+        return Ok(Examined::Skip("not a regular file".into()));
     }
     let open = match writers {
         Some(w) => w.contains(&full),
         None => procfs::is_open_for_writing(&full).unwrap_or(false),
     };
     if open {
-        return Ok(Some(Err(
+        return Ok(Examined::Skip(
             "still open for writing; it is imported when closed".into(),
-        )));
+        ));
     }
     let known = cat.read(|tx| {
         let Some(f) = tx.file_by_path(&path)? else {
@@ -390,80 +392,72 @@ fn examine(
     if let Some((_, Some(c))) = &known
         && c.has == Has::Yes
     {
-        return Ok(None);
+        return Ok(Examined::AlreadyThere);
     }
     if known.is_none() && !register_new {
-        return Ok(Some(Err(
+        return Ok(Examined::Skip(
             "not in the catalog (import with --register-new to add it)".into(),
-        )));
+        ));
     }
     let (size, md5) = copyfile::md5_of(&full, &shared.cancel)
         .with_context(|| format!("cannot read {}", full.display()))?;
     if let Some((f, _)) = &known
         && (f.size != size || f.md5 != md5)
     {
-        return Ok(Some(Err(format!(
+        return Ok(Examined::Skip(format!(
             "its contents differ from the registered file ({size} bytes, md5 {md5}; \
              the catalog has {} bytes, md5 {})",
             f.size, f.md5
-        ))));
+        )));
     }
     use std::os::unix::fs::MetadataExt;
-    Ok(Some(Ok(Candidate {
+    Ok(Examined::New(NewFile {
         path,
         acq,
         size,
         md5,
         mtime: meta.mtime(),
-    })))
+    }))
 }
 
 /// Registers files and their copies on `node` in one transaction, with their auto-actions.
-fn register(cat: &mut Catalog, node: &Node, files: &[Candidate]) -> Result<()> {
+fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
     let t = now();
-    let report = cat.write(|tx| {
-        let mut report = Vec::new();
-        for c in files {
-            let acq_new = tx.acq_by_name(&c.acq)?.is_none();
-            let (file, created) = tx.register_file(
-                &NewFile {
-                    path: &c.path,
-                    acq: &c.acq,
-                    size: c.size,
-                    md5: &c.md5,
-                    mtime: c.mtime,
-                },
-                t,
-            )?;
-            // A scan and an inotify event may race for one file: record it once.
-            if tx
-                .copy_on(file.id, node.id)?
-                .is_some_and(|c| c.has == Has::Yes)
-            {
-                continue;
-            }
-            tx.record_copy(file.id, node.id, Has::Yes, Some(disk_usage(c.size)), t)?;
-            let effects = tx.fire_auto_actions(file.id, node.id, t)?;
-            report.push((c.path.clone(), c.acq.clone(), acq_new, created, effects));
-        }
-        Ok(report)
+    let outcomes = cat.write(|tx| {
+        files
+            .iter()
+            .map(|f| tx.import_copy(f, node.id, t))
+            .collect::<cairn_catalog::error::Result<Vec<_>>>()
     })?;
-    for (path, acq, acq_new, created, effects) in report {
-        if acq_new {
-            info!("Acquisition \"{acq}\" added to DB.");
+    for (f, outcome) in files.iter().zip(outcomes) {
+        match outcome {
+            ImportOutcome::Imported {
+                new_file,
+                new_acq,
+                fired,
+                ..
+            } => {
+                if new_acq {
+                    info!("Acquisition \"{}\" added to DB.", f.acq);
+                }
+                if new_file {
+                    info!("File \"{}\" added to DB.", f.path);
+                }
+                info!(
+                    "Imported file copy \"{}\" on node \"{}\".",
+                    f.path, node.name
+                );
+                log_effects(&f.path, &fired);
+            }
+            ImportOutcome::AlreadyHere { .. } => {}
+            ImportOutcome::Conflict { existing } => warn!(
+                "Not importing \"{}\" on node \"{}\": it is already archived with other \
+                 contents ({} bytes, md5 {}).",
+                f.path, node.name, existing.size, existing.md5
+            ),
         }
-        if created {
-            info!("File \"{path}\" added to DB.");
-        }
-        info!("Imported file copy \"{path}\" on node \"{}\".", node.name);
-        log_effects(&path, &effects);
     }
     Ok(())
-}
-
-/// Space a file takes on a typical filesystem (4 KiB blocks), for "Size on Node".
-fn disk_usage(size: u64) -> u64 {
-    size.div_ceil(4096).max(1) * 4096
 }
 
 fn log_effects(path: &str, fired: &[Fired]) {
@@ -552,12 +546,12 @@ fn scan_tree(
             continue;
         }
         match examine(shared, cat, node, root, &p, register_new, writers.as_ref())? {
-            None => {}
-            Some(Err(why)) => {
+            Examined::AlreadyThere => {}
+            Examined::Skip(why) => {
                 info!("Not importing \"{p}\": {why}.");
                 skipped += 1;
             }
-            Some(Ok(c)) => batch.push(c),
+            Examined::New(f) => batch.push(f),
         }
         if batch.len() >= 256 {
             imported += batch.len();
@@ -1010,7 +1004,7 @@ fn record_arrival(
 ) -> Result<(), CopyFailure> {
     let t = now();
     let effects = cat.write(|tx| {
-        tx.record_copy(r.file_id, dest.id, Has::Yes, Some(disk_usage(bytes)), t)?;
+        tx.record_copy(r.file_id, dest.id, Has::Yes, Some(size_on_disk(bytes)), t)?;
         tx.finish_copy_request(r.id, bytes, t0.elapsed().as_secs_f64(), t)?;
         tx.fire_auto_actions(r.file_id, dest.id, t)
     })?;

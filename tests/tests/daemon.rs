@@ -451,10 +451,10 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
         cat.write(|tx| {
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: &path,
-                    acq: "2025/race",
+                    path: path.clone(),
+                    acq: "2025/race".into(),
                     size: body.len() as u64,
-                    md5: &cairn_catalog::md5::md5_hex(body.as_bytes()),
+                    md5: cairn_catalog::md5::md5_hex(body.as_bytes()),
                     mtime: 0,
                 },
                 1,
@@ -814,10 +814,10 @@ fn clean_older_than_picks_copies_by_age_including_past_dates() {
             let md5 = cairn_catalog::md5::md5_hex(name.as_bytes());
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: &path,
-                    acq: "2025/01/01",
+                    path: path.clone(),
+                    acq: "2025/01/01".into(),
                     size: 3,
-                    md5: &md5,
+                    md5: md5.clone(),
                     mtime: 0,
                 },
                 now - age,

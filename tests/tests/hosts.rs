@@ -407,10 +407,10 @@ fn the_http_server_refuses_what_it_must_not_serve() {
             let md5 = cairn_catalog::md5::md5_hex(b"root:x:0:0\n");
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: p,
-                    acq: "x",
+                    path: p.to_owned(),
+                    acq: "x".into(),
                     size: 11,
-                    md5: &md5,
+                    md5: md5.clone(),
                     mtime: 0,
                 },
                 1,
