@@ -8,13 +8,18 @@ use std::sync::Arc;
 use cairn_node::socket::{ProtocolError, Reply, Request};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
-use crate::daemon::Shared;
+use crate::cache::Fetcher;
 
-/// Listens on `socket` (replacing a stale socket file; the instance lock guarantees no other
-/// cairnd of this host owns it) and wakes the main loop on every line received.
-pub fn listen(socket: &Path, shared: Arc<Shared>) -> std::io::Result<tokio::task::JoinHandle<()>> {
+/// Serves `socket` (replacing a stale socket file; the instance lock guarantees no other
+/// cairnd of this host owns it): a `wake` wakes the main loop, a `fetch` goes to `fetcher`.
+pub fn serve(
+    socket: &Path,
+    wake: Arc<Notify>,
+    fetcher: Arc<Fetcher>,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     if let Some(parent) = socket.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -33,7 +38,7 @@ pub fn listen(socket: &Path, shared: Arc<Shared>) -> std::io::Result<tokio::task
                     continue;
                 }
             };
-            let shared = shared.clone();
+            let (wake, fetcher) = (wake.clone(), fetcher.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut lines = BufReader::new(read).lines();
@@ -41,11 +46,11 @@ pub fn listen(socket: &Path, shared: Arc<Shared>) -> std::io::Result<tokio::task
                     let answer = match line.parse::<Request>() {
                         Ok(Request::Wake) => {
                             debug!("Nudged: looking for work now.");
-                            shared.wake.notify_one();
+                            wake.notify_one();
                             Ok(())
                         }
                         Ok(Request::Fetch(id)) => {
-                            crate::cache::serve_fetch(shared.clone(), id, &mut write).await
+                            crate::cache::serve_fetch(fetcher.clone(), id, &mut write).await
                         }
                         Err(e @ ProtocolError::MalformedFetch) => {
                             let reply = Reply::Error(e.to_string());
