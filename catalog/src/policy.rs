@@ -13,6 +13,7 @@
 //! with no copy to act on. A directory passes over the files that cannot take the action.
 
 use crate::catalog::{FileFilter, NewCopyRequest, Tx};
+pub use crate::error::Refusal;
 use crate::error::{CatalogError, Result};
 use crate::model::{File, Has, Id, Wants};
 
@@ -56,23 +57,6 @@ pub struct Synced {
     pub present: u64,
     /// Files with no healthy copy to read from (only a directory passes over these).
     pub no_source: u64,
-}
-
-/// Why an action on files was refused. Nothing changed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("group {0:?} not found")]
-    NoSuchGroup(String),
-    #[error("node {0:?} not found")]
-    NoSuchNode(String),
-    #[error("node {node:?} is in group {group:?}: nothing to copy into itself")]
-    SameGroup { node: String, group: String },
-    #[error("{path} has no healthy copy to sync from")]
-    NoSource { path: String },
-    #[error("file {path:?} has no healthy copy on node {node:?}")]
-    NoHealthyCopyOn { path: String, node: String },
-    #[error("file {path:?} has no copy on node {node:?}")]
-    NoCopyOn { path: String, node: String },
 }
 
 fn refused(r: Refusal) -> CatalogError {
