@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use import::{ImportOutcome, size_on_disk};
-pub use requests::{CopyRequestFilter, NewCopyRequest};
+pub use requests::{CopyRequestFilter, ImportKind, NewCopyRequest};
 pub use work::{CopyWork, Fired, SourceCopy};
 
 use crate::db::postgres::{self, PostgresBackend};

@@ -16,7 +16,8 @@ use imports::*;
 use policy::*;
 
 use cairn_catalog::catalog::{
-    CopyRequestFilter, CopySelect, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
+    CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile, NewNode,
+    NodeUpdate,
 };
 use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
@@ -528,15 +529,22 @@ fn retry_and_cancel_follow_request_state(cat: &mut Catalog) {
 fn import_requests_reuse_identical_pending_ones(cat: &mut Catalog) {
     let (n1, ..) = two_nodes(cat);
     let (a, new_a) = cat
-        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .write(|tx| tx.create_import_request(n1, ".", ImportKind::Init, NOW))
         .unwrap();
     let (b, new_b) = cat
-        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .write(|tx| tx.create_import_request(n1, ".", ImportKind::Init, NOW))
         .unwrap();
     assert!(new_a && !new_b);
     assert_eq!(a, b);
     let (_, scan) = cat
-        .write(|tx| tx.create_import_request(n1, "2025/02/21", true, true, false, NOW))
+        .write(|tx| {
+            tx.create_import_request(
+                n1,
+                "2025/02/21",
+                ImportKind::Scan { register_new: true },
+                NOW,
+            )
+        })
         .unwrap();
     assert!(scan);
     let pending = cat

@@ -1,5 +1,5 @@
 use anyhow::{Result, bail};
-use cairn_catalog::catalog::{FileFilter, normalize_path};
+use cairn_catalog::catalog::{FileFilter, ImportKind, normalize_path};
 use cairn_catalog::model::{Copy, File, Has, Wants};
 use cairn_catalog::policy::{self, Scope, SyncOrder, SyncSource};
 use cairn_catalog::units::{format_size, format_time, now};
@@ -237,7 +237,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             }
             let created = cat.write(|tx| {
                 let n = tx.node(&node)?;
-                tx.create_import_request(n.id, &p, false, register_new, false, now())
+                tx.create_import_request(n.id, &p, ImportKind::File { register_new }, now())
             })?;
             match created {
                 (_, true) => println!("Added new import request."),
@@ -271,7 +271,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 println!("Request submitted.");
                 if wait {
                     cairn_node::socket::nudge(&ctx.config.daemon.socket);
-                    super::node::follow_copies(&mut cat, &synced.requested)?;
+                    crate::wait::copies(&mut cat, &synced.requested)?;
                 }
             }
         }
