@@ -8,7 +8,8 @@
 //! - [`importer`]: which files the `[import]` rules take, and into which acquisition;
 //! - [`cache`]: how the cache directory names its files, and marking one as used;
 //! - [`socket`]: cairnd's local socket protocol, typed, and the nudge that wakes cairnd;
-//! - [`logfile`]: daily log files.
+//! - [`logfile`]: daily log files;
+//! - [`temp`]: a temporary file removed on every way out unless kept.
 //!
 //! Nothing here runs a thread pool, speaks HTTP or watches with inotify: the mount links it.
 
@@ -18,5 +19,6 @@ pub mod importer;
 pub mod logfile;
 pub mod root;
 pub mod socket;
+pub mod temp;
 
 pub use root::{NodeRoot, RootState};

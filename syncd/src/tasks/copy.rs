@@ -12,8 +12,9 @@ use cairn_catalog::catalog::size_on_disk;
 use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
-use cairn_node::copyfile::{self, TempFile};
+use cairn_node::copyfile;
 use cairn_node::root::{Incoming, NodeRoot, RootState};
+use cairn_node::temp::TempFile;
 use tracing::{debug, error, info, warn};
 
 use super::{TaskContext, log_effects};
