@@ -75,12 +75,12 @@ struct Gen {
 }
 
 impl Gen {
-    fn as_new(&self) -> NewFile<'_> {
+    fn as_new(&self) -> NewFile {
         NewFile {
-            path: &self.path,
-            acq: &self.acq,
+            path: self.path.clone(),
+            acq: self.acq.clone(),
             size: self.size,
-            md5: &self.md5,
+            md5: self.md5.clone(),
             mtime: self.mtime,
         }
     }
@@ -217,7 +217,7 @@ fn build_catalog(url: &str, shape: Shape) -> (Catalog, Id, Registration) {
     let step = (shape.files / 10).max(1);
     for range in shape.batches() {
         let gens: Vec<Gen> = range.clone().map(|i| shape.file(i)).collect();
-        let files: Vec<NewFile<'_>> = gens.iter().map(Gen::as_new).collect();
+        let files: Vec<NewFile> = gens.iter().map(Gen::as_new).collect();
         let start = Instant::now();
         cat.write(|tx| {
             for id in tx.register_files(&files, NOW)? {

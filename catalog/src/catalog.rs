@@ -14,6 +14,7 @@
 
 mod files;
 mod graph;
+mod import;
 mod mount;
 mod requests;
 mod work;
@@ -22,7 +23,8 @@ use std::time::{Duration, Instant};
 
 pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
-pub use requests::{CopyRequestFilter, NewCopyRequest};
+pub use import::{ImportOutcome, size_on_disk};
+pub use requests::{CopyRequestFilter, ImportKind, NewCopyRequest};
 pub use work::{CopyWork, Fired, SourceCopy};
 
 use crate::db::postgres::{self, PostgresBackend};
@@ -41,6 +43,9 @@ pub struct Catalog {
     /// The URL with any password hidden: this is what messages show.
     url: String,
     patience: Patience,
+    /// A transaction failed because the database or the link to it did: see
+    /// [`Catalog::is_broken`].
+    broken: bool,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -129,6 +134,7 @@ impl Catalog {
             backend,
             url: postgres::redact(url),
             patience: Patience::default(),
+            broken: false,
         }
     }
 
@@ -142,6 +148,14 @@ impl Catalog {
     pub fn set_patience(&mut self, patience: Patience) {
         self.backend.set_patience(patience.clone());
         self.patience = patience;
+    }
+
+    /// Whether a transaction on this connection failed with a database or connection error
+    /// (not a "not found" or "invalid" from the catalog). A pool drops such a connection
+    /// rather than reuse it: a SQLite connection that met an unwritable WAL, say, may go on
+    /// failing where a fresh one works.
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     pub fn dialect(&self) -> Dialect {
@@ -215,7 +229,21 @@ impl Catalog {
         self.run(TxMode::Write, f)
     }
 
-    fn run<T>(&mut self, mode: TxMode, mut f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+    fn run<T>(&mut self, mode: TxMode, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let result = self.run_retrying(mode, f);
+        if let Err(CatalogError::Db(e)) = &result
+            && e.breaks_connection()
+        {
+            self.broken = true;
+        }
+        result
+    }
+
+    fn run_retrying<T>(
+        &mut self,
+        mode: TxMode,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
         let start = Instant::now();
         let mut backoff = Backoff::new();
         let mut outage: Option<Instant> = None;

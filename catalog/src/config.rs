@@ -8,6 +8,7 @@
 
 use std::ffi::OsString;
 use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -144,9 +145,10 @@ impl Default for DaemonConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferConfig {
-    /// Address (`host:port`) the HTTP server listens on; empty to serve nothing. Port 0 picks a
-    /// free port (for tests). Default `"0.0.0.0:7070"`.
-    pub listen: String,
+    /// Address (`host:port`) the HTTP server listens on; `""` in the file serves nothing
+    /// (`None`). Port 0 picks a free port (for tests). Default `"0.0.0.0:7070"`.
+    #[serde(with = "listen_address")]
+    pub listen: Option<SocketAddr>,
     /// File holding the bearer token that peers present (and that this host presents when it
     /// pulls). Without it, copies are neither served nor pulled. Default `"/etc/cairn/token"`.
     pub token_file: PathBuf,
@@ -164,7 +166,7 @@ pub struct TransferConfig {
     /// How this host pulls from other hosts: `"http"` (from their cairnd) or `"rsync"` (rsync
     /// over a remote shell, logging in with the source node's username and address). Default
     /// `"http"`.
-    pub method: String,
+    pub method: TransferMethod,
     /// The remote shell rsync uses for `method = "rsync"`. Default `"ssh -o BatchMode=yes"`.
     pub rsync_rsh: String,
     /// PEM certificate chain of this host's HTTP server; with `tls_key`, copies are served
@@ -184,12 +186,12 @@ pub struct TransferConfig {
 impl Default for TransferConfig {
     fn default() -> Self {
         Self {
-            listen: "0.0.0.0:7070".to_owned(),
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 7070))),
             token_file: PathBuf::from("/etc/cairn/token"),
             max_rate: None,
             pulls_per_peer: 2,
             advertise: None,
-            method: "http".to_owned(),
+            method: TransferMethod::Http,
             rsync_rsh: "ssh -o BatchMode=yes".to_owned(),
             tls_cert: None,
             tls_key: None,
@@ -281,6 +283,41 @@ pub struct ImportConfig {
     /// Regular expressions over the path below the node root: a matching path is never
     /// imported. Default: empty.
     pub exclude: Vec<String>,
+}
+
+/// How a host pulls copies from other hosts (`transfer.method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TransferMethod {
+    /// `GET /v1/copy/…` from the other host's cairnd.
+    #[default]
+    Http,
+    /// rsync over a remote shell (`transfer.rsync_rsh`).
+    Rsync,
+}
+
+/// `transfer.listen`: an address, or `""` for none.
+mod listen_address {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(a) => s.collect_str(a),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.is_empty() {
+            return Ok(None);
+        }
+        text.parse()
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{text:?} is not an address like 0.0.0.0:7070")))
+    }
 }
 
 impl Config {
@@ -387,26 +424,10 @@ impl Config {
                 format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
             ));
         }
-        if !matches!(self.transfer.method.as_str(), "http" | "rsync") {
-            return Err(invalid(
-                "transfer.method",
-                format!(
-                    "{:?} is neither \"http\" nor \"rsync\"",
-                    self.transfer.method
-                ),
-            ));
-        }
         if self.transfer.tls_cert.is_some() != self.transfer.tls_key.is_some() {
             return Err(invalid(
                 "transfer.tls_cert",
                 "tls_cert and tls_key go together: give both or neither".to_owned(),
-            ));
-        }
-        let listen = &self.transfer.listen;
-        if !listen.is_empty() && listen.parse::<std::net::SocketAddr>().is_err() {
-            return Err(invalid(
-                "transfer.listen",
-                format!("{listen:?} is not an address like 0.0.0.0:7070"),
             ));
         }
         if let Some(node) = &self.fs.write_node
@@ -492,7 +513,7 @@ mod tests {
         assert_eq!(c.daemon.min_archive_copies, 2);
         assert_eq!(c.daemon.max_attempts, 10);
         assert_eq!(c.daemon.lock_file, Path::new("/run/cairn/cairnd.lock"));
-        assert_eq!(c.transfer.listen, "0.0.0.0:7070");
+        assert_eq!(c.transfer.listen, Some("0.0.0.0:7070".parse().unwrap()));
         assert_eq!(c.transfer.token_file, Path::new("/etc/cairn/token"));
         assert_eq!(c.fs.write_node, None);
         assert_eq!(c.cache.dir, Path::new("/var/cache/cairn"));
@@ -574,6 +595,8 @@ mod tests {
     #[test_case("[daemon]\nworkers = -1", "workers = -1"; "negative count")]
     #[test_case("[daemon]\nworkers = \"4\"", "workers = \"4\""; "count as string")]
     #[test_case("[catalog]\nurl = ", "line 2"; "malformed toml")]
+    #[test_case("[transfer]\nlisten = \"nowhere\"", r#""nowhere" is not an address like 0.0.0.0:7070"#; "bad listen address")]
+    #[test_case("[transfer]\nmethod = \"ftp\"", "unknown variant `ftp`, expected `http` or `rsync`"; "unknown transfer method")]
     fn parse_errors_name_the_problem(text: &str, expected: &str) {
         let error = parse_error(text);
         assert!(
@@ -711,6 +734,16 @@ mod tests {
             !name.is_empty() && !name.contains('.') && !name.contains('\n'),
             "{name:?}"
         );
+    }
+
+    #[test]
+    fn an_empty_listen_address_serves_nothing_and_round_trips() {
+        let config =
+            Config::from_toml("[transfer]\nlisten = \"\"\nmethod = \"rsync\"", origin()).unwrap();
+        assert_eq!(config.transfer.listen, None);
+        assert_eq!(config.transfer.method, TransferMethod::Rsync);
+        let back: Config = toml::Table::try_from(&config).unwrap().try_into().unwrap();
+        assert_eq!(back.transfer, config.transfer);
     }
 
     #[test]

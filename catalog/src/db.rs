@@ -190,6 +190,17 @@ impl DbError {
     pub fn is_disconnected(&self) -> bool {
         matches!(self, DbError::Disconnected(_))
     }
+
+    /// Whether the connection that gave this error should not be used again: the database
+    /// or the link to it failed (a lost server, an I/O error, an unwritable WAL), as opposed to
+    /// the data not fitting a constraint or a column.
+    pub fn breaks_connection(&self) -> bool {
+        match self {
+            DbError::Busy(_) | DbError::Disconnected(_) | DbError::Open { .. } => true,
+            DbError::Other(_) => true,
+            DbError::Constraint(_) | DbError::Decode(_) => false,
+        }
+    }
 }
 
 /// How long to keep trying while the database server cannot be reached, before an operation
@@ -207,6 +218,22 @@ impl Patience {
         Patience {
             give_up,
             stop: None,
+        }
+    }
+
+    /// Waits out any outage until [`Patience::stop`] is set: for a daemon, whose work pauses
+    /// and resumes with the catalog.
+    pub fn until_stopped() -> Self {
+        Patience {
+            give_up: Duration::from_secs(365 * 24 * 3600),
+            stop: Some(Arc::new(AtomicBool::new(false))),
+        }
+    }
+
+    /// Makes what waits give up now (shutdown).
+    pub fn stop(&self) {
+        if let Some(stop) = &self.stop {
+            stop.store(true, Ordering::Relaxed);
         }
     }
 

@@ -42,6 +42,9 @@ pub enum CatalogError {
          postgres://user@host/database"
     )]
     UnsupportedUrl(String),
+    /// A user's action on files that cannot be done (see [`crate::policy`]).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -60,6 +63,23 @@ impl CatalogError {
             name: name.into(),
         }
     }
+}
+
+/// Why a user's action on files was refused ([`crate::policy`]). Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("group {0:?} not found")]
+    NoSuchGroup(String),
+    #[error("node {0:?} not found")]
+    NoSuchNode(String),
+    #[error("node {node:?} is in group {group:?}: nothing to copy into itself")]
+    SameGroup { node: String, group: String },
+    #[error("{path} has no healthy copy to sync from")]
+    NoSource { path: String },
+    #[error("file {path:?} has no healthy copy on node {node:?}")]
+    NoHealthyCopyOn { path: String, node: String },
+    #[error("file {path:?} has no copy on node {node:?}")]
+    NoCopyOn { path: String, node: String },
 }
 
 pub type Result<T, E = CatalogError> = std::result::Result<T, E>;

@@ -1,10 +1,12 @@
 //! The cairn catalog: the data index every cairn process shares.
 //!
 //! - [`Catalog`] opens a catalog by URL and runs named queries in transactions ([`Tx`]),
-//!   retrying whole transactions when the database is busy.
+//!   retrying whole transactions when the database is busy; [`Pool`] shares connections
+//!   between the threads of a process.
 //! - [`db`] is the narrow backend interface and its two backends, SQLite and PostgreSQL.
 //! - [`schema`] holds the migrations and the version check.
-//! - [`rules`] holds the storage-graph rules as plain functions.
+//! - [`rules`] holds the storage-graph rules as plain functions; [`policy`] the sync, clean and
+//!   verify a user asks for on files (the CLI and the mount's attributes).
 //! - [`config`] is the typed `cairn.toml`; [`units`] parses and prints sizes, durations, times.
 
 pub mod catalog;
@@ -14,7 +16,8 @@ pub mod error;
 pub mod md5;
 pub mod md5fast;
 pub mod model;
-pub mod nudge;
+pub mod policy;
+pub mod pool;
 pub mod rules;
 pub mod schema;
 #[doc(hidden)]
@@ -24,3 +27,4 @@ pub mod units;
 pub use catalog::{Catalog, Tx};
 pub use config::Config;
 pub use error::CatalogError;
+pub use pool::Pool;

@@ -3,9 +3,21 @@
 //! Each behaviour is a function over an open, empty catalog; `backend_tests!` instantiates it
 //! once per backend as `<backend>_backend::<behaviour>`. The PostgreSQL tests each get a
 //! fresh database on the server named by `CAIRN_TEST_PG_URL` (`tests/pg.sh` starts one).
+//!
+//! The graph, files, requests and rules are here; imports (`Tx::import_copy`) are in
+//! `conformance/imports.rs`, the sync/clean/verify policies in `conformance/policy.rs`.
+
+#[path = "conformance/imports.rs"]
+mod imports;
+#[path = "conformance/policy.rs"]
+mod policy;
+
+use imports::*;
+use policy::*;
 
 use cairn_catalog::catalog::{
-    CopyRequestFilter, CopySelect, FileFilter, NewCopyRequest, NewFile, NewNode, NodeUpdate,
+    CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile, NewNode,
+    NodeUpdate,
 };
 use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
@@ -85,6 +97,14 @@ backend_tests!(
     node_stats_count_healthy_copies_only,
     failed_transaction_changes_nothing,
     path_prefix_selects_a_subtree_only,
+    import_copy_registers_a_file_with_its_copy_once,
+    import_copy_of_an_empty_file_takes_no_blocks,
+    import_copy_refuses_a_path_archived_with_other_contents,
+    import_copy_fires_the_auto_actions_of_the_new_copy,
+    sync_of_a_directory_requests_what_the_group_lacks_from_a_preferred_source,
+    sync_refusals_change_nothing,
+    sync_from_a_named_node_is_forced_into_a_group_that_has_the_file,
+    clean_and_verify_act_on_present_copies,
 );
 
 const NOW: i64 = 1_740_179_228;
@@ -123,10 +143,10 @@ fn add_file(cat: &mut Catalog, path: &str, size: u64, node: i64, has: Has) -> i6
     cat.write(|tx| {
         let (f, _) = tx.register_file(
             &NewFile {
-                path,
-                acq: "2025/02/21",
+                path: path.to_owned(),
+                acq: "2025/02/21".into(),
                 size,
-                md5: &md5(size),
+                md5: md5(size),
                 mtime: NOW,
             },
             NOW,
@@ -252,10 +272,10 @@ fn node_update_changes_only_what_is_given(cat: &mut Catalog) {
 
 fn register_file_is_idempotent_and_immutable(cat: &mut Catalog) {
     let f = NewFile {
-        path: "2025/02/21/meta.txt",
-        acq: "2025/02/21",
+        path: "2025/02/21/meta.txt".into(),
+        acq: "2025/02/21".into(),
         size: 52,
-        md5: "4f2a66c1ff5eb90a5013522d53ea2e91",
+        md5: "4f2a66c1ff5eb90a5013522d53ea2e91".into(),
         mtime: NOW,
     };
     let (a, created) = cat.write(|tx| tx.register_file(&f, NOW)).unwrap();
@@ -287,10 +307,10 @@ fn register_rejects_bad_paths_and_md5(cat: &mut Catalog) {
         ("2025/ok.dat", "XYZ".to_owned(), "invalid md5"),
     ] {
         let f = NewFile {
-            path,
-            acq: "a",
+            path: path.to_owned(),
+            acq: "a".into(),
             size: 1,
-            md5: &md5,
+            md5: md5.clone(),
             mtime: 0,
         };
         let err = cat.write(|tx| tx.register_file(&f, NOW)).unwrap_err();
@@ -509,15 +529,22 @@ fn retry_and_cancel_follow_request_state(cat: &mut Catalog) {
 fn import_requests_reuse_identical_pending_ones(cat: &mut Catalog) {
     let (n1, ..) = two_nodes(cat);
     let (a, new_a) = cat
-        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .write(|tx| tx.create_import_request(n1, ".", ImportKind::Init, NOW))
         .unwrap();
     let (b, new_b) = cat
-        .write(|tx| tx.create_import_request(n1, ".", false, false, true, NOW))
+        .write(|tx| tx.create_import_request(n1, ".", ImportKind::Init, NOW))
         .unwrap();
     assert!(new_a && !new_b);
     assert_eq!(a, b);
     let (_, scan) = cat
-        .write(|tx| tx.create_import_request(n1, "2025/02/21", true, true, false, NOW))
+        .write(|tx| {
+            tx.create_import_request(
+                n1,
+                "2025/02/21",
+                ImportKind::Scan { register_new: true },
+                NOW,
+            )
+        })
         .unwrap();
     assert!(scan);
     let pending = cat

@@ -25,8 +25,9 @@ use std::time::{Duration, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::{Dir, Id, Node};
-use cairn_catalog::{Catalog, CatalogError, Config};
-use cairn_syncd::importer::Importer;
+use cairn_catalog::{Catalog, CatalogError, Config, Pool};
+use cairn_node::NodeRoot;
+use cairn_node::importer::Importer;
 use tracing::{debug, warn};
 
 pub use crate::attr::{Attr, Entry, Kind};
@@ -37,10 +38,10 @@ pub use xattr::FILE_XATTRS;
 
 use crate::attr::Remembered;
 use crate::handles::{Handle, Handles};
-use crate::journal::{Journal, Owner};
 use crate::listings::Listings;
 use crate::locals::{LocalKind, LocalRef, Locals, join};
 use crate::nodes::HostNodes;
+use cairn_node::journal::{Journal, Owner};
 
 /// What an open produced.
 #[derive(Debug)]
@@ -97,7 +98,7 @@ impl Options {
 /// The mount's state; every method is one operation.
 pub struct Core {
     pub opts: Options,
-    pool: Mutex<Vec<Catalog>>,
+    pool: Pool,
     importer: Importer,
     root_dir: Id,
     nodes: HostNodes,
@@ -116,16 +117,21 @@ pub struct Core {
 
 impl Core {
     pub fn new(opts: Options, import: &cairn_catalog::config::ImportConfig) -> Result<Core> {
-        let mut cat = open_catalog(&opts.catalog_url)?;
-        let root = cat.read(|tx| tx.dir_by_path(""))?.ok_or_else(|| {
-            FsError::Invalid("the catalog has no root directory; run `cairn db init`".into())
-        })?;
+        let pool = Pool::new(
+            &opts.catalog_url,
+            cairn_catalog::db::Patience::new(CATALOG_PATIENCE),
+        );
+        let root = pool
+            .with(|cat| Ok::<_, FsError>(cat.read(|tx| tx.dir_by_path(""))?))?
+            .ok_or_else(|| {
+                FsError::Invalid("the catalog has no root directory; run `cairn db init`".into())
+            })?;
         let importer = Importer::new(import)
             .map_err(|e| FsError::Invalid(format!("invalid [import] pattern: {e}")))?;
         let core = Core {
             listings: Listings::new(opts.ttl),
             opts,
-            pool: Mutex::new(vec![cat]),
+            pool,
             importer,
             root_dir: root.id,
             nodes: HostNodes::default(),
@@ -166,15 +172,10 @@ impl Core {
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Runs `f` with a catalog connection of the pool (one that a database failure broke is
+    /// not reused, so the mount recovers by itself).
     fn with_cat<T>(&self, f: impl FnOnce(&mut Catalog) -> Result<T>) -> Result<T> {
-        let taken = self.pool.lock().expect("pool").pop();
-        let mut cat = match taken {
-            Some(c) => c,
-            None => open_catalog(&self.opts.catalog_url)?,
-        };
-        let out = f(&mut cat);
-        self.pool.lock().expect("pool").push(cat);
-        out
+        self.pool.with(f)
     }
 
     // ---- inodes ----
@@ -578,7 +579,7 @@ impl Core {
         self.listings.changed();
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
-            let _ = std::fs::remove_dir(root.join(".cairn/kept").join(&d.path));
+            let _ = std::fs::remove_dir(NodeRoot::new(&root).kept().join(&d.path));
         }
         Ok(())
     }
@@ -642,7 +643,7 @@ impl Core {
         let mut seen = std::collections::HashSet::new();
         for n in self.host_nodes() {
             let root = n.root.unwrap_or_default();
-            let Ok(st) = cairn_syncd::noderoot::space(std::path::Path::new(&root)) else {
+            let Ok(st) = cairn_node::root::space(std::path::Path::new(&root)) else {
                 continue;
             };
             // Two nodes on one filesystem count once.
@@ -663,12 +664,6 @@ const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
 /// How long an operation on the mount waits for an unreachable catalog before it fails with
 /// EIO: a program on the mount should get an error, not hang, while a site's link is down.
 const CATALOG_PATIENCE: Duration = Duration::from_secs(2);
-
-fn open_catalog(url: &str) -> Result<Catalog> {
-    let mut cat = Catalog::open(url)?;
-    cat.set_patience(cairn_catalog::db::Patience::new(CATALOG_PATIENCE));
-    Ok(cat)
-}
 
 fn name_str(name: &OsStr) -> Result<&str> {
     let s = std::str::from_utf8(name.as_bytes())

@@ -2,13 +2,8 @@
 //! answered from the growing file as soon as their bytes are there.
 //!
 //! The protocol on cairnd's unix socket (`daemon.socket`) is one request line,
-//! `fetch FILE_ID`, answered by lines:
-//!
-//! - `ready PATH`: the file is in the cache, complete and md5-checked;
-//! - `part PATH`: it is being fetched into `PATH`, which grows from byte 0;
-//! - `done PATH`: the fetch finished and the whole file matched its md5 (`PATH` is its final
-//!   name in the cache);
-//! - `error MESSAGE`: no copy could be fetched, or the bytes did not match the md5.
+//! `fetch FILE_ID`, answered by `ready`, or `part` then `done` or `error` lines
+//! ([`cairn_node::socket`]).
 //!
 //! One [`Fetch`] per file id is shared by every open of that file; a thread reads the answers
 //! and wakes readers waiting for bytes.
@@ -20,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_node::socket::{Reply, Request};
 use tracing::{info, warn};
 
 /// How long a read waits for bytes that do not arrive before it fails with EIO.
@@ -61,7 +57,7 @@ impl Fetch {
             .set_read_timeout(Some(Duration::from_secs(30)))
             .map_err(|e| e.to_string())?;
         stream
-            .write_all(format!("fetch {file_id}\n").as_bytes())
+            .write_all(format!("{}\n", Request::Fetch(file_id)).as_bytes())
             .map_err(|e| format!("cannot ask cairnd for it: {e}"))?;
         let mut lines = BufReader::new(stream);
         let mut line = String::new();
@@ -69,12 +65,11 @@ impl Fetch {
             .read_line(&mut line)
             .map_err(|e| format!("cairnd did not answer: {e}"))?;
         let line = line.trim_end();
-        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
-        match word {
-            "ready" => Ok(Started::Ready(PathBuf::from(rest))),
-            "part" => {
-                let file = std::fs::File::open(rest)
-                    .map_err(|e| format!("cannot open the part file {rest}: {e}"))?;
+        match line.parse::<Reply>() {
+            Ok(Reply::Ready(path)) => Ok(Started::Ready(path)),
+            Ok(Reply::Part(rest)) => {
+                let file = std::fs::File::open(&rest)
+                    .map_err(|e| format!("cannot open the part file {}: {e}", rest.display()))?;
                 let fetch = Arc::new(Fetch {
                     file_id,
                     size,
@@ -90,8 +85,8 @@ impl Fetch {
                     .map_err(|e| e.to_string())?;
                 Ok(Started::Streaming(fetch))
             }
-            "error" => Err(rest.to_owned()),
-            "" => Err("cairnd closed the connection without an answer".into()),
+            Ok(Reply::Error(why)) => Err(why),
+            _ if line.is_empty() => Err("cairnd closed the connection without an answer".into()),
             _ => Err(format!("cairnd answered {line:?}")),
         }
     }
@@ -106,11 +101,9 @@ impl Fetch {
                 Ok(_) => {}
                 Err(e) => break State::Failed(format!("lost cairnd during the fetch: {e}")),
             }
-            let l = line.trim_end();
-            let (word, rest) = l.split_once(' ').unwrap_or((l, ""));
-            match word {
-                "done" => break State::Done,
-                "error" => break State::Failed(rest.to_owned()),
+            match line.trim_end().parse::<Reply>() {
+                Ok(Reply::Done(_)) => break State::Done,
+                Ok(Reply::Error(why)) => break State::Failed(why),
                 _ => continue,
             }
         };

@@ -40,6 +40,8 @@ pub fn errno(e: &FsError) -> i32 {
             cairn_catalog::CatalogError::NotFound { .. } => libc::ENOENT,
             cairn_catalog::CatalogError::AlreadyExists { .. } => libc::EEXIST,
             cairn_catalog::CatalogError::Invalid(_) => libc::EINVAL,
+            // An unknown group or node, or a file with no copy to act on.
+            cairn_catalog::CatalogError::Refused(_) => libc::EINVAL,
             // The catalog failing is an I/O error to the program.
             _ => libc::EIO,
         },

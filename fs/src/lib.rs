@@ -12,7 +12,6 @@ pub mod fetch;
 pub mod fuse;
 pub mod handles;
 pub mod ino;
-pub mod journal;
 pub mod listings;
 pub mod locals;
 pub mod nodes;

@@ -20,8 +20,8 @@ use cairn_catalog::model::Id;
 
 use crate::attr::{Attr, Kind};
 use crate::ino::Ino;
-use crate::journal::Placed;
 use crate::staged::Writer;
+use cairn_node::journal::Placed;
 
 /// Where a written file stands on its way into the archive (docs/SEMANTICS.md, "A written
 /// file's life"). A kept file stays [`Stage::Writing`].

@@ -64,7 +64,7 @@ fn main() -> ExitCode {
     // one (the same daily files as cairnd). In the foreground, stderr (or the journal).
     match (&config.daemon.log_dir, foreground) {
         (Some(dir), false) => {
-            match cairn_syncd::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
+            match cairn_node::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
                 Ok(log) => builder.with_writer(move || log.writer()).init(),
                 Err(e) => {
                     eprintln!(

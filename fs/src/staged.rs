@@ -20,7 +20,7 @@ use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use cairn_catalog::md5::Hasher;
-use cairn_syncd::copyfile;
+use cairn_node::copyfile;
 
 /// Bytes written through the page cache between two writeback kicks: the final fsync then
 /// has little left to do.

@@ -1,61 +1,95 @@
 //! The cache of files fetched from other hosts for reads through cairnfs (`[cache]`).
 //!
 //! A file is kept as `<cache.dir>/<md5>` once its whole content matched that md5; while it
-//! arrives it is `<md5>.part`, which cairnfs reads as it grows (see `cairn_fs::fetch` for the
-//! socket protocol). One fetch per file runs at a time however many readers wait for it.
+//! arrives it is `<md5>.part`, which cairnfs reads as it grows (naming in
+//! `cairn_node::cache`, socket protocol in `cairn_node::socket`). One fetch per file runs at a time however many readers wait for it.
 //! Before a fetch, the least recently used files are evicted until the new one fits in
 //! `cache.max_bytes`; a file some process holds open is never evicted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
+use cairn_catalog::Pool;
 use cairn_catalog::model::{Has, Id};
 use cairn_catalog::units::{format_size, now};
+use cairn_node::cache::CacheDir;
+use cairn_node::socket::Reply;
+use cairn_node::temp::TempFile;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
-use crate::tasks::file_sources;
+use crate::sources::{Sources, Wanted};
+use crate::transfer::Transfer;
 
-/// How a fetch ended: the cached file, or why there is none.
+/// How a fetch ended (`None` while it runs): the cached file, or why there is none.
 type Outcome = Option<Result<PathBuf, String>>;
 
-/// Fetches in progress, by md5.
-#[derive(Default)]
-pub struct Cache {
+/// Fetches into the cache for the mount.
+pub struct Fetcher {
+    pub pool: Arc<Pool>,
+    pub dir: CacheDir,
+    /// `cache.max_bytes`.
+    pub max_bytes: u64,
+    pub transfer: Arc<dyn Transfer>,
+    pub sources: Arc<Sources>,
+    /// Set at shutdown: fetches stop.
+    pub cancel: Arc<AtomicBool>,
+    /// Fetches in progress, by md5.
     running: Mutex<HashMap<String, (PathBuf, watch::Receiver<Outcome>)>>,
 }
 
-/// Answers one `fetch FILE_ID` request on the local socket (protocol in `cairn_fs::fetch`).
+impl Fetcher {
+    pub fn new(
+        pool: Arc<Pool>,
+        dir: CacheDir,
+        max_bytes: u64,
+        transfer: Arc<dyn Transfer>,
+        sources: Arc<Sources>,
+        cancel: Arc<AtomicBool>,
+    ) -> Fetcher {
+        Fetcher {
+            pool,
+            dir,
+            max_bytes,
+            transfer,
+            sources,
+            cancel,
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Writes one reply line.
+async fn reply<W: AsyncWriteExt + Unpin>(out: &mut W, reply: Reply) -> std::io::Result<()> {
+    out.write_all(format!("{reply}\n").as_bytes()).await
+}
+
+/// Answers one `fetch FILE_ID` request on the local socket (`cairn_node::socket`).
 pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
-    shared: Arc<Shared>,
+    fetcher: Arc<Fetcher>,
     file_id: Id,
     out: &mut W,
 ) -> std::io::Result<()> {
-    let s = shared.clone();
+    let s = fetcher.clone();
     let started = tokio::task::spawn_blocking(move || start(&s, file_id)).await;
     let started = match started {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             warn!("Cannot fetch file #{file_id} for the mount: {e:#}");
-            return out.write_all(format!("error {e:#}\n").as_bytes()).await;
+            return reply(out, Reply::Error(format!("{e:#}"))).await;
         }
-        Err(e) => return out.write_all(format!("error {e}\n").as_bytes()).await,
+        Err(e) => return reply(out, Reply::Error(e.to_string())).await,
     };
     let (part, mut rx) = match started {
-        Started::Ready(path) => {
-            return out
-                .write_all(format!("ready {}\n", path.display()).as_bytes())
-                .await;
-        }
+        Started::Ready(path) => return reply(out, Reply::Ready(path)).await,
         Started::Running(part, rx) => (part, rx),
     };
-    out.write_all(format!("part {}\n", part.display()).as_bytes())
-        .await?;
+    reply(out, Reply::Part(part)).await?;
     out.flush().await?;
     let end = loop {
         if let Some(end) = rx.borrow().clone() {
@@ -65,11 +99,11 @@ pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
             break Err("cairnd stopped the fetch".into());
         }
     };
-    let line = match end {
-        Ok(path) => format!("done {}\n", path.display()),
-        Err(why) => format!("error {why}\n"),
+    let end = match end {
+        Ok(path) => Reply::Done(path),
+        Err(why) => Reply::Error(why),
     };
-    out.write_all(line.as_bytes()).await
+    reply(out, end).await
 }
 
 enum Started {
@@ -77,20 +111,21 @@ enum Started {
     Running(PathBuf, watch::Receiver<Outcome>),
 }
 
-fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
-    let file = shared
+fn start(fetcher: &Arc<Fetcher>, file_id: Id) -> Result<Started> {
+    let file = fetcher
         .pool
-        .with(|cat| Ok(cat.read(|tx| tx.file_by_id(file_id))?))
+        .with(|cat| cat.read(|tx| tx.file_by_id(file_id)))
         .with_context(|| format!("no file #{file_id} in the catalog"))?;
-    let dir = shared.config.cache.dir.clone();
-    let done = dir.join(&file.md5);
+    let cache = &fetcher.dir;
+    let dir = cache.path();
+    let done = cache.complete(&file.md5);
     if std::fs::metadata(&done).is_ok_and(|m| m.len() == file.size) {
         if let Ok(f) = std::fs::File::open(&done) {
-            touch(&f);
+            cairn_node::cache::touch(&f);
         }
         return Ok(Started::Ready(done));
     }
-    let max = shared.config.cache.max_bytes.0;
+    let max = fetcher.max_bytes;
     if file.size > max {
         return Err(anyhow!(
             "{} ({}) is larger than the whole cache (cache.max_bytes = {})",
@@ -99,16 +134,16 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
             format_size(max)
         ));
     }
-    let mut running = shared.cache.running.lock().expect("cache lock");
+    let mut running = fetcher.running.lock().expect("cache lock");
     if let Some((part, rx)) = running.get(&file.md5)
         && rx.borrow().is_none()
     {
         return Ok(Started::Running(part.clone(), rx.clone()));
     }
-    std::fs::create_dir_all(&dir)
+    std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-    evict(&dir, max.saturating_sub(file.size), &running);
-    let part = dir.join(format!("{}.part", file.md5));
+    evict(dir, max.saturating_sub(file.size), &running);
+    let part = cache.part(&file.md5);
     // A part file left by an earlier fetch is resumed: its bytes are hashed again at the end.
     std::fs::OpenOptions::new()
         .create(true)
@@ -118,7 +153,7 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
     let (tx, rx) = watch::channel(None);
     running.insert(file.md5.clone(), (part.clone(), rx.clone()));
     drop(running);
-    let s = shared.clone();
+    let s = fetcher.clone();
     let p = part.clone();
     std::thread::Builder::new()
         .name(format!("cache-{file_id}"))
@@ -135,23 +170,22 @@ fn start(shared: &Arc<Shared>, file_id: Id) -> Result<Started> {
 
 /// Pulls `file` into `part` from the best source, checks its md5, and names it `done`.
 fn fetch(
-    shared: &Shared,
+    fetcher: &Fetcher,
     file: &cairn_catalog::model::File,
     part: &Path,
     done: &Path,
 ) -> Result<PathBuf> {
-    let sources = shared.pool.with(|cat| {
-        file_sources(
-            cat,
-            shared,
-            (file.id, &file.path, file.size),
-            None,
-            None,
-            false,
-        )
-    })?;
+    // Removed on every way out but the rename into place.
+    let part = TempFile::new(part.to_owned());
+    let wanted = Wanted {
+        file_id: file.id,
+        path: &file.path,
+        size: file.size,
+    };
+    let sources = fetcher
+        .pool
+        .with(|cat| fetcher.sources.for_file(cat, wanted, None, None, false))?;
     if sources.is_empty() {
-        let _ = std::fs::remove_file(part);
         return Err(anyhow!(
             "no reachable copy of {}: no active node with a healthy copy on a host with a \
              known cairnd address",
@@ -161,10 +195,11 @@ fn fetch(
     let mut last = None;
     for src in sources {
         let started = Instant::now();
-        match shared.transfer.fetch(&src, part, &shared.cancel) {
+        match fetcher.transfer.fetch(&src, part.path(), &fetcher.cancel) {
             Ok(c) if c.md5 == file.md5 && c.bytes == file.size => {
-                std::fs::rename(part, done)
-                    .with_context(|| format!("cannot rename {}", part.display()))?;
+                std::fs::rename(part.path(), done)
+                    .with_context(|| format!("cannot rename {}", part.path().display()))?;
+                part.keep();
                 info!(
                     "Cached {} from node {} ({}, {:.1}s) for the mount.",
                     file.path,
@@ -177,10 +212,10 @@ fn fetch(
             Ok(c) => {
                 // Readers may have seen these bytes: the fetch fails (EIO) rather than
                 // retrying into the same file, and the source is marked for verification.
-                let _ = std::fs::remove_file(part);
-                let _ = shared.pool.with(|cat| {
-                    Ok(cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now()))?)
-                });
+                drop(part);
+                let _ = fetcher
+                    .pool
+                    .with(|cat| cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now())));
                 return Err(anyhow!(
                     "the copy of {} on node {} does not match the catalog ({} bytes, md5 {}; \
                      expected {} bytes, md5 {}); it is now marked suspect",
@@ -201,7 +236,7 @@ fn fetch(
             }
         }
     }
-    let _ = std::fs::remove_file(part);
+    drop(part);
     Err(last
         .unwrap_or_else(|| anyhow!("no source"))
         .context(format!("cannot fetch {}", file.path)))
@@ -256,11 +291,6 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
             format_size(total)
         );
     }
-}
-
-/// Marks a cached file as just used: eviction takes the least recently used first.
-pub fn touch(f: &std::fs::File) {
-    let _ = f.set_times(std::fs::FileTimes::new().set_modified(SystemTime::now()));
 }
 
 #[cfg(test)]

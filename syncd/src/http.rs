@@ -15,7 +15,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -26,91 +25,20 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::io::{AsyncRead, ReadBuf};
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
+use cairn_catalog::Pool;
 
-/// Counters for `/metrics`; names follow Prometheus conventions.
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub bytes_sent: AtomicU64,
-    pub bytes_received: AtomicU64,
-    pub pulls_ok: AtomicU64,
-    pub pulls_failed: AtomicU64,
-    pub md5_mismatches: AtomicU64,
-    pub copies_served: AtomicU64,
-    pub requests_refused: AtomicU64,
-    /// Work found by the last loop, by kind: copy, import, verify, release.
-    pub queue_copy: AtomicU64,
-    pub queue_import: AtomicU64,
-    pub queue_verify: AtomicU64,
-    pub queue_release: AtomicU64,
-}
+use crate::metrics::Metrics;
+use crate::nodes::Nodes;
+use crate::percent::percent_decode;
 
-impl Metrics {
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn render(&self) -> String {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, rows: &[(&str, u64)]| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (labels, v) in rows {
-                out.push_str(&format!("{name}{labels} {v}\n"));
-            }
-        };
-        metric(
-            "cairn_transfer_bytes_sent_total",
-            "counter",
-            "Bytes of copies served to other hosts.",
-            &[("", g(&self.bytes_sent))],
-        );
-        metric(
-            "cairn_transfer_bytes_received_total",
-            "counter",
-            "Bytes pulled from other hosts.",
-            &[("", g(&self.bytes_received))],
-        );
-        metric(
-            "cairn_transfers_total",
-            "counter",
-            "Pulls from other hosts by result.",
-            &[
-                ("{result=\"ok\"}", g(&self.pulls_ok)),
-                ("{result=\"failed\"}", g(&self.pulls_failed)),
-            ],
-        );
-        metric(
-            "cairn_md5_mismatches_total",
-            "counter",
-            "Copies whose bytes did not match the catalog's md5 (source marked suspect).",
-            &[("", g(&self.md5_mismatches))],
-        );
-        metric(
-            "cairn_copies_served_total",
-            "counter",
-            "Copy downloads started by other hosts.",
-            &[("", g(&self.copies_served))],
-        );
-        metric(
-            "cairn_http_refused_total",
-            "counter",
-            "HTTP requests refused (bad token, unknown or unreachable path).",
-            &[("", g(&self.requests_refused))],
-        );
-        metric(
-            "cairn_queue_depth",
-            "gauge",
-            "Work found by cairnd's last loop, by kind.",
-            &[
-                ("{kind=\"copy\"}", g(&self.queue_copy)),
-                ("{kind=\"import\"}", g(&self.queue_import)),
-                ("{kind=\"verify\"}", g(&self.queue_verify)),
-                ("{kind=\"release\"}", g(&self.queue_release)),
-            ],
-        );
-        out
-    }
+/// What the server needs: the catalog, this host's available nodes, the token peers must
+/// present, the counters.
+pub struct Server {
+    pub pool: Arc<Pool>,
+    pub nodes: Arc<Nodes>,
+    /// The bearer token of `transfer.token_file`; `None` refuses every copy request.
+    pub token: Option<String>,
+    pub metrics: Arc<Metrics>,
 }
 
 type ResBody = BoxBody<Bytes, std::io::Error>;
@@ -157,7 +85,7 @@ pub fn tls_config(
 /// Accepts connections (over TLS when `tls` is given) until the task is aborted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    server: Arc<Server>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
@@ -173,15 +101,15 @@ pub async fn serve(
         // Without this, Nagle's algorithm holds a small body back until the client's delayed
         // ACK of the headers: 40 ms per small file.
         let _ = stream.set_nodelay(true);
-        let shared = shared.clone();
+        let server = server.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_connection(stream, peer, shared).await,
+                None => serve_connection(stream, peer, server).await,
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(tls, peer, shared).await,
+                    Ok(tls) => serve_connection(tls, peer, server).await,
                     Err(e) => {
-                        Metrics::add(&shared.metrics.requests_refused, 1);
+                        Metrics::add(&server.metrics.requests_refused, 1);
                         warn!("Refused a connection from {peer}: TLS handshake failed: {e}.");
                     }
                 },
@@ -190,13 +118,13 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<IO>(io: IO, peer: SocketAddr, shared: Arc<Shared>)
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, server: Arc<Server>)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, shared).await) }
+        let server = server.clone();
+        async move { Ok::<_, Infallible>(handle(req, peer, server).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
@@ -209,7 +137,7 @@ where
 async fn handle(
     req: Request<Incoming>,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    server: Arc<Server>,
 ) -> Response<ResBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET");
@@ -217,38 +145,38 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics" => return text(StatusCode::OK, shared.metrics.render().trim_end()),
+        "/metrics" => return text(StatusCode::OK, server.metrics.render().trim_end()),
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/copy/") else {
         return refuse(
-            &shared,
+            &server,
             peer,
             StatusCode::NOT_FOUND,
             &path,
             "no such endpoint",
         );
     };
-    if let Err(why) = check_token(&shared, &req) {
-        return refuse(&shared, peer, StatusCode::UNAUTHORIZED, &path, why);
+    if let Err(why) = check_token(&server, &req) {
+        return refuse(&server, peer, StatusCode::UNAUTHORIZED, &path, why);
     }
     let decoded = match percent_decode(rest) {
         Some(d) => d,
-        None => return refuse(&shared, peer, StatusCode::BAD_REQUEST, &path, "bad escape"),
+        None => return refuse(&server, peer, StatusCode::BAD_REQUEST, &path, "bad escape"),
     };
     let Some((node, file_path)) = decoded.split_once('/') else {
-        return refuse(&shared, peer, StatusCode::NOT_FOUND, &path, "no file path");
+        return refuse(&server, peer, StatusCode::NOT_FOUND, &path, "no file path");
     };
     let (node, file_path) = (node.to_owned(), file_path.to_owned());
     let range = req
         .headers()
         .get(RANGE)
         .map(|v| v.to_str().unwrap_or("").to_owned());
-    let shared2 = shared.clone();
-    let opened = tokio::task::spawn_blocking(move || open_copy(&shared2, &node, &file_path)).await;
+    let server2 = server.clone();
+    let opened = tokio::task::spawn_blocking(move || open_copy(&server2, &node, &file_path)).await;
     let (file, size, shown) = match opened {
         Ok(Ok(o)) => o,
-        Ok(Err((status, why))) => return refuse(&shared, peer, status, &path, &why),
+        Ok(Err((status, why))) => return refuse(&server, peer, status, &path, &why),
         Err(e) => return text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };
     let (start, end) = match range.as_deref().map(|r| parse_range(r, size)) {
@@ -276,7 +204,7 @@ async fn handle(
     } else {
         info!("Serving {shown} to {peer}.");
     }
-    Metrics::add(&shared.metrics.copies_served, 1);
+    Metrics::add(&server.metrics.copies_served, 1);
     let mut resp = Response::builder()
         .header(CONTENT_LENGTH, end - start)
         .header(CONTENT_TYPE, "application/octet-stream")
@@ -296,7 +224,7 @@ async fn handle(
             file,
             remaining: end - start,
             buf: vec![0; 256 * 1024],
-            shared: shared.clone(),
+            metrics: server.metrics.clone(),
         }
         .boxed()
     };
@@ -304,19 +232,19 @@ async fn handle(
 }
 
 fn refuse(
-    shared: &Shared,
+    server: &Server,
     peer: SocketAddr,
     status: StatusCode,
     path: &str,
     why: &str,
 ) -> Response<ResBody> {
-    Metrics::add(&shared.metrics.requests_refused, 1);
+    Metrics::add(&server.metrics.requests_refused, 1);
     warn!("Refused {path} to {peer}: {why} ({}).", status.as_u16());
     text(status, why)
 }
 
-fn check_token(shared: &Shared, req: &Request<Incoming>) -> Result<(), &'static str> {
-    let Some(token) = shared.token.as_deref() else {
+fn check_token(server: &Server, req: &Request<Incoming>) -> Result<(), &'static str> {
+    let Some(token) = server.token.as_deref() else {
         return Err("this host has no transfer token configured");
     };
     let given = req
@@ -343,7 +271,7 @@ type Refusal = (StatusCode, String);
 
 /// Opens the copy of `path` on `node` if the catalog says this host may serve it.
 fn open_copy(
-    shared: &Shared,
+    server: &Server,
     node: &str,
     path: &str,
 ) -> Result<(std::fs::File, u64, String), Refusal> {
@@ -357,22 +285,23 @@ fn open_copy(
             ));
         }
     }
-    let n = shared
+    let n = server
+        .nodes
         .available()
         .into_iter()
         .find(|n| n.name == node)
         .ok_or_else(|| not_found(format!("node {node:?} is not available on this host")))?;
     let root = PathBuf::from(n.root.clone().unwrap_or_default());
-    let file = shared
+    let file = server
         .pool
         .with(|cat| {
-            Ok(cat.read(|tx| {
+            cat.read(|tx| {
                 let Some(f) = tx.file_by_path(path)? else {
                     return Ok(None);
                 };
                 let copy = tx.copy_on(f.id, n.id)?;
                 Ok(Some((f, copy)))
-            })?)
+            })
         })
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
     let (f, copy) = file.ok_or_else(|| not_found(format!("{path:?} is not a registered file")))?;
@@ -413,44 +342,12 @@ fn parse_range(header: &str, size: u64) -> Option<(u64, u64)> {
     (start < end || (start == 0 && size == 0)).then_some((start, end))
 }
 
-/// Decodes `%XX` escapes (paths are sent percent-encoded); `None` on a malformed escape or
-/// invalid UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// Percent-encodes an archive path for a URL (keeps `/` and unreserved characters).
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 /// Streams a file's remaining bytes as response frames.
 struct FileBody {
     file: tokio::fs::File,
     remaining: u64,
     buf: Vec<u8>,
-    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
 }
 
 impl Body for FileBody {
@@ -479,7 +376,7 @@ impl Body for FileBody {
                     ))));
                 }
                 this.remaining -= n as u64;
-                Metrics::add(&this.shared.metrics.bytes_sent, n as u64);
+                Metrics::add(&this.metrics.bytes_sent, n as u64);
                 Poll::Ready(Some(Ok(Frame::data(Bytes::copy_from_slice(rb.filled())))))
             }
         }
@@ -503,14 +400,5 @@ mod tests {
         assert_eq!(parse_range("bytes=10-", 10), None);
         assert_eq!(parse_range("bytes=-5", 10), None);
         assert_eq!(parse_range("items=0-", 10), None);
-    }
-
-    #[test]
-    fn percent_round_trip() {
-        for p in ["2025/02/21/meta.txt", "a b/ü%.dat", "x/.hidden"] {
-            assert_eq!(percent_decode(&percent_encode(p)).as_deref(), Some(p));
-        }
-        assert_eq!(percent_decode("%2e%2e/x").as_deref(), Some("../x"));
-        assert_eq!(percent_decode("%zz"), None);
     }
 }

@@ -3,19 +3,23 @@
 //! verify, release, tidy — and fires the auto-actions that each new copy sets off.
 //!
 //! [`run`] is the whole daemon; `main.rs` only parses arguments, sets up logging and turns
-//! SIGTERM into the shutdown future. See [`daemon`] for the loop and [`tasks`] for the work.
+//! SIGTERM into the shutdown future. See [`daemon`] for the loop, [`refresh`] and [`plan`] for
+//! a pass, and [`tasks`] for the work. What lives on a node (its layout, the copy pipeline, the
+//! importer, the socket protocol) is in the `cairn-node` crate, shared with cairnfs.
 
 pub mod cache;
-pub mod copyfile;
 pub mod daemon;
 pub mod http;
-pub mod importer;
-pub mod listen;
 pub mod lock;
-pub mod logfile;
-pub mod noderoot;
-pub mod nudge;
+pub mod metrics;
+pub mod nodes;
+pub mod notify;
+pub mod percent;
+pub mod plan;
 pub mod procfs;
+pub mod refresh;
+pub mod socket;
+pub mod sources;
 pub mod tasks;
 pub mod transfer;
 pub mod transport;

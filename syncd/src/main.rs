@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_target(false);
     match &config.daemon.log_dir {
-        Some(dir) => match cairn_syncd::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
+        Some(dir) => match cairn_node::logfile::DailyLog::open(dir, config.daemon.log_keep_days) {
             Ok(log) => builder
                 .with_ansi(false)
                 .with_writer(move || log.writer())

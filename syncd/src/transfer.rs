@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 use cairn_catalog::model::Id;
 use tracing::{info, warn};
 
-use crate::copyfile::{self, Copied};
-use crate::http::{Metrics, percent_encode};
+use crate::metrics::Metrics;
+use crate::percent::percent_encode;
+use cairn_node::copyfile::{self, Copied};
 
 /// Where a source copy's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,10 +14,10 @@ use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::NodeUpdate;
 use cairn_catalog::model::{Id, NodeKind};
+use cairn_node::root::{MarkerError, NodeRoot};
 use tracing::{info, warn};
 
-use crate::daemon::Shared;
-use crate::noderoot::{self, Marker};
+use crate::nodes::Host;
 
 /// What detection remembers between loops.
 #[derive(Debug, Default)]
@@ -63,9 +63,9 @@ fn watched(mount: &Path, watch: &[PathBuf]) -> bool {
     watch.iter().any(|w| mount != w && mount.starts_with(w))
 }
 
-/// One detection pass: takes over newly mounted transport disks, deactivates removed ones.
-pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<()> {
-    let watch = &shared.config.transport.watch;
+/// One detection pass over the mounts below `watch` (`transport.watch`): takes over newly
+/// mounted transport disks, deactivates removed ones.
+pub fn detect(host: &Host, watch: &[PathBuf], cat: &mut Catalog, disks: &mut Disks) -> Result<()> {
     if watch.is_empty() {
         return Ok(());
     }
@@ -75,8 +75,10 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
         .collect();
     let mut seen_problems = HashSet::new();
     for mp in &mounts {
-        let Ok(text) = std::fs::read_to_string(noderoot::marker_path(mp)) else {
-            continue; // not a cairn disk
+        let marker = match NodeRoot::new(mp).read_marker() {
+            Ok(m) => Ok(m),
+            Err(MarkerError::Parse(e)) => Err(e),
+            Err(MarkerError::Missing | MarkerError::Io(_)) => continue, // not a cairn disk
         };
         let mut report = |key: String, msg: String| {
             if disks.reported.insert(key.clone()) {
@@ -84,7 +86,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
             }
             seen_problems.insert(key);
         };
-        let Ok(marker) = toml::from_str::<Marker>(&text) else {
+        let Ok(marker) = marker else {
             report(
                 format!("unreadable {}", mp.display()),
                 format!(
@@ -94,7 +96,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
             );
             continue;
         };
-        if marker.catalog_id != shared.catalog_id {
+        if marker.catalog_id != host.catalog_id {
             report(
                 format!("foreign {}", mp.display()),
                 format!(
@@ -127,7 +129,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
             );
             continue;
         }
-        let here = node.host_id == Some(shared.host_id);
+        let here = node.host_id == Some(host.id);
         let mp_str = mp.to_string_lossy().into_owned();
         if here && node.active && node.root.as_deref() == Some(mp_str.as_str()) {
             disks.mounted.insert(node.id, mp.clone());
@@ -148,7 +150,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
             continue;
         }
         let update = NodeUpdate {
-            host: Some(Some(shared.host.clone())),
+            host: Some(Some(host.name.clone())),
             root: Some(Some(mp_str.clone())),
             active: Some(true),
             ..NodeUpdate::default()
@@ -174,7 +176,7 @@ pub fn detect(shared: &Shared, cat: &mut Catalog, disks: &mut Disks) -> Result<(
         disks.mounted.remove(&id);
         let node = cat.read(|tx| tx.node_by_id(id))?;
         let mp_str = mp.to_string_lossy().into_owned();
-        if node.host_id == Some(shared.host_id) && node.root.as_deref() == Some(mp_str.as_str()) {
+        if node.host_id == Some(host.id) && node.root.as_deref() == Some(mp_str.as_str()) {
             let update = NodeUpdate {
                 active: Some(false),
                 ..NodeUpdate::default()

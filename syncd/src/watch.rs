@@ -45,10 +45,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+// cairnd's own directory under a node root: never watched, never reported.
+use cairn_node::root::CAIRN_DIR;
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
-
-/// cairnd's own directory under a node root: never watched, never reported.
-const CAIRN_DIR: &str = ".cairn";
 
 /// Bytes read from the inotify descriptor at a time (an event is 16 bytes plus its name).
 const BUFFER_BYTES: usize = 64 * 1024;
@@ -349,6 +348,7 @@ fn vanished(error: &io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cairn_node::NodeRoot;
     use std::fs::File;
     use std::io::Write;
 
@@ -476,12 +476,13 @@ mod tests {
     #[test]
     fn nothing_under_cairn_dir_is_reported() {
         let root = tempfile::tempdir().expect("a temp dir");
-        fs::create_dir_all(root.path().join(".cairn/tmp")).expect("mkdir");
+        let layout = NodeRoot::new(root.path());
+        fs::create_dir_all(layout.tmp()).expect("mkdir");
         let mut watcher = watcher(root.path());
-        fs::write(root.path().join(".cairn/tmp/incoming"), b"x").expect("file written");
-        fs::create_dir_all(root.path().join(".cairn/staging/a/b")).expect("mkdir");
-        fs::write(root.path().join(".cairn/staging/a/b/f"), b"x").expect("file written");
-        fs::write(root.path().join(".cairn/node.toml"), b"x").expect("file written");
+        fs::write(layout.tmp().join("incoming"), b"x").expect("file written");
+        fs::create_dir_all(layout.staging().join("a/b")).expect("mkdir");
+        fs::write(layout.staging().join("a/b/f"), b"x").expect("file written");
+        fs::write(layout.marker(), b"x").expect("file written");
         assert_eq!(events_until_sentinel(&mut watcher), []);
     }
 
@@ -489,8 +490,9 @@ mod tests {
     fn cairn_dir_made_after_start_is_not_entered() {
         let root = tempfile::tempdir().expect("a temp dir");
         let mut watcher = watcher(root.path());
-        fs::create_dir_all(root.path().join(".cairn/staging")).expect("mkdir");
-        fs::write(root.path().join(".cairn/staging/f"), b"x").expect("file written");
+        let layout = NodeRoot::new(root.path());
+        fs::create_dir_all(layout.staging()).expect("mkdir");
+        fs::write(layout.staging().join("f"), b"x").expect("file written");
         // Only the top-level one is cairnd's: a `.cairn` deeper down is data.
         fs::create_dir_all(root.path().join("a/.cairn")).expect("mkdir");
         let first = events_until(&mut watcher, &created("a"));

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use cairn_node::NodeRoot;
+
 /// Path of a workspace binary built for this test run.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary's path");
@@ -65,7 +67,7 @@ pub fn free_port() -> u16 {
 /// Bytes of the copy or pull in progress on the node at `root` (its file in `.cairn/tmp/`);
 /// 0 when there is none.
 pub fn partial_bytes(root: &Path) -> u64 {
-    std::fs::read_dir(root.join(".cairn/tmp"))
+    std::fs::read_dir(NodeRoot::new(root).tmp())
         .ok()
         .and_then(|d| d.flatten().next())
         .and_then(|e| e.metadata().ok())

@@ -113,10 +113,10 @@ fn eight_hosts_release_one_file(url: &str, rounds: usize) -> Vec<(usize, usize)>
             .write(|tx| {
                 let (f, _) = tx.register_file(
                     &cairn_catalog::catalog::NewFile {
-                        path: &path,
-                        acq: "2025/01/01",
+                        path: path.clone(),
+                        acq: "2025/01/01".into(),
                         size: 1,
-                        md5: &format!("{round:032x}"),
+                        md5: format!("{round:032x}"),
                         mtime: 0,
                     },
                     0,

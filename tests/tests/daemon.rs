@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
+use cairn_node::NodeRoot;
 use cairn_tests::{Archive, big_file, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(30);
@@ -30,7 +31,7 @@ fn seed_004_single_host() {
     h.start();
     h.cairn(&["node", "activate", "demo_storage1"]);
     h.cairn(&["node", "init", "demo_storage1"]);
-    wait_until(T, "node init", || r1.join(".cairn/node.toml").exists());
+    wait_until(T, "node init", || NodeRoot::new(&r1).marker().exists());
     wait_until(T, "auto-import watch", || {
         h.log().contains("for auto import")
     });
@@ -270,7 +271,7 @@ fn seed_004_single_host() {
 
     assert_eq!(h.stop().code(), Some(0));
     for r in [&r1, &r2, &r3] {
-        let tmp: Vec<_> = std::fs::read_dir(r.join(".cairn/tmp")).unwrap().collect();
+        let tmp: Vec<_> = std::fs::read_dir(NodeRoot::new(r).tmp()).unwrap().collect();
         assert!(tmp.is_empty(), "no temp files left in {}", r.display());
     }
 }
@@ -292,7 +293,7 @@ fn a_root_with_another_nodes_marker_is_refused() {
         "--activate",
     ]);
     h.start();
-    wait_until(T, "n1 initialised", || r.join(".cairn/node.toml").exists());
+    wait_until(T, "n1 initialised", || NodeRoot::new(&r).marker().exists());
     // The same disk named as another node: the wrong disk in the slot.
     h.cairn(&[
         "node",
@@ -305,7 +306,7 @@ fn a_root_with_another_nodes_marker_is_refused() {
         "--activate",
     ]);
     wait_until(T, "a refusal", || h.log().contains("Refusing node \"n2\""));
-    let marker = std::fs::read_to_string(r.join(".cairn/node.toml")).unwrap();
+    let marker = std::fs::read_to_string(NodeRoot::new(&r).marker()).unwrap();
     assert!(marker.contains("node = \"n1\""), "{marker}");
     let mut cat = a.catalog();
     let failed_requests = |cat: &mut cairn_catalog::Catalog| {
@@ -328,7 +329,7 @@ fn a_root_with_another_nodes_marker_is_refused() {
 }
 
 fn partial_copy_in(root: &Path) -> Option<u64> {
-    std::fs::read_dir(root.join(".cairn/tmp"))
+    std::fs::read_dir(NodeRoot::new(root).tmp())
         .ok()?
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("copy-"))
@@ -371,7 +372,7 @@ fn sigterm_and_kill_9_mid_copy_leave_no_partial_file_and_the_copy_completes() {
     assert_eq!(h.stop().code(), Some(0), "{}", h.log());
     assert!(!target.exists(), "nothing under the archive name");
     assert_eq!(
-        std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(),
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
         0,
         "temp file removed"
     );
@@ -401,7 +402,7 @@ fn sigterm_and_kill_9_mid_copy_leave_no_partial_file_and_the_copy_completes() {
     );
     assert_eq!(md5_file(&target).unwrap(), (size, md5));
     assert_eq!(
-        std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(),
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
         0,
         "leftovers tidied"
     );
@@ -450,10 +451,10 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
         cat.write(|tx| {
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: &path,
-                    acq: "2025/race",
+                    path: path.clone(),
+                    acq: "2025/race".into(),
                     size: body.len() as u64,
-                    md5: &cairn_catalog::md5::md5_hex(body.as_bytes()),
+                    md5: cairn_catalog::md5::md5_hex(body.as_bytes()),
                     mtime: 0,
                 },
                 1,
@@ -525,7 +526,7 @@ fn three_nodes(
     }
     h.start();
     for r in &roots {
-        wait_until(T, "init", || r.join(".cairn/node.toml").exists());
+        wait_until(T, "init", || NodeRoot::new(r).marker().exists());
     }
     let _ = a;
     roots
@@ -813,10 +814,10 @@ fn clean_older_than_picks_copies_by_age_including_past_dates() {
             let md5 = cairn_catalog::md5::md5_hex(name.as_bytes());
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: &path,
-                    acq: "2025/01/01",
+                    path: path.clone(),
+                    acq: "2025/01/01".into(),
                     size: 3,
-                    md5: &md5,
+                    md5: md5.clone(),
                     mtime: 0,
                 },
                 now - age,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
+use cairn_node::NodeRoot;
 use cairn_tests::{Archive, big_file, http_get, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
@@ -22,7 +23,7 @@ fn seed_004_across_three_hosts() {
     h1.start();
     h2.start();
     wait_until(T, "nodes initialised", || {
-        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     write_file(
         &r1,
@@ -369,7 +370,10 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
         h2.log()
     );
     assert!(h1.log().contains("(resume)"), "{}", h1.log());
-    assert_eq!(std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0
+    );
 }
 
 #[test]
@@ -379,7 +383,7 @@ fn the_http_server_refuses_what_it_must_not_serve() {
     let mut h1 = a.host("h1");
     let r1 = h1.node("n1", &[]);
     h1.start();
-    wait_until(T, "init", || r1.join(".cairn/node.toml").exists());
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
     write_file(&r1, "2025/01/01/ok.dat", "served\n");
     write_file(&r1, "2025/01/01/unregistered.dat", "secret\n");
     h1.cairn(&[
@@ -403,10 +407,10 @@ fn the_http_server_refuses_what_it_must_not_serve() {
             let md5 = cairn_catalog::md5::md5_hex(b"root:x:0:0\n");
             let (f, _) = tx.register_file(
                 &NewFile {
-                    path: p,
-                    acq: "x",
+                    path: p.to_owned(),
+                    acq: "x".into(),
                     size: 11,
-                    md5: &md5,
+                    md5: md5.clone(),
                     mtime: 0,
                 },
                 1,
@@ -672,5 +676,8 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
     // The rotten source gave bytes that fail the md5: not installed, the source suspect.
     assert!(!r2.join("2025/01/01/rotten.dat").exists());
     assert_eq!(a.has("n1", "2025/01/01/rotten.dat"), Some(Has::Suspect));
-    assert_eq!(std::fs::read_dir(r2.join(".cairn/tmp")).unwrap().count(), 0);
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0
+    );
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
+use cairn_node::NodeRoot;
 use cairn_tests::{Archive, fuse_available, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
@@ -44,7 +45,7 @@ fn cp_r_imports_every_file_with_its_md5() {
     let root = h.node("store1", &[]);
     h.start();
     wait_until(T, "node initialised", || {
-        root.join(".cairn/node.toml").exists()
+        NodeRoot::new(&root).marker().exists()
     });
     let m = h.mount(Some("store1"));
     let src = a.dir.path().join("src");
@@ -81,8 +82,8 @@ fn cp_r_imports_every_file_with_its_md5() {
         assert_eq!(md5sum(&m.path(rel)), md5sum(&src.join(rel)), "{rel}");
     }
     assert!(
-        !root.join(".cairn/staging").exists()
-            || std::fs::read_dir(root.join(".cairn/staging"))
+        !NodeRoot::new(&root).staging().exists()
+            || std::fs::read_dir(NodeRoot::new(&root).staging())
                 .unwrap()
                 .count()
                 == 0,
@@ -130,7 +131,7 @@ fn one_host(a: &Archive, daemon_extra: &str) -> (cairn_tests::TestHost, std::pat
     let root = h.node("store1", &[]);
     h.start();
     wait_until(T, "node initialised", || {
-        root.join(".cairn/node.toml").exists()
+        NodeRoot::new(&root).marker().exists()
     });
     (h, root)
 }
@@ -367,7 +368,7 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
     // Visible here, kept on the write node out of the archive's tree, not in the catalog.
     assert!(sh(&format!("ls -a {}", m.path("run").display())).contains(".part.tmp"));
     assert_eq!(
-        std::fs::read_to_string(root.join(".cairn/kept/run/.part.tmp")).unwrap(),
+        std::fs::read_to_string(NodeRoot::new(&root).kept().join("run/.part.tmp")).unwrap(),
         "half of it\n"
     );
     assert!(!root.join("run/.part.tmp").exists());
@@ -404,7 +405,7 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
         m.xattr("run/final.dat", "md5").unwrap(),
         cairn_catalog::md5::md5_hex(b"half of it\nand the rest\n")
     );
-    assert!(!root.join(".cairn/kept/run/.part.tmp").exists());
+    assert!(!NodeRoot::new(&root).kept().join("run/.part.tmp").exists());
     assert_eq!(a.on("store1").0, 1);
 }
 
@@ -436,7 +437,7 @@ fn a_writer_killed_mid_file_imports_nothing() {
     assert_eq!(a.on("store1").0, 0);
     assert!(!root.join("killed.dat").exists());
     assert_eq!(
-        std::fs::read_dir(root.join(".cairn/staging"))
+        std::fs::read_dir(NodeRoot::new(&root).staging())
             .unwrap()
             .count(),
         0,
@@ -460,7 +461,7 @@ fn a_write_that_fails_on_a_full_write_node_imports_nothing() {
     h.node("store1", &[]);
     h.start();
     wait_until(T, "node initialised", || {
-        root.join(".cairn/node.toml").exists()
+        NodeRoot::new(&root).marker().exists()
     });
     let m = h.mount(Some("store1"));
     let err = sh_fails(&format!(
@@ -472,7 +473,7 @@ fn a_write_that_fails_on_a_full_write_node_imports_nothing() {
     assert_eq!(a.has("store1", "too-big.dat"), None, "nothing imported");
     assert!(!m.path("too-big.dat").exists());
     assert_eq!(
-        std::fs::read_dir(root.join(".cairn/staging"))
+        std::fs::read_dir(NodeRoot::new(&root).staging())
             .unwrap()
             .count(),
         0,
@@ -501,7 +502,7 @@ fn a_mount_killed_mid_write_leaves_nothing_imported_and_is_tidied() {
     let mut f = std::fs::File::create(m.path("half.dat")).unwrap();
     std::io::Write::write_all(&mut f, &[1u8; 100_000]).unwrap();
     assert_eq!(
-        std::fs::read_dir(root.join(".cairn/staging"))
+        std::fs::read_dir(NodeRoot::new(&root).staging())
             .unwrap()
             .count(),
         1
@@ -511,7 +512,7 @@ fn a_mount_killed_mid_write_leaves_nothing_imported_and_is_tidied() {
     assert_eq!(a.on("store1").0, 0);
     let m = h.mount(Some("store1"));
     assert_eq!(
-        std::fs::read_dir(root.join(".cairn/staging"))
+        std::fs::read_dir(NodeRoot::new(&root).staging())
             .unwrap()
             .count(),
         0,
@@ -548,7 +549,7 @@ fn xattrs_sync_clean_and_refuse_bad_values() {
     let r2 = h.node("store2", &["--archive"]);
     h.start();
     wait_until(T, "nodes initialised", || {
-        root.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&root).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     let m = h.mount(Some("store1"));
     std::fs::create_dir_all(m.path("obs/night1")).unwrap();
@@ -638,7 +639,7 @@ fn remote_files_are_read_through_the_cache_on_another_host() {
     h1.start();
     h2.start();
     wait_until(T, "nodes initialised", || {
-        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     let m1 = h1.mount(Some("store1"));
     let m2 = h2.mount(Some("store2"));
@@ -705,7 +706,7 @@ fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
     h1.start();
     h2.start();
     wait_until(T, "node initialised", || {
-        r1.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists()
     });
     write_file(&r1, "x/rot.dat", vec![b'a'; 100_000]);
     h1.cairn(&["node", "scan", "store1", "--register-new"]);
@@ -867,7 +868,7 @@ fn fsync_succeeds_and_autosync_fires_at_close() {
     h.cairn(&["group", "autosync", "store2", "store1"]);
     h.start();
     wait_until(T, "nodes initialised", || {
-        root.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&root).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     let m = h.mount(Some("store1"));
     sh(&format!(
@@ -898,7 +899,7 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
     h1.start();
     h2.start();
     wait_until(T, "node initialised", || {
-        r1.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists()
     });
     cairn_tests::big_file(&r1.join("slow/big.bin"), 12);
     write_file(&r1, "other/small.txt", "small\n");

@@ -14,6 +14,7 @@ use cairn_catalog::catalog::CopyRequestFilter;
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::{Has, RequestState};
 use cairn_catalog::testing;
+use cairn_node::NodeRoot;
 use cairn_tests::{Archive, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(60);
@@ -114,7 +115,7 @@ fn a_request_made_on_another_machine_wakes_cairnd_postgres() {
     write_file(&r1, "2025/01/01/a.dat", "a\n");
     h1.start();
     wait_until(T, "nodes initialised", || {
-        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     a.wait_idle(T);
 
@@ -198,7 +199,7 @@ fn restarting_the_server_mid_sync_loses_nothing_and_repeats_nothing_postgres() {
                 "{path} on {node}"
             );
         }
-        let tmp = root.join(".cairn/tmp");
+        let tmp = NodeRoot::new(root).tmp();
         let left = std::fs::read_dir(&tmp).map_or(0, |d| d.count());
         assert_eq!(left, 0, "temp files left in {}", tmp.display());
     }

@@ -6,6 +6,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use cairn_catalog::model::Has;
+use cairn_node::NodeRoot;
 use cairn_tests::{Archive, LoopDisk, TestHost, can_mount_loop_disks, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
@@ -35,7 +36,7 @@ fn plug_new_disk(
         "--activate",
     ]);
     wait_until(T, "the disk initialised", || {
-        at.join(".cairn/node.toml").exists()
+        NodeRoot::new(&at).marker().exists()
     });
     (disk, at)
 }
@@ -59,7 +60,7 @@ fn seed_004_sneakernet_with_a_real_disk_moved_between_hosts() {
     h1.start();
     h3.start();
     wait_until(T, "init", || {
-        r3.join(".cairn/node.toml").exists() && r1.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r3).marker().exists() && NodeRoot::new(&r1).marker().exists()
     });
     for (p, body) in [
         ("2025/02/21/meta.txt", "meta\n"),
@@ -148,7 +149,7 @@ fn the_fuller_disk_fills_first_and_a_file_that_fits_nowhere_waits_with_the_reaso
     let mut h = a.host_with("h1", "retry_delay = \"1h\"");
     let r = h.node("field", &[]);
     h.start();
-    wait_until(T, "init", || r.join(".cairn/node.toml").exists());
+    wait_until(T, "init", || NodeRoot::new(&r).marker().exists());
     h.cairn(&["group", "create", "--class=transport", "tg"]);
     let mut disks = Vec::new();
     for name in ["t1", "t2"] {
@@ -190,7 +191,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
     let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
     let r1 = h2.node("field", &[]);
     h2.start();
-    wait_until(T, "init", || r1.join(".cairn/node.toml").exists());
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
     // Big enough that the copy onto the disk takes a while.
     let body: Vec<u8> = (0..(150u32 << 20)).map(|i| (i % 251) as u8).collect();
     write_file(&r1, "2025/01/01/big.dat", &body);
@@ -244,7 +245,7 @@ fn yanking_a_disk_mid_copy_records_nothing_and_the_copy_completes_when_it_return
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let tmp: Vec<_> = std::fs::read_dir(at.join(".cairn/tmp"))
+    let tmp: Vec<_> = std::fs::read_dir(NodeRoot::new(&at).tmp())
         .map(|d| {
             d.flatten()
                 .map(|e| (e.file_name(), e.metadata().map(|m| m.len()).ok()))
@@ -281,7 +282,7 @@ fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
     site.start();
     archive.start();
     wait_until(T, "init", || {
-        field.join(".cairn/node.toml").exists() && store.join(".cairn/node.toml").exists()
+        NodeRoot::new(&field).marker().exists() && NodeRoot::new(&store).marker().exists()
     });
     site.cairn(&["group", "create", "--class=transport", "tg"]);
     let (mut disk, _) = plug_new_disk(&a, &site, "t1", "tg", 32);
@@ -336,7 +337,7 @@ fn a_transport_disks_files_read_through_cairnfs_are_local_reads() {
     h1.start();
     h2.start();
     wait_until(T, "nodes initialised", || {
-        r1.join(".cairn/node.toml").exists() && r2.join(".cairn/node.toml").exists()
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
     });
     h1.cairn(&["group", "create", "--class=transport", "transport_group"]);
     let (_disk, at) = plug_new_disk(&a, &h1, "transport1", "transport_group", 32);

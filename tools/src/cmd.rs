@@ -8,6 +8,8 @@ mod host;
 mod node;
 mod request;
 mod status;
+mod sync;
+mod tables;
 mod transport;
 
 use anyhow::Result;

@@ -52,7 +52,7 @@ fn run(cli: Cli) -> Result<()> {
     };
     cmd::run(&ctx, cli.command)?;
     // Wake this machine's cairnd, if one runs here, so a request made here starts at once.
-    cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+    cairn_node::socket::nudge(&ctx.config.daemon.socket);
     Ok(())
 }
 

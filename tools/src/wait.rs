@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cairn_catalog::Catalog;
+use cairn_catalog::model::RequestState;
 use cairn_catalog::units::format_size;
 
 /// Where a set of requests stands.
@@ -91,6 +92,75 @@ pub fn follow(
         }
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// `--wait` for work on copies: (copy id, size) each, done once `done(copy)` holds.
+pub fn copy_rows(
+    cat: &mut Catalog,
+    what: &str,
+    copies: &[(i64, u64)],
+    stalled: Option<std::time::Duration>,
+    done: impl Fn(&cairn_catalog::model::Copy) -> bool,
+) -> Result<()> {
+    let total_bytes = copies.iter().map(|(_, s)| s).sum();
+    follow(
+        cat,
+        what,
+        copies.len() as u64,
+        total_bytes,
+        stalled,
+        |cat| {
+            cat.read(|tx| {
+                let mut p = Progress::default();
+                for (id, size) in copies {
+                    if tx.copy_by_id(*id)?.is_none_or(|c| done(&c)) {
+                        p.done += 1;
+                        p.bytes += size;
+                    }
+                }
+                Ok(p)
+            })
+            .map_err(Into::into)
+        },
+    )?;
+    Ok(())
+}
+
+/// `--wait` for copy requests: (id, size) each.
+pub fn copies(cat: &mut Catalog, requests: &[(i64, u64)]) -> Result<()> {
+    let total_bytes = requests.iter().map(|(_, s)| s).sum();
+    let p = follow(
+        cat,
+        "files",
+        requests.len() as u64,
+        total_bytes,
+        None,
+        |cat| {
+            cat.read(|tx| {
+                let mut p = Progress::default();
+                for (id, size) in requests {
+                    match tx.copy_request(*id)?.state {
+                        RequestState::Done => {
+                            p.done += 1;
+                            p.bytes += size;
+                        }
+                        RequestState::Failed | RequestState::Cancelled => p.failed += 1,
+                        RequestState::Pending | RequestState::Active => {}
+                    }
+                }
+                Ok(p)
+            })
+            .map_err(Into::into)
+        },
+    )?;
+    if p.failed > 0 {
+        anyhow::bail!(
+            "{} of {} copies failed (see `cairn request list --failed`)",
+            p.failed,
+            requests.len()
+        );
+    }
+    Ok(())
 }
 
 fn size(b: u64) -> String {

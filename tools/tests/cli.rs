@@ -75,10 +75,10 @@ impl Archive {
             .write(|tx| {
                 let n = tx.node(node)?;
                 let f = NewFile {
-                    path,
-                    acq: &acq,
+                    path: path.to_owned(),
+                    acq: acq.clone(),
                     size: contents.len() as u64,
-                    md5: &md5,
+                    md5: md5.clone(),
                     mtime: 1_740_179_228,
                 };
                 let (file, _) = tx.register_file(&f, 1_740_179_228)?;
@@ -887,10 +887,10 @@ impl Archive {
                 let md5 = md5_hex(format!("{i}").as_bytes());
                 tx.register_file(
                     &NewFile {
-                        path: &format!("2025/01/01/{i:04}.dat"),
-                        acq: "2025/01/01",
+                        path: format!("2025/01/01/{i:04}.dat"),
+                        acq: "2025/01/01".into(),
                         size: 4,
-                        md5: &md5,
+                        md5: md5.clone(),
                         mtime: 0,
                     },
                     1,

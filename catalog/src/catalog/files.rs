@@ -315,14 +315,14 @@ impl Tx<'_> {
     /// Registers a new file. Returns the file and whether it was new: registering the same
     /// path again with the same size and md5 is harmless, with different contents an error
     /// (a registered file's bytes never change, invariant 1).
-    pub fn register_file(&mut self, f: &NewFile<'_>, now: i64) -> Result<(File, bool)> {
+    pub fn register_file(&mut self, f: &NewFile, now: i64) -> Result<(File, bool)> {
         let mut cache = RegisterCache::default();
         let (id, created) = self.register_file_cached(f, now, &mut cache)?;
         Ok((self.file_by_id(id)?, created))
     }
 
     /// Registers many files in this transaction (the bulk path of a scan or a benchmark).
-    pub fn register_files(&mut self, files: &[NewFile<'_>], now: i64) -> Result<Vec<Id>> {
+    pub fn register_files(&mut self, files: &[NewFile], now: i64) -> Result<Vec<Id>> {
         let mut cache = RegisterCache::default();
         files
             .iter()
@@ -335,11 +335,11 @@ impl Tx<'_> {
 
     fn register_file_cached(
         &mut self,
-        f: &NewFile<'_>,
+        f: &NewFile,
         now: i64,
         cache: &mut RegisterCache,
     ) -> Result<(Id, bool)> {
-        let path = normalize_path(f.path)?;
+        let path = normalize_path(&f.path)?;
         let (dir, name) = split_path(&path);
         if name.is_empty() {
             return Err(CatalogError::Invalid(
@@ -351,7 +351,7 @@ impl Tx<'_> {
                 "cannot register {path:?}: names starting with '.' are never archived"
             )));
         }
-        if !is_md5_hex(f.md5) {
+        if !is_md5_hex(&f.md5) {
             return Err(CatalogError::Invalid(format!(
                 "invalid md5 {:?} for {path:?}: expected 32 lowercase hex digits",
                 f.md5
@@ -365,18 +365,18 @@ impl Tx<'_> {
                 id
             }
         };
-        let acq_id = match cache.acqs.get(f.acq) {
+        let acq_id = match cache.acqs.get(&f.acq) {
             Some(id) => *id,
             None => {
-                let (id, _) = self.ensure_acq(f.acq, now)?;
-                cache.acqs.insert(f.acq.to_owned(), id);
+                let (id, _) = self.ensure_acq(&f.acq, now)?;
+                cache.acqs.insert(f.acq.clone(), id);
                 id
             }
         };
         let inserted = self.raw(
             "INSERT INTO file (dir_id, name, acq_id, size, md5, mtime, registered_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dir_id, name) DO NOTHING RETURNING id",
-            params![dir_id, name, acq_id, f.size, f.md5, f.mtime, now],
+            params![dir_id, name, acq_id, f.size, &f.md5, f.mtime, now],
         )?;
         if let Some(r) = inserted.first() {
             return Ok((r.get(0)?, true));
@@ -477,20 +477,6 @@ impl Tx<'_> {
             ),
             params![file_id, node_id],
         )
-    }
-
-    /// The copy of the file at `path` on node `node` that has not been removed: what a clean
-    /// or a verify of one file acts on.
-    pub fn present_copy(&mut self, path: &str, node: &str) -> Result<(File, Copy)> {
-        let file = self.file(path)?;
-        let n = self.node(node)?;
-        let copy = self
-            .copy_on(file.id, n.id)?
-            .filter(|c| c.has != Has::No)
-            .ok_or_else(|| {
-                CatalogError::Invalid(format!("file {:?} has no copy on node {node:?}", file.path))
-            })?;
-        Ok((file, copy))
     }
 
     pub fn copy_by_id(&mut self, id: Id) -> Result<Option<Copy>> {
@@ -687,13 +673,18 @@ impl Tx<'_> {
     }
 }
 
-/// A file to register.
-#[derive(Debug, Clone)]
-pub struct NewFile<'a> {
-    pub path: &'a str,
-    pub acq: &'a str,
+/// A file to register, as an import found it: what the mount and cairnd's importers hand the
+/// catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewFile {
+    /// The archive path (relative, `/`-separated).
+    pub path: String,
+    /// The acquisition it belongs to (from the `[import]` rules).
+    pub acq: String,
     pub size: u64,
-    pub md5: &'a str,
+    /// 32 lowercase hex digits.
+    pub md5: String,
+    /// Modification time, unix seconds.
     pub mtime: i64,
 }
 

@@ -34,6 +34,18 @@ fn copy_request_query(filter: &str) -> String {
     )
 }
 
+/// What an import request asks of a node's cairnd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImportKind {
+    /// Write the node's marker (`cairn node init`).
+    Init,
+    /// Import one file (`cairn file import`); with `register_new`, one the catalog does not
+    /// know yet too.
+    File { register_new: bool },
+    /// Import every file below a directory (`cairn node scan`).
+    Scan { register_new: bool },
+}
+
 impl Tx<'_> {
     /// Creates a pending copy request unless an equal one is already pending or active.
     /// Returns the new id, or `None` when it was already requested.
@@ -208,17 +220,20 @@ impl Tx<'_> {
         rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
-    /// Creates an import request (`init` for node initialisation). An identical pending
-    /// request is reused. Returns (id, created).
+    /// Creates an import request of `kind` for `path` on a node. An identical pending request
+    /// is reused. Returns (id, created).
     pub fn create_import_request(
         &mut self,
         node_id: Id,
         path: &str,
-        scan: bool,
-        register_new: bool,
-        init: bool,
+        kind: ImportKind,
         now: i64,
     ) -> Result<(Id, bool)> {
+        let (scan, register_new, init) = match kind {
+            ImportKind::Init => (false, false, true),
+            ImportKind::File { register_new } => (false, register_new, false),
+            ImportKind::Scan { register_new } => (true, register_new, false),
+        };
         let dup = self.raw(
             "SELECT id FROM import_request WHERE node_id = ? AND path = ? AND scan = ? \
              AND register_new = ? AND init = ? AND state = 'pending'",

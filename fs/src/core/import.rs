@@ -31,14 +31,14 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use cairn_catalog::catalog::{NewFile, normalize_path};
-use cairn_catalog::model::{Has, Id, Node};
-use cairn_syncd::importer::Verdict;
+use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
+use cairn_catalog::model::{Id, Node};
+use cairn_node::importer::Verdict;
+use cairn_node::journal::{Journal, Owner, Placed};
 use tracing::{error, info, warn};
 
 use super::write::{keep, staging_dir};
 use super::{Core, FsError, Result};
-use crate::journal::{Journal, Owner, Placed};
 use crate::locals::{LocalKind, LocalRef, Stage, join};
 use crate::staged::hash_file;
 
@@ -479,7 +479,7 @@ impl Core {
                         .map_or(Ok(()), |p| StdFile::open(p).and_then(|d| d.sync_all()))
                 })
         } else {
-            cairn_syncd::copyfile::sync_fs(root)
+            cairn_node::copyfile::sync_fs(root)
         };
         let t = cairn_catalog::units::now();
         let outcome = synced.map_err(FsError::from).and_then(|()| {
@@ -487,31 +487,20 @@ impl Core {
                 Ok(c.write(|tx| {
                     let mut out = Vec::with_capacity(files.len());
                     for f in &files {
-                        if let Some(found) = tx.file_by_path(&f.path)?
-                            && (found.md5 != f.placed.md5 || found.size != f.placed.size)
-                        {
-                            out.push(Registered::Conflict(found.md5));
-                            continue;
-                        }
-                        let (row, _) = tx.register_file(
-                            &NewFile {
-                                path: &f.path,
-                                acq: &f.placed.acq,
-                                size: f.placed.size,
-                                md5: &f.placed.md5,
-                                mtime: f.placed.mtime,
-                            },
-                            t,
-                        )?;
-                        if !tx
-                            .copy_on(row.id, node.id)?
-                            .is_some_and(|c| c.has == Has::Yes)
-                        {
-                            let on_disk = Some(f.placed.size.div_ceil(4096) * 4096);
-                            tx.record_copy(row.id, node.id, Has::Yes, on_disk, t)?;
-                            tx.fire_auto_actions(row.id, node.id, t)?;
-                        }
-                        out.push(Registered::Yes(row.id));
+                        let new = NewFile {
+                            path: f.path.clone(),
+                            acq: f.placed.acq.clone(),
+                            size: f.placed.size,
+                            md5: f.placed.md5.clone(),
+                            mtime: f.placed.mtime,
+                        };
+                        out.push(match tx.import_copy(&new, node.id, t)? {
+                            ImportOutcome::Imported { file_id, .. }
+                            | ImportOutcome::AlreadyHere { file_id } => Registered::Yes(file_id),
+                            ImportOutcome::Conflict { existing } => {
+                                Registered::Conflict(existing.md5)
+                            }
+                        });
                     }
                     Ok(out)
                 })?)
@@ -593,7 +582,7 @@ impl Core {
             w.asked.extend(again);
             self.imports.wake.notify_one();
         }
-        cairn_catalog::nudge::nudge(&self.opts.socket);
+        cairn_node::socket::nudge(&self.opts.socket);
     }
 
     /// A file that could not be taken now settles again and is tried after a while.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cairn_catalog::model::{Copy, File, Has, Id};
+use cairn_node::cache::CacheDir;
 use tracing::warn;
 
 use super::{Core, FsError, Ino, Opened, Result};
@@ -41,14 +42,14 @@ impl Core {
         if let Some(path) = self.complete_local(&file, &copies) {
             let f = StdFile::open(&path)?;
             if path.starts_with(&self.opts.cache_dir) {
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
             }
             return Ok(self.open_complete(ino, f));
         }
         match self.fetch(&file)? {
             Started::Ready(path) => {
                 let f = StdFile::open(&path)?;
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
                 Ok(self.open_complete(ino, f))
             }
             Started::Streaming(fetch) => Ok(Opened {
@@ -70,10 +71,10 @@ impl Core {
                 }
             }
         }
-        let cached = self.opts.cache_dir.join(&file.md5);
+        let cached = CacheDir::new(&self.opts.cache_dir).complete(&file.md5);
         if std::fs::metadata(&cached).is_ok_and(|m| m.len() == file.size) {
             if let Ok(f) = StdFile::open(&cached) {
-                cairn_syncd::cache::touch(&f);
+                cairn_node::cache::touch(&f);
             }
             return Some(cached);
         }

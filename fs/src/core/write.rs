@@ -20,7 +20,8 @@ use std::time::{Instant, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::Id;
-use cairn_syncd::importer::Verdict;
+use cairn_node::NodeRoot;
+use cairn_node::importer::Verdict;
 use tracing::{info, warn};
 
 use super::{Attr, Core, FsError, Opened, Result, name_str};
@@ -28,7 +29,7 @@ use crate::handles::Handle;
 use crate::locals::{Local, LocalKind, LocalRef, Stage, join};
 use crate::staged::Writer;
 
-/// Numbers staged files of this process (`PID-N` under `.cairn/staging/`).
+/// Numbers staged files of this process (`PID-START-N` under `.cairn/staging/`).
 static STAGED_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Core {
@@ -364,7 +365,7 @@ impl Core {
         let Ok((_, root)) = self.write_root() else {
             return;
         };
-        let top = root.join(".cairn/kept");
+        let top = NodeRoot::new(&root).kept();
         let mut todo = vec![top.clone()];
         while let Some(d) = todo.pop() {
             let Ok(entries) = std::fs::read_dir(&d) else {
@@ -442,7 +443,7 @@ fn check_name(root: &Path, dir_path: &str, name: &str) -> Result<()> {
         return Err(too_long());
     }
     let path = join(dir_path, name);
-    if root.join(".cairn/kept").join(&path).as_os_str().len() >= libc::PATH_MAX as usize {
+    if NodeRoot::new(root).kept().join(&path).as_os_str().len() >= libc::PATH_MAX as usize {
         return Err(too_long());
     }
     if !name.starts_with('.') {
@@ -452,14 +453,14 @@ fn check_name(root: &Path, dir_path: &str, name: &str) -> Result<()> {
 }
 
 pub(super) fn staging_dir(root: &Path) -> PathBuf {
-    root.join(".cairn/staging")
+    NodeRoot::new(root).staging()
 }
 
 /// Where a file this host keeps without importing it (a dot name, or a path the import rules
 /// skip) lives on the write node: `.cairn/kept/PATH`, out of the archive's tree, so that
 /// listing a directory needs nothing but the catalog and this mount's memory.
 fn kept_path(root: &Path, dir_path: &str, name: &str) -> PathBuf {
-    root.join(".cairn/kept").join(dir_path).join(name)
+    NodeRoot::new(root).kept().join(dir_path).join(name)
 }
 
 /// Moves a local file to its kept place, `.cairn/kept/DIR/NAME`.

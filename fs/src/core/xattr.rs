@@ -8,8 +8,9 @@ use std::ffi::OsStr;
 use std::time::{Duration, Instant};
 
 use cairn_catalog::CatalogError;
-use cairn_catalog::catalog::{FileFilter, NewCopyRequest, Tx};
+use cairn_catalog::catalog::{FileFilter, Tx};
 use cairn_catalog::model::{Copy, Dir, File, Has, Id, Wants};
+use cairn_catalog::policy::{self, Scope, SyncOrder, SyncSource};
 use tracing::info;
 
 use super::{Core, FsError, Ino, Result};
@@ -30,12 +31,6 @@ enum Action {
     Sync(String),
     Clean(String, Wants),
     Verify(String),
-}
-
-/// What a request applies to.
-enum Scope {
-    File(Id),
-    Dir(String),
 }
 
 /// `user.cairn.state` of a file only this host has: `staged` (open for writing), `settling`
@@ -242,7 +237,7 @@ impl Core {
             ));
         }
         let scope = match Ino::from(ino) {
-            Ino::Root | Ino::Dir(_) => Scope::Dir(self.dir_by_id(self.dir_id(ino)?)?.path),
+            Ino::Root | Ino::Dir(_) => Scope::Under(self.dir_by_id(self.dir_id(ino)?)?.path),
             _ => Scope::File(self.file_id(ino).ok_or(FsError::NotFound)?),
         };
         let local_nodes: Vec<Id> = self.host_nodes().iter().map(|n| n.id).collect();
@@ -253,13 +248,14 @@ impl Core {
             "Set {name}={:?}: {n} file(s) affected.",
             String::from_utf8_lossy(value)
         );
-        cairn_catalog::nudge::nudge(&self.opts.socket);
+        cairn_node::socket::nudge(&self.opts.socket);
         Ok(())
     }
 }
 
-/// Applies an xattr request to every file in `scope`, in one transaction. Unknown names and
-/// a single file that cannot take the action are errors (EINVAL), and then nothing changes.
+/// Applies an xattr request to every file in `scope`, in one transaction, by the same policies
+/// as the CLI's `file sync|clean|verify` ([`cairn_catalog::policy`]). Unknown names and a single
+/// file that cannot take the action are refusals (EINVAL), and then nothing changes.
 fn apply(
     tx: &mut Tx<'_>,
     scope: &Scope,
@@ -267,89 +263,21 @@ fn apply(
     local_nodes: &[Id],
     now: i64,
 ) -> cairn_catalog::error::Result<u64> {
-    let invalid = |m: String| CatalogError::Invalid(m);
-    let files = match scope {
-        Scope::File(id) => vec![tx.file_by_id(*id)?],
-        Scope::Dir(path) => tx.files(&FileFilter {
-            path_prefix: (!path.is_empty()).then(|| path.clone()),
-            ..Default::default()
-        })?,
-    };
-    let single = matches!(scope, Scope::File(_));
-    let mut n = 0;
     match action {
         Action::Sync(group) => {
-            let g = tx
-                .group_by_name(group)?
-                .ok_or_else(|| invalid(format!("no group named {group:?}")))?;
-            let members: Vec<Id> = tx.group_nodes(g.id)?.iter().map(|n| n.id).collect();
-            for f in &files {
-                let copies = tx.copies_of(f.id)?;
-                let healthy: Vec<_> = copies.iter().filter(|c| c.has == Has::Yes).collect();
-                if healthy.iter().any(|c| members.contains(&c.node_id)) {
-                    continue;
-                }
-                let src = healthy
-                    .iter()
-                    .find(|c| local_nodes.contains(&c.node_id))
-                    .or_else(|| healthy.first());
-                let Some(src) = src else {
-                    if single {
-                        return Err(invalid(format!(
-                            "{} has no healthy copy to sync from",
-                            f.path
-                        )));
-                    }
-                    continue;
-                };
-                tx.create_copy_request(
-                    NewCopyRequest {
-                        file_id: f.id,
-                        from_node: src.node_id,
-                        to_group: g.id,
-                    },
-                    now,
-                )?;
-                n += 1;
-            }
+            let order = SyncOrder {
+                group,
+                from: SyncSource::Best {
+                    prefer: local_nodes,
+                },
+                force: false,
+            };
+            let done = policy::sync(tx, scope, order, now)?;
+            Ok(done.requested.len() as u64 + done.pending)
         }
-        Action::Clean(node, wants) => {
-            let ids = present_copies(tx, &files, node, single)?;
-            n = tx.set_wants(&ids, *wants, now)?;
-        }
-        Action::Verify(node) => {
-            let ids = present_copies(tx, &files, node, single)?;
-            n = tx.request_verify(&ids, now)?;
-        }
+        Action::Clean(node, wants) => policy::clean(tx, scope, node, *wants, now),
+        Action::Verify(node) => policy::verify(tx, scope, node, now),
     }
-    Ok(n)
-}
-
-/// The copies of `files` on node `node` that are not gone. An unknown node is an error, and so
-/// is a `single` file without such a copy.
-fn present_copies(
-    tx: &mut Tx<'_>,
-    files: &[File],
-    node: &str,
-    single: bool,
-) -> cairn_catalog::error::Result<Vec<Id>> {
-    let nd = tx
-        .node_by_name(node)?
-        .ok_or_else(|| CatalogError::Invalid(format!("no node named {node:?}")))?;
-    let mut ids = Vec::new();
-    for f in files {
-        match tx.copy_on(f.id, nd.id)? {
-            Some(c) if c.has != Has::No => ids.push(c.id),
-            _ if single => {
-                return Err(CatalogError::Invalid(format!(
-                    "{} has no copy on node {node:?}",
-                    f.path
-                )));
-            }
-            _ => {}
-        }
-    }
-    Ok(ids)
 }
 
 #[cfg(test)]

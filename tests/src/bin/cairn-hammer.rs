@@ -42,10 +42,10 @@ fn hammer(
         let md5 = format!("{:032x}", i);
         cat.write(|tx| {
             let f = NewFile {
-                path: &path,
-                acq: "hammer",
+                path: path.clone(),
+                acq: "hammer".into(),
                 size: i,
-                md5: &md5,
+                md5: md5.clone(),
                 mtime: 0,
             };
             let (file, _) = tx.register_file(&f, 1)?;

@@ -1,7 +1,7 @@
 use anyhow::{Result, bail};
-use cairn_catalog::CatalogError;
-use cairn_catalog::catalog::{FileFilter, NewCopyRequest, normalize_path};
+use cairn_catalog::catalog::{FileFilter, ImportKind, normalize_path};
 use cairn_catalog::model::{Copy, File, Has, Wants};
+use cairn_catalog::policy::{self, Scope, SyncOrder, SyncSource};
 use cairn_catalog::units::{format_size, format_time, now};
 use clap::Subcommand;
 use serde::Serialize;
@@ -237,7 +237,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             }
             let created = cat.write(|tx| {
                 let n = tx.node(&node)?;
-                tx.create_import_request(n.id, &p, false, register_new, false, now())
+                tx.create_import_request(n.id, &p, ImportKind::File { register_new }, now())
             })?;
             match created {
                 (_, true) => println!("Added new import request."),
@@ -251,54 +251,28 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             force,
             wait,
         } => {
-            let outcome = cat.write(|tx| {
+            let synced = cat.write(|tx| {
                 let file = tx.file(&path)?;
-                let src = tx.node(&from)?;
-                let dst = tx.group(&to)?;
-                if src.group_id == dst.id {
-                    return Err(CatalogError::Invalid(format!(
-                        "node {from:?} is in group {to:?}: nothing to copy into itself"
-                    )));
-                }
-                let copies = tx.copies_of(file.id)?;
-                if !copies
-                    .iter()
-                    .any(|c| c.node_id == src.id && c.has == Has::Yes)
-                {
-                    return Err(CatalogError::Invalid(format!(
-                        "file {:?} has no healthy copy on node {from:?}",
-                        file.path
-                    )));
-                }
-                let in_group = tx.group_nodes(dst.id)?.iter().any(|n| {
-                    copies
-                        .iter()
-                        .any(|c| c.node_id == n.id && c.has == Has::Yes)
-                });
-                if in_group && !force {
-                    return Ok(None);
-                }
-                let req = NewCopyRequest {
-                    file_id: file.id,
-                    from_node: src.id,
-                    to_group: dst.id,
+                let order = SyncOrder {
+                    group: &to,
+                    from: SyncSource::Node(&from),
+                    force,
                 };
-                Ok(Some(tx.create_copy_request(req, now())?))
+                policy::sync(tx, &Scope::File(file.id), order, now())
             })?;
-            match outcome {
-                None => println!(
+            if synced.present > 0 {
+                println!(
                     "File \"{path}\" is already in Group \"{to}\"; nothing requested \
                      (--force to copy anyway)."
-                ),
-                Some(Some(id)) => {
-                    println!("Request submitted.");
-                    if wait {
-                        cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
-                        let size = cat.read(|tx| tx.file(&path))?.size;
-                        super::node::follow_copies(&mut cat, &[(id, size)])?;
-                    }
+                );
+            } else if synced.requested.is_empty() {
+                println!("An identical request is already pending.");
+            } else {
+                println!("Request submitted.");
+                if wait {
+                    cairn_node::socket::nudge(&ctx.config.daemon.socket);
+                    crate::wait::copies(&mut cat, &synced.requested)?;
                 }
-                Some(None) => println!("An identical request is already pending."),
             }
         }
         Command::Clean {
@@ -309,8 +283,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         } => {
             let wants = super::clean_wants(cancel, immediately);
             let file_path = cat.write(|tx| {
-                let (file, copy) = tx.present_copy(&path, &node)?;
-                tx.set_wants(&[copy.id], wants, now())?;
+                let file = tx.file(&path)?;
+                policy::clean(tx, &Scope::File(file.id), &node, wants, now())?;
                 Ok(file.path)
             })?;
             match wants {
@@ -325,8 +299,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         }
         Command::Verify { path, node } => {
             let file_path = cat.write(|tx| {
-                let (file, copy) = tx.present_copy(&path, &node)?;
-                tx.request_verify(&[copy.id], now())?;
+                let file = tx.file(&path)?;
+                policy::verify(tx, &Scope::File(file.id), &node, now())?;
                 Ok(file.path)
             })?;
             println!("Requested verification of \"{file_path}\" on Node \"{node}\".");

@@ -3,7 +3,8 @@ use cairn_catalog::model::{AutoAction, Group, IoClass, NodeStats};
 use clap::Subcommand;
 use serde::Serialize;
 
-use super::node::{SyncArgs, print_auto_actions, stats_table, sync};
+use super::sync::SyncArgs;
+use super::tables::{Side, print_auto_actions, stats_table};
 use crate::Ctx;
 use crate::output::{Table, field, json, opt_str};
 
@@ -189,15 +190,8 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             }
         }
         Command::Sync { group, node, args } => {
-            sync(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
+            super::sync::run(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
         }
     }
     Ok(())
-}
-
-/// Which end of an auto-action a listing is seen from.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Group,
-    Node,
 }

@@ -1,12 +1,13 @@
 use anyhow::{Result, bail};
-use cairn_catalog::catalog::{CopySelect, NewCopyRequest, NewNode, NodeUpdate, SyncCandidate};
-use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats, RequestState};
+use cairn_catalog::catalog::{CopySelect, ImportKind, NewNode, NodeUpdate};
+use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats};
 use cairn_catalog::units::{format_duration, now};
 use cairn_catalog::{Catalog, CatalogError};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::group::Side;
+use super::sync::{SyncArgs, totals};
+use super::tables::{Side, print_auto_actions, stats_table};
 use super::{parse_duration_secs, parse_size};
 use crate::Ctx;
 use crate::output::{
@@ -43,29 +44,6 @@ impl KindArgs {
 }
 
 /// Options shared by `node sync` and `group sync`.
-#[derive(Debug, Args)]
-pub struct SyncArgs {
-    /// Skip files already present in this group (the final destination behind a transport
-    /// group)
-    #[arg(long)]
-    target: Option<String>,
-    /// Only files of this acquisition
-    #[arg(long)]
-    acq: Option<String>,
-    /// Only files at or below this path
-    #[arg(long, value_name = "PREFIX")]
-    path: Option<String>,
-    /// List the files that would be synced
-    #[arg(long)]
-    show_files: bool,
-    /// Do not ask for confirmation
-    #[arg(long, short = 'f')]
-    force: bool,
-    /// Follow the copies until they are done or failed
-    #[arg(long)]
-    wait: bool,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a storage node
@@ -334,7 +312,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 }
                 let created = tx.create_node(&new)?;
                 if init {
-                    tx.create_import_request(created.0.id, ".", false, false, true, now())?;
+                    tx.create_import_request(created.0.id, ".", ImportKind::Init, now())?;
                 }
                 Ok(created)
             })?;
@@ -498,7 +476,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Init { name } => {
             let created = cat.write(|tx| {
                 let node = tx.node(&name)?;
-                tx.create_import_request(node.id, ".", false, false, true, now())
+                tx.create_import_request(node.id, ".", ImportKind::Init, now())
                     .map(|(_, c)| c)
             })?;
             if created {
@@ -520,7 +498,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             };
             let created = cat.write(|tx| {
                 let n = tx.node(&node)?;
-                tx.create_import_request(n.id, &path, true, register_new, false, now())
+                tx.create_import_request(n.id, &path, ImportKind::Scan { register_new }, now())
                     .map(|(_, c)| c)
             })?;
             if created {
@@ -581,13 +559,15 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 plural(updated as usize, "file", "files")
             );
             if wait {
-                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                cairn_node::socket::nudge(&ctx.config.daemon.socket);
                 let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
-                follow_copy_rows(&mut cat, "verified", &sizes, None, |c| !c.verify_requested)?;
+                crate::wait::copy_rows(&mut cat, "verified", &sizes, None, |c| {
+                    !c.verify_requested
+                })?;
             }
         }
         Command::Sync { node, group, args } => {
-            sync(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
+            super::sync::run(&mut cat, &node, &group, &args, &ctx.config.daemon.socket)?
         }
         Command::Clean {
             node,
@@ -640,12 +620,12 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 plural(updated as usize, "file", "files")
             );
             if wait && wants == cairn_catalog::model::Wants::ReleaseNow {
-                cairn_catalog::nudge::nudge(&ctx.config.daemon.socket);
+                cairn_node::socket::nudge(&ctx.config.daemon.socket);
                 let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
                 // A release the archive rule refuses does not finish: stop once nothing has
                 // moved for three loops.
                 let stalled = ctx.config.daemon.interval.0 * 3;
-                follow_copy_rows(&mut cat, "released", &sizes, Some(stalled), |c| {
+                crate::wait::copy_rows(&mut cat, "released", &sizes, Some(stalled), |c| {
                     c.has == Has::No
                 })?;
             }
@@ -693,237 +673,6 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn totals(files: &[SyncCandidate]) -> (usize, u64) {
-    (files.len(), files.iter().map(|f| f.size).sum())
-}
-
-/// `node sync NODE GROUP` and `group sync GROUP NODE`: request copies of every file that is
-/// healthy on NODE and absent from GROUP (and from `--target`).
-pub fn sync(
-    cat: &mut Catalog,
-    node: &str,
-    group: &str,
-    args: &SyncArgs,
-    socket: &std::path::Path,
-) -> Result<()> {
-    let (src, dst, files) = cat.read(|tx| {
-        let src = tx.node(node)?;
-        let dst = tx.group(group)?;
-        if src.group_id == dst.id {
-            return Err(CatalogError::Invalid(format!(
-                "node {node:?} is in group {group:?} already: nothing to sync into itself"
-            )));
-        }
-        let target = args.target.as_deref().map(|g| tx.group(g)).transpose()?;
-        let select = CopySelect {
-            acq: args
-                .acq
-                .as_deref()
-                .map(|a| tx.acq(a))
-                .transpose()?
-                .map(|a| a.id),
-            path_prefix: args.path.clone(),
-            added_before: None,
-        };
-        let files = tx.sync_candidates(src.id, dst.id, target.map(|g| g.id), &select)?;
-        Ok((src, dst, files))
-    })?;
-    let (n, bytes) = totals(&files);
-    if n == 0 {
-        println!("No files to sync.");
-        return Ok(());
-    }
-    let what = format!(
-        "{} from Node \"{}\" to Group \"{}\"",
-        count_size(n, bytes),
-        src.name,
-        dst.name
-    );
-    if args.show_files {
-        println!("Would sync {what}:");
-        files.iter().for_each(|f| println!("{}", f.path));
-    } else {
-        println!("Would sync {what}.");
-    }
-    if !confirm(args.force)? {
-        println!("Cancelled.");
-        return Ok(());
-    }
-    println!("Syncing {what}.");
-    let t = now();
-    let created = cat.write(|tx| {
-        let mut created = Vec::new();
-        for f in &files {
-            let req = NewCopyRequest {
-                file_id: f.file_id,
-                from_node: src.id,
-                to_group: dst.id,
-            };
-            if let Some(id) = tx.create_copy_request(req, t)? {
-                created.push((id, f.size));
-            }
-        }
-        Ok(created)
-    })?;
-    let added = created.len();
-    println!(
-        "Added {added} new copy {}.",
-        plural(added, "request", "requests")
-    );
-    if added < n {
-        println!("{} already requested.", n - added);
-    }
-    if args.wait && added > 0 {
-        // Wake this machine's cairnd now: the nudge after the command would come too late.
-        cairn_catalog::nudge::nudge(socket);
-        follow_copies(cat, &created)?;
-    }
-    Ok(())
-}
-
-/// `--wait` for work on copies: (copy id, size) each, done once `done(copy)` holds.
-fn follow_copy_rows(
-    cat: &mut Catalog,
-    what: &str,
-    copies: &[(i64, u64)],
-    stalled: Option<std::time::Duration>,
-    done: impl Fn(&cairn_catalog::model::Copy) -> bool,
-) -> Result<()> {
-    let total_bytes = copies.iter().map(|(_, s)| s).sum();
-    crate::wait::follow(
-        cat,
-        what,
-        copies.len() as u64,
-        total_bytes,
-        stalled,
-        |cat| {
-            cat.read(|tx| {
-                let mut p = crate::wait::Progress::default();
-                for (id, size) in copies {
-                    if tx.copy_by_id(*id)?.is_none_or(|c| done(&c)) {
-                        p.done += 1;
-                        p.bytes += size;
-                    }
-                }
-                Ok(p)
-            })
-            .map_err(Into::into)
-        },
-    )?;
-    Ok(())
-}
-
-/// `--wait` for copy requests: (id, size) each.
-pub fn follow_copies(cat: &mut Catalog, requests: &[(i64, u64)]) -> Result<()> {
-    let total_bytes = requests.iter().map(|(_, s)| s).sum();
-    let p = crate::wait::follow(
-        cat,
-        "files",
-        requests.len() as u64,
-        total_bytes,
-        None,
-        |cat| {
-            cat.read(|tx| {
-                let mut p = crate::wait::Progress::default();
-                for (id, size) in requests {
-                    match tx.copy_request(*id)?.state {
-                        RequestState::Done => {
-                            p.done += 1;
-                            p.bytes += size;
-                        }
-                        RequestState::Failed | RequestState::Cancelled => p.failed += 1,
-                        RequestState::Pending | RequestState::Active => {}
-                    }
-                }
-                Ok(p)
-            })
-            .map_err(Into::into)
-        },
-    )?;
-    if p.failed > 0 {
-        anyhow::bail!(
-            "{} of {} copies failed (see `cairn request list --failed`)",
-            p.failed,
-            requests.len()
-        );
-    }
-    Ok(())
-}
-
-/// The `node stats` table.
-pub fn stats_table(stats: &[NodeStats], extra: bool) -> Table {
-    let mut headers = vec!["Name", "File Count", "Total Size", "% Full"];
-    if extra {
-        headers.extend(["Corrupt Files", "Suspect Files", "Missing Files"]);
-    }
-    let mut t = Table::new(&headers);
-    let count = |n: u64| {
-        if n == 0 {
-            "-".to_owned()
-        } else {
-            n.to_string()
-        }
-    };
-    for s in stats {
-        let mut row = vec![
-            s.node.clone(),
-            s.files.to_string(),
-            size_or_dash(s.bytes),
-            s.percent_full()
-                .map_or_else(|| "-".into(), |p| format!("{p:.1}")),
-        ];
-        if extra {
-            row.extend([count(s.corrupt), count(s.suspect), count(s.missing)]);
-        }
-        t.row(row);
-    }
-    t
-}
-
-/// Prints auto-actions seen from a group (which nodes feed it) or from a node.
-pub fn print_auto_actions(actions: &[AutoAction], side: Side) {
-    if actions.is_empty() {
-        println!("none");
-        return;
-    }
-    let mut t = match side {
-        Side::Group => Table::new(&["Node", "Action", "Trigger"]),
-        Side::Node => Table::new(&["Group", "Action", "Trigger"]),
-    };
-    for a in actions {
-        let other = match side {
-            Side::Group => a.node.clone(),
-            Side::Node => a.group.clone(),
-        };
-        if a.autosync {
-            let node = match side {
-                Side::Group => "that node",
-                Side::Node => "this node",
-            };
-            let trigger = match &a.path_prefix {
-                None => format!("File added to {node}"),
-                Some(p) => format!("File added to {node} under {p}"),
-            };
-            t.row(vec![other.clone(), "Auto-sync".into(), trigger]);
-        }
-        if a.autoclean {
-            let group = match side {
-                Side::Group => "this group",
-                Side::Node => "that group",
-            };
-            let trigger = match a.clean_after {
-                None => format!("File added to {group}"),
-                Some(s) => format!(
-                    "File in {group} for {}, verified",
-                    format_duration(std::time::Duration::from_secs(s as u64))
-                ),
-            };
-            t.row(vec![other.clone(), "Auto-clean".into(), trigger]);
-        }
-    }
-    t.print();
 }
 
 #[derive(Serialize)]

@@ -98,7 +98,7 @@ CREATE TABLE IF NOT EXISTS closed (
 impl Journal {
     /// Opens (or creates) the journal of the node whose root is `root`.
     pub fn open(root: &Path) -> Result<Journal> {
-        let path = root.join(".cairn/journal.db");
+        let path = crate::NodeRoot::new(root).journal();
         let err = |source| JournalError::Db {
             path: path.clone(),
             source,

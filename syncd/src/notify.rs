@@ -5,25 +5,38 @@
 //! (`group 3`, `node 7`). A thread of cairnd LISTENs on a dedicated connection and wakes the
 //! main loop when a notification concerns one of this host's nodes, so a request is picked up
 //! within moments instead of at the next `daemon.interval`. On SQLite the local socket nudge
-//! (`crate::nudge`) does this job.
+//! (`crate::socket`) does this job.
 //!
 //! When the connection drops, the thread reconnects with backoff and wakes the loop once it
 //! is back (notifications sent meanwhile were missed); the loop's interval covers the gap.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cairn_catalog::Pool;
 use cairn_catalog::db::postgres::{self, Heard, Listener};
+use cairn_catalog::model::Id;
+use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::daemon::Shared;
+use crate::nodes::Nodes;
+
+/// What the listening thread needs: whom to wake, and how to tell this host's work.
+pub struct Listening {
+    pub wake: Arc<Notify>,
+    pub nodes: Arc<Nodes>,
+    pub pool: Arc<Pool>,
+    pub host_id: Id,
+    /// Set at shutdown: the thread ends.
+    pub cancel: Arc<AtomicBool>,
+}
 
 /// How often the thread checks whether cairnd is shutting down.
 const POLL: Duration = Duration::from_millis(500);
 
 /// Starts the listening thread if the catalog is PostgreSQL. It ends when cairnd shuts down.
-pub fn spawn(shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
-    let url = &shared.config.catalog.url;
+pub fn spawn(url: &str, l: Listening) -> Option<std::thread::JoinHandle<()>> {
     if !postgres::is_postgres_url(url) {
         return None;
     }
@@ -36,7 +49,7 @@ pub fn spawn(shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
     };
     let spawned = std::thread::Builder::new()
         .name("cairn-listen".into())
-        .spawn(move || listen(&shared, listener));
+        .spawn(move || listen(&l, listener));
     match spawned {
         Ok(h) => Some(h),
         Err(e) => {
@@ -46,10 +59,10 @@ pub fn spawn(shared: Arc<Shared>) -> Option<std::thread::JoinHandle<()>> {
     }
 }
 
-fn listen(shared: &Shared, mut listener: Listener) {
+fn listen(l: &Listening, mut listener: Listener) {
     let mut delay = Duration::from_millis(100);
     let mut lost = false;
-    while !shared.is_cancelled() {
+    while !l.cancel.load(Ordering::Relaxed) {
         match listener.wait(POLL) {
             Ok(Heard::Nothing) => {}
             Ok(Heard::Connected) => {
@@ -63,12 +76,12 @@ fn listen(shared: &Shared, mut listener: Listener) {
                 }
                 lost = false;
                 delay = Duration::from_millis(100);
-                shared.wake.notify_one();
+                l.wake.notify_one();
             }
             Ok(Heard::Wake(payloads)) => {
-                if payloads.iter().any(|p| concerns(shared, p)) {
+                if payloads.iter().any(|p| concerns(l, p)) {
                     debug!("Woken by the catalog: {payloads:?}.");
-                    shared.wake.notify_one();
+                    l.wake.notify_one();
                 }
             }
             Err(e) => {
@@ -85,21 +98,21 @@ fn listen(shared: &Shared, mut listener: Listener) {
 
 /// Whether a notification is about work for this host: a copy into the group of one of its
 /// nodes, or something for one of its nodes. A node created since the last pass is looked up.
-fn concerns(shared: &Shared, payload: &str) -> bool {
+fn concerns(l: &Listening, payload: &str) -> bool {
     let Some((kind, id)) = payload.split_once(' ') else {
         return true;
     };
     let Ok(id) = id.parse::<i64>() else {
         return true;
     };
-    let known = shared.host_nodes.lock().expect("host nodes lock").clone();
+    let known = l.nodes.all();
     match kind {
         "group" => known.values().any(|g| *g == id),
         "node" if known.contains_key(&id) => true,
-        "node" => shared
+        "node" => l
             .pool
-            .with(|cat| Ok(cat.read(|tx| tx.node_by_id(id))?))
-            .map_or(true, |n| n.host_id == Some(shared.host_id)),
+            .with(|cat| cat.read(|tx| tx.node_by_id(id)))
+            .map_or(true, |n| n.host_id == Some(l.host_id)),
         _ => true,
     }
 }

@@ -33,7 +33,7 @@ impl Importer {
         if name.starts_with('.') {
             return Verdict::Skip("names starting with '.' are never imported".into());
         }
-        if path == ".cairn" || path.starts_with(".cairn/") {
+        if crate::root::NodeRoot::is_cairn_area(path) {
             return Verdict::Skip("cairn's own area".into());
         }
         if !self.include.is_empty() && !self.include.iter().any(|r| r.is_match(path)) {

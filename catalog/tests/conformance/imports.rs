@@ -1,0 +1,107 @@
+//! `Tx::import_copy`: what the mount and cairnd's importers run to register a file with its
+//! copy.
+
+use cairn_catalog::Catalog;
+use cairn_catalog::catalog::{ImportOutcome, NewFile};
+use cairn_catalog::model::Has;
+use cairn_catalog::rules::AutoEffect;
+
+use super::{NOW, md5, two_nodes};
+
+fn new_file(path: &str, size: u64) -> NewFile {
+    NewFile {
+        path: path.to_owned(),
+        acq: "2025/02/21".into(),
+        size,
+        md5: md5(size),
+        mtime: NOW,
+    }
+}
+
+pub fn import_copy_registers_a_file_with_its_copy_once(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    let f = new_file("2025/02/21/a.dat", 5000);
+    let first = cat.write(|tx| tx.import_copy(&f, n1, NOW)).unwrap();
+    let ImportOutcome::Imported {
+        file_id,
+        new_file: true,
+        new_acq: true,
+        fired,
+    } = first
+    else {
+        panic!("a new file: {first:?}");
+    };
+    assert!(fired.is_empty(), "no auto-actions set up: {fired:?}");
+    let copy = cat.read(|tx| tx.copy_on(file_id, n1)).unwrap().unwrap();
+    assert_eq!((copy.has, copy.size_on_node), (Has::Yes, Some(8192)));
+
+    let again = cat.write(|tx| tx.import_copy(&f, n1, NOW)).unwrap();
+    assert_eq!(again, ImportOutcome::AlreadyHere { file_id });
+
+    let elsewhere = cat.write(|tx| tx.import_copy(&f, n2, NOW)).unwrap();
+    assert!(
+        matches!(
+            elsewhere,
+            ImportOutcome::Imported { file_id: id, new_file: false, new_acq: false, .. }
+                if id == file_id
+        ),
+        "a known file's copy on another node: {elsewhere:?}"
+    );
+}
+
+pub fn import_copy_of_an_empty_file_takes_no_blocks(cat: &mut Catalog) {
+    let (n1, _, _, _) = two_nodes(cat);
+    let out = cat
+        .write(|tx| tx.import_copy(&new_file("2025/02/21/empty.dat", 0), n1, NOW))
+        .unwrap();
+    let ImportOutcome::Imported { file_id, .. } = out else {
+        panic!("{out:?}");
+    };
+    let copy = cat.read(|tx| tx.copy_on(file_id, n1)).unwrap().unwrap();
+    assert_eq!(copy.size_on_node, Some(0));
+}
+
+pub fn import_copy_refuses_a_path_archived_with_other_contents(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    cat.write(|tx| tx.import_copy(&new_file("2025/02/21/a.dat", 10), n1, NOW))
+        .unwrap();
+    let other = new_file("2025/02/21/a.dat", 11);
+    let out = cat.write(|tx| tx.import_copy(&other, n2, NOW)).unwrap();
+    let ImportOutcome::Conflict { existing } = out else {
+        panic!("a conflict: {out:?}");
+    };
+    assert_eq!(
+        (existing.size, existing.md5.as_str()),
+        (10, md5(10).as_str())
+    );
+    assert_eq!(
+        cat.read(|tx| tx.copy_on(existing.id, n2)).unwrap(),
+        None,
+        "nothing recorded"
+    );
+}
+
+pub fn import_copy_fires_the_auto_actions_of_the_new_copy(cat: &mut Catalog) {
+    let (n1, _, _, g2) = two_nodes(cat);
+    cat.write(|tx| {
+        let g = tx.group("demo_storage2")?;
+        let n = tx.node("demo_storage1")?;
+        tx.set_autosync(&g, &n, true, None)
+    })
+    .unwrap();
+    let out = cat
+        .write(|tx| tx.import_copy(&new_file("2025/02/21/a.dat", 10), n1, NOW))
+        .unwrap();
+    let ImportOutcome::Imported { file_id, fired, .. } = out else {
+        panic!("{out:?}");
+    };
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(
+        fired[0].effect,
+        AutoEffect::Sync {
+            from_node: n1,
+            to_group: g2
+        }
+    );
+    assert_eq!(cat.read(|tx| tx.pending_reads(file_id, n1)).unwrap(), 1);
+}

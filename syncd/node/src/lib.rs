@@ -1,0 +1,26 @@
+//! What lives on a cairn node and on a host, shared by the mount (`cairnfs`) and the daemon
+//! (`cairnd`), so that neither depends on the other (DESIGN.md, "layers point down"):
+//!
+//! - [`root`]: the layout of a node root (`.cairn/node.toml`, `tmp`, `staging`, `kept`), the
+//!   marker and its checks, and the capacity of a root's filesystem;
+//! - [`copyfile`]: copying into a node with the md5 in the same pass, fsync and the rename into
+//!   place (invariant 2);
+//! - [`importer`]: which files the `[import]` rules take, and into which acquisition;
+//! - [`cache`]: how the cache directory names its files, and marking one as used;
+//! - [`socket`]: cairnd's local socket protocol, typed, and the nudge that wakes cairnd;
+//! - [`journal`]: the host's journal of closed files, kept until the catalog has them;
+//! - [`logfile`]: daily log files;
+//! - [`temp`]: a temporary file removed on every way out unless kept.
+//!
+//! Nothing here runs a thread pool, speaks HTTP or watches with inotify: the mount links it.
+
+pub mod cache;
+pub mod copyfile;
+pub mod importer;
+pub mod journal;
+pub mod logfile;
+pub mod root;
+pub mod socket;
+pub mod temp;
+
+pub use root::{NodeRoot, RootState};

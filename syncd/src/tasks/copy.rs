@@ -1,0 +1,384 @@
+//! A copy request carried out on this host: destination, pre-pull search, space check,
+//! source, transfer into `.cairn/tmp/`, md5 check, fsync, the marker checked again, install,
+//! record with auto-actions — or a retry with backoff (invariant 2).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use cairn_catalog::Catalog;
+use cairn_catalog::catalog::size_on_disk;
+use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
+use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
+use cairn_catalog::units::{format_size, now};
+use cairn_node::copyfile;
+use cairn_node::root::{Incoming, NodeRoot, RootState};
+use cairn_node::temp::TempFile;
+use tracing::{debug, error, info, warn};
+
+use super::{TaskContext, log_effects};
+use crate::metrics::Metrics;
+use crate::transfer::Location;
+
+pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
+    ctx.pool.with(|cat| {
+        if !cat.write(|tx| tx.claim_copy_request(r.id, &ctx.host.name, now()))? {
+            return Ok(());
+        }
+        info!(
+            "Beginning task AFCR#{}: {} -> {}",
+            r.id, r.from_node, r.to_group
+        );
+        match copy_claimed(ctx, cat, &r) {
+            Ok(()) => Ok(()),
+            Err(CopyFailure::Cancelled) => {
+                cat.write(|tx| tx.unclaim_copy_request(r.id))?;
+                Ok(())
+            }
+            Err(CopyFailure::Failed(reason)) => retry_later(ctx, cat, &r, &reason, false),
+            // A source that sent wrong bytes is marked suspect and no longer chosen: the next
+            // attempt may start at once, from another copy.
+            Err(CopyFailure::BadSource(reason)) => retry_later(ctx, cat, &r, &reason, true),
+            Err(CopyFailure::Catalog(e)) => Err(e),
+        }
+    })
+}
+
+/// Records a failed attempt: retried after a growing backoff (at once if `now`), or failed
+/// for good after `daemon.max_attempts`.
+fn retry_later(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    reason: &str,
+    immediately: bool,
+) -> Result<()> {
+    let attempts = cat.read(|tx| tx.copy_request(r.id))?.attempts;
+    let base = ctx.limits.retry_delay.as_secs().max(1) as i64;
+    let delay = if immediately {
+        0
+    } else {
+        backoff(base, attempts)
+    };
+    let max = ctx.limits.max_attempts;
+    let failed = cat.write(|tx| tx.fail_copy_request(r.id, reason, max, now() + delay, now()))?;
+    if failed {
+        error!("AFCR#{} failed after {attempts} attempts: {reason}", r.id);
+    } else {
+        warn!(
+            "AFCR#{} attempt {attempts} failed: {reason}; retrying in {delay}s.",
+            r.id
+        );
+    }
+    Ok(())
+}
+
+/// Seconds before retry number `attempts`: `base` doubling, capped at an hour.
+fn backoff(base: i64, attempts: u32) -> i64 {
+    (base << attempts.saturating_sub(1).min(12)).min(3600)
+}
+
+enum CopyFailure {
+    Cancelled,
+    Failed(String),
+    /// The source delivered wrong bytes (it is marked suspect now).
+    BadSource(String),
+    Catalog(anyhow::Error),
+}
+
+impl From<anyhow::Error> for CopyFailure {
+    fn from(e: anyhow::Error) -> Self {
+        CopyFailure::Catalog(e)
+    }
+}
+
+impl From<cairn_catalog::CatalogError> for CopyFailure {
+    fn from(e: cairn_catalog::CatalogError) -> Self {
+        CopyFailure::Catalog(e.into())
+    }
+}
+
+fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result<(), CopyFailure> {
+    let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
+    let dest = choose_destination(ctx, cat, r)?;
+    let root = PathBuf::from(dest.root.clone().unwrap_or_default());
+    // The destination may be a disk pulled out since the last loop: write only onto the disk
+    // whose marker says it is this node (never into the empty mount point below it).
+    let still_there =
+        || NodeRoot::new(&root).check(&dest.name, &ctx.host.catalog_id) == RootState::Ready;
+    if !still_there() {
+        return Err(CopyFailure::Cancelled);
+    }
+    let final_path = root.join(&file.path);
+    let t0 = Instant::now();
+
+    // Pre-pull search: the file may be there already (copied by hand, or by an earlier run
+    // that stopped before recording it).
+    debug!("Pre-pull search for {} in {}", file.path, dest.name);
+    if let Ok(meta) = std::fs::metadata(&final_path)
+        && meta.is_file()
+        && meta.len() == file.size
+        && let Ok((_, md5)) = copyfile::md5_of(&final_path, &ctx.cancel)
+        && md5 == file.md5
+    {
+        info!(
+            "Pre-pull search found {} on node \"{}\": recording it.",
+            file.path, dest.name
+        );
+        record_arrival(cat, r, &dest, file.size, t0)?;
+        return Ok(());
+    }
+    // Something else is at the archive name. Overwrite it only if it is this file's own copy
+    // gone bad; a file the catalog does not know is not cairn's to touch (invariant 6).
+    if std::fs::symlink_metadata(&final_path).is_ok() {
+        let ours = cat
+            .read(|tx| tx.copy_on(file.id, dest.id))?
+            .is_some_and(|c| c.has != Has::No);
+        if !ours {
+            return Err(CopyFailure::Failed(format!(
+                "{} is in the way on node \"{}\": a file the catalog does not know, left alone",
+                final_path.display(),
+                dest.name
+            )));
+        }
+    }
+
+    let space = node_space(cat, &dest)?;
+    if let Err(no) = rules::fits(&space, file.size) {
+        return Err(CopyFailure::Failed(format!(
+            "node \"{}\" has no room: {no}",
+            dest.name
+        )));
+    }
+    let Some(source) = ctx.sources.for_request(cat, r)?.into_iter().next() else {
+        return Err(CopyFailure::Cancelled);
+    };
+    let remote_host = match &source.location {
+        Location::Remote { host, .. } => Some(host.clone()),
+        Location::Local(_) => None,
+    };
+    // A pull from another host may be resumed, so its temp file (`.part`) outlives a failed
+    // attempt; a local copy starts over, and its temp file (`.tmp`) is a leftover once the
+    // copy is not running.
+    let tmp = NodeRoot::new(&root).incoming(Incoming {
+        request: r.id,
+        resumable: remote_host.is_some(),
+    });
+    if let Some(parent) = tmp.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CopyFailure::Failed(format!("cannot create {}: {e}", parent.display())))?;
+    }
+    // Removed on every way out below, except a resumable partial pull and the installed copy.
+    let tmp = TempFile::new(tmp);
+    info!(
+        "Pulling file {} from node \"{}\"{} using {}",
+        file.path,
+        source.node,
+        remote_host
+            .as_deref()
+            .map(|h| format!(" on {h}"))
+            .unwrap_or_default(),
+        ctx.transfer.method(&source)
+    );
+    // The copy stops at its next chunk when cairnd shuts down or its request is cancelled.
+    let stop = AtomicBool::new(false);
+    let withdrawn = AtomicBool::new(false);
+    let fetched = std::thread::scope(|s| {
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        s.spawn(|| watch_request(ctx, r.id, finished, &stop, &withdrawn));
+        let fetched = ctx.transfer.fetch(&source, tmp.path(), &stop);
+        drop(done);
+        fetched
+    });
+    if withdrawn.load(Ordering::Relaxed) {
+        info!(
+            "Copy of {} to node \"{}\" stopped: request AFCR#{} was cancelled.",
+            file.path, dest.name, r.id
+        );
+        return Err(CopyFailure::Cancelled);
+    }
+    let note_peer = |ok: bool| {
+        if let Some(h) = &remote_host {
+            ctx.sources.note_pull(h, ok);
+        }
+    };
+    let copied = match fetched {
+        Ok(c) => c,
+        Err(e) => {
+            // A partial pull from another host stays in .cairn/tmp, to be resumed with Range;
+            // anything else starts over.
+            if remote_host.is_some() && !ctx.is_cancelled() {
+                tmp.keep();
+            }
+            if e.kind() == std::io::ErrorKind::Interrupted || ctx.is_cancelled() {
+                info!("Pull of {} aborted: shutting down.", file.path);
+                return Err(CopyFailure::Cancelled);
+            }
+            note_peer(false);
+            return Err(CopyFailure::Failed(format!(
+                "cannot copy from node \"{}\": {e}",
+                source.node
+            )));
+        }
+    };
+    if copied.md5 != file.md5 || copied.bytes != file.size {
+        drop(tmp);
+        note_peer(false);
+        Metrics::add(&ctx.metrics.md5_mismatches, 1);
+        cat.write(|tx| tx.mark_copy(source.copy_id, Has::Suspect, now()))?;
+        error!(
+            "Pull of {} from node \"{}\" gave wrong bytes ({} B, md5 {}; expected {} B, md5 {}): \
+             copy there marked suspect.",
+            file.path, source.node, copied.bytes, copied.md5, file.size, file.md5
+        );
+        return Err(CopyFailure::BadSource(format!(
+            "md5 mismatch from node \"{}\" (marked suspect)",
+            source.node
+        )));
+    }
+    if ctx.is_cancelled() {
+        return Err(CopyFailure::Cancelled);
+    }
+    // Invariant 2: the bytes are on disk before the copy gets its archive name.
+    if let Err(e) = copyfile::sync_file(tmp.path()) {
+        return Err(CopyFailure::Failed(format!(
+            "cannot fsync {}: {e}",
+            tmp.path().display()
+        )));
+    }
+    if !still_there() {
+        return Err(CopyFailure::Failed(format!(
+            "node \"{}\" went away during the copy (its disk is no longer at {})",
+            dest.name,
+            root.display()
+        )));
+    }
+    if let Some(parent) = final_path.parent()
+        && !parent.exists()
+    {
+        info!("Creating directory \"{}\".", parent.display());
+    }
+    copyfile::install(tmp.path(), &final_path).map_err(|e| {
+        CopyFailure::Failed(format!(
+            "cannot move into place at {}: {e}",
+            final_path.display()
+        ))
+    })?;
+    tmp.keep();
+    note_peer(true);
+    record_arrival(cat, r, &dest, copied.bytes, t0)?;
+    let secs = t0.elapsed().as_secs_f64();
+    info!(
+        "Pull of {} complete. Transferred {} in {:.1}s [{}/s]",
+        file.path,
+        format_size(copied.bytes),
+        secs,
+        format_size((copied.bytes as f64 / secs.max(1e-3)) as u64)
+    );
+    Ok(())
+}
+
+/// Sets `stop` when cairnd shuts down or copy request `id` is cancelled (and then
+/// `withdrawn` too), until `finished` says the copy is over. The catalog is asked once a
+/// second.
+fn watch_request(
+    ctx: &TaskContext,
+    id: Id,
+    finished: std::sync::mpsc::Receiver<()>,
+    stop: &AtomicBool,
+    withdrawn: &AtomicBool,
+) {
+    const TICK: Duration = Duration::from_millis(100);
+    let mut asked = Instant::now();
+    loop {
+        match finished.recv_timeout(TICK) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        if ctx.is_cancelled() {
+            stop.store(true, Ordering::Relaxed);
+            return;
+        }
+        if asked.elapsed() >= Duration::from_secs(1) {
+            asked = Instant::now();
+            let cancelled = ctx
+                .pool
+                .with(|cat| cat.read(|tx| tx.copy_request(id)))
+                .is_ok_and(|q| q.state == RequestState::Cancelled);
+            if cancelled {
+                withdrawn.store(true, Ordering::Relaxed);
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+fn record_arrival(
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    dest: &Node,
+    bytes: u64,
+    t0: Instant,
+) -> Result<(), CopyFailure> {
+    let t = now();
+    let effects = cat.write(|tx| {
+        tx.record_copy(r.file_id, dest.id, Has::Yes, Some(size_on_disk(bytes)), t)?;
+        tx.finish_copy_request(r.id, bytes, t0.elapsed().as_secs_f64(), t)?;
+        tx.fire_auto_actions(r.file_id, dest.id, t)
+    })?;
+    log_effects(&r.path, &effects);
+    Ok(())
+}
+
+fn node_space(cat: &mut Catalog, node: &Node) -> Result<NodeSpace> {
+    let used = cat.read(|tx| tx.used_by_copies(node.id))?;
+    Ok(NodeSpace {
+        used_by_copies: used,
+        max_total: node.max_total,
+        avail: node.avail,
+        capacity: node.capacity,
+        min_avail: node.min_avail,
+    })
+}
+
+/// The node of the destination group on this host that takes the copy: the group's node here,
+/// or for a transport group the fullest disk that still fits.
+fn choose_destination(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+) -> Result<Node, CopyFailure> {
+    let group = cat.read(|tx| tx.group(&r.to_group))?;
+    let here: Vec<Node> = ctx
+        .nodes
+        .available()
+        .into_iter()
+        .filter(|n| n.group_id == group.id && !n.paused)
+        .collect();
+    if here.is_empty() {
+        return Err(CopyFailure::Cancelled);
+    }
+    if group.io_class == IoClass::Transport {
+        let mut cands = Vec::new();
+        for n in &here {
+            cands.push(TransportCandidate {
+                node_id: n.id,
+                name: n.name.clone(),
+                host_id: n.host_id,
+                active: n.active && n.kind == NodeKind::Transport,
+                space: node_space(cat, n)?,
+            });
+        }
+        let chosen = rules::choose_transport(&cands, ctx.host.id, r.size)
+            .map_err(|e| CopyFailure::Failed(e.to_string()))?;
+        return Ok(here
+            .into_iter()
+            .find(|n| n.id == chosen)
+            .expect("chosen among candidates"));
+    }
+    let mut here = here;
+    here.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(here.remove(0))
+}

@@ -1,0 +1,408 @@
+//! Init, import and scan: a node's marker written; files found under a node root registered
+//! with their copy there (`Tx::import_copy`), by request, by scan, or on close (auto-import).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow};
+use cairn_catalog::Catalog;
+use cairn_catalog::catalog::{ImportOutcome, NewFile};
+use cairn_catalog::model::{Has, Id, Node};
+use cairn_catalog::units::now;
+use cairn_node::copyfile;
+use cairn_node::importer::Verdict;
+use cairn_node::root::{Marker, NodeRoot, RootState};
+use tracing::{debug, error, info, warn};
+
+use super::{TaskContext, log_effects, node_and_root};
+use crate::procfs::{self, OpenWriters};
+
+pub(super) fn init(ctx: &TaskContext, request: Id, node_id: Id) -> Result<()> {
+    with_import_request(ctx, Some(request), |cat| {
+        let node = cat.read(|tx| tx.node_by_id(node_id))?;
+        match init_node(ctx, &node) {
+            Ok(msg) => {
+                info!("{msg}");
+                Ok(None)
+            }
+            Err(e) => {
+                error!("Cannot initialise node \"{}\": {e:#}", node.name);
+                Ok(Some(format!("{e:#}")))
+            }
+        }
+    })
+}
+
+/// Runs `work` for an import request (or for no request: an auto-import or catch-up scan).
+/// The request is claimed first — another worker or host may have won it — and ends `done`,
+/// or `failed` with the reason `work` returns.
+fn with_import_request(
+    ctx: &TaskContext,
+    request: Option<Id>,
+    work: impl FnOnce(&mut Catalog) -> Result<Option<String>>,
+) -> Result<()> {
+    ctx.pool.with(|cat| {
+        if let Some(r) = request
+            && !cat.write(|tx| tx.claim_import_request(r))?
+        {
+            return Ok(());
+        }
+        let error = work(cat)?;
+        if let Some(r) = request
+            && ctx.is_cancelled()
+        {
+            // Stopped part-way: the request runs again at the next start.
+            cat.write(|tx| tx.unclaim_import_request(r))?;
+        } else if let Some(r) = request {
+            cat.write(|tx| tx.finish_import_request(r, error.as_deref(), now()))?;
+            if error.is_none() {
+                info!("Completed import request #{r}.");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn init_node(ctx: &TaskContext, node: &Node) -> Result<String> {
+    let root = node
+        .root
+        .as_deref()
+        .ok_or_else(|| anyhow!("it has no root (set one with `cairn node modify --root`)"))?;
+    let root = NodeRoot::new(root);
+    match root.check(&node.name, &ctx.host.catalog_id) {
+        RootState::Ready => Ok(format!("Node \"{}\" is already initialised.", node.name)),
+        RootState::NotInitialised => {
+            root.write_marker(&Marker {
+                node: node.name.clone(),
+                catalog_id: ctx.host.catalog_id.clone(),
+            })
+            .with_context(|| format!("cannot write the marker under {}", root.path().display()))?;
+            Ok(format!("Node \"{}\" initialised.", node.name))
+        }
+        RootState::Missing => Err(anyhow!("root \"{}\" is not there", root.path().display())),
+        RootState::Foreign(m) => Err(anyhow!(
+            "root \"{}\" already holds the marker of node \"{}\" of catalog {}",
+            root.path().display(),
+            m.node,
+            m.catalog_id
+        )),
+        RootState::Unreadable(e) => Err(anyhow!(
+            "the marker under {} is unreadable: {e}",
+            root.path().display()
+        )),
+    }
+}
+
+// ---- import ----
+
+/// What importing one path came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Imported {
+    /// Registered (new file or a copy of a known one).
+    Yes,
+    /// The node already had a healthy copy.
+    AlreadyThere,
+    Skipped(String),
+}
+
+pub(super) fn import_request(
+    ctx: &TaskContext,
+    node_id: Id,
+    request: Option<Id>,
+    path: &str,
+    register_new: bool,
+) -> Result<()> {
+    with_import_request(ctx, request, |cat| {
+        let (node, root) = node_and_root(ctx, node_id)?;
+        let writers = procfs::open_for_writing().ok();
+        let outcome = import_one(ctx, cat, &node, &root, path, register_new, writers.as_ref());
+        Ok(match outcome {
+            Ok(Imported::Skipped(why)) => {
+                info!("Not importing \"{path}\" on node \"{}\": {why}.", node.name);
+                Some(why)
+            }
+            Ok(_) => None,
+            Err(e) => {
+                error!(
+                    "Import of \"{path}\" on node \"{}\" failed: {e:#}",
+                    node.name
+                );
+                Some(format!("{e:#}"))
+            }
+        })
+    })
+}
+
+pub(super) fn auto_import(ctx: &TaskContext, node_id: Id, path: &str) -> Result<()> {
+    ctx.pool.with(|cat| {
+        let (node, root) = node_and_root(ctx, node_id)?;
+        match import_one(ctx, cat, &node, &root, path, true, None)? {
+            Imported::Skipped(why) => {
+                info!("Not importing \"{path}\" on node \"{}\": {why}.", node.name)
+            }
+            Imported::Yes | Imported::AlreadyThere => {}
+        }
+        Ok(())
+    })
+}
+
+fn import_one(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+    writers: Option<&OpenWriters>,
+) -> Result<Imported> {
+    match examine(ctx, cat, node, root, path, register_new, writers)? {
+        Examined::AlreadyThere => Ok(Imported::AlreadyThere),
+        Examined::Skip(why) => Ok(Imported::Skipped(why)),
+        Examined::New(f) => {
+            register(cat, node, std::slice::from_ref(&f))?;
+            Ok(Imported::Yes)
+        }
+    }
+}
+
+/// What looking at one file under a node root found.
+enum Examined {
+    /// A file to register, its md5 computed.
+    New(NewFile),
+    /// The node has a healthy copy of it already.
+    AlreadyThere,
+    /// Not to be imported, and why.
+    Skip(String),
+}
+
+/// Looks at one file under a node root: whether to register it, and if not, why.
+fn examine(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+    writers: Option<&OpenWriters>,
+) -> Result<Examined> {
+    let path = match cairn_catalog::catalog::normalize_path(path) {
+        Ok(p) if !p.is_empty() => p,
+        Ok(_) => return Ok(Examined::Skip("not a file path".into())),
+        Err(e) => return Ok(Examined::Skip(e.to_string())),
+    };
+    let acq = match ctx.importer.check(&path) {
+        Verdict::Import { acq } => acq,
+        Verdict::Skip(why) => return Ok(Examined::Skip(why)),
+    };
+    let full = root.join(&path);
+    let meta = match std::fs::symlink_metadata(&full) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(Examined::Skip(format!(
+                "no such file under {}",
+                root.display()
+            )));
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", full.display())),
+    };
+    if !meta.file_type().is_file() {
+        return Ok(Examined::Skip("not a regular file".into()));
+    }
+    let open = match writers {
+        Some(w) => w.contains(&full),
+        None => procfs::is_open_for_writing(&full).unwrap_or(false),
+    };
+    if open {
+        return Ok(Examined::Skip(
+            "still open for writing; it is imported when closed".into(),
+        ));
+    }
+    let known = cat.read(|tx| {
+        let Some(f) = tx.file_by_path(&path)? else {
+            return Ok(None);
+        };
+        let copy = tx.copy_on(f.id, node.id)?;
+        Ok(Some((f, copy)))
+    })?;
+    if let Some((_, Some(c))) = &known
+        && c.has == Has::Yes
+    {
+        return Ok(Examined::AlreadyThere);
+    }
+    if known.is_none() && !register_new {
+        return Ok(Examined::Skip(
+            "not in the catalog (import with --register-new to add it)".into(),
+        ));
+    }
+    let (size, md5) = copyfile::md5_of(&full, &ctx.cancel)
+        .with_context(|| format!("cannot read {}", full.display()))?;
+    if let Some((f, _)) = &known
+        && (f.size != size || f.md5 != md5)
+    {
+        return Ok(Examined::Skip(format!(
+            "its contents differ from the registered file ({size} bytes, md5 {md5}; \
+             the catalog has {} bytes, md5 {})",
+            f.size, f.md5
+        )));
+    }
+    use std::os::unix::fs::MetadataExt;
+    Ok(Examined::New(NewFile {
+        path,
+        acq,
+        size,
+        md5,
+        mtime: meta.mtime(),
+    }))
+}
+
+/// Registers files and their copies on `node` in one transaction, with their auto-actions.
+fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
+    let t = now();
+    let outcomes = cat.write(|tx| {
+        files
+            .iter()
+            .map(|f| tx.import_copy(f, node.id, t))
+            .collect::<cairn_catalog::error::Result<Vec<_>>>()
+    })?;
+    for (f, outcome) in files.iter().zip(outcomes) {
+        match outcome {
+            ImportOutcome::Imported {
+                new_file,
+                new_acq,
+                fired,
+                ..
+            } => {
+                if new_acq {
+                    info!("Acquisition \"{}\" added to DB.", f.acq);
+                }
+                if new_file {
+                    info!("File \"{}\" added to DB.", f.path);
+                }
+                info!(
+                    "Imported file copy \"{}\" on node \"{}\".",
+                    f.path, node.name
+                );
+                log_effects(&f.path, &fired);
+            }
+            ImportOutcome::AlreadyHere { .. } => {}
+            ImportOutcome::Conflict { existing } => warn!(
+                "Not importing \"{}\" on node \"{}\": it is already archived with other \
+                 contents ({} bytes, md5 {}).",
+                f.path, node.name, existing.size, existing.md5
+            ),
+        }
+    }
+    Ok(())
+}
+
+// ---- scan ----
+
+pub(super) fn scan(
+    ctx: &TaskContext,
+    node_id: Id,
+    request: Option<Id>,
+    path: &str,
+    register_new: bool,
+) -> Result<()> {
+    with_import_request(ctx, request, |cat| {
+        let (node, root) = node_and_root(ctx, node_id)?;
+        Ok(
+            match scan_tree(ctx, cat, &node, &root, path, register_new) {
+                Ok((imported, skipped)) => {
+                    debug!(
+                        "Scan of \"{path}\" on \"{}\": {imported} imported, {skipped} skipped.",
+                        node.name
+                    );
+                    None
+                }
+                Err(e) => {
+                    error!("Scan of \"{path}\" on node \"{}\" failed: {e:#}", node.name);
+                    Some(format!("{e:#}"))
+                }
+            },
+        )
+    })
+}
+
+fn scan_tree(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    path: &str,
+    register_new: bool,
+) -> Result<(usize, usize)> {
+    let rel = if path == "." {
+        String::new()
+    } else {
+        cairn_catalog::catalog::normalize_path(path)?
+    };
+    info!("Scanning \"{path}\" on \"{}\" for new files.", node.name);
+    let start = root.join(&rel);
+    if !start.is_dir() {
+        return Err(anyhow!(
+            "\"{path}\" is not a directory under {}",
+            root.display()
+        ));
+    }
+    let have: std::collections::HashSet<String> = cat
+        .read(|tx| tx.files_on_node(node.id, None, (!rel.is_empty()).then_some(rel.as_str())))?
+        .into_iter()
+        .filter(|(_, c)| c.has == Has::Yes)
+        .map(|(f, _)| f.path)
+        .collect();
+    let writers = procfs::open_for_writing().ok();
+    let mut files = Vec::new();
+    walk(root, &start, &mut files)?;
+    files.sort();
+    let (mut imported, mut skipped) = (0, 0);
+    let mut batch = Vec::new();
+    for p in files {
+        if ctx.is_cancelled() {
+            break;
+        }
+        if have.contains(&p) {
+            continue;
+        }
+        match examine(ctx, cat, node, root, &p, register_new, writers.as_ref())? {
+            Examined::AlreadyThere => {}
+            Examined::Skip(why) => {
+                info!("Not importing \"{p}\": {why}.");
+                skipped += 1;
+            }
+            Examined::New(f) => batch.push(f),
+        }
+        if batch.len() >= 256 {
+            imported += batch.len();
+            register(cat, node, &std::mem::take(&mut batch))?;
+        }
+    }
+    imported += batch.len();
+    register(cat, node, &batch)?;
+    Ok((imported, skipped))
+}
+
+/// Files below `dir`, as paths relative to `root`; skips `.cairn/` at the root.
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for e in entries {
+        let e = e?;
+        let p = e.path();
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            if dir == root && e.file_name() == cairn_node::root::CAIRN_DIR {
+                continue;
+            }
+            debug!(
+                "Scanning \"{}\".",
+                p.strip_prefix(root).unwrap_or(&p).display()
+            );
+            walk(root, &p, out)?;
+        } else if ft.is_file()
+            && let Ok(rel) = p.strip_prefix(root)
+        {
+            out.push(rel.to_string_lossy().into_owned());
+        }
+    }
+    Ok(())
+}
