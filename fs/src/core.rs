@@ -119,7 +119,9 @@ impl Core {
     pub fn new(opts: Options, import: &cairn_catalog::config::ImportConfig) -> Result<Core> {
         let pool = Pool::new(
             &opts.catalog_url,
-            cairn_catalog::db::Patience::new(CATALOG_PATIENCE),
+            // A busy catalog (another process holding its write lock) is no reason to hold up
+            // a program either: closed files wait in the journal meanwhile.
+            cairn_catalog::db::Patience::new(CATALOG_PATIENCE).with_busy(CATALOG_PATIENCE),
         );
         let root = pool
             .with(|cat| Ok::<_, FsError>(cat.read(|tx| tx.dir_by_path(""))?))?

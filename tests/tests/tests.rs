@@ -4,6 +4,8 @@
 //!   file (both backends).
 //! - `daemon`: cairnd on one host: seed 004's single-host flow, refused roots, crash safety,
 //!   racing cleans.
+//! - `handoff`: a closed file is never lost: the mount killed after writers closed, the catalog
+//!   locked or its WAL unwritable, a name too long for the node.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
@@ -18,6 +20,7 @@
 
 mod concurrency;
 mod daemon;
+mod handoff;
 mod hosts;
 mod mount;
 mod postgres;
