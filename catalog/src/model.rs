@@ -544,6 +544,30 @@ impl FromRow for AutoAction {
     }
 }
 
+/// Closed files waiting in a write node's journal on its host to be registered, as last
+/// reported by the mount or cairnd there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalReport {
+    pub node: String,
+    pub host: Option<String>,
+    pub files: u64,
+    /// When the oldest of them was closed.
+    pub oldest: Option<Timestamp>,
+    pub reported_at: Timestamp,
+}
+
+impl FromRow for JournalReport {
+    fn from_row(r: &Row) -> Result<Self, DbError> {
+        Ok(JournalReport {
+            node: r.get(0)?,
+            host: r.get(1)?,
+            files: r.get(2)?,
+            oldest: r.get(3)?,
+            reported_at: r.get(4)?,
+        })
+    }
+}
+
 /// Per-node totals, as `node stats` shows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeStats {

@@ -105,7 +105,42 @@ backend_tests!(
     sync_refusals_change_nothing,
     sync_from_a_named_node_is_forced_into_a_group_that_has_the_file,
     clean_and_verify_act_on_present_copies,
+    journal_reports_show_waiting_files_per_node,
 );
+
+fn journal_reports_show_waiting_files_per_node(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    cat.write(|tx| {
+        tx.report_journal(n1, 3, Some(NOW - 60), NOW)?;
+        tx.report_journal(n2, 0, None, NOW)?;
+        // A later report replaces the earlier one.
+        tx.report_journal(n1, 5, Some(NOW - 120), NOW + 1)
+    })
+    .unwrap();
+    let waiting = cat.read(|tx| tx.journals_waiting()).unwrap();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "an empty journal is not listed: {waiting:?}"
+    );
+    let j = &waiting[0];
+    assert_eq!(
+        (
+            j.node.as_str(),
+            j.host.as_deref(),
+            j.files,
+            j.oldest,
+            j.reported_at
+        ),
+        (
+            "demo_storage1",
+            Some("alpenhost1"),
+            5,
+            Some(NOW - 120),
+            NOW + 1
+        )
+    );
+}
 
 const NOW: i64 = 1_740_179_228;
 

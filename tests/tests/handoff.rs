@@ -123,6 +123,7 @@ fn nothing_stray(a: &Archive, root: &Path, expected: usize) {
     }
 }
 
+// [S24]
 #[test]
 fn files_closed_just_before_the_mount_is_killed_are_imported_by_the_next_mount() {
     if !fuse_available() {
@@ -147,6 +148,7 @@ fn files_closed_just_before_the_mount_is_killed_are_imported_by_the_next_mount()
     nothing_stray(&a, &root, all.len());
 }
 
+// [S24]
 #[test]
 fn files_closed_while_another_process_locks_the_catalog_survive_a_clean_remount() {
     if !fuse_available() || !on_sqlite() {
@@ -168,14 +170,30 @@ fn files_closed_while_another_process_locks_the_catalog_survive_a_clean_remount(
         std::thread::sleep(Duration::from_millis(2500));
         assert!(m.stop().success());
         drop(lock);
+        if run == 0 {
+            // No mount runs: cairnd reports what waits in the node's journal.
+            wait_until(T, "cairn status shows the journal", || {
+                let out = a.cairn(&["status"]);
+                out.contains("waiting in journals")
+                    && out
+                        .lines()
+                        .any(|l| l.starts_with("store1") && l.contains(" 10 "))
+            });
+        }
         let m = h.mount(Some("store1"));
         wait_registered(&a, &files, || m.log());
+        if run == 0 {
+            wait_until(T, "the journal reported empty", || {
+                !a.cairn(&["status"]).contains("waiting in journals")
+            });
+        }
         all.extend(files);
         drop(m);
     }
     nothing_stray(&a, &root, all.len());
 }
 
+// [S24]
 #[test]
 fn files_closed_while_the_catalog_is_locked_are_registered_once_it_is_free() {
     if !fuse_available() || !on_sqlite() {
@@ -208,6 +226,7 @@ fn files_closed_while_the_catalog_is_locked_are_registered_once_it_is_free() {
     nothing_stray(&a, &root, all.len());
 }
 
+// [S24]
 #[test]
 fn a_mount_whose_catalog_wal_was_unwritable_recovers_by_itself_and_loses_nothing() {
     if !fuse_available() || !on_sqlite() {
@@ -238,6 +257,7 @@ fn a_mount_whose_catalog_wal_was_unwritable_recovers_by_itself_and_loses_nothing
     nothing_stray(&a, &root, all.len());
 }
 
+// [S25]
 #[test]
 fn a_name_too_long_for_the_node_is_refused_at_create_and_nothing_is_kept() {
     if !fuse_available() {
@@ -259,6 +279,74 @@ fn a_name_too_long_for_the_node_is_refused_at_create_and_nothing_is_kept() {
         .unwrap_or(0);
     assert_eq!(staged, 0, "nothing left staged");
     nothing_stray(&a, &root, RUNS);
+}
+
+// [S26]
+#[test]
+fn a_path_archived_meanwhile_with_other_bytes_keeps_both_files() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = host(&a);
+    let other = h.node("store2", &[]);
+    wait_until(T, "second node initialised", || {
+        other.join(".cairn/node.toml").exists()
+    });
+    // A long settle: the other file is archived while this one waits.
+    std::fs::write(
+        &h.config,
+        std::fs::read_to_string(&h.config).unwrap()
+            + "[fs]\nttl = \"100ms\"\nwrite_node = \"store1\"\nsettle = \"4s\"\n",
+    )
+    .unwrap();
+    let m = h.mount(Some("store1"));
+    std::fs::create_dir_all(m.dir.join("d")).unwrap();
+    std::fs::write(m.dir.join("d/f.dat"), b"written here\n").unwrap();
+    cairn_tests::write_file(&other, "d/f.dat", "archived elsewhere\n");
+    h.cairn(&["node", "scan", "store2", "--register-new"]);
+    wait_until(T, "the other file archived", || {
+        a.has("store2", "d/f.dat") == Some(Has::Yes)
+    });
+    // Ours settles, meets the other at its path, and is kept under a name that says so.
+    let ours = wait_for_conflict(&a);
+    assert!(ours.starts_with("d/f.dat.conflict-h1-"), "{ours}");
+    assert_eq!(a.has("store1", &ours), Some(Has::Yes));
+    assert_eq!(std::fs::read(m.dir.join(&ours)).unwrap(), b"written here\n");
+    assert_eq!(
+        std::fs::read(m.dir.join("d/f.dat")).unwrap(),
+        b"archived elsewhere\n"
+    );
+    assert_eq!(std::fs::read(root.join(&ours)).unwrap(), b"written here\n");
+    assert!(
+        !root.join("d/f.dat").exists(),
+        "nothing stray under the other's name"
+    );
+    assert!(
+        m.log().contains("archived meanwhile with other contents"),
+        "{}",
+        m.log()
+    );
+}
+
+/// The path of the one file kept aside as a conflict, once the catalog has it.
+fn wait_for_conflict(a: &Archive) -> String {
+    let mut found = None;
+    wait_until(
+        T,
+        "the conflicting file archived under another name",
+        || {
+            let mut cat = a.catalog();
+            found = cat
+                .read(|tx| tx.files(&Default::default()))
+                .unwrap()
+                .into_iter()
+                .map(|f| f.path)
+                .find(|p| p.contains(".conflict-"));
+            found.is_some()
+        },
+    );
+    found.unwrap()
 }
 
 /// Another process holding a SQLite catalog's write lock (`BEGIN IMMEDIATE`) until dropped.
