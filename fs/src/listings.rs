@@ -248,6 +248,8 @@ mod tests {
             size: ino,
             mtime: SystemTime::UNIX_EPOCH,
             perm: 0o444,
+            uid: 0,
+            gid: 0,
         };
         let l = DirList::new(
             ["b", "a", "c"]
@@ -272,7 +274,7 @@ mod tests {
         assert!(c.served(1, &a));
         let b = DirList::new(vec![Entry {
             name: "x".into(),
-            attr: Attr::archived(3, 1, 0),
+            attr: Attr::archived(3, 1, 0, None, 0, 0),
         }]);
         assert!(!c.served(1, &b));
     }

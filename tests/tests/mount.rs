@@ -937,6 +937,7 @@ fn every_claim_in_semantics_md_has_a_test() {
         include_str!("transport.rs"),
         include_str!("programs.rs"),
         include_str!("handoff.rs"),
+        include_str!("users.rs"),
     ]
     .concat();
     let claims: Vec<&str> = doc

@@ -13,6 +13,8 @@
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
+//! - `users`: who may do what on a shared host: real users on a root mount, owners by name,
+//!   modes, the admin group.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
 //!
 //! The end-to-end modules run on SQLite, or on PostgreSQL with `CAIRN_TEST_CATALOG=postgres`
@@ -26,3 +28,4 @@ mod mount;
 mod postgres;
 mod programs;
 mod transport;
+mod users;
