@@ -220,6 +220,10 @@ pub struct FsConfig {
     /// within this time. Default `"1s"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<HumanDuration>,
+    /// Memory the mount may use for what it remembers of the catalog (listings, attributes):
+    /// the least recently used goes first beyond it. Default `"256MiB"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_memory: Option<ByteSize>,
     /// Files and directories whose owner (a user or group name) this host does not know show
     /// as this user and its group. Default `"nobody"`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -823,6 +827,7 @@ mod tests {
                 ttl: Some(HumanDuration(std::time::Duration::from_secs(1))),
                 settle: Some(HumanDuration(std::time::Duration::from_secs(1))),
                 unknown_owner: Some("nobody".into()),
+                cache_memory: Some(ByteSize(256 << 20)),
                 admin_group: Some("cairn".into()),
             },
             daemon: DaemonConfig {

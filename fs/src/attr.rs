@@ -1,6 +1,9 @@
 //! What `stat` and a listing show of an entry, before the adapter turns it into FUSE's form.
 
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use hashlink::LruCache;
 
 use cairn_catalog::model::Id;
 
@@ -78,37 +81,49 @@ pub struct Entry {
     pub attr: Attr,
 }
 
-/// How many archived entries' attributes are kept for outages of the catalog (about 100 bytes
-/// each).
-const KNOWN_LIMIT: usize = 1 << 20;
+/// Bytes an entry of these caches takes, about: the attributes, the key, and the map's own.
+const ENTRY_BYTES: usize = std::mem::size_of::<Attr>() + 64;
 
 /// What this mount remembers of attributes beyond the catalog: archived entries seen lately
 /// (to answer `stat` while the catalog is out of reach: archived files never change), the
 /// times set on directories, which the catalog does not store, and directories with their
-/// parents, for the search permission of a path.
-#[derive(Default)]
+/// parents, for the search permission of a path. Each is a least-recently-used cache within
+/// its share of `[fs] cache_memory`; what is kept of an inode goes when the kernel forgets it.
 pub struct Remembered {
-    known: std::sync::Mutex<std::collections::HashMap<u64, Attr>>,
-    dir_mtime: std::sync::Mutex<std::collections::HashMap<u64, SystemTime>>,
-    dirs: std::sync::Mutex<std::collections::HashMap<Id, SeenDir>>,
+    known: Mutex<LruCache<u64, Attr>>,
+    dir_mtime: Mutex<LruCache<u64, SystemTime>>,
+    dirs: Mutex<LruCache<Id, SeenDir>>,
 }
 
 /// A directory's parent and attributes, and when they were read.
 type SeenDir = (Option<Id>, Attr, std::time::Instant);
 
 impl Remembered {
-    /// Keeps the attributes of an archived file or directory (at most [`KNOWN_LIMIT`]).
-    pub fn seen(&self, a: &Attr) {
-        let mut k = self.known.lock().expect("known");
-        if k.len() >= KNOWN_LIMIT {
-            k.clear();
+    /// Caches within `bytes` in all.
+    pub fn new(bytes: usize) -> Remembered {
+        let entries = |share: usize| (bytes / share / ENTRY_BYTES).max(64);
+        Remembered {
+            // Two thirds for archived entries, a third for directories; directory times are
+            // few (those set through this mount).
+            known: Mutex::new(LruCache::new(entries(3) * 2)),
+            dirs: Mutex::new(LruCache::new(entries(3))),
+            dir_mtime: Mutex::new(LruCache::new(entries(64))),
         }
-        k.insert(a.ino, a.clone());
+    }
+
+    /// Keeps the attributes of an archived file or directory.
+    pub fn seen(&self, a: &Attr) {
+        self.known.lock().expect("known").insert(a.ino, a.clone());
     }
 
     /// What was last seen of `ino`.
     pub fn known(&self, ino: u64) -> Option<Attr> {
         self.known.lock().expect("known").get(&ino).cloned()
+    }
+
+    /// The kernel forgot inode `ino`: nothing of it is kept any more.
+    pub fn forget(&self, ino: u64) {
+        self.known.lock().expect("known").remove(&ino);
     }
 
     /// The mtime set on directory `ino` through this mount, if any.
@@ -122,24 +137,28 @@ impl Remembered {
 
     /// Directory `id`'s parent and attributes, if seen within `ttl`.
     pub fn dir(&self, id: Id, ttl: Duration) -> Option<(Option<Id>, Attr)> {
-        let d = self.dirs.lock().expect("dirs");
+        let mut d = self.dirs.lock().expect("dirs");
         d.get(&id)
             .filter(|(_, _, at)| at.elapsed() < ttl)
             .map(|(p, a, _)| (*p, a.clone()))
     }
 
-    /// Keeps directory `id`'s parent and attributes (at most [`KNOWN_LIMIT`]).
+    /// Keeps directory `id`'s parent and attributes.
     pub fn seen_dir(&self, id: Id, parent: Option<Id>, a: &Attr) {
-        let mut d = self.dirs.lock().expect("dirs");
-        if d.len() >= KNOWN_LIMIT {
-            d.clear();
-        }
-        d.insert(id, (parent, a.clone(), std::time::Instant::now()));
+        self.dirs
+            .lock()
+            .expect("dirs")
+            .insert(id, (parent, a.clone(), std::time::Instant::now()));
     }
 
     /// Forgets what was seen of directory `id` (its mode or owner changed here).
     pub fn forget_dir(&self, id: Id) {
         self.dirs.lock().expect("dirs").remove(&id);
+    }
+
+    #[cfg(test)]
+    fn known_len(&self) -> usize {
+        self.known.lock().unwrap().len()
     }
 }
 
@@ -157,6 +176,13 @@ mod tests {
             perm,
             uid,
             gid,
+        }
+    }
+
+    impl Attr {
+        fn with_ino(mut self, ino: u64) -> Attr {
+            self.ino = ino;
+            self
         }
     }
 
@@ -184,6 +210,18 @@ mod tests {
         assert!(file(0o000, 1000, 100).allows(&Caller::ROOT, READ | WRITE));
         assert!(!file(0o644, 1000, 100).allows(&Caller::ROOT, SEARCH));
         assert!(file(0o744, 1000, 100).allows(&Caller::ROOT, SEARCH));
+    }
+
+    #[test]
+    fn what_is_remembered_stays_within_its_budget_least_recently_used_first() {
+        let r = Remembered::new(64 * ENTRY_BYTES * 3);
+        for i in 0..1000 {
+            r.seen(&file(0o444, i, 0).with_ino(i as u64));
+        }
+        assert_eq!(r.known_len(), 128, "two thirds of the budget");
+        assert!(r.known(999).is_some() && r.known(0).is_none());
+        r.forget(999);
+        assert!(r.known(999).is_none(), "forgotten with the kernel's inode");
     }
 
     #[test]

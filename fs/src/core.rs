@@ -93,6 +93,8 @@ pub struct Options {
     pub unknown_owner: String,
     /// Who besides root may ask for copies to be made or removed (`[fs] admin_group`).
     pub admin_group: String,
+    /// Bytes for what the mount remembers of the catalog (`[fs] cache_memory`).
+    pub cache_memory: usize,
 }
 
 impl Options {
@@ -116,6 +118,7 @@ impl Options {
                 .clone()
                 .unwrap_or_else(|| "nobody".into()),
             admin_group: c.fs.admin_group.clone().unwrap_or_else(|| "cairn".into()),
+            cache_memory: c.fs.cache_memory.map_or(256 << 20, |b| b.0 as usize),
         }
     }
 }
@@ -157,7 +160,9 @@ impl Core {
         let importer = Importer::new(import)
             .map_err(|e| FsError::Invalid(format!("invalid [import] pattern: {e}")))?;
         let core = Core {
-            listings: Listings::new(opts.ttl),
+            // Most of the budget for listings, the rest for attributes.
+            listings: Listings::new(opts.ttl, opts.cache_memory / 4 * 3),
+            remembered: Remembered::new(opts.cache_memory / 4),
             ids: Ids::new(&opts.unknown_owner),
             opts,
             pool,
@@ -166,7 +171,6 @@ impl Core {
             nodes: HostNodes::default(),
             locals: Locals::default(),
             handles: Handles::default(),
-            remembered: Remembered::default(),
             fetches: read::Fetches::default(),
             imports: import::Queue::default(),
             journal: None,
@@ -487,9 +491,15 @@ impl Core {
         self.locals.referenced(ino, n);
     }
 
-    /// The kernel dropped `n` references to inode `ino` (FORGET).
+    /// The kernel dropped `n` references to inode `ino` (FORGET): what is kept of it goes
+    /// once the kernel holds it no more.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.locals.forget(ino, n);
+        if Ino::from(ino).is_local() {
+            self.locals.forget(ino, n);
+        } else {
+            // The kernel counts lookups; a FORGET is for all it holds of the inode.
+            self.remembered.forget(ino);
+        }
     }
 
     fn dir_by_id(&self, id: Id) -> Result<Dir> {
@@ -963,6 +973,7 @@ mod tests {
             min_archive_copies: 1,
             unknown_owner: "nobody".into(),
             admin_group: "cairn".into(),
+            cache_memory: 64 << 20,
         };
         Core::new(opts, &Default::default()).unwrap()
     }
