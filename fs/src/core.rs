@@ -390,9 +390,10 @@ impl Core {
 
     // ---- namespace ----
 
-    /// Takes a local out of the namespace; listings that showed it are dropped.
+    /// Takes a local out of the namespace. Its directory's catalog listing is read again
+    /// (the file may be archived now).
     fn forget_local(&self, l: &mut crate::locals::Local) {
-        self.listings.changed();
+        self.listings.changed_dir(l.dir_id);
         self.locals.remove(l);
     }
 
@@ -417,15 +418,15 @@ impl Core {
                 return Ok(g.attr()?);
             }
         }
-        // A program that stats what it has just listed: answer from that listing, which is
-        // no older than the kernel may keep the names anyway.
+        // A fresh listing of the directory answers, either way: a program that stats what it
+        // has just listed, or a name that is not there (`cp -r` looks up every name it is
+        // about to create). It is no older than the kernel may keep names anyway.
         if local.is_none()
-            && let Some(e) = self.listings.fresh(dir_id).and_then(|l| {
-                l.get(name)
-                    .filter(|e| !Ino::from(e.attr.ino).is_local())
-                    .cloned()
-            })
+            && let Some(l) = self.listings.fresh(dir_id)
         {
+            let Some(e) = l.get(name).cloned() else {
+                return Err(FsError::NotFound);
+            };
             if e.attr.kind == Kind::File {
                 self.listings.looked_up_listed_file();
             }
@@ -574,13 +575,28 @@ impl Core {
         Ok(list)
     }
 
-    /// The entries of directory `dir_id`: the cached listing if it is younger than the TTL.
-    fn listing(&self, ino: u64, dir_id: Id) -> Result<Listing> {
+    /// The entries of directory `dir_id` as a program sees them: the catalog's (the cached
+    /// listing if it is younger than the TTL) and this host's own files in it.
+    fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
+        let archived = self.catalog_listing(dir_id)?;
+        let locals = self.locals.in_dir(dir_id);
+        if locals.is_empty() {
+            return Ok(archived);
+        }
+        let mut out = archived.entries.clone();
+        self.add_locals(&mut out, locals);
+        Ok(Arc::new(DirList::new(out)))
+    }
+
+    /// The catalog's entries of directory `dir_id`, kept for the TTL. This host's own files
+    /// are not in it (they change without the catalog knowing): a change to them drops no
+    /// listing.
+    fn catalog_listing(&self, dir_id: Id) -> Result<Listing> {
         if let Some(l) = self.listings.fresh(dir_id) {
             return Ok(l);
         }
         let generation = self.listings.generation();
-        let l = Arc::new(DirList::new(self.list(ino)?));
+        let l = Arc::new(DirList::new(self.list_catalog(dir_id)?));
         self.listings.keep(dir_id, generation, &l);
         Ok(l)
     }
@@ -596,7 +612,7 @@ impl Core {
                     let Some(c) = core.upgrade() else { return };
                     if let Ok(dir_id) = c.dir_id(ino)
                         && c.listings.fresh(dir_id).is_none()
-                        && let Err(e) = c.listing(ino, dir_id)
+                        && let Err(e) = c.catalog_listing(dir_id)
                     {
                         debug!("Reading ahead directory inode {ino}: {e}");
                     }
@@ -611,8 +627,16 @@ impl Core {
         self.listings.stat_walk()
     }
 
+    /// Every entry of a directory, read now: the catalog's and this host's own files.
     fn list(&self, ino: u64) -> Result<Vec<Entry>> {
         let dir_id = self.dir_id(ino)?;
+        let mut out = self.list_catalog(dir_id)?;
+        self.add_locals(&mut out, self.locals.in_dir(dir_id));
+        Ok(out)
+    }
+
+    /// The catalog's entries of directory `dir_id`.
+    fn list_catalog(&self, dir_id: Id) -> Result<Vec<Entry>> {
         let (dirs, files) = self.with_cat(|c| {
             Ok(c.read(|tx| {
                 let (dirs, files) = tx.list_dir_stats(dir_id)?;
@@ -636,26 +660,28 @@ impl Core {
                 name: f.name,
             });
         }
-        // Files only this host has: being written, or kept on the write node. An archived
-        // file of the same name comes first.
-        let locals: Vec<LocalRef> = self.locals.in_dir(dir_id);
-        if !locals.is_empty() {
-            let names: std::collections::HashSet<String> =
-                out.iter().map(|e| e.name.clone()).collect();
-            for l in locals {
-                let l = l.lock().expect("local");
-                if names.contains(&l.name) {
-                    continue;
-                }
-                if let Ok(attr) = l.attr() {
-                    out.push(Entry {
-                        name: l.name.clone(),
-                        attr,
-                    });
-                }
+        Ok(out)
+    }
+
+    /// Adds files only this host has (being written, or kept on the write node) to a
+    /// directory's entries; an archived file of the same name comes first.
+    fn add_locals(&self, out: &mut Vec<Entry>, locals: Vec<LocalRef>) {
+        if locals.is_empty() {
+            return;
+        }
+        let names: std::collections::HashSet<String> = out.iter().map(|e| e.name.clone()).collect();
+        for l in locals {
+            let l = l.lock().expect("local");
+            if names.contains(&l.name) {
+                continue;
+            }
+            if let Ok(attr) = l.attr() {
+                out.push(Entry {
+                    name: l.name.clone(),
+                    attr,
+                });
             }
         }
-        Ok(out)
     }
 
     pub fn release_handle(&self, fh: u64) -> Result<()> {
@@ -805,7 +831,14 @@ impl Core {
             })?)
         })?;
         let d = d.ok_or(FsError::NotFound)?;
-        self.listings.changed();
+        self.listings.changed_dir(dir_id);
+        // A directory just made is empty: what is looked up in it (`cp -r` filling it) is
+        // not there, without asking the catalog.
+        self.listings.keep(
+            d.id,
+            self.listings.generation(),
+            &Arc::new(DirList::new(Vec::new())),
+        );
         Ok(self.dir_attr(&d))
     }
 
@@ -827,7 +860,8 @@ impl Core {
         if !removed {
             return Err(FsError::NotEmpty);
         }
-        self.listings.changed();
+        self.listings.changed_dir(dir_id);
+        self.listings.changed_dir(d.id);
         if let Ok((_, root)) = self.write_root() {
             let _ = std::fs::remove_dir(root.join(&d.path));
             let _ = std::fs::remove_dir(NodeRoot::new(&root).kept().join(&d.path));

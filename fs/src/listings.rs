@@ -196,7 +196,16 @@ impl Listings {
         }
     }
 
-    /// Forgets every listing: this mount changed the namespace.
+    /// Forgets the listing of directory `dir_id`: this mount changed it in the catalog. A
+    /// listing of any directory read meanwhile is not kept (it may predate the change).
+    pub fn changed_dir(&self, dir_id: Id) {
+        let mut c = self.cache.lock().expect("listings");
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        c.remove(&dir_id);
+    }
+
+    /// Forgets every listing: this mount changed what many of them show (a directory's mode,
+    /// which its parent's listing shows).
     pub fn changed(&self) {
         let mut c = self.cache.lock().expect("listings");
         self.generation.fetch_add(1, Ordering::AcqRel);

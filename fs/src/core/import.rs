@@ -448,7 +448,6 @@ impl Core {
                     );
                     let (dir_id, dir_path) = (g.dir_id, g.dir_path.clone());
                     self.locals.rename(&mut g, dir_id, &dir_path, &new);
-                    self.listings.changed();
                     path = g.path();
                     let _ = journal.moved(&p.key, &path);
                 }
@@ -569,7 +568,6 @@ impl Core {
                             );
                             let (dir_id, dir_path) = (g.dir_id, g.dir_path.clone());
                             self.locals.rename(&mut g, dir_id, &dir_path, &new);
-                            self.listings.changed();
                             g.backing = dest;
                             let _ = journal.moved(&f.key, &g.path());
                         }

@@ -144,7 +144,6 @@ impl Core {
             return Err(e.into());
         }
         let l = self.locals.add(dir_id, &dir.path, &name, kind, backing);
-        self.listings.changed();
         let attr = {
             let mut g = l.lock().expect("local");
             g.writer = Some(Writer::new(f, 0));
@@ -384,7 +383,6 @@ impl Core {
         let (_, root) = self.write_root()?;
         check_name(&root, dir_path, name)?;
         self.locals.rename(&mut g, dir_id, dir_path, name);
-        self.listings.changed();
         if let (Some(j), Some(key)) = (&self.journal, &g.journalled) {
             j.moved(key, &g.path())
                 .map_err(|e| FsError::Io(io::Error::other(e.to_string())))?;
