@@ -20,6 +20,7 @@
 //! On shutdown no new work starts; running tasks see the cancel flag, abort cleanly (temp
 //! files removed, requests given back) and the loop waits for them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -51,9 +52,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let host_name = config.host_name();
     let _lock = InstanceLock::acquire(&config.daemon.lock_file, &host_name)?;
     let importer = Importer::new(&config.import).context("invalid [import] patterns")?;
+    let token = read_token(&config.transfer.token_file)?;
     let host = Arc::new(register_host(&config, host_name).await?);
 
-    let token = read_token(&config.transfer.token_file);
     let metrics = Arc::new(Metrics::default());
     let rsync_rsh = (config.transfer.method == TransferMethod::Rsync)
         .then(|| config.transfer.rsync_rsh.clone());
@@ -270,18 +271,31 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// Records this host in the catalog (and its address, `transfer.advertise`), and requeues the
-/// requests an earlier run of it left active.
+/// Finds this host in the catalog (an administrator creates hosts: a name the catalog does not
+/// know is a mistake, not a new host), records its address (`transfer.advertise`), and
+/// requeues the requests an earlier run of it left active.
 async fn register_host(config: &Config, name: String) -> Result<Host> {
     let url = config.catalog.url.clone();
     let advertise = config.transfer.advertise.clone();
+    let origin = match (&config.host.name, &config.source) {
+        (Some(_), Some(file)) => format!("host.name in {}", file.display()),
+        (Some(_), None) => "host.name".to_owned(),
+        (None, Some(file)) => format!(
+            "the short hostname, as {} sets no host.name",
+            file.display()
+        ),
+        (None, None) => "the short hostname, as no config file sets host.name".to_owned(),
+    };
     tokio::task::spawn_blocking(move || -> Result<Host> {
         let mut cat = Catalog::open(&url).context("failed to open the catalog")?;
         let catalog_id = cat.catalog_id()?;
-        let (h, created) = cat.write(|tx| tx.ensure_host(&name))?;
-        if created {
-            info!("Host \"{}\" added to the catalog.", h.name);
-        }
+        let Some(h) = cat.read(|tx| tx.host_by_name(&name))? else {
+            anyhow::bail!(
+                "host \"{name}\" ({origin}) is not in the catalog: create it with `cairn host \
+                 create {name}` (with --address HOST:PORT for pulls over HTTP), or set host.name \
+                 to a host the catalog has (`cairn host list`)"
+            );
+        };
         if let Some(address) = &advertise
             && h.address.as_deref() != Some(address)
         {
@@ -306,11 +320,44 @@ async fn register_host(config: &Config, name: String) -> Result<Host> {
     .await?
 }
 
-/// The token in `path`, trimmed; `None` if the file is missing, unreadable or empty.
-fn read_token(path: &std::path::Path) -> Option<String> {
-    let t = std::fs::read_to_string(path).ok()?;
+/// The token in `path`, trimmed; `None` if the file is missing or empty. A file that other
+/// users may read is refused: the token lets anyone pull every copy.
+fn read_token(path: &Path) -> Result<Option<String>> {
+    let t = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read the transfer token {} (transfer.token_file)",
+                    path.display()
+                )
+            });
+        }
+    };
+    check_private(path, "transfer.token_file")?;
     let t = t.trim();
-    (!t.is_empty()).then(|| t.to_owned())
+    Ok((!t.is_empty()).then(|| t.to_owned()))
+}
+
+/// Refuses a secret (`key` names its config key) that users other than its owner may read or
+/// change.
+fn check_private(path: &Path, key: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {} ({key})", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} ({key}) is open to other users (mode {:04o}): run `chmod 600 {}`, and replace \
+             the secret if someone else may have read it",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// One pass: the work of auto-import events, and on a full pass the refresh of this host's

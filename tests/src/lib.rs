@@ -141,12 +141,12 @@ impl Archive {
         url: String,
         db: Option<cairn_catalog::testing::TestDatabase>,
     ) -> Archive {
-        // The shared secret every host of this archive presents to the others.
-        std::fs::write(
-            dir.path().join("token"),
-            format!("test-token-{}\n", std::process::id()),
-        )
-        .unwrap();
+        // The shared secret every host of this archive presents to the others, readable by
+        // its owner only (cairnd refuses a token file others may read).
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("test-token-{}\n", std::process::id())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
         let a = Archive { dir, url, _db: db };
         let out = a.run_cli(None, &["db", "init"]);
         assert!(
@@ -190,8 +190,12 @@ impl Archive {
     }
 
     /// Like [`Archive::host`], with `daemon_extra` appended to the config's `[daemon]` table
-    /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s).
+    /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s). The host is
+    /// created in the catalog, as an administrator does before its cairnd first starts.
     pub fn host_with(&self, name: &str, daemon_extra: &str) -> TestHost {
+        self.catalog()
+            .write(|tx| tx.ensure_host(name))
+            .expect("the host is created");
         let interval = if daemon_extra.contains("interval") {
             ""
         } else {
