@@ -169,18 +169,39 @@ pub struct TransferConfig {
     pub method: TransferMethod,
     /// The remote shell rsync uses for `method = "rsync"`. Default `"ssh -o BatchMode=yes"`.
     pub rsync_rsh: String,
-    /// PEM certificate chain of this host's HTTP server; with `tls_key`, copies are served
-    /// over TLS only. Default: none (plain HTTP).
+    /// PEM certificate chain of this host, from the archive's authority: the HTTP server
+    /// presents it, and so does this host when it pulls (mutual TLS). With `tls_key` and
+    /// `tls_ca` (all three or none), copies are served and pulled over TLS only. Default: none
+    /// (plain HTTP with the token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for `tls_cert`. Default: none.
+    /// PEM private key for `tls_cert`; must not be readable by other users. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// PEM certificate(s) of the authority that signed the other hosts' server certificates;
-    /// when set, this host pulls over TLS (https) and trusts only these. Default: none (plain
-    /// HTTP).
+    /// PEM certificate(s) of the archive's authority: the only one trusted for the other
+    /// hosts' certificates, both the servers this host pulls from and the clients it serves.
+    /// Default: none (plain HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+}
+
+/// The TLS files of a host (`transfer.tls_cert`, `tls_key`, `tls_ca`), all three set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ca: &'a Path,
+}
+
+impl TransferConfig {
+    /// The TLS files when TLS is on (validation makes the three keys all set or all unset).
+    pub fn tls(&self) -> Option<TlsFiles<'_>> {
+        Some(TlsFiles {
+            cert: self.tls_cert.as_deref()?,
+            key: self.tls_key.as_deref()?,
+            ca: self.tls_ca.as_deref()?,
+        })
+    }
 }
 
 impl Default for TransferConfig {
@@ -424,10 +445,19 @@ impl Config {
                 format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
             ));
         }
-        if self.transfer.tls_cert.is_some() != self.transfer.tls_key.is_some() {
+        let transfer = &self.transfer;
+        let tls = [
+            ("transfer.tls_cert", transfer.tls_cert.is_some()),
+            ("transfer.tls_key", transfer.tls_key.is_some()),
+            ("transfer.tls_ca", transfer.tls_ca.is_some()),
+        ];
+        if tls.iter().any(|(_, set)| *set)
+            && let Some((missing, _)) = tls.iter().find(|(_, set)| !set)
+        {
             return Err(invalid(
-                "transfer.tls_cert",
-                "tls_cert and tls_key go together: give both or neither".to_owned(),
+                missing,
+                "tls_cert, tls_key and tls_ca go together (mutual TLS): give all three or none"
+                    .to_owned(),
             ));
         }
         if let Some(node) = &self.fs.write_node
@@ -515,6 +545,7 @@ mod tests {
         assert_eq!(c.daemon.lock_file, Path::new("/run/cairn/cairnd.lock"));
         assert_eq!(c.transfer.listen, Some("0.0.0.0:7070".parse().unwrap()));
         assert_eq!(c.transfer.token_file, Path::new("/etc/cairn/token"));
+        assert_eq!(c.transfer.tls(), None);
         assert_eq!(c.fs.write_node, None);
         assert_eq!(c.cache.dir, Path::new("/var/cache/cairn"));
         assert_eq!(c.cache.max_bytes, ByteSize(50 * 1024 * 1024 * 1024));
@@ -637,6 +668,16 @@ mod tests {
     #[test_case(
         "[host]\nname = \" \"",
         r#"invalid host.name in /etc/cairn/cairn.toml: " " is empty"#
+    )]
+    #[test_case(
+        "[transfer]\ntls_cert = \"c.pem\"\ntls_key = \"c.key\"",
+        "invalid transfer.tls_ca in /etc/cairn/cairn.toml: tls_cert, tls_key and tls_ca go \
+         together (mutual TLS): give all three or none"
+    )]
+    #[test_case(
+        "[transfer]\ntls_ca = \"ca.pem\"",
+        "invalid transfer.tls_cert in /etc/cairn/cairn.toml: tls_cert, tls_key and tls_ca go \
+         together (mutual TLS): give all three or none"
     )]
     #[test_case(
         "[import]\nacq_depth = 0",

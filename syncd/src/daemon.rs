@@ -36,7 +36,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::Fetcher;
-use crate::http::Server;
+use crate::http::{ClientAuth, Server};
 use crate::lock::InstanceLock;
 use crate::metrics::Metrics;
 use crate::nodes::{Host, Nodes};
@@ -52,7 +52,15 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let host_name = config.host_name();
     let _lock = InstanceLock::acquire(&config.daemon.lock_file, &host_name)?;
     let importer = Importer::new(&config.import).context("invalid [import] patterns")?;
-    let token = read_token(&config.transfer.token_file)?;
+    let tls = config.transfer.tls();
+    // Over TLS the hosts know each other by certificate; the token is for plain HTTP only.
+    let token = match tls {
+        Some(files) => {
+            check_private(files.key, "transfer.tls_key")?;
+            None
+        }
+        None => read_token(&config.transfer.token_file)?,
+    };
     let host = Arc::new(register_host(&config, host_name).await?);
 
     let metrics = Arc::new(Metrics::default());
@@ -60,7 +68,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         .then(|| config.transfer.rsync_rsh.clone());
     let transfer = Arc::new(Puller::new(
         rsync_rsh,
-        config.transfer.tls_ca.as_deref(),
+        tls,
         token.clone(),
         config.transfer.max_rate.map(|r| r.0),
         config.transfer.pulls_per_peer,
@@ -130,27 +138,36 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 .await
                 .with_context(|| format!("failed to listen on {listen} (transfer.listen)"))?;
             info!("Serving copies over HTTP on {}.", l.local_addr()?);
-            if token.is_none() {
-                warn!(
-                    "No transfer token ({} is missing or empty): copies are neither served \
-                     to nor pulled from other hosts.",
-                    config.transfer.token_file.display()
-                );
-            }
-            let tls = match (&config.transfer.tls_cert, &config.transfer.tls_key) {
-                (Some(cert), Some(key)) => {
-                    info!("Serving over TLS with {}.", cert.display());
-                    Some(crate::http::tls_config(cert, key)?)
+            let (auth, server_tls) = match tls {
+                Some(files) => {
+                    info!(
+                        "Serving over mutual TLS with {}: clients need a certificate from {}.",
+                        files.cert.display(),
+                        files.ca.display()
+                    );
+                    (
+                        ClientAuth::Certificate,
+                        Some(crate::http::tls::server_config(files)?),
+                    )
                 }
-                _ => None,
+                None => {
+                    if token.is_none() {
+                        warn!(
+                            "No transfer token ({} is missing or empty): copies are neither \
+                             served to nor pulled from other hosts.",
+                            config.transfer.token_file.display()
+                        );
+                    }
+                    (ClientAuth::Token(token), None)
+                }
             };
             let server = Arc::new(Server {
                 pool: pool.clone(),
                 nodes: nodes.clone(),
-                token,
+                auth,
                 metrics: metrics.clone(),
             });
-            Some(tokio::spawn(crate::http::serve(l, server, tls)))
+            Some(tokio::spawn(crate::http::serve(l, server, server_tls)))
         }
     };
 

@@ -6,9 +6,13 @@
 //!   Nothing else under a root is reachable: the path must be a registered file (so no `..`,
 //!   no dot files, no `.cairn/`), the final component is opened with `O_NOFOLLOW`, and the
 //!   opened path must resolve inside the node root (no symlinked directory leading out).
-//! - Every copy request must carry `Authorization: Bearer <token>` with the token of
-//!   `transfer.token_file`; a missing or wrong token is a 401, logged with the peer address.
+//! - Who may ask ([`ClientAuth`]): with TLS, hosts holding a certificate from the archive's
+//!   authority, checked in the handshake ([`tls`]), and nobody else gets a request in; over
+//!   plain HTTP, a copy request must carry `Authorization: Bearer <token>` with the token of
+//!   `transfer.token_file`. A refusal is logged with the peer address.
 //! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,13 +35,21 @@ use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::percent::percent_decode;
 
-/// What the server needs: the catalog, this host's available nodes, the token peers must
-/// present, the counters.
+/// How the server knows a client is another host of the archive.
+pub enum ClientAuth {
+    /// Mutual TLS: the handshake admitted only certificates from the archive's authority.
+    Certificate,
+    /// Plain HTTP: the bearer token of `transfer.token_file`; `None` refuses every copy
+    /// request.
+    Token(Option<String>),
+}
+
+/// What the server needs: the catalog, this host's available nodes, how clients prove who
+/// they are, the counters.
 pub struct Server {
     pub pool: Arc<Pool>,
     pub nodes: Arc<Nodes>,
-    /// The bearer token of `transfer.token_file`; `None` refuses every copy request.
-    pub token: Option<String>,
+    pub auth: ClientAuth,
     pub metrics: Arc<Metrics>,
 }
 
@@ -53,33 +65,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<ResBody> {
                 .boxed(),
         )
         .expect("a valid response")
-}
-
-/// The TLS setup of the server from a PEM certificate chain and key.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("cannot read the certificate chain {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read the private key {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("the certificate and key do not make a TLS identity")?;
-    Ok(Arc::new(config))
 }
 
 /// Accepts connections (over TLS when `tls` is given) until the task is aborted.
@@ -243,9 +228,13 @@ fn refuse(
     text(status, why)
 }
 
+/// Whether `req` comes from a host of the archive: always, over mutual TLS; over plain HTTP,
+/// if it carries the token.
 fn check_token(server: &Server, req: &Request<Incoming>) -> Result<(), &'static str> {
-    let Some(token) = server.token.as_deref() else {
-        return Err("this host has no transfer token configured");
+    let token = match &server.auth {
+        ClientAuth::Certificate => return Ok(()),
+        ClientAuth::Token(Some(token)) => token,
+        ClientAuth::Token(None) => return Err("this host has no transfer token configured"),
     };
     let given = req
         .headers()

@@ -200,3 +200,35 @@ fn with_a_log_dir_cairnd_writes_daily_files() {
             .contains("cairnd stopped.")
     );
 }
+
+#[test]
+fn a_tls_key_other_users_may_read_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let (dir, config) = setup();
+    let d = dir.path();
+    for f in ["host.pem", "host.key", "ca.pem"] {
+        std::fs::write(d.join(f), "not read: the key's mode is checked first\n").unwrap();
+    }
+    let key = d.join("host.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "[transfer]\n",
+        &format!(
+            "[transfer]\ntls_cert = \"{d}/host.pem\"\ntls_key = \"{d}/host.key\"\n\
+             tls_ca = \"{d}/ca.pem\"\n",
+            d = d.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let out = cairnd().arg("--config").arg(&config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{} (transfer.tls_key) is open to other users (mode 0644): run `chmod 600 {}`",
+            key.display(),
+            key.display()
+        )),
+        "{err}"
+    );
+}
