@@ -36,6 +36,7 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::Fetcher;
+use crate::http::conns::{ConnLimits, Connections};
 use crate::http::{ClientAuth, Server};
 use crate::lock::InstanceLock;
 use crate::metrics::Metrics;
@@ -61,6 +62,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         }
         None => read_token(&config.transfer.token_file)?,
     };
+    let fd_limit = raise_open_file_limit();
     let host = Arc::new(register_host(&config, host_name).await?);
 
     let metrics = Arc::new(Metrics::default());
@@ -161,11 +163,42 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                     (ClientAuth::Token(token), None)
                 }
             };
+            let t = &config.transfer;
+            // What connections may hold: the limit less the reserve and what is open now.
+            let max_fd = fd_limit.map(|limit| limit.saturating_sub(t.fd_reserve as u64));
+            let open = open_descriptors();
+            let fd_room = max_fd
+                .zip(open)
+                .map(|(max, open)| max.saturating_sub(open) as usize);
+            if let Some(room) = fd_room
+                && room < t.max_connections
+            {
+                warn!(
+                    "The open-file limit ({}) less transfer.fd_reserve ({}) and the {} files \
+                     open leaves room for {room} connections, fewer than \
+                     transfer.max_connections ({}): raise the hard limit (LimitNOFILE= in \
+                     the systemd unit).",
+                    fd_limit.unwrap_or_default(),
+                    t.fd_reserve,
+                    open.unwrap_or_default(),
+                    t.max_connections
+                );
+            }
+            let conns = Arc::new(Connections::new(ConnLimits {
+                header_timeout: t.header_timeout.0,
+                idle_timeout: t.idle_timeout.0,
+                max_connections: t.max_connections,
+                max_per_peer: t.max_connections_per_peer,
+                fd_room,
+                max_fd,
+            }));
             let server = Arc::new(Server {
                 pool: pool.clone(),
                 nodes: nodes.clone(),
                 auth,
+                metrics_token: t.metrics_token,
                 metrics: metrics.clone(),
+                conns,
             });
             Some(tokio::spawn(crate::http::serve(l, server, server_tls)))
         }
@@ -375,6 +408,48 @@ fn check_private(path: &Path, key: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// How many files this process has open; `None` if `/proc` cannot tell.
+fn open_descriptors() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so that connections
+/// and node files do not run out at the usual 1024. Returns the soft limit now in force;
+/// `None` if it is unknown or unlimited.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is involved.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        warn!(
+            "Cannot read the open-file limit: {}.",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let was = lim.rlim_cur;
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            info!("Open-file limit raised from {was} to {}.", lim.rlim_cur);
+        } else {
+            warn!(
+                "Cannot raise the open-file limit from {was} to {}: {}.",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
 /// One pass: the work of auto-import events, and on a full pass the refresh of this host's

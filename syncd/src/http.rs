@@ -10,12 +10,18 @@
 //!   authority, checked in the handshake ([`tls`]), and nobody else gets a request in; over
 //!   plain HTTP, a copy request must carry `Authorization: Bearer <token>` with the token of
 //!   `transfer.token_file`. A refusal is logged with the peer address.
-//! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text.
+//! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text, with the token if
+//!   `transfer.metrics_token`.
+//! - No client can stall the server: connections are capped per peer and in all, kept out of
+//!   cairnd's reserve of file descriptors, and closed when a request's headers or the peer
+//!   take too long ([`conns`]).
 
+pub mod conns;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -34,6 +40,7 @@ use cairn_catalog::Pool;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::percent::percent_decode;
+use conns::{Connections, RequestGuard, Requests, Throttle, more};
 
 /// How the server knows a client is another host of the archive.
 pub enum ClientAuth {
@@ -45,12 +52,15 @@ pub enum ClientAuth {
 }
 
 /// What the server needs: the catalog, this host's available nodes, how clients prove who
-/// they are, the counters.
+/// they are, the counters and the connection table.
 pub struct Server {
     pub pool: Arc<Pool>,
     pub nodes: Arc<Nodes>,
     pub auth: ClientAuth,
+    /// `transfer.metrics_token`: `/metrics` asks for the token too.
+    pub metrics_token: bool,
     pub metrics: Arc<Metrics>,
+    pub conns: Arc<Connections>,
 }
 
 type ResBody = BoxBody<Bytes, std::io::Error>;
@@ -74,12 +84,28 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let accept_failed = Throttle::default();
+    let handshake_failed = Arc::new(Throttle::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!("HTTP accept failed: {e}");
+                accept_failed.log(|skipped| warn!("HTTP accept failed: {e}{}", more(skipped)));
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = match server.conns.admit(peer.ip(), stream.as_raw_fd() as u64) {
+            Ok(a) => a,
+            Err(_) => {
+                if acceptor.is_none() {
+                    // A word for a plain-HTTP client, if its socket takes it at once; the
+                    // connection closes as `stream` drops either way.
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+                          Content-Length: 0\r\n\r\n",
+                    );
+                }
                 continue;
             }
         };
@@ -88,34 +114,86 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let acceptor = acceptor.clone();
+        let handshake_failed = handshake_failed.clone();
         tokio::spawn(async move {
-            match acceptor {
-                None => serve_connection(stream, peer, server).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(tls, peer, server).await,
-                    Err(e) => {
-                        Metrics::add(&server.metrics.requests_refused, 1);
-                        warn!("Refused a connection from {peer}: TLS handshake failed: {e}.");
-                    }
-                },
+            let requests = admitted.requests();
+            let io = admitted.track(stream);
+            let connection = async {
+                match acceptor {
+                    None => serve_connection(io, peer, server, requests).await,
+                    Some(acceptor) => match acceptor.accept(io).await {
+                        Ok(tls) => serve_connection(tls, peer, server, requests).await,
+                        Err(e) => {
+                            Metrics::add(&server.metrics.requests_refused, 1);
+                            handshake_failed.log(|skipped| {
+                                warn!(
+                                    "Refused a connection from {peer}: TLS handshake failed: \
+                                     {e}{}.",
+                                    more(skipped)
+                                )
+                            });
+                        }
+                    },
+                }
+            };
+            // Whichever ends first: the connection, or its time (the socket closes as the
+            // other future drops).
+            tokio::select! {
+                _ = connection => {}
+                _ = admitted.watch(peer) => {}
             }
         });
     }
 }
 
-async fn serve_connection<IO>(io: IO, peer: SocketAddr, server: Arc<Server>)
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, server: Arc<Server>, requests: Requests)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
+        // The headers are complete: the connection is busy until the response is all sent.
+        let request = requests.begin();
         let server = server.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, server).await) }
+        async move {
+            let resp = handle(req, peer, server).await;
+            Ok::<_, Infallible>(resp.map(|body| Guarded {
+                body,
+                _request: request,
+            }))
+        }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await
     {
         tracing::debug!("HTTP connection from {peer}: {e}");
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is all sent (or
+/// given up).
+struct Guarded {
+    body: ResBody,
+    _request: RequestGuard,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -130,7 +208,15 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics" => return text(StatusCode::OK, server.metrics.render().trim_end()),
+        "/metrics" => {
+            if server.metrics_token
+                && let Err(why) = check_token(&server, &req)
+            {
+                return refuse(&server, peer, StatusCode::UNAUTHORIZED, &path, why);
+            }
+            let text_ = server.metrics.render() + &server.conns.render();
+            return text(StatusCode::OK, text_.trim_end());
+        }
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/copy/") else {
