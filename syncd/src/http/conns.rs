@@ -196,10 +196,6 @@ impl Connections {
         }
     }
 
-    pub fn limits(&self) -> &ConnLimits {
-        &self.limits
-    }
-
     /// Admits a connection from `peer` on descriptor `fd`, making room if the table is full
     /// (see the module note), or says why it may not stay. Refusals are counted and logged.
     pub fn admit(self: &Arc<Self>, peer: IpAddr, fd: u64) -> Result<Admitted, Refusal> {
@@ -220,6 +216,7 @@ impl Connections {
             return Err(Refusal::PerPeer);
         }
         let live = table.conns.len() - table.doomed;
+        let mut evicted = None;
         // Connections on their way out still hold their descriptors.
         let short_of_fds = limits.fd_room.is_some_and(|room| table.conns.len() >= room)
             || limits.max_fd.is_some_and(|max| fd > max);
@@ -231,25 +228,7 @@ impl Connections {
             };
             let open = table.conns.len();
             match table.evict_one() {
-                Some(victim) => {
-                    Self::count(&self.counts.closed_evicted);
-                    self.logs.evicted.log(|skipped| {
-                        warn!(
-                            "{}: closed the connection from {victim} that had waited longest \
-                             without a request, for a new one from {key}{}.",
-                            match why {
-                                Refusal::Descriptors => format!(
-                                    "{open} HTTP connections open, as many as the file \
-                                     descriptors above transfer.fd_reserve allow"
-                                ),
-                                _ => format!(
-                                    "{live} HTTP connections open (transfer.max_connections)"
-                                ),
-                            },
-                            more(skipped)
-                        )
-                    });
-                }
+                Some(victim) => evicted = Some((victim, why, open)),
                 None => {
                     drop(table);
                     Self::count(match why {
@@ -258,8 +237,8 @@ impl Connections {
                     });
                     self.logs.full.log(|skipped| {
                         warn!(
-                            "Refused a connection from {key}: {live} connections open, all \
-                             serving requests ({}){}.",
+                            "Refused a connection from {key}: {live} connections open, none \
+                             free to make room ({}){}.",
                             match why {
                                 Refusal::Descriptors => {
                                     "no file descriptors left above transfer.fd_reserve"
@@ -284,7 +263,25 @@ impl Connections {
             },
         );
         *table.per_peer.entry(key).or_default() += 1;
+        drop(table);
         self.counts.open.fetch_add(1, Ordering::Relaxed);
+        if let Some((victim, why, open)) = evicted {
+            Self::count(&self.counts.closed_evicted);
+            self.logs.evicted.log(|skipped| {
+                warn!(
+                    "{}: closed the connection from {victim} that had waited longest without \
+                     a request, for a new one from {key}{}.",
+                    match why {
+                        Refusal::Descriptors => format!(
+                            "{open} HTTP connections open, as many as the file descriptors \
+                             above transfer.fd_reserve allow"
+                        ),
+                        _ => format!("{live} HTTP connections open (transfer.max_connections)"),
+                    },
+                    more(skipped)
+                )
+            });
+        }
         Ok(Admitted {
             conns: self.clone(),
             id,
