@@ -215,6 +215,8 @@ not_verifying() {
 
 say "The catalog"
 run cairn db init
+note "" "cairnd runs as a host the catalog knows; an administrator creates it:"
+run cairn host create alpenhost1
 
 say "Starting cairnd, the daemon of alpenhost1, in the background"
 printf '\n$ CAIRN_LOG=info cairnd --config %q 2>>%q &\n' "$CAIRN_CONFIG" "$log"

@@ -169,18 +169,61 @@ pub struct TransferConfig {
     pub method: TransferMethod,
     /// The remote shell rsync uses for `method = "rsync"`. Default `"ssh -o BatchMode=yes"`.
     pub rsync_rsh: String,
-    /// PEM certificate chain of this host's HTTP server; with `tls_key`, copies are served
-    /// over TLS only. Default: none (plain HTTP).
+    /// PEM certificate chain of this host, from the archive's authority: the HTTP server
+    /// presents it, and so does this host when it pulls (mutual TLS). With `tls_key` and
+    /// `tls_ca` (all three or none), copies are served and pulled over TLS only. Default: none
+    /// (plain HTTP with the token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
-    /// PEM private key for `tls_cert`. Default: none.
+    /// PEM private key for `tls_cert`; must not be readable by other users. Default: none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
-    /// PEM certificate(s) of the authority that signed the other hosts' server certificates;
-    /// when set, this host pulls over TLS (https) and trusts only these. Default: none (plain
-    /// HTTP).
+    /// PEM certificate(s) of the archive's authority: the only one trusted for the other
+    /// hosts' certificates, both the servers this host pulls from and the clients it serves.
+    /// Default: none (plain HTTP).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_ca: Option<PathBuf>,
+    /// Most time a client may take to send a request's headers, from its first byte (and,
+    /// over TLS, the handshake); then the connection is closed. Default `"10s"`.
+    pub header_timeout: HumanDuration,
+    /// A connection with no request in progress for this long is closed, and so is one whose
+    /// peer has read nothing of its response for this long. A response being sent, however
+    /// long, is not idle. Default `"60s"`.
+    pub idle_timeout: HumanDuration,
+    /// Most HTTP connections open at once. A new one beyond it replaces the connection that
+    /// has waited longest without a request, or is refused if every one is serving a
+    /// request. Default `512`.
+    pub max_connections: usize,
+    /// Most HTTP connections open at once from one peer address (one IPv6 /64); more are
+    /// refused. Default `64`.
+    pub max_connections_per_peer: usize,
+    /// File descriptors kept for cairnd's own work (node files, the catalog, the socket):
+    /// when fewer than this many remain under its limit, a new HTTP connection is treated as
+    /// one beyond `max_connections`. Default `256`.
+    pub fd_reserve: usize,
+    /// Whether `/metrics` asks for the token (`Authorization: Bearer …`) like a copy over
+    /// plain HTTP; over TLS every client already holds a certificate from the archive's
+    /// authority. Default `false`.
+    pub metrics_token: bool,
+}
+
+/// The TLS files of a host (`transfer.tls_cert`, `tls_key`, `tls_ca`), all three set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TlsFiles<'a> {
+    pub cert: &'a Path,
+    pub key: &'a Path,
+    pub ca: &'a Path,
+}
+
+impl TransferConfig {
+    /// The TLS files when TLS is on (validation makes the three keys all set or all unset).
+    pub fn tls(&self) -> Option<TlsFiles<'_>> {
+        Some(TlsFiles {
+            cert: self.tls_cert.as_deref()?,
+            key: self.tls_key.as_deref()?,
+            ca: self.tls_ca.as_deref()?,
+        })
+    }
 }
 
 impl Default for TransferConfig {
@@ -196,6 +239,12 @@ impl Default for TransferConfig {
             tls_cert: None,
             tls_key: None,
             tls_ca: None,
+            header_timeout: HumanDuration(std::time::Duration::from_secs(10)),
+            idle_timeout: HumanDuration(std::time::Duration::from_secs(60)),
+            max_connections: 512,
+            max_connections_per_peer: 64,
+            fd_reserve: 256,
+            metrics_token: false,
         }
     }
 }
@@ -437,12 +486,37 @@ impl Config {
                 format!("{a:?} is not HOST:PORT, e.g. alpenhost1:7070"),
             ));
         }
-        if self.transfer.tls_cert.is_some() != self.transfer.tls_key.is_some() {
+        let transfer = &self.transfer;
+        let tls = [
+            ("transfer.tls_cert", transfer.tls_cert.is_some()),
+            ("transfer.tls_key", transfer.tls_key.is_some()),
+            ("transfer.tls_ca", transfer.tls_ca.is_some()),
+        ];
+        if tls.iter().any(|(_, set)| *set)
+            && let Some((missing, _)) = tls.iter().find(|(_, set)| !set)
+        {
             return Err(invalid(
-                "transfer.tls_cert",
-                "tls_cert and tls_key go together: give both or neither".to_owned(),
+                missing,
+                "tls_cert, tls_key and tls_ca go together (mutual TLS): give all three or none"
+                    .to_owned(),
             ));
         }
+        for (key, d) in [
+            ("transfer.header_timeout", transfer.header_timeout),
+            ("transfer.idle_timeout", transfer.idle_timeout),
+        ] {
+            if d.0.is_zero() {
+                return Err(invalid(
+                    key,
+                    format!("must be more than 0, got {:?}", d.to_string()),
+                ));
+            }
+        }
+        at_least_one("transfer.max_connections", transfer.max_connections as u64)?;
+        at_least_one(
+            "transfer.max_connections_per_peer",
+            transfer.max_connections_per_peer as u64,
+        )?;
         if let Some(node) = &self.fs.write_node
             && node.trim().is_empty()
         {
@@ -528,6 +602,13 @@ mod tests {
         assert_eq!(c.daemon.lock_file, Path::new("/run/cairn/cairnd.lock"));
         assert_eq!(c.transfer.listen, Some("0.0.0.0:7070".parse().unwrap()));
         assert_eq!(c.transfer.token_file, Path::new("/etc/cairn/token"));
+        assert_eq!(c.transfer.header_timeout.0, Duration::from_secs(10));
+        assert_eq!(c.transfer.idle_timeout.0, Duration::from_secs(60));
+        assert_eq!(c.transfer.max_connections, 512);
+        assert_eq!(c.transfer.max_connections_per_peer, 64);
+        assert_eq!(c.transfer.fd_reserve, 256);
+        assert!(!c.transfer.metrics_token);
+        assert_eq!(c.transfer.tls(), None);
         assert_eq!(c.fs.write_node, None);
         assert_eq!(c.cache.dir, Path::new("/var/cache/cairn"));
         assert_eq!(c.cache.max_bytes, ByteSize(50 * 1024 * 1024 * 1024));
@@ -650,6 +731,33 @@ mod tests {
     #[test_case(
         "[host]\nname = \" \"",
         r#"invalid host.name in /etc/cairn/cairn.toml: " " is empty"#
+    )]
+    #[test_case(
+        "[transfer]\ntls_cert = \"c.pem\"\ntls_key = \"c.key\"",
+        "invalid transfer.tls_ca in /etc/cairn/cairn.toml: tls_cert, tls_key and tls_ca go \
+         together (mutual TLS): give all three or none"
+    )]
+    #[test_case(
+        "[transfer]\ntls_ca = \"ca.pem\"",
+        "invalid transfer.tls_cert in /etc/cairn/cairn.toml: tls_cert, tls_key and tls_ca go \
+         together (mutual TLS): give all three or none"
+    )]
+    #[test_case(
+        "[transfer]\nheader_timeout = \"0s\"",
+        r#"invalid transfer.header_timeout in /etc/cairn/cairn.toml: must be more than 0, got "0s""#
+    )]
+    #[test_case(
+        "[transfer]\nidle_timeout = \"0s\"",
+        r#"invalid transfer.idle_timeout in /etc/cairn/cairn.toml: must be more than 0, got "0s""#
+    )]
+    #[test_case(
+        "[transfer]\nmax_connections = 0",
+        "invalid transfer.max_connections in /etc/cairn/cairn.toml: must be at least 1, got 0"
+    )]
+    #[test_case(
+        "[transfer]\nmax_connections_per_peer = 0",
+        "invalid transfer.max_connections_per_peer in /etc/cairn/cairn.toml: must be at least 1, \
+         got 0"
     )]
     #[test_case(
         "[import]\nacq_depth = 0",

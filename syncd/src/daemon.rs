@@ -20,6 +20,7 @@
 //! On shutdown no new work starts; running tasks see the cancel flag, abort cleanly (temp
 //! files removed, requests given back) and the loop waits for them.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ use tokio::sync::{Notify, Semaphore, mpsc};
 use tracing::{debug, error, info, warn};
 
 use crate::cache::Fetcher;
-use crate::http::Server;
+use crate::http::conns::{ConnLimits, Connections};
+use crate::http::{ClientAuth, Server};
 use crate::lock::InstanceLock;
 use crate::metrics::Metrics;
 use crate::nodes::{Host, Nodes};
@@ -51,15 +53,24 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let host_name = config.host_name();
     let _lock = InstanceLock::acquire(&config.daemon.lock_file, &host_name)?;
     let importer = Importer::new(&config.import).context("invalid [import] patterns")?;
+    let tls = config.transfer.tls();
+    // Over TLS the hosts know each other by certificate; the token is for plain HTTP only.
+    let token = match tls {
+        Some(files) => {
+            check_private(files.key, "transfer.tls_key")?;
+            None
+        }
+        None => read_token(&config.transfer.token_file)?,
+    };
+    let fd_limit = raise_open_file_limit();
     let host = Arc::new(register_host(&config, host_name).await?);
 
-    let token = read_token(&config.transfer.token_file);
     let metrics = Arc::new(Metrics::default());
     let rsync_rsh = (config.transfer.method == TransferMethod::Rsync)
         .then(|| config.transfer.rsync_rsh.clone());
     let transfer = Arc::new(Puller::new(
         rsync_rsh,
-        config.transfer.tls_ca.as_deref(),
+        tls,
         token.clone(),
         config.transfer.max_rate.map(|r| r.0),
         config.transfer.pulls_per_peer,
@@ -129,27 +140,67 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
                 .await
                 .with_context(|| format!("failed to listen on {listen} (transfer.listen)"))?;
             info!("Serving copies over HTTP on {}.", l.local_addr()?);
-            if token.is_none() {
+            let (auth, server_tls) = match tls {
+                Some(files) => {
+                    info!(
+                        "Serving over mutual TLS with {}: clients need a certificate from {}.",
+                        files.cert.display(),
+                        files.ca.display()
+                    );
+                    (
+                        ClientAuth::Certificate,
+                        Some(crate::http::tls::server_config(files)?),
+                    )
+                }
+                None => {
+                    if token.is_none() {
+                        warn!(
+                            "No transfer token ({} is missing or empty): copies are neither \
+                             served to nor pulled from other hosts.",
+                            config.transfer.token_file.display()
+                        );
+                    }
+                    (ClientAuth::Token(token), None)
+                }
+            };
+            let t = &config.transfer;
+            // What connections may hold: the limit less the reserve and what is open now.
+            let max_fd = fd_limit.map(|limit| limit.saturating_sub(t.fd_reserve as u64));
+            let open = open_descriptors();
+            let fd_room = max_fd
+                .zip(open)
+                .map(|(max, open)| max.saturating_sub(open) as usize);
+            if let Some(room) = fd_room
+                && room < t.max_connections
+            {
                 warn!(
-                    "No transfer token ({} is missing or empty): copies are neither served \
-                     to nor pulled from other hosts.",
-                    config.transfer.token_file.display()
+                    "The open-file limit ({}) less transfer.fd_reserve ({}) and the {} files \
+                     open leaves room for {room} connections, fewer than \
+                     transfer.max_connections ({}): raise the hard limit (LimitNOFILE= in \
+                     the systemd unit).",
+                    fd_limit.unwrap_or_default(),
+                    t.fd_reserve,
+                    open.unwrap_or_default(),
+                    t.max_connections
                 );
             }
-            let tls = match (&config.transfer.tls_cert, &config.transfer.tls_key) {
-                (Some(cert), Some(key)) => {
-                    info!("Serving over TLS with {}.", cert.display());
-                    Some(crate::http::tls_config(cert, key)?)
-                }
-                _ => None,
-            };
+            let conns = Arc::new(Connections::new(ConnLimits {
+                header_timeout: t.header_timeout.0,
+                idle_timeout: t.idle_timeout.0,
+                max_connections: t.max_connections,
+                max_per_peer: t.max_connections_per_peer,
+                fd_room,
+                max_fd,
+            }));
             let server = Arc::new(Server {
                 pool: pool.clone(),
                 nodes: nodes.clone(),
-                token,
+                auth,
+                metrics_token: t.metrics_token,
                 metrics: metrics.clone(),
+                conns,
             });
-            Some(tokio::spawn(crate::http::serve(l, server, tls)))
+            Some(tokio::spawn(crate::http::serve(l, server, server_tls)))
         }
     };
 
@@ -270,18 +321,31 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// Records this host in the catalog (and its address, `transfer.advertise`), and requeues the
-/// requests an earlier run of it left active.
+/// Finds this host in the catalog (an administrator creates hosts: a name the catalog does not
+/// know is a mistake, not a new host), records its address (`transfer.advertise`), and
+/// requeues the requests an earlier run of it left active.
 async fn register_host(config: &Config, name: String) -> Result<Host> {
     let url = config.catalog.url.clone();
     let advertise = config.transfer.advertise.clone();
+    let origin = match (&config.host.name, &config.source) {
+        (Some(_), Some(file)) => format!("host.name in {}", file.display()),
+        (Some(_), None) => "host.name".to_owned(),
+        (None, Some(file)) => format!(
+            "the short hostname, as {} sets no host.name",
+            file.display()
+        ),
+        (None, None) => "the short hostname, as no config file sets host.name".to_owned(),
+    };
     tokio::task::spawn_blocking(move || -> Result<Host> {
         let mut cat = Catalog::open(&url).context("failed to open the catalog")?;
         let catalog_id = cat.catalog_id()?;
-        let (h, created) = cat.write(|tx| tx.ensure_host(&name))?;
-        if created {
-            info!("Host \"{}\" added to the catalog.", h.name);
-        }
+        let Some(h) = cat.read(|tx| tx.host_by_name(&name))? else {
+            anyhow::bail!(
+                "host \"{name}\" ({origin}) is not in the catalog: create it with `cairn host \
+                 create {name}` (with --address HOST:PORT for pulls over HTTP), or set host.name \
+                 to a host the catalog has (`cairn host list`)"
+            );
+        };
         if let Some(address) = &advertise
             && h.address.as_deref() != Some(address)
         {
@@ -306,11 +370,86 @@ async fn register_host(config: &Config, name: String) -> Result<Host> {
     .await?
 }
 
-/// The token in `path`, trimmed; `None` if the file is missing, unreadable or empty.
-fn read_token(path: &std::path::Path) -> Option<String> {
-    let t = std::fs::read_to_string(path).ok()?;
+/// The token in `path`, trimmed; `None` if the file is missing or empty. A file that other
+/// users may read is refused: the token lets anyone pull every copy.
+fn read_token(path: &Path) -> Result<Option<String>> {
+    let t = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(e).with_context(|| {
+                format!(
+                    "cannot read the transfer token {} (transfer.token_file)",
+                    path.display()
+                )
+            });
+        }
+    };
+    check_private(path, "transfer.token_file")?;
     let t = t.trim();
-    (!t.is_empty()).then(|| t.to_owned())
+    Ok((!t.is_empty()).then(|| t.to_owned()))
+}
+
+/// Refuses a secret (`key` names its config key) that users other than its owner may read or
+/// change.
+fn check_private(path: &Path, key: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {} ({key})", path.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{} ({key}) is open to other users (mode {:04o}): run `chmod 600 {}`, and replace \
+             the secret if someone else may have read it",
+            path.display(),
+            mode & 0o7777,
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// How many files this process has open; `None` if `/proc` cannot tell.
+fn open_descriptors() -> Option<u64> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+}
+
+/// Raises this process's soft limit on open files to its hard limit, so that connections
+/// and node files do not run out at the usual 1024. Returns the soft limit now in force;
+/// `None` if it is unknown or unlimited.
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own; no other memory is involved.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        warn!(
+            "Cannot read the open-file limit: {}.",
+            std::io::Error::last_os_error()
+        );
+        return None;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let was = lim.rlim_cur;
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            info!("Open-file limit raised from {was} to {}.", lim.rlim_cur);
+        } else {
+            warn!(
+                "Cannot raise the open-file limit from {was} to {}: {}.",
+                lim.rlim_max,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    (lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
 }
 
 /// One pass: the work of auto-import events, and on a full pass the refresh of this host's

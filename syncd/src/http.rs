@@ -6,12 +6,22 @@
 //!   Nothing else under a root is reachable: the path must be a registered file (so no `..`,
 //!   no dot files, no `.cairn/`), the final component is opened with `O_NOFOLLOW`, and the
 //!   opened path must resolve inside the node root (no symlinked directory leading out).
-//! - Every copy request must carry `Authorization: Bearer <token>` with the token of
-//!   `transfer.token_file`; a missing or wrong token is a 401, logged with the peer address.
-//! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text.
+//! - Who may ask ([`ClientAuth`]): with TLS, hosts holding a certificate from the archive's
+//!   authority, checked in the handshake ([`tls`]), and nobody else gets a request in; over
+//!   plain HTTP, a copy request must carry `Authorization: Bearer <token>` with the token of
+//!   `transfer.token_file`. A refusal is logged with the peer address.
+//! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text, with the token if
+//!   `transfer.metrics_token`.
+//! - No client can stall the server: connections are capped per peer and in all, kept out of
+//!   cairnd's reserve of file descriptors, and closed when a request's headers or the peer
+//!   take too long ([`conns`]).
+
+pub mod conns;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,15 +40,27 @@ use cairn_catalog::Pool;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::percent::percent_decode;
+use conns::{Connections, RequestGuard, Requests, Throttle, more};
 
-/// What the server needs: the catalog, this host's available nodes, the token peers must
-/// present, the counters.
+/// How the server knows a client is another host of the archive.
+pub enum ClientAuth {
+    /// Mutual TLS: the handshake admitted only certificates from the archive's authority.
+    Certificate,
+    /// Plain HTTP: the bearer token of `transfer.token_file`; `None` refuses every copy
+    /// request.
+    Token(Option<String>),
+}
+
+/// What the server needs: the catalog, this host's available nodes, how clients prove who
+/// they are, the counters and the connection table.
 pub struct Server {
     pub pool: Arc<Pool>,
     pub nodes: Arc<Nodes>,
-    /// The bearer token of `transfer.token_file`; `None` refuses every copy request.
-    pub token: Option<String>,
+    pub auth: ClientAuth,
+    /// `transfer.metrics_token`: `/metrics` asks for the token too.
+    pub metrics_token: bool,
     pub metrics: Arc<Metrics>,
+    pub conns: Arc<Connections>,
 }
 
 type ResBody = BoxBody<Bytes, std::io::Error>;
@@ -55,33 +77,6 @@ fn text(status: StatusCode, body: impl Into<String>) -> Response<ResBody> {
         .expect("a valid response")
 }
 
-/// The TLS setup of the server from a PEM certificate chain and key.
-pub fn tls_config(
-    cert: &std::path::Path,
-    key: &std::path::Path,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use anyhow::Context;
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
-        .with_context(|| format!("cannot read the certificate chain {}", cert.display()))?;
-    if certs.is_empty() {
-        anyhow::bail!("{} holds no certificate", cert.display());
-    }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .with_context(|| format!("cannot read the private key {}", key.display()))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .context("TLS protocol versions")?
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .context("the certificate and key do not make a TLS identity")?;
-    Ok(Arc::new(config))
-}
-
 /// Accepts connections (over TLS when `tls` is given) until the task is aborted.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -89,12 +84,28 @@ pub async fn serve(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let accept_failed = Throttle::default();
+    let handshake_failed = Arc::new(Throttle::default());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
-                warn!("HTTP accept failed: {e}");
+                accept_failed.log(|skipped| warn!("HTTP accept failed: {e}{}", more(skipped)));
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let admitted = match server.conns.admit(peer.ip(), stream.as_raw_fd() as u64) {
+            Ok(a) => a,
+            Err(_) => {
+                if acceptor.is_none() {
+                    // A word for a plain-HTTP client, if its socket takes it at once; the
+                    // connection closes as `stream` drops either way.
+                    let _ = stream.try_write(
+                        b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n\
+                          Content-Length: 0\r\n\r\n",
+                    );
+                }
                 continue;
             }
         };
@@ -103,34 +114,86 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let server = server.clone();
         let acceptor = acceptor.clone();
+        let handshake_failed = handshake_failed.clone();
         tokio::spawn(async move {
-            match acceptor {
-                None => serve_connection(stream, peer, server).await,
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => serve_connection(tls, peer, server).await,
-                    Err(e) => {
-                        Metrics::add(&server.metrics.requests_refused, 1);
-                        warn!("Refused a connection from {peer}: TLS handshake failed: {e}.");
-                    }
-                },
+            let requests = admitted.requests();
+            let io = admitted.track(stream);
+            let connection = async {
+                match acceptor {
+                    None => serve_connection(io, peer, server, requests).await,
+                    Some(acceptor) => match acceptor.accept(io).await {
+                        Ok(tls) => serve_connection(tls, peer, server, requests).await,
+                        Err(e) => {
+                            Metrics::add(&server.metrics.requests_refused, 1);
+                            handshake_failed.log(|skipped| {
+                                warn!(
+                                    "Refused a connection from {peer}: TLS handshake failed: \
+                                     {e}{}.",
+                                    more(skipped)
+                                )
+                            });
+                        }
+                    },
+                }
+            };
+            // Whichever ends first: the connection, or its time (the socket closes as the
+            // other future drops).
+            tokio::select! {
+                _ = connection => {}
+                _ = admitted.watch(peer) => {}
             }
         });
     }
 }
 
-async fn serve_connection<IO>(io: IO, peer: SocketAddr, server: Arc<Server>)
+async fn serve_connection<IO>(io: IO, peer: SocketAddr, server: Arc<Server>, requests: Requests)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req| {
+        // The headers are complete: the connection is busy until the response is all sent.
+        let request = requests.begin();
         let server = server.clone();
-        async move { Ok::<_, Infallible>(handle(req, peer, server).await) }
+        async move {
+            let resp = handle(req, peer, server).await;
+            Ok::<_, Infallible>(resp.map(|body| Guarded {
+                body,
+                _request: request,
+            }))
+        }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(io), service)
         .await
     {
         tracing::debug!("HTTP connection from {peer}: {e}");
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is all sent (or
+/// given up).
+struct Guarded {
+    body: ResBody,
+    _request: RequestGuard,
+}
+
+impl Body for Guarded {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -145,7 +208,15 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics" => return text(StatusCode::OK, server.metrics.render().trim_end()),
+        "/metrics" => {
+            if server.metrics_token
+                && let Err(why) = check_token(&server, &req)
+            {
+                return refuse(&server, peer, StatusCode::UNAUTHORIZED, &path, why);
+            }
+            let text_ = server.metrics.render() + &server.conns.render();
+            return text(StatusCode::OK, text_.trim_end());
+        }
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/copy/") else {
@@ -243,9 +314,13 @@ fn refuse(
     text(status, why)
 }
 
+/// Whether `req` comes from a host of the archive: always, over mutual TLS; over plain HTTP,
+/// if it carries the token.
 fn check_token(server: &Server, req: &Request<Incoming>) -> Result<(), &'static str> {
-    let Some(token) = server.token.as_deref() else {
-        return Err("this host has no transfer token configured");
+    let token = match &server.auth {
+        ClientAuth::Certificate => return Ok(()),
+        ClientAuth::Token(Some(token)) => token,
+        ClientAuth::Token(None) => return Err("this host has no transfer token configured"),
     };
     let given = req
         .headers()

@@ -2,7 +2,8 @@
 //!
 //! A copy on a node of this host is a plain pipelined copy. A copy on another host is pulled
 //! from that host's cairnd over HTTP (invariant 5: the receiver runs the transfer), resuming a
-//! partial temp file with `Range`. Either way the rest of the copy task — md5 check, fsync,
+//! partial temp file with `Range`, proving who it is with its certificate (mutual TLS) or,
+//! over plain HTTP, the archive's token ([`PullAuth`]). Either way the rest of the copy task — md5 check, fsync,
 //! rename, record (invariant 2) — is one code path.
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_catalog::config::TlsFiles;
 use cairn_catalog::model::Id;
 use tracing::{info, warn};
 
@@ -55,51 +57,103 @@ pub trait Transfer: Send + Sync {
     fn fetch(&self, source: &Source, tmp: &Path, cancel: &AtomicBool) -> std::io::Result<Copied>;
 }
 
+/// How this host proves to others that it is a host of the archive when it pulls.
+pub enum PullAuth {
+    /// Mutual TLS (`transfer.tls_*`): pulls go over https, trusting only the archive's
+    /// authority, and present this host's certificate.
+    Certificate,
+    /// Plain HTTP: the bearer token of `transfer.token_file`; `None`: this host cannot pull
+    /// over HTTP.
+    Token(Option<String>),
+}
+
 /// The real transfers: local copies and HTTP pulls.
 pub struct Puller {
     agent: ureq::Agent,
     /// The remote shell for rsync pulls; `None` pulls over HTTP.
     rsync_rsh: Option<String>,
-    /// `https` when pulls go over TLS (`transfer.tls_ca`), else `http`.
-    scheme: &'static str,
-    token: Option<String>,
+    auth: PullAuth,
     limiter: Option<RateLimiter>,
     peers: PeerSlots,
     metrics: std::sync::Arc<Metrics>,
 }
 
+/// The PEM items of `path`; an error naming the file and its key if it cannot be read.
+fn pem_items(path: &Path, key: &str) -> std::io::Result<Vec<ureq::tls::PemItem<'static>>> {
+    let pem = std::fs::read(path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot read {} ({key}): {e}", path.display()),
+        )
+    })?;
+    ureq::tls::parse_pem(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| std::io::Error::other(format!("{} ({key}): {e}", path.display())))
+}
+
+fn certificates(path: &Path, key: &str) -> std::io::Result<Vec<ureq::tls::Certificate<'static>>> {
+    let certs: Vec<_> = pem_items(path, key)?
+        .into_iter()
+        .filter_map(|item| match item {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(std::io::Error::other(format!(
+            "{} ({key}) holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
+/// The client half of mutual TLS: trust only the archive's authority, present this host's
+/// certificate.
+fn client_tls(files: TlsFiles<'_>) -> std::io::Result<ureq::tls::TlsConfig> {
+    let roots = certificates(files.ca, "transfer.tls_ca")?;
+    let chain = certificates(files.cert, "transfer.tls_cert")?;
+    let key = pem_items(files.key, "transfer.tls_key")?
+        .into_iter()
+        .find_map(|item| match item {
+            ureq::tls::PemItem::PrivateKey(k) => Some(k),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            std::io::Error::other(format!(
+                "{} (transfer.tls_key) holds no private key",
+                files.key.display()
+            ))
+        })?;
+    Ok(ureq::tls::TlsConfig::builder()
+        .provider(ureq::tls::TlsProvider::Rustls)
+        .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+        .client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, key)))
+        .build())
+}
+
 impl Puller {
-    /// A puller; with `tls_ca`, pulls go over https and trust only the authority in that PEM
-    /// file.
+    /// A puller; with `tls`, pulls go over https, trust only the authority `tls.ca` and
+    /// present `tls.cert`, and `token` is not used.
     pub fn new(
         rsync_rsh: Option<String>,
-        tls_ca: Option<&Path>,
+        tls: Option<TlsFiles<'_>>,
         token: Option<String>,
         max_rate: Option<u64>,
         pulls_per_peer: usize,
         metrics: std::sync::Arc<Metrics>,
     ) -> std::io::Result<Puller> {
-        let mut tls = ureq::tls::TlsConfig::builder().provider(ureq::tls::TlsProvider::Rustls);
-        if let Some(ca) = tls_ca {
-            let pem = std::fs::read(ca).map_err(|e| {
-                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", ca.display()))
-            })?;
-            let certs = ureq::tls::parse_pem(&pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                    _ => None,
-                })
-                .collect::<Vec<_>>();
-            if certs.is_empty() {
-                return Err(std::io::Error::other(format!(
-                    "{} holds no certificate",
-                    ca.display()
-                )));
-            }
-            tls = tls.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
-        }
+        let (tls_config, auth) = match tls {
+            Some(files) => (client_tls(files)?, PullAuth::Certificate),
+            None => (
+                ureq::tls::TlsConfig::builder()
+                    .provider(ureq::tls::TlsProvider::Rustls)
+                    .build(),
+                PullAuth::Token(token),
+            ),
+        };
         let agent = ureq::Agent::config_builder()
-            .tls_config(tls.build())
+            .tls_config(tls_config)
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
@@ -110,8 +164,7 @@ impl Puller {
         Ok(Puller {
             agent,
             rsync_rsh,
-            scheme: if tls_ca.is_some() { "https" } else { "http" },
-            token,
+            auth,
             limiter: max_rate.map(RateLimiter::new),
             peers: PeerSlots::new(pulls_per_peer),
             metrics,
@@ -125,16 +178,19 @@ impl Puller {
         tmp: &Path,
         cancel: &AtomicBool,
     ) -> std::io::Result<Copied> {
-        let token = self.token.as_deref().ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "no transfer token on this host (transfer.token_file)",
-            )
-        })?;
+        let (scheme, bearer) = match &self.auth {
+            PullAuth::Certificate => ("https", None),
+            PullAuth::Token(Some(token)) => ("http", Some(format!("Bearer {token}"))),
+            PullAuth::Token(None) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "no transfer token on this host (transfer.token_file)",
+                ));
+            }
+        };
         let _slot = self.peers.acquire(host, cancel)?;
         let url = format!(
-            "{}://{address}/v1/copy/{}/{}",
-            self.scheme,
+            "{scheme}://{address}/v1/copy/{}/{}",
             percent_encode(node),
             percent_encode(path)
         );
@@ -147,10 +203,10 @@ impl Puller {
                 std::fs::remove_file(tmp)?;
                 continue;
             }
-            let mut req = self
-                .agent
-                .get(&url)
-                .header("Authorization", format!("Bearer {token}"));
+            let mut req = self.agent.get(&url);
+            if let Some(bearer) = &bearer {
+                req = req.header("Authorization", bearer);
+            }
             if have > 0 {
                 info!("Resuming pull of {path} from {host} at byte {have}.");
                 req = req.header("Range", format!("bytes={have}-"));
@@ -162,7 +218,7 @@ impl Puller {
                     401 => {
                         return Err(std::io::Error::new(
                             std::io::ErrorKind::PermissionDenied,
-                            format!("{host} refused our token (401)"),
+                            format!("{host} refused our credentials (401)"),
                         ));
                     }
                     416 if have == size => {}

@@ -29,6 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$W/token"
+chmod 600 "$W/token"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P1=$(port); P2=$(port)
 . "$HERE/lib.sh"

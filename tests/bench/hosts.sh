@@ -17,6 +17,7 @@ mkdir -p "$W"/{h1/n1,h2/n2,h1/run,h2/run,base}
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$W/token"
+chmod 600 "$W/token"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P1=$(port); P2=$(port)
 . "$HERE/lib.sh"

@@ -141,12 +141,12 @@ impl Archive {
         url: String,
         db: Option<cairn_catalog::testing::TestDatabase>,
     ) -> Archive {
-        // The shared secret every host of this archive presents to the others.
-        std::fs::write(
-            dir.path().join("token"),
-            format!("test-token-{}\n", std::process::id()),
-        )
-        .unwrap();
+        // The shared secret every host of this archive presents to the others, readable by
+        // its owner only (cairnd refuses a token file others may read).
+        let token = dir.path().join("token");
+        std::fs::write(&token, format!("test-token-{}\n", std::process::id())).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
         let a = Archive { dir, url, _db: db };
         let out = a.run_cli(None, &["db", "init"]);
         assert!(
@@ -190,8 +190,12 @@ impl Archive {
     }
 
     /// Like [`Archive::host`], with `daemon_extra` appended to the config's `[daemon]` table
-    /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s).
+    /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s). The host is
+    /// created in the catalog, as an administrator does before its cairnd first starts.
     pub fn host_with(&self, name: &str, daemon_extra: &str) -> TestHost {
+        self.catalog()
+            .write(|tx| tx.ensure_host(name))
+            .expect("the host is created");
         let interval = if daemon_extra.contains("interval") {
             ""
         } else {
@@ -225,6 +229,7 @@ impl Archive {
             address,
             url: self.url.clone(),
             child: None,
+            open_files: None,
         }
     }
 
@@ -283,6 +288,8 @@ pub struct TestHost {
     pub address: String,
     url: String,
     child: Option<Child>,
+    /// The (soft, hard) limit on open files cairnd starts with; `None`: the test's own.
+    open_files: Option<(u64, u64)>,
 }
 
 impl TestHost {
@@ -326,6 +333,12 @@ impl TestHost {
         std::fs::write(&self.config, cfg).unwrap();
     }
 
+    /// Starts cairnd with these (soft, hard) limits on open files, as an old system or a
+    /// unit without `LimitNOFILE=` would. Before `start`.
+    pub fn limit_open_files(&mut self, soft: u64, hard: u64) {
+        self.open_files = Some((soft, hard));
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("cairnd.log")
     }
@@ -346,8 +359,8 @@ impl TestHost {
             .append(true)
             .open(self.log_path())
             .unwrap();
-        let child = Command::new(bin("cairnd"))
-            .arg("--config")
+        let mut cmd = Command::new(bin("cairnd"));
+        cmd.arg("--config")
             .arg(&self.config)
             .env(
                 "CAIRN_LOG",
@@ -355,9 +368,26 @@ impl TestHost {
             )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cairnd starts");
+            .stderr(log);
+        if let Some((soft, hard)) = self.open_files {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: soft,
+                rlim_max: hard,
+            };
+            // SAFETY: between fork and exec only setrlimit(2) runs, which is async-signal-safe,
+            // on a struct copied into the closure.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = cmd.spawn().expect("cairnd starts");
         self.child = Some(child);
         let sock = self.dir.join("run/cairnd.sock");
         let log = self.log_path();

@@ -1,14 +1,14 @@
 //! Several hosts on one machine, each its own cairnd with its own port, sharing one catalog:
 //! pulls over HTTP, seed 004 across three hosts, resume after a dead source, the HTTP
-//! server's refusals.
+//! server's refusals, mutual TLS and the peers it refuses.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
 use cairn_node::NodeRoot;
-use cairn_tests::{Archive, big_file, http_get, wait_until, write_file};
+use cairn_tests::{Archive, TestHost, big_file, http_get, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
 
@@ -140,7 +140,9 @@ fn seed_004_across_three_hosts() {
     wait_until(T, "demo_storage1 emptied", || {
         a.on("demo_storage1") == (0, 0)
     });
-    assert!(!r1.join("2025").exists(), "empty dirs removed");
+    // The copies are released in the catalog first, then removed with their emptied
+    // directories.
+    wait_until(T, "empty dirs removed", || !r1.join("2025").exists());
 
     // Auto-actions across hosts: 1 → 2 → 3, and 1 cleaned once the file is on 3.
     h1.cairn(&["group", "autosync", "demo_storage2", "demo_storage1"]);
@@ -192,7 +194,7 @@ fn seed_004_across_three_hosts() {
     assert_eq!(stats["demo_storage1"], (0, 0));
     assert_eq!(stats["demo_storage2"], (8, 184));
     assert_eq!(stats["demo_storage3"], (8, 184));
-    assert!(!r1.join("2025").exists());
+    wait_until(T, "empty dirs removed again", || !r1.join("2025").exists());
     let (_, md5) = md5_file(&r3.join("2025/02/26/02/0011.dat")).unwrap();
     assert_eq!(md5, cairn_catalog::md5::md5_hex(b"14 15 16 17 18\n"));
     // `cairn status` over the three hosts: all up, the same counts as `node stats`.
@@ -484,77 +486,101 @@ fn the_http_server_refuses_what_it_must_not_serve() {
     );
 }
 
-/// A test CA and a certificate for 127.0.0.1 signed by it, made with openssl(1).
-fn test_pki(dir: &Path) -> Option<()> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    };
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cairn test CA",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "host.key",
-        "-out",
-        "host.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ])?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "host.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "host.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ])
+/// Runs openssl(1) in `dir`; `None` if it fails.
+fn openssl(dir: &Path, args: &[&str]) -> Option<()> {
+    std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| ())
 }
 
-#[test]
-fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
-    let a = Archive::new();
-    let pki = a.dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    if test_pki(&pki).is_none() {
+/// A certificate authority `CA.pem` (key `CA.key`) in `dir`, and certificates `NAME.pem`
+/// (keys `NAME.key`, mode 0600) signed by it for 127.0.0.1, good for a server and a client,
+/// made with openssl(1).
+fn test_pki(dir: &Path, ca: &str, names: &[&str]) -> Option<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(
+        dir.join("host.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .ok()?;
+    let (ca_key, ca_pem) = (format!("{ca}.key"), format!("{ca}.pem"));
+    let subject = format!("/CN={ca}");
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &ca_key, "-out", &ca_pem,
+            "-days", "2", "-subj", &subject,
+        ],
+    )?;
+    for name in names {
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+        )?;
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                &ca_pem,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                "host.ext",
+            ],
+        )?;
+        std::fs::set_permissions(dir.join(&key), std::fs::Permissions::from_mode(0o600)).ok()?;
+    }
+    Some(())
+}
+
+/// The archive's PKI (`ca`, and `host` for both hosts) and a stranger's (`stranger-ca`
+/// and `stranger`), or `None` where openssl(1) is missing outside CI.
+fn archive_and_stranger_pki(dir: &Path) -> Option<()> {
+    std::fs::create_dir_all(dir).unwrap();
+    let made =
+        test_pki(dir, "ca", &["host"]).and_then(|()| test_pki(dir, "stranger-ca", &["stranger"]));
+    if made.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "openssl(1) is needed for the TLS test in CI"
+            "openssl(1) is needed for the TLS tests in CI"
         );
         eprintln!("SKIPPED: openssl(1) could not make a test certificate authority");
-        return;
     }
+    made
+}
+
+/// Two hosts of the archive over mutual TLS, each presenting `host.pem`, with a file on
+/// h1's node n1.
+fn tls_hosts(a: &Archive, pki: &Path) -> (TestHost, TestHost, PathBuf, PathBuf) {
     let tls = format!(
         "[transfer]\ntls_cert = \"{p}/host.pem\"\ntls_key = \"{p}/host.key\"\ntls_ca = \"{p}/ca.pem\"\n",
         p = pki.display()
@@ -574,6 +600,17 @@ fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
     write_file(&r1, "2025/01/01/a.dat", "over tls\n");
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
+    (h1, h2, r1, r2)
+}
+
+#[test]
+fn pulls_go_over_mutual_tls_when_configured_and_plain_http_is_refused() {
+    let a = Archive::new();
+    let pki = a.dir.path().join("pki");
+    if archive_and_stranger_pki(&pki).is_none() {
+        return;
+    }
+    let (h1, h2, _r1, r2) = tls_hosts(&a, &pki);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(T);
     assert_eq!(
@@ -586,7 +623,11 @@ fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
         std::fs::read_to_string(r2.join("2025/01/01/a.dat")).unwrap(),
         "over tls\n"
     );
-    assert!(h1.log().contains("Serving over TLS"), "{}", h1.log());
+    assert!(
+        h1.log().contains("Serving over mutual TLS with"),
+        "{}",
+        h1.log()
+    );
     // A plain-HTTP request to the TLS server gets no copy.
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(&h1.address).unwrap();
@@ -605,6 +646,85 @@ fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
     wait_until(T, "the refusal logged", || {
         h1.log().contains("TLS handshake failed")
     });
+}
+
+/// `curl` over https to `address`, trusting the archive's authority, with the client
+/// certificate `cert` (a name in `pki`) and the token, if given: its exit status and output.
+fn curl(
+    pki: &Path,
+    address: &str,
+    path: &str,
+    cert: Option<&str>,
+    token: Option<&str>,
+) -> (bool, String) {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "--cacert"])
+        .arg(pki.join("ca.pem"));
+    if let Some(name) = cert {
+        cmd.arg("--cert")
+            .arg(pki.join(format!("{name}.pem")))
+            .arg("--key")
+            .arg(pki.join(format!("{name}.key")));
+    }
+    if let Some(t) = token {
+        cmd.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    let out = cmd
+        .arg(format!("https://{address}{path}"))
+        .output()
+        .expect("curl runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[test]
+fn over_mutual_tls_a_peer_without_a_certificate_from_the_archive_ca_is_refused_token_or_not() {
+    if std::process::Command::new("curl")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "curl is needed for this test in CI"
+        );
+        eprintln!("SKIPPED: curl is not installed");
+        return;
+    }
+    let a = Archive::new();
+    let pki = a.dir.path().join("pki");
+    if archive_and_stranger_pki(&pki).is_none() {
+        return;
+    }
+    let (h1, _h2, _r1, _r2) = tls_hosts(&a, &pki);
+    let token = a.token();
+    let copy = "/v1/copy/n1/2025/01/01/a.dat";
+    for (cert, token) in [
+        (None, Some(token.as_str())),
+        (None, None),
+        (Some("stranger"), Some(token.as_str())),
+        (Some("stranger"), None),
+    ] {
+        for path in [copy, "/healthz", "/metrics"] {
+            let (ok, out) = curl(&pki, &h1.address, path, cert, token);
+            assert!(
+                !ok && !out.contains("over tls") && !out.contains("cairn_"),
+                "{path} with certificate {cert:?} and token {}: {out}",
+                token.is_some()
+            );
+        }
+    }
+    // A host of the archive needs its certificate, and no token.
+    let (ok, out) = curl(&pki, &h1.address, copy, Some("host"), None);
+    assert!(ok && out == "over tls\n", "{out}");
+    let (ok, metrics) = curl(&pki, &h1.address, "/metrics", Some("host"), None);
+    assert!(ok, "{metrics}");
+    assert!(
+        metrics.contains("cairn_http_refused_total 12"),
+        "each refused handshake is counted: {metrics}"
+    );
+    assert!(h1.log().contains("TLS handshake failed"), "{}", h1.log());
 }
 
 #[test]

@@ -7,12 +7,15 @@
 //! - `handoff`: a closed file is never lost: the mount killed after writers closed, the catalog
 //!   locked or its WAL unwritable, a name too long for the node.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
-//!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
+//!   resume after a dead source, corrupt remote sources, the HTTP server's refusals, mutual
+//!   TLS and the peers it refuses.
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
 //! - `programs`: real programs writing into the mount (cp, install, rsync, tar, unzip, dd,
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
+//! - `strangers`: a flood of half-sent requests against a cairnd with few descriptors, the
+//!   header and idle timeouts, a long pull left alone.
 //! - `users`: who may do what on a shared host: real users on a root mount, owners by name,
 //!   modes, the admin group.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
@@ -27,5 +30,6 @@ mod hosts;
 mod mount;
 mod postgres;
 mod programs;
+mod strangers;
 mod transport;
 mod users;
