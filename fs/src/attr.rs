@@ -93,6 +93,8 @@ pub struct Remembered {
     known: Mutex<LruCache<u64, Attr>>,
     dir_mtime: Mutex<LruCache<u64, SystemTime>>,
     dirs: Mutex<LruCache<Id, SeenDir>>,
+    /// Directories' paths (a directory keeps its path for good: they cannot be renamed).
+    paths: Mutex<LruCache<Id, String>>,
 }
 
 /// A directory's parent and attributes, and when they were read.
@@ -108,6 +110,7 @@ impl Remembered {
             known: Mutex::new(LruCache::new(entries(3) * 2)),
             dirs: Mutex::new(LruCache::new(entries(3))),
             dir_mtime: Mutex::new(LruCache::new(entries(64))),
+            paths: Mutex::new(LruCache::new(entries(6))),
         }
     }
 
@@ -149,6 +152,18 @@ impl Remembered {
             .lock()
             .expect("dirs")
             .insert(id, (parent, a.clone(), std::time::Instant::now()));
+    }
+
+    /// Directory `id`'s path, if seen.
+    pub fn dir_path(&self, id: Id) -> Option<String> {
+        self.paths.lock().expect("paths").get(&id).cloned()
+    }
+
+    pub fn seen_dir_path(&self, id: Id, path: &str) {
+        let mut p = self.paths.lock().expect("paths");
+        if p.get(&id).is_none() {
+            p.insert(id, path.to_owned());
+        }
     }
 
     /// Forgets what was seen of directory `id` (its mode or owner changed here).

@@ -189,7 +189,16 @@ impl Core {
             // Files are written only where their closing can be remembered.
             if let Ok((_, root)) = core.write_root() {
                 let j = Journal::open(&root).map_err(|e| {
-                    FsError::Invalid(format!("cannot open the journal of closed files: {e}"))
+                    let busy = e.to_string().contains("locked");
+                    FsError::Invalid(if busy {
+                        format!(
+                            "another cairnfs writes to node {node:?} on this host (its journal \
+                             of closed files, {}, is held): one mount per write node",
+                            NodeRoot::new(&root).journal().display()
+                        )
+                    } else {
+                        format!("cannot open the journal of closed files: {e}")
+                    })
                 })?;
                 core.journal = Some(j);
             }
@@ -240,7 +249,16 @@ impl Core {
             gid,
         };
         self.remembered.seen_dir(d.id, d.parent_id, &a);
+        self.remembered.seen_dir_path(d.id, &d.path);
         a
+    }
+
+    /// Directory `id`'s path in the archive.
+    fn dir_path(&self, id: Id) -> Result<String> {
+        match self.remembered.dir_path(id) {
+            Some(p) => Ok(p),
+            None => Ok(self.dir_by_id(id)?.path),
+        }
     }
 
     /// An archived file's attributes.

@@ -160,12 +160,20 @@ impl Chunk<'_> {
     }
 }
 
+/// Whether a writer's aligned writes go to the disk directly.
+enum Direct {
+    Untried,
+    Open(File),
+    No,
+}
+
 /// The writing side of a staged or local file.
 pub struct Writer {
     pub file: File,
-    /// The same file opened with O_DIRECT, for aligned writes; `None` where the filesystem
-    /// has no direct I/O (tmpfs) or refused it once.
-    direct: Option<File>,
+    /// The same file opened with O_DIRECT, for aligned writes: opened at the first write that
+    /// could go direct (most files are small, and never do); never where the filesystem has
+    /// no direct I/O (tmpfs) or refused it once.
+    direct: Direct,
     pipe: Option<Inline>,
     pool: Pool,
     /// End of the bytes hashed so far; a write before it ends inline hashing.
@@ -184,7 +192,7 @@ impl std::fmt::Debug for Writer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Writer")
             .field("inline_md5", &self.pipe.is_some())
-            .field("direct", &self.direct.is_some())
+            .field("direct", &matches!(self.direct, Direct::Open(_)))
             .field("next", &self.next)
             .finish()
     }
@@ -195,18 +203,9 @@ impl Writer {
     /// empty file.
     pub fn new(file: File, len: u64) -> Writer {
         let pipe = (len == 0).then(|| Inline::Here(Hasher::new()));
-        let direct = on_local_disk(&file)
-            .then(|| {
-                OpenOptions::new()
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
-                    .ok()
-            })
-            .flatten();
         Writer {
             file,
-            direct,
+            direct: Direct::Untried,
             pipe,
             pool: Pool::default(),
             next: 0,
@@ -253,21 +252,52 @@ impl Writer {
         Ok(data.len())
     }
 
+    /// The O_DIRECT twin of the file, opened the first time it is asked for.
+    fn direct(&mut self) -> Option<&File> {
+        if let Direct::Untried = self.direct {
+            self.direct = on_local_disk(&self.file)
+                .then(|| {
+                    OpenOptions::new()
+                        .write(true)
+                        .custom_flags(libc::O_DIRECT)
+                        .open(format!("/proc/self/fd/{}", self.file.as_raw_fd()))
+                        .ok()
+                })
+                .flatten()
+                .map_or(Direct::No, Direct::Open);
+        }
+        match &self.direct {
+            Direct::Open(f) => Some(f),
+            Direct::Untried | Direct::No => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn goes_direct(&mut self) -> bool {
+        self.direct().is_some()
+    }
+
     /// Writes an aligned chunk with O_DIRECT from a pool buffer, which it returns for the
     /// hasher. `None`: this write goes through the page cache instead.
     fn write_direct(&mut self, offset: u64, data: &[u8]) -> io::Result<Option<Aligned>> {
         let aligned = offset >= DIRECT_FROM
             && offset.is_multiple_of(ALIGN as u64)
             && data.len().is_multiple_of(ALIGN);
-        let Some(direct) = self.direct.as_ref().filter(|_| aligned && !data.is_empty()) else {
+        if !aligned || data.is_empty() {
             return Ok(None);
-        };
+        }
+        if self.direct().is_none() {
+            return Ok(None);
+        }
         let buf = self.pool.copy_of(data);
+        let Direct::Open(direct) = &self.direct else {
+            unreachable!("opened just above")
+        };
         match direct.write_all_at(buf.bytes(), offset) {
             Ok(()) => Ok(Some(buf)),
             // This filesystem wants another alignment, or no direct writes after all.
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                self.direct = None;
+                self.direct = Direct::No;
                 self.pool.put(buf);
                 Ok(None)
             }
@@ -503,7 +533,7 @@ mod tests {
     #[test]
     fn aligned_writes_go_direct_and_mixed_writes_keep_every_byte() {
         let (d, mut w) = writer();
-        assert_eq!(w.direct.is_some(), has_direct_io(d.path()), "{w:?}");
+        assert_eq!(w.goes_direct(), has_direct_io(d.path()), "{w:?}");
         let data: Vec<u8> = (0..5_000_000u32)
             .map(|i| (i * 31 + i / 777) as u8)
             .collect();
@@ -535,8 +565,8 @@ mod tests {
     fn files_on_tmpfs_keep_the_page_cache() {
         let dir = tempfile::tempdir_in("/dev/shm").unwrap();
         let f = std::fs::File::create(dir.path().join("f")).unwrap();
-        let w = Writer::new(f, 0);
-        assert!(w.direct.is_none(), "{w:?}");
+        let mut w = Writer::new(f, 0);
+        assert!(!w.goes_direct(), "{w:?}");
     }
 
     #[test]

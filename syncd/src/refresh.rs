@@ -295,12 +295,9 @@ fn start_watcher(
 /// host) to be registered, so that `cairn status` shows them wherever it runs. A node written
 /// by no mount has no journal, and nothing is reported.
 fn report_journal(cat: &mut Catalog, node: &Node, root: &Path, t: i64) -> Result<()> {
-    let at = NodeRoot::new(root).journal();
-    if !at.exists() {
-        return Ok(());
-    }
-    match cairn_node::journal::Journal::open(root).and_then(|j| j.summary()) {
-        Ok(s) => cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?,
+    match cairn_node::journal::Journal::peek(root) {
+        Ok(Some(s)) => cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?,
+        Ok(None) => {}
         Err(e) => warn!("Node \"{}\": {e}", node.name),
     }
     Ok(())

@@ -50,6 +50,9 @@ const BATCH: usize = 2000;
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// How long the first file due waits for those settling just behind it.
+const GATHER: Duration = Duration::from_millis(50);
+
 /// How long reading `user.cairn.md5` of a settling file waits for its import.
 const ASKED_WAIT: Duration = Duration::from_secs(10);
 
@@ -107,8 +110,21 @@ impl Queue {
     /// there is one; `None` once stopping and nothing is left.
     fn next_batch(&self) -> Option<(Vec<LocalRef>, bool)> {
         let mut w = self.lock();
+        let mut gathered = false;
         loop {
             let now = Instant::now();
+            // The first file due waits a moment for those settling just behind it: one batch
+            // (one sync, one transaction) for a program's burst of files, not one each.
+            if !gathered
+                && !w.stopping
+                && w.asked.is_empty()
+                && w.settling.front().is_some_and(|(due, _)| *due <= now)
+                && w.settling.iter().nth(1).is_some()
+            {
+                gathered = true;
+                w = self.wake.wait_timeout(w, GATHER).expect("import queue").0;
+                continue;
+            }
             let mut batch: Vec<LocalRef> = std::mem::take(&mut w.asked);
             while batch.len() < BATCH
                 && let Some((due, _)) = w.settling.front()
@@ -527,6 +543,7 @@ impl Core {
                 );
                 let keys: Vec<&str> = files.iter().map(|f| f.key.as_str()).collect();
                 let _ = journal.failed(&keys, &why);
+                publish(journal);
                 for f in &files {
                     f.local.lock().expect("local").stage = Stage::Pending;
                 }
@@ -584,6 +601,7 @@ impl Core {
             // the rows.
             warn!("{e}");
         }
+        publish(journal);
         self.imports.succeeded();
         if !again.is_empty() {
             let mut w = self.imports.lock();
@@ -703,6 +721,7 @@ impl Core {
             }
         }
         self.tidy_staging(&root, &named);
+        publish(journal);
     }
 
     /// Removes staged files that no journal row names and whose mount is gone: their writers
@@ -737,6 +756,13 @@ impl Core {
                 );
             }
         }
+    }
+}
+
+/// Publishes how many files wait in the journal, for cairnd's report (`cairn status`).
+fn publish(journal: &Journal) {
+    if let Err(e) = journal.publish_summary() {
+        warn!("{e}");
     }
 }
 

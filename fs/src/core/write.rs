@@ -115,26 +115,35 @@ impl Core {
         if self.find(parent, OsStr::new(&name)).is_ok() {
             return Err(FsError::Exists(name));
         }
-        let dir = self.dir_by_id(dir_id)?;
-        check_name(&root, &dir.path, &name)?;
+        let dir_path = self.dir_path(dir_id)?;
+        check_name(&root, &dir_path, &name)?;
         let (kind, backing) = if name.starts_with('.') {
-            let p = kept_path(&root, &dir.path, &name);
-            std::fs::create_dir_all(p.parent().unwrap_or(&root))?;
-            (LocalKind::Kept, p)
+            (LocalKind::Kept, kept_path(&root, &dir_path, &name))
         } else {
-            let staging = staging_dir(&root);
-            std::fs::create_dir_all(&staging)?;
             let n = STAGED_SEQ.fetch_add(1, Ordering::Relaxed);
             // PID-START-N: a later mount tells the files of a mount that is gone.
             let owner = self.owner.replace(':', "-");
-            (LocalKind::Staged, staging.join(format!("{owner}-{n}")))
+            (
+                LocalKind::Staged,
+                staging_dir(&root).join(format!("{owner}-{n}")),
+            )
         };
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .mode(mode & 0o7777)
-            .open(&backing)?;
+        let create = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .mode(mode & 0o7777)
+                .open(&backing)
+        };
+        // Its directory is made when it is missing, not checked for at every create.
+        let f = match create() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(backing.parent().unwrap_or(&root))?;
+                create()?
+            }
+            other => other?,
+        };
         // The file belongs to its writer, here and, once archived, by name everywhere. (A
         // mount that is not root keeps it as its own.)
         let (_, _, gid) = self.owner_names(who, Some(&parent_attr));
@@ -143,7 +152,7 @@ impl Core {
         {
             return Err(e.into());
         }
-        let l = self.locals.add(dir_id, &dir.path, &name, kind, backing);
+        let l = self.locals.add(dir_id, &dir_path, &name, kind, backing);
         let attr = {
             let mut g = l.lock().expect("local");
             g.writer = Some(Writer::new(f, 0));

@@ -78,12 +78,15 @@ pub type Result<T> = std::result::Result<T, JournalError>;
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The order of the next row.
+    next_seq: std::sync::atomic::AtomicI64,
 }
 
+/// One table, keyed by where the file was staged (no rowid: a close writes one b-tree page).
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS closed (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    staged      TEXT NOT NULL UNIQUE,
+CREATE TABLE IF NOT EXISTS closed_file (
+    staged      TEXT NOT NULL PRIMARY KEY,
+    seq         INTEGER NOT NULL,
     path        TEXT NOT NULL,
     owner       TEXT NOT NULL,
     size        INTEGER,
@@ -93,10 +96,13 @@ CREATE TABLE IF NOT EXISTS closed (
     closed_at   INTEGER NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT
-);";
+) WITHOUT ROWID;";
 
 impl Journal {
-    /// Opens (or creates) the journal of the node whose root is `root`.
+    /// Opens (or creates) the journal of the node whose root is `root`, for the one mount
+    /// that writes this node: it holds the journal's lock while it lives (SQLite's exclusive
+    /// locking mode, so a close costs no file locks), and a second mount of the same write
+    /// node waits for it, then gives up. Others read what it publishes ([`Journal::peek`]).
     pub fn open(root: &Path) -> Result<Journal> {
         let path = crate::NodeRoot::new(root).journal();
         let err = |source| JournalError::Db {
@@ -112,6 +118,8 @@ impl Journal {
         let conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(err)?;
+        conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE;")
+            .map_err(err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(err)?;
@@ -121,10 +129,79 @@ impl Journal {
         conn.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        let last: i64 = conn
+            .query_row("SELECT COALESCE(MAX(seq), 0) FROM closed_file", [], |r| {
+                r.get(0)
+            })
+            .map_err(err)?;
         Ok(Journal {
             path,
             conn: Mutex::new(conn),
+            next_seq: std::sync::atomic::AtomicI64::new(last + 1),
         })
+    }
+
+    /// How many files wait in the journal of the node at `root`, for a process that is not
+    /// its mount (cairnd's report): read from the journal itself when no mount holds it,
+    /// else from what the mount last published. `None` when the node has no journal.
+    pub fn peek(root: &Path) -> Result<Option<Summary>> {
+        let path = crate::NodeRoot::new(root).journal();
+        if !path.exists() {
+            return Ok(None);
+        }
+        let db = || -> rusqlite::Result<Summary> {
+            let conn =
+                Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+            // A mount holding it answers "busy" at once: its published summary is read.
+            conn.busy_timeout(std::time::Duration::ZERO)?;
+            conn.query_row(
+                "SELECT COUNT(*), MIN(closed_at) FROM closed_file",
+                [],
+                |r| {
+                    Ok(Summary {
+                        files: r.get::<_, i64>(0)? as u64,
+                        oldest: r.get(1)?,
+                    })
+                },
+            )
+        };
+        match db() {
+            Ok(s) => Ok(Some(s)),
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy)
+                ) =>
+            {
+                let published = summary_file(&path);
+                match std::fs::read_to_string(&published) {
+                    Ok(text) => Ok(parse_summary(&text)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(JournalError::Io {
+                        path: published,
+                        source,
+                    }),
+                }
+            }
+            Err(source) => Err(JournalError::Db { path, source }),
+        }
+    }
+
+    /// Publishes how many files wait, for [`Journal::peek`] while this mount holds the
+    /// journal.
+    pub fn publish_summary(&self) -> Result<Summary> {
+        let s = self.summary()?;
+        let to = summary_file(&self.path);
+        let tmp = to.with_extension("summary.tmp");
+        let text = format!(
+            "{} {}\n",
+            s.files,
+            s.oldest.map_or("-".to_owned(), |t| t.to_string())
+        );
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &to))
+            .map_err(|source| JournalError::Io { path: to, source })?;
+        Ok(s)
     }
 
     fn run<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
@@ -143,12 +220,17 @@ impl Journal {
             if durable {
                 c.execute_batch("PRAGMA synchronous = FULL")?;
             }
-            let r = c.execute(
-                "INSERT INTO closed (staged, path, owner, closed_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (staged) DO UPDATE SET path = excluded.path,
-                     owner = excluded.owner",
-                params![staged, path, owner, now()],
-            );
+            let seq = self
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let r = c
+                .prepare_cached(
+                    "INSERT INTO closed_file (staged, seq, path, owner, closed_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (staged) DO UPDATE SET path = excluded.path,
+                         owner = excluded.owner",
+                )
+                .and_then(|mut st| st.execute(params![staged, seq, path, owner, now()]));
             if durable {
                 c.execute_batch("PRAGMA synchronous = NORMAL")?;
             }
@@ -160,7 +242,7 @@ impl Journal {
     pub fn moved(&self, staged: &str, path: &str) -> Result<()> {
         self.run(|c| {
             c.execute(
-                "UPDATE closed SET path = ?2 WHERE staged = ?1",
+                "UPDATE closed_file SET path = ?2 WHERE staged = ?1",
                 params![staged, path],
             )
             .map(|_| ())
@@ -170,7 +252,7 @@ impl Journal {
     /// A closed file was removed, or kept without import: nothing to do for it any more.
     pub fn dropped(&self, staged: &str) -> Result<()> {
         self.run(|c| {
-            c.execute("DELETE FROM closed WHERE staged = ?1", params![staged])
+            c.execute("DELETE FROM closed_file WHERE staged = ?1", params![staged])
                 .map(|_| ())
         })
     }
@@ -192,7 +274,7 @@ impl Journal {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached(
-                    "UPDATE closed SET size = ?2, md5 = ?3, mtime = ?4, acq = ?5
+                    "UPDATE closed_file SET size = ?2, md5 = ?3, mtime = ?4, acq = ?5
                      WHERE staged = ?1",
                 )?;
                 for (staged, p) in files {
@@ -207,7 +289,7 @@ impl Journal {
     pub fn unplaced(&self, staged: &str, why: &str) -> Result<()> {
         self.run(|c| {
             c.execute(
-                "UPDATE closed SET size = NULL, md5 = NULL, mtime = NULL, acq = NULL,
+                "UPDATE closed_file SET size = NULL, md5 = NULL, mtime = NULL, acq = NULL,
                      attempts = attempts + 1, last_error = ?2 WHERE staged = ?1",
                 params![staged, why],
             )
@@ -221,7 +303,7 @@ impl Journal {
             let tx = c.transaction()?;
             {
                 let mut st = tx.prepare_cached(
-                    "UPDATE closed SET attempts = attempts + 1, last_error = ?2
+                    "UPDATE closed_file SET attempts = attempts + 1, last_error = ?2
                      WHERE staged = ?1",
                 )?;
                 for s in staged {
@@ -237,7 +319,7 @@ impl Journal {
         self.run(|c| {
             let tx = c.transaction()?;
             {
-                let mut st = tx.prepare_cached("DELETE FROM closed WHERE staged = ?1")?;
+                let mut st = tx.prepare_cached("DELETE FROM closed_file WHERE staged = ?1")?;
                 for s in staged {
                     st.execute(params![s])?;
                 }
@@ -252,7 +334,7 @@ impl Journal {
             let mut st = c.prepare(
                 "SELECT staged, path, owner, size, md5, mtime, acq, closed_at, attempts,
                         last_error
-                 FROM closed ORDER BY id",
+                 FROM closed_file ORDER BY seq",
             )?;
             let rows = st.query_map([], |r| {
                 let size: Option<i64> = r.get(3)?;
@@ -286,7 +368,7 @@ impl Journal {
     pub fn has(&self, staged: &str) -> Result<bool> {
         self.run(|c| {
             c.query_row(
-                "SELECT 1 FROM closed WHERE staged = ?1",
+                "SELECT 1 FROM closed_file WHERE staged = ?1",
                 params![staged],
                 |_| Ok(()),
             )
@@ -298,14 +380,34 @@ impl Journal {
     /// How many files wait, and since when.
     pub fn summary(&self) -> Result<Summary> {
         self.run(|c| {
-            c.query_row("SELECT COUNT(*), MIN(closed_at) FROM closed", [], |r| {
-                Ok(Summary {
-                    files: r.get::<_, i64>(0)? as u64,
-                    oldest: r.get(1)?,
-                })
-            })
+            c.query_row(
+                "SELECT COUNT(*), MIN(closed_at) FROM closed_file",
+                [],
+                |r| {
+                    Ok(Summary {
+                        files: r.get::<_, i64>(0)? as u64,
+                        oldest: r.get(1)?,
+                    })
+                },
+            )
         })
     }
+}
+
+/// Where a mount publishes its journal's summary: beside the journal.
+fn summary_file(journal: &Path) -> PathBuf {
+    journal.with_extension("summary")
+}
+
+/// `FILES OLDEST` (or `-`) as [`Journal::publish_summary`] writes it.
+fn parse_summary(text: &str) -> Option<Summary> {
+    let mut it = text.split_whitespace();
+    let files = it.next()?.parse().ok()?;
+    let oldest = match it.next()? {
+        "-" => None,
+        t => Some(t.parse().ok()?),
+    };
+    Some(Summary { files, oldest })
 }
 
 /// A mount process, as `PID:START` (its start time in clock ticks after boot, from
@@ -369,7 +471,8 @@ mod tests {
         assert_eq!(j.summary().unwrap().files, 2, "a second close is one row");
         j.moved(".cairn/staging/2", "x/c.dat").unwrap();
         j.placing(&[(".cairn/staging/2", &placed("m"))]).unwrap();
-        // Reopened: another process reads what this one wrote.
+        // Reopened (after this one let go): another process reads what this one wrote.
+        drop(j);
         let j2 = Journal::open(d.path()).unwrap();
         let e = j2.entries().unwrap();
         assert_eq!(e.len(), 2);
@@ -391,8 +494,31 @@ mod tests {
             (2, true, Some("exists"))
         );
         j2.done(&[".cairn/staging/1"]).unwrap();
+        j2.publish_summary().unwrap();
         j2.dropped(".cairn/staging/2").unwrap();
         assert_eq!(j2.summary().unwrap(), Summary::default());
+    }
+
+    #[test]
+    fn another_process_reads_the_summary_the_mount_published_while_it_holds_the_journal() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(Journal::peek(d.path()).unwrap(), None, "no journal yet");
+        let j = Journal::open(d.path()).unwrap();
+        j.closed(".cairn/staging/1", "a", &Owner::me(), false)
+            .unwrap();
+        j.closed(".cairn/staging/2", "b", &Owner::me(), false)
+            .unwrap();
+        j.publish_summary().unwrap();
+        j.closed(".cairn/staging/3", "c", &Owner::me(), false)
+            .unwrap();
+        let seen = Journal::peek(d.path()).unwrap().unwrap();
+        assert_eq!(seen.files, 2, "what was published, the journal being held");
+        drop(j);
+        assert_eq!(
+            Journal::peek(d.path()).unwrap().unwrap().files,
+            3,
+            "read itself"
+        );
     }
 
     #[test]
