@@ -119,7 +119,7 @@ impl Queue {
                 && !w.stopping
                 && w.asked.is_empty()
                 && w.settling.front().is_some_and(|(due, _)| *due <= now)
-                && w.settling.iter().nth(1).is_some()
+                && w.settling.len() > 1
             {
                 gathered = true;
                 w = self.wake.wait_timeout(w, GATHER).expect("import queue").0;
