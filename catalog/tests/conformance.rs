@@ -97,6 +97,7 @@ backend_tests!(
     node_stats_count_healthy_copies_only,
     failed_transaction_changes_nothing,
     path_prefix_selects_a_subtree_only,
+    path_prefix_selects_a_top_level_file_by_its_name,
     import_copy_registers_a_file_with_its_copy_once,
     import_copy_of_an_empty_file_takes_no_blocks,
     import_copy_refuses_a_path_archived_with_other_contents,
@@ -666,4 +667,67 @@ fn path_prefix_selects_a_subtree_only(cat: &mut Catalog) {
     );
     assert_eq!(pick(cat, "raw/é"), ["raw/é/z.dat"]);
     assert_eq!(pick(cat, "RAW"), Vec::<String>::new());
+}
+
+/// Regression: `--path run1.bin` found nothing for a file in the archive's root directory
+/// (whose path is empty), while `--path t/a.txt` worked. Every `--path` goes through the same
+/// clause: listings, a node's files, and the sync, clean and verify selections.
+fn path_prefix_selects_a_top_level_file_by_its_name(cat: &mut Catalog) {
+    let (n1, _, _, g2) = two_nodes(cat);
+    add_file(cat, "run1.bin", 21, n1, Has::Yes);
+    add_file(cat, "run10.bin", 22, n1, Has::Yes);
+    add_file(cat, "t/a.txt", 23, n1, Has::Yes);
+    add_file(cat, "t/run1.bin", 24, n1, Has::Yes);
+    let select = |p: &str| CopySelect {
+        path_prefix: Some(p.into()),
+        ..CopySelect::default()
+    };
+    let paths = |c: Vec<cairn_catalog::catalog::SyncCandidate>| {
+        c.into_iter().map(|c| c.path).collect::<Vec<_>>()
+    };
+    cat.read(|tx| {
+        for p in ["run1.bin", "/run1.bin", "./run1.bin"] {
+            let listed = tx.files(&FileFilter {
+                path_prefix: Some(p.into()),
+                ..FileFilter::default()
+            })?;
+            assert_eq!(
+                listed.into_iter().map(|f| f.path).collect::<Vec<_>>(),
+                ["run1.bin"],
+                "file list --path {p}"
+            );
+        }
+        let on_node = tx.files_on_node(n1, None, Some("run1.bin"))?;
+        assert_eq!(
+            on_node.into_iter().map(|(f, _)| f.path).collect::<Vec<_>>(),
+            ["run1.bin"],
+            "node files"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("run1.bin"))?),
+            ["run1.bin"],
+            "node sync --path"
+        );
+        assert_eq!(
+            paths(tx.clean_candidates(n1, Wants::ReleaseNow, None, &select("run1.bin"))?),
+            ["run1.bin"],
+            "node clean --path"
+        );
+        assert_eq!(
+            paths(tx.verify_candidates(n1, &[Has::Yes], &select("run1.bin"))?),
+            ["run1.bin"],
+            "node verify --path"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("t/a.txt"))?),
+            ["t/a.txt"],
+            "a file below a directory, as before"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("t"))?),
+            ["t/a.txt", "t/run1.bin"]
+        );
+        Ok(())
+    })
+    .unwrap();
 }

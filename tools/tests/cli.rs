@@ -1038,3 +1038,41 @@ fn the_password_comes_from_the_password_file_or_the_environment_postgres() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("password authentication failed"), "{text}");
 }
+
+#[test]
+fn path_selects_a_file_at_the_top_of_the_archive() {
+    let a = Archive::new();
+    a.ok(&["db", "init"]);
+    for n in ["field", "arch"] {
+        a.ok(&[
+            "node",
+            "create",
+            n,
+            "--create-group",
+            "--root=/data",
+            "--host=h1",
+        ]);
+    }
+    a.import("field", "run1.bin", "top\n");
+    a.import("field", "run10.bin", "top, too\n");
+    a.import("field", "t/a.txt", "below\n");
+    let listed = a.ok(&["file", "list", "--path", "run1.bin"]);
+    assert_eq!(lines(&listed), ["run1.bin"]);
+    assert_eq!(
+        lines(&a.ok(&["file", "list", "--path", "t/a.txt"])),
+        ["t/a.txt"]
+    );
+    let out = a.ok(&[
+        "node", "sync", "field", "arch", "--path", "run1.bin", "--force",
+    ]);
+    assert!(out.contains("1 file"), "{out}");
+    let requests = a.ok(&["request", "list"]);
+    assert!(requests.contains("run1.bin"), "{requests}");
+    assert!(!requests.contains("run10.bin"), "{requests}");
+    let out = a.ok(&["node", "clean", "field", "--path", "run1.bin", "--force"]);
+    assert!(out.contains("1 file"), "{out}");
+    let out = a.ok(&[
+        "node", "verify", "field", "--all", "--path", "run1.bin", "--force",
+    ]);
+    assert!(out.contains("1 file"), "{out}");
+}
