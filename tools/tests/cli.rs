@@ -1040,6 +1040,72 @@ fn the_password_comes_from_the_password_file_or_the_environment_postgres() {
 }
 
 #[test]
+fn acq_list_complete_in_lists_only_what_is_complete_there() {
+    let a = Archive::new();
+    a.ok(&["db", "init"]);
+    for n in ["field", "arch"] {
+        a.ok(&[
+            "node",
+            "create",
+            n,
+            "--create-group",
+            "--root=/data",
+            "--host=h1",
+        ]);
+    }
+    a.import("field", "2025/03/01/a.dat", "a\n");
+    a.import("field", "2025/03/01/b.dat", "b\n");
+    a.import("field", "2025/03/02/c.dat", "c\n");
+    a.import("field", "2025/03/03/d.dat", "d\n");
+    for acq in ["2025/03/01", "2025/03/02"] {
+        a.ok(&["acq", "close", acq]);
+    }
+    // 2025/03/01: closed, both files in arch. 2025/03/02: closed, not in arch.
+    // 2025/03/03: in arch, but open (more files may come).
+    a.set_copy("arch", "2025/03/01/a.dat", Has::Yes);
+    a.set_copy("arch", "2025/03/01/b.dat", Has::Yes);
+    a.set_copy("arch", "2025/03/03/d.dat", Has::Yes);
+    let table = a.ok(&["acq", "list", "--complete-in", "arch"]);
+    assert_eq!(
+        lines(&table),
+        [
+            "Name        Files  In arch  Complete",
+            "----------  -----  -------  --------",
+            "2025/03/01  2      2        Yes",
+        ]
+    );
+    let names = |args: &[&str]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&a.ok(args)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "arch", "--json"]),
+        ["2025/03/01"]
+    );
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "field", "--json"]),
+        ["2025/03/01", "2025/03/02"]
+    );
+    // --all: every acquisition, with its state in the group.
+    let all = a.ok(&["acq", "list", "--complete-in", "arch", "--all"]);
+    assert_eq!(row_of(&all, "2025/03/01"), "2025/03/01 2 2 Yes");
+    assert_eq!(row_of(&all, "2025/03/02"), "2025/03/02 1 0 No");
+    assert_eq!(row_of(&all, "2025/03/03"), "2025/03/03 1 1 No");
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "arch", "--all", "--json"]).len(),
+        3
+    );
+    let err = a.fails(&["acq", "list", "--all"], 2);
+    assert!(err.contains("--complete-in"), "{err}");
+    let err = a.fails(&["acq", "list", "--complete-in", "nowhere"], 1);
+    assert!(err.contains("nowhere"), "{err}");
+}
+
+#[test]
 fn path_selects_a_file_at_the_top_of_the_archive() {
     let a = Archive::new();
     a.ok(&["db", "init"]);
