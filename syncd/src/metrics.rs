@@ -12,6 +12,8 @@ pub struct Metrics {
     pub md5_mismatches: AtomicU64,
     pub copies_served: AtomicU64,
     pub requests_refused: AtomicU64,
+    /// Releases refused by the archive-copies rule, every attempt (one a pass while it lasts).
+    pub release_refusals: AtomicU64,
     /// Work found by the last loop, by kind: copy, import, verify, release.
     pub queue_copy: AtomicU64,
     pub queue_import: AtomicU64,
@@ -71,6 +73,12 @@ impl Metrics {
             "counter",
             "HTTP requests refused (bad token, unknown or unreachable path).",
             &[("", g(&self.requests_refused))],
+        );
+        metric(
+            "cairn_release_refusals_total",
+            "counter",
+            "Releases the archive-copies rule refused, counting every retry (one a pass).",
+            &[("", g(&self.release_refusals))],
         );
         metric(
             "cairn_queue_depth",
