@@ -9,6 +9,8 @@
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
 //! - `programs`: real programs writing into the mount (cp, install, rsync, tar, unzip, dd,
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
+//! - `packaging`: what the package installs matches the programs (cairnfs's described
+//!   arguments against its own parser).
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
@@ -20,6 +22,7 @@ mod concurrency;
 mod daemon;
 mod hosts;
 mod mount;
+mod packaging;
 mod postgres;
 mod programs;
 mod transport;

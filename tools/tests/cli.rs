@@ -1142,3 +1142,63 @@ fn path_selects_a_file_at_the_top_of_the_archive() {
     ]);
     assert!(out.contains("1 file"), "{out}");
 }
+
+#[test]
+fn completions_and_man_pages_are_generated_without_a_config_or_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .env("CAIRN_CONFIG", dir.path().join("missing.toml"))
+            .env_remove("CAIRN_CATALOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _cairn"), "{bash}");
+    assert!(bash.contains("--complete-in"), "every subcommand's options");
+    let zsh = run(&["completions", "zsh", "--program", "cairnd"]);
+    assert!(zsh.starts_with("#compdef cairnd"), "{zsh}");
+    assert!(zsh.contains("--config"), "{zsh}");
+    let fish = run(&["completions", "fish", "--program", "cairnfs"]);
+    assert!(fish.contains("complete -c cairnfs"), "{fish}");
+
+    let out = dir.path().join("docs");
+    run(&["generate-docs", out.to_str().unwrap()]);
+    for page in [
+        "cairn.1",
+        "cairnd.1",
+        "cairnfs.1",
+        "cairn-node-sync.1",
+        "cairn-acq-list.1",
+    ] {
+        let text = std::fs::read_to_string(out.join("man").join(page)).unwrap();
+        assert!(text.contains(".TH "), "{page} is a man page");
+    }
+    let cairnd = std::fs::read_to_string(out.join("man/cairnd.1")).unwrap();
+    assert!(cairnd.contains(".SH EXIT STATUS"), "{cairnd}");
+    for f in [
+        "bash/cairn",
+        "bash/cairnfs",
+        "zsh/_cairnd",
+        "fish/cairn.fish",
+    ] {
+        assert!(out.join("completions").join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("completions/bash/cairn")).unwrap(),
+        bash,
+        "the installed file is what `cairn completions` prints"
+    );
+    assert!(
+        !run(&["--help"]).contains("generate-docs"),
+        "a packaging command, hidden"
+    );
+}

@@ -6,6 +6,7 @@
 //! - [`copyfile`]: copying into a node with the md5 in the same pass, fsync and the rename into
 //!   place (invariant 2);
 //! - [`importer`]: which files the `[import]` rules take, and into which acquisition;
+//! - [`cli`]: the command lines of cairnd and cairnfs, for cairnd's parser and the man pages;
 //! - [`cache`]: how the cache directory names its files, and marking one as used;
 //! - [`socket`]: cairnd's local socket protocol, typed, and the nudge that wakes cairnd;
 //! - [`journal`]: the host's journal of closed files, kept until the catalog has them;
@@ -15,6 +16,7 @@
 //! Nothing here runs a thread pool, speaks HTTP or watches with inotify: the mount links it.
 
 pub mod cache;
+pub mod cli;
 pub mod copyfile;
 pub mod importer;
 pub mod journal;
