@@ -122,8 +122,9 @@ cairn  /archive  fuse.cairnfs  config=/etc/cairn/cairn.toml,_netdev,nofail  0 0
 \fI/etc/cairn/cairn.toml\fR
 the configuration: \fB[fs]\fR and \fB[cache]\fR
 .TP
-\fI/sbin/mount.fuse.cairnfs\fR
-the helper that \fBmount\fR(8) runs for \fBfuse.cairnfs\fR
+\fI/sbin/mount.fuse\fR
+fuse3's helper, which \fBmount\fR(8) runs for \fBfuse.cairnfs\fR: it starts
+\fBcairnfs\fR \fISOURCE MOUNTPOINT\fR \fB\-o\fR \fIOPTIONS\fR
 .SH ENVIRONMENT
 .TP
 \fBCAIRN_CONFIG\fR
