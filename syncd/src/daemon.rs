@@ -334,6 +334,12 @@ fn pass(
         let mut refreshed =
             crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx)?;
         work.append(&mut refreshed.work);
+        if let Err(e) =
+            ctx.metrics
+                .observe(cat, &ctx.nodes.available(), ctx.limits.min_archive_copies)
+        {
+            warn!("Cannot read the archive's gauges for /metrics: {e:#}");
+        }
         // A refused release is tried again at the next loop, not at every wake-up.
         let refused = ctx.refused.recent(retry_refused);
         work.extend(crate::plan::plan(
