@@ -18,7 +18,10 @@ pub const ARCHIVE_EVERY: Duration = Duration::from_secs(60);
 /// The archive as the catalog last showed it, for the gauges.
 #[derive(Debug, Default)]
 pub struct ArchiveGauges {
+    /// The last read that succeeded, and the last one tried (a failing catalog is asked
+    /// again a minute later, not at every pass).
     read_at: Option<Instant>,
+    tried_at: Option<Instant>,
     /// Host name → last seen (Unix seconds).
     hosts: Vec<(String, i64)>,
     /// Copy request state → count.
@@ -66,12 +69,14 @@ impl Metrics {
             .filter_map(|n| Some((n.name.clone(), n.avail?, n.capacity?)))
             .collect();
         node_rows.sort();
-        let due = self
-            .archive
-            .lock()
-            .expect("metrics lock")
-            .read_at
-            .is_none_or(|t| t.elapsed() >= ARCHIVE_EVERY);
+        let due = {
+            let mut a = self.archive.lock().expect("metrics lock");
+            let due = a.tried_at.is_none_or(|t| t.elapsed() >= ARCHIVE_EVERY);
+            if due {
+                a.tried_at = Some(Instant::now());
+            }
+            due
+        };
         let read = if due {
             Some(cat.read(|tx| {
                 let hosts = tx

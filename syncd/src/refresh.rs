@@ -45,6 +45,8 @@ pub struct RefreshState {
     disks: crate::transport::Disks,
     /// Field copies a delayed auto-clean keeps because their group copy failed verification.
     blocked: Standing<Id>,
+    /// Why the archive-wide gauges of `/metrics` could not be read, while that lasts.
+    pub gauges_failure: Standing<()>,
 }
 
 impl RefreshState {
