@@ -11,10 +11,11 @@ packages=(bsdutils rsync curl openssl fuse3 attr python3)
 
 # postgresql: the PostgreSQL catalog tests run a throwaway server of their own (tests/pg.sh).
 packages+=(postgresql)
-# The package check (packaging/deb-check.sh): man-db (man -w), systemd (systemd-analyze verify,
+# The package: dpkg-dev (dpkg-shlibdeps, which cargo-deb asks for the library dependencies).
+# Its check (packaging/deb-check.sh): man-db (man -w), systemd (systemd-analyze verify,
 # systemd-sysusers and systemd-tmpfiles for the package's user and directories), prometheus
 # (promtool check rules on the example alert rules).
-packages+=(man-db systemd prometheus)
+packages+=(dpkg-dev man-db systemd prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
