@@ -1,8 +1,8 @@
 //! cairnd's counters and gauges, served as Prometheus text at `/metrics` ([`crate::http`]).
 //!
 //! Counters and this host's nodes are cairnd's own. The archive-wide gauges (hosts last seen,
-//! requests by state, files below the archive rule) are read from the catalog at most once a
-//! [`ARCHIVE_EVERY`], so that every cairnd can be scraped for them without loading the
+//! requests by state, files below the archive rule) are read from the catalog, and the mount's
+//! journals on this host's nodes from their files, at most once a [`ARCHIVE_EVERY`], so that every cairnd can be scraped for them without loading the
 //! catalog; alert rules take the `max` over instances (`packaging/monitoring/`).
 
 use std::sync::Mutex;
@@ -29,6 +29,9 @@ pub struct ArchiveGauges {
     files_below_rule: u64,
     /// This host's available nodes: name, free bytes, capacity.
     nodes: Vec<(String, u64, u64)>,
+    /// The mount's journal on this host's nodes: name, files closed and not yet in the
+    /// catalog, when the oldest of them was closed (Unix seconds).
+    journals: Vec<(String, u64, Option<i64>)>,
 }
 
 /// Counters for `/metrics`; names follow Prometheus conventions.
@@ -95,8 +98,19 @@ impl Metrics {
         } else {
             None
         };
+        // The journals are read with the catalog, once a minute: only a node that has one
+        // (a write node of a mount on this host) is opened.
+        let journals =
+            due.then(|| {
+                read_journals(nodes.iter().filter_map(|n| {
+                    Some((n.name.as_str(), std::path::Path::new(n.root.as_deref()?)))
+                }))
+            });
         let mut a = self.archive.lock().expect("metrics lock");
         a.nodes = node_rows;
+        if let Some(journals) = journals {
+            a.journals = journals;
+        }
         if let Some((hosts, requests, below)) = read {
             a.read_at = Some(Instant::now());
             a.hosts = hosts;
@@ -208,6 +222,37 @@ impl Metrics {
                 &[("", a.files_below_rule)],
             );
         }
+        let journal_files: Vec<(String, u64)> = a
+            .journals
+            .iter()
+            .map(|(n, files, _)| (format!("{{node=\"{}\"}}", label(n)), *files))
+            .collect();
+        metric(
+            "cairn_journal_files",
+            "gauge",
+            "Files closed on the mount and kept in the write node's journal, not yet in the \
+             catalog.",
+            &journal_files
+                .iter()
+                .map(|(l, v)| (l.as_str(), *v))
+                .collect::<Vec<_>>(),
+        );
+        let journal_oldest: Vec<(String, u64)> = a
+            .journals
+            .iter()
+            .filter_map(|(n, _, oldest)| {
+                Some((format!("{{node=\"{}\"}}", label(n)), (*oldest)? as u64))
+            })
+            .collect();
+        metric(
+            "cairn_journal_oldest_closed_timestamp_seconds",
+            "gauge",
+            "When the oldest file in the write node's journal was closed (Unix time).",
+            &journal_oldest
+                .iter()
+                .map(|(l, v)| (l.as_str(), *v))
+                .collect::<Vec<_>>(),
+        );
         for (name, help, pick) in [
             (
                 "cairn_node_avail_bytes",
@@ -237,6 +282,24 @@ impl Metrics {
         }
         out
     }
+}
+
+/// The journal summary (files waiting, oldest close) of each node that has a journal: a write
+/// node of a mount on this host. A node without one is not opened, so none is created.
+fn read_journals<'a>(
+    nodes: impl Iterator<Item = (&'a str, &'a std::path::Path)>,
+) -> Vec<(String, u64, Option<i64>)> {
+    let mut rows: Vec<_> = nodes
+        .filter(|(_, root)| cairn_node::NodeRoot::new(root).journal().exists())
+        .filter_map(|(name, root)| {
+            let summary = cairn_node::journal::Journal::open(root)
+                .and_then(|j| j.summary())
+                .ok()?;
+            Some((name.to_owned(), summary.files, summary.oldest))
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// A label value in the Prometheus text format: backslash, quote and newline escaped.
@@ -287,6 +350,25 @@ mod tests {
     }
 
     #[test]
+    fn journals_are_read_where_a_mount_keeps_one_and_never_created() {
+        use cairn_node::journal::{Journal, Owner};
+        let dir = tempfile::tempdir().unwrap();
+        let (w, plain) = (dir.path().join("w"), dir.path().join("plain"));
+        std::fs::create_dir_all(&plain).unwrap();
+        let j = Journal::open(&w).unwrap();
+        j.closed(".cairn/staging/1", "a.dat", &Owner::me(), false)
+            .unwrap();
+        let rows = read_journals([("w", w.as_path()), ("plain", plain.as_path())].into_iter());
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!((rows[0].0.as_str(), rows[0].1), ("w", 1));
+        assert!(rows[0].2.is_some(), "when it was closed");
+        assert!(
+            !cairn_node::NodeRoot::new(&plain).journal().exists(),
+            "no journal created"
+        );
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
     }
@@ -302,6 +384,7 @@ mod tests {
             a.requests = vec![("failed".into(), 3)];
             a.files_below_rule = 2;
             a.nodes = vec![("n1".into(), 10, 100)];
+            a.journals = vec![("n1".into(), 4, Some(1_700_000_100))];
         }
         let out = m.render();
         for line in [
@@ -310,6 +393,8 @@ mod tests {
             "cairn_files_below_archive_rule 2",
             "cairn_node_avail_bytes{node=\"n1\"} 10",
             "cairn_node_capacity_bytes{node=\"n1\"} 100",
+            "cairn_journal_files{node=\"n1\"} 4",
+            "cairn_journal_oldest_closed_timestamp_seconds{node=\"n1\"} 1700000100",
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in {out}");
         }
