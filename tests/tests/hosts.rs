@@ -693,7 +693,8 @@ fn a_pull_that_failed_for_space_completes_at_its_next_attempt_once_space_is_free
     let mut h1 = a.host("h1");
     // The next attempt comes 3 s after a failure: time to free the space and measure it.
     let mut h2 = a.host_with("h2", "retry_delay = \"3s\"");
-    h2.limit_pulls("16MiB");
+    // Slow enough that the disk fills (below) while the pull is still running.
+    h2.limit_pulls("8MiB");
     let mut disk = cairn_tests::LoopDisk::new(&h2.dir, "n2", 64).expect("mkfs.ext4");
     disk.mount(&h2.root("n2"));
     let r1 = h1.node("n1", &[]);
