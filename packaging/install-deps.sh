@@ -7,7 +7,8 @@ set -euo pipefail
 # rsync, curl: baselines of the transfer benchmarks (tests/bench/); openssl: the TLS test makes
 # its certificate authority with it. fuse3 (fusermount3) and attr (getfattr, setfattr): the cairnfs
 # mount and its tests; python3: the mount test that reads a remote file with seek.
-packages=(bsdutils rsync curl openssl fuse3 attr python3)
+# zip, unzip: the mount tests of real programs (tests/tests/programs.rs).
+packages=(bsdutils rsync curl openssl fuse3 attr python3 zip unzip)
 
 # postgresql: the PostgreSQL catalog tests run a throwaway server of their own (tests/pg.sh).
 packages+=(postgresql)
@@ -23,6 +24,13 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+# numpy, h5py and astropy (from PyPI) in a virtual environment: the mount tests of real programs
+# run them (CAIRN_TEST_PYTHON overrides where the tests look).
+venv=/opt/cairn-venv
+if ! "$venv/bin/python3" -c 'import numpy, h5py, astropy.io.fits' >/dev/null 2>&1; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check numpy h5py astropy
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest

@@ -82,6 +82,7 @@ impl Gen {
             size: self.size,
             md5: self.md5.clone(),
             mtime: self.mtime,
+            own: Default::default(),
         }
     }
 }

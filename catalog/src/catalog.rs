@@ -34,9 +34,6 @@ use crate::error::{CatalogError, Result};
 use crate::model::{FromRow, Id};
 use crate::schema::{self, MIGRATIONS, SCHEMA_VERSION};
 
-/// How long a transaction keeps being retried while the database is busy.
-const BUSY_GIVE_UP: Duration = Duration::from_secs(120);
-
 /// An open catalog.
 pub struct Catalog {
     backend: Box<dyn Backend>,
@@ -249,7 +246,11 @@ impl Catalog {
         let mut outage: Option<Instant> = None;
         loop {
             match self.try_once(mode, &mut f) {
-                Err(CatalogError::Db(e)) if e.is_busy() && start.elapsed() < BUSY_GIVE_UP => {
+                Err(CatalogError::Db(e))
+                    if e.is_busy()
+                        && start.elapsed() < self.patience.busy
+                        && !self.patience.stopped() =>
+                {
                     std::thread::sleep(backoff.next());
                 }
                 // The connection dropped before the transaction committed (a server restart,
@@ -266,7 +267,7 @@ impl Catalog {
                 Err(CatalogError::Db(e)) if e.is_busy() => {
                     return Err(CatalogError::Db(DbError::Busy(format!(
                         "gave up after {}s: {e}",
-                        BUSY_GIVE_UP.as_secs()
+                        start.elapsed().as_secs()
                     ))));
                 }
                 other => return other,

@@ -208,17 +208,30 @@ pub struct FsConfig {
     /// mount is read-only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub write_node: Option<String>,
-    /// Owner (numeric uid) shown for every file and directory. Default: the user who mounts.
+    /// Owner (numeric uid) shown for files and directories whose owner the catalog does not
+    /// record (written before owners were recorded). Default: the user who mounts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<u32>,
-    /// Group (numeric gid) shown for every file and directory. Default: the mounting user's
-    /// group.
+    /// Group (numeric gid) shown for files and directories whose group the catalog does not
+    /// record. Default: the mounting user's group.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gid: Option<u32>,
     /// How long the kernel may cache names and attributes, so files imported elsewhere appear
     /// within this time. Default `"1s"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl: Option<HumanDuration>,
+    /// Memory the mount may use for what it remembers of the catalog (listings, attributes):
+    /// the least recently used goes first beyond it. Default `"256MiB"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_memory: Option<ByteSize>,
+    /// Files and directories whose owner (a user or group name) this host does not know show
+    /// as this user and its group. Default `"nobody"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_owner: Option<String>,
+    /// Members of this group (and root) may ask for copies to be made or removed through the
+    /// mount (`user.cairn.sync`, `user.cairn.clean`). Default `"cairn"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_group: Option<String>,
     /// How long a file written through the mount must stay closed before it is imported:
     /// until then its writer may reopen, append to, truncate, chmod and re-time it (what `cp
     /// -p`, `install`, `>>` and numpy's `open_memmap` do right after `close`). `"0s"` imports
@@ -813,6 +826,9 @@ mod tests {
                 gid: Some(1),
                 ttl: Some(HumanDuration(std::time::Duration::from_secs(1))),
                 settle: Some(HumanDuration(std::time::Duration::from_secs(1))),
+                unknown_owner: Some("nobody".into()),
+                cache_memory: Some(ByteSize(256 << 20)),
+                admin_group: Some("cairn".into()),
             },
             daemon: DaemonConfig {
                 log_dir: Some(PathBuf::from("l")),

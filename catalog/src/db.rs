@@ -209,16 +209,29 @@ impl DbError {
 pub struct Patience {
     /// Give up once the server has been unreachable this long.
     pub give_up: Duration,
+    /// Give up once the database has been busy (another process holding its write lock) this
+    /// long. Default 120 s.
+    pub busy: Duration,
     /// Give up at once when this is set (a daemon shutting down).
     pub stop: Option<Arc<AtomicBool>>,
 }
+
+/// How long a transaction keeps being retried while the database is busy, by default.
+const BUSY_GIVE_UP: Duration = Duration::from_secs(120);
 
 impl Patience {
     pub fn new(give_up: Duration) -> Self {
         Patience {
             give_up,
+            busy: BUSY_GIVE_UP,
             stop: None,
         }
+    }
+
+    /// The same, giving up after `busy` of a busy database: for a process that has somewhere
+    /// else to keep its work meanwhile (the mount's journal), rather than wait.
+    pub fn with_busy(self, busy: Duration) -> Self {
+        Patience { busy, ..self }
     }
 
     /// Waits out any outage until [`Patience::stop`] is set: for a daemon, whose work pauses
@@ -226,6 +239,7 @@ impl Patience {
     pub fn until_stopped() -> Self {
         Patience {
             give_up: Duration::from_secs(365 * 24 * 3600),
+            busy: BUSY_GIVE_UP,
             stop: Some(Arc::new(AtomicBool::new(false))),
         }
     }

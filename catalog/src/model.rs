@@ -275,10 +275,12 @@ pub struct Dir {
     /// Path from the archive root, `""` for the root itself.
     pub path: String,
     pub created_at: Timestamp,
+    pub own: Ownership,
 }
 
 impl Dir {
-    pub const COLUMNS: &'static str = "d.id, d.parent_id, d.name, d.path, d.created_at";
+    pub const COLUMNS: &'static str =
+        "d.id, d.parent_id, d.name, d.path, d.created_at, d.owner, d.grp, d.mode";
 }
 
 impl FromRow for Dir {
@@ -289,6 +291,30 @@ impl FromRow for Dir {
             name: r.get(2)?,
             path: r.get(3)?,
             created_at: r.get(4)?,
+            own: Ownership::from_row_at(r, 5)?,
+        })
+    }
+}
+
+/// Who owns a file or directory, by name (user and group ids differ between sites), and its
+/// permission bits. `None`: not recorded (written before schema version 4, or by a tool that
+/// does not say): a mount shows its `[fs]` owner and the default mode for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Ownership {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    /// Permission bits (`0o7777` at most).
+    pub mode: Option<u32>,
+}
+
+impl Ownership {
+    /// The three columns (owner, group, mode) at `i`, `i + 1`, `i + 2`.
+    fn from_row_at(r: &Row, i: usize) -> Result<Self, DbError> {
+        let mode: Option<i64> = r.get(i + 2)?;
+        Ok(Ownership {
+            user: r.get(i)?,
+            group: r.get(i + 1)?,
+            mode: mode.map(|m| (m & 0o7777) as u32),
         })
     }
 }
@@ -306,13 +332,17 @@ pub struct File {
     pub md5: String,
     pub mtime: Timestamp,
     pub registered_at: Timestamp,
+    pub own: Ownership,
 }
 
 impl File {
-    pub const COLUMNS: &'static str =
-        "f.id, f.dir_id, f.name, d.path, a.name, f.size, f.md5, f.mtime, f.registered_at";
+    pub const COLUMNS: &'static str = "f.id, f.dir_id, f.name, d.path, a.name, f.size, f.md5, \
+         f.mtime, f.registered_at, f.owner, f.grp, f.mode";
     pub const FROM: &'static str =
         "file f JOIN dir d ON d.id = f.dir_id JOIN acq a ON a.id = f.acq_id";
+    /// How many columns [`File::COLUMNS`] names: what follows them in a row is another
+    /// type's.
+    pub const NCOLS: usize = 12;
 }
 
 impl FromRow for File {
@@ -329,6 +359,7 @@ impl FromRow for File {
             md5: r.get(6)?,
             mtime: r.get(7)?,
             registered_at: r.get(8)?,
+            own: Ownership::from_row_at(r, 9)?,
         })
     }
 }
@@ -340,10 +371,11 @@ pub struct FileStat {
     pub name: String,
     pub size: u64,
     pub mtime: Timestamp,
+    pub own: Ownership,
 }
 
 impl FileStat {
-    pub const COLUMNS: &'static str = "f.id, f.name, f.size, f.mtime";
+    pub const COLUMNS: &'static str = "f.id, f.name, f.size, f.mtime, f.owner, f.grp, f.mode";
 }
 
 impl FromRow for FileStat {
@@ -353,6 +385,7 @@ impl FromRow for FileStat {
             name: r.get(1)?,
             size: r.get(2)?,
             mtime: r.get(3)?,
+            own: Ownership::from_row_at(r, 4)?,
         })
     }
 }
@@ -544,6 +577,30 @@ impl FromRow for AutoAction {
     }
 }
 
+/// Closed files waiting in a write node's journal on its host to be registered, as last
+/// reported by the mount or cairnd there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JournalReport {
+    pub node: String,
+    pub host: Option<String>,
+    pub files: u64,
+    /// When the oldest of them was closed.
+    pub oldest: Option<Timestamp>,
+    pub reported_at: Timestamp,
+}
+
+impl FromRow for JournalReport {
+    fn from_row(r: &Row) -> Result<Self, DbError> {
+        Ok(JournalReport {
+            node: r.get(0)?,
+            host: r.get(1)?,
+            files: r.get(2)?,
+            oldest: r.get(3)?,
+            reported_at: r.get(4)?,
+        })
+    }
+}
+
 /// Per-node totals, as `node stats` shows them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeStats {
@@ -570,6 +627,11 @@ impl NodeStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_ncols_counts_file_columns() {
+        assert_eq!(File::COLUMNS.split(',').count(), File::NCOLS);
+    }
 
     #[test]
     fn enums_round_trip_and_reject_unknown() {

@@ -14,7 +14,7 @@
 use crate::db::Dialect;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 4;
 
 pub struct Migration {
     /// The version the catalog has after this migration.
@@ -45,7 +45,35 @@ pub const MIGRATIONS: &[Migration] = &[
         sql: V2,
         postgres: "",
     },
+    Migration {
+        version: 3,
+        description: "journals: how many closed files wait in each write node's journal on \
+                      its host, reported by the mount and cairnd there",
+        sql: V3,
+        postgres: "",
+    },
+    Migration {
+        version: 4,
+        description: "owners, groups (by name) and permission bits of files and directories; \
+                      rows written before stay NULL, which mounts show as before",
+        sql: V4,
+        postgres: "",
+    },
 ];
+
+const V4: &str = "ALTER TABLE file ADD COLUMN owner TEXT;
+ALTER TABLE file ADD COLUMN grp TEXT;
+ALTER TABLE file ADD COLUMN mode BIGINT;
+ALTER TABLE dir ADD COLUMN owner TEXT;
+ALTER TABLE dir ADD COLUMN grp TEXT;
+ALTER TABLE dir ADD COLUMN mode BIGINT;";
+
+const V3: &str = "CREATE TABLE journal (
+    node_id      BIGINT NOT NULL PRIMARY KEY REFERENCES node (id) ON DELETE CASCADE,
+    files        BIGINT NOT NULL,
+    oldest       BIGINT,
+    reported_at  BIGINT NOT NULL
+);";
 
 const V2: &str = "ALTER TABLE auto_action ADD COLUMN clean_after BIGINT;
 ALTER TABLE auto_action ADD COLUMN path_prefix TEXT;

@@ -19,7 +19,7 @@ use cairn_catalog::catalog::{
     CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile, NewNode,
     NodeUpdate,
 };
-use cairn_catalog::model::{Has, IoClass, NodeKind, RequestState, Wants};
+use cairn_catalog::model::{Has, IoClass, NodeKind, Ownership, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
 
 use cairn_catalog::testing::{self, TestDatabase};
@@ -108,7 +108,123 @@ backend_tests!(
     sync_refusals_change_nothing,
     sync_from_a_named_node_is_forced_into_a_group_that_has_the_file,
     clean_and_verify_act_on_present_copies,
+    journal_reports_show_waiting_files_per_node,
+    owners_and_modes_are_kept_by_name,
 );
+
+fn owners_and_modes_are_kept_by_name(cat: &mut Catalog) {
+    let alice = Ownership {
+        user: Some("alice".into()),
+        group: Some("astro".into()),
+        mode: Some(0o750),
+    };
+    let (d, made) = cat
+        .write(|tx| tx.make_dir("obs/night1", &alice, NOW))
+        .unwrap();
+    assert!(made);
+    let again = cat
+        .write(|tx| tx.make_dir("obs/night1", &Ownership::default(), NOW))
+        .unwrap();
+    assert_eq!(again, (d, false), "an existing directory keeps its owner");
+    let f = NewFile {
+        path: "obs/night1/a.fits".into(),
+        acq: "obs".into(),
+        size: 3,
+        md5: md5(3),
+        mtime: NOW,
+        own: Ownership {
+            user: Some("bob".into()),
+            group: Some("astro".into()),
+            mode: Some(0o640),
+        },
+    };
+    cat.write(|tx| tx.register_file(&f, NOW)).unwrap();
+    let (dirs, files) = cat
+        .read(|tx| {
+            let parent = tx.dir_by_path("obs")?.unwrap();
+            let (dirs, _) = tx.list_dir_stats(parent.id)?;
+            let (_, files) = tx.list_dir_stats(d)?;
+            Ok((dirs, files))
+        })
+        .unwrap();
+    assert_eq!(dirs[0].own, alice);
+    assert_eq!(files[0].own, f.own);
+    let found = cat.read(|tx| tx.file_by_path("obs/night1/a.fits")).unwrap();
+    assert_eq!(found.unwrap().own, f.own);
+    // The parent made on the way has no owner recorded: mounts show it as before.
+    let obs = cat.read(|tx| tx.dir_by_path("obs")).unwrap().unwrap();
+    assert_eq!(obs.own, Ownership::default());
+    // chmod of the directory, chown of the file.
+    cat.write(|tx| {
+        tx.set_dir_ownership(
+            d,
+            &Ownership {
+                mode: Some(0o700),
+                ..Default::default()
+            },
+        )?;
+        let id = tx.file_by_path("obs/night1/a.fits")?.unwrap().id;
+        tx.set_file_ownership(
+            id,
+            &Ownership {
+                user: Some("carol".into()),
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+    let night = cat.read(|tx| tx.dir_by_id(d)).unwrap().unwrap();
+    assert_eq!(
+        (night.own.user.as_deref(), night.own.mode),
+        (Some("alice"), Some(0o700))
+    );
+    let file = cat
+        .read(|tx| tx.file_by_path("obs/night1/a.fits"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (
+            file.own.user.as_deref(),
+            file.own.group.as_deref(),
+            file.own.mode
+        ),
+        (Some("carol"), Some("astro"), Some(0o640))
+    );
+}
+
+fn journal_reports_show_waiting_files_per_node(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    cat.write(|tx| {
+        tx.report_journal(n1, 3, Some(NOW - 60), NOW)?;
+        tx.report_journal(n2, 0, None, NOW)?;
+        // A later report replaces the earlier one.
+        tx.report_journal(n1, 5, Some(NOW - 120), NOW + 1)
+    })
+    .unwrap();
+    let waiting = cat.read(|tx| tx.journals_waiting()).unwrap();
+    assert_eq!(
+        waiting.len(),
+        1,
+        "an empty journal is not listed: {waiting:?}"
+    );
+    let j = &waiting[0];
+    assert_eq!(
+        (
+            j.node.as_str(),
+            j.host.as_deref(),
+            j.files,
+            j.oldest,
+            j.reported_at
+        ),
+        (
+            "demo_storage1",
+            Some("alpenhost1"),
+            5,
+            Some(NOW - 120),
+            NOW + 1
+        )
+    );
+}
 
 const NOW: i64 = 1_740_179_228;
 
@@ -151,6 +267,7 @@ fn add_file(cat: &mut Catalog, path: &str, size: u64, node: i64, has: Has) -> i6
                 size,
                 md5: md5(size),
                 mtime: NOW,
+                own: Default::default(),
             },
             NOW,
         )?;
@@ -280,6 +397,7 @@ fn register_file_is_idempotent_and_immutable(cat: &mut Catalog) {
         size: 52,
         md5: "4f2a66c1ff5eb90a5013522d53ea2e91".into(),
         mtime: NOW,
+        own: Default::default(),
     };
     let (a, created) = cat.write(|tx| tx.register_file(&f, NOW)).unwrap();
     assert!(created);
@@ -315,6 +433,7 @@ fn register_rejects_bad_paths_and_md5(cat: &mut Catalog) {
             size: 1,
             md5: md5.clone(),
             mtime: 0,
+            own: Default::default(),
         };
         let err = cat.write(|tx| tx.register_file(&f, NOW)).unwrap_err();
         assert!(err.to_string().contains(want), "{path}: {err}");

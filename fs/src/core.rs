@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
-use cairn_catalog::model::{Dir, Id, Node};
+use cairn_catalog::model::{Dir, Id, Node, Ownership};
 use cairn_catalog::{Catalog, CatalogError, Config, Pool};
 use cairn_node::NodeRoot;
 use cairn_node::importer::Importer;
@@ -32,15 +32,17 @@ use tracing::{debug, warn};
 
 pub use crate::attr::{Attr, Entry, Kind};
 pub use crate::error::{FsError, Result};
+pub use crate::ids::Caller;
 pub use crate::ino::{Ino, ROOT_INO, file_ino};
 pub use crate::listings::{DirList, Listing};
 pub use xattr::FILE_XATTRS;
 
-use crate::attr::Remembered;
+use crate::attr::{READ, Remembered, SEARCH, WRITE, epoch};
 use crate::handles::{Handle, Handles};
 use crate::listings::Listings;
 use crate::locals::{LocalKind, LocalRef, Locals, join};
 use crate::nodes::HostNodes;
+use cairn_node::ids::Ids;
 use cairn_node::journal::{Journal, Owner};
 
 /// What an open produced.
@@ -60,6 +62,19 @@ pub struct Space {
     pub avail: u64,
 }
 
+/// What a `setattr` asks to change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+    /// The times are "now" (`touch`), which whoever may write sets, not explicit ones.
+    pub times_now: bool,
+}
+
 /// Settings of one mount.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -74,6 +89,12 @@ pub struct Options {
     /// How long a written file stays closed before it is imported (`[fs] settle`).
     pub settle: Duration,
     pub min_archive_copies: usize,
+    /// What an owner unknown here shows as (`[fs] unknown_owner`).
+    pub unknown_owner: String,
+    /// Who besides root may ask for copies to be made or removed (`[fs] admin_group`).
+    pub admin_group: String,
+    /// Bytes for what the mount remembers of the catalog (`[fs] cache_memory`).
+    pub cache_memory: usize,
 }
 
 impl Options {
@@ -91,6 +112,13 @@ impl Options {
             ttl: c.fs.ttl.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
             settle: c.fs.settle.map(|t| t.0).unwrap_or(Duration::from_secs(1)),
             min_archive_copies: c.daemon.min_archive_copies,
+            unknown_owner: c
+                .fs
+                .unknown_owner
+                .clone()
+                .unwrap_or_else(|| "nobody".into()),
+            admin_group: c.fs.admin_group.clone().unwrap_or_else(|| "cairn".into()),
+            cache_memory: c.fs.cache_memory.map_or(256 << 20, |b| b.0 as usize),
         }
     }
 }
@@ -106,6 +134,7 @@ pub struct Core {
     handles: Handles,
     listings: Listings,
     remembered: Remembered,
+    ids: Ids,
     fetches: read::Fetches,
     imports: import::Queue,
     /// The journal of closed files, on the write node (none on a read-only mount).
@@ -119,7 +148,9 @@ impl Core {
     pub fn new(opts: Options, import: &cairn_catalog::config::ImportConfig) -> Result<Core> {
         let pool = Pool::new(
             &opts.catalog_url,
-            cairn_catalog::db::Patience::new(CATALOG_PATIENCE),
+            // A busy catalog (another process holding its write lock) is no reason to hold up
+            // a program either: closed files wait in the journal meanwhile.
+            cairn_catalog::db::Patience::new(CATALOG_PATIENCE).with_busy(CATALOG_PATIENCE),
         );
         let root = pool
             .with(|cat| Ok::<_, FsError>(cat.read(|tx| tx.dir_by_path(""))?))?
@@ -129,7 +160,10 @@ impl Core {
         let importer = Importer::new(import)
             .map_err(|e| FsError::Invalid(format!("invalid [import] pattern: {e}")))?;
         let core = Core {
-            listings: Listings::new(opts.ttl),
+            // Most of the budget for listings, the rest for attributes.
+            listings: Listings::new(opts.ttl, opts.cache_memory / 4 * 3),
+            remembered: Remembered::new(opts.cache_memory / 4),
+            ids: Ids::new(&opts.unknown_owner),
             opts,
             pool,
             importer,
@@ -137,7 +171,6 @@ impl Core {
             nodes: HostNodes::default(),
             locals: Locals::default(),
             handles: Handles::default(),
-            remembered: Remembered::default(),
             fetches: read::Fetches::default(),
             imports: import::Queue::default(),
             journal: None,
@@ -188,19 +221,112 @@ impl Core {
         Ino::from(ino).dir_id(self.root_dir).ok_or(FsError::NotDir)
     }
 
+    /// A directory's attributes: its recorded owner and mode (`0755` and `[fs] uid`/`gid`
+    /// where none is recorded), and the time set through this mount, else its creation's.
     fn dir_attr(&self, d: &Dir) -> Attr {
         let ino = self.dir_ino(d.id);
-        let (perm, mtime) = self.remembered.dir_meta(ino).unwrap_or((
-            0o755,
-            SystemTime::UNIX_EPOCH + Duration::from_secs(d.created_at.max(0) as u64),
-        ));
-        Attr {
+        let mtime = self
+            .remembered
+            .dir_mtime(ino)
+            .unwrap_or_else(|| epoch(d.created_at));
+        let (uid, gid) = self.owner_ids(&d.own);
+        let a = Attr {
             ino,
             kind: Kind::Dir,
             size: 0,
             mtime,
-            perm,
+            perm: d.own.mode.map_or(0o755, |m| (m & 0o7777) as u16),
+            uid,
+            gid,
+        };
+        self.remembered.seen_dir(d.id, d.parent_id, &a);
+        a
+    }
+
+    /// An archived file's attributes.
+    fn file_attr(&self, id: Id, size: u64, mtime: i64, own: &Ownership) -> Attr {
+        let (uid, gid) = self.owner_ids(own);
+        Attr::archived(id, size, mtime, own.mode, uid, gid)
+    }
+
+    /// This host's ids for a recorded owner and group; `[fs] uid`/`gid` where none is
+    /// recorded, `[fs] unknown_owner` where the name is unknown here.
+    fn owner_ids(&self, own: &Ownership) -> (u32, u32) {
+        (
+            own.user
+                .as_deref()
+                .map_or(self.opts.uid, |u| self.ids.uid(u)),
+            own.group
+                .as_deref()
+                .map_or(self.opts.gid, |g| self.ids.gid(g)),
+        )
+    }
+
+    /// The names `who` is known by here, for what it creates: its user, and its group (or
+    /// the parent directory's group, when that directory is set-group-id).
+    fn owner_names(
+        &self,
+        who: &Caller,
+        parent: Option<&Attr>,
+    ) -> (Option<String>, Option<String>, u32) {
+        let gid = match parent {
+            Some(p) if p.perm & 0o2000 != 0 => p.gid,
+            _ => who.gid,
+        };
+        (self.ids.user_name(who.uid), self.ids.group_name(gid), gid)
+    }
+
+    /// Directory `id`'s parent and attributes, remembered for `[fs] ttl`.
+    fn dir_entry(&self, id: Id) -> Result<(Option<Id>, Attr)> {
+        if let Some(d) = self.remembered.dir(id, self.opts.ttl) {
+            return Ok(d);
         }
+        let d = self.dir_by_id(id)?;
+        let a = self.dir_attr(&d);
+        Ok((d.parent_id, a))
+    }
+
+    /// Whether `who` may search every directory from the root down to `dir_id`, inclusive:
+    /// a path below a directory it may not search is out of its reach, even when the kernel
+    /// has the names cached.
+    fn search(&self, who: &Caller, dir_id: Id) -> Result<()> {
+        if who.is_root() {
+            return Ok(());
+        }
+        let mut next = Some(dir_id);
+        for _ in 0..4096 {
+            let Some(id) = next else { break };
+            let (parent, a) = self.dir_entry(id)?;
+            if !a.allows(who, SEARCH) {
+                return Err(FsError::Access);
+            }
+            next = parent;
+        }
+        Ok(())
+    }
+
+    /// `who` may change directory `dir_id`'s entries: write and search it, and search the
+    /// path to it.
+    fn may_change(&self, who: &Caller, dir_id: Id) -> Result<Attr> {
+        let (_, a) = self.dir_entry(dir_id)?;
+        if !who.is_root() {
+            if !a.allows(who, WRITE | SEARCH) {
+                return Err(FsError::Access);
+            }
+            self.search(who, dir_id)?;
+        }
+        Ok(a)
+    }
+
+    /// In a sticky directory, only an entry's owner, the directory's owner and root may
+    /// remove or rename it.
+    fn sticky_allows(who: &Caller, dir: &Attr, entry: &Attr) -> Result<()> {
+        if dir.perm & 0o1000 != 0 && !who.is_root() && who.uid != dir.uid && who.uid != entry.uid {
+            return Err(FsError::NotPermitted(
+                "the directory is sticky: only the entry's owner may remove or rename it".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The catalog file inode `ino` stands for: an archived file's, or an imported local's.
@@ -270,7 +396,15 @@ impl Core {
         self.locals.remove(l);
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+    /// Looks `name` up in directory `parent`, for `who`, who must be able to search the path
+    /// to it.
+    pub fn lookup(&self, who: &Caller, parent: u64, name: &OsStr) -> Result<Attr> {
+        self.search(who, self.dir_id(parent)?)?;
+        self.find(parent, name)
+    }
+
+    /// Looks `name` up in directory `parent`.
+    fn find(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?;
         let local = self.locals.by_name(dir_id, name);
@@ -306,7 +440,7 @@ impl Core {
         }
         match found {
             Some(Ok(f)) => {
-                let a = Attr::archived(f.id, f.size, f.mtime);
+                let a = self.file_attr(f.id, f.size, f.mtime, &f.own);
                 self.remembered.seen(&a);
                 Ok(a)
             }
@@ -322,14 +456,50 @@ impl Core {
         }
     }
 
+    /// `access(2)`: whether `who` may use `ino` as `mask` (read 4, write 2, execute 1) asks,
+    /// searching the path to it.
+    pub fn access(&self, who: &Caller, ino: u64, mask: u32) -> Result<()> {
+        let a = self.getattr(ino)?;
+        let dir = match Ino::from(ino) {
+            Ino::Root | Ino::Dir(_) => self.dir_entry(self.dir_id(ino)?)?.0,
+            Ino::File(_) | Ino::Local(_) => self.parent_of(ino)?,
+        };
+        if let Some(d) = dir {
+            self.search(who, d)?;
+        }
+        if a.allows(who, mask) {
+            Ok(())
+        } else {
+            Err(FsError::Access)
+        }
+    }
+
+    /// The directory a file is in.
+    fn parent_of(&self, ino: u64) -> Result<Option<Id>> {
+        if let Some(l) = self.locals.get(ino) {
+            return Ok(Some(l.lock().expect("local").dir_id));
+        }
+        let id = self.file_id(ino).ok_or(FsError::NotFound)?;
+        Ok(Some(
+            self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id(id))?))?
+                .dir_id,
+        ))
+    }
+
     /// The kernel now holds `n` more references to inode `ino` (a reply named it).
     pub fn referenced(&self, ino: u64, n: u64) {
         self.locals.referenced(ino, n);
     }
 
-    /// The kernel dropped `n` references to inode `ino` (FORGET).
+    /// The kernel dropped `n` references to inode `ino` (FORGET): what is kept of it goes
+    /// once the kernel holds it no more.
     pub fn forget(&self, ino: u64, n: u64) {
-        self.locals.forget(ino, n);
+        if Ino::from(ino).is_local() {
+            self.locals.forget(ino, n);
+        } else {
+            // The kernel counts lookups; a FORGET is for all it holds of the inode.
+            self.remembered.forget(ino);
+        }
     }
 
     fn dir_by_id(&self, id: Id) -> Result<Dir> {
@@ -341,7 +511,7 @@ impl Core {
         let fresh = match Ino::from(ino) {
             Ino::File(id) => self
                 .with_cat(|c| Ok(c.read(|tx| tx.file_by_id(id))?))
-                .map(|f| Attr::archived(f.id, f.size, f.mtime)),
+                .map(|f| self.file_attr(f.id, f.size, f.mtime, &f.own)),
             Ino::Root | Ino::Dir(_) => self
                 .dir_id(ino)
                 .and_then(|id| self.dir_by_id(id))
@@ -354,7 +524,7 @@ impl Core {
                     return Err(FsError::NotFound);
                 };
                 let f = self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id(id))?))?;
-                let mut a = Attr::archived(f.id, f.size, f.mtime);
+                let mut a = self.file_attr(f.id, f.size, f.mtime, &f.own);
                 a.ino = ino;
                 return Ok(a);
             }
@@ -373,8 +543,15 @@ impl Core {
 
     /// Opens a directory. The second value says whether the listing is the one this mount
     /// gave for the directory last time, so the kernel may keep its cached copy of it.
-    pub fn opendir(&self, ino: u64) -> Result<(u64, bool)> {
+    pub fn opendir(&self, who: &Caller, ino: u64) -> Result<(u64, bool)> {
         let dir_id = self.dir_id(ino)?;
+        if !who.is_root() {
+            let (_, a) = self.dir_entry(dir_id)?;
+            if !a.allows(who, READ) {
+                return Err(FsError::Access);
+            }
+            self.search(who, dir_id)?;
+        }
         let list = self.listing(ino, dir_id)?;
         let same = self.listings.served(dir_id, &list);
         self.listings
@@ -455,7 +632,7 @@ impl Core {
         }
         for f in files {
             out.push(Entry {
-                attr: Attr::archived(f.id, f.size, f.mtime),
+                attr: self.file_attr(f.id, f.size, f.mtime, &f.own),
                 name: f.name,
             });
         }
@@ -489,56 +666,122 @@ impl Core {
         }
     }
 
-    pub fn setattr(
-        &self,
-        ino: u64,
-        mode: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SystemTime>,
-        mtime: Option<SystemTime>,
-    ) -> Result<Attr> {
+    /// `chmod`, `chown`, `truncate` and `utimes`, with POSIX's rules on who may: the owner or
+    /// root changes the mode and explicit times; root changes the owner, and the owner the
+    /// group to one of its own; whoever may write sets the times to now and truncates.
+    pub fn setattr(&self, who: &Caller, ino: u64, ch: &SetAttr) -> Result<Attr> {
+        let a = self.getattr(ino)?;
+        self.may_setattr(who, &a, ch)?;
         if Ino::from(ino).is_dir() {
-            let d = self.dir_by_id(self.dir_id(ino)?)?;
-            let mut a = self.dir_attr(&d);
-            if size.is_some() {
-                return Err(FsError::IsDir);
-            }
-            // Directories have no stored mode or time: accept the change for this mount's
-            // lifetime, so `cp -a` and `rsync -a` finish without errors.
-            if let Some(m) = mode {
-                a.perm = (m & 0o7777) as u16;
-            }
-            if let Some(t) = mtime {
-                a.mtime = t;
-            }
-            self.remembered.set_dir_meta(a.ino, a.perm, a.mtime);
-            // Listings hold the old mode and time (lookups are answered from them).
-            self.listings.changed();
-            return Ok(a);
+            return self.setattr_dir(ino, a, ch);
         }
         if let Some(l) = self.locals.get(ino) {
-            return self.setattr_local(&l, mode, size, atime, mtime);
+            return self.setattr_local(&l, ch);
         }
-        let a = self.getattr(ino)?;
-        // Modes of archived files are fixed (0444); a chmod is accepted and changes nothing,
-        // so `rsync -a` and `cp -p` over an archived tree do not fail. Setting the recorded
-        // time again is no change either. Size and other times are.
-        if size.is_none_or(|s| s == a.size)
-            && mtime.is_none_or(|t| t == a.mtime)
-            && atime.is_none_or(|_| mtime.is_some())
+        // An archived file: its bytes and time never change; who owns it and who may read it
+        // may (the write bits stay off). Setting the recorded time again is no change, so
+        // `rsync -a` and `cp -p` over an archived tree do not fail.
+        if ch.size.is_some_and(|s| s != a.size)
+            || ch.mtime.is_some_and(|t| t != a.mtime)
+            || ch.atime.is_some() && ch.mtime.is_none()
         {
+            return Err(FsError::NotPermitted(
+                "archived files cannot be changed (set user.cairn.clean to release a copy)".into(),
+            ));
+        }
+        let own = self.ownership_change(ch);
+        if own == Ownership::default() {
             return Ok(a);
         }
-        Err(FsError::NotPermitted(
-            "archived files cannot be changed (set user.cairn.clean to release a copy)".into(),
-        ))
+        let id = self.file_id(ino).ok_or(FsError::NotFound)?;
+        self.with_cat(|c| Ok(c.write(|tx| tx.set_file_ownership(id, &own))?))?;
+        self.listings.changed();
+        self.getattr(ino)
     }
 
-    pub fn mkdir(&self, parent: u64, name: &OsStr) -> Result<Attr> {
+    /// What a `chmod`/`chown` records in the catalog, by name.
+    fn ownership_change(&self, ch: &SetAttr) -> Ownership {
+        let name_of = |uid: u32| {
+            self.ids
+                .user_name(uid)
+                .ok_or_else(|| format!("uid {uid}"))
+                .unwrap_or_else(|n| n)
+        };
+        let group_of = |gid: u32| {
+            self.ids
+                .group_name(gid)
+                .ok_or_else(|| format!("gid {gid}"))
+                .unwrap_or_else(|n| n)
+        };
+        Ownership {
+            user: ch.uid.map(name_of),
+            group: ch.gid.map(group_of),
+            mode: ch.mode.map(|m| m & 0o7777),
+        }
+    }
+
+    fn may_setattr(&self, who: &Caller, a: &Attr, ch: &SetAttr) -> Result<()> {
+        if who.is_root() {
+            return Ok(());
+        }
+        let owner = who.uid == a.uid;
+        let refuse = |what: &str| {
+            Err(FsError::NotPermitted(format!(
+                "only the owner or root may {what}"
+            )))
+        };
+        if ch.mode.is_some() && !owner {
+            return refuse("change the mode");
+        }
+        if ch.uid.is_some_and(|u| u != a.uid) {
+            return Err(FsError::NotPermitted(
+                "only root may give a file away".into(),
+            ));
+        }
+        if let Some(g) = ch.gid
+            && g != a.gid
+            && !(owner && who.in_group(g))
+        {
+            return refuse("change the group, to one of the owner's groups");
+        }
+        let explicit_times = (ch.mtime.is_some() || ch.atime.is_some()) && !ch.times_now;
+        if explicit_times && !owner {
+            return refuse("set times");
+        }
+        if (ch.size.is_some() || ch.times_now) && !owner && !a.allows(who, WRITE) {
+            return Err(FsError::Access);
+        }
+        Ok(())
+    }
+
+    /// `chmod`, `chown` and `touch` of a directory: the owner and mode are recorded in the
+    /// catalog (every host shows them); the time lasts as long as this mount.
+    fn setattr_dir(&self, ino: u64, mut a: Attr, ch: &SetAttr) -> Result<Attr> {
+        if ch.size.is_some() {
+            return Err(FsError::IsDir);
+        }
+        let id = self.dir_id(ino)?;
+        let own = self.ownership_change(ch);
+        if own != Ownership::default() {
+            self.with_cat(|c| Ok(c.write(|tx| tx.set_dir_ownership(id, &own))?))?;
+            self.remembered.forget_dir(id);
+            a = self.dir_attr(&self.dir_by_id(id)?);
+        }
+        if let Some(t) = ch.mtime {
+            a.mtime = t;
+            self.remembered.set_dir_mtime(a.ino, t);
+        }
+        // Listings hold the old mode and time (lookups are answered from them).
+        self.listings.changed();
+        Ok(a)
+    }
+
+    pub fn mkdir(&self, who: &Caller, parent: u64, name: &OsStr, mode: u32) -> Result<Attr> {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?.to_owned();
         self.write_root()?;
-        if self.lookup(parent, OsStr::new(&name)).is_ok() {
+        let parent_attr = self.may_change(who, dir_id)?;
+        if self.find(parent, OsStr::new(&name)).is_ok() {
             return Err(FsError::Exists(name));
         }
         if name.starts_with('.') {
@@ -549,9 +792,15 @@ impl Core {
         let parent_dir = self.dir_by_id(dir_id)?;
         let path = normalize_path(&join(&parent_dir.path, &name))?;
         let t = cairn_catalog::units::now();
+        let (user, group, _) = self.owner_names(who, Some(&parent_attr));
+        let own = Ownership {
+            user,
+            group,
+            mode: Some(mode & 0o7777),
+        };
         let d = self.with_cat(|c| {
             Ok(c.write(|tx| {
-                let id = tx.ensure_dir(&path, t)?;
+                let (id, _) = tx.make_dir(&path, &own, t)?;
                 tx.dir_by_id(id)
             })?)
         })?;
@@ -560,15 +809,17 @@ impl Core {
         Ok(self.dir_attr(&d))
     }
 
-    pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn rmdir(&self, who: &Caller, parent: u64, name: &OsStr) -> Result<()> {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?;
+        let parent_attr = self.may_change(who, dir_id)?;
         let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
         let d = match found {
             Some(Err(d)) => d,
             Some(Ok(_)) => return Err(FsError::NotDir),
             None => return Err(FsError::NotFound),
         };
+        Self::sticky_allows(who, &parent_attr, &self.dir_attr(&d))?;
         if !self.list(self.dir_ino(d.id))?.is_empty() {
             return Err(FsError::NotEmpty);
         }
@@ -584,9 +835,11 @@ impl Core {
         Ok(())
     }
 
-    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<()> {
+    pub fn unlink(&self, who: &Caller, parent: u64, name: &OsStr) -> Result<()> {
         let name_s = name_str(name)?;
-        let a = self.lookup(parent, name)?;
+        let parent_attr = self.may_change(who, self.dir_id(parent)?)?;
+        let a = self.find(parent, name)?;
+        Self::sticky_allows(who, &parent_attr, &a)?;
         match (a.kind, Ino::from(a.ino)) {
             (Kind::Dir, _) => return Err(FsError::IsDir),
             (Kind::File, Ino::Local(_)) => {}
@@ -601,10 +854,20 @@ impl Core {
         self.unlink_local(&l)
     }
 
-    pub fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr) -> Result<()> {
+    pub fn rename(
+        &self,
+        who: &Caller,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+    ) -> Result<()> {
         let new_dir_id = self.dir_id(newparent)?;
         let newname = name_str(newname)?.to_owned();
-        let a = self.lookup(parent, name)?;
+        let from_dir = self.may_change(who, self.dir_id(parent)?)?;
+        let to_dir = self.may_change(who, new_dir_id)?;
+        let a = self.find(parent, name)?;
+        Self::sticky_allows(who, &from_dir, &a)?;
         let Some(l) = (a.kind == Kind::File)
             .then(|| self.locals.get(a.ino))
             .flatten()
@@ -615,10 +878,11 @@ impl Core {
             )));
         };
         // The target: a local file is replaced; an archived one cannot be.
-        if let Ok(t) = self.lookup(newparent, OsStr::new(&newname)) {
+        if let Ok(t) = self.find(newparent, OsStr::new(&newname)) {
             if t.ino == a.ino {
                 return Ok(());
             }
+            Self::sticky_allows(who, &to_dir, &t)?;
             match self.locals.get(t.ino) {
                 Some(tl) if t.kind == Kind::File => {
                     let mut tg = tl.lock().expect("local");
@@ -707,6 +971,9 @@ mod tests {
             ttl: Duration::from_secs(60),
             settle: Duration::ZERO,
             min_archive_copies: 1,
+            unknown_owner: "nobody".into(),
+            admin_group: "cairn".into(),
+            cache_memory: 64 << 20,
         };
         Core::new(opts, &Default::default()).unwrap()
     }
@@ -719,15 +986,17 @@ mod tests {
         // Not in the catalog: only the listing can answer.
         let entry = Entry {
             name: "x.dat".into(),
-            attr: Attr::archived(4242, 17, 0),
+            attr: Attr::archived(4242, 17, 0, None, 0, 0),
         };
         let l = Arc::new(DirList::new(vec![entry]));
         c.listings.keep(c.root_dir, c.listings.generation(), &l);
-        let a = c.lookup(ROOT_INO, OsStr::new("x.dat")).unwrap();
+        let a = c
+            .lookup(&Caller::ROOT, ROOT_INO, OsStr::new("x.dat"))
+            .unwrap();
         assert_eq!((a.ino, a.size), (file_ino(4242), 17));
         assert!(c.stat_walk());
         assert!(matches!(
-            c.lookup(ROOT_INO, OsStr::new("y.dat")),
+            c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("y.dat")),
             Err(FsError::NotFound)
         ));
     }

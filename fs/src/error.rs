@@ -9,6 +9,9 @@ use cairn_catalog::CatalogError;
 pub enum FsError {
     #[error("no such file or directory")]
     NotFound,
+    /// The caller's permissions do not allow it (the mode bits, POSIX's rules).
+    #[error("permission denied")]
+    Access,
     #[error("{0:?} already exists")]
     Exists(String),
     #[error("{0}")]

@@ -17,12 +17,13 @@ use fuser::{
 };
 use tracing::{debug, error, warn};
 
-use crate::core::{Attr, Core, DirList, Entry, FsError, Kind, ROOT_INO};
+use crate::core::{Attr, Caller, Core, DirList, Entry, FsError, Kind, ROOT_INO, SetAttr};
 
 /// The errno for each error. Exhaustive on purpose: a new variant needs a decision here.
 pub fn errno(e: &FsError) -> i32 {
     match e {
         FsError::NotFound => libc::ENOENT,
+        FsError::Access => libc::EACCES,
         FsError::Exists(_) => libc::EEXIST,
         FsError::ReadOnly(_) => libc::EROFS,
         FsError::NotPermitted(_) => libc::EPERM,
@@ -58,12 +59,23 @@ fn fail(op: &str, e: FsError) -> Errno {
         FsError::NotDir | FsError::IsDir | FsError::Unsupported(_) | FsError::BadHandle => {
             debug!("{op}: {e}")
         }
+        // A user's permissions say no: nothing the mount should shout about.
+        FsError::Access => debug!("{op}: {e}"),
         FsError::ReadOnly(_) | FsError::NotPermitted(_) | FsError::Invalid(_) => {
             warn!("{op} refused: {e}")
         }
         FsError::Unavailable(_) | FsError::Io(_) | FsError::Catalog(_) => error!("{op}: {e}"),
     }
     Errno::from_i32(n)
+}
+
+/// Who sent a request.
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn file_type(k: Kind) -> FileType {
@@ -90,6 +102,8 @@ fn stream<'a>(
                 size: 0,
                 mtime: SystemTime::UNIX_EPOCH,
                 perm: 0o755,
+                uid: 0,
+                gid: 0,
             };
             (
                 off,
@@ -158,8 +172,8 @@ impl CairnFs {
             },
             perm: a.perm,
             nlink: if a.kind == Kind::Dir { 2 } else { 1 },
-            uid: self.core.opts.uid,
-            gid: self.core.opts.gid,
+            uid: a.uid,
+            gid: a.gid,
             rdev: 0,
             flags: 0,
             // Programs size their buffers by this: 1 MiB reads and writes of files, but for a
@@ -206,8 +220,8 @@ impl Filesystem for CairnFs {
         self.core.shutdown();
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.core.lookup(parent.0, name) {
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.core.lookup(&caller(req), parent.0, name) {
             Ok(a) => {
                 // Counted before the reply: the kernel may forget it as soon as it has it.
                 self.core.referenced(a.ino, 1);
@@ -230,11 +244,11 @@ impl Filesystem for CairnFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
@@ -246,10 +260,17 @@ impl Filesystem for CairnFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self
-            .core
-            .setattr(ino.0, mode, size, time(atime), time(mtime))
-        {
+        let now = |t: &Option<TimeOrNow>| matches!(t, Some(TimeOrNow::Now));
+        let ch = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            times_now: now(&atime) || now(&mtime),
+            atime: time(atime),
+            mtime: time(mtime),
+        };
+        match self.core.setattr(&caller(req), ino.0, &ch) {
             Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(fail("setattr", e)),
         }
@@ -257,28 +278,28 @@ impl Filesystem for CairnFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.core.mkdir(parent.0, name) {
+        match self.core.mkdir(&caller(req), parent.0, name, mode & !umask) {
             Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(fail("mkdir", e)),
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.core.unlink(parent.0, name) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.unlink(&caller(req), parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("unlink", e)),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.core.rmdir(parent.0, name) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.core.rmdir(&caller(req), parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rmdir", e)),
         }
@@ -286,7 +307,7 @@ impl Filesystem for CairnFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -294,14 +315,17 @@ impl Filesystem for CairnFs {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.core.rename(parent.0, name, newparent.0, newname) {
+        match self
+            .core
+            .rename(&caller(req), parent.0, name, newparent.0, newname)
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("rename", e)),
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.core.open(ino.0, flags.0) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let opened = match self.core.open(&caller(req), ino.0, flags.0) {
             Ok(o) => o,
             Err(e) => return reply.error(fail("open", e)),
         };
@@ -411,8 +435,8 @@ impl Filesystem for CairnFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(&caller(req), ino.0) {
             // The kernel caches the listing; it keeps that copy only while it is unchanged.
             Ok((fh, same)) => reply.opened(
                 FileHandle(fh),
@@ -525,7 +549,7 @@ impl Filesystem for CairnFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -533,21 +557,21 @@ impl Filesystem for CairnFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        match self.core.setxattr(ino.0, name, value) {
+        match self.core.setxattr(&caller(req), ino.0, name, value) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("setxattr", e)),
         }
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.core.getxattr(ino.0, name) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.core.getxattr(&caller(req), ino.0, name) {
             Ok(v) => xattr_reply(reply, size, &v),
             Err(e) => reply.error(fail("getxattr", e)),
         }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.core.listxattr(ino.0) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(&caller(req), ino.0) {
             Ok(names) => {
                 let mut v = Vec::new();
                 for n in names {
@@ -569,13 +593,23 @@ impl Filesystem for CairnFs {
         reply.error(fail("removexattr", e));
     }
 
-    fn access(&self, _req: &Request, _ino: INodeNo, _mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        reply.ok();
+    fn access(&self, req: &Request, ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        // F_OK (0) asks only whether the entry exists.
+        let mask = (mask.bits() & 7) as u32;
+        let ok = if mask == 0 {
+            self.core.getattr(ino.0).map(|_| ())
+        } else {
+            self.core.access(&caller(req), ino.0, mask)
+        };
+        match ok {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(fail("access", e)),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -583,7 +617,10 @@ impl Filesystem for CairnFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(parent.0, name, mode & !umask) {
+        match self
+            .core
+            .create(&caller(req), parent.0, name, mode & !umask)
+        {
             Ok((a, fh)) => {
                 self.core.referenced(a.ino, 1);
                 reply.created(

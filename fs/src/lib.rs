@@ -11,6 +11,7 @@ pub mod error;
 pub mod fetch;
 pub mod fuse;
 pub mod handles;
+pub mod ids;
 pub mod ino;
 pub mod listings;
 pub mod locals;
@@ -32,6 +33,10 @@ pub struct MountOptions {
     pub allow_root: bool,
     pub auto_unmount: bool,
     pub read_only: bool,
+    /// The kernel checks modes too (`-o default_permissions`). cairnfs checks them itself in
+    /// any case; with the kernel's check, writing a `user.cairn.` attribute also needs write
+    /// permission on the entry (xattr(7)), so only root may ask for copies of archived files.
+    pub default_permissions: bool,
 }
 
 impl MountOptions {
@@ -47,6 +52,7 @@ impl MountOptions {
                 "allow_root" => o.allow_root = true,
                 "auto_unmount" => o.auto_unmount = true,
                 "ro" => o.read_only = true,
+                "default_permissions" => o.default_permissions = true,
                 "rw" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
                 | "nofail" | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime"
                 | "noatime" | "relatime" | "async" => {}
@@ -104,6 +110,10 @@ pub fn mount(
     ];
     if opts.auto_unmount {
         cfg.mount_options.push(fuser::MountOption::AutoUnmount);
+    }
+    if opts.default_permissions {
+        cfg.mount_options
+            .push(fuser::MountOption::DefaultPermissions);
     }
     // SAFETY: geteuid cannot fail.
     let root = unsafe { libc::geteuid() } == 0;
@@ -222,11 +232,11 @@ mod tests {
     #[test]
     fn fstab_options_are_accepted_and_config_is_taken() {
         let (o, c) = MountOptions::parse(&[
-            "rw,_netdev,nofail,allow_other".into(),
+            "rw,_netdev,nofail,allow_other,default_permissions".into(),
             "config=/etc/cairn/site.toml".into(),
         ])
         .unwrap();
-        assert!(o.allow_other);
+        assert!(o.allow_other && o.default_permissions);
         assert_eq!(c.as_deref(), Some("/etc/cairn/site.toml"));
     }
 

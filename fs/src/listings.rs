@@ -7,6 +7,8 @@
 //!   (a generation counter, bumped under the cache's lock).
 //! - Listings past their TTL are dropped when the cache has doubled since the last prune, so a
 //!   fast walk of a large tree, with thousands of listings inside the TTL, stays linear.
+//! - The listings kept take at most their share of `[fs] cache_memory`: beyond it the least
+//!   recently used go first, however fresh (a walk of millions of files keeps no more).
 //! - The kernel keeps its own copy of a listing (FOPEN_KEEP_CACHE) only while the listing's
 //!   digest is the one it was last given ([`Listings::served`]).
 //!
@@ -17,6 +19,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use hashlink::{LinkedHashMap, LruCache};
 use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -64,6 +68,13 @@ impl DirList {
         index.get(name).map(|&i| &self.entries[i])
     }
 
+    /// Bytes this listing takes in memory, about (with its name index, once made).
+    pub fn bytes(&self) -> usize {
+        let names: usize = self.entries.iter().map(|e| e.name.len()).sum();
+        let per = std::mem::size_of::<Entry>() + 2 * std::mem::size_of::<usize>() + 48;
+        std::mem::size_of::<DirList>() + self.entries.len() * per + 2 * names
+    }
+
     /// A digest of the entries, to tell whether the kernel's copy is still this one.
     pub fn digest(&self) -> u64 {
         use std::hash::{Hash, Hasher};
@@ -73,17 +84,41 @@ impl DirList {
     }
 }
 
+/// A listing kept, with when it was read and the bytes it takes.
+struct Kept {
+    at: Instant,
+    list: Listing,
+    bytes: usize,
+}
+
+/// The listings kept, least recently used first, and the bytes they take.
+#[derive(Default)]
+struct Cache {
+    kept: LinkedHashMap<Id, Kept>,
+    bytes: usize,
+}
+
+impl Cache {
+    fn remove(&mut self, id: &Id) {
+        if let Some(k) = self.kept.remove(id) {
+            self.bytes -= k.bytes;
+        }
+    }
+}
+
 /// The cache of listings, with the walk heuristics.
 pub struct Listings {
     ttl: Duration,
-    cache: Mutex<HashMap<Id, (Instant, Listing)>>,
+    /// Bytes the kept listings may take.
+    budget: usize,
+    cache: Mutex<Cache>,
     /// Size of `cache` at which those past their TTL are dropped next.
     prune_at: AtomicUsize,
     /// Counts this mount's changes to the namespace: a listing read before a change is not
     /// kept after it.
     generation: AtomicU64,
-    /// A digest of the listing last given to the kernel, per directory.
-    served: Mutex<HashMap<Id, u64>>,
+    /// A digest of the listing last given to the kernel, per directory (the most recent).
+    served: Mutex<LruCache<Id, u64>>,
     /// Directory inodes whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<SyncSender<u64>>>,
     /// When (ms after `started`) a file was last looked up in a listing just read.
@@ -92,13 +127,16 @@ pub struct Listings {
 }
 
 impl Listings {
-    pub fn new(ttl: Duration) -> Listings {
+    /// Listings kept for `ttl`, taking at most `budget` bytes.
+    pub fn new(ttl: Duration, budget: usize) -> Listings {
         Listings {
             ttl,
-            cache: Mutex::new(HashMap::new()),
+            budget,
+            cache: Mutex::new(Cache::default()),
             prune_at: AtomicUsize::new(LISTINGS_KEPT),
             generation: AtomicU64::new(0),
-            served: Mutex::new(HashMap::new()),
+            // Digests are 8 bytes and a key; a small share of the budget.
+            served: Mutex::new(LruCache::new((budget / 16 / 64).max(1024))),
             prefetch: Mutex::new(None),
             stat_walk_seen: AtomicU64::new(0),
             started: Instant::now(),
@@ -107,17 +145,9 @@ impl Listings {
 
     /// The listing of `dir_id` if it is younger than the TTL.
     pub fn fresh(&self, dir_id: Id) -> Option<Listing> {
-        self.cache
-            .lock()
-            .expect("listings")
-            .get(&dir_id)
-            .filter(|(at, _)| at.elapsed() < self.ttl)
-            .map(|(_, l)| l.clone())
-    }
-
-    /// Whether `dir_id` has a listing in the cache, fresh or not.
-    pub fn has(&self, dir_id: Id) -> bool {
-        self.cache.lock().expect("listings").contains_key(&dir_id)
+        let mut c = self.cache.lock().expect("listings");
+        let k = c.kept.to_back(&dir_id)?;
+        (k.at.elapsed() < self.ttl).then(|| k.list.clone())
     }
 
     /// The generation to pass to [`Listings::keep`] for a listing about to be read.
@@ -128,23 +158,50 @@ impl Listings {
     /// Keeps a listing for the TTL, unless this mount changed the namespace since it was
     /// read (at `generation`).
     pub fn keep(&self, dir_id: Id, generation: u64, l: &Listing) {
-        let mut ls = self.cache.lock().expect("listings");
+        let mut c = self.cache.lock().expect("listings");
         if self.generation.load(Ordering::Acquire) != generation {
             return;
         }
-        if ls.len() >= self.prune_at.load(Ordering::Relaxed) {
-            ls.retain(|_, (at, _)| at.elapsed() < self.ttl);
-            let next = (ls.len() * 2).max(LISTINGS_KEPT);
+        if c.kept.len() >= self.prune_at.load(Ordering::Relaxed) {
+            let ttl = self.ttl;
+            let stale: Vec<Id> = c
+                .kept
+                .iter()
+                .filter(|(_, k)| k.at.elapsed() >= ttl)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in stale {
+                c.remove(&id);
+            }
+            let next = (c.kept.len() * 2).max(LISTINGS_KEPT);
             self.prune_at.store(next, Ordering::Relaxed);
         }
-        ls.insert(dir_id, (Instant::now(), l.clone()));
+        c.remove(&dir_id);
+        let bytes = l.bytes();
+        c.bytes += bytes;
+        c.kept.insert(
+            dir_id,
+            Kept {
+                at: Instant::now(),
+                list: l.clone(),
+                bytes,
+            },
+        );
+        // Within the budget: the least recently used go first (the one just kept last).
+        while c.bytes > self.budget && c.kept.len() > 1 {
+            let Some((_, k)) = c.kept.pop_front() else {
+                break;
+            };
+            c.bytes -= k.bytes;
+        }
     }
 
     /// Forgets every listing: this mount changed the namespace.
     pub fn changed(&self) {
-        let mut ls = self.cache.lock().expect("listings");
+        let mut c = self.cache.lock().expect("listings");
         self.generation.fetch_add(1, Ordering::AcqRel);
-        ls.clear();
+        c.kept.clear();
+        c.bytes = 0;
     }
 
     /// Records that the kernel was given `list` for `dir_id`; says whether it is the same as
@@ -183,7 +240,7 @@ impl Listings {
         let q = self.prefetch.lock().expect("prefetch");
         let Some(tx) = &*q else { return };
         let new: Vec<u64> = {
-            let listed = self.cache.lock().expect("listings");
+            let listed = &self.cache.lock().expect("listings").kept;
             list.entries
                 .iter()
                 .filter(|e| e.attr.kind == Kind::Dir)
@@ -201,7 +258,12 @@ impl Listings {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.cache.lock().unwrap().len()
+        self.cache.lock().unwrap().kept.len()
+    }
+
+    #[cfg(test)]
+    fn bytes(&self) -> usize {
+        self.cache.lock().unwrap().bytes
     }
 }
 
@@ -213,7 +275,7 @@ mod tests {
 
     #[test]
     fn a_listing_read_before_a_change_is_not_kept_after_it() {
-        let c = Listings::new(Duration::from_secs(60));
+        let c = Listings::new(Duration::from_secs(60), 1 << 30);
         let l = Arc::new(DirList::new(Vec::new()));
         let before = c.generation();
         c.changed();
@@ -225,7 +287,7 @@ mod tests {
 
     #[test]
     fn many_fresh_listings_are_kept_and_pruning_waits_until_they_have_doubled() {
-        let c = Listings::new(Duration::from_secs(60));
+        let c = Listings::new(Duration::from_secs(60), 1 << 30);
         let l = Arc::new(DirList::new(Vec::new()));
         let g = c.generation();
         for id in 0..(LISTINGS_KEPT as Id + 10) {
@@ -241,6 +303,34 @@ mod tests {
     }
 
     #[test]
+    fn listings_stay_within_their_budget_least_recently_used_first() {
+        let big = |n: usize| {
+            Arc::new(DirList::new(
+                (0..n)
+                    .map(|i| Entry {
+                        name: format!("file-{i:06}.dat"),
+                        attr: Attr::archived(i as Id + 1, 1, 0, None, 0, 0),
+                    })
+                    .collect(),
+            ))
+        };
+        let one = big(1000);
+        let c = Listings::new(Duration::from_secs(60), one.bytes() * 3);
+        let g = c.generation();
+        c.keep(1, g, &one);
+        c.keep(2, g, &big(1000));
+        c.keep(3, g, &big(1000));
+        assert!(c.fresh(1).is_some(), "used: now the most recent");
+        c.keep(4, g, &big(1000));
+        assert_eq!(c.len(), 3);
+        assert!(c.fresh(2).is_none(), "the least recently used went");
+        assert!(c.fresh(1).is_some() && c.fresh(4).is_some());
+        assert!(c.bytes() <= one.bytes() * 3);
+        c.changed();
+        assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    #[test]
     fn a_listing_answers_lookups_of_its_names() {
         let attr = |ino| Attr {
             ino,
@@ -248,6 +338,8 @@ mod tests {
             size: ino,
             mtime: SystemTime::UNIX_EPOCH,
             perm: 0o444,
+            uid: 0,
+            gid: 0,
         };
         let l = DirList::new(
             ["b", "a", "c"]
@@ -266,13 +358,13 @@ mod tests {
 
     #[test]
     fn the_kernel_keeps_its_copy_only_of_an_unchanged_listing() {
-        let c = Listings::new(Duration::from_secs(60));
+        let c = Listings::new(Duration::from_secs(60), 1 << 30);
         let a = DirList::new(Vec::new());
         assert!(!c.served(1, &a), "first time");
         assert!(c.served(1, &a));
         let b = DirList::new(vec![Entry {
             name: "x".into(),
-            attr: Attr::archived(3, 1, 0),
+            attr: Attr::archived(3, 1, 0, None, 0, 0),
         }]);
         assert!(!c.served(1, &b));
     }

@@ -66,6 +66,8 @@ pub struct Local {
     pub backing: PathBuf,
     pub writer: Option<Writer>,
     pub writers: usize,
+    /// Who holds it open for writing: no other user may open it for writing meanwhile.
+    pub writer_uid: Option<u32>,
     /// Size and md5 of the backing file as last written through the mount, when known.
     pub hashed: Option<(u64, String)>,
     /// Why its bytes are not to be imported: a writer died by a signal, or a write to the
@@ -92,9 +94,9 @@ impl Local {
         self.me.upgrade().expect("a local lives while it is locked")
     }
 
-    /// Its attributes, from the backing file.
+    /// Its attributes, from the backing file (owned by its writer).
     pub fn attr(&self) -> std::io::Result<Attr> {
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
         let m = std::fs::metadata(&self.backing)?;
         let mut perm = (m.permissions().mode() & 0o7777) as u16;
         if self.stage.frozen() {
@@ -107,6 +109,8 @@ impl Local {
             size: m.len(),
             mtime: m.modified()?,
             perm,
+            uid: m.uid(),
+            gid: m.gid(),
         })
     }
 
@@ -184,6 +188,7 @@ impl Locals {
                 backing,
                 writer: None,
                 writers: 0,
+                writer_uid: None,
                 hashed: None,
                 spoiled: None,
                 gone: false,

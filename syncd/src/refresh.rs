@@ -146,6 +146,7 @@ pub fn refresh(
                 root.display()
             ),
         }
+        report_journal(cat, node, &root, t)?;
         nodes.insert(fresh);
         if !was {
             found.work.push(Task::Tidy { node_id: node.id });
@@ -325,4 +326,19 @@ fn start_watcher(
             debug!("Watch thread of node \"{name}\" ends.");
         })?;
     Ok(WatcherHandle { stop })
+}
+
+/// Reports how many closed files wait in the node's journal of writes (the mount's, on this
+/// host) to be registered, so that `cairn status` shows them wherever it runs. A node written
+/// by no mount has no journal, and nothing is reported.
+fn report_journal(cat: &mut Catalog, node: &Node, root: &Path, t: i64) -> Result<()> {
+    let at = NodeRoot::new(root).journal();
+    if !at.exists() {
+        return Ok(());
+    }
+    match cairn_node::journal::Journal::open(root).and_then(|j| j.summary()) {
+        Ok(s) => cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?,
+        Err(e) => warn!("Node \"{}\": {e}", node.name),
+    }
+    Ok(())
 }

@@ -118,6 +118,7 @@ fn eight_hosts_release_one_file(url: &str, rounds: usize) -> Vec<(usize, usize)>
                         size: 1,
                         md5: format!("{round:032x}"),
                         mtime: 0,
+                        own: Default::default(),
                     },
                     0,
                 )?;

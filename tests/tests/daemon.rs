@@ -456,6 +456,7 @@ fn racing_cleans_on_two_hosts_never_go_below_min_archive_copies() {
                     size: body.len() as u64,
                     md5: cairn_catalog::md5::md5_hex(body.as_bytes()),
                     mtime: 0,
+                    own: Default::default(),
                 },
                 1,
             )?;
@@ -848,6 +849,7 @@ fn clean_older_than_picks_copies_by_age_including_past_dates() {
                     size: 3,
                     md5: md5.clone(),
                     mtime: 0,
+                    own: Default::default(),
                 },
                 now - age,
             )?;

@@ -412,6 +412,7 @@ fn the_http_server_refuses_what_it_must_not_serve() {
                     size: 11,
                     md5: md5.clone(),
                     mtime: 0,
+                    own: Default::default(),
                 },
                 1,
             )?;

@@ -932,7 +932,14 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
 #[test]
 fn every_claim_in_semantics_md_has_a_test() {
     let doc = include_str!("../../docs/SEMANTICS.md");
-    let tests = [include_str!("mount.rs"), include_str!("transport.rs")].concat();
+    let tests = [
+        include_str!("mount.rs"),
+        include_str!("transport.rs"),
+        include_str!("programs.rs"),
+        include_str!("handoff.rs"),
+        include_str!("users.rs"),
+    ]
+    .concat();
     let claims: Vec<&str> = doc
         .match_indices("**[S")
         .map(|(i, _)| {

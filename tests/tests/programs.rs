@@ -228,6 +228,7 @@ fn mtime(p: &Path) -> i64 {
     std::fs::metadata(p).unwrap().mtime()
 }
 
+// [S22]
 #[test]
 fn install_with_a_mode_archives_the_file() {
     let Some(s) = site() else { return };
@@ -274,6 +275,7 @@ fn rsync_a_archives_a_tree_and_a_second_run_changes_nothing() {
     s.finish(3 * RUNS);
 }
 
+// [S22]
 #[test]
 fn tar_x_then_ls_shows_every_file_at_once() {
     let Some(s) = site() else { return };
@@ -296,6 +298,7 @@ fn tar_x_then_ls_shows_every_file_at_once() {
     s.finish(4 * RUNS);
 }
 
+// [S22]
 #[test]
 fn unzip_archives_every_member_with_its_time() {
     let Some(s) = site() else { return };
@@ -348,6 +351,7 @@ fn dd_with_conv_fsync_archives_the_file() {
     s.finish(RUNS);
 }
 
+// [S23]
 #[test]
 fn a_shell_redirect_then_an_append_archives_both_lines() {
     let Some(s) = site() else { return };
@@ -362,6 +366,7 @@ fn a_shell_redirect_then_an_append_archives_both_lines() {
 }
 
 /// An appended file long archived refuses the append and keeps its bytes.
+// [S23]
 #[test]
 fn an_append_to_a_file_archived_long_ago_is_refused_and_changes_nothing() {
     let Some(s) = site() else { return };
@@ -447,6 +452,7 @@ fn python_scenario(name: &str, script: &str) {
     s.finish(RUNS);
 }
 
+// [S22]
 #[test]
 fn python_shutil_copy2_keeps_the_time_and_the_bytes() {
     let Some(python) = python() else { return };
@@ -501,6 +507,7 @@ fn python_shutil_copytree_and_move_archive_every_file() {
     s.finish(4 * RUNS);
 }
 
+// [S23]
 #[test]
 fn python_write_close_then_append_archives_the_whole_file() {
     python_scenario(
@@ -525,6 +532,7 @@ fn numpy_save_and_load_round_trip() {
     );
 }
 
+// [S23]
 #[test]
 fn numpy_open_memmap_maps_the_full_size_and_archives_it() {
     python_scenario(

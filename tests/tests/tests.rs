@@ -4,6 +4,8 @@
 //!   file (both backends).
 //! - `daemon`: cairnd on one host: seed 004's single-host flow, refused roots, crash safety,
 //!   racing cleans.
+//! - `handoff`: a closed file is never lost: the mount killed after writers closed, the catalog
+//!   locked or its WAL unwritable, a name too long for the node.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals.
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
@@ -13,6 +15,8 @@
 //!   arguments against its own parser).
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
+//! - `users`: who may do what on a shared host: real users on a root mount, owners by name,
+//!   modes, the admin group.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
 //!
 //! The end-to-end modules run on SQLite, or on PostgreSQL with `CAIRN_TEST_CATALOG=postgres`
@@ -20,9 +24,11 @@
 
 mod concurrency;
 mod daemon;
+mod handoff;
 mod hosts;
 mod mount;
 mod packaging;
 mod postgres;
 mod programs;
 mod transport;
+mod users;

@@ -317,10 +317,10 @@ fn auto_actions_fill_a_disk_at_the_site_and_drain_it_at_the_archive() {
         std::fs::read_to_string(store.join("2025/03/01/run.dat")).unwrap(),
         "observations\n"
     );
-    assert!(
-        !at_archive.join("2025").exists(),
-        "the disk is empty again, ready to go back"
-    );
+    // The copy is released in the catalog first, then removed with its emptied directories.
+    wait_until(T, "the disk is empty again, ready to go back", || {
+        !at_archive.join("2025").exists()
+    });
 }
 
 // [S4]

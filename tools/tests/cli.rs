@@ -80,6 +80,7 @@ impl Archive {
                     size: contents.len() as u64,
                     md5: md5.clone(),
                     mtime: 1_740_179_228,
+                    own: Default::default(),
                 };
                 let (file, _) = tx.register_file(&f, 1_740_179_228)?;
                 tx.record_copy(file.id, n.id, Has::Yes, Some(4096), 1_740_179_228)?;
@@ -892,6 +893,7 @@ impl Archive {
                         size: 4,
                         md5: md5.clone(),
                         mtime: 0,
+                        own: Default::default(),
                     },
                     1,
                 )?;

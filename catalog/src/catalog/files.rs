@@ -10,7 +10,7 @@ use super::Tx;
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
-use crate::model::{Acq, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Wants};
+use crate::model::{Acq, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Ownership, Wants};
 use crate::params;
 
 /// Which files a listing selects; every field narrows it.
@@ -62,7 +62,7 @@ impl FromRow for SyncCandidate {
 impl FromRow for (File, Copy) {
     fn from_row(r: &crate::db::Row) -> Result<Self, crate::db::DbError> {
         let file = File::from_row(r)?;
-        let copy = Copy::from_row(&crate::db::Row(r.0[9..].to_vec()))?;
+        let copy = Copy::from_row(&crate::db::Row(r.0[File::NCOLS..].to_vec()))?;
         Ok((file, copy))
     }
 }
@@ -160,6 +160,50 @@ impl Tx<'_> {
             params![parent_id, name, path, now],
         )?;
         self.scalar("SELECT id FROM dir WHERE path = ?", params![path])
+    }
+
+    /// Makes directory `path` (and its missing parents); a directory it creates gets `own`,
+    /// one that exists keeps its own. The directory's id, and whether it was made now.
+    pub fn make_dir(&mut self, path: &str, own: &Ownership, now: i64) -> Result<(Id, bool)> {
+        if let Some(d) = self.dir_by_path(path)? {
+            return Ok((d.id, false));
+        }
+        let id = self.ensure_dir(path, now)?;
+        self.set_dir_ownership(id, own)?;
+        Ok((id, true))
+    }
+
+    /// Records a directory's owner, group and mode (those given).
+    pub fn set_dir_ownership(&mut self, dir_id: Id, own: &Ownership) -> Result<()> {
+        self.set_ownership("dir", dir_id, own)
+    }
+
+    /// Records an archived file's owner, group and mode (those given). Its bytes never change
+    /// (invariant 1); who owns it and who may read it may.
+    pub fn set_file_ownership(&mut self, file_id: Id, own: &Ownership) -> Result<()> {
+        self.set_ownership("file", file_id, own)
+    }
+
+    fn set_ownership(&mut self, table: &str, id: Id, own: &Ownership) -> Result<()> {
+        if let Some(u) = &own.user {
+            self.exec(
+                &format!("UPDATE {table} SET owner = ? WHERE id = ?"),
+                params![u.as_str(), id],
+            )?;
+        }
+        if let Some(g) = &own.group {
+            self.exec(
+                &format!("UPDATE {table} SET grp = ? WHERE id = ?"),
+                params![g.as_str(), id],
+            )?;
+        }
+        if let Some(m) = own.mode {
+            self.exec(
+                &format!("UPDATE {table} SET mode = ? WHERE id = ?"),
+                params![i64::from(m & 0o7777), id],
+            )?;
+        }
+        Ok(())
     }
 
     /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
@@ -378,9 +422,21 @@ impl Tx<'_> {
             }
         };
         let inserted = self.raw(
-            "INSERT INTO file (dir_id, name, acq_id, size, md5, mtime, registered_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (dir_id, name) DO NOTHING RETURNING id",
-            params![dir_id, name, acq_id, f.size, &f.md5, f.mtime, now],
+            "INSERT INTO file (dir_id, name, acq_id, size, md5, mtime, registered_at, owner, \
+             grp, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (dir_id, name) DO NOTHING RETURNING id",
+            params![
+                dir_id,
+                name,
+                acq_id,
+                f.size,
+                &f.md5,
+                f.mtime,
+                now,
+                f.own.user.as_deref(),
+                f.own.group.as_deref(),
+                f.own.mode.map(i64::from)
+            ],
         )?;
         if let Some(r) = inserted.first() {
             return Ok((r.get(0)?, true));
@@ -679,7 +735,7 @@ impl Tx<'_> {
 
 /// A file to register, as an import found it: what the mount and cairnd's importers hand the
 /// catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewFile {
     /// The archive path (relative, `/`-separated).
     pub path: String,
@@ -690,6 +746,8 @@ pub struct NewFile {
     pub md5: String,
     /// Modification time, unix seconds.
     pub mtime: i64,
+    /// Its owner, group and mode, when the importer knows them.
+    pub own: Ownership,
 }
 
 #[derive(Default)]

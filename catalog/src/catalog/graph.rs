@@ -2,7 +2,7 @@
 
 use super::Tx;
 use crate::error::{CatalogError, Result};
-use crate::model::{AutoAction, Group, Host, Id, IoClass, Node, NodeKind};
+use crate::model::{AutoAction, Group, Host, Id, IoClass, JournalReport, Node, NodeKind};
 use crate::params;
 
 /// Fields of a new node.
@@ -393,6 +393,33 @@ impl Tx<'_> {
             ],
         )?;
         Ok((self.node(name)?, host_created))
+    }
+
+    /// Records how many closed files wait in node `node_id`'s journal, and since when.
+    pub fn report_journal(
+        &mut self,
+        node_id: Id,
+        files: u64,
+        oldest: Option<i64>,
+        now: i64,
+    ) -> Result<()> {
+        self.exec(
+            "INSERT INTO journal (node_id, files, oldest, reported_at) VALUES (?, ?, ?, ?) \
+             ON CONFLICT (node_id) DO UPDATE SET files = excluded.files, \
+             oldest = excluded.oldest, reported_at = excluded.reported_at",
+            params![node_id, files, oldest, now],
+        )?;
+        Ok(())
+    }
+
+    /// The journals with files waiting, oldest first.
+    pub fn journals_waiting(&mut self) -> Result<Vec<JournalReport>> {
+        self.rows(
+            "SELECT n.name, h.name, j.files, j.oldest, j.reported_at FROM journal j \
+             JOIN node n ON n.id = j.node_id LEFT JOIN host h ON h.id = n.host_id \
+             WHERE j.files > 0 ORDER BY j.oldest, n.name",
+            params![],
+        )
     }
 
     /// Records what cairnd measured on the node's filesystem.

@@ -165,6 +165,12 @@ impl Backend for SqliteBackend {
         Dialect::Sqlite
     }
 
+    /// A process that gives up early on a busy database waits no longer in SQLite's own busy
+    /// handler either.
+    fn set_patience(&mut self, patience: crate::db::Patience) {
+        let _ = self.conn.busy_timeout(BUSY_TIMEOUT.min(patience.busy));
+    }
+
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
         let mut stmt = self.conn.prepare_cached(sql).map_err(map_err)?;
         let params: Vec<_> = params.iter().map(to_sql).collect();

@@ -15,6 +15,7 @@ fn new_file(path: &str, size: u64) -> NewFile {
         size,
         md5: md5(size),
         mtime: NOW,
+        own: Default::default(),
     }
 }
 

@@ -32,7 +32,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
-use cairn_catalog::model::{Id, Node};
+use cairn_catalog::model::{Id, Node, Ownership};
 use cairn_node::importer::Verdict;
 use cairn_node::journal::{Journal, Owner, Placed};
 use tracing::{error, info, warn};
@@ -481,18 +481,28 @@ impl Core {
         } else {
             cairn_node::copyfile::sync_fs(root)
         };
+        // Who wrote each file (the staged file belongs to its writer), by name.
+        let owners: Vec<Ownership> = files
+            .iter()
+            .map(|f| {
+                std::fs::metadata(root.join(&f.path))
+                    .map(|m| cairn_node::ids::ownership_of(&self.ids, &m))
+                    .unwrap_or_default()
+            })
+            .collect();
         let t = cairn_catalog::units::now();
         let outcome = synced.map_err(FsError::from).and_then(|()| {
             self.with_cat(|c| {
                 Ok(c.write(|tx| {
                     let mut out = Vec::with_capacity(files.len());
-                    for f in &files {
+                    for (f, own) in files.iter().zip(&owners) {
                         let new = NewFile {
                             path: f.path.clone(),
                             acq: f.placed.acq.clone(),
                             size: f.placed.size,
                             md5: f.placed.md5.clone(),
                             mtime: f.placed.mtime,
+                            own: own.clone(),
                         };
                         out.push(match tx.import_copy(&new, node.id, t)? {
                             ImportOutcome::Imported { file_id, .. }

@@ -12,7 +12,7 @@ use cairn_catalog::model::{Copy, File, Has, Id};
 use cairn_node::cache::CacheDir;
 use tracing::warn;
 
-use super::{Core, FsError, Ino, Opened, Result};
+use super::{Caller, Core, FsError, Ino, Opened, Result};
 use crate::fetch::{Fetch, Started, State};
 use crate::handles::{Handle, ReadFrom};
 
@@ -21,13 +21,13 @@ use crate::handles::{Handle, ReadFrom};
 pub(super) struct Fetches(Mutex<HashMap<Id, Arc<Fetch>>>);
 
 impl Core {
-    pub fn open(&self, ino: u64, flags: i32) -> Result<Opened> {
+    pub fn open(&self, who: &Caller, ino: u64, flags: i32) -> Result<Opened> {
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if Ino::from(ino).is_dir() {
             return Err(FsError::IsDir);
         }
         if let Some(l) = self.locals.get(ino) {
-            return self.open_local(l, flags, wants_write);
+            return self.open_local(who, l, flags, wants_write);
         }
         let file_id = self.file_id(ino).ok_or(FsError::NotFound)?;
         let (file, copies) = self.with_cat(|c| {
@@ -38,6 +38,13 @@ impl Core {
                 "{} is archived and cannot be changed (set user.cairn.clean to release a copy)",
                 file.path
             )));
+        }
+        if !who.is_root() {
+            let a = self.file_attr(file.id, file.size, file.mtime, &file.own);
+            if !a.allows(who, crate::attr::READ) {
+                return Err(FsError::Access);
+            }
+            self.search(who, file.dir_id)?;
         }
         if let Some(path) = self.complete_local(&file, &copies) {
             let f = StdFile::open(&path)?;

@@ -16,7 +16,7 @@ use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::Id;
@@ -24,7 +24,8 @@ use cairn_node::NodeRoot;
 use cairn_node::importer::Verdict;
 use tracing::{info, warn};
 
-use super::{Attr, Core, FsError, Opened, Result, name_str};
+use super::{Attr, Caller, Core, FsError, Opened, Result, SetAttr, name_str};
+use crate::attr::{READ, WRITE};
 use crate::handles::Handle;
 use crate::locals::{Local, LocalKind, LocalRef, Stage, join};
 use crate::staged::Writer;
@@ -33,8 +34,37 @@ use crate::staged::Writer;
 static STAGED_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Core {
-    pub(super) fn open_local(&self, l: LocalRef, flags: i32, wants_write: bool) -> Result<Opened> {
+    pub(super) fn open_local(
+        &self,
+        who: &Caller,
+        l: LocalRef,
+        flags: i32,
+        wants_write: bool,
+    ) -> Result<Opened> {
         let mut g = l.lock().expect("local");
+        if !who.is_root() || wants_write {
+            let a = g.attr()?;
+            let mask = if wants_write { WRITE } else { 0 }
+                | if flags & libc::O_ACCMODE != libc::O_WRONLY {
+                    READ
+                } else {
+                    0
+                };
+            if !a.allows(who, mask) {
+                return Err(FsError::Access);
+            }
+            self.search(who, g.dir_id)?;
+        }
+        if wants_write && g.writers > 0 && g.writer_uid != Some(who.uid) {
+            // No user's write may reach another user's file while that user writes it.
+            warn!(
+                "uid {} may not write {}: uid {:?} has it open for writing",
+                who.uid,
+                g.path(),
+                g.writer_uid
+            );
+            return Err(FsError::Access);
+        }
         if !wants_write {
             let f = StdFile::open(&g.backing)?;
             let ino = g.ino;
@@ -63,6 +93,7 @@ impl Core {
         g.hashed = None;
         g.synced = false;
         g.writers += 1;
+        g.writer_uid = Some(who.uid);
         drop(g);
         Ok(Opened {
             fh: self.handles.insert(Handle::Write(l)),
@@ -70,11 +101,18 @@ impl Core {
         })
     }
 
-    pub fn create(&self, parent: u64, name: &OsStr, mode: u32) -> Result<(Attr, u64)> {
+    pub fn create(
+        &self,
+        who: &Caller,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+    ) -> Result<(Attr, u64)> {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?.to_owned();
         let (_, root) = self.write_root()?;
-        if self.lookup(parent, OsStr::new(&name)).is_ok() {
+        let parent_attr = self.may_change(who, dir_id)?;
+        if self.find(parent, OsStr::new(&name)).is_ok() {
             return Err(FsError::Exists(name));
         }
         let dir = self.dir_by_id(dir_id)?;
@@ -97,12 +135,21 @@ impl Core {
             .create_new(true)
             .mode(mode & 0o7777)
             .open(&backing)?;
+        // The file belongs to its writer, here and, once archived, by name everywhere. (A
+        // mount that is not root keeps it as its own.)
+        let (_, _, gid) = self.owner_names(who, Some(&parent_attr));
+        if let Err(e) = std::os::unix::fs::fchown(&f, Some(who.uid), Some(gid))
+            && e.raw_os_error() != Some(libc::EPERM)
+        {
+            return Err(e.into());
+        }
         let l = self.locals.add(dir_id, &dir.path, &name, kind, backing);
         self.listings.changed();
         let attr = {
             let mut g = l.lock().expect("local");
             g.writer = Some(Writer::new(f, 0));
             g.writers = 1;
+            g.writer_uid = Some(who.uid);
             g.attr()?
         };
         Ok((attr, self.handles.insert(Handle::Write(l))))
@@ -206,6 +253,7 @@ impl Core {
             return Ok(());
         }
         let writer = g.writer.take();
+        g.writer_uid = None;
         if g.spoiled.is_some() || g.gone {
             if let Some(why) = &g.spoiled {
                 let _ = std::fs::remove_file(&g.backing);
@@ -247,14 +295,8 @@ impl Core {
         Ok(())
     }
 
-    pub(super) fn setattr_local(
-        &self,
-        l: &LocalRef,
-        mode: Option<u32>,
-        size: Option<u64>,
-        atime: Option<SystemTime>,
-        mtime: Option<SystemTime>,
-    ) -> Result<Attr> {
+    pub(super) fn setattr_local(&self, l: &LocalRef, ch: &SetAttr) -> Result<Attr> {
+        let (mode, size, atime, mtime) = (ch.mode, ch.size, ch.atime, ch.mtime);
         let mut g = l.lock().expect("local");
         if g.stage.frozen() {
             // Being archived: as for an archived file, only what changes nothing is accepted.
@@ -262,10 +304,16 @@ impl Core {
             if size.is_none_or(|s| s == a.size)
                 && mtime.is_none_or(|t| t == a.mtime)
                 && atime.is_none_or(|_| mtime.is_some())
+                && mode.is_none()
+                && ch.uid.is_none_or(|u| u == a.uid)
+                && ch.gid.is_none_or(|x| x == a.gid)
             {
                 return Ok(a);
             }
             return Err(being_archived(&g));
+        }
+        if ch.uid.is_some() || ch.gid.is_some() {
+            std::os::unix::fs::chown(&g.backing, ch.uid, ch.gid)?;
         }
         if let Some(len) = size {
             g.synced = false;
@@ -477,7 +525,46 @@ pub(super) fn keep(root: &Path, g: &mut Local) -> io::Result<()> {
 
 /// Whether process `pid` is exiting because a signal killed it: its file descriptors are
 /// being closed by the kernel, not by the program.
+///
+/// Its `/proc/PID/stat` is read on a thread of its own, and waited for only a moment: while a
+/// process execs, the kernel closes its close-on-exec descriptors holding the process's exec
+/// lock, and a read of its stat waits for that lock — so a flush that read it directly would
+/// wait for the exec, which waits for the flush (any program that spawns a child while it has
+/// a file of the mount open for writing would hang). A process in the middle of exec is not
+/// dying, so a read that does not answer in time counts as "not killed".
 fn killed_by_signal(pid: u32) -> bool {
+    use std::sync::mpsc::{SyncSender, sync_channel};
+    type Ask = (u32, SyncSender<bool>);
+    static READER: std::sync::OnceLock<std::sync::Mutex<SyncSender<Ask>>> =
+        std::sync::OnceLock::new();
+    let reader = READER.get_or_init(|| {
+        let (tx, rx) = sync_channel::<Ask>(64);
+        std::thread::Builder::new()
+            .name("proc-stat".into())
+            .spawn(move || {
+                for (pid, answer) in rx {
+                    let _ = answer.try_send(read_killed_by_signal(pid));
+                }
+            })
+            .expect("the /proc reader thread starts");
+        std::sync::Mutex::new(tx)
+    });
+    let (tx, rx) = sync_channel(1);
+    if reader
+        .lock()
+        .expect("proc reader")
+        .try_send((pid, tx))
+        .is_err()
+    {
+        // A read is stuck behind an exec, and many wait: none of them is dying.
+        return false;
+    }
+    rx.recv_timeout(std::time::Duration::from_millis(100))
+        .unwrap_or(false)
+}
+
+/// [`killed_by_signal`]'s read of `/proc/PID/stat`.
+fn read_killed_by_signal(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };

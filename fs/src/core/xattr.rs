@@ -11,9 +11,10 @@ use cairn_catalog::CatalogError;
 use cairn_catalog::catalog::{FileFilter, Tx};
 use cairn_catalog::model::{Copy, Dir, File, Has, Id, Wants};
 use cairn_catalog::policy::{self, Scope, SyncOrder, SyncSource};
-use tracing::info;
+use tracing::{info, warn};
 
-use super::{Core, FsError, Ino, Result};
+use super::{Caller, Core, FsError, Ino, Result};
+use crate::attr::READ;
 use crate::locals::{Local, LocalKind, Stage};
 
 /// Names of our extended attributes, in `listxattr` order.
@@ -46,16 +47,30 @@ fn local_state(g: &Local) -> &'static str {
     }
 }
 
-/// Reads `user.cairn.KEY = value` as a request. Attributes that only show something are
-/// read-only (EPERM); unknown ones are not supported.
+/// Reads `user.cairn.KEY = value` as a request, checked whole: one trailing newline or NUL
+/// (what `echo` and some tools add) is allowed, any other control character makes the value
+/// invalid (`$'n1\nnow'` is not `n1 now`). Attributes that only show something are read-only
+/// (EPERM); unknown ones are not supported.
 fn parse_request(name: &str, key: &str, value: &[u8]) -> Result<Action> {
     let value = std::str::from_utf8(value)
-        .map_err(|_| FsError::Invalid(format!("{name}: the value is not UTF-8")))?
-        .trim_end_matches(['\n', '\0'])
-        .trim();
+        .map_err(|_| FsError::Invalid(format!("{name}: the value is not UTF-8")))?;
+    let value = value
+        .strip_suffix('\n')
+        .or_else(|| value.strip_suffix('\0'))
+        .unwrap_or(value);
+    if value.chars().any(char::is_control) {
+        return Err(FsError::Invalid(format!(
+            "{name}: the value {value:?} holds a control character"
+        )));
+    }
+    let value = value.trim();
     match key {
         "sync" if !value.is_empty() && !value.contains(' ') => Ok(Action::Sync(value.to_owned())),
-        "clean" => match value.split_whitespace().collect::<Vec<_>>()[..] {
+        "clean" => match value
+            .split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()[..]
+        {
             [node] => Ok(Action::Clean(node.to_owned(), Wants::ReleaseWhenNeeded)),
             [node, "now"] => Ok(Action::Clean(node.to_owned(), Wants::ReleaseNow)),
             _ => Err(FsError::Invalid(format!(
@@ -77,7 +92,15 @@ fn parse_request(name: &str, key: &str, value: &[u8]) -> Result<Action> {
 }
 
 impl Core {
-    pub fn listxattr(&self, ino: u64) -> Result<Vec<String>> {
+    /// `who` may use entry `ino` as `mask` asks, and search the path to it.
+    fn may_use(&self, who: &Caller, ino: u64, mask: u32) -> Result<()> {
+        if who.is_root() {
+            return Ok(());
+        }
+        self.access(who, ino, mask)
+    }
+
+    pub fn listxattr(&self, _who: &Caller, ino: u64) -> Result<Vec<String>> {
         if Ino::from(ino).is_dir() {
             let d = self.dir_by_id(self.dir_id(ino)?)?;
             let is_acq = self.with_cat(|c| Ok(c.read(|tx| tx.acq_by_name(&d.path))?))?;
@@ -96,7 +119,12 @@ impl Core {
         Ok(FILE_XATTRS.iter().map(|s| s.to_string()).collect())
     }
 
-    pub fn getxattr(&self, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+    /// Reading an attribute needs read permission on the entry, as for any `user.` attribute
+    /// (xattr(7)).
+    pub fn getxattr(&self, who: &Caller, ino: u64, name: &OsStr) -> Result<Vec<u8>> {
+        if !who.is_root() {
+            self.may_use(who, ino, READ)?;
+        }
         let name = name.to_string_lossy();
         let Some(key) = name.strip_prefix("user.cairn.") else {
             // The mount keeps no security labels, ACLs or other namespaces' attributes. Saying
@@ -225,12 +253,41 @@ impl Core {
         })
     }
 
-    pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8]) -> Result<()> {
+    /// A request to sync, clean or verify copies. Where copies live is the archive operators'
+    /// business: sync and clean are taken from root and members of `[fs] admin_group`;
+    /// verify from anyone who may read the file. Others get EACCES, and the log names them.
+    pub fn setxattr(&self, who: &Caller, ino: u64, name: &OsStr, value: &[u8]) -> Result<()> {
         let name = name.to_string_lossy().into_owned();
         let Some(key) = name.strip_prefix("user.cairn.") else {
             return Err(FsError::Unsupported(name));
         };
         let action = parse_request(&name, key, value)?;
+        let allowed = match &action {
+            Action::Sync(_) | Action::Clean(..) => {
+                who.is_root()
+                    || self
+                        .ids
+                        .find_gid(&self.opts.admin_group)
+                        .is_some_and(|g| who.in_group(g))
+            }
+            Action::Verify(_) => self.may_use(who, ino, READ).is_ok(),
+        };
+        if !allowed {
+            warn!(
+                "Refused {name}={:?} on inode {ino} from uid {} (pid {}): {}",
+                String::from_utf8_lossy(value),
+                who.uid,
+                who.pid,
+                match action {
+                    Action::Verify(_) => "it may not read the file".to_owned(),
+                    _ => format!(
+                        "only root and members of group {:?} may move or remove copies",
+                        self.opts.admin_group
+                    ),
+                }
+            );
+            return Err(FsError::Access);
+        }
         if self.locals.get(ino).is_some() {
             return Err(FsError::NotPermitted(
                 "this file is not archived yet; it can be synced or cleaned once imported".into(),
@@ -303,6 +360,23 @@ mod tests {
             Action::Clean("n1".into(), Wants::ReleaseWhenNeeded)
         );
         assert_eq!(parse("verify", "n1").unwrap(), Action::Verify("n1".into()));
+    }
+
+    #[test]
+    fn values_are_checked_whole() {
+        assert_eq!(
+            parse("clean", "n1 now\n").unwrap(),
+            Action::Clean("n1".into(), Wants::ReleaseNow)
+        );
+        assert!(matches!(
+            parse("clean", "n1\nnow"),
+            Err(FsError::Invalid(_))
+        ));
+        assert!(matches!(parse("sync", "g\tx"), Err(FsError::Invalid(_))));
+        assert!(matches!(
+            parse("verify", "n1\n\n"),
+            Err(FsError::Invalid(_))
+        ));
     }
 
     #[test]

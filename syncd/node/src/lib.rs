@@ -5,6 +5,8 @@
 //!   marker and its checks, and the capacity of a root's filesystem;
 //! - [`copyfile`]: copying into a node with the md5 in the same pass, fsync and the rename into
 //!   place (invariant 2);
+//! - [`ids`]: user and group names for the ids of this host, and back (owners are recorded
+//!   by name: ids differ between sites);
 //! - [`importer`]: which files the `[import]` rules take, and into which acquisition;
 //! - [`cli`]: the command lines of cairnd and cairnfs, for cairnd's parser and the man pages;
 //! - [`cache`]: how the cache directory names its files, and marking one as used;
@@ -18,6 +20,7 @@
 pub mod cache;
 pub mod cli;
 pub mod copyfile;
+pub mod ids;
 pub mod importer;
 pub mod journal;
 pub mod logfile;

@@ -251,7 +251,15 @@ fn examine(
         size,
         md5,
         mtime: meta.mtime(),
+        // The node file's owner, group and mode, by name: what every mount shows.
+        own: cairn_node::ids::ownership_of(names(), &meta),
     }))
+}
+
+/// This host's user and group names (looked up once each).
+fn names() -> &'static cairn_node::ids::Ids {
+    static IDS: std::sync::OnceLock<cairn_node::ids::Ids> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| cairn_node::ids::Ids::new("nobody"))
 }
 
 /// Registers files and their copies on `node` in one transaction, with their auto-actions.

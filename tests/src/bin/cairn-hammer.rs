@@ -47,6 +47,7 @@ fn hammer(
                 size: i,
                 md5: md5.clone(),
                 mtime: 0,
+                own: Default::default(),
             };
             let (file, _) = tx.register_file(&f, 1)?;
             tx.record_copy(file.id, node_id, Has::Yes, None, 1)?;

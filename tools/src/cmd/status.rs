@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use cairn_catalog::model::{Host, Node, NodeStats, RequestState};
+use cairn_catalog::model::{Host, JournalReport, Node, NodeStats, RequestState};
 use cairn_catalog::units::{format_size, now};
 use serde::Serialize;
 
@@ -34,6 +34,8 @@ struct Status {
     releases_pending: u64,
     /// Copies finished in the last hour: count and bytes.
     last_hour: (u64, u64),
+    /// Closed files waiting in hosts' journals to be registered.
+    journals: Vec<JournalReport>,
 }
 
 fn gather(ctx: &Ctx) -> Result<Status> {
@@ -71,6 +73,7 @@ fn gather(ctx: &Ctx) -> Result<Status> {
             verifications_pending,
             releases_pending,
             last_hour: tx.transfers_since(t - 3600)?,
+            journals: tx.journals_waiting()?,
         })
     })?)
 }
@@ -132,6 +135,21 @@ fn print(ctx: &Ctx, status: &Status) {
                 size_or_dash(n.stats.bytes),
                 n.stats.corrupt.to_string(),
                 n.stats.suspect.to_string(),
+            ]);
+        }
+        t.print();
+    }
+    if !status.journals.is_empty() {
+        println!();
+        println!("Closed files waiting in journals to be registered:");
+        let mut t = Table::new(&["Node", "Host", "Files", "Oldest Closed", "Reported"]);
+        for j in &status.journals {
+            t.row(vec![
+                j.node.clone(),
+                opt_str(j.host.as_deref()).into(),
+                j.files.to_string(),
+                opt_time(j.oldest),
+                opt_time(Some(j.reported_at)),
             ]);
         }
         t.print();
