@@ -1,9 +1,10 @@
 //! cairnd's counters and gauges, served as Prometheus text at `/metrics` ([`crate::http`]).
 //!
 //! Counters and this host's nodes are cairnd's own. The archive-wide gauges (hosts last seen,
-//! requests by state, files below the archive rule) are read from the catalog, and the mount's
-//! journals on this host's nodes from their files, at most once a [`ARCHIVE_EVERY`], so that every cairnd can be scraped for them without loading the
-//! catalog; alert rules take the `max` over instances (`packaging/monitoring/`).
+//! requests by state, files below the archive rule, the mounts' journals as their hosts report
+//! them) are read from the catalog at most once a [`ARCHIVE_EVERY`], so that every cairnd can
+//! be scraped for them without loading the catalog; alert rules take the `max` (or `min`) over
+//! instances (`packaging/monitoring/`).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,8 +30,8 @@ pub struct ArchiveGauges {
     files_below_rule: u64,
     /// This host's available nodes: name, free bytes, capacity.
     nodes: Vec<(String, u64, u64)>,
-    /// The mount's journal on this host's nodes: name, files closed and not yet in the
-    /// catalog, when the oldest of them was closed (Unix seconds).
+    /// The mounts' journals with files waiting, as each host's cairnd reports them into the
+    /// catalog: node, files closed and not yet registered, when the oldest was closed.
     journals: Vec<(String, u64, Option<i64>)>,
 }
 
@@ -93,29 +94,24 @@ impl Metrics {
                     .map(|(s, n)| (s.to_string(), n))
                     .collect::<Vec<_>>();
                 let below = tx.files_below_archive_rule(min_archive_copies as u64)?;
-                Ok((hosts, requests, below))
+                let journals = tx
+                    .journals_waiting()?
+                    .into_iter()
+                    .map(|j| (j.node, j.files, j.oldest))
+                    .collect::<Vec<_>>();
+                Ok((hosts, requests, below, journals))
             })?)
         } else {
             None
         };
-        // The journals are read with the catalog, once a minute: only a node that has one
-        // (a write node of a mount on this host) is opened.
-        let journals =
-            due.then(|| {
-                read_journals(nodes.iter().filter_map(|n| {
-                    Some((n.name.as_str(), std::path::Path::new(n.root.as_deref()?)))
-                }))
-            });
         let mut a = self.archive.lock().expect("metrics lock");
         a.nodes = node_rows;
-        if let Some(journals) = journals {
-            a.journals = journals;
-        }
-        if let Some((hosts, requests, below)) = read {
+        if let Some((hosts, requests, below, journals)) = read {
             a.read_at = Some(Instant::now());
             a.hosts = hosts;
             a.requests = requests;
             a.files_below_rule = below;
+            a.journals = journals;
         }
         Ok(())
     }
@@ -230,8 +226,8 @@ impl Metrics {
         metric(
             "cairn_journal_files",
             "gauge",
-            "Files closed on the mount and kept in the write node's journal, not yet in the \
-             catalog.",
+            "Files closed on a mount and kept in its write node's journal, not yet in the \
+             catalog (nodes with files waiting, as their host last reported).",
             &journal_files
                 .iter()
                 .map(|(l, v)| (l.as_str(), *v))
@@ -284,24 +280,6 @@ impl Metrics {
     }
 }
 
-/// The journal summary (files waiting, oldest close) of each node that has a journal: a write
-/// node of a mount on this host. A node without one is not opened, so none is created.
-fn read_journals<'a>(
-    nodes: impl Iterator<Item = (&'a str, &'a std::path::Path)>,
-) -> Vec<(String, u64, Option<i64>)> {
-    let mut rows: Vec<_> = nodes
-        .filter(|(_, root)| cairn_node::NodeRoot::new(root).journal().exists())
-        .filter_map(|(name, root)| {
-            let summary = cairn_node::journal::Journal::open(root)
-                .and_then(|j| j.summary())
-                .ok()?;
-            Some((name.to_owned(), summary.files, summary.oldest))
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
 /// A label value in the Prometheus text format: backslash, quote and newline escaped.
 fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
@@ -347,25 +325,6 @@ mod tests {
             }
             assert!(used > 5, "{file} names cairnd's metrics");
         }
-    }
-
-    #[test]
-    fn journals_are_read_where_a_mount_keeps_one_and_never_created() {
-        use cairn_node::journal::{Journal, Owner};
-        let dir = tempfile::tempdir().unwrap();
-        let (w, plain) = (dir.path().join("w"), dir.path().join("plain"));
-        std::fs::create_dir_all(&plain).unwrap();
-        let j = Journal::open(&w).unwrap();
-        j.closed(".cairn/staging/1", "a.dat", &Owner::me(), false)
-            .unwrap();
-        let rows = read_journals([("w", w.as_path()), ("plain", plain.as_path())].into_iter());
-        assert_eq!(rows.len(), 1, "{rows:?}");
-        assert_eq!((rows[0].0.as_str(), rows[0].1), ("w", 1));
-        assert!(rows[0].2.is_some(), "when it was closed");
-        assert!(
-            !cairn_node::NodeRoot::new(&plain).journal().exists(),
-            "no journal created"
-        );
     }
 
     #[test]
