@@ -64,9 +64,12 @@ say "programs, man pages, completions"
 version=$(dpkg-query -W -f='${Version}' cairn)
 [[ $(cairn --version) == "cairn ${version%-*}" ]] || die "cairn --version: $(cairn --version)"
 [[ $(cairnd --version) == "cairnd ${version%-*}" ]] || die "cairnd --version: $(cairnd --version)"
-cairnfs --help | grep -q MOUNTPOINT || die "cairnfs --help"
+# Outputs are read whole before they are searched: `grep -q` leaving early would break the
+# writer's pipe, which pipefail counts as a failure.
+help=$(cairnfs --help) && grep -q MOUNTPOINT <<<"$help" || die "cairnfs --help: $help"
 man -w cairn cairnd cairnfs cairn-node-sync >/dev/null || die "man -w cannot find the man pages"
-man -P cat cairnfs 2>/dev/null | grep -q "fuse.cairnfs" || die "man cairnfs does not render"
+page=$(man -P cat cairnfs 2>/dev/null) && grep -q "fuse.cairnfs" <<<"$page" ||
+    die "man cairnfs does not render"
 for shell in bash zsh fish; do
     case $shell in
     bash) dir=/usr/share/bash-completion/completions prefix= suffix= ;;
@@ -89,7 +92,8 @@ for d in /var/lib/cairn:750 /var/cache/cairn:750 /run/cairn:755; do
     got=$(stat -c '%U:%G %a' "${d%%:*}") || die "${d%%:*} is missing"
     [[ $got == "cairn:cairn ${d##*:}" ]] || die "${d%%:*} is $got, not cairn:cairn ${d##*:}"
 done
-dpkg-query -W -f='${Conffiles}' cairn | grep -q ' /etc/cairn/cairn.toml ' ||
+conffiles=$(dpkg-query -W -f='${Conffiles}' cairn)
+grep -q ' /etc/cairn/cairn.toml ' <<<"$conffiles" ||
     die "/etc/cairn/cairn.toml is not a conffile"
 echo '# edited by this site' >>/etc/cairn/cairn.toml
 dpkg -i "$deb" >/dev/null || die "reinstalling failed"
@@ -129,7 +133,8 @@ wait_for() {
 }
 wait_for "node init" test -e "$node/.cairn/node.toml"
 cairn node scan field --register-new >/dev/null
-wait_for "the import" bash -c "cairn file list --path run1.bin | grep -qx run1.bin"
+imported() { [[ $(cairn file list --path run1.bin) == run1.bin ]]; }
+wait_for "the import" imported
 mount -t fuse.cairnfs cairn "$mnt" -o "config=$work/cairn.toml" || die "mount -t fuse.cairnfs failed"
 mountpoint -q "$mnt" || die "nothing mounted at $mnt"
 [[ $(cat "$mnt/run1.bin") == "bytes of the archive" ]] || die "the mount does not show run1.bin"
