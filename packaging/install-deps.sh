@@ -12,6 +12,11 @@ packages=(bsdutils rsync curl openssl fuse3 attr python3 zip unzip)
 
 # postgresql: the PostgreSQL catalog tests run a throwaway server of their own (tests/pg.sh).
 packages+=(postgresql)
+# The package: dpkg-dev (dpkg-shlibdeps, which cargo-deb asks for the library dependencies).
+# Its check (packaging/deb-check.sh): man-db (man -w), systemd (systemd-analyze verify,
+# systemd-sysusers and systemd-tmpfiles for the package's user and directories), prometheus
+# (promtool check rules on the example alert rules).
+packages+=(dpkg-dev man-db systemd prometheus)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -29,4 +34,9 @@ if ! "$venv/bin/python3" -c 'import numpy, h5py, astropy.io.fits' >/dev/null 2>&
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
     cargo install --locked cargo-nextest
+fi
+# cargo-deb builds the Debian package (packaging/build-deb.sh); pinned, so that CI's package of
+# the test build (a dev profile, which cargo-deb warns about) keeps working.
+if ! cargo deb --version 2>/dev/null | grep -qx 'cargo-deb 3.8.0'; then
+    cargo install --locked cargo-deb --version 3.8.0
 fi

@@ -242,6 +242,17 @@ impl NodeSpace {
         })
     }
 
+    /// The space as a copy sees it that already holds `held` bytes on the disk (the partial
+    /// file of an earlier attempt): those bytes are its own, so they count as free for it.
+    /// Without this, a pull that failed for space kept a partial file that then made the
+    /// same copy not fit, attempt after attempt.
+    pub fn holding(self, held: u64) -> NodeSpace {
+        NodeSpace {
+            avail: self.avail.map(|a| a.saturating_add(held)),
+            ..self
+        }
+    }
+
     /// [`NodeSpace::used_fraction`] as an exact ratio (used, of), with `of > 0`.
     fn used_ratio(&self) -> Option<(u64, u64)> {
         match (self.capacity, self.avail, self.max_total) {
@@ -815,6 +826,21 @@ mod tests {
             capacity,
             min_avail,
         }
+    }
+
+    /// Regression: a 40 MiB pull that failed for space after 16 MiB kept its partial file;
+    /// once space was freed, the same copy must fit again.
+    #[test]
+    fn a_copy_counts_its_own_partial_file_as_free() {
+        const MIB: u64 = 1 << 20;
+        let after_freeing = space(0, None, Some(34 * MIB), Some(100 * MIB), None);
+        assert!(
+            fits(&after_freeing, 40 * MIB).is_err(),
+            "the part counted as used"
+        );
+        assert_eq!(fits(&after_freeing.holding(16 * MIB), 40 * MIB), Ok(()));
+        let unmeasured = space(0, None, None, None, None).holding(16 * MIB);
+        assert_eq!(unmeasured.avail, None);
     }
 
     #[test_case(space(0, None, None, None, None), u64::MAX, Ok(()); "unconstrained")]

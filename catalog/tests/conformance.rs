@@ -97,6 +97,9 @@ backend_tests!(
     node_stats_count_healthy_copies_only,
     failed_transaction_changes_nothing,
     path_prefix_selects_a_subtree_only,
+    path_prefix_selects_a_top_level_file_by_its_name,
+    a_delayed_clean_asks_for_the_verification_it_waits_on,
+    files_below_the_archive_rule_are_counted,
     import_copy_registers_a_file_with_its_copy_once,
     import_copy_of_an_empty_file_takes_no_blocks,
     import_copy_refuses_a_path_archived_with_other_contents,
@@ -785,4 +788,140 @@ fn path_prefix_selects_a_subtree_only(cat: &mut Catalog) {
     );
     assert_eq!(pick(cat, "raw/é"), ["raw/é/z.dat"]);
     assert_eq!(pick(cat, "RAW"), Vec::<String>::new());
+}
+
+/// Regression: `--path run1.bin` found nothing for a file in the archive's root directory
+/// (whose path is empty), while `--path t/a.txt` worked. Every `--path` goes through the same
+/// clause: listings, a node's files, and the sync, clean and verify selections.
+fn path_prefix_selects_a_top_level_file_by_its_name(cat: &mut Catalog) {
+    let (n1, _, _, g2) = two_nodes(cat);
+    add_file(cat, "run1.bin", 21, n1, Has::Yes);
+    add_file(cat, "run10.bin", 22, n1, Has::Yes);
+    add_file(cat, "t/a.txt", 23, n1, Has::Yes);
+    add_file(cat, "t/run1.bin", 24, n1, Has::Yes);
+    let select = |p: &str| CopySelect {
+        path_prefix: Some(p.into()),
+        ..CopySelect::default()
+    };
+    let paths = |c: Vec<cairn_catalog::catalog::SyncCandidate>| {
+        c.into_iter().map(|c| c.path).collect::<Vec<_>>()
+    };
+    cat.read(|tx| {
+        for p in ["run1.bin", "/run1.bin", "./run1.bin"] {
+            let listed = tx.files(&FileFilter {
+                path_prefix: Some(p.into()),
+                ..FileFilter::default()
+            })?;
+            assert_eq!(
+                listed.into_iter().map(|f| f.path).collect::<Vec<_>>(),
+                ["run1.bin"],
+                "file list --path {p}"
+            );
+        }
+        let on_node = tx.files_on_node(n1, None, Some("run1.bin"))?;
+        assert_eq!(
+            on_node.into_iter().map(|(f, _)| f.path).collect::<Vec<_>>(),
+            ["run1.bin"],
+            "node files"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("run1.bin"))?),
+            ["run1.bin"],
+            "node sync --path"
+        );
+        assert_eq!(
+            paths(tx.clean_candidates(n1, Wants::ReleaseNow, None, &select("run1.bin"))?),
+            ["run1.bin"],
+            "node clean --path"
+        );
+        assert_eq!(
+            paths(tx.verify_candidates(n1, &[Has::Yes], &select("run1.bin"))?),
+            ["run1.bin"],
+            "node verify --path"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("t/a.txt"))?),
+            ["t/a.txt"],
+            "a file below a directory, as before"
+        );
+        assert_eq!(
+            paths(tx.sync_candidates(n1, g2, None, &select("t"))?),
+            ["t/a.txt", "t/run1.bin"]
+        );
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A delayed auto-clean (field node n1, group of n2, after 100 s) waits on a verification of
+/// n2's copy after it arrived; cairnd asks for it once the copy is old enough, and a corrupt
+/// copy there keeps n1's copy.
+fn a_delayed_clean_asks_for_the_verification_it_waits_on(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    let ok = add_file(cat, "2025/02/21/ok.dat", 31, n1, Has::Yes);
+    let bad = add_file(cat, "2025/02/21/bad.dat", 32, n1, Has::Yes);
+    cat.write(|tx| {
+        let g = tx.group("demo_storage2")?;
+        let n = tx.node("demo_storage1")?;
+        tx.set_autoclean(&g, &n, true, Some(100))?;
+        for f in [ok, bad] {
+            tx.record_copy(f, n2, Has::Yes, Some(4096), NOW)?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let due = |cat: &mut Catalog, t| cat.read(|tx| tx.delayed_clean_unverified(n2, t)).unwrap();
+    assert!(due(cat, NOW + 50).is_empty(), "not old enough");
+    let waiting = due(cat, NOW + 100);
+    assert_eq!(
+        waiting
+            .iter()
+            .map(|(_, p, field)| (p.as_str(), field.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("2025/02/21/ok.dat", "demo_storage1"),
+            ("2025/02/21/bad.dat", "demo_storage1")
+        ]
+    );
+    let ids: Vec<i64> = waiting.iter().map(|(id, ..)| *id).collect();
+    cat.write(|tx| tx.request_verify(&ids, NOW + 100)).unwrap();
+    assert!(due(cat, NOW + 100).is_empty(), "asked once");
+    cat.write(|tx| {
+        tx.record_verify(ids[0], Has::Yes, NOW + 110)?;
+        tx.record_verify(ids[1], Has::Corrupt, NOW + 110)
+    })
+    .unwrap();
+    assert!(
+        due(cat, NOW + 200).is_empty(),
+        "verified, or corrupt: nothing more to ask"
+    );
+    let released = cat.read(|tx| tx.delayed_clean_due(n1, NOW + 200)).unwrap();
+    assert_eq!(
+        released
+            .iter()
+            .map(|(_, p, _)| p.as_str())
+            .collect::<Vec<_>>(),
+        ["2025/02/21/ok.dat"]
+    );
+    let kept = cat
+        .read(|tx| tx.delayed_clean_blocked(n1, NOW + 200))
+        .unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|(_, p, g)| (p.as_str(), g.as_str()))
+            .collect::<Vec<_>>(),
+        [("2025/02/21/bad.dat", "demo_storage2")]
+    );
+}
+
+fn files_below_the_archive_rule_are_counted(cat: &mut Catalog) {
+    let (n1, _, n2, _) = two_nodes(cat);
+    let a = add_file(cat, "a.dat", 41, n1, Has::Yes);
+    add_file(cat, "b.dat", 42, n1, Has::Yes);
+    cat.write(|tx| tx.record_copy(a, n2, Has::Yes, Some(4096), NOW))
+        .unwrap();
+    let below = |cat: &mut Catalog, min| cat.read(|tx| tx.files_below_archive_rule(min)).unwrap();
+    assert_eq!(below(cat, 1), 1, "b has no archive copy");
+    assert_eq!(below(cat, 2), 2);
+    assert_eq!(below(cat, 0), 0);
 }

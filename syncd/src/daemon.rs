@@ -473,6 +473,18 @@ fn pass(
         let mut refreshed =
             crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx)?;
         work.append(&mut refreshed.work);
+        let observed =
+            ctx.metrics
+                .observe(cat, &ctx.nodes.available(), ctx.limits.min_archive_copies);
+        match observed {
+            Ok(()) => st.gauges_failure.clear(&()),
+            Err(e) => {
+                let why = format!("{e:#}");
+                if st.gauges_failure.holds(&(), &why, Instant::now()) {
+                    warn!("Cannot read the archive's gauges for /metrics: {why}");
+                }
+            }
+        }
         // A refused release is tried again at the next loop, not at every wake-up.
         let refused = ctx.refused.recent(retry_refused);
         work.extend(crate::plan::plan(

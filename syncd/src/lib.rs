@@ -20,6 +20,7 @@ pub mod procfs;
 pub mod refresh;
 pub mod socket;
 pub mod sources;
+pub mod standing;
 pub mod tasks;
 pub mod transfer;
 pub mod transport;

@@ -4,32 +4,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tokio::signal::unix::{SignalKind, signal};
 
-const USAGE: &str = "usage: cairnd [--config FILE]";
-
 fn main() -> ExitCode {
-    let mut config_path: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--config" => match args.next() {
-                Some(p) => config_path = Some(PathBuf::from(p)),
-                None => {
-                    eprintln!("cairnd: --config needs a FILE\n{USAGE}");
-                    return ExitCode::from(2);
-                }
-            },
-            "-h" | "--help" => {
-                println!(
-                    "{USAGE}\n\ncairnd carries out what the catalog asks of this host's nodes."
-                );
-                return ExitCode::SUCCESS;
-            }
-            other => {
-                eprintln!("cairnd: unexpected argument {other:?}\n{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    // Usage errors exit 2; --help and --version exit 0 (clap's own exits).
+    let args = <cairn_node::cli::Cairnd as clap::Parser>::parse();
+    let config_path: Option<PathBuf> = args.config;
     let config = match cairn_catalog::Config::load(config_path.as_deref()) {
         Ok(c) => c,
         Err(e) => {

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::nodes::{Host, Nodes};
+use crate::standing::Standing;
 use crate::tasks::Task;
 use crate::watch::{WatchEvent, Watcher};
 
@@ -42,6 +43,10 @@ pub struct RefreshState {
     watchers: HashMap<Id, WatcherHandle>,
     loops: u64,
     disks: crate::transport::Disks,
+    /// Field copies a delayed auto-clean keeps because their group copy failed verification.
+    blocked: Standing<Id>,
+    /// Why the archive-wide gauges of `/metrics` could not be read, while that lasts.
+    pub gauges_failure: Standing<()>,
 }
 
 impl RefreshState {
@@ -199,9 +204,29 @@ pub fn refresh(
         st.last_state.remove(&-1);
     }
     // Delayed auto-clean: release what has been in the target group long enough and was
-    // verified there since it arrived.
-    let working = nodes.available().into_iter().filter(|n| !n.paused);
-    for n in working.filter(|_| !found.host_paused) {
+    // verified there since it arrived. This host verifies its own copies in such a group once
+    // they are old enough, so the rule finishes without a `node verify`; a copy that fails
+    // keeps the field copy, which is reported.
+    let working: Vec<Node> = nodes
+        .available()
+        .into_iter()
+        .filter(|n| !n.paused && !found.host_paused)
+        .collect();
+    let now_i = std::time::Instant::now();
+    let mut blocked_now = HashSet::new();
+    for n in &working {
+        let unverified = cat.read(|tx| tx.delayed_clean_unverified(n.id, t))?;
+        if !unverified.is_empty() {
+            let ids: Vec<Id> = unverified.iter().map(|(id, ..)| *id).collect();
+            cat.write(|tx| tx.request_verify(&ids, t))?;
+            for (_, path, field) in &unverified {
+                info!(
+                    "Delayed auto-clean of node \"{field}\": verifying {path} on {} before \
+                     the copy there is released.",
+                    n.name
+                );
+            }
+        }
         for (copy_id, path, group) in cat.read(|tx| tx.delayed_clean_due(n.id, t))? {
             cat.write(|tx| tx.set_wants(&[copy_id], Wants::ReleaseNow, t))?;
             info!(
@@ -209,7 +234,19 @@ pub fn refresh(
                 n.name
             );
         }
+        for (copy_id, path, group) in cat.read(|tx| tx.delayed_clean_blocked(n.id, t))? {
+            blocked_now.insert(copy_id);
+            if st.blocked.holds(&copy_id, &group, now_i) {
+                warn!(
+                    "Delayed auto-clean: keeping {path} on {}: its copy in group \"{group}\" \
+                     failed verification. Repair that copy (`cairn file sync`) or clean this \
+                     one by hand.",
+                    n.name
+                );
+            }
+        }
     }
+    st.blocked.retain(|id| blocked_now.contains(id));
     Ok(found)
 }
 

@@ -33,6 +33,7 @@ use tracing::info;
 use crate::metrics::Metrics;
 use crate::nodes::{Host, Nodes};
 use crate::sources::Sources;
+use crate::standing::Standing;
 use crate::transfer::Transfer;
 
 /// What a task works on, so the same thing never runs twice at once on this host.
@@ -263,21 +264,31 @@ impl Running {
 
 /// Copies whose release was refused (invariant 3), and when: a refused release is tried again
 /// at the next loop, not at every wake-up, else a refusal, which finishes at once, would wake
-/// the loop that dispatches it again.
+/// the loop that dispatches it again. A refusal that stands is logged when it starts or
+/// changes, and hourly while it lasts ([`Standing`]), not at every pass.
 #[derive(Default)]
-pub struct Refused(Mutex<HashMap<Id, Instant>>);
+pub struct Refused {
+    at: Mutex<HashMap<Id, Instant>>,
+    said: Standing<Id>,
+}
 
 impl Refused {
-    pub fn insert(&self, copy_id: Id) {
-        self.0
-            .lock()
-            .expect("refused lock")
-            .insert(copy_id, Instant::now());
+    /// Records that the release of `copy_id` was refused for `why`; true when that is news
+    /// worth a log line.
+    pub fn insert(&self, copy_id: Id, why: &str) -> bool {
+        let now = Instant::now();
+        self.at.lock().expect("refused lock").insert(copy_id, now);
+        self.said.holds(&copy_id, why, now)
+    }
+
+    /// The release of `copy_id` went through.
+    pub fn released(&self, copy_id: Id) {
+        self.said.clear(&copy_id);
     }
 
     /// Forgets refusals older than `age`; returns the copies refused more recently.
     pub fn recent(&self, age: Duration) -> std::collections::HashSet<Id> {
-        let mut r = self.0.lock().expect("refused lock");
+        let mut r = self.at.lock().expect("refused lock");
         r.retain(|_, at| at.elapsed() < age);
         r.keys().copied().collect()
     }

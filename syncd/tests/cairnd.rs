@@ -114,7 +114,22 @@ fn a_token_file_other_users_may_read_is_refused_until_chmod_600() {
 fn usage_errors_exit_2() {
     let out = cairnd().arg("--bogus").output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("usage: cairnd"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: cairnd"), "{err}");
+    assert!(err.contains("--bogus"), "{err}");
+}
+
+#[test]
+fn version_and_help_exit_0() {
+    let out = cairnd().arg("--version").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("cairnd {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = cairnd().arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config <FILE>"));
 }
 
 #[test]

@@ -802,3 +802,70 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
         0
     );
 }
+
+/// Regression: a pull that failed for space kept its partial file, which then counted as used,
+/// so the same request never fitted again (10 attempts, then `request retry` failed at once).
+#[test]
+fn a_pull_that_failed_for_space_completes_at_its_next_attempt_once_space_is_freed() {
+    if !cairn_tests::can_mount_loop_disks() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    // The next attempt comes 3 s after a failure: time to free the space and measure it.
+    let mut h2 = a.host_with("h2", "retry_delay = \"3s\"");
+    // Slow enough that the disk fills (below) while the pull is still running.
+    h2.limit_pulls("8MiB");
+    let mut disk = cairn_tests::LoopDisk::new(&h2.dir, "n2", 64).expect("mkfs.ext4");
+    disk.mount(&h2.root("n2"));
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    big_file(&r1.join("2025/01/01/big.dat"), 40);
+    h1.start();
+    h2.start();
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h1.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    let partial = || cairn_tests::partial_bytes(&r2);
+    wait_until(T, "half of the pull", || partial() >= 24 << 20);
+    // Something else fills the disk meanwhile.
+    let ballast = r2.join("ballast");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![7u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    wait_until(T, "the attempt to fail for space", || {
+        h2.log().contains("attempt 1 failed")
+    });
+    assert!(h2.log().contains("No space left on device"), "{}", h2.log());
+    let kept = partial();
+    assert!(kept >= 24 << 20, "the partial pull is kept: {kept} B");
+    std::fs::remove_file(&ballast).unwrap();
+    a.wait_idle(T);
+    assert_eq!(
+        a.has("n2", "2025/01/01/big.dat"),
+        Some(Has::Yes),
+        "{}",
+        h2.log()
+    );
+    assert!(
+        !h2.log().contains("attempt 2 failed"),
+        "the next attempt fits: {}",
+        h2.log()
+    );
+    assert!(
+        h2.log()
+            .contains("Resuming pull of 2025/01/01/big.dat from h1 at byte"),
+        "{}",
+        h2.log()
+    );
+    assert_eq!(
+        md5_file(&r2.join("2025/01/01/big.dat")).unwrap(),
+        md5_file(&r1.join("2025/01/01/big.dat")).unwrap()
+    );
+    h2.stop();
+    disk.umount();
+}

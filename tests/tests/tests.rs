@@ -12,6 +12,8 @@
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
 //! - `programs`: real programs writing into the mount (cp, install, rsync, tar, unzip, dd,
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
+//! - `packaging`: what the package installs matches the programs (cairnfs's described
+//!   arguments against its own parser).
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
 //! - `strangers`: a flood of half-sent requests against a cairnd with few descriptors, the
@@ -28,6 +30,7 @@ mod daemon;
 mod handoff;
 mod hosts;
 mod mount;
+mod packaging;
 mod postgres;
 mod programs;
 mod strangers;

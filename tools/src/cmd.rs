@@ -49,6 +49,21 @@ pub enum Command {
         #[arg(long)]
         watch: bool,
     },
+    /// Print the shell completions of cairn (or of cairnd, cairnfs), e.g.
+    /// `cairn completions bash > ~/.local/share/bash-completion/completions/cairn`
+    Completions {
+        shell: clap_complete::Shell,
+        /// The program to complete
+        #[arg(long, value_enum, default_value_t = crate::docs::Program::Cairn)]
+        program: crate::docs::Program,
+    },
+    /// Write the man pages and shell completions of cairn, cairnd and cairnfs into DIR
+    /// (`man/`, `completions/bash|zsh|fish/`), as the package installs them
+    #[command(hide = true)]
+    GenerateDocs {
+        #[arg(value_name = "DIR")]
+        dir: std::path::PathBuf,
+    },
 }
 
 pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
@@ -62,6 +77,10 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
         Command::Request(c) => request::run(ctx, c),
         Command::Transport(c) => transport::run(ctx, c),
         Command::Status { watch } => status::run(ctx, watch),
+        // Answered before the config is loaded (main.rs).
+        Command::Completions { .. } | Command::GenerateDocs { .. } => {
+            unreachable!("handled by crate::docs")
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `cairn`, the admin command line: writes requests into the catalog; cairnd carries them out.
 
 mod cmd;
+mod docs;
 mod output;
 mod wait;
 
@@ -43,6 +44,14 @@ impl Ctx {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Completions and man pages need no config and no catalog.
+    match cli.command {
+        cmd::Command::Completions { shell, program } => {
+            return docs::completions(shell, program, &mut std::io::stdout());
+        }
+        cmd::Command::GenerateDocs { dir } => return docs::generate(&dir),
+        _ => {}
+    }
     let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
     let url = cli.catalog.unwrap_or_else(|| config.catalog.url.clone());
     let ctx = Ctx {

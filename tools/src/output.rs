@@ -19,8 +19,11 @@ impl Table {
         }
     }
 
+    /// Adds a row; control characters in a cell (a newline in a file name) are shown escaped,
+    /// so that one row stays one line.
     pub fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows
+            .push(cells.into_iter().map(|c| escape_controls(&c)).collect());
     }
 
     pub fn render(&self) -> String {
@@ -79,9 +82,32 @@ pub fn confirm(force: bool) -> Result<bool> {
     Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes" | "YES"))
 }
 
-/// Prints `Label: value`, or just `Label:` when the value is empty.
+/// A name as one line of text: control characters (newline, tab, escape, DEL …) written as
+/// `\n`, `\t`, `\x1b`, `\u{9b}`. Other characters, `é` included, are shown as they are.
+pub fn escape_controls(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_owned();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Prints `Label: value`, or just `Label:` when the value is empty (control characters
+/// escaped, as in tables).
 pub fn field(label: &str, value: impl std::fmt::Display) {
-    let v = value.to_string();
+    let v = escape_controls(&value.to_string());
     if v.is_empty() {
         println!("{label}:");
     } else {
@@ -153,6 +179,23 @@ mod tests {
             t.render(),
             "Name           File Count\n-------------  ----------\ndemo_storage1  5\n"
         );
+    }
+
+    #[test]
+    fn control_characters_are_escaped_in_tables() {
+        let mut t = Table::new(&["Path", "Size"]);
+        t.row(vec![
+            "a\nb\tc\x1b[31m\u{9b}d\u{7f}.dat".into(),
+            "1 B".into(),
+        ]);
+        t.row(vec!["é/plain.dat".into(), "2 B".into()]);
+        let out = t.render();
+        assert_eq!(out.lines().count(), 4, "{out}");
+        assert!(
+            out.contains("a\\nb\\tc\\x1b[31m\\u{9b}d\\x7f.dat  1 B"),
+            "{out}"
+        );
+        assert!(out.contains("é/plain.dat"), "{out}");
     }
 
     #[test]

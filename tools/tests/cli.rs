@@ -1040,3 +1040,167 @@ fn the_password_comes_from_the_password_file_or_the_environment_postgres() {
     assert_eq!(code, Some(1), "{text}");
     assert!(text.contains("password authentication failed"), "{text}");
 }
+
+#[test]
+fn acq_list_complete_in_lists_only_what_is_complete_there() {
+    let a = Archive::new();
+    a.ok(&["db", "init"]);
+    for n in ["field", "arch"] {
+        a.ok(&[
+            "node",
+            "create",
+            n,
+            "--create-group",
+            "--root=/data",
+            "--host=h1",
+        ]);
+    }
+    a.import("field", "2025/03/01/a.dat", "a\n");
+    a.import("field", "2025/03/01/b.dat", "b\n");
+    a.import("field", "2025/03/02/c.dat", "c\n");
+    a.import("field", "2025/03/03/d.dat", "d\n");
+    for acq in ["2025/03/01", "2025/03/02"] {
+        a.ok(&["acq", "close", acq]);
+    }
+    // 2025/03/01: closed, both files in arch. 2025/03/02: closed, not in arch.
+    // 2025/03/03: in arch, but open (more files may come).
+    a.set_copy("arch", "2025/03/01/a.dat", Has::Yes);
+    a.set_copy("arch", "2025/03/01/b.dat", Has::Yes);
+    a.set_copy("arch", "2025/03/03/d.dat", Has::Yes);
+    let table = a.ok(&["acq", "list", "--complete-in", "arch"]);
+    assert_eq!(
+        lines(&table),
+        [
+            "Name        Files  In arch  Complete",
+            "----------  -----  -------  --------",
+            "2025/03/01  2      2        Yes",
+        ]
+    );
+    let names = |args: &[&str]| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&a.ok(args)).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "arch", "--json"]),
+        ["2025/03/01"]
+    );
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "field", "--json"]),
+        ["2025/03/01", "2025/03/02"]
+    );
+    // --all: every acquisition, with its state in the group.
+    let all = a.ok(&["acq", "list", "--complete-in", "arch", "--all"]);
+    assert_eq!(row_of(&all, "2025/03/01"), "2025/03/01 2 2 Yes");
+    assert_eq!(row_of(&all, "2025/03/02"), "2025/03/02 1 0 No");
+    assert_eq!(row_of(&all, "2025/03/03"), "2025/03/03 1 1 No");
+    assert_eq!(
+        names(&["acq", "list", "--complete-in", "arch", "--all", "--json"]).len(),
+        3
+    );
+    let err = a.fails(&["acq", "list", "--all"], 2);
+    assert!(err.contains("--complete-in"), "{err}");
+    let err = a.fails(&["acq", "list", "--complete-in", "nowhere"], 1);
+    assert!(err.contains("nowhere"), "{err}");
+}
+
+#[test]
+fn path_selects_a_file_at_the_top_of_the_archive() {
+    let a = Archive::new();
+    a.ok(&["db", "init"]);
+    for n in ["field", "arch"] {
+        a.ok(&[
+            "node",
+            "create",
+            n,
+            "--create-group",
+            "--root=/data",
+            "--host=h1",
+        ]);
+    }
+    a.import("field", "run1.bin", "top\n");
+    a.import("field", "run10.bin", "top, too\n");
+    a.import("field", "t/a.txt", "below\n");
+    let listed = a.ok(&["file", "list", "--path", "run1.bin"]);
+    assert_eq!(lines(&listed), ["run1.bin"]);
+    assert_eq!(
+        lines(&a.ok(&["file", "list", "--path", "t/a.txt"])),
+        ["t/a.txt"]
+    );
+    let out = a.ok(&[
+        "node", "sync", "field", "arch", "--path", "run1.bin", "--force",
+    ]);
+    assert!(out.contains("1 file"), "{out}");
+    let requests = a.ok(&["request", "list"]);
+    assert!(requests.contains("run1.bin"), "{requests}");
+    assert!(!requests.contains("run10.bin"), "{requests}");
+    let out = a.ok(&["node", "clean", "field", "--path", "run1.bin", "--force"]);
+    assert!(out.contains("1 file"), "{out}");
+    let out = a.ok(&[
+        "node", "verify", "field", "--all", "--path", "run1.bin", "--force",
+    ]);
+    assert!(out.contains("1 file"), "{out}");
+}
+
+#[test]
+fn completions_and_man_pages_are_generated_without_a_config_or_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn"))
+            .args(args)
+            .env("CAIRN_CONFIG", dir.path().join("missing.toml"))
+            .env_remove("CAIRN_CATALOG")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cairn {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let bash = run(&["completions", "bash"]);
+    assert!(bash.contains("complete -F _cairn"), "{bash}");
+    assert!(bash.contains("--complete-in"), "every subcommand's options");
+    let zsh = run(&["completions", "zsh", "--program", "cairnd"]);
+    assert!(zsh.starts_with("#compdef cairnd"), "{zsh}");
+    assert!(zsh.contains("--config"), "{zsh}");
+    let fish = run(&["completions", "fish", "--program", "cairnfs"]);
+    assert!(fish.contains("complete -c cairnfs"), "{fish}");
+
+    let out = dir.path().join("docs");
+    run(&["generate-docs", out.to_str().unwrap()]);
+    for page in [
+        "cairn.1",
+        "cairnd.1",
+        "cairnfs.1",
+        "cairn-node-sync.1",
+        "cairn-acq-list.1",
+    ] {
+        let text = std::fs::read_to_string(out.join("man").join(page)).unwrap();
+        assert!(text.contains(".TH "), "{page} is a man page");
+    }
+    let cairnd = std::fs::read_to_string(out.join("man/cairnd.1")).unwrap();
+    assert!(cairnd.contains(".SH EXIT STATUS"), "{cairnd}");
+    for f in [
+        "bash/cairn",
+        "bash/cairnfs",
+        "zsh/_cairnd",
+        "fish/cairn.fish",
+    ] {
+        assert!(out.join("completions").join(f).is_file(), "{f}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(out.join("completions/bash/cairn")).unwrap(),
+        bash,
+        "the installed file is what `cairn completions` prints"
+    );
+    assert!(
+        !run(&["--help"]).contains("generate-docs"),
+        "a packaging command, hidden"
+    );
+}

@@ -112,14 +112,18 @@ fn prefix_clause(prefix: &str, args: &mut Vec<Value>) -> String {
         return String::new();
     }
     let below = format!("{prefix}/");
+    // As a file: its directory and name. A file at the top of the archive is in the root
+    // directory, whose path is empty, so its path is not `d.path || '/' || f.name`.
+    let (dir, name) = split_path(prefix);
     args.push(prefix.into());
     args.push((below.chars().count() as i64).into());
     args.push(below.into());
-    args.push(prefix.into());
+    args.push(dir.into());
+    args.push(name.into());
     // A prefix names a directory (everything below it) or a single file. Compared with
     // `substr`, not `LIKE`: SQLite's LIKE ignores the case of ASCII letters, PostgreSQL's does
     // not, and paths are case-sensitive.
-    " AND (d.path = ? OR substr(d.path, 1, ?) = ? OR (d.path || '/' || f.name) = ?)".into()
+    " AND (d.path = ? OR substr(d.path, 1, ?) = ? OR (d.path = ? AND f.name = ?))".into()
 }
 
 fn file_query(filter: &str) -> String {

@@ -183,6 +183,17 @@ impl Tx<'_> {
         rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
+    /// Files with fewer than `min` healthy copies on archive nodes: below the archive rule
+    /// (new files on their way to the archive included).
+    pub fn files_below_archive_rule(&mut self, min: u64) -> Result<u64> {
+        self.scalar(
+            "SELECT COUNT(*) FROM file f WHERE (SELECT COUNT(*) FROM copy c \
+             JOIN node n ON n.id = c.node_id \
+             WHERE c.file_id = f.id AND c.has = 'yes' AND n.kind = 'archive') < ?",
+            params![min],
+        )
+    }
+
     /// Copies waiting to be verified, and copies released for deletion but still there.
     pub fn copy_work_counts(&mut self) -> Result<(u64, u64)> {
         let verify = self.scalar(

@@ -83,6 +83,73 @@ impl Tx<'_> {
             .collect()
     }
 
+    /// Copies on `node_id` that a delayed auto-clean of another node waits on: healthy, in the
+    /// rule's group for at least its delay, not verified since they arrived and not yet asked
+    /// to be, of files whose copy on the rule's node is still kept. Without a verification
+    /// nothing would release those field copies, so cairnd asks for one. Returns (copy id,
+    /// path, the field node's name).
+    pub fn delayed_clean_unverified(
+        &mut self,
+        node_id: Id,
+        now: i64,
+    ) -> Result<Vec<(Id, String, String)>> {
+        let rows = self.raw(
+            "SELECT c2.id, d.path, f.name, MIN(fld.name) FROM copy c2 \
+             JOIN node n2 ON n2.id = c2.node_id \
+             JOIN auto_action aa ON aa.group_id = n2.group_id \
+             JOIN node fld ON fld.id = aa.node_id \
+             JOIN copy c ON c.node_id = aa.node_id AND c.file_id = c2.file_id \
+             JOIN file f ON f.id = c2.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE c2.node_id = ? AND c2.has = 'yes' AND c2.verify_requested = 0 \
+             AND (c2.verified_at IS NULL OR c2.verified_at <= c2.added_at) \
+             AND aa.autoclean = 1 AND aa.clean_after IS NOT NULL \
+             AND c2.added_at <= ? - aa.clean_after \
+             AND c.has <> 'no' AND c.wants = 'keep' \
+             GROUP BY c2.id, d.path, f.name ORDER BY c2.id",
+            params![node_id, now],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let dir: String = r.get(1)?;
+                let name: String = r.get(2)?;
+                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
+            })
+            .collect()
+    }
+
+    /// Copies on `node_id` that a delayed auto-clean keeps because their file's copies in the
+    /// rule's group, old enough, are all corrupt or suspect (none healthy there). Returns
+    /// (copy id, path, group name).
+    pub fn delayed_clean_blocked(
+        &mut self,
+        node_id: Id,
+        now: i64,
+    ) -> Result<Vec<(Id, String, String)>> {
+        let rows = self.raw(
+            "SELECT c.id, d.path, f.name, g.name FROM auto_action aa \
+             JOIN storage_group g ON g.id = aa.group_id \
+             JOIN copy c ON c.node_id = aa.node_id \
+             JOIN file f ON f.id = c.file_id JOIN dir d ON d.id = f.dir_id \
+             WHERE aa.node_id = ? AND aa.autoclean = 1 AND aa.clean_after IS NOT NULL \
+             AND c.has <> 'no' AND c.wants = 'keep' \
+             AND EXISTS (SELECT 1 FROM copy c2 JOIN node n2 ON n2.id = c2.node_id \
+                 WHERE c2.file_id = c.file_id AND n2.group_id = aa.group_id \
+                 AND c2.has IN ('corrupt', 'suspect') AND c2.added_at <= ? - aa.clean_after) \
+             AND NOT EXISTS (SELECT 1 FROM copy c3 JOIN node n3 ON n3.id = c3.node_id \
+                 WHERE c3.file_id = c.file_id AND n3.group_id = aa.group_id \
+                 AND c3.has = 'yes') \
+             ORDER BY c.id",
+            params![node_id, now],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let dir: String = r.get(1)?;
+                let name: String = r.get(2)?;
+                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
+            })
+            .collect()
+    }
+
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
     pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
         let rows = self.raw(

@@ -8,6 +8,7 @@
 //! - [`ids`]: user and group names for the ids of this host, and back (owners are recorded
 //!   by name: ids differ between sites);
 //! - [`importer`]: which files the `[import]` rules take, and into which acquisition;
+//! - [`cli`]: the command lines of cairnd and cairnfs, for cairnd's parser and the man pages;
 //! - [`cache`]: how the cache directory names its files, and marking one as used;
 //! - [`socket`]: cairnd's local socket protocol, typed, and the nudge that wakes cairnd;
 //! - [`journal`]: the host's journal of closed files, kept until the catalog has them;
@@ -17,6 +18,7 @@
 //! Nothing here runs a thread pool, speaks HTTP or watches with inotify: the mount links it.
 
 pub mod cache;
+pub mod cli;
 pub mod copyfile;
 pub mod ids;
 pub mod importer;

@@ -144,7 +144,17 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
         }
     }
 
-    let space = node_space(cat, &dest)?;
+    // The partial pull of an earlier attempt of this request is its own: its blocks count as
+    // free for it, since this attempt resumes it (or removes it before a local copy).
+    let part = NodeRoot::new(&root).incoming(Incoming {
+        request: r.id,
+        resumable: true,
+    });
+    let held = std::fs::metadata(&part).map_or(0, |m| {
+        use std::os::unix::fs::MetadataExt;
+        m.blocks() * 512
+    });
+    let space = node_space(cat, &dest)?.holding(held);
     if let Err(no) = rules::fits(&space, file.size) {
         return Err(CopyFailure::Failed(format!(
             "node \"{}\" has no room: {no}",
@@ -158,6 +168,17 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
         Location::Remote { host, .. } => Some(host.clone()),
         Location::Local(_) => None,
     };
+    if remote_host.is_none() && held > 0 {
+        // A local copy starts over: the partial pull would only take room.
+        match std::fs::remove_file(&part) {
+            Ok(()) => info!(
+                "Removed the partial pull of {} on node \"{}\": copying from this host.",
+                file.path, dest.name
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => warn!("Cannot remove {}: {e}", part.display()),
+        }
+    }
     // A pull from another host may be resumed, so its temp file (`.part`) outlives a failed
     // attempt; a local copy starts over, and its temp file (`.tmp`) is a leftover once the
     // copy is not running.

@@ -7,9 +7,10 @@ use cairn_catalog::model::{Has, Id, RequestState};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
 use cairn_node::root::{Incoming, NodeRoot};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::{Key, TaskContext, node_and_root};
+use crate::metrics::Metrics;
 
 // ---- verify ----
 
@@ -76,10 +77,20 @@ pub(super) fn release(ctx: &TaskContext, node_id: Id, w: &CopyWork) -> Result<()
         .pool
         .with(|cat| cat.write(|tx| tx.try_release(w.copy.id, min, now())))?;
     if let Err(refusal) = outcome {
-        warn!("Not deleting {} on {}: {refusal}.", w.path, node.name);
-        ctx.refused.insert(w.copy.id);
+        Metrics::add(&ctx.metrics.release_refusals, 1);
+        let why = refusal.to_string();
+        if ctx.refused.insert(w.copy.id, &why) {
+            warn!(
+                "Not deleting {} on {}: {why}. (Tried again at every pass; said again if the \
+                 reason changes, or in an hour.)",
+                w.path, node.name
+            );
+        } else {
+            debug!("Not deleting {} on {}: {why}.", w.path, node.name);
+        }
         return Ok(());
     }
+    ctx.refused.released(w.copy.id);
     let full = root.join(&w.path);
     match std::fs::remove_file(&full) {
         Ok(()) => info!("Removed file copy {} on {}", w.path, node.name),

@@ -11,9 +11,13 @@ use crate::output::{Table, field, json, opt_time, size_or_dash};
 pub enum Command {
     /// List acquisitions with their file counts and sizes
     List {
-        /// Only closed acquisitions, and whether each is complete in this group
+        /// Only the acquisitions complete in GROUP: closed, with every file healthy there
         #[arg(long, value_name = "GROUP")]
         complete_in: Option<String>,
+        /// With --complete-in: every acquisition, with its files in GROUP and whether it is
+        /// complete there
+        #[arg(long, requires = "complete_in")]
+        all: bool,
     },
     /// Show an acquisition and, per group, whether it is complete there
     Show { name: String },
@@ -53,18 +57,23 @@ fn presence(acq: &Acq, files: u64, per_group: Vec<(String, u64)>) -> Vec<Presenc
 pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
     let mut cat = ctx.open()?;
     match cmd {
-        Command::List { complete_in } => {
+        Command::List { complete_in, all } => {
             let views = cat.read(|tx| {
                 if let Some(g) = &complete_in {
                     tx.group(g)?;
                 }
                 let mut out = Vec::new();
                 for (acq, files, bytes) in tx.acqs()? {
-                    if complete_in.is_some() && acq.closed_at.is_none() {
-                        continue;
-                    }
                     let per_group = tx.acq_presence(acq.id)?;
                     let groups = presence(&acq, files, per_group);
+                    let complete_there =
+                        |g: &str| groups.iter().any(|p| p.group == g && p.complete);
+                    if let Some(g) = &complete_in
+                        && !all
+                        && !complete_there(g)
+                    {
+                        continue;
+                    }
                     out.push(AcqView {
                         acq,
                         files,

@@ -180,7 +180,9 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 };
             }
             if !details {
-                files.iter().for_each(|f| println!("{}", f.path));
+                files
+                    .iter()
+                    .for_each(|f| println!("{}", crate::output::escape_controls(&f.path)));
                 return Ok(());
             }
             let mut headers = vec!["File", "Size", "MD5 Hash", "Registration Time"];
