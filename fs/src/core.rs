@@ -12,6 +12,8 @@
 //! part's is taken.
 
 mod import;
+mod list;
+mod perm;
 mod read;
 mod write;
 mod xattr;
@@ -19,16 +21,16 @@ mod xattr;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::{Dir, Id, Node, Ownership};
-use cairn_catalog::{Catalog, CatalogError, Config, Pool};
+use cairn_catalog::{Catalog, Config, Pool};
 use cairn_node::NodeRoot;
 use cairn_node::importer::Importer;
-use tracing::{debug, warn};
+use tracing::warn;
 
 pub use crate::attr::{Attr, Entry, Kind};
 pub use crate::error::{FsError, Result};
@@ -37,10 +39,10 @@ pub use crate::ino::{Ino, ROOT_INO, file_ino};
 pub use crate::listings::{DirList, Listing};
 pub use xattr::FILE_XATTRS;
 
-use crate::attr::{READ, Remembered, SEARCH, WRITE, epoch};
+use crate::attr::{Remembered, epoch};
 use crate::handles::{Handle, Handles};
 use crate::listings::Listings;
-use crate::locals::{LocalKind, LocalRef, Locals, join};
+use crate::locals::{LocalKind, Locals, join};
 use crate::nodes::HostNodes;
 use cairn_node::ids::Ids;
 use cairn_node::journal::{Journal, Owner};
@@ -267,86 +269,6 @@ impl Core {
         Attr::archived(id, size, mtime, own.mode, uid, gid)
     }
 
-    /// This host's ids for a recorded owner and group; `[fs] uid`/`gid` where none is
-    /// recorded, `[fs] unknown_owner` where the name is unknown here.
-    fn owner_ids(&self, own: &Ownership) -> (u32, u32) {
-        (
-            own.user
-                .as_deref()
-                .map_or(self.opts.uid, |u| self.ids.uid(u)),
-            own.group
-                .as_deref()
-                .map_or(self.opts.gid, |g| self.ids.gid(g)),
-        )
-    }
-
-    /// The names `who` is known by here, for what it creates: its user, and its group (or
-    /// the parent directory's group, when that directory is set-group-id).
-    fn owner_names(
-        &self,
-        who: &Caller,
-        parent: Option<&Attr>,
-    ) -> (Option<String>, Option<String>, u32) {
-        let gid = match parent {
-            Some(p) if p.perm & 0o2000 != 0 => p.gid,
-            _ => who.gid,
-        };
-        (self.ids.user_name(who.uid), self.ids.group_name(gid), gid)
-    }
-
-    /// Directory `id`'s parent and attributes, remembered for `[fs] ttl`.
-    fn dir_entry(&self, id: Id) -> Result<(Option<Id>, Attr)> {
-        if let Some(d) = self.remembered.dir(id, self.opts.ttl) {
-            return Ok(d);
-        }
-        let d = self.dir_by_id(id)?;
-        let a = self.dir_attr(&d);
-        Ok((d.parent_id, a))
-    }
-
-    /// Whether `who` may search every directory from the root down to `dir_id`, inclusive:
-    /// a path below a directory it may not search is out of its reach, even when the kernel
-    /// has the names cached.
-    fn search(&self, who: &Caller, dir_id: Id) -> Result<()> {
-        if who.is_root() {
-            return Ok(());
-        }
-        let mut next = Some(dir_id);
-        for _ in 0..4096 {
-            let Some(id) = next else { break };
-            let (parent, a) = self.dir_entry(id)?;
-            if !a.allows(who, SEARCH) {
-                return Err(FsError::Access);
-            }
-            next = parent;
-        }
-        Ok(())
-    }
-
-    /// `who` may change directory `dir_id`'s entries: write and search it, and search the
-    /// path to it.
-    fn may_change(&self, who: &Caller, dir_id: Id) -> Result<Attr> {
-        let (_, a) = self.dir_entry(dir_id)?;
-        if !who.is_root() {
-            if !a.allows(who, WRITE | SEARCH) {
-                return Err(FsError::Access);
-            }
-            self.search(who, dir_id)?;
-        }
-        Ok(a)
-    }
-
-    /// In a sticky directory, only an entry's owner, the directory's owner and root may
-    /// remove or rename it.
-    fn sticky_allows(who: &Caller, dir: &Attr, entry: &Attr) -> Result<()> {
-        if dir.perm & 0o1000 != 0 && !who.is_root() && who.uid != dir.uid && who.uid != entry.uid {
-            return Err(FsError::NotPermitted(
-                "the directory is sticky: only the entry's owner may remove or rename it".into(),
-            ));
-        }
-        Ok(())
-    }
-
     /// The catalog file inode `ino` stands for: an archived file's, or an imported local's.
     fn file_id(&self, ino: u64) -> Option<Id> {
         match Ino::from(ino) {
@@ -475,36 +397,6 @@ impl Core {
         }
     }
 
-    /// `access(2)`: whether `who` may use `ino` as `mask` (read 4, write 2, execute 1) asks,
-    /// searching the path to it.
-    pub fn access(&self, who: &Caller, ino: u64, mask: u32) -> Result<()> {
-        let a = self.getattr(ino)?;
-        let dir = match Ino::from(ino) {
-            Ino::Root | Ino::Dir(_) => self.dir_entry(self.dir_id(ino)?)?.0,
-            Ino::File(_) | Ino::Local(_) => self.parent_of(ino)?,
-        };
-        if let Some(d) = dir {
-            self.search(who, d)?;
-        }
-        if a.allows(who, mask) {
-            Ok(())
-        } else {
-            Err(FsError::Access)
-        }
-    }
-
-    /// The directory a file is in.
-    fn parent_of(&self, ino: u64) -> Result<Option<Id>> {
-        if let Some(l) = self.locals.get(ino) {
-            return Ok(Some(l.lock().expect("local").dir_id));
-        }
-        let id = self.file_id(ino).ok_or(FsError::NotFound)?;
-        Ok(Some(
-            self.with_cat(|c| Ok(c.read(|tx| tx.file_by_id(id))?))?
-                .dir_id,
-        ))
-    }
-
     /// The kernel now holds `n` more references to inode `ino` (a reply named it).
     pub fn referenced(&self, ino: u64, n: u64) {
         self.locals.referenced(ino, n);
@@ -560,264 +452,12 @@ impl Core {
         }
     }
 
-    /// Opens a directory. The second value says whether the listing is the one this mount
-    /// gave for the directory last time, so the kernel may keep its cached copy of it.
-    pub fn opendir(&self, who: &Caller, ino: u64) -> Result<(u64, bool)> {
-        let dir_id = self.dir_id(ino)?;
-        if !who.is_root() {
-            let (_, a) = self.dir_entry(dir_id)?;
-            if !a.allows(who, READ) {
-                return Err(FsError::Access);
-            }
-            self.search(who, dir_id)?;
-        }
-        let list = self.listing(ino, dir_id)?;
-        let same = self.listings.served(dir_id, &list);
-        self.listings
-            .read_ahead(&list, |ino| Ino::from(ino).dir_id(self.root_dir));
-        Ok((
-            self.handles.insert(Handle::Dir(Mutex::new(Some(list)))),
-            same,
-        ))
-    }
-
-    /// The entries of a directory, read once per open and kept, so reading a large directory
-    /// in pieces costs one query.
-    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Listing> {
-        if let Some(list) = self.handles.dir_listing(fh) {
-            return Ok(list);
-        }
-        let dir_id = self.dir_id(ino)?;
-        let list = self.listing(ino, dir_id)?;
-        self.handles.set_dir_listing(fh, &list);
-        Ok(list)
-    }
-
-    /// The entries of directory `dir_id` as a program sees them: the catalog's (the cached
-    /// listing if it is younger than the TTL) and this host's own files in it.
-    fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
-        let archived = self.catalog_listing(dir_id)?;
-        let locals = self.locals.in_dir(dir_id);
-        if locals.is_empty() {
-            return Ok(archived);
-        }
-        let mut out = archived.entries.clone();
-        self.add_locals(&mut out, locals);
-        Ok(Arc::new(DirList::new(out)))
-    }
-
-    /// The catalog's entries of directory `dir_id`, kept for the TTL. This host's own files
-    /// are not in it (they change without the catalog knowing): a change to them drops no
-    /// listing.
-    fn catalog_listing(&self, dir_id: Id) -> Result<Listing> {
-        if let Some(l) = self.listings.fresh(dir_id) {
-            return Ok(l);
-        }
-        let generation = self.listings.generation();
-        let l = Arc::new(DirList::new(self.list_catalog(dir_id)?));
-        self.listings.keep(dir_id, generation, &l);
-        Ok(l)
-    }
-
-    /// Starts the thread that reads listings ahead of a directory walk.
-    pub fn start_prefetcher(self: &Arc<Self>) {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(crate::listings::READ_AHEAD * 4);
-        let core = Arc::downgrade(self);
-        std::thread::Builder::new()
-            .name("prefetcher".into())
-            .spawn(move || {
-                while let Ok(ino) = rx.recv() {
-                    let Some(c) = core.upgrade() else { return };
-                    if let Ok(dir_id) = c.dir_id(ino)
-                        && c.listings.fresh(dir_id).is_none()
-                        && let Err(e) = c.catalog_listing(dir_id)
-                    {
-                        debug!("Reading ahead directory inode {ino}: {e}");
-                    }
-                }
-            })
-            .expect("the prefetcher thread starts");
-        self.listings.set_prefetcher(tx);
-    }
-
-    /// Whether listings go to the kernel whole, with attributes ([`Listings::stat_walk`]).
-    pub fn stat_walk(&self) -> bool {
-        self.listings.stat_walk()
-    }
-
-    /// Every entry of a directory, read now: the catalog's and this host's own files.
-    fn list(&self, ino: u64) -> Result<Vec<Entry>> {
-        let dir_id = self.dir_id(ino)?;
-        let mut out = self.list_catalog(dir_id)?;
-        self.add_locals(&mut out, self.locals.in_dir(dir_id));
-        Ok(out)
-    }
-
-    /// The catalog's entries of directory `dir_id`.
-    fn list_catalog(&self, dir_id: Id) -> Result<Vec<Entry>> {
-        let (dirs, files) = self.with_cat(|c| {
-            Ok(c.read(|tx| {
-                let (dirs, files) = tx.list_dir_stats(dir_id)?;
-                if dirs.is_empty() && files.is_empty() {
-                    // Empty, or gone (removed from another host).
-                    tx.dir_by_id(dir_id)?.ok_or_else(|| {
-                        CatalogError::not_found("directory", format!("#{dir_id}"))
-                    })?;
-                }
-                Ok((dirs, files))
-            })?)
-        })?;
-        let mut out = Vec::with_capacity(dirs.len() + files.len());
-        for d in dirs {
-            let attr = self.dir_attr(&d);
-            out.push(Entry { name: d.name, attr });
-        }
-        for f in files {
-            out.push(Entry {
-                attr: self.file_attr(f.id, f.size, f.mtime, &f.own),
-                name: f.name,
-            });
-        }
-        Ok(out)
-    }
-
-    /// Adds files only this host has (being written, or kept on the write node) to a
-    /// directory's entries; an archived file of the same name comes first.
-    fn add_locals(&self, out: &mut Vec<Entry>, locals: Vec<LocalRef>) {
-        if locals.is_empty() {
-            return;
-        }
-        let names: std::collections::HashSet<String> = out.iter().map(|e| e.name.clone()).collect();
-        for l in locals {
-            let l = l.lock().expect("local");
-            if names.contains(&l.name) {
-                continue;
-            }
-            if let Ok(attr) = l.attr() {
-                out.push(Entry {
-                    name: l.name.clone(),
-                    attr,
-                });
-            }
-        }
-    }
-
     pub fn release_handle(&self, fh: u64) -> Result<()> {
         match self.handles.remove(fh) {
             None => Err(FsError::BadHandle),
             Some(Handle::Write(l)) => self.close_writer(&l),
             Some(_) => Ok(()),
         }
-    }
-
-    /// `chmod`, `chown`, `truncate` and `utimes`, with POSIX's rules on who may: the owner or
-    /// root changes the mode and explicit times; root changes the owner, and the owner the
-    /// group to one of its own; whoever may write sets the times to now and truncates.
-    pub fn setattr(&self, who: &Caller, ino: u64, ch: &SetAttr) -> Result<Attr> {
-        let a = self.getattr(ino)?;
-        self.may_setattr(who, &a, ch)?;
-        if Ino::from(ino).is_dir() {
-            return self.setattr_dir(ino, a, ch);
-        }
-        if let Some(l) = self.locals.get(ino) {
-            return self.setattr_local(&l, ch);
-        }
-        // An archived file: its bytes and time never change; who owns it and who may read it
-        // may (the write bits stay off). Setting the recorded time again is no change, so
-        // `rsync -a` and `cp -p` over an archived tree do not fail.
-        if ch.size.is_some_and(|s| s != a.size)
-            || ch.mtime.is_some_and(|t| t != a.mtime)
-            || ch.atime.is_some() && ch.mtime.is_none()
-        {
-            return Err(FsError::NotPermitted(
-                "archived files cannot be changed (set user.cairn.clean to release a copy)".into(),
-            ));
-        }
-        let own = self.ownership_change(ch);
-        if own == Ownership::default() {
-            return Ok(a);
-        }
-        let id = self.file_id(ino).ok_or(FsError::NotFound)?;
-        self.with_cat(|c| Ok(c.write(|tx| tx.set_file_ownership(id, &own))?))?;
-        self.listings.changed();
-        self.getattr(ino)
-    }
-
-    /// What a `chmod`/`chown` records in the catalog, by name.
-    fn ownership_change(&self, ch: &SetAttr) -> Ownership {
-        let name_of = |uid: u32| {
-            self.ids
-                .user_name(uid)
-                .ok_or_else(|| format!("uid {uid}"))
-                .unwrap_or_else(|n| n)
-        };
-        let group_of = |gid: u32| {
-            self.ids
-                .group_name(gid)
-                .ok_or_else(|| format!("gid {gid}"))
-                .unwrap_or_else(|n| n)
-        };
-        Ownership {
-            user: ch.uid.map(name_of),
-            group: ch.gid.map(group_of),
-            mode: ch.mode.map(|m| m & 0o7777),
-        }
-    }
-
-    fn may_setattr(&self, who: &Caller, a: &Attr, ch: &SetAttr) -> Result<()> {
-        if who.is_root() {
-            return Ok(());
-        }
-        let owner = who.uid == a.uid;
-        let refuse = |what: &str| {
-            Err(FsError::NotPermitted(format!(
-                "only the owner or root may {what}"
-            )))
-        };
-        if ch.mode.is_some() && !owner {
-            return refuse("change the mode");
-        }
-        if ch.uid.is_some_and(|u| u != a.uid) {
-            return Err(FsError::NotPermitted(
-                "only root may give a file away".into(),
-            ));
-        }
-        if let Some(g) = ch.gid
-            && g != a.gid
-            && !(owner && who.in_group(g))
-        {
-            return refuse("change the group, to one of the owner's groups");
-        }
-        let explicit_times = (ch.mtime.is_some() || ch.atime.is_some()) && !ch.times_now;
-        if explicit_times && !owner {
-            return refuse("set times");
-        }
-        if (ch.size.is_some() || ch.times_now) && !owner && !a.allows(who, WRITE) {
-            return Err(FsError::Access);
-        }
-        Ok(())
-    }
-
-    /// `chmod`, `chown` and `touch` of a directory: the owner and mode are recorded in the
-    /// catalog (every host shows them); the time lasts as long as this mount.
-    fn setattr_dir(&self, ino: u64, mut a: Attr, ch: &SetAttr) -> Result<Attr> {
-        if ch.size.is_some() {
-            return Err(FsError::IsDir);
-        }
-        let id = self.dir_id(ino)?;
-        let own = self.ownership_change(ch);
-        if own != Ownership::default() {
-            self.with_cat(|c| Ok(c.write(|tx| tx.set_dir_ownership(id, &own))?))?;
-            self.remembered.forget_dir(id);
-            a = self.dir_attr(&self.dir_by_id(id)?);
-        }
-        if let Some(t) = ch.mtime {
-            a.mtime = t;
-            self.remembered.set_dir_mtime(a.ino, t);
-        }
-        // Listings hold the old mode and time (lookups are answered from them).
-        self.listings.changed();
-        Ok(a)
     }
 
     pub fn mkdir(&self, who: &Caller, parent: u64, name: &OsStr, mode: u32) -> Result<Attr> {

@@ -1,0 +1,158 @@
+//! Listings: a directory's entries as the catalog has them (cached for `[fs] ttl` in
+//! [`crate::listings`]), merged with this host's own files when served, and the thread that
+//! reads listings ahead of a walk.
+
+use std::sync::{Arc, Mutex};
+
+use cairn_catalog::CatalogError;
+use cairn_catalog::model::Id;
+use tracing::debug;
+
+use super::{Caller, Core, DirList, Entry, FsError, Ino, Listing, Result};
+use crate::attr::READ;
+use crate::handles::Handle;
+use crate::locals::LocalRef;
+
+impl Core {
+    /// Opens a directory. The second value says whether the listing is the one this mount
+    /// gave for the directory last time, so the kernel may keep its cached copy of it.
+    pub fn opendir(&self, who: &Caller, ino: u64) -> Result<(u64, bool)> {
+        let dir_id = self.dir_id(ino)?;
+        if !who.is_root() {
+            let (_, a) = self.dir_entry(dir_id)?;
+            if !a.allows(who, READ) {
+                return Err(FsError::Access);
+            }
+            self.search(who, dir_id)?;
+        }
+        let list = self.listing(ino, dir_id)?;
+        let same = self.listings.served(dir_id, &list);
+        self.listings
+            .read_ahead(&list, |ino| Ino::from(ino).dir_id(self.root_dir));
+        Ok((
+            self.handles.insert(Handle::Dir(Mutex::new(Some(list)))),
+            same,
+        ))
+    }
+
+    /// The entries of a directory, read once per open and kept, so reading a large directory
+    /// in pieces costs one query.
+    pub fn readdir(&self, ino: u64, fh: u64) -> Result<Listing> {
+        if let Some(list) = self.handles.dir_listing(fh) {
+            return Ok(list);
+        }
+        let dir_id = self.dir_id(ino)?;
+        let list = self.listing(ino, dir_id)?;
+        self.handles.set_dir_listing(fh, &list);
+        Ok(list)
+    }
+
+    /// The entries of directory `dir_id` as a program sees them: the catalog's (the cached
+    /// listing if it is younger than the TTL) and this host's own files in it.
+    pub(super) fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
+        let archived = self.catalog_listing(dir_id)?;
+        let locals = self.locals.in_dir(dir_id);
+        if locals.is_empty() {
+            return Ok(archived);
+        }
+        let mut out = archived.entries.clone();
+        self.add_locals(&mut out, locals);
+        Ok(Arc::new(DirList::new(out)))
+    }
+
+    /// The catalog's entries of directory `dir_id`, kept for the TTL. This host's own files
+    /// are not in it (they change without the catalog knowing): a change to them drops no
+    /// listing.
+    pub(super) fn catalog_listing(&self, dir_id: Id) -> Result<Listing> {
+        if let Some(l) = self.listings.fresh(dir_id) {
+            return Ok(l);
+        }
+        let generation = self.listings.generation();
+        let l = Arc::new(DirList::new(self.list_catalog(dir_id)?));
+        self.listings.keep(dir_id, generation, &l);
+        Ok(l)
+    }
+
+    /// Starts the thread that reads listings ahead of a directory walk.
+    pub fn start_prefetcher(self: &Arc<Self>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<u64>(crate::listings::READ_AHEAD * 4);
+        let core = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("prefetcher".into())
+            .spawn(move || {
+                while let Ok(ino) = rx.recv() {
+                    let Some(c) = core.upgrade() else { return };
+                    if let Ok(dir_id) = c.dir_id(ino)
+                        && c.listings.fresh(dir_id).is_none()
+                        && let Err(e) = c.catalog_listing(dir_id)
+                    {
+                        debug!("Reading ahead directory inode {ino}: {e}");
+                    }
+                }
+            })
+            .expect("the prefetcher thread starts");
+        self.listings.set_prefetcher(tx);
+    }
+
+    /// Whether listings go to the kernel whole, with attributes ([`Listings::stat_walk`]).
+    pub fn stat_walk(&self) -> bool {
+        self.listings.stat_walk()
+    }
+
+    /// Every entry of a directory, read now: the catalog's and this host's own files.
+    pub(super) fn list(&self, ino: u64) -> Result<Vec<Entry>> {
+        let dir_id = self.dir_id(ino)?;
+        let mut out = self.list_catalog(dir_id)?;
+        self.add_locals(&mut out, self.locals.in_dir(dir_id));
+        Ok(out)
+    }
+
+    /// The catalog's entries of directory `dir_id`.
+    pub(super) fn list_catalog(&self, dir_id: Id) -> Result<Vec<Entry>> {
+        let (dirs, files) = self.with_cat(|c| {
+            Ok(c.read(|tx| {
+                let (dirs, files) = tx.list_dir_stats(dir_id)?;
+                if dirs.is_empty() && files.is_empty() {
+                    // Empty, or gone (removed from another host).
+                    tx.dir_by_id(dir_id)?.ok_or_else(|| {
+                        CatalogError::not_found("directory", format!("#{dir_id}"))
+                    })?;
+                }
+                Ok((dirs, files))
+            })?)
+        })?;
+        let mut out = Vec::with_capacity(dirs.len() + files.len());
+        for d in dirs {
+            let attr = self.dir_attr(&d);
+            out.push(Entry { name: d.name, attr });
+        }
+        for f in files {
+            out.push(Entry {
+                attr: self.file_attr(f.id, f.size, f.mtime, &f.own),
+                name: f.name,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Adds files only this host has (being written, or kept on the write node) to a
+    /// directory's entries; an archived file of the same name comes first.
+    pub(super) fn add_locals(&self, out: &mut Vec<Entry>, locals: Vec<LocalRef>) {
+        if locals.is_empty() {
+            return;
+        }
+        let names: std::collections::HashSet<String> = out.iter().map(|e| e.name.clone()).collect();
+        for l in locals {
+            let l = l.lock().expect("local");
+            if names.contains(&l.name) {
+                continue;
+            }
+            if let Ok(attr) = l.attr() {
+                out.push(Entry {
+                    name: l.name.clone(),
+                    attr,
+                });
+            }
+        }
+    }
+}
