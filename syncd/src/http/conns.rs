@@ -56,6 +56,9 @@ pub struct ConnLimits {
     pub max_fd: Option<u64>,
 }
 
+/// A peer holding fewer connections than this is not the one filling the table.
+const LIGHT_PEER: usize = 8;
+
 /// Why a connection was not admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -227,7 +230,10 @@ impl Connections {
                 Refusal::Full
             };
             let open = table.conns.len();
-            match table.evict_one() {
+            // A peer with few connections is let in even while many evictions are under way:
+            // a flood from one address must not keep another client out.
+            let light = from_peer < LIGHT_PEER;
+            match table.evict_one(light) {
                 Some(victim) => evicted = Some((victim, why, open)),
                 None => {
                     drop(table);
@@ -343,19 +349,30 @@ impl Connections {
 }
 
 impl Table {
-    /// Tells the connection that has waited longest without a request to close; its peer.
-    fn evict_one(&mut self) -> Option<PeerKey> {
+    /// Tells a connection to close to make room: of the peer that holds the most, the one
+    /// that has waited longest without a request; its peer. `light`: the newcomer's peer holds
+    /// few connections, and gets room even while many evictions are under way.
+    fn evict_one(&mut self, light: bool) -> Option<PeerKey> {
         // Enough evictions under way: their descriptors are not free yet, so making more room
         // now would only let the newcomers eat the reserve.
-        if self.doomed >= 64 {
+        if self.doomed >= 64 && !(light && self.doomed < 64 + 2 * LIGHT_PEER) {
             return None;
         }
-        let (_, victim) = self
-            .conns
-            .iter_mut()
-            .filter(|(_, e)| !e.doomed)
-            .filter_map(|(id, e)| e.activity.waiting_since().map(|t| ((t, *id), e)))
-            .min_by_key(|(key, _)| *key)?;
+        let heaviest = self
+            .per_peer
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(k, _)| *k);
+        let pick = |only: Option<PeerKey>, conns: &mut HashMap<u64, Entry>| {
+            conns
+                .iter_mut()
+                .filter(|(_, e)| !e.doomed && only.is_none_or(|k| e.peer == k))
+                .filter_map(|(id, e)| e.activity.waiting_since().map(|t| ((t, *id), *id)))
+                .min_by_key(|(key, _)| *key)
+                .map(|(_, id)| id)
+        };
+        let id = pick(heaviest, &mut self.conns).or_else(|| pick(None, &mut self.conns))?;
+        let victim = self.conns.get_mut(&id).expect("picked from the table");
         victim.doomed = true;
         victim.activity.evicted.store(true, Ordering::Relaxed);
         victim.activity.wake.notify_one();
@@ -714,6 +731,34 @@ mod tests {
         let _again = conns.admit(ip("10.0.0.4"), 13).unwrap();
         assert!(newcomer.activity.evicted.load(Ordering::Relaxed));
         assert_eq!(conns.counts.closed_evicted.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_flooding_peer_gives_up_its_connections_and_cannot_keep_another_out() {
+        let conns = Arc::new(Connections::new(limits(100, 1000)));
+        let mut held = Vec::new();
+        let mut fd = 10;
+        // A quiet client first, then a flood from one address that fills the table and
+        // keeps many evictions under way.
+        let quiet = conns.admit(ip("10.0.0.9"), fd).unwrap();
+        for _ in 0..200 {
+            fd += 1;
+            if let Ok(a) = conns.admit(ip("10.0.0.1"), fd) {
+                held.push(a);
+            }
+        }
+        assert!(
+            !quiet.activity.evicted.load(Ordering::Relaxed),
+            "the flood makes room from its own connections"
+        );
+        assert!(
+            conns.admit(ip("10.0.0.1"), fd + 1).is_err(),
+            "more evictions under way than allowed: the flooding peer is refused"
+        );
+        let other = conns
+            .admit(ip("10.0.0.2"), fd + 2)
+            .expect("another client gets in all the same");
+        assert!(!other.activity.evicted.load(Ordering::Relaxed));
     }
 
     #[test]
