@@ -11,6 +11,9 @@
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
+//! - `sites`: a distant site with a hot standby of a PostgreSQL primary and a delayed link
+//!   that can be cut: reads from the standby, writes to the primary, read-your-writes, a
+//!   replica stopped or lagging, TLS to the catalog.
 //! - `transport`: transport disks on loop-mounted ext4 images, taken over when mounted.
 //!
 //! The end-to-end modules run on SQLite, or on PostgreSQL with `CAIRN_TEST_CATALOG=postgres`
@@ -22,4 +25,5 @@ mod hosts;
 mod mount;
 mod postgres;
 mod programs;
+mod sites;
 mod transport;
