@@ -5,9 +5,14 @@
 //! These start servers of their own (PostgreSQL's binaries must be installed) and need no
 //! `CAIRN_TEST_PG_URL`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use cairn_catalog::db::Patience;
+use cairn_catalog::model::IoClass;
+use cairn_catalog::replica::{ReplicaOptions, ReplicaState};
+use cairn_catalog::{Catalog, Pool, Routing};
 use cairn_tests::site::{Sites, can_run_servers};
+use cairn_tests::{Archive, wait_until};
 
 #[test]
 fn the_standby_replicates_through_the_link_and_waits_while_it_is_cut() {
@@ -43,4 +48,211 @@ fn the_standby_replicates_through_the_link_and_waits_while_it_is_cut() {
         2,
         "replication resumes when the link is back"
     );
+}
+
+/// The distant site's routing for `archive`: reads from the standby, writes through the link.
+fn far_routing(archive: &Archive, max_lag: Duration) -> Routing {
+    let remote = archive.remote.as_ref().expect("a two-site archive");
+    Routing::with_replica(
+        &remote.url,
+        ReplicaOptions {
+            url: remote.replica.clone(),
+            max_lag,
+            wait: Duration::from_secs(1),
+        },
+    )
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once() {
+    if !can_run_servers("a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once") {
+        return;
+    }
+    // 50 ms round trip between the sites.
+    let sites = Sites::new(Duration::from_millis(25));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(30)),
+        Patience::default(),
+    );
+    // Read your writes, 100 times: each group created is there at the very next read, from
+    // any connection of the process.
+    for i in 0..100 {
+        let name = format!("g{i}");
+        pool.with(|c| c.write(|tx| tx.create_group(&name, IoClass::Default, None)))
+            .unwrap();
+        let seen = pool.with(|c| c.read(|tx| tx.group_by_name(&name))).unwrap();
+        assert!(
+            seen.is_some(),
+            "trial {i}: the group just created is not seen"
+        );
+    }
+    let status = pool.replica_status().expect("a replica");
+    assert_eq!(status.state, ReplicaState::InUse, "{status:?}");
+
+    // Reads are answered at this site: well under one round trip to the primary.
+    let times: Vec<Duration> = (0..50)
+        .map(|_| {
+            let t = Instant::now();
+            pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+            t.elapsed()
+        })
+        .collect();
+    let m = median(times);
+    assert!(m < Duration::from_millis(10), "median read {m:?}");
+
+    // What another site writes shows here once replicated.
+    let mut near = archive.catalog();
+    near.write(|tx| tx.create_group("from_b", IoClass::Default, None))
+        .unwrap();
+    let lag = sites.wait_replayed(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(10));
+    let seen = pool
+        .with(|c| c.read(|tx| tx.group_by_name("from_b")))
+        .unwrap();
+    assert!(seen.is_some(), "replicated within {lag:?} but not seen");
+}
+
+#[test]
+fn a_replica_that_is_not_a_standby_is_refused_naming_the_key() {
+    if !can_run_servers("a_replica_that_is_not_a_standby_is_refused_naming_the_key") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(1));
+    let archive = sites.archive();
+    let routing = Routing::with_replica(
+        &archive.url,
+        ReplicaOptions {
+            // The primary itself.
+            url: archive.url.clone(),
+            max_lag: Duration::from_secs(30),
+            wait: Duration::from_secs(1),
+        },
+    );
+    let err = Catalog::open_routed(&routing).expect_err("a primary as replica is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("catalog.replica") && msg.contains("not a hot standby"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_stopped_replica_sends_reads_to_the_primary_until_it_is_back() {
+    if !can_run_servers("a_stopped_replica_sends_reads_to_the_primary_until_it_is_back") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(30)),
+        Patience::default(),
+    );
+    pool.with(|c| c.write(|tx| tx.create_group("before", IoClass::Default, None)))
+        .unwrap();
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("before")))
+            .unwrap()
+            .is_some()
+    );
+
+    sites.standby.stop();
+    for i in 0..20 {
+        let name = format!("during{i}");
+        pool.with(|c| c.write(|tx| tx.create_group(&name, IoClass::Default, None)))
+            .unwrap();
+        let seen = pool
+            .with(|c| c.read(|tx| tx.group_by_name(&name)))
+            .expect("reads go on without the replica");
+        assert!(seen.is_some(), "{name}");
+    }
+    let status = pool.replica_status().unwrap();
+    assert_eq!(status.state, ReplicaState::Unreachable, "{status:?}");
+
+    sites.standby.start();
+    wait_until(
+        Duration::from_secs(30),
+        "the replica to be used again",
+        || {
+            pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+            pool.replica_status().unwrap().state == ReplicaState::InUse
+        },
+    );
+}
+
+#[test]
+fn a_lagging_replica_is_reported_and_not_used() {
+    if !can_run_servers("a_lagging_replica_is_reported_and_not_used") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(2)),
+        Patience::default(),
+    );
+    pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+    assert_eq!(pool.replica_status().unwrap().state, ReplicaState::InUse);
+
+    sites.pause_replay();
+    // The archive's site goes on writing; the standby receives but does not replay.
+    let mut near = archive.catalog();
+    for i in 0..5 {
+        near.write(|tx| tx.create_group(&format!("b{i}"), IoClass::Default, None))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let mut cat = Catalog::open_routed(pool.routing()).unwrap();
+    let status = cat.replica_status().unwrap();
+    assert_eq!(status.state, ReplicaState::Lagging, "{status:?}");
+    assert!(status.lag_seconds.unwrap() > 2.0, "{status:?}");
+    // Reads go to the primary: the latest group is seen although the standby lacks it.
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("b4")))
+            .unwrap()
+            .is_some()
+    );
+
+    sites.resume_replay();
+    wait_until(Duration::from_secs(30), "the replica to catch up", || {
+        cat.replica_status().unwrap().state == ReplicaState::InUse
+    });
+}
+
+#[test]
+fn a_cut_link_leaves_the_site_reading_from_its_standby() {
+    if !can_run_servers("a_cut_link_leaves_the_site_reading_from_its_standby") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(1)),
+        Patience::new(Duration::from_secs(2)),
+    );
+    pool.with(|c| c.write(|tx| tx.create_group("before", IoClass::Default, None)))
+        .unwrap();
+    sites.link.cut();
+    // Long enough for the standby to count as lagging: reads would go to the primary, which
+    // cannot be reached, and the standby answers.
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..20 {
+        let t = Instant::now();
+        let seen = pool
+            .with(|c| c.read(|tx| tx.group_by_name("before")))
+            .expect("the standby answers while the link is cut");
+        assert!(seen.is_some());
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    }
+    // A site cut off can still open the catalog.
+    let mut cat = Catalog::open_routed(pool.routing()).expect("opens from the standby");
+    assert!(cat.read(|tx| tx.group_by_name("before")).unwrap().is_some());
+    sites.link.restore();
+    pool.with(|c| c.write(|tx| tx.create_group("after", IoClass::Default, None)))
+        .expect("writes go through again once the link is back");
 }

@@ -208,23 +208,16 @@ pub struct PostgresBackend {
     /// ended on reconnecting, so that its rerun does not wait for those locks.
     stale: Option<(i64, i32)>,
     patience: Patience,
+    /// Where the write-ahead log stood after the last write transaction committed here.
+    commit_lsn: Option<u64>,
 }
 
 impl PostgresBackend {
     /// Connects to the catalog database at `url`. Failing to reach the server is an error at
     /// once: a command should say so rather than wait.
     pub fn open(url: &str) -> Result<Self, DbError> {
-        let config = connection_config(url)?;
-        let shown = redact(url);
-        let mut backend = PostgresBackend {
-            url: shown.clone(),
-            config,
-            client: None,
-            statements: HashMap::new(),
-            txid: None,
-            stale: None,
-            patience: Patience::default(),
-        };
+        let mut backend = Self::unconnected(url, None)?;
+        let shown = backend.url.clone();
         let client = backend.config.connect(NoTls).map_err(|e| {
             let mut reason = cause(&e);
             if reason.contains("password missing") {
@@ -236,6 +229,27 @@ impl PostgresBackend {
         })?;
         backend.client = Some(client);
         Ok(backend)
+    }
+
+    /// A backend for the catalog database at `url` that connects when first used (with
+    /// `connect_timeout`, unless the URL sets one).
+    pub fn unconnected(url: &str, connect_timeout: Option<Duration>) -> Result<Self, DbError> {
+        let mut config = connection_config(url)?;
+        if let Some(t) = connect_timeout
+            && !url.contains("connect_timeout=")
+        {
+            config.connect_timeout(t);
+        }
+        Ok(PostgresBackend {
+            url: redact(url),
+            config,
+            client: None,
+            statements: HashMap::new(),
+            txid: None,
+            stale: None,
+            patience: Patience::default(),
+            commit_lsn: None,
+        })
     }
 
     fn connect(&mut self) -> Result<(), DbError> {
@@ -649,16 +663,38 @@ impl Backend for PostgresBackend {
     fn commit(&mut self) -> Result<(), DbError> {
         let txid = self.txid;
         let client = self.connected()?;
-        match client.batch_execute("COMMIT") {
-            Ok(()) => {
+        if txid.is_none() {
+            return client.batch_execute("COMMIT").map_err(|e| self.fail(e));
+        }
+        // A write transaction: where the log stands once it committed comes back with the
+        // commit's answer, in the same round trip (the SELECT runs after the COMMIT, in a
+        // transaction of its own).
+        match client.simple_query("COMMIT; SELECT pg_current_wal_lsn()::text") {
+            Ok(msgs) => {
                 self.txid = None;
+                self.commit_lsn = msgs.iter().find_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(parse_lsn),
+                    _ => None,
+                });
                 Ok(())
             }
             Err(e) => {
                 let err = self.fail(e);
                 self.txid = None;
                 match (err.is_disconnected(), txid) {
-                    (true, Some(txid)) => self.commit_outcome(txid),
+                    (true, Some(txid)) => {
+                        self.commit_outcome(txid)?;
+                        // Committed: the log is now at or past it.
+                        self.commit_lsn = self
+                            .client
+                            .as_mut()
+                            .and_then(|c| {
+                                c.query_one("SELECT pg_current_wal_lsn()::text", &[]).ok()
+                            })
+                            .and_then(|r| r.get::<_, Option<String>>(0))
+                            .and_then(|t| parse_lsn(&t));
+                        Ok(())
+                    }
                     _ => Err(err),
                 }
             }
@@ -677,6 +713,25 @@ impl Backend for PostgresBackend {
     fn set_patience(&mut self, patience: Patience) {
         self.patience = patience;
     }
+
+    fn ensure_connected(&mut self) -> Result<(), DbError> {
+        self.reconnect_patiently().map(|_| ())
+    }
+
+    fn last_commit_lsn(&self) -> Option<u64> {
+        self.commit_lsn
+    }
+}
+
+/// A write-ahead log position as PostgreSQL prints it (`16/B374D848`), as one number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A write-ahead log position printed as PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// A dedicated connection that LISTENs on [`WAKE_CHANNEL`], for cairnd to wake when another
@@ -788,6 +843,14 @@ mod tests {
             rewrite_placeholders("VALUES (?, ?, ?)"),
             "VALUES ($1, $2, $3)"
         );
+    }
+
+    #[test]
+    fn wal_positions_parse_and_print_as_postgresql_does() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
     }
 
     #[test]
