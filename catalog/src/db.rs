@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use cairn_node::NodeRoot;
 
+pub mod pki;
 pub mod proxy;
 pub mod site;
 

@@ -168,6 +168,37 @@ impl PgServer {
         }
     }
 
+    /// Serves TLS with `pki`'s certificate from now on (restarts the server). A standby made
+    /// from this server afterwards serves it too (the files are in the data directory).
+    pub fn enable_tls(&self, pki: &crate::pki::Pki) {
+        let data = self.dir.join("data");
+        std::fs::copy(&pki.cert, data.join("server.crt")).unwrap();
+        std::fs::copy(&pki.key, data.join("server.key")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        if is_root() {
+            check(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:")
+                    .arg(data.join("server.crt"))
+                    .arg(data.join("server.key"))
+                    .output(),
+            );
+        }
+        self.append_conf(&[
+            "ssl = on",
+            "ssl_cert_file = 'server.crt'",
+            "ssl_key_file = 'server.key'",
+        ]);
+        self.stop();
+        self.start();
+    }
+
     /// Starts the server (again, after [`PgServer::stop`]).
     pub fn start(&self) {
         // fsync off: a test server loses nothing it needs in a crash of the machine.
@@ -248,12 +279,24 @@ pub struct Sites {
 impl Sites {
     /// The two sites, `one_way` apart (a round trip costs twice that).
     pub fn new(one_way: Duration) -> Sites {
+        Sites::build(one_way, None)
+    }
+
+    /// Like [`Sites::new`], with both servers serving TLS with `pki`'s certificate.
+    pub fn with_tls(one_way: Duration, pki: &crate::pki::Pki) -> Sites {
+        Sites::build(one_way, Some(pki))
+    }
+
+    fn build(one_way: Duration, tls: Option<&crate::pki::Pki>) -> Sites {
         let dir = tempfile::Builder::new()
             .prefix("cairn-sites.")
             .tempdir()
             .expect("a temp dir");
         owned_dir(dir.path());
         let primary = PgServer::primary(&dir.path().join("primary"), PRIMARY_SETTINGS);
+        if let Some(pki) = tls {
+            primary.enable_tls(pki);
+        }
         let link = LinkProxy::start(primary.addr(), one_way);
         let standby = PgServer::standby(&dir.path().join("standby"), link.addr(), STANDBY_SETTINGS);
         let sites = Sites {

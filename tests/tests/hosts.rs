@@ -2,7 +2,6 @@
 //! pulls over HTTP, seed 004 across three hosts, resume after a dead source, the HTTP
 //! server's refusals.
 
-use std::path::Path;
 use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
@@ -483,75 +482,17 @@ fn the_http_server_refuses_what_it_must_not_serve() {
     );
 }
 
-/// A test CA and a certificate for 127.0.0.1 signed by it, made with openssl(1).
-fn test_pki(dir: &Path) -> Option<()> {
-    let run = |args: &[&str]| {
-        std::process::Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|_| ())
-    };
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").ok()?;
-    run(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=cairn test CA",
-    ])?;
-    run(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "host.key",
-        "-out",
-        "host.csr",
-        "-subj",
-        "/CN=127.0.0.1",
-    ])?;
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "host.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "host.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "san.ext",
-    ])
-}
-
 #[test]
 fn pulls_go_over_tls_when_configured_and_plain_http_is_refused() {
     let a = Archive::new();
     let pki = a.dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    if test_pki(&pki).is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "openssl(1) is needed for the TLS test in CI"
-        );
-        eprintln!("SKIPPED: openssl(1) could not make a test certificate authority");
+    if cairn_tests::pki::Pki::or_skip(
+        &pki,
+        "IP:127.0.0.1",
+        "pulls_go_over_tls_when_configured_and_plain_http_is_refused",
+    )
+    .is_none()
+    {
         return;
     }
     let tls = format!(

@@ -11,7 +11,8 @@ use cairn_catalog::db::Patience;
 use cairn_catalog::model::IoClass;
 use cairn_catalog::replica::{ReplicaOptions, ReplicaState};
 use cairn_catalog::{Catalog, Pool, Routing};
-use cairn_tests::site::{Sites, can_run_servers};
+use cairn_tests::pki::Pki;
+use cairn_tests::site::{PgServer, Sites, can_run_servers};
 use cairn_tests::{Archive, wait_until};
 
 #[test]
@@ -255,4 +256,112 @@ fn a_cut_link_leaves_the_site_reading_from_its_standby() {
     sites.link.restore();
     pool.with(|c| c.write(|tx| tx.create_group("after", IoClass::Default, None)))
         .expect("writes go through again once the link is back");
+}
+
+/// Connections to `db` on `server` that are encrypted.
+fn encrypted_sessions(server: &PgServer, db: &str) -> i64 {
+    server
+        .client("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = $1 AND s.ssl",
+            &[&db],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn with_query(url: &str, query: &str) -> String {
+    format!("{url}?{query}")
+}
+
+#[test]
+fn catalog_connections_use_tls_and_refuse_a_certificate_that_does_not_match() {
+    let test = "catalog_connections_use_tls_and_refuse_a_certificate_that_does_not_match";
+    if !can_run_servers(test) {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let Some(pki) = Pki::or_skip(&keys.path().join("ca"), "IP:127.0.0.1", test) else {
+        return;
+    };
+    let Some(other) = Pki::or_skip(&keys.path().join("other"), "IP:127.0.0.1", test) else {
+        return;
+    };
+    let sites = Sites::with_tls(Duration::from_millis(2), &pki);
+    let archive = sites.archive();
+    let db = archive.url.rsplit('/').next().unwrap().to_owned();
+    let verify_full = |url: &str, ca: &Pki| {
+        with_query(
+            url,
+            &format!("sslmode=verify-full&sslrootcert={}", ca.ca.display()),
+        )
+    };
+
+    // verify-full with the right authority: connected, encrypted.
+    let mut cat = Catalog::open(&verify_full(&archive.url, &pki)).expect("verify-full connects");
+    cat.read(|tx| tx.groups()).unwrap();
+    assert!(encrypted_sessions(&sites.primary, &db) >= 1);
+    drop(cat);
+
+    // A certificate from another authority is refused, saying why.
+    let err = Catalog::open(&verify_full(&archive.url, &other))
+        .expect_err("another authority's certificate is refused")
+        .to_string();
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("sslrootcert"),
+        "{err}"
+    );
+
+    // A certificate that does not name the host connected to: refused by verify-full,
+    // accepted by verify-ca (which checks the authority only).
+    let by_name = archive.url.replace("127.0.0.1", "localhost");
+    let err = Catalog::open(&verify_full(&by_name, &pki))
+        .expect_err("a certificate for another name is refused")
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    Catalog::open(&with_query(
+        &by_name,
+        &format!("sslmode=verify-ca&sslrootcert={}", pki.ca.display()),
+    ))
+    .expect("verify-ca does not check the name");
+
+    // require: encrypted without checking the certificate.
+    Catalog::open(&with_query(&archive.url, "sslmode=require")).expect("require connects");
+
+    // The distant site: both the primary (through the link) and the standby over TLS.
+    let remote = archive.remote.clone().unwrap();
+    let routing = Routing::with_replica(
+        &verify_full(&remote.url, &pki),
+        ReplicaOptions {
+            url: verify_full(&remote.replica, &pki),
+            max_lag: Duration::from_secs(30),
+            wait: Duration::from_secs(1),
+        },
+    );
+    let pool = Pool::routed(routing, Patience::default());
+    pool.with(|c| c.write(|tx| tx.create_group("over_tls", IoClass::Default, None)))
+        .unwrap();
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("over_tls")))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(pool.replica_status().unwrap().state, ReplicaState::InUse);
+    assert!(
+        encrypted_sessions(&sites.standby, &db) >= 1,
+        "the standby's sessions"
+    );
+    assert!(
+        encrypted_sessions(&sites.primary, &db) >= 1,
+        "the primary's sessions"
+    );
+
+    // A server without TLS is refused under require.
+    let plain = Sites::new(Duration::from_millis(1));
+    let plain_archive = plain.archive();
+    let err = Catalog::open(&with_query(&plain_archive.url, "sslmode=require"))
+        .expect_err("require refuses a server without TLS")
+        .to_string();
+    assert!(err.contains("TLS"), "{err}");
 }

@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, Config, NoTls, Statement};
+use postgres::{Client, Config, Statement};
 
+use super::tls::{self, Connector};
 use super::{Backend, DbError, Dialect, Patience, Row, TxMode, Value};
 
 /// The channel cairnd listens on; the catalog's triggers notify it when work is requested.
@@ -77,12 +78,20 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{auth}{tail}")
 }
 
-/// Parses `url` into a connection config, filling in the password as libpq would.
-fn connection_config(url: &str) -> Result<Config, DbError> {
-    let mut config = Config::from_str(url).map_err(|e| DbError::Open {
+/// Parses `url` into a connection config, filling in the password as libpq would, and the TLS
+/// connector its `sslmode` and `sslrootcert` ask for.
+fn connection_config(url: &str) -> Result<(Config, Connector), DbError> {
+    let refused = |reason: String| DbError::Open {
+        url: redact(url),
+        reason,
+    };
+    let (rest, tls) = tls::split_url(url).map_err(refused)?;
+    let connector = Connector::new(&tls).map_err(refused)?;
+    let mut config = Config::from_str(&rest).map_err(|e| DbError::Open {
         url: redact(url),
         reason: format!("not a valid PostgreSQL URL: {e}"),
     })?;
+    config.ssl_mode(tls.mode.client_mode());
     if config.get_password().is_none()
         && let Some(pw) = password_from_env_or_file(&config)
     {
@@ -103,7 +112,7 @@ fn connection_config(url: &str) -> Result<Config, DbError> {
         .keepalives_retries(3)
         // …and a write the server never acknowledges.
         .tcp_user_timeout(Duration::from_secs(60));
-    Ok(config)
+    Ok((config, connector))
 }
 
 fn password_from_env_or_file(config: &Config) -> Option<String> {
@@ -198,6 +207,7 @@ fn rewrite_placeholders(sql: &str) -> String {
 pub struct PostgresBackend {
     url: String,
     config: Config,
+    tls: Connector,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
     /// The transaction id of the open write transaction and the server process running it,
@@ -218,7 +228,7 @@ impl PostgresBackend {
     pub fn open(url: &str) -> Result<Self, DbError> {
         let mut backend = Self::unconnected(url, None)?;
         let shown = backend.url.clone();
-        let client = backend.config.connect(NoTls).map_err(|e| {
+        let client = backend.config.connect(backend.tls.clone()).map_err(|e| {
             let mut reason = cause(&e);
             if reason.contains("password missing") {
                 reason = "the server asks for a password and none was found: set PGPASSWORD, \
@@ -234,7 +244,7 @@ impl PostgresBackend {
     /// A backend for the catalog database at `url` that connects when first used (with
     /// `connect_timeout`, unless the URL sets one).
     pub fn unconnected(url: &str, connect_timeout: Option<Duration>) -> Result<Self, DbError> {
-        let mut config = connection_config(url)?;
+        let (mut config, tls) = connection_config(url)?;
         if let Some(t) = connect_timeout
             && !url.contains("connect_timeout=")
         {
@@ -243,6 +253,7 @@ impl PostgresBackend {
         Ok(PostgresBackend {
             url: redact(url),
             config,
+            tls,
             client: None,
             statements: HashMap::new(),
             txid: None,
@@ -258,7 +269,7 @@ impl PostgresBackend {
         }
         if self.client.is_none() {
             self.statements.clear();
-            let mut client = self.config.connect(NoTls).map_err(|e| {
+            let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
             if let Some((txid, pid)) = self.stale.take() {
@@ -414,6 +425,12 @@ fn cause(e: &postgres::Error) -> String {
     while let Some(inner) = src {
         s = format!("{s}: {inner}");
         src = inner.source();
+    }
+    if s.contains("invalid peer certificate") {
+        s.push_str(
+            " (the server's certificate is refused: it must be signed by an authority in \
+             sslrootcert and, with sslmode=verify-full, name the host in the URL)",
+        );
     }
     s
 }
@@ -739,6 +756,7 @@ pub fn format_lsn(lsn: u64) -> String {
 pub struct Listener {
     url: String,
     config: Config,
+    tls: Connector,
     client: Option<Client>,
 }
 
@@ -755,9 +773,11 @@ pub enum Heard {
 
 impl Listener {
     pub fn new(url: &str) -> Result<Self, DbError> {
+        let (config, tls) = connection_config(url)?;
         Ok(Listener {
             url: redact(url),
-            config: connection_config(url)?,
+            config,
+            tls,
             client: None,
         })
     }
@@ -772,7 +792,7 @@ impl Listener {
     pub fn wait(&mut self, timeout: Duration) -> Result<Heard, DbError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             close(self.client.take());
-            let mut client = self.config.connect(NoTls).map_err(|e| {
+            let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
             client
