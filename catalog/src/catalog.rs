@@ -280,15 +280,7 @@ impl Catalog {
             Choice::Primary { fallback: true } => {
                 // One try without patience: if the primary cannot be reached, the replica
                 // answers, however far behind.
-                self.backend.set_patience(ReplicaLink::no_patience());
-                let first = run_retrying(
-                    self.backend.as_mut(),
-                    &ReplicaLink::no_patience(),
-                    TxMode::Read,
-                    &mut f,
-                );
-                self.backend.set_patience(self.patience.clone());
-                match first {
+                match self.run_impatient(&mut f) {
                     Err(CatalogError::Db(e)) if e.is_disconnected() => {
                         let link = self.replica.as_mut().expect("a replica, matched above");
                         link.replica.primary_unreachable(&e);
@@ -346,6 +338,34 @@ impl Catalog {
         let link = self.replica.as_mut()?;
         link.check_now();
         Some(link.replica.status())
+    }
+
+    /// The standbys streaming from the primary, as it sees them (PostgreSQL; none for
+    /// SQLite). Asks the primary, not the replica.
+    pub fn standbys(&mut self) -> Result<Vec<crate::replica::Standby>> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(Vec::new());
+        }
+        // Something to show, not to wait for: one try.
+        self.run_impatient(|tx| {
+            tx.raw(crate::replica::Standby::QUERY, &[])?
+                .iter()
+                .map(|r| Ok(crate::replica::Standby::from_row(r)?))
+                .collect()
+        })
+    }
+
+    /// A read on the primary that fails at once if it cannot be reached.
+    fn run_impatient<T>(&mut self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        self.backend.set_patience(ReplicaLink::no_patience());
+        let result = run_retrying(
+            self.backend.as_mut(),
+            &ReplicaLink::no_patience(),
+            TxMode::Read,
+            f,
+        );
+        self.backend.set_patience(self.patience.clone());
+        result
     }
 
     fn run<T>(&mut self, mode: TxMode, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
@@ -487,6 +507,11 @@ fn new_catalog_id() -> String {
         bytes = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `?, ?, …`: `n` placeholders for an `IN (…)` list or a row of `VALUES`.
+pub(crate) fn in_list(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 /// One transaction. Named queries are methods on it (see the `catalog/` modules).

@@ -200,6 +200,41 @@ pub struct ReplicaStatus {
     pub max_lag_seconds: f64,
 }
 
+/// A standby streaming from the primary, as the primary sees it (`pg_stat_replication`): what
+/// `cairn status` lists, whichever site it runs at.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Standby {
+    /// The standby's `application_name` (its `cluster_name`, or `walreceiver`).
+    pub name: String,
+    /// Where it connects from (through the link, for a distant site).
+    pub address: Option<String>,
+    /// `streaming`, `catchup`, `startup`…; `None` when the catalog's role may not see it
+    /// (grant it `pg_monitor`).
+    pub state: Option<String>,
+    /// Bytes of the primary's log it has not replayed yet.
+    pub behind_bytes: Option<u64>,
+    /// How long its last replayed change took to get there (`replay_lag`; none while idle).
+    pub lag_seconds: Option<f64>,
+}
+
+impl Standby {
+    pub(crate) const QUERY: &'static str = "SELECT COALESCE(application_name, ''), \
+        client_addr::text, state, \
+        pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint, \
+        EXTRACT(EPOCH FROM replay_lag)::float8 \
+        FROM pg_stat_replication ORDER BY application_name, client_addr";
+
+    pub(crate) fn from_row(r: &crate::db::Row) -> std::result::Result<Standby, DbError> {
+        Ok(Standby {
+            name: r.get(0)?,
+            address: r.get(1)?,
+            state: r.get(2)?,
+            behind_bytes: r.get::<Option<i64>>(3)?.map(|b| b.max(0) as u64),
+            lag_seconds: r.get(4)?,
+        })
+    }
+}
+
 /// What is known of the replica, shared by every connection of a routing.
 pub(crate) struct Replica {
     pub(crate) options: ReplicaOptions,

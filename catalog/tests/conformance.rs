@@ -101,6 +101,8 @@ backend_tests!(
     import_copy_of_an_empty_file_takes_no_blocks,
     import_copy_refuses_a_path_archived_with_other_contents,
     import_copy_fires_the_auto_actions_of_the_new_copy,
+    import_copies_gives_each_file_the_outcome_of_import_copy,
+    import_copies_takes_batches_larger_than_one_statement,
     sync_of_a_directory_requests_what_the_group_lacks_from_a_preferred_source,
     sync_refusals_change_nothing,
     sync_from_a_named_node_is_forced_into_a_group_that_has_the_file,

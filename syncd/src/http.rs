@@ -145,7 +145,13 @@ async fn handle(
     let path = req.uri().path().to_owned();
     match path.as_str() {
         "/healthz" => return text(StatusCode::OK, "ok"),
-        "/metrics" => return text(StatusCode::OK, server.metrics.render().trim_end()),
+        "/metrics" => {
+            let mut body = server.metrics.render();
+            body.push_str(&Metrics::render_replica(
+                server.pool.replica_status().as_ref(),
+            ));
+            return text(StatusCode::OK, body.trim_end());
+        }
         _ => {}
     }
     let Some(rest) = path.strip_prefix("/v1/copy/") else {

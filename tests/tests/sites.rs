@@ -13,7 +13,7 @@ use cairn_catalog::replica::{ReplicaOptions, ReplicaState};
 use cairn_catalog::{Catalog, Pool, Routing};
 use cairn_tests::pki::Pki;
 use cairn_tests::site::{PgServer, Sites, can_run_servers};
-use cairn_tests::{Archive, wait_until};
+use cairn_tests::{Archive, wait_until, write_file};
 
 #[test]
 fn the_standby_replicates_through_the_link_and_waits_while_it_is_cut() {
@@ -364,4 +364,73 @@ fn catalog_connections_use_tls_and_refuse_a_certificate_that_does_not_match() {
         .expect_err("require refuses a server without TLS")
         .to_string();
     assert!(err.contains("TLS"), "{err}");
+}
+
+#[test]
+fn a_distant_site_imports_in_batches_and_sees_what_the_archive_imports() {
+    let test = "a_distant_site_imports_in_batches_and_sees_what_the_archive_imports";
+    if !can_run_servers(test) {
+        return;
+    }
+    // 20 ms round trip.
+    let sites = Sites::new(Duration::from_millis(10));
+    let archive = sites.archive();
+    let mut far = archive.far_host("far", "");
+    let mut near = archive.host("near");
+    let field = far.node("field", &[]);
+    near.node("vault", &["--archive"]);
+    let n = 1500;
+    for i in 0..n {
+        write_file(
+            &field,
+            &format!("2025/05/01/f{i:05}.dat"),
+            vec![(i % 251) as u8; 4096],
+        );
+    }
+    far.start();
+    near.start();
+
+    let t = Instant::now();
+    far.cairn(&["node", "scan", "field", "--register-new"]);
+    wait_until(
+        Duration::from_secs(120),
+        "the scan to register every file",
+        || archive.on("field").0 == n,
+    );
+    let took = t.elapsed();
+    eprintln!("scan of {n} files at 20 ms: {took:?}");
+    // A file at a time would cost several round trips each: 1,500 files × 8 × 20 ms = 240 s.
+    assert!(took < Duration::from_secs(30), "{took:?}");
+
+    // The archive's site imports a file; the distant site lists it once it is replicated.
+    write_file(&near.root("vault"), "2025/05/02/b.dat", b"from the archive");
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the archive's file at the distant site",
+        || far.cairn(&["file", "list"]).contains("2025/05/02/b.dat"),
+    );
+
+    // The distant site shows its replica: `cairn status` and cairnd's /metrics.
+    let status = far.cairn(&["status"]);
+    assert!(
+        status.contains("Replica:") && status.contains("in use"),
+        "{status}"
+    );
+    assert!(status.contains("Standbys of the primary:"), "{status}");
+    let (code, _, body) = cairn_tests::http_get(&far.address, "/metrics", &[]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("cairn_catalog_replica_lag_seconds{replica="),
+        "{body}"
+    );
+    assert!(body.contains("cairn_catalog_replica_in_use{"), "{body}");
+    assert!(
+        far.log().contains("Reading the catalog from the replica"),
+        "{}",
+        far.log()
+    );
+    far.stop();
+    near.stop();
 }

@@ -158,6 +158,76 @@ impl Tx<'_> {
         self.scalar("SELECT id FROM dir WHERE path = ?", params![path])
     }
 
+    /// The ids of directories `paths` (normalised), creating them and their parents as
+    /// needed: one query for those that exist, and two per level of those that do not.
+    pub fn ensure_dirs(&mut self, paths: &[&str], now: i64) -> Result<HashMap<String, Id>> {
+        let mut wanted: Vec<String> = Vec::new();
+        for p in paths {
+            let mut p = *p;
+            loop {
+                wanted.push(p.to_owned());
+                if p.is_empty() {
+                    break;
+                }
+                p = split_path(p).0;
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        let mut ids = self.dir_ids(&wanted)?;
+        let mut missing: Vec<&String> = wanted.iter().filter(|p| !ids.contains_key(*p)).collect();
+        // Parents before children: by depth.
+        missing.sort_by_key(|p| p.matches('/').count());
+        let mut level = 0;
+        while !missing.is_empty() {
+            let (now_level, rest): (Vec<&String>, Vec<&String>) = missing
+                .into_iter()
+                .partition(|p| p.matches('/').count() == level);
+            missing = rest;
+            level += 1;
+            if now_level.is_empty() {
+                continue;
+            }
+            let mut args: Vec<Value> = Vec::with_capacity(now_level.len() * 4);
+            for p in &now_level {
+                let (parent, name) = split_path(p);
+                let parent_id = *ids.get(parent).ok_or_else(|| {
+                    CatalogError::Invalid(format!("directory {parent:?} vanished"))
+                })?;
+                args.extend([parent_id.into(), name.into(), p.as_str().into(), now.into()]);
+            }
+            let rows = vec!["(?, ?, ?, ?)"; now_level.len()].join(", ");
+            self.exec(
+                &format!(
+                    "INSERT INTO dir (parent_id, name, path, created_at) VALUES {rows} \
+                     ON CONFLICT DO NOTHING"
+                ),
+                &args,
+            )?;
+            let created: Vec<String> = now_level.iter().map(|p| (*p).clone()).collect();
+            ids.extend(self.dir_ids(&created)?);
+        }
+        Ok(ids)
+    }
+
+    /// The ids of the directories among `paths` that exist.
+    fn dir_ids(&mut self, paths: &[String]) -> Result<HashMap<String, Id>> {
+        let mut ids = HashMap::with_capacity(paths.len());
+        for chunk in paths.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(Value::from).collect();
+            for r in self.raw(
+                &format!(
+                    "SELECT path, id FROM dir WHERE path IN ({})",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                ids.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
     pub fn list_dir(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<File>)> {
         let files = self.rows(
@@ -276,6 +346,61 @@ impl Tx<'_> {
         rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
+    /// The ids of acquisitions `names`, created as needed (the flag says so): at most three
+    /// queries however many there are.
+    pub fn ensure_acqs(&mut self, names: &[&str], now: i64) -> Result<HashMap<String, (Id, bool)>> {
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        if let Some(empty) = names.iter().find(|n| n.is_empty()) {
+            return Err(CatalogError::Invalid(format!(
+                "empty acquisition name {empty:?}"
+            )));
+        }
+        let mut ids: HashMap<String, (Id, bool)> = self
+            .acq_ids(&names)?
+            .into_iter()
+            .map(|(n, id)| (n, (id, false)))
+            .collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !ids.contains_key(*n))
+            .collect();
+        for chunk in missing.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+            for n in chunk {
+                args.extend([(*n).into(), now.into()]);
+            }
+            let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+            self.exec(
+                &format!("INSERT INTO acq (name, created_at) VALUES {rows} ON CONFLICT DO NOTHING"),
+                &args,
+            )?;
+            for (n, id) in self.acq_ids(chunk)? {
+                ids.insert(n, (id, true));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn acq_ids(&mut self, names: &[&str]) -> Result<HashMap<String, Id>> {
+        let mut ids = HashMap::with_capacity(names.len());
+        for chunk in names.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(|n| Value::from(*n)).collect();
+            for r in self.raw(
+                &format!(
+                    "SELECT name, id FROM acq WHERE name IN ({})",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                ids.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// The id of acquisition `name`, created if needed; the flag says whether it was.
     pub fn ensure_acq(&mut self, name: &str, now: i64) -> Result<(Id, bool)> {
         if name.is_empty() {
@@ -310,6 +435,39 @@ impl Tx<'_> {
     pub fn file_by_id(&mut self, id: Id) -> Result<File> {
         self.row(&file_query("WHERE f.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("file", format!("#{id}")))
+    }
+
+    /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
+    /// each has on `node_id` if any: what an import needs to know of a batch, in one query
+    /// per [`IN_CHUNK`] paths.
+    pub fn files_at(
+        &mut self,
+        paths: &[(&str, &str)],
+        node_id: Id,
+    ) -> Result<HashMap<String, (File, Option<Has>)>> {
+        let mut found = HashMap::with_capacity(paths.len());
+        for chunk in paths.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = vec![node_id.into()];
+            for (dir, name) in chunk {
+                args.extend([(*dir).into(), (*name).into()]);
+            }
+            let pairs = vec!["(d.path = ? AND f.name = ?)"; chunk.len()].join(" OR ");
+            let rows = self.raw(
+                &format!(
+                    "SELECT {}, c.has FROM {} LEFT JOIN copy c ON c.file_id = f.id \
+                     AND c.node_id = ? WHERE {pairs}",
+                    File::COLUMNS,
+                    File::FROM
+                ),
+                &args,
+            )?;
+            for r in rows {
+                let file = File::from_row(&r)?;
+                let has: Option<Has> = r.get(9)?;
+                found.insert(file.path.clone(), (file, has));
+            }
+        }
+        Ok(found)
     }
 
     /// Registers a new file. Returns the file and whether it was new: registering the same
@@ -687,6 +845,10 @@ pub struct NewFile {
     /// Modification time, unix seconds.
     pub mtime: i64,
 }
+
+/// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries: well within
+/// both databases' limits on parameters, and few enough distinct statement texts to cache.
+pub(crate) const IN_CHUNK: usize = 500;
 
 #[derive(Default)]
 struct RegisterCache {
