@@ -30,7 +30,7 @@ pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use import::{ImportOutcome, size_on_disk};
 pub use requests::{CopyRequestFilter, ImportKind, NewCopyRequest};
-pub use work::{CopyWork, Fired, SourceCopy};
+pub use work::{Arrival, CopyWork, Fired, SourceCopy};
 
 use crate::db::postgres::{self, PostgresBackend};
 use crate::db::sqlite::{self, SqliteBackend};

@@ -94,6 +94,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         running: tasks::Running::default(),
         refused: tasks::Refused::default(),
         cancel: cancel.clone(),
+        batches: tasks::Batches::default(),
     });
     let fetcher = Arc::new(Fetcher::new(
         pool.clone(),

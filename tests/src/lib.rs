@@ -143,7 +143,11 @@ impl Default for Archive {
 
 impl Archive {
     pub fn new() -> Archive {
-        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut dir = tempfile::tempdir().expect("a temp dir");
+        if std::env::var_os("CAIRN_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let (url, db) = test_catalog(dir.path());
         Self::with_catalog(dir, url, db, None)
     }

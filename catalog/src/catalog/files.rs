@@ -669,6 +669,47 @@ impl Tx<'_> {
         )
     }
 
+    /// [`Tx::record_copy`] with `has = yes` for many copies, `(file, node, size on node)`, in
+    /// one statement per [`IN_CHUNK`]; a pair given twice is recorded once.
+    pub fn record_healthy_copies(
+        &mut self,
+        copies: &[(Id, Id, Option<u64>)],
+        now: i64,
+    ) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let copies: Vec<&(Id, Id, Option<u64>)> = copies
+            .iter()
+            .filter(|(f, n, _)| seen.insert((*f, *n)))
+            .collect();
+        for chunk in copies.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
+            for &&(file_id, node_id, size) in chunk {
+                args.extend([
+                    file_id.into(),
+                    node_id.into(),
+                    Has::Yes.into(),
+                    size.into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                ]);
+            }
+            let rows = vec!["(?, ?, ?, 'keep', ?, ?, ?, ?)"; chunk.len()].join(", ");
+            self.exec(
+                &format!(
+                    "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
+                     verified_at, updated_at) VALUES {rows} \
+                     ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, \
+                     wants = 'keep', verify_requested = 0, \
+                     size_on_node = excluded.size_on_node, added_at = excluded.added_at, \
+                     verified_at = excluded.verified_at, updated_at = excluded.updated_at"
+                ),
+                &args,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Records the outcome of checking a copy against its md5: its new state, when it was
     /// checked, and that the check asked for (if any) is done.
     pub fn record_verify(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {

@@ -218,31 +218,11 @@ impl Tx<'_> {
             }
         }
         if !record.is_empty() {
-            let mut args: Vec<Value> = Vec::with_capacity(record.len() * 7);
-            for &(i, file_id) in &record {
-                let size = Some(size_on_disk(files[i].size));
-                args.extend([
-                    file_id.into(),
-                    node_id.into(),
-                    Has::Yes.into(),
-                    size.into(),
-                    now.into(),
-                    now.into(),
-                    now.into(),
-                ]);
-            }
-            let rows = vec!["(?, ?, ?, 'keep', ?, ?, ?, ?)"; record.len()].join(", ");
-            self.exec(
-                &format!(
-                    "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
-                     verified_at, updated_at) VALUES {rows} \
-                     ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, \
-                     wants = 'keep', verify_requested = 0, \
-                     size_on_node = excluded.size_on_node, added_at = excluded.added_at, \
-                     verified_at = excluded.verified_at, updated_at = excluded.updated_at"
-                ),
-                &args,
-            )?;
+            let copies: Vec<(Id, Id, Option<u64>)> = record
+                .iter()
+                .map(|&(i, file_id)| (file_id, node_id, Some(size_on_disk(files[i].size))))
+                .collect();
+            self.record_healthy_copies(&copies, now)?;
             let ids: Vec<Id> = record.iter().map(|&(_, id)| id).collect();
             let fired = self.fire_auto_actions_for(&ids, node_id, now)?;
             for (&(i, file_id), fired) in record.iter().zip(fired) {

@@ -23,6 +23,17 @@ pub struct Fired {
     pub name: String,
 }
 
+/// A copy that arrived on its node for a copy request: what [`Tx::record_arrivals`] records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    pub request: Id,
+    pub file_id: Id,
+    pub node_id: Id,
+    /// Bytes transferred, and how long it took.
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
 /// A copy cairnd should look at (verify or release), with its file's facts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CopyWork {
@@ -405,6 +416,58 @@ impl Tx<'_> {
                 })
             })
             .collect()
+    }
+
+    /// Records copies that arrived for their requests: each copy healthy on its node, its
+    /// request done (unless cancelled meanwhile), and the auto-actions it sets off — what
+    /// cairnd records when a pull ends, for a batch of pulls in a fixed number of statements
+    /// (plus the auto-actions' per destination node). What each arrival set off, in order.
+    pub fn record_arrivals(&mut self, arrivals: &[Arrival], now: i64) -> Result<Vec<Vec<Fired>>> {
+        let copies: Vec<(Id, Id, Option<u64>)> = arrivals
+            .iter()
+            .map(|a| (a.file_id, a.node_id, Some(super::size_on_disk(a.bytes))))
+            .collect();
+        self.record_healthy_copies(&copies, now)?;
+        for chunk in arrivals.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = vec![now.into()];
+            for a in chunk {
+                args.extend([a.request.into(), a.bytes.into()]);
+            }
+            for a in chunk {
+                args.extend([a.request.into(), a.seconds.into()]);
+            }
+            args.extend(chunk.iter().map(|a| Value::from(a.request)));
+            let bytes = " WHEN ? THEN CAST(? AS BIGINT)".repeat(chunk.len());
+            let seconds = " WHEN ? THEN CAST(? AS DOUBLE PRECISION)".repeat(chunk.len());
+            self.exec(
+                &format!(
+                    "UPDATE copy_request SET state = 'done', finished_at = ?, last_error = NULL, \
+                     bytes = CASE id{bytes} END, seconds = CASE id{seconds} END \
+                     WHERE state = 'active' AND id IN ({})",
+                    in_list(chunk.len())
+                ),
+                &args,
+            )?;
+        }
+        let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); arrivals.len()];
+        // A file arriving twice on one node (two requests into one group) fires once.
+        let mut by_node: HashMap<Id, Vec<usize>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in arrivals.iter().enumerate() {
+            if seen.insert((a.file_id, a.node_id)) {
+                by_node.entry(a.node_id).or_default().push(i);
+            }
+        }
+        for (node_id, idx) in by_node {
+            let files: Vec<Id> = idx.iter().map(|&i| arrivals[i].file_id).collect();
+            for (i, f) in idx
+                .into_iter()
+                .zip(self.fire_auto_actions_for(&files, node_id, now)?)
+            {
+                fired[i] = f;
+            }
+        }
+        Ok(fired)
     }
 
     /// Applies the auto-actions a new healthy copy of `file_id` on `node_id` sets off:
