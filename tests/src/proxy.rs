@@ -41,6 +41,9 @@ struct Shared {
     open: Mutex<HashMap<u64, (TcpStream, TcpStream)>>,
     /// Connections forwarded since the start.
     forwarded: AtomicU64,
+    /// Chunks of bytes forwarded towards the upstream: each is a flight of a client that then
+    /// waits for an answer, so about one round trip each.
+    flights: AtomicU64,
 }
 
 impl LinkProxy {
@@ -56,6 +59,7 @@ impl LinkProxy {
             stopping: AtomicBool::new(false),
             open: Mutex::new(HashMap::new()),
             forwarded: AtomicU64::new(0),
+            flights: AtomicU64::new(0),
         });
         let s = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -108,6 +112,12 @@ impl LinkProxy {
     /// Connections forwarded so far (including those since closed).
     pub fn forwarded(&self) -> u64 {
         self.shared.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Chunks forwarded towards the upstream so far: about the round trips clients made (a
+    /// client that sends and then waits for the answer sends one chunk per round trip).
+    pub fn flights(&self) -> u64 {
+        self.shared.flights.load(Ordering::Relaxed)
     }
 }
 
@@ -165,8 +175,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             id,
             shared: shared.clone(),
         });
-        pump(client, s2, conn.clone());
-        pump(server, c2, conn);
+        pump(client, s2, conn.clone(), true);
+        pump(server, c2, conn, false);
     }
 }
 
@@ -187,7 +197,7 @@ impl Drop for Conn {
 }
 
 /// Forwards bytes from `from` to `to`, each chunk the proxy's delay after it was read.
-fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>, upstream: bool) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reader_shared = conn.shared.clone();
     let _ = std::thread::Builder::new()
@@ -198,6 +208,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>) {
                 match from.read(&mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
+                        if upstream {
+                            reader_shared.flights.fetch_add(1, Ordering::Relaxed);
+                        }
                         let delay =
                             Duration::from_micros(reader_shared.delay_us.load(Ordering::Relaxed));
                         if tx

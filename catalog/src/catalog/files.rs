@@ -439,25 +439,55 @@ impl Tx<'_> {
 
     /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
     /// each has on `node_id` if any: what an import needs to know of a batch, in one query
-    /// per [`IN_CHUNK`] paths.
+    /// per [`IN_CHUNK`] paths (in at most 200 directories).
     pub fn files_at(
         &mut self,
         paths: &[(&str, &str)],
         node_id: Id,
     ) -> Result<HashMap<String, (File, Option<Has>)>> {
-        let mut found = HashMap::with_capacity(paths.len());
-        for chunk in paths.chunks(IN_CHUNK) {
-            let mut args: Vec<Value> = vec![node_id.into()];
-            for (dir, name) in chunk {
-                args.extend([(*dir).into(), (*name).into()]);
+        // Names grouped by directory: `(d.path = ? AND f.name IN (…)) OR …`, whose depth is the
+        // number of directories (SQLite allows an expression 1,000 deep).
+        let mut by_dir: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut sorted: Vec<(&str, &str)> = paths.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for (dir, name) in sorted {
+            match by_dir.last_mut() {
+                Some((d, names)) if *d == dir => names.push(name),
+                _ => by_dir.push((dir, vec![name])),
             }
-            let pairs = vec!["(d.path = ? AND f.name = ?)"; chunk.len()].join(" OR ");
+        }
+        let mut found = HashMap::with_capacity(paths.len());
+        let mut groups = by_dir.as_slice();
+        while !groups.is_empty() {
+            // As many directories as fit in one statement.
+            let (mut n_dirs, mut n_names) = (0, 0);
+            while n_dirs < groups.len()
+                && n_dirs < 200
+                && (n_dirs == 0 || n_names + groups[n_dirs].1.len() <= IN_CHUNK)
+            {
+                n_names += groups[n_dirs].1.len();
+                n_dirs += 1;
+            }
+            let (chunk, rest) = groups.split_at(n_dirs);
+            groups = rest;
+            let mut args: Vec<Value> = vec![node_id.into()];
+            let mut terms = Vec::with_capacity(chunk.len());
+            for (dir, names) in chunk {
+                args.push((*dir).into());
+                args.extend(names.iter().map(|n| Value::from(*n)));
+                terms.push(format!(
+                    "(d.path = ? AND f.name IN ({}))",
+                    super::in_list(names.len())
+                ));
+            }
             let rows = self.raw(
                 &format!(
                     "SELECT {}, c.has FROM {} LEFT JOIN copy c ON c.file_id = f.id \
-                     AND c.node_id = ? WHERE {pairs}",
+                     AND c.node_id = ? WHERE {}",
                     File::COLUMNS,
-                    File::FROM
+                    File::FROM,
+                    terms.join(" OR ")
                 ),
                 &args,
             )?;
@@ -889,7 +919,7 @@ pub struct NewFile {
 
 /// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries: well within
 /// both databases' limits on parameters, and few enough distinct statement texts to cache.
-pub(crate) const IN_CHUNK: usize = 500;
+pub(crate) const IN_CHUNK: usize = 1000;
 
 #[derive(Default)]
 struct RegisterCache {

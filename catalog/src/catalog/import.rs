@@ -180,18 +180,51 @@ impl Tx<'_> {
                 ]);
             }
             let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; new_files.len()].join(", ");
-            for r in self.raw(
+            let inserted = self.raw(
                 &format!(
                     "INSERT INTO file (dir_id, name, acq_id, size, md5, mtime, registered_at) \
-                     VALUES {rows} ON CONFLICT (dir_id, name) DO NOTHING RETURNING id"
+                     VALUES {rows} ON CONFLICT (dir_id, name) DO NOTHING \
+                     RETURNING id, dir_id, name"
                 ),
                 &args,
-            )? {
-                registered_now.push(r.get(0)?);
+            )?;
+            // What was inserted is known here; a path another import registered meanwhile is
+            // read back.
+            let mut ids: HashMap<(Id, String), Id> = HashMap::with_capacity(inserted.len());
+            for r in &inserted {
+                ids.insert((r.get(1)?, r.get(2)?), r.get(0)?);
             }
-            // Read back what is now there: ours, or one another import registered first.
-            let added: Vec<(&str, &str)> = new_files.iter().map(|&i| split[i]).collect();
-            known.extend(self.files_at(&added, node_id)?);
+            let mut raced: Vec<(&str, &str)> = Vec::new();
+            for &i in &new_files {
+                let f = &files[i];
+                let (dir, name, path) = &paths[i];
+                match ids.get(&(dir_ids[dir], name.clone())) {
+                    Some(&id) => {
+                        registered_now.push(id);
+                        known.insert(
+                            path.clone(),
+                            (
+                                File {
+                                    id,
+                                    dir_id: dir_ids[dir],
+                                    name: name.clone(),
+                                    path: path.clone(),
+                                    acq: f.acq.clone(),
+                                    size: f.size,
+                                    md5: f.md5.clone(),
+                                    mtime: f.mtime,
+                                    registered_at: now,
+                                },
+                                None,
+                            ),
+                        );
+                    }
+                    None => raced.push(split[i]),
+                }
+            }
+            if !raced.is_empty() {
+                known.extend(self.files_at(&raced, node_id)?);
+            }
         }
 
         // The copies: recorded where the node has none that is healthy.

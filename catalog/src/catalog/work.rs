@@ -481,7 +481,7 @@ impl Tx<'_> {
     }
 
     /// [`Tx::fire_auto_actions`] for new healthy copies of each of `file_ids` on `node_id`, in
-    /// a fixed number of statements: two when no rule concerns the node, else one per kind of
+    /// a fixed number of statements: one when no rule concerns the node, else one per kind of
     /// fact the rules need and one per kind of effect. What each file set off, in order.
     pub fn fire_auto_actions_for(
         &mut self,
@@ -493,30 +493,38 @@ impl Tx<'_> {
         if file_ids.is_empty() {
             return Ok(fired);
         }
-        let group_id: Id =
-            self.scalar("SELECT group_id FROM node WHERE id = ?", params![node_id])?;
+        // The node's group and the rules that concern it, in one query (a row with no rule
+        // when there is none).
         let rows = self.raw(
             // A delayed auto-clean does not fire on arrival; see `delayed_clean_due`.
-            "SELECT group_id, node_id, autosync, \
-             CASE WHEN autoclean = 1 AND clean_after IS NULL THEN 1 ELSE 0 END, path_prefix \
-             FROM auto_action \
-             WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
-            params![node_id, group_id],
+            "SELECT n.group_id, aa.group_id, aa.node_id, aa.autosync, \
+             CASE WHEN aa.autoclean = 1 AND aa.clean_after IS NULL THEN 1 ELSE 0 END, \
+             aa.path_prefix FROM node n LEFT JOIN auto_action aa \
+             ON (aa.node_id = n.id AND aa.autosync = 1) \
+             OR (aa.group_id = n.group_id AND aa.autoclean = 1) WHERE n.id = ?",
+            params![node_id],
         )?;
-        if rows.is_empty() {
-            return Ok(fired);
-        }
+        let group_id: Id = rows
+            .first()
+            .ok_or_else(|| CatalogError::not_found("node", format!("#{node_id}")))?
+            .get(0)?;
         let mut rules = Vec::with_capacity(rows.len());
         for r in &rows {
+            let Some(rule_group) = r.get::<Option<Id>>(1)? else {
+                continue;
+            };
             rules.push((
                 ActionRule {
-                    group_id: r.get(0)?,
-                    node_id: r.get(1)?,
-                    autosync: r.get::<bool>(2)?,
-                    autoclean: r.get(3)?,
+                    group_id: rule_group,
+                    node_id: r.get(2)?,
+                    autosync: r.get::<bool>(3)?,
+                    autoclean: r.get(4)?,
                 },
-                r.get::<Option<String>>(4)?,
+                r.get::<Option<String>>(5)?,
             ));
+        }
+        if rules.is_empty() {
+            return Ok(fired);
         }
         // The facts the rules look at, for every file at once.
         let mut present: HashMap<Id, Vec<Id>> = HashMap::new();

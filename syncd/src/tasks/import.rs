@@ -329,7 +329,7 @@ fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
 // ---- scan ----
 
 /// Files a scan looks up and registers at once: one read and one transaction each.
-const SCAN_BATCH: usize = 500;
+const SCAN_BATCH: usize = 1000;
 
 pub(super) fn scan(
     ctx: &TaskContext,
