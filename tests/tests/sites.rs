@@ -64,11 +64,6 @@ fn far_routing(archive: &Archive, max_lag: Duration) -> Routing {
     )
 }
 
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
 #[test]
 fn a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once() {
     if !can_run_servers("a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once") {
@@ -96,16 +91,18 @@ fn a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once() {
     let status = pool.replica_status().expect("a replica");
     assert_eq!(status.state, ReplicaState::InUse, "{status:?}");
 
-    // Reads are answered at this site: well under one round trip to the primary.
-    let times: Vec<Duration> = (0..50)
-        .map(|_| {
-            let t = Instant::now();
-            pool.with(|c| c.read(|tx| tx.groups())).unwrap();
-            t.elapsed()
-        })
-        .collect();
-    let m = median(times);
-    assert!(m < Duration::from_millis(10), "median read {m:?}");
+    // Reads are answered at this site: 50 of them make next to no flight across the link (a
+    // read on the primary is three: BEGIN, the query, COMMIT; the standby's own replication
+    // traffic crosses it too, a few flights a second).
+    let before = sites.link.flights();
+    for _ in 0..50 {
+        pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+    }
+    let flights = sites.link.flights() - before;
+    assert!(
+        flights < 20,
+        "{flights} flights across the link for 50 reads"
+    );
 
     // What another site writes shows here once replicated.
     let mut near = archive.catalog();
@@ -238,17 +235,19 @@ fn a_cut_link_leaves_the_site_reading_from_its_standby() {
     );
     pool.with(|c| c.write(|tx| tx.create_group("before", IoClass::Default, None)))
         .unwrap();
+    // (Cut at once, the write might not have crossed to the standby yet: then the standby,
+    // the best answer left, would not have it.)
+    assert!(pool.wait_replicated());
     sites.link.cut();
     // Long enough for the standby to count as lagging: reads would go to the primary, which
     // cannot be reached, and the standby answers.
     std::thread::sleep(Duration::from_secs(3));
     for _ in 0..20 {
-        let t = Instant::now();
+        // With a patience of 2 s, a read waiting for the primary would fail.
         let seen = pool
             .with(|c| c.read(|tx| tx.group_by_name("before")))
             .expect("the standby answers while the link is cut");
         assert!(seen.is_some());
-        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
     // A site cut off can still open the catalog.
     let mut cat = Catalog::open_routed(pool.routing()).expect("opens from the standby");
@@ -401,8 +400,8 @@ fn a_distant_site_imports_in_batches_and_sees_what_the_archive_imports() {
     let took = t.elapsed();
     let trips = sites.link.flights() - flights;
     eprintln!("scan of {n} files at 20 ms: {took:?}, about {trips} round trips through the link");
-    // A file at a time would cost several round trips each: 1,500 files × 8 × 20 ms = 240 s.
-    assert!(took < Duration::from_secs(30), "{took:?}");
+    // A file at a time costs about eight round trips each; a batch of 1,000 about ten.
+    assert!(trips < n / 2, "{trips} round trips for {n} files");
 
     // The archive's site imports a file; the distant site lists it once it is replicated.
     write_file(&near.root("vault"), "2025/05/02/b.dat", b"from the archive");
