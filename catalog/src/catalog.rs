@@ -270,7 +270,10 @@ impl Catalog {
                     TxMode::Read,
                     &mut f,
                 ) {
-                    Err(CatalogError::Db(e)) if e.breaks_connection() && !e.is_busy() => {
+                    // The replica went away (a query it refuses is an error like any other).
+                    Err(CatalogError::Db(e))
+                        if e.is_disconnected() || matches!(e, DbError::Open { .. }) =>
+                    {
                         link.replica.unreachable(&e);
                     }
                     other => return other,
@@ -290,7 +293,9 @@ impl Catalog {
                             TxMode::Read,
                             &mut f,
                         ) {
-                            Err(CatalogError::Db(e2)) if e2.breaks_connection() => {
+                            Err(CatalogError::Db(e2))
+                                if e2.is_disconnected() || matches!(e2, DbError::Open { .. }) =>
+                            {
                                 link.replica.unreachable(&e2);
                                 self.run(TxMode::Read, f)
                             }
