@@ -140,6 +140,16 @@ impl Routing {
         self.replica.as_ref().map(|r| r.status())
     }
 
+    /// Makes the process's reads see the primary as it was at log position `lsn` at least
+    /// (as after a write of its own): for news heard from the primary, e.g. a notification of
+    /// a request made elsewhere, which the replica may not have replayed yet. No-op without a
+    /// replica.
+    pub fn read_at_least(&self, lsn: u64) {
+        if let Some(r) = &self.replica {
+            r.note_written(lsn);
+        }
+    }
+
     /// Whether a write of this process has committed on the primary.
     pub fn has_written(&self) -> bool {
         self.replica

@@ -228,13 +228,18 @@ impl Archive {
     /// link and reads from the site's standby, with `catalog_extra` appended to its
     /// `[catalog]` table (e.g. `replica_max_lag = "2s"`).
     pub fn far_host(&self, name: &str, catalog_extra: &str) -> TestHost {
+        self.far_host_with(name, catalog_extra, "")
+    }
+
+    /// Like [`Archive::far_host`], with `daemon_extra` appended to its `[daemon]` table.
+    pub fn far_host_with(&self, name: &str, catalog_extra: &str, daemon_extra: &str) -> TestHost {
         let remote = self
             .remote
             .as_ref()
             .expect("an archive of site::Sites has a distant site");
         self.host_at(
             name,
-            "",
+            daemon_extra,
             Some(format!(
                 "url = \"{}\"\nreplica = \"{}\"\n{catalog_extra}",
                 remote.url, remote.replica

@@ -435,3 +435,39 @@ fn a_distant_site_imports_in_batches_and_sees_what_the_archive_imports() {
     far.stop();
     near.stop();
 }
+
+#[test]
+fn a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_standby() {
+    let test = "a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_standby";
+    if !can_run_servers(test) {
+        return;
+    }
+    // 50 ms round trip; the distant cairnd makes a pass only when woken.
+    let sites = Sites::new(Duration::from_millis(25));
+    let archive = sites.archive();
+    let mut far = archive.far_host_with("far", "", "interval = \"1h\"");
+    let mut near = archive.host("near");
+    far.node("field", &[]);
+    let vault = near.node("vault", &["--archive"]);
+    write_file(&vault, "2025/05/03/a.dat", b"made at the archive");
+    far.start();
+    near.start();
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    archive.wait_idle(Duration::from_secs(30));
+    // Made at the archive's site: NOTIFY reaches the distant cairnd about when the commit's log
+    // reaches its standby; its pass must not read the standby before it has the request.
+    for i in 0..5 {
+        let name = format!("2025/05/03/b{i}.dat");
+        write_file(&vault, &name, format!("file {i}"));
+        near.cairn(&["node", "scan", "vault", "--register-new"]);
+        archive.wait_idle(Duration::from_secs(30));
+        near.cairn(&["file", "sync", &name, "--from", "vault", "--to", "field"]);
+        wait_until(
+            Duration::from_secs(30),
+            "the distant cairnd to pull the file",
+            || archive.has("field", &name) == Some(cairn_catalog::model::Has::Yes),
+        );
+    }
+    far.stop();
+    near.stop();
+}

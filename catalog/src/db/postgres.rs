@@ -787,6 +787,17 @@ impl Listener {
         &self.url
     }
 
+    /// Where the primary's write-ahead log stands now: at or past every transaction whose
+    /// notification was heard, since a notification is sent at commit. `None` if it cannot be
+    /// asked (the next [`Listener::wait`] finds out why).
+    pub fn position(&mut self) -> Option<u64> {
+        let client = self.client.as_mut().filter(|c| !c.is_closed())?;
+        let row = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .ok()?;
+        parse_lsn(&row.get::<_, String>(0))
+    }
+
     /// Waits up to `timeout` for notifications. A connection error drops the connection;
     /// the next call connects again.
     pub fn wait(&mut self, timeout: Duration) -> Result<Heard, DbError> {
