@@ -11,6 +11,11 @@
 //! The same rerun covers a PostgreSQL connection lost before the transaction committed (a
 //! server restart, a lost link): the backend reconnects at the next `BEGIN`, for as long as
 //! the catalog's [`Patience`] allows (30 s by default; cairnd waits until it is stopped).
+//!
+//! A catalog opened with a [`Routing`] that has a replica ([`Catalog::open_routed`]) reads from
+//! the replica and writes to the primary, honouring the process's own writes; see
+//! [`crate::replica`]. Its primary connection is made at the first write (or read the replica
+//! cannot answer), so a site whose link is cut can still open the catalog and read.
 
 mod files;
 mod graph;
@@ -25,18 +30,22 @@ pub use files::{CopySelect, FileFilter, NewFile, SyncCandidate, normalize_path};
 pub use graph::{NewNode, NodeUpdate};
 pub use import::{ImportOutcome, size_on_disk};
 pub use requests::{CopyRequestFilter, ImportKind, NewCopyRequest};
-pub use work::{CopyWork, Fired, SourceCopy};
+pub use work::{Arrival, CopyWork, Fired, SourceCopy};
 
 use crate::db::postgres::{self, PostgresBackend};
 use crate::db::sqlite::{self, SqliteBackend};
 use crate::db::{Backend, DbError, Dialect, FromValue, Patience, Row, TxMode, Value};
 use crate::error::{CatalogError, Result};
 use crate::model::{FromRow, Id};
+use crate::replica::{Choice, ReplicaLink, ReplicaStatus, Routing};
 use crate::schema::{self, MIGRATIONS, SCHEMA_VERSION};
 
 /// An open catalog.
 pub struct Catalog {
+    /// The database, or with a replica, the primary.
     backend: Box<dyn Backend>,
+    /// The hot standby reads go to, when there is one.
+    replica: Option<ReplicaLink>,
     /// The URL with any password hidden: this is what messages show.
     url: String,
     patience: Patience,
@@ -67,8 +76,55 @@ impl Catalog {
     /// Opens an existing catalog and checks that its schema is the one this build knows.
     pub fn open(url: &str) -> Result<Catalog> {
         let mut cat = Catalog::new(open_backend(url, false)?, url);
-        let url = &cat.url.clone();
-        match cat.schema_version()? {
+        let version = cat.schema_version()?;
+        cat.accept_version(version)
+    }
+
+    /// Opens the catalog as `routing` says: with a replica, reads go there and writes to the
+    /// primary (see [`crate::replica`]). A replica that is not a hot standby is refused.
+    pub fn open_routed(routing: &Routing) -> Result<Catalog> {
+        let Some(replica) = routing.replica() else {
+            return Catalog::open(routing.url());
+        };
+        if !postgres::is_postgres_url(routing.url()) {
+            return Err(CatalogError::Invalid(
+                "catalog.replica needs a PostgreSQL catalog.url (a SQLite catalog has none)".into(),
+            ));
+        }
+        let primary = PostgresBackend::unconnected(routing.url(), None)?;
+        let mut link = ReplicaLink::new(replica.clone())?;
+        let state = link.check_now();
+        if state == crate::replica::ReplicaState::NotStandby {
+            return Err(CatalogError::Invalid(format!(
+                "catalog.replica {} is not a hot standby: the server is not in recovery (it is                  a primary); point catalog.replica at this site's standby of catalog.url, or                  remove it",
+                replica.shown
+            )));
+        }
+        let mut cat = Catalog::new(Box::new(primary), routing.url());
+        let usable = matches!(
+            state,
+            crate::replica::ReplicaState::InUse | crate::replica::ReplicaState::Lagging
+        );
+        if usable {
+            match schema_version_of(link.backend.as_mut()) {
+                Ok(v) => {
+                    cat.replica = Some(link);
+                    return cat.accept_version(v);
+                }
+                Err(e) => replica.unreachable(&e),
+            }
+        }
+        // The replica cannot say: the primary must, at once (as when opening without one).
+        cat.backend.set_patience(ReplicaLink::no_patience());
+        let version = schema_version_of(cat.backend.as_mut());
+        cat.backend.set_patience(Patience::default());
+        cat.replica = Some(link);
+        cat.accept_version(version?)
+    }
+
+    fn accept_version(self, version: Option<u32>) -> Result<Catalog> {
+        let url = self.url.clone();
+        match version {
             None => Err(CatalogError::NotInitialised {
                 url: url.to_owned(),
             }),
@@ -82,7 +138,7 @@ impl Catalog {
                 found: v,
                 expected: SCHEMA_VERSION,
             }),
-            Some(_) => Ok(cat),
+            Some(_) => Ok(self),
         }
     }
 
@@ -129,6 +185,7 @@ impl Catalog {
     fn new(backend: Box<dyn Backend>, url: &str) -> Catalog {
         Catalog {
             backend,
+            replica: None,
             url: postgres::redact(url),
             patience: Patience::default(),
             broken: false,
@@ -161,27 +218,7 @@ impl Catalog {
 
     /// The schema version recorded in the catalog, `None` if it has no schema yet.
     pub fn schema_version(&mut self) -> Result<Option<u32>> {
-        let exists = match self.backend.dialect() {
-            Dialect::Sqlite => self.backend.query(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
-                &[],
-            )?,
-            Dialect::Postgres => self.backend.query(
-                "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version' \
-                 AND table_schema = current_schema()",
-                &[],
-            )?,
-        };
-        if exists.is_empty() {
-            return Ok(None);
-        }
-        let rows = self
-            .backend
-            .query("SELECT version FROM schema_version", &[])?;
-        match rows.first() {
-            Some(r) => Ok(Some(r.get::<u32>(0)?)),
-            None => Ok(None),
-        }
+        schema_version_of(self.backend.as_mut())
     }
 
     /// The random identity written at `db init`, recorded in node markers.
@@ -216,18 +253,125 @@ impl Catalog {
         Ok(())
     }
 
-    /// Runs `f` in a read transaction (a consistent snapshot).
-    pub fn read<T>(&mut self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        self.run(TxMode::Read, f)
+    /// Runs `f` in a read transaction (a consistent snapshot). With a replica, on the replica
+    /// when it is near enough and has this process's own writes, else on the primary.
+    pub fn read<T>(&mut self, mut f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        let Some(link) = self.replica.as_mut() else {
+            return self.run(TxMode::Read, f);
+        };
+        match link.choose() {
+            Choice::Replica => {
+                match run_retrying(
+                    link.backend.as_mut(),
+                    &ReplicaLink::no_patience(),
+                    TxMode::Read,
+                    &mut f,
+                ) {
+                    // The replica went away (a query it refuses is an error like any other).
+                    Err(CatalogError::Db(e))
+                        if e.is_disconnected() || matches!(e, DbError::Open { .. }) =>
+                    {
+                        link.replica.unreachable(&e);
+                    }
+                    other => return other,
+                }
+                self.run(TxMode::Read, f)
+            }
+            Choice::Primary { fallback: true } => {
+                // One try without patience: if the primary cannot be reached, the replica
+                // answers, however far behind.
+                match self.run_impatient(&mut f) {
+                    Err(CatalogError::Db(e)) if e.is_disconnected() => {
+                        let link = self.replica.as_mut().expect("a replica, matched above");
+                        link.replica.primary_unreachable(&e);
+                        match run_retrying(
+                            link.backend.as_mut(),
+                            &ReplicaLink::no_patience(),
+                            TxMode::Read,
+                            &mut f,
+                        ) {
+                            Err(CatalogError::Db(e2))
+                                if e2.is_disconnected() || matches!(e2, DbError::Open { .. }) =>
+                            {
+                                link.replica.unreachable(&e2);
+                                self.run(TxMode::Read, f)
+                            }
+                            other => other,
+                        }
+                    }
+                    other => other,
+                }
+            }
+            Choice::Primary { fallback: false } => self.run(TxMode::Read, f),
+        }
     }
 
-    /// Runs `f` in a write transaction; all of it commits or none of it does.
+    /// Runs `f` in a write transaction; all of it commits or none of it does. With a replica,
+    /// on the primary, and later reads of this process wait for the replica to have it.
     pub fn write<T>(&mut self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        self.run(TxMode::Write, f)
+        let result = self.run(TxMode::Write, f);
+        if result.is_ok()
+            && let Some(link) = &self.replica
+            && let Some(lsn) = self.backend.last_commit_lsn()
+        {
+            link.replica.note_written(lsn);
+        }
+        result
+    }
+
+    /// Waits (up to `catalog.replica_wait`) until the replica has replayed this process's
+    /// latest write, so that other processes reading from it see that write too. True at once
+    /// without a replica or a write; false if the replica did not get there in time (or
+    /// cannot be used), and then only this process is sure to see its writes.
+    pub fn wait_replicated(&mut self) -> bool {
+        let Some(link) = self.replica.as_mut() else {
+            return true;
+        };
+        let need = link.written();
+        if need == 0 {
+            return true;
+        }
+        let wait = link.replica.options.wait;
+        link.wait_replayed(need, wait)
+    }
+
+    /// Where the replica stands, asked now; `None` without a replica.
+    pub fn replica_status(&mut self) -> Option<ReplicaStatus> {
+        let link = self.replica.as_mut()?;
+        link.check_now();
+        Some(link.replica.status())
+    }
+
+    /// The standbys streaming from the primary, as it sees them (PostgreSQL; none for
+    /// SQLite). Asks the primary, not the replica.
+    pub fn standbys(&mut self) -> Result<Vec<crate::replica::Standby>> {
+        if self.dialect() != Dialect::Postgres {
+            return Ok(Vec::new());
+        }
+        // Something to show, not to wait for: one try.
+        self.run_impatient(|tx| {
+            tx.raw(crate::replica::Standby::QUERY, &[])?
+                .iter()
+                .map(|r| Ok(crate::replica::Standby::from_row(r)?))
+                .collect()
+        })
+    }
+
+    /// A read on the primary that fails at once if it cannot be reached.
+    fn run_impatient<T>(&mut self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
+        self.backend.set_patience(ReplicaLink::no_patience());
+        let result = run_retrying(
+            self.backend.as_mut(),
+            &ReplicaLink::no_patience(),
+            TxMode::Read,
+            f,
+        );
+        self.backend.set_patience(self.patience.clone());
+        result
     }
 
     fn run<T>(&mut self, mode: TxMode, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {
-        let result = self.run_retrying(mode, f);
+        let result = run_retrying(self.backend.as_mut(), &self.patience, mode, f);
         if let Err(CatalogError::Db(e)) = &result
             && e.breaks_connection()
         {
@@ -235,68 +379,92 @@ impl Catalog {
         }
         result
     }
+}
 
-    fn run_retrying<T>(
-        &mut self,
-        mode: TxMode,
-        mut f: impl FnMut(&mut Tx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        let start = Instant::now();
-        let mut backoff = Backoff::new();
-        let mut outage: Option<Instant> = None;
-        loop {
-            match self.try_once(mode, &mut f) {
-                Err(CatalogError::Db(e))
-                    if e.is_busy()
-                        && start.elapsed() < self.patience.busy
-                        && !self.patience.stopped() =>
-                {
-                    std::thread::sleep(backoff.next());
-                }
-                // The connection dropped before the transaction committed (a server restart,
-                // a lost link): the backend reconnects at the next BEGIN, and the whole
-                // transaction runs again, as when busy.
-                Err(CatalogError::Db(e))
-                    if e.is_disconnected()
-                        && outage.get_or_insert_with(Instant::now).elapsed()
-                            < self.patience.give_up
-                        && !self.patience.stopped() =>
-                {
-                    std::thread::sleep(backoff.next());
-                }
-                Err(CatalogError::Db(e)) if e.is_busy() => {
-                    return Err(CatalogError::Db(DbError::Busy(format!(
-                        "gave up after {}s: {e}",
-                        start.elapsed().as_secs()
-                    ))));
-                }
-                other => return other,
+/// The schema version recorded in the database of `backend`, `None` if it has no schema yet.
+fn schema_version_of(backend: &mut dyn Backend) -> Result<Option<u32>> {
+    backend.ensure_connected()?;
+    let exists = match backend.dialect() {
+        Dialect::Sqlite => backend.query(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'",
+            &[],
+        )?,
+        Dialect::Postgres => backend.query(
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'schema_version' \
+             AND table_schema = current_schema()",
+            &[],
+        )?,
+    };
+    if exists.is_empty() {
+        return Ok(None);
+    }
+    let rows = backend.query("SELECT version FROM schema_version", &[])?;
+    match rows.first() {
+        Some(r) => Ok(Some(r.get::<u32>(0)?)),
+        None => Ok(None),
+    }
+}
+
+/// Runs `f` in one transaction on `backend`, again while the database is busy, and while it
+/// cannot be reached for as long as `patience` allows.
+fn run_retrying<T>(
+    backend: &mut dyn Backend,
+    patience: &Patience,
+    mode: TxMode,
+    mut f: impl FnMut(&mut Tx<'_>) -> Result<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    let mut backoff = Backoff::new();
+    let mut outage: Option<Instant> = None;
+    loop {
+        match try_once(backend, mode, &mut f) {
+            Err(CatalogError::Db(e))
+                if e.is_busy() && start.elapsed() < patience.busy && !patience.stopped() =>
+            {
+                std::thread::sleep(backoff.next());
             }
+            // The connection dropped before the transaction committed (a server restart,
+            // a lost link): the backend reconnects at the next BEGIN, and the whole
+            // transaction runs again, as when busy.
+            Err(CatalogError::Db(e))
+                if e.is_disconnected()
+                    && outage.get_or_insert_with(Instant::now).elapsed() < patience.give_up
+                    && !patience.stopped() =>
+            {
+                std::thread::sleep(backoff.next());
+            }
+            Err(CatalogError::Db(e)) if e.is_busy() => {
+                return Err(CatalogError::Db(DbError::Busy(format!(
+                    "gave up after {}s: {e}",
+                    start.elapsed().as_secs()
+                ))));
+            }
+            other => return other,
         }
     }
+}
 
-    fn try_once<T>(
-        &mut self,
-        mode: TxMode,
-        f: &mut impl FnMut(&mut Tx<'_>) -> Result<T>,
-    ) -> Result<T> {
-        self.backend.begin(mode)?;
-        let result = f(&mut Tx {
-            backend: self.backend.as_mut(),
-        });
-        match result {
-            Ok(v) => match self.backend.commit() {
-                Ok(()) => Ok(v),
-                Err(e) => {
-                    let _ = self.backend.rollback();
-                    Err(e.into())
-                }
-            },
+fn try_once<T>(
+    backend: &mut dyn Backend,
+    mode: TxMode,
+    f: &mut impl FnMut(&mut Tx<'_>) -> Result<T>,
+) -> Result<T> {
+    backend.begin(mode)?;
+    let result = f(&mut Tx {
+        backend: &mut *backend,
+    });
+    match result {
+        Ok(v) => match backend.commit() {
+            Ok(()) => Ok(v),
             Err(e) => {
-                // The rollback's own failure would hide the error that matters.
-                let _ = self.backend.rollback();
-                Err(e)
+                let _ = backend.rollback();
+                Err(e.into())
             }
+        },
+        Err(e) => {
+            // The rollback's own failure would hide the error that matters.
+            let _ = backend.rollback();
+            Err(e)
         }
     }
 }
@@ -343,6 +511,11 @@ fn new_catalog_id() -> String {
         bytes = (t ^ u128::from(std::process::id()) << 64).to_le_bytes();
     }
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `?, ?, …`: `n` placeholders for an `IN (…)` list or a row of `VALUES`.
+pub(crate) fn in_list(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 /// One transaction. Named queries are methods on it (see the `catalog/` modules).

@@ -70,15 +70,28 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CatalogConfig {
-    /// Catalog URL: `sqlite:///path/to/catalog.db` or `postgres://user@host/db`.
-    /// Default `"sqlite:///var/lib/cairn/catalog.db"`.
+    /// Catalog URL: `sqlite:///path/to/catalog.db` or `postgres://user@host/db`; with a
+    /// `replica`, the primary, where writes go. Default `"sqlite:///var/lib/cairn/catalog.db"`.
     pub url: String,
+    /// A PostgreSQL hot standby of `url` at this site, where reads go (lookups, listings,
+    /// planning). `""` in the file means none (`None`). Default: none.
+    #[serde(with = "optional_text", skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
+    /// A replica further behind the primary than this is not read from while the primary
+    /// answers. Default `"30s"`.
+    pub replica_max_lag: HumanDuration,
+    /// How long a read waits for the replica to replay this process's own latest write before
+    /// it asks the primary instead. Default `"1s"`.
+    pub replica_wait: HumanDuration,
 }
 
 impl Default for CatalogConfig {
     fn default() -> Self {
         Self {
             url: "sqlite:///var/lib/cairn/catalog.db".to_owned(),
+            replica: None,
+            replica_max_lag: HumanDuration(std::time::Duration::from_secs(30)),
+            replica_wait: HumanDuration(std::time::Duration::from_secs(1)),
         }
     }
 }
@@ -358,6 +371,20 @@ pub enum TransferMethod {
     Rsync,
 }
 
+/// Text where `""` means none (`catalog.replica`).
+mod optional_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_deref().unwrap_or_default())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok((!text.trim().is_empty()).then_some(text))
+    }
+}
+
 /// `transfer.listen`: an address, or `""` for none.
 mod listen_address {
     use std::net::SocketAddr;
@@ -448,6 +475,25 @@ impl Config {
                 "catalog.url",
                 format!("{url:?} is neither sqlite:///path nor postgres://…"),
             ));
+        }
+        if let Some(replica) = &self.catalog.replica {
+            let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
+            if !postgres(replica) {
+                return Err(invalid(
+                    "catalog.replica",
+                    format!(
+                        "{:?} is not a postgres:// URL: a replica is a PostgreSQL hot standby",
+                        crate::db::postgres::redact(replica)
+                    ),
+                ));
+            }
+            if !postgres(url) {
+                return Err(invalid(
+                    "catalog.replica",
+                    "a replica needs a PostgreSQL catalog.url (a SQLite catalog has none)"
+                        .to_owned(),
+                ));
+            }
         }
         if let Some(name) = &self.host.name
             && name.trim().is_empty()
@@ -592,6 +638,9 @@ mod tests {
     fn defaults_match_the_design() {
         let c = Config::default();
         assert_eq!(c.catalog.url, "sqlite:///var/lib/cairn/catalog.db");
+        assert_eq!(c.catalog.replica, None);
+        assert_eq!(c.catalog.replica_max_lag.0, Duration::from_secs(30));
+        assert_eq!(c.catalog.replica_wait.0, Duration::from_secs(1));
         assert_eq!(c.host.name, None);
         assert_eq!(c.daemon.interval, HumanDuration(Duration::from_secs(10)));
         assert_eq!(c.daemon.workers, 4);
@@ -724,6 +773,14 @@ mod tests {
         r#"invalid daemon.interval in /etc/cairn/cairn.toml: must be more than 0, got "0s""#
     )]
     #[test_case("[catalog]\nurl = \"mysql://db/cairn\"", r#"invalid catalog.url in /etc/cairn/cairn.toml: "mysql://db/cairn" is neither sqlite:///path nor postgres://…"#)]
+    #[test_case(
+        "[catalog]\nurl = \"postgres://db/cairn\"\nreplica = \"sqlite:///r.db\"",
+        r#"invalid catalog.replica in /etc/cairn/cairn.toml: "sqlite:///r.db" is not a postgres:// URL: a replica is a PostgreSQL hot standby"#
+    )]
+    #[test_case(
+        "[catalog]\nreplica = \"postgres://standby/cairn\"",
+        "invalid catalog.replica in /etc/cairn/cairn.toml: a replica needs a PostgreSQL catalog.url (a SQLite catalog has none)"
+    )]
     #[test_case(
         "[fs]\nwrite_node = \"\"",
         r#"invalid fs.write_node in /etc/cairn/cairn.toml: "" is empty"#
@@ -938,6 +995,10 @@ mod tests {
                 cache_memory: Some(ByteSize(256 << 20)),
                 admin_group: Some("cairn".into()),
             },
+            catalog: CatalogConfig {
+                replica: Some("postgres://r/db".to_owned()),
+                ..CatalogConfig::default()
+            },
             daemon: DaemonConfig {
                 log_dir: Some(PathBuf::from("l")),
                 ..DaemonConfig::default()
@@ -959,7 +1020,11 @@ mod tests {
         };
         let expected = keys(&toml::Table::try_from(&full).unwrap());
 
-        let uncommented = uncomment_optional_keys(EXAMPLE);
+        // A replica needs a PostgreSQL catalog.
+        let uncommented = uncomment_optional_keys(EXAMPLE).replace(
+            "url = \"sqlite:///var/lib/cairn/catalog.db\"",
+            "url = \"postgres://db/cairn\"",
+        );
         let config = Config::from_toml(&uncommented, Path::new("packaging/cairn.toml")).unwrap();
         assert!(config.host.name.is_some() && config.fs.write_node.is_some());
         assert!(config.import.acq_depth.is_some());

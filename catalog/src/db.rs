@@ -10,6 +10,7 @@
 
 pub mod postgres;
 pub mod sqlite;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -306,4 +307,15 @@ pub trait Backend: Send {
     /// How long to keep reconnecting to a server that went away (no-op for an embedded
     /// database).
     fn set_patience(&mut self, _patience: Patience) {}
+    /// Connects now if not connected, for statements outside a transaction (no-op for an
+    /// embedded database).
+    fn ensure_connected(&mut self) -> Result<(), DbError> {
+        Ok(())
+    }
+    /// The position in the server's write-ahead log at or past the end of the last write
+    /// transaction this connection committed, if the database has one (PostgreSQL): a hot
+    /// standby that has replayed this far shows that transaction.
+    fn last_commit_lsn(&self) -> Option<u64> {
+        None
+    }
 }

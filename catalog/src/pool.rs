@@ -10,16 +10,26 @@
 //! How long work waits for a catalog that cannot be reached is the pool's [`Patience`]: cairnd
 //! waits out an outage until it is stopped ([`Patience::until_stopped`]); the mount gives up
 //! after 2 s so that a program gets an error instead of hanging.
+//!
+//! A pool made with a [`Routing`] that has a replica ([`Pool::routed`]) reads from this site's
+//! hot standby and writes to the primary. Its connections share one routing, so **what one
+//! thread writes, every thread of the process reads**: after `pool.with(|c| c.write(…))`
+//! returns, any `pool.with(|c| c.read(…))` sees that write (it waits for the replica to replay
+//! it, up to `catalog.replica_wait`, else reads from the primary). No token is passed around.
+//! [`Pool::wait_replicated`] waits until the replica has this process's writes, for a write
+//! that other processes of the site must see at once (an attribute set through the mount,
+//! then read by `cairn request list`). With SQLite, or no replica, all of this costs nothing.
 
 use std::sync::Mutex;
 
 use crate::Catalog;
 use crate::db::Patience;
 use crate::error::CatalogError;
+use crate::replica::{ReplicaStatus, Routing};
 
 /// A pool of connections to one catalog.
 pub struct Pool {
-    url: String,
+    routing: Routing,
     idle: Mutex<Vec<Catalog>>,
     patience: Patience,
 }
@@ -27,7 +37,7 @@ pub struct Pool {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("url", &crate::db::postgres::redact(&self.url))
+            .field("routing", &self.routing)
             .finish()
     }
 }
@@ -35,11 +45,36 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// A pool for the catalog at `url`; connections are opened when first needed.
     pub fn new(url: &str, patience: Patience) -> Pool {
+        Pool::routed(Routing::primary(url), patience)
+    }
+
+    /// A pool reading and writing as `routing` says (`Routing::from_config`), e.g. from a
+    /// replica at this site and to the primary.
+    pub fn routed(routing: Routing, patience: Patience) -> Pool {
         Pool {
-            url: url.to_owned(),
+            routing,
             idle: Mutex::new(Vec::new()),
             patience,
         }
+    }
+
+    pub fn routing(&self) -> &Routing {
+        &self.routing
+    }
+
+    /// What the last check of the replica found; `None` without a replica. Makes no query.
+    pub fn replica_status(&self) -> Option<ReplicaStatus> {
+        self.routing.replica_status()
+    }
+
+    /// Waits (up to `catalog.replica_wait`) until the replica has replayed this process's
+    /// latest write; see [`Catalog::wait_replicated`].
+    pub fn wait_replicated(&self) -> bool {
+        if !self.routing.has_written() {
+            return true;
+        }
+        self.with(|c| Ok::<_, CatalogError>(c.wait_replicated()))
+            .unwrap_or(false)
     }
 
     /// Stops waiting for an unreachable catalog: what waits fails now (shutdown).
@@ -57,7 +92,7 @@ impl Pool {
         let mut cat = match cached {
             Some(c) => c,
             None => {
-                let mut c = Catalog::open(&self.url)?;
+                let mut c = Catalog::open_routed(&self.routing)?;
                 c.set_patience(self.patience.clone());
                 c
             }

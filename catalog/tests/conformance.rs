@@ -16,8 +16,8 @@ use imports::*;
 use policy::*;
 
 use cairn_catalog::catalog::{
-    CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile, NewNode,
-    NodeUpdate,
+    Arrival, CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile,
+    NewNode, NodeUpdate,
 };
 use cairn_catalog::model::{Has, IoClass, NodeKind, Ownership, RequestState, Wants};
 use cairn_catalog::{Catalog, CatalogError};
@@ -91,6 +91,7 @@ backend_tests!(
     corrupt_copy_does_not_count_as_present,
     clean_candidates_follow_target_and_wants,
     copy_requests_are_deduplicated_and_claimed_once,
+    copy_requests_are_claimed_and_recorded_in_batches,
     retry_and_cancel_follow_request_state,
     import_requests_reuse_identical_pending_ones,
     auto_actions_toggle_and_list,
@@ -104,6 +105,8 @@ backend_tests!(
     import_copy_of_an_empty_file_takes_no_blocks,
     import_copy_refuses_a_path_archived_with_other_contents,
     import_copy_fires_the_auto_actions_of_the_new_copy,
+    import_copies_gives_each_file_the_outcome_of_import_copy,
+    import_copies_takes_batches_larger_than_one_statement,
     sync_of_a_directory_requests_what_the_group_lacks_from_a_preferred_source,
     sync_refusals_change_nothing,
     sync_from_a_named_node_is_forced_into_a_group_that_has_the_file,
@@ -613,6 +616,62 @@ fn copy_requests_are_deduplicated_and_claimed_once(cat: &mut Catalog) {
     assert_eq!(listed.len(), 1);
     let summary = cat.read(|tx| tx.outbound_summary(n1)).unwrap();
     assert_eq!(summary, vec![("demo_storage2".to_owned(), 1, 52)]);
+}
+
+fn copy_requests_are_claimed_and_recorded_in_batches(cat: &mut Catalog) {
+    let (n1, _, n2, g2) = two_nodes(cat);
+    let mut ids = Vec::new();
+    let mut files = Vec::new();
+    for i in 0..3 {
+        let f = add_file(cat, &format!("2025/02/21/f{i}.txt"), 10 + i, n1, Has::Yes);
+        let req = NewCopyRequest {
+            file_id: f,
+            from_node: n1,
+            to_group: g2,
+        };
+        files.push(f);
+        ids.push(
+            cat.write(|tx| tx.create_copy_request(req, NOW))
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    // One is taken by another host first; one is cancelled before it arrives.
+    assert!(
+        cat.write(|tx| tx.claim_copy_request(ids[0], "other", NOW))
+            .unwrap()
+    );
+    let won = cat
+        .write(|tx| tx.claim_copy_requests(&ids, "alpenhost2", NOW))
+        .unwrap();
+    assert_eq!(won, vec![ids[1], ids[2]]);
+    cat.write(|tx| tx.cancel_copy_request(ids[2], NOW)).unwrap();
+    let arrivals: Vec<Arrival> = [1, 2]
+        .iter()
+        .map(|&i| Arrival {
+            request: ids[i],
+            file_id: files[i],
+            node_id: n2,
+            bytes: 10 + i as u64,
+            seconds: 0.5,
+        })
+        .collect();
+    let fired = cat.write(|tx| tx.record_arrivals(&arrivals, NOW)).unwrap();
+    assert_eq!(fired, vec![Vec::new(), Vec::new()]);
+    let done = cat.read(|tx| tx.copy_request(ids[1])).unwrap();
+    assert_eq!(
+        (done.state, done.bytes, done.seconds),
+        (RequestState::Done, Some(11), Some(0.5))
+    );
+    assert_eq!(
+        cat.read(|tx| tx.copy_request(ids[2])).unwrap().state,
+        RequestState::Cancelled,
+        "a cancelled request stays cancelled"
+    );
+    for &i in &[1, 2] {
+        let c = cat.read(|tx| tx.copy_on(files[i], n2)).unwrap().unwrap();
+        assert_eq!((c.has, c.size_on_node), (Has::Yes, Some(4096)));
+    }
 }
 
 fn retry_and_cancel_follow_request_state(cat: &mut Catalog) {

@@ -80,7 +80,8 @@ pub struct SetAttr {
 /// Settings of one mount.
 #[derive(Debug, Clone)]
 pub struct Options {
-    pub catalog_url: String,
+    /// The catalog: its primary, and this site's replica if there is one.
+    pub catalog: cairn_catalog::config::CatalogConfig,
     pub host: String,
     pub socket: PathBuf,
     pub cache_dir: PathBuf,
@@ -104,7 +105,7 @@ impl Options {
         // SAFETY: getuid and getgid cannot fail and touch no memory.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Options {
-            catalog_url: c.catalog.url.clone(),
+            catalog: c.catalog.clone(),
             host: c.host_name(),
             socket: c.daemon.socket.clone(),
             cache_dir: c.cache.dir.clone(),
@@ -148,8 +149,11 @@ pub struct Core {
 
 impl Core {
     pub fn new(opts: Options, import: &cairn_catalog::config::ImportConfig) -> Result<Core> {
-        let pool = Pool::new(
-            &opts.catalog_url,
+        // Reads from this site's replica where there is one, writes to the primary; what this
+        // mount writes, it reads back at once (the pool waits for the replica, or asks the
+        // primary).
+        let pool = Pool::routed(
+            cairn_catalog::replica::Routing::from_config(&opts.catalog),
             // A busy catalog (another process holding its write lock) is no reason to hold up
             // a program either: closed files wait in the journal meanwhile.
             cairn_catalog::db::Patience::new(CATALOG_PATIENCE).with_busy(CATALOG_PATIENCE),
@@ -653,7 +657,10 @@ mod tests {
         let url = format!("sqlite://{}/catalog.db", dir.display());
         Catalog::init(&url).unwrap();
         let opts = Options {
-            catalog_url: url,
+            catalog: cairn_catalog::config::CatalogConfig {
+                url,
+                ..Default::default()
+            },
             host: "h1".into(),
             socket: dir.join("cairnd.sock"),
             cache_dir: dir.join("cache"),

@@ -29,7 +29,7 @@ use anyhow::{Context, Result};
 use cairn_catalog::config::TransferMethod;
 use cairn_catalog::db::Patience;
 use cairn_catalog::model::Id;
-use cairn_catalog::{Catalog, Config, Pool};
+use cairn_catalog::{Catalog, Config, Pool, Routing};
 use cairn_node::cache::CacheDir;
 use cairn_node::importer::Importer;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -63,7 +63,10 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         None => read_token(&config.transfer.token_file)?,
     };
     let fd_limit = raise_open_file_limit();
-    let host = Arc::new(register_host(&config, host_name).await?);
+    // Reads from this site's replica when there is one; the pool and the start share what is
+    // known of it (and this process's writes).
+    let routing = Routing::from_config(&config.catalog);
+    let host = Arc::new(register_host(&config, &routing, host_name).await?);
 
     let metrics = Arc::new(Metrics::default());
     let rsync_rsh = (config.transfer.method == TransferMethod::Rsync)
@@ -76,7 +79,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         config.transfer.pulls_per_peer,
         metrics.clone(),
     )?);
-    let pool = Arc::new(Pool::new(&config.catalog.url, Patience::until_stopped()));
+    let pool = Arc::new(Pool::routed(routing.clone(), Patience::until_stopped()));
     let nodes = Arc::new(Nodes::default());
     let cancel = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
@@ -102,6 +105,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         running: tasks::Running::default(),
         refused: tasks::Refused::default(),
         cancel: cancel.clone(),
+        batches: tasks::Batches::default(),
     });
     let fetcher = Arc::new(Fetcher::new(
         pool.clone(),
@@ -112,9 +116,17 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         cancel.clone(),
     ));
     info!(
-        "cairnd start: host \"{}\", catalog {}, {} workers.",
+        "cairnd start: host \"{}\", catalog {}{}, {} workers.",
         host.name,
         cairn_catalog::db::postgres::redact(&config.catalog.url),
+        config
+            .catalog
+            .replica
+            .as_deref()
+            .map_or_else(String::new, |r| format!(
+                " (reading from the replica {})",
+                cairn_catalog::db::postgres::redact(r)
+            )),
         config.daemon.workers
     );
     // PostgreSQL: wake when a request for this host is made anywhere.
@@ -324,8 +336,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 /// Finds this host in the catalog (an administrator creates hosts: a name the catalog does not
 /// know is a mistake, not a new host), records its address (`transfer.advertise`), and
 /// requeues the requests an earlier run of it left active.
-async fn register_host(config: &Config, name: String) -> Result<Host> {
-    let url = config.catalog.url.clone();
+async fn register_host(config: &Config, routing: &Routing, name: String) -> Result<Host> {
+    let routing = routing.clone();
     let advertise = config.transfer.advertise.clone();
     let origin = match (&config.host.name, &config.source) {
         (Some(_), Some(file)) => format!("host.name in {}", file.display()),
@@ -337,7 +349,7 @@ async fn register_host(config: &Config, name: String) -> Result<Host> {
         (None, None) => "the short hostname, as no config file sets host.name".to_owned(),
     };
     tokio::task::spawn_blocking(move || -> Result<Host> {
-        let mut cat = Catalog::open(&url).context("failed to open the catalog")?;
+        let mut cat = Catalog::open_routed(&routing).context("failed to open the catalog")?;
         let catalog_id = cat.catalog_id()?;
         let Some(h) = cat.read(|tx| tx.host_by_name(&name))? else {
             anyhow::bail!(

@@ -214,8 +214,11 @@ async fn handle(
             {
                 return refuse(&server, peer, StatusCode::UNAUTHORIZED, &path, why);
             }
-            let text_ = server.metrics.render() + &server.conns.render();
-            return text(StatusCode::OK, text_.trim_end());
+            let mut body = server.metrics.render() + &server.conns.render();
+            body.push_str(&Metrics::render_replica(
+                server.pool.replica_status().as_ref(),
+            ));
+            return text(StatusCode::OK, body.trim_end());
         }
         _ => {}
     }

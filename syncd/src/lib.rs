@@ -7,6 +7,7 @@
 //! a pass, and [`tasks`] for the work. What lives on a node (its layout, the copy pipeline, the
 //! importer, the socket protocol) is in the `cairn-node` crate, shared with cairnfs.
 
+pub mod batch;
 pub mod cache;
 pub mod daemon;
 pub mod http;

@@ -35,6 +35,8 @@ pub struct ArchiveGauges {
     journals: Vec<(String, u64, Option<i64>)>,
 }
 
+use cairn_catalog::replica::{ReplicaState, ReplicaStatus};
+
 /// Counters for `/metrics`; names follow Prometheus conventions.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -276,6 +278,38 @@ impl Metrics {
                     .collect::<Vec<_>>(),
             );
         }
+        out
+    }
+
+    /// The gauges of this site's catalog replica (`catalog.replica`), from what cairnd's last
+    /// check of it found; nothing without one.
+    pub fn render_replica(replica: Option<&ReplicaStatus>) -> String {
+        let Some(r) = replica else {
+            return String::new();
+        };
+        let label = format!("{{replica=\"{}\"}}", r.url.replace('"', "'"));
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{label} {value}\n"
+            ));
+        };
+        gauge(
+            "cairn_catalog_replica_lag_seconds",
+            "How far the catalog replica is behind the primary (NaN: unreachable).",
+            r.lag_seconds
+                .map_or_else(|| "NaN".to_owned(), |l| format!("{l:.3}")),
+        );
+        gauge(
+            "cairn_catalog_replica_in_use",
+            "1 while reads go to the catalog replica, 0 while they go to the primary.",
+            u8::from(r.state == ReplicaState::InUse).to_string(),
+        );
+        gauge(
+            "cairn_catalog_replica_streaming",
+            "1 while the catalog replica streams from the primary.",
+            u8::from(r.streaming).to_string(),
+        );
         out
     }
 }

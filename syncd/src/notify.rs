@@ -7,6 +7,11 @@
 //! within moments instead of at the next `daemon.interval`. On SQLite the local socket nudge
 //! (`crate::socket`) does this job.
 //!
+//! With a replica at this site (`catalog.replica`), the thread also asks the primary where its
+//! log stands when it hears something, and the pass that follows reads at least that fresh
+//! (`Routing::read_at_least`): a request announced by a notification is not missed because
+//! the replica had not replayed it yet.
+//!
 //! When the connection drops, the thread reconnects with backoff and wakes the loop once it
 //! is back (notifications sent meanwhile were missed); the loop's interval covers the gap.
 
@@ -81,6 +86,14 @@ fn listen(l: &Listening, mut listener: Listener) {
             Ok(Heard::Wake(payloads)) => {
                 if payloads.iter().any(|p| concerns(l, p)) {
                     debug!("Woken by the catalog: {payloads:?}.");
+                    // With a replica, the pass must read what the notification announced,
+                    // which may not be replayed there yet: reads wait for the primary's
+                    // position now (one round trip to it), as after a write of our own.
+                    if l.pool.routing().has_replica()
+                        && let Some(lsn) = listener.position()
+                    {
+                        l.pool.routing().read_at_least(lsn);
+                    }
                     l.wake.notify_one();
                 }
             }

@@ -24,12 +24,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, anyhow};
 use cairn_catalog::Pool;
-use cairn_catalog::catalog::{CopyWork, Fired};
+use cairn_catalog::catalog::{Arrival, CopyWork, Fired};
 use cairn_catalog::model::{CopyRequest, Id, Node};
 use cairn_catalog::rules::AutoEffect;
 use cairn_node::importer::Importer;
 use tracing::info;
 
+use crate::batch::Batcher;
 use crate::metrics::Metrics;
 use crate::nodes::{Host, Nodes};
 use crate::sources::Sources;
@@ -164,6 +165,19 @@ pub struct TaskContext {
     pub refused: Refused,
     /// Set at shutdown: tasks stop at their next check.
     pub cancel: Arc<AtomicBool>,
+    /// What the copy tasks write to the catalog, in shared transactions ([`Batches`]).
+    pub batches: Batches,
+}
+
+/// The copy tasks' claims and records, each written together with those of other tasks that
+/// come at the same time (group commit, [`Batcher`]): at a site far from the catalog a
+/// transaction costs round trips whatever it carries.
+#[derive(Default)]
+pub struct Batches {
+    /// Copy requests to claim; whether this host won each.
+    pub claims: Batcher<Id, bool>,
+    /// Copies arrived; the auto-actions each set off.
+    pub arrivals: Batcher<Arrival, Vec<Fired>>,
 }
 
 impl TaskContext {

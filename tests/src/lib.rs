@@ -7,6 +7,9 @@
 //!   `Drop` even when a test fails.
 //!
 //! - [`Mount`] is a real cairnfs mount of a host's view, unmounted in `Drop`.
+//! - [`site::Sites`] is a PostgreSQL primary, a hot standby of it at a distant site and the
+//!   link between them ([`proxy::LinkProxy`], a delay each way, cut on command); its archive's
+//!   [`Archive::far_host`]s read from the standby and write through the link.
 //!
 //! The binaries are the workspace's own (`target/<profile>/cairn`, `cairnd`); cargo builds them
 //! for the test run because their crates have integration tests of their own.
@@ -16,6 +19,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cairn_node::NodeRoot;
+
+pub mod pki;
+pub mod proxy;
+pub mod site;
 
 /// Path of a workspace binary built for this test run.
 pub fn bin(name: &str) -> PathBuf {
@@ -111,9 +118,21 @@ pub fn test_catalog(dir: &Path) -> (String, Option<cairn_catalog::testing::TestD
 /// A catalog in a temp dir, and the hosts that use it.
 pub struct Archive {
     pub dir: tempfile::TempDir,
+    /// The catalog, as the test and the hosts next to it reach it.
     pub url: String,
+    /// How a distant site reaches it, for [`Archive::far_host`] ([`site::Sites::archive`]).
+    pub remote: Option<Remote>,
     /// The PostgreSQL database of this archive, dropped with it.
     _db: Option<cairn_catalog::testing::TestDatabase>,
+}
+
+/// The catalog as a distant site reaches it.
+#[derive(Debug, Clone)]
+pub struct Remote {
+    /// The primary, through the link.
+    pub url: String,
+    /// The site's hot standby.
+    pub replica: String,
 }
 
 impl Default for Archive {
@@ -124,22 +143,27 @@ impl Default for Archive {
 
 impl Archive {
     pub fn new() -> Archive {
-        let dir = tempfile::tempdir().expect("a temp dir");
+        let mut dir = tempfile::tempdir().expect("a temp dir");
+        if std::env::var_os("CAIRN_TEST_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("keeping {}", dir.path().display());
+        }
         let (url, db) = test_catalog(dir.path());
-        Self::with_catalog(dir, url, db)
+        Self::with_catalog(dir, url, db, None)
     }
 
     /// An archive whose catalog is a new database on the PostgreSQL server at `server`.
     pub fn on_postgres(server: &str) -> Archive {
         let dir = tempfile::tempdir().expect("a temp dir");
         let db = cairn_catalog::testing::TestDatabase::create(server);
-        Self::with_catalog(dir, db.url.clone(), Some(db))
+        Self::with_catalog(dir, db.url.clone(), Some(db), None)
     }
 
     fn with_catalog(
         dir: tempfile::TempDir,
         url: String,
         db: Option<cairn_catalog::testing::TestDatabase>,
+        remote: Option<Remote>,
     ) -> Archive {
         // The shared secret every host of this archive presents to the others, readable by
         // its owner only (cairnd refuses a token file others may read).
@@ -147,7 +171,12 @@ impl Archive {
         std::fs::write(&token, format!("test-token-{}\n", std::process::id())).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-        let a = Archive { dir, url, _db: db };
+        let a = Archive {
+            dir,
+            url,
+            remote,
+            _db: db,
+        };
         let out = a.run_cli(None, &["db", "init"]);
         assert!(
             out.status.success(),
@@ -193,9 +222,38 @@ impl Archive {
     /// (e.g. `max_attempts = 1`; an `interval` there replaces the tests' 1 s). The host is
     /// created in the catalog, as an administrator does before its cairnd first starts.
     pub fn host_with(&self, name: &str, daemon_extra: &str) -> TestHost {
+        self.host_at(name, daemon_extra, None)
+    }
+
+    /// A host at the distant site of [`site::Sites`]: it writes to the primary through the
+    /// link and reads from the site's standby, with `catalog_extra` appended to its
+    /// `[catalog]` table (e.g. `replica_max_lag = "2s"`).
+    pub fn far_host(&self, name: &str, catalog_extra: &str) -> TestHost {
+        self.far_host_with(name, catalog_extra, "")
+    }
+
+    /// Like [`Archive::far_host`], with `daemon_extra` appended to its `[daemon]` table.
+    pub fn far_host_with(&self, name: &str, catalog_extra: &str, daemon_extra: &str) -> TestHost {
+        let remote = self
+            .remote
+            .as_ref()
+            .expect("an archive of site::Sites has a distant site");
+        self.host_at(
+            name,
+            daemon_extra,
+            Some(format!(
+                "url = \"{}\"\nreplica = \"{}\"\n{catalog_extra}",
+                remote.url, remote.replica
+            )),
+        )
+    }
+
+    fn host_at(&self, name: &str, daemon_extra: &str, catalog: Option<String>) -> TestHost {
+        // Created in the catalog, as an administrator does before its cairnd first starts.
         self.catalog()
             .write(|tx| tx.ensure_host(name))
             .expect("the host is created");
+        let catalog = catalog.unwrap_or_else(|| format!("url = \"{}\"\n", self.url));
         let interval = if daemon_extra.contains("interval") {
             ""
         } else {
@@ -208,7 +266,7 @@ impl Archive {
         std::fs::write(
             &config,
             format!(
-                "[catalog]\nurl = \"{}\"\n[host]\nname = \"{name}\"\n[daemon]\n\
+                "[catalog]\n{catalog}[host]\nname = \"{name}\"\n[daemon]\n\
                  {interval}socket = \"{d}/run/cairnd.sock\"\n\
                  lock_file = \"{d}/run/cairnd.lock\"\n{daemon_extra}\n\
                  [transfer]\nlisten = \"{address}\"\nadvertise = \"{address}\"\n\
@@ -216,7 +274,6 @@ impl Archive {
                  [transport]\nwatch = [\"{d}/watch\"]\n\
                  [import]\nacq_depth = 3\n\
                  [cache]\ndir = \"{d}/cache\"\n",
-                self.url,
                 d = dir.display(),
                 t = self.dir.path().join("token").display(),
             ),

@@ -16,6 +16,9 @@
 //!   arguments against its own parser).
 //! - `postgres`: PostgreSQL only: wake-ups by NOTIFY, a database restart mid-sync, cairnd
 //!   through an outage of the catalog.
+//! - `sites`: a distant site with a hot standby of a PostgreSQL primary and a delayed link
+//!   that can be cut: reads from the standby, writes to the primary, read-your-writes, a
+//!   replica stopped or lagging, TLS to the catalog.
 //! - `strangers`: a flood of half-sent requests against a cairnd with few descriptors, the
 //!   header and idle timeouts, a long pull left alone.
 //! - `users`: who may do what on a shared host: real users on a root mount, owners by name,
@@ -33,6 +36,7 @@ mod mount;
 mod packaging;
 mod postgres;
 mod programs;
+mod sites;
 mod strangers;
 mod transport;
 mod users;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, Result};
-use cairn_catalog::{Catalog, Config};
+use cairn_catalog::{Catalog, Config, Routing};
 use clap::Parser;
 
 /// Manage a cairn archive: hosts, storage groups and nodes, files and their copies.
@@ -33,13 +33,16 @@ struct Cli {
 pub struct Ctx {
     pub config: Config,
     pub url: String,
+    /// Where reads and writes go: with `catalog.replica`, reads from this site's standby.
+    pub routing: Routing,
     pub json: bool,
 }
 
 impl Ctx {
-    /// Opens the catalog, checking its schema version.
+    /// Opens the catalog, checking its schema version. Every catalog a command opens shares
+    /// the routing, so a listing after a change in one command shows the change.
     pub fn open(&self) -> Result<Catalog> {
-        Catalog::open(&self.url).context("failed to open the catalog")
+        Catalog::open_routed(&self.routing).context("failed to open the catalog")
     }
 }
 
@@ -53,13 +56,27 @@ fn run(cli: Cli) -> Result<()> {
         _ => {}
     }
     let config = Config::load(cli.config.as_deref()).context("failed to load the configuration")?;
+    // A catalog named on the command line is read and written there, without the config's
+    // replica (which is a standby of the config's catalog).
+    let routing = match &cli.catalog {
+        Some(url) => Routing::primary(url),
+        None => Routing::from_config(&config.catalog),
+    };
     let url = cli.catalog.unwrap_or_else(|| config.catalog.url.clone());
     let ctx = Ctx {
         config,
         url,
+        routing,
         json: cli.json,
     };
     cmd::run(&ctx, cli.command)?;
+    // What this command wrote, the next command (and the site's other processes) read from
+    // the replica: wait until it is there, briefly.
+    if ctx.routing.has_written()
+        && let Ok(mut cat) = ctx.open()
+    {
+        cat.wait_replicated();
+    }
     // Wake this machine's cairnd, if one runs here, so a request made here starts at once.
     cairn_node::socket::nudge(&ctx.config.daemon.socket);
     Ok(())

@@ -206,6 +206,76 @@ impl Tx<'_> {
         Ok(())
     }
 
+    /// The ids of directories `paths` (normalised), creating them and their parents as
+    /// needed: one query for those that exist, and two per level of those that do not.
+    pub fn ensure_dirs(&mut self, paths: &[&str], now: i64) -> Result<HashMap<String, Id>> {
+        let mut wanted: Vec<String> = Vec::new();
+        for p in paths {
+            let mut p = *p;
+            loop {
+                wanted.push(p.to_owned());
+                if p.is_empty() {
+                    break;
+                }
+                p = split_path(p).0;
+            }
+        }
+        wanted.sort();
+        wanted.dedup();
+        let mut ids = self.dir_ids(&wanted)?;
+        let mut missing: Vec<&String> = wanted.iter().filter(|p| !ids.contains_key(*p)).collect();
+        // Parents before children: by depth.
+        missing.sort_by_key(|p| p.matches('/').count());
+        let mut level = 0;
+        while !missing.is_empty() {
+            let (now_level, rest): (Vec<&String>, Vec<&String>) = missing
+                .into_iter()
+                .partition(|p| p.matches('/').count() == level);
+            missing = rest;
+            level += 1;
+            if now_level.is_empty() {
+                continue;
+            }
+            let mut args: Vec<Value> = Vec::with_capacity(now_level.len() * 4);
+            for p in &now_level {
+                let (parent, name) = split_path(p);
+                let parent_id = *ids.get(parent).ok_or_else(|| {
+                    CatalogError::Invalid(format!("directory {parent:?} vanished"))
+                })?;
+                args.extend([parent_id.into(), name.into(), p.as_str().into(), now.into()]);
+            }
+            let rows = vec!["(?, ?, ?, ?)"; now_level.len()].join(", ");
+            self.exec(
+                &format!(
+                    "INSERT INTO dir (parent_id, name, path, created_at) VALUES {rows} \
+                     ON CONFLICT DO NOTHING"
+                ),
+                &args,
+            )?;
+            let created: Vec<String> = now_level.iter().map(|p| (*p).clone()).collect();
+            ids.extend(self.dir_ids(&created)?);
+        }
+        Ok(ids)
+    }
+
+    /// The ids of the directories among `paths` that exist.
+    fn dir_ids(&mut self, paths: &[String]) -> Result<HashMap<String, Id>> {
+        let mut ids = HashMap::with_capacity(paths.len());
+        for chunk in paths.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(Value::from).collect();
+            for r in self.raw(
+                &format!(
+                    "SELECT path, id FROM dir WHERE path IN ({})",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                ids.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
     pub fn list_dir(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<File>)> {
         let files = self.rows(
@@ -324,6 +394,61 @@ impl Tx<'_> {
         rows.iter().map(|r| Ok((r.get(0)?, r.get(1)?))).collect()
     }
 
+    /// The ids of acquisitions `names`, created as needed (the flag says so): at most three
+    /// queries however many there are.
+    pub fn ensure_acqs(&mut self, names: &[&str], now: i64) -> Result<HashMap<String, (Id, bool)>> {
+        let mut names: Vec<&str> = names.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        if let Some(empty) = names.iter().find(|n| n.is_empty()) {
+            return Err(CatalogError::Invalid(format!(
+                "empty acquisition name {empty:?}"
+            )));
+        }
+        let mut ids: HashMap<String, (Id, bool)> = self
+            .acq_ids(&names)?
+            .into_iter()
+            .map(|(n, id)| (n, (id, false)))
+            .collect();
+        let missing: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !ids.contains_key(*n))
+            .collect();
+        for chunk in missing.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 2);
+            for n in chunk {
+                args.extend([(*n).into(), now.into()]);
+            }
+            let rows = vec!["(?, ?)"; chunk.len()].join(", ");
+            self.exec(
+                &format!("INSERT INTO acq (name, created_at) VALUES {rows} ON CONFLICT DO NOTHING"),
+                &args,
+            )?;
+            for (n, id) in self.acq_ids(chunk)? {
+                ids.insert(n, (id, true));
+            }
+        }
+        Ok(ids)
+    }
+
+    fn acq_ids(&mut self, names: &[&str]) -> Result<HashMap<String, Id>> {
+        let mut ids = HashMap::with_capacity(names.len());
+        for chunk in names.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(|n| Value::from(*n)).collect();
+            for r in self.raw(
+                &format!(
+                    "SELECT name, id FROM acq WHERE name IN ({})",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                ids.insert(r.get(0)?, r.get(1)?);
+            }
+        }
+        Ok(ids)
+    }
+
     /// The id of acquisition `name`, created if needed; the flag says whether it was.
     pub fn ensure_acq(&mut self, name: &str, now: i64) -> Result<(Id, bool)> {
         if name.is_empty() {
@@ -358,6 +483,69 @@ impl Tx<'_> {
     pub fn file_by_id(&mut self, id: Id) -> Result<File> {
         self.row(&file_query("WHERE f.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("file", format!("#{id}")))
+    }
+
+    /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
+    /// each has on `node_id` if any: what an import needs to know of a batch, in one query
+    /// per [`IN_CHUNK`] paths (in at most 200 directories).
+    pub fn files_at(
+        &mut self,
+        paths: &[(&str, &str)],
+        node_id: Id,
+    ) -> Result<HashMap<String, (File, Option<Has>)>> {
+        // Names grouped by directory: `(d.path = ? AND f.name IN (…)) OR …`, whose depth is the
+        // number of directories (SQLite allows an expression 1,000 deep).
+        let mut by_dir: Vec<(&str, Vec<&str>)> = Vec::new();
+        let mut sorted: Vec<(&str, &str)> = paths.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        for (dir, name) in sorted {
+            match by_dir.last_mut() {
+                Some((d, names)) if *d == dir => names.push(name),
+                _ => by_dir.push((dir, vec![name])),
+            }
+        }
+        let mut found = HashMap::with_capacity(paths.len());
+        let mut groups = by_dir.as_slice();
+        while !groups.is_empty() {
+            // As many directories as fit in one statement.
+            let (mut n_dirs, mut n_names) = (0, 0);
+            while n_dirs < groups.len()
+                && n_dirs < 200
+                && (n_dirs == 0 || n_names + groups[n_dirs].1.len() <= IN_CHUNK)
+            {
+                n_names += groups[n_dirs].1.len();
+                n_dirs += 1;
+            }
+            let (chunk, rest) = groups.split_at(n_dirs);
+            groups = rest;
+            let mut args: Vec<Value> = vec![node_id.into()];
+            let mut terms = Vec::with_capacity(chunk.len());
+            for (dir, names) in chunk {
+                args.push((*dir).into());
+                args.extend(names.iter().map(|n| Value::from(*n)));
+                terms.push(format!(
+                    "(d.path = ? AND f.name IN ({}))",
+                    super::in_list(names.len())
+                ));
+            }
+            let rows = self.raw(
+                &format!(
+                    "SELECT {}, c.has FROM {} LEFT JOIN copy c ON c.file_id = f.id \
+                     AND c.node_id = ? WHERE {}",
+                    File::COLUMNS,
+                    File::FROM,
+                    terms.join(" OR ")
+                ),
+                &args,
+            )?;
+            for r in rows {
+                let file = File::from_row(&r)?;
+                let has: Option<Has> = r.get(File::NCOLS)?;
+                found.insert(file.path.clone(), (file, has));
+            }
+        }
+        Ok(found)
     }
 
     /// Registers a new file. Returns the file and whether it was new: registering the same
@@ -571,6 +759,47 @@ impl Tx<'_> {
         )
     }
 
+    /// [`Tx::record_copy`] with `has = yes` for many copies, `(file, node, size on node)`, in
+    /// one statement per [`IN_CHUNK`]; a pair given twice is recorded once.
+    pub fn record_healthy_copies(
+        &mut self,
+        copies: &[(Id, Id, Option<u64>)],
+        now: i64,
+    ) -> Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        let copies: Vec<&(Id, Id, Option<u64>)> = copies
+            .iter()
+            .filter(|(f, n, _)| seen.insert((*f, *n)))
+            .collect();
+        for chunk in copies.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
+            for &&(file_id, node_id, size) in chunk {
+                args.extend([
+                    file_id.into(),
+                    node_id.into(),
+                    Has::Yes.into(),
+                    size.into(),
+                    now.into(),
+                    now.into(),
+                    now.into(),
+                ]);
+            }
+            let rows = vec!["(?, ?, ?, 'keep', ?, ?, ?, ?)"; chunk.len()].join(", ");
+            self.exec(
+                &format!(
+                    "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
+                     verified_at, updated_at) VALUES {rows} \
+                     ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, \
+                     wants = 'keep', verify_requested = 0, \
+                     size_on_node = excluded.size_on_node, added_at = excluded.added_at, \
+                     verified_at = excluded.verified_at, updated_at = excluded.updated_at"
+                ),
+                &args,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Records the outcome of checking a copy against its md5: its new state, when it was
     /// checked, and that the check asked for (if any) is done.
     pub fn record_verify(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {
@@ -749,6 +978,10 @@ pub struct NewFile {
     /// Its owner, group and mode, when the importer knows them.
     pub own: Ownership,
 }
+
+/// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries: well within
+/// both databases' limits on parameters, and few enough distinct statement texts to cache.
+pub(crate) const IN_CHUNK: usize = 1000;
 
 #[derive(Default)]
 struct RegisterCache {

@@ -131,6 +131,28 @@ impl Tx<'_> {
         Ok(n == 1)
     }
 
+    /// [`Tx::claim_copy_request`] for several requests in one statement; returns those this
+    /// caller won.
+    pub fn claim_copy_requests(&mut self, ids: &[Id], host: &str, now: i64) -> Result<Vec<Id>> {
+        let mut won = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(super::files::IN_CHUNK) {
+            let mut args: Vec<Value> = vec![host.into(), now.into(), now.into()];
+            args.extend(chunk.iter().map(|i| Value::from(*i)));
+            for r in self.raw(
+                &format!(
+                    "UPDATE copy_request SET state = 'active', claimed_by = ?, started_at = ?, \
+                     attempts = attempts + 1 WHERE state = 'pending' AND not_before <= ? \
+                     AND id IN ({}) RETURNING id",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                won.push(r.get(0)?);
+            }
+        }
+        Ok(won)
+    }
+
     /// Puts failed requests back in the queue with their attempts reset. `None` retries every
     /// failed request. Returns how many were requeued.
     pub fn retry_copy_requests(&mut self, id: Option<Id>) -> Result<u64> {

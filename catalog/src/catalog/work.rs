@@ -6,22 +6,32 @@
 //! one transaction, so two hosts releasing different copies of one file serialize, and the
 //! second sees the first's release.
 
-use super::Tx;
+use std::collections::HashMap;
+
+use super::files::IN_CHUNK;
+use super::{Tx, in_list};
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::model::{Copy, CopyRequest, Has, Id, ImportRequest, NodeKind, Wants};
 use crate::params;
 use crate::rules::{self, ActionRule, AutoEffect, FileState, NewCopy, OtherCopy, ReleaseRefusal};
 
-fn in_list(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
 /// An auto-action that fired, with the name of the group synced into or node released on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fired {
     pub effect: AutoEffect,
     pub name: String,
+}
+
+/// A copy that arrived on its node for a copy request: what [`Tx::record_arrivals`] records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Arrival {
+    pub request: Id,
+    pub file_id: Id,
+    pub node_id: Id,
+    /// Bytes transferred, and how long it took.
+    pub bytes: u64,
+    pub seconds: f64,
 }
 
 /// A copy cairnd should look at (verify or release), with its file's facts.
@@ -475,112 +485,264 @@ impl Tx<'_> {
             .collect()
     }
 
+    /// Records copies that arrived for their requests: each copy healthy on its node, its
+    /// request done (unless cancelled meanwhile), and the auto-actions it sets off — what
+    /// cairnd records when a pull ends, for a batch of pulls in a fixed number of statements
+    /// (plus the auto-actions' per destination node). What each arrival set off, in order.
+    pub fn record_arrivals(&mut self, arrivals: &[Arrival], now: i64) -> Result<Vec<Vec<Fired>>> {
+        let copies: Vec<(Id, Id, Option<u64>)> = arrivals
+            .iter()
+            .map(|a| (a.file_id, a.node_id, Some(super::size_on_disk(a.bytes))))
+            .collect();
+        self.record_healthy_copies(&copies, now)?;
+        for chunk in arrivals.chunks(IN_CHUNK) {
+            let mut args: Vec<Value> = vec![now.into()];
+            for a in chunk {
+                args.extend([a.request.into(), a.bytes.into()]);
+            }
+            for a in chunk {
+                args.extend([a.request.into(), a.seconds.into()]);
+            }
+            args.extend(chunk.iter().map(|a| Value::from(a.request)));
+            let bytes = " WHEN ? THEN CAST(? AS BIGINT)".repeat(chunk.len());
+            let seconds = " WHEN ? THEN CAST(? AS DOUBLE PRECISION)".repeat(chunk.len());
+            self.exec(
+                &format!(
+                    "UPDATE copy_request SET state = 'done', finished_at = ?, last_error = NULL, \
+                     bytes = CASE id{bytes} END, seconds = CASE id{seconds} END \
+                     WHERE state = 'active' AND id IN ({})",
+                    in_list(chunk.len())
+                ),
+                &args,
+            )?;
+        }
+        let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); arrivals.len()];
+        // A file arriving twice on one node (two requests into one group) fires once.
+        let mut by_node: HashMap<Id, Vec<usize>> = HashMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for (i, a) in arrivals.iter().enumerate() {
+            if seen.insert((a.file_id, a.node_id)) {
+                by_node.entry(a.node_id).or_default().push(i);
+            }
+        }
+        for (node_id, idx) in by_node {
+            let files: Vec<Id> = idx.iter().map(|&i| arrivals[i].file_id).collect();
+            for (i, f) in idx
+                .into_iter()
+                .zip(self.fire_auto_actions_for(&files, node_id, now)?)
+            {
+                fired[i] = f;
+            }
+        }
+        Ok(fired)
+    }
+
     /// Applies the auto-actions a new healthy copy of `file_id` on `node_id` sets off:
     /// copy requests into auto-synced groups, releases of auto-cleaned upstream copies.
     /// Returns what it did.
     pub fn fire_auto_actions(&mut self, file_id: Id, node_id: Id, now: i64) -> Result<Vec<Fired>> {
-        let group_id: Id =
-            self.scalar("SELECT group_id FROM node WHERE id = ?", params![node_id])?;
+        Ok(self
+            .fire_auto_actions_for(&[file_id], node_id, now)?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Tx::fire_auto_actions`] for new healthy copies of each of `file_ids` on `node_id`, in
+    /// a fixed number of statements: one when no rule concerns the node, else one per kind of
+    /// fact the rules need and one per kind of effect. What each file set off, in order.
+    pub fn fire_auto_actions_for(
+        &mut self,
+        file_ids: &[Id],
+        node_id: Id,
+        now: i64,
+    ) -> Result<Vec<Vec<Fired>>> {
+        let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); file_ids.len()];
+        if file_ids.is_empty() {
+            return Ok(fired);
+        }
+        // The node's group and the rules that concern it, in one query (a row with no rule
+        // when there is none).
         let rows = self.raw(
             // A delayed auto-clean does not fire on arrival; see `delayed_clean_due`.
-            "SELECT group_id, node_id, autosync, \
-             CASE WHEN autoclean = 1 AND clean_after IS NULL THEN 1 ELSE 0 END, path_prefix \
-             FROM auto_action \
-             WHERE (node_id = ? AND autosync = 1) OR (group_id = ? AND autoclean = 1)",
-            params![node_id, group_id],
+            "SELECT n.group_id, aa.group_id, aa.node_id, aa.autosync, \
+             CASE WHEN aa.autoclean = 1 AND aa.clean_after IS NULL THEN 1 ELSE 0 END, \
+             aa.path_prefix FROM node n LEFT JOIN auto_action aa \
+             ON (aa.node_id = n.id AND aa.autosync = 1) \
+             OR (aa.group_id = n.group_id AND aa.autoclean = 1) WHERE n.id = ?",
+            params![node_id],
         )?;
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        // The file's path matters only to an auto-sync restricted to a prefix.
-        let mut path = None;
+        let group_id: Id = rows
+            .first()
+            .ok_or_else(|| CatalogError::not_found("node", format!("#{node_id}")))?
+            .get(0)?;
         let mut rules = Vec::with_capacity(rows.len());
         for r in &rows {
-            let in_prefix = match r.get::<Option<String>>(4)? {
-                None => true,
-                Some(p) => {
-                    if path.is_none() {
-                        path = Some(self.file_by_id(file_id)?.path);
-                    }
-                    let path = path.as_deref().unwrap_or_default();
-                    path == p
-                        || path
-                            .strip_prefix(p.as_str())
-                            .is_some_and(|rest| rest.starts_with('/'))
-                }
+            let Some(rule_group) = r.get::<Option<Id>>(1)? else {
+                continue;
             };
-            rules.push(ActionRule {
-                group_id: r.get(0)?,
-                node_id: r.get(1)?,
-                autosync: r.get::<bool>(2)? && in_prefix,
-                autoclean: r.get(3)?,
-            });
+            rules.push((
+                ActionRule {
+                    group_id: rule_group,
+                    node_id: r.get(2)?,
+                    autosync: r.get::<bool>(3)?,
+                    autoclean: r.get(4)?,
+                },
+                r.get::<Option<String>>(5)?,
+            ));
         }
-        let present_in_groups = self
-            .raw(
-                "SELECT DISTINCT n.group_id FROM copy c JOIN node n ON n.id = c.node_id \
-                 WHERE c.file_id = ? AND c.has = 'yes'",
-                params![file_id],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect::<Result<_, _>>()?;
-        let requested_into_groups = self
-            .raw(
-                "SELECT DISTINCT to_group FROM copy_request WHERE file_id = ? \
-                 AND state IN ('pending', 'active')",
-                params![file_id],
-            )?
-            .iter()
-            .map(|r| r.get(0))
-            .collect::<Result<_, _>>()?;
-        let copies_on_nodes = self
-            .raw(
-                "SELECT node_id, has, wants FROM copy WHERE file_id = ?",
-                params![file_id],
-            )?
-            .iter()
-            .map(|r| Ok((r.get(0)?, r.get::<Has>(1)?, r.get::<Wants>(2)?)))
-            .collect::<Result<_>>()?;
-        let state = FileState {
-            present_in_groups,
-            requested_into_groups,
-            copies_on_nodes,
-        };
-        let effects = rules::auto_effects(&NewCopy { node_id, group_id }, &rules, &state);
-        let mut fired = Vec::with_capacity(effects.len());
-        for e in effects {
-            let name: String = match e {
-                AutoEffect::Sync { to_group, .. } => self.scalar(
-                    "SELECT name FROM storage_group WHERE id = ?",
-                    params![to_group],
-                )?,
-                AutoEffect::Release { node_id } => {
-                    self.scalar("SELECT name FROM node WHERE id = ?", params![node_id])?
+        if rules.is_empty() {
+            return Ok(fired);
+        }
+        // The facts the rules look at, for every file at once.
+        let mut present: HashMap<Id, Vec<Id>> = HashMap::new();
+        let mut requested: HashMap<Id, Vec<Id>> = HashMap::new();
+        let mut copies: HashMap<Id, Vec<(Id, Has, Wants)>> = HashMap::new();
+        let mut paths: HashMap<Id, String> = HashMap::new();
+        let need_paths = rules.iter().any(|(_, p)| p.is_some());
+        for chunk in file_ids.chunks(IN_CHUNK) {
+            let ids: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
+            let list = in_list(chunk.len());
+            for r in self.raw(
+                &format!(
+                    "SELECT DISTINCT c.file_id, n.group_id FROM copy c \
+                     JOIN node n ON n.id = c.node_id WHERE c.file_id IN ({list}) \
+                     AND c.has = 'yes'"
+                ),
+                &ids,
+            )? {
+                present.entry(r.get(0)?).or_default().push(r.get(1)?);
+            }
+            for r in self.raw(
+                &format!(
+                    "SELECT DISTINCT file_id, to_group FROM copy_request \
+                     WHERE file_id IN ({list}) AND state IN ('pending', 'active')"
+                ),
+                &ids,
+            )? {
+                requested.entry(r.get(0)?).or_default().push(r.get(1)?);
+            }
+            for r in self.raw(
+                &format!("SELECT file_id, node_id, has, wants FROM copy WHERE file_id IN ({list})"),
+                &ids,
+            )? {
+                copies.entry(r.get(0)?).or_default().push((
+                    r.get(1)?,
+                    r.get::<Has>(2)?,
+                    r.get::<Wants>(3)?,
+                ));
+            }
+            if need_paths {
+                for r in self.raw(
+                    &format!(
+                        "SELECT f.id, d.path, f.name FROM file f JOIN dir d ON d.id = f.dir_id \
+                         WHERE f.id IN ({list})"
+                    ),
+                    &ids,
+                )? {
+                    let dir: String = r.get(1)?;
+                    let name: String = r.get(2)?;
+                    paths.insert(r.get(0)?, crate::model::join_path(&dir, &name));
                 }
+            }
+        }
+        let mut effects: Vec<(usize, AutoEffect)> = Vec::new();
+        for (i, file_id) in file_ids.iter().enumerate() {
+            let path = paths.get(file_id).map(String::as_str).unwrap_or_default();
+            let file_rules: Vec<ActionRule> = rules
+                .iter()
+                .map(|(rule, prefix)| {
+                    // The file's path matters only to an auto-sync restricted to a prefix.
+                    let in_prefix = prefix.as_deref().is_none_or(|p| {
+                        path == p
+                            || path
+                                .strip_prefix(p)
+                                .is_some_and(|rest| rest.starts_with('/'))
+                    });
+                    ActionRule {
+                        autosync: rule.autosync && in_prefix,
+                        ..*rule
+                    }
+                })
+                .collect();
+            let state = FileState {
+                present_in_groups: present.remove(file_id).unwrap_or_default(),
+                requested_into_groups: requested.remove(file_id).unwrap_or_default(),
+                copies_on_nodes: copies.remove(file_id).unwrap_or_default(),
             };
-            fired.push(Fired { effect: e, name });
-            match e {
+            for e in rules::auto_effects(&NewCopy { node_id, group_id }, &file_rules, &state) {
+                effects.push((i, e));
+            }
+        }
+        if effects.is_empty() {
+            return Ok(fired);
+        }
+        // What the effects are called, for the caller's log.
+        let mut group_names: HashMap<Id, String> = HashMap::new();
+        let mut node_names: HashMap<Id, String> = HashMap::new();
+        for (_, e) in &effects {
+            match *e {
+                AutoEffect::Sync { to_group, .. } if !group_names.contains_key(&to_group) => {
+                    let name = self.scalar(
+                        "SELECT name FROM storage_group WHERE id = ?",
+                        params![to_group],
+                    )?;
+                    group_names.insert(to_group, name);
+                }
+                AutoEffect::Release { node_id } if !node_names.contains_key(&node_id) => {
+                    let name =
+                        self.scalar("SELECT name FROM node WHERE id = ?", params![node_id])?;
+                    node_names.insert(node_id, name);
+                }
+                _ => {}
+            }
+        }
+        let mut syncs: Vec<Value> = Vec::new();
+        let mut releases: HashMap<Id, Vec<Id>> = HashMap::new();
+        for &(i, e) in &effects {
+            let name = match e {
                 AutoEffect::Sync {
                     from_node,
                     to_group,
                 } => {
-                    self.create_copy_request(
-                        super::NewCopyRequest {
-                            file_id,
-                            from_node,
-                            to_group,
-                        },
-                        now,
-                    )?;
+                    syncs.extend([
+                        file_ids[i].into(),
+                        from_node.into(),
+                        to_group.into(),
+                        now.into(),
+                    ]);
+                    group_names[&to_group].clone()
                 }
                 AutoEffect::Release { node_id } => {
-                    self.exec(
-                        "UPDATE copy SET wants = 'release_now', updated_at = ? \
-                         WHERE file_id = ? AND node_id = ?",
-                        params![now, file_id, node_id],
-                    )?;
+                    releases.entry(node_id).or_default().push(file_ids[i]);
+                    node_names[&node_id].clone()
                 }
+            };
+            fired[i].push(Fired { effect: e, name });
+        }
+        // The rules asked only for groups no request is going into (`requested` above), so
+        // these are new requests, as create_copy_request would make them.
+        for chunk in syncs.chunks(4 * IN_CHUNK) {
+            let rows = vec!["(?, ?, ?, 'pending', ?)"; chunk.len() / 4].join(", ");
+            self.exec(
+                &format!(
+                    "INSERT INTO copy_request (file_id, from_node, to_group, state, created_at) \
+                     VALUES {rows}"
+                ),
+                chunk,
+            )?;
+        }
+        for (node, files) in releases {
+            for chunk in files.chunks(IN_CHUNK) {
+                let mut args: Vec<Value> = vec![now.into(), node.into()];
+                args.extend(chunk.iter().map(|i| Value::from(*i)));
+                self.exec(
+                    &format!(
+                        "UPDATE copy SET wants = 'release_now', updated_at = ? \
+                         WHERE node_id = ? AND file_id IN ({})",
+                        in_list(chunk.len())
+                    ),
+                    &args,
+                )?;
             }
         }
         Ok(fired)

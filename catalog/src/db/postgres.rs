@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
-use postgres::{Client, Config, NoTls, Statement};
+use postgres::{Client, Config, Statement};
 
+use super::tls::{self, Connector};
 use super::{Backend, DbError, Dialect, Patience, Row, TxMode, Value};
 
 /// The channel cairnd listens on; the catalog's triggers notify it when work is requested.
@@ -77,12 +78,20 @@ pub fn redact(url: &str) -> String {
     format!("{scheme}://{auth}{tail}")
 }
 
-/// Parses `url` into a connection config, filling in the password as libpq would.
-fn connection_config(url: &str) -> Result<Config, DbError> {
-    let mut config = Config::from_str(url).map_err(|e| DbError::Open {
+/// Parses `url` into a connection config, filling in the password as libpq would, and the TLS
+/// connector its `sslmode` and `sslrootcert` ask for.
+fn connection_config(url: &str) -> Result<(Config, Connector), DbError> {
+    let refused = |reason: String| DbError::Open {
+        url: redact(url),
+        reason,
+    };
+    let (rest, tls) = tls::split_url(url).map_err(refused)?;
+    let connector = Connector::new(&tls).map_err(refused)?;
+    let mut config = Config::from_str(&rest).map_err(|e| DbError::Open {
         url: redact(url),
         reason: format!("not a valid PostgreSQL URL: {e}"),
     })?;
+    config.ssl_mode(tls.mode.client_mode());
     if config.get_password().is_none()
         && let Some(pw) = password_from_env_or_file(&config)
     {
@@ -103,7 +112,7 @@ fn connection_config(url: &str) -> Result<Config, DbError> {
         .keepalives_retries(3)
         // …and a write the server never acknowledges.
         .tcp_user_timeout(Duration::from_secs(60));
-    Ok(config)
+    Ok((config, connector))
 }
 
 fn password_from_env_or_file(config: &Config) -> Option<String> {
@@ -198,6 +207,7 @@ fn rewrite_placeholders(sql: &str) -> String {
 pub struct PostgresBackend {
     url: String,
     config: Config,
+    tls: Connector,
     client: Option<Client>,
     statements: HashMap<String, Statement>,
     /// The transaction id of the open write transaction and the server process running it,
@@ -208,24 +218,17 @@ pub struct PostgresBackend {
     /// ended on reconnecting, so that its rerun does not wait for those locks.
     stale: Option<(i64, i32)>,
     patience: Patience,
+    /// Where the write-ahead log stood after the last write transaction committed here.
+    commit_lsn: Option<u64>,
 }
 
 impl PostgresBackend {
     /// Connects to the catalog database at `url`. Failing to reach the server is an error at
     /// once: a command should say so rather than wait.
     pub fn open(url: &str) -> Result<Self, DbError> {
-        let config = connection_config(url)?;
-        let shown = redact(url);
-        let mut backend = PostgresBackend {
-            url: shown.clone(),
-            config,
-            client: None,
-            statements: HashMap::new(),
-            txid: None,
-            stale: None,
-            patience: Patience::default(),
-        };
-        let client = backend.config.connect(NoTls).map_err(|e| {
+        let mut backend = Self::unconnected(url, None)?;
+        let shown = backend.url.clone();
+        let client = backend.config.connect(backend.tls.clone()).map_err(|e| {
             let mut reason = cause(&e);
             if reason.contains("password missing") {
                 reason = "the server asks for a password and none was found: set PGPASSWORD, \
@@ -238,13 +241,35 @@ impl PostgresBackend {
         Ok(backend)
     }
 
+    /// A backend for the catalog database at `url` that connects when first used (with
+    /// `connect_timeout`, unless the URL sets one).
+    pub fn unconnected(url: &str, connect_timeout: Option<Duration>) -> Result<Self, DbError> {
+        let (mut config, tls) = connection_config(url)?;
+        if let Some(t) = connect_timeout
+            && !url.contains("connect_timeout=")
+        {
+            config.connect_timeout(t);
+        }
+        Ok(PostgresBackend {
+            url: redact(url),
+            config,
+            tls,
+            client: None,
+            statements: HashMap::new(),
+            txid: None,
+            stale: None,
+            patience: Patience::default(),
+            commit_lsn: None,
+        })
+    }
+
     fn connect(&mut self) -> Result<(), DbError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             close(self.client.take());
         }
         if self.client.is_none() {
             self.statements.clear();
-            let mut client = self.config.connect(NoTls).map_err(|e| {
+            let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
             if let Some((txid, pid)) = self.stale.take() {
@@ -400,6 +425,12 @@ fn cause(e: &postgres::Error) -> String {
     while let Some(inner) = src {
         s = format!("{s}: {inner}");
         src = inner.source();
+    }
+    if s.contains("invalid peer certificate") {
+        s.push_str(
+            " (the server's certificate is refused: it must be signed by an authority in \
+             sslrootcert and, with sslmode=verify-full, name the host in the URL)",
+        );
     }
     s
 }
@@ -649,16 +680,38 @@ impl Backend for PostgresBackend {
     fn commit(&mut self) -> Result<(), DbError> {
         let txid = self.txid;
         let client = self.connected()?;
-        match client.batch_execute("COMMIT") {
-            Ok(()) => {
+        if txid.is_none() {
+            return client.batch_execute("COMMIT").map_err(|e| self.fail(e));
+        }
+        // A write transaction: where the log stands once it committed comes back with the
+        // commit's answer, in the same round trip (the SELECT runs after the COMMIT, in a
+        // transaction of its own).
+        match client.simple_query("COMMIT; SELECT pg_current_wal_lsn()::text") {
+            Ok(msgs) => {
                 self.txid = None;
+                self.commit_lsn = msgs.iter().find_map(|m| match m {
+                    postgres::SimpleQueryMessage::Row(r) => r.get(0).and_then(parse_lsn),
+                    _ => None,
+                });
                 Ok(())
             }
             Err(e) => {
                 let err = self.fail(e);
                 self.txid = None;
                 match (err.is_disconnected(), txid) {
-                    (true, Some(txid)) => self.commit_outcome(txid),
+                    (true, Some(txid)) => {
+                        self.commit_outcome(txid)?;
+                        // Committed: the log is now at or past it.
+                        self.commit_lsn = self
+                            .client
+                            .as_mut()
+                            .and_then(|c| {
+                                c.query_one("SELECT pg_current_wal_lsn()::text", &[]).ok()
+                            })
+                            .and_then(|r| r.get::<_, Option<String>>(0))
+                            .and_then(|t| parse_lsn(&t));
+                        Ok(())
+                    }
                     _ => Err(err),
                 }
             }
@@ -677,6 +730,25 @@ impl Backend for PostgresBackend {
     fn set_patience(&mut self, patience: Patience) {
         self.patience = patience;
     }
+
+    fn ensure_connected(&mut self) -> Result<(), DbError> {
+        self.reconnect_patiently().map(|_| ())
+    }
+
+    fn last_commit_lsn(&self) -> Option<u64> {
+        self.commit_lsn
+    }
+}
+
+/// A write-ahead log position as PostgreSQL prints it (`16/B374D848`), as one number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some((u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?)
+}
+
+/// A write-ahead log position printed as PostgreSQL does.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xffff_ffff)
 }
 
 /// A dedicated connection that LISTENs on [`WAKE_CHANNEL`], for cairnd to wake when another
@@ -684,6 +756,7 @@ impl Backend for PostgresBackend {
 pub struct Listener {
     url: String,
     config: Config,
+    tls: Connector,
     client: Option<Client>,
 }
 
@@ -700,9 +773,11 @@ pub enum Heard {
 
 impl Listener {
     pub fn new(url: &str) -> Result<Self, DbError> {
+        let (config, tls) = connection_config(url)?;
         Ok(Listener {
             url: redact(url),
-            config: connection_config(url)?,
+            config,
+            tls,
             client: None,
         })
     }
@@ -712,12 +787,23 @@ impl Listener {
         &self.url
     }
 
+    /// Where the primary's write-ahead log stands now: at or past every transaction whose
+    /// notification was heard, since a notification is sent at commit. `None` if it cannot be
+    /// asked (the next [`Listener::wait`] finds out why).
+    pub fn position(&mut self) -> Option<u64> {
+        let client = self.client.as_mut().filter(|c| !c.is_closed())?;
+        let row = client
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .ok()?;
+        parse_lsn(&row.get::<_, String>(0))
+    }
+
     /// Waits up to `timeout` for notifications. A connection error drops the connection;
     /// the next call connects again.
     pub fn wait(&mut self, timeout: Duration) -> Result<Heard, DbError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
             close(self.client.take());
-            let mut client = self.config.connect(NoTls).map_err(|e| {
+            let mut client = self.config.connect(self.tls.clone()).map_err(|e| {
                 DbError::Disconnected(format!("cannot connect to {}: {}", self.url, cause(&e)))
             })?;
             client
@@ -788,6 +874,14 @@ mod tests {
             rewrite_placeholders("VALUES (?, ?, ?)"),
             "VALUES ($1, $2, $3)"
         );
+    }
+
+    #[test]
+    fn wal_positions_parse_and_print_as_postgresql_does() {
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("nope"), None);
+        assert_eq!(format_lsn(0x16_B374_D848), "16/B374D848");
     }
 
     #[test]

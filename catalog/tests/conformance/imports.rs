@@ -106,3 +106,109 @@ pub fn import_copy_fires_the_auto_actions_of_the_new_copy(cat: &mut Catalog) {
     );
     assert_eq!(cat.read(|tx| tx.pending_reads(file_id, n1)).unwrap(), 1);
 }
+
+pub fn import_copies_gives_each_file_the_outcome_of_import_copy(cat: &mut Catalog) {
+    let (n1, _, n2, g2) = two_nodes(cat);
+    cat.write(|tx| {
+        let g = tx.group("demo_storage2")?;
+        let n = tx.node("demo_storage1")?;
+        tx.set_autosync(&g, &n, true, None)
+    })
+    .unwrap();
+    // Known before the batch: one with a copy on n1 already, one only on n2, one to conflict.
+    let here = new_file("2025/02/21/here.dat", 1);
+    let there = new_file("2025/02/21/there.dat", 2);
+    let taken = new_file("2025/02/21/taken.dat", 3);
+    cat.write(|tx| {
+        tx.import_copy(&here, n1, NOW)?;
+        tx.import_copy(&there, n2, NOW)?;
+        tx.import_copy(&taken, n2, NOW)
+    })
+    .unwrap();
+    let batch = vec![
+        new_file("2025/02/22/deep/er/new1.dat", 10),
+        here.clone(),
+        there.clone(),
+        new_file("2025/02/21/taken.dat", 4),
+        new_file("2025/02/22/deep/er/new2.dat", 0),
+        new_file("2025/02/22/deep/er/new1.dat", 10),
+    ];
+    let out = cat.write(|tx| tx.import_copies(&batch, n1, NOW)).unwrap();
+    assert_eq!(out.len(), batch.len());
+    let ImportOutcome::Imported {
+        file_id: new1,
+        new_file: true,
+        new_acq: false,
+        fired,
+    } = &out[0]
+    else {
+        panic!("new1: {:?}", out[0]);
+    };
+    assert_eq!(
+        fired.iter().map(|f| f.effect).collect::<Vec<_>>(),
+        vec![AutoEffect::Sync {
+            from_node: n1,
+            to_group: g2
+        }]
+    );
+    assert!(
+        matches!(out[1], ImportOutcome::AlreadyHere { .. }),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(out[2], ImportOutcome::Imported { new_file: false, ref fired, .. } if fired.is_empty()),
+        "there is in g2 already: {:?}",
+        out[2]
+    );
+    assert!(
+        matches!(out[3], ImportOutcome::Conflict { .. }),
+        "{:?}",
+        out[3]
+    );
+    let ImportOutcome::Imported { file_id: new2, .. } = out[4] else {
+        panic!("new2: {:?}", out[4]);
+    };
+    assert_eq!(
+        out[5], out[0],
+        "a path given twice: the outcome of its first"
+    );
+
+    let f = cat.read(|tx| tx.file_by_id(*new1)).unwrap();
+    assert_eq!(f.path, "2025/02/22/deep/er/new1.dat");
+    let c = cat.read(|tx| tx.copy_on(new2, n1)).unwrap().unwrap();
+    assert_eq!((c.has, c.size_on_node), (Has::Yes, Some(0)));
+    assert_eq!(cat.read(|tx| tx.pending_reads(*new1, n1)).unwrap(), 1);
+    // And again: nothing more to do.
+    let again = cat.write(|tx| tx.import_copies(&batch, n1, NOW)).unwrap();
+    assert!(
+        again.iter().all(|o| matches!(
+            o,
+            ImportOutcome::AlreadyHere { .. } | ImportOutcome::Conflict { .. }
+        )),
+        "{again:?}"
+    );
+}
+
+pub fn import_copies_takes_batches_larger_than_one_statement(cat: &mut Catalog) {
+    let (n1, _, _, _) = two_nodes(cat);
+    let files: Vec<NewFile> = (0..1203)
+        .map(|i| {
+            let mut f = new_file(&format!("2025/03/{:02}/f{i}.dat", i % 31), i);
+            f.acq = format!("2025/03/{:02}", i % 31);
+            f
+        })
+        .collect();
+    let out = cat.write(|tx| tx.import_copies(&files, n1, NOW)).unwrap();
+    let new_acqs = out
+        .iter()
+        .filter(|o| matches!(o, ImportOutcome::Imported { new_acq: true, .. }))
+        .count();
+    assert_eq!(new_acqs, 31, "each acquisition is new once");
+    assert!(
+        out.iter()
+            .all(|o| matches!(o, ImportOutcome::Imported { new_file: true, .. }))
+    );
+    let on = cat.read(|tx| tx.files_on_node(n1, None, None)).unwrap();
+    assert_eq!(on.len(), 1203);
+}

@@ -509,24 +509,31 @@ impl Core {
         let outcome = synced.map_err(FsError::from).and_then(|()| {
             self.with_cat(|c| {
                 Ok(c.write(|tx| {
-                    let mut out = Vec::with_capacity(files.len());
-                    for (f, own) in files.iter().zip(&owners) {
-                        let new = NewFile {
+                    // One transaction, a fixed number of statements for the whole batch (few
+                    // round trips to a distant primary).
+                    let news: Vec<NewFile> = files
+                        .iter()
+                        .zip(&owners)
+                        .map(|(f, own)| NewFile {
                             path: f.path.clone(),
                             acq: f.placed.acq.clone(),
                             size: f.placed.size,
                             md5: f.placed.md5.clone(),
                             mtime: f.placed.mtime,
                             own: own.clone(),
-                        };
-                        out.push(match tx.import_copy(&new, node.id, t)? {
+                        })
+                        .collect();
+                    let out: Vec<Registered> = tx
+                        .import_copies(&news, node.id, t)?
+                        .into_iter()
+                        .map(|o| match o {
                             ImportOutcome::Imported { file_id, .. }
                             | ImportOutcome::AlreadyHere { file_id } => Registered::Yes(file_id),
                             ImportOutcome::Conflict { existing } => {
                                 Registered::Conflict(existing.md5)
                             }
-                        });
-                    }
+                        })
+                        .collect();
                     Ok(out)
                 })?)
             })

@@ -305,6 +305,9 @@ impl Core {
             "Set {name}={:?}: {n} file(s) affected.",
             String::from_utf8_lossy(value)
         );
+        // `cairn request list`, or another host of this site, reads it from the site's
+        // replica: it is there when setfattr returns (or the wait ran out, and soon will be).
+        self.pool.wait_replicated();
         cairn_node::socket::nudge(&self.opts.socket);
         Ok(())
     }

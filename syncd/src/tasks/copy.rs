@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cairn_catalog::Catalog;
-use cairn_catalog::catalog::size_on_disk;
+use cairn_catalog::catalog::Arrival;
 use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
@@ -23,7 +23,13 @@ use crate::transfer::Location;
 
 pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
     ctx.pool.with(|cat| {
-        if !cat.write(|tx| tx.claim_copy_request(r.id, &ctx.host.name, now()))? {
+        // Claimed together with the requests other workers claim meanwhile.
+        let won = ctx.batches.claims.submit(r.id, |ids| {
+            let host = &ctx.host.name;
+            let won = cat.write(|tx| tx.claim_copy_requests(&ids, host, now()))?;
+            Ok(ids.iter().map(|id| won.contains(id)).collect())
+        })?;
+        if !won {
             return Ok(());
         }
         info!(
@@ -126,7 +132,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
             "Pre-pull search found {} on node \"{}\": recording it.",
             file.path, dest.name
         );
-        record_arrival(cat, r, &dest, file.size, t0)?;
+        record_arrival(ctx, cat, r, &dest, file.size, t0)?;
         return Ok(());
     }
     // Something else is at the archive name. Overwrite it only if it is this file's own copy
@@ -288,7 +294,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
     })?;
     tmp.keep();
     note_peer(true);
-    record_arrival(cat, r, &dest, copied.bytes, t0)?;
+    record_arrival(ctx, cat, r, &dest, copied.bytes, t0)?;
     let secs = t0.elapsed().as_secs_f64();
     info!(
         "Pull of {} complete. Transferred {} in {:.1}s [{}/s]",
@@ -336,18 +342,26 @@ fn watch_request(
     }
 }
 
+/// Records the copy, its request done and the auto-actions it sets off, in one transaction
+/// with the copies other workers record meanwhile.
 fn record_arrival(
+    ctx: &TaskContext,
     cat: &mut Catalog,
     r: &CopyRequest,
     dest: &Node,
     bytes: u64,
     t0: Instant,
 ) -> Result<(), CopyFailure> {
-    let t = now();
-    let effects = cat.write(|tx| {
-        tx.record_copy(r.file_id, dest.id, Has::Yes, Some(size_on_disk(bytes)), t)?;
-        tx.finish_copy_request(r.id, bytes, t0.elapsed().as_secs_f64(), t)?;
-        tx.fire_auto_actions(r.file_id, dest.id, t)
+    let arrival = Arrival {
+        request: r.id,
+        file_id: r.file_id,
+        node_id: dest.id,
+        bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    };
+    let effects = ctx.batches.arrivals.submit(arrival, |batch| {
+        let t = now();
+        Ok(cat.write(|tx| tx.record_arrivals(&batch, t))?)
     })?;
     log_effects(&r.path, &effects);
     Ok(())

@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::{ImportOutcome, NewFile};
-use cairn_catalog::model::{Has, Id, Node};
+use cairn_catalog::model::{File, Has, Id, Node};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
 use cairn_node::importer::Verdict;
@@ -174,6 +174,16 @@ enum Examined {
     Skip(String),
 }
 
+/// A file under a node root that the import rules and the disk let through: its catalog
+/// facts decide the rest ([`decide`]).
+struct Candidate {
+    path: String,
+    acq: String,
+    full: std::path::PathBuf,
+    mtime: i64,
+    own: cairn_catalog::model::Ownership,
+}
+
 /// Looks at one file under a node root: whether to register it, and if not, why.
 fn examine(
     ctx: &TaskContext,
@@ -184,48 +194,76 @@ fn examine(
     register_new: bool,
     writers: Option<&OpenWriters>,
 ) -> Result<Examined> {
+    let c = match look(ctx, root, path, writers)? {
+        Ok(c) => c,
+        Err(why) => return Ok(Examined::Skip(why)),
+    };
+    let mut known = cat.read(|tx| tx.files_at(&[split(&c.path)], node.id))?;
+    let at = known.remove(&c.path);
+    decide(ctx, c, at, register_new)
+}
+
+/// `path` as (directory, name).
+fn split(path: &str) -> (&str, &str) {
+    path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// What the disk and the import rules say of one file: a candidate, or why not.
+fn look(
+    ctx: &TaskContext,
+    root: &Path,
+    path: &str,
+    writers: Option<&OpenWriters>,
+) -> Result<std::result::Result<Candidate, String>> {
     let path = match cairn_catalog::catalog::normalize_path(path) {
         Ok(p) if !p.is_empty() => p,
-        Ok(_) => return Ok(Examined::Skip("not a file path".into())),
-        Err(e) => return Ok(Examined::Skip(e.to_string())),
+        Ok(_) => return Ok(Err("not a file path".into())),
+        Err(e) => return Ok(Err(e.to_string())),
     };
     let acq = match ctx.importer.check(&path) {
         Verdict::Import { acq } => acq,
-        Verdict::Skip(why) => return Ok(Examined::Skip(why)),
+        Verdict::Skip(why) => return Ok(Err(why)),
     };
     let full = root.join(&path);
     let meta = match std::fs::symlink_metadata(&full) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(Examined::Skip(format!(
-                "no such file under {}",
-                root.display()
-            )));
+            return Ok(Err(format!("no such file under {}", root.display())));
         }
         Err(e) => return Err(e).with_context(|| format!("cannot stat {}", full.display())),
     };
     if !meta.file_type().is_file() {
-        return Ok(Examined::Skip("not a regular file".into()));
+        return Ok(Err("not a regular file".into()));
     }
     let open = match writers {
         Some(w) => w.contains(&full),
         None => procfs::is_open_for_writing(&full).unwrap_or(false),
     };
     if open {
-        return Ok(Examined::Skip(
-            "still open for writing; it is imported when closed".into(),
+        return Ok(Err(
+            "still open for writing; it is imported when closed".into()
         ));
     }
-    let known = cat.read(|tx| {
-        let Some(f) = tx.file_by_path(&path)? else {
-            return Ok(None);
-        };
-        let copy = tx.copy_on(f.id, node.id)?;
-        Ok(Some((f, copy)))
-    })?;
-    if let Some((_, Some(c))) = &known
-        && c.has == Has::Yes
-    {
+    use std::os::unix::fs::MetadataExt;
+    Ok(Ok(Candidate {
+        path,
+        acq,
+        full,
+        mtime: meta.mtime(),
+        // The node file's owner, group and mode, by name: what every mount shows.
+        own: cairn_node::ids::ownership_of(names(), &meta),
+    }))
+}
+
+/// Decides on a candidate from what the catalog has at its path (the file and its copy on
+/// the node), hashing it if it is to be registered.
+fn decide(
+    ctx: &TaskContext,
+    c: Candidate,
+    known: Option<(File, Option<Has>)>,
+    register_new: bool,
+) -> Result<Examined> {
+    if let Some((_, Some(Has::Yes))) = &known {
         return Ok(Examined::AlreadyThere);
     }
     if known.is_none() && !register_new {
@@ -233,8 +271,8 @@ fn examine(
             "not in the catalog (import with --register-new to add it)".into(),
         ));
     }
-    let (size, md5) = copyfile::md5_of(&full, &ctx.cancel)
-        .with_context(|| format!("cannot read {}", full.display()))?;
+    let (size, md5) = copyfile::md5_of(&c.full, &ctx.cancel)
+        .with_context(|| format!("cannot read {}", c.full.display()))?;
     if let Some((f, _)) = &known
         && (f.size != size || f.md5 != md5)
     {
@@ -244,15 +282,13 @@ fn examine(
             f.size, f.md5
         )));
     }
-    use std::os::unix::fs::MetadataExt;
     Ok(Examined::New(NewFile {
-        path,
-        acq,
+        path: c.path,
+        acq: c.acq,
         size,
         md5,
-        mtime: meta.mtime(),
-        // The node file's owner, group and mode, by name: what every mount shows.
-        own: cairn_node::ids::ownership_of(names(), &meta),
+        mtime: c.mtime,
+        own: c.own,
     }))
 }
 
@@ -264,13 +300,11 @@ fn names() -> &'static cairn_node::ids::Ids {
 
 /// Registers files and their copies on `node` in one transaction, with their auto-actions.
 fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
     let t = now();
-    let outcomes = cat.write(|tx| {
-        files
-            .iter()
-            .map(|f| tx.import_copy(f, node.id, t))
-            .collect::<cairn_catalog::error::Result<Vec<_>>>()
-    })?;
+    let outcomes = cat.write(|tx| tx.import_copies(files, node.id, t))?;
     for (f, outcome) in files.iter().zip(outcomes) {
         match outcome {
             ImportOutcome::Imported {
@@ -303,6 +337,9 @@ fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
 }
 
 // ---- scan ----
+
+/// Files a scan looks up and registers at once: one read and one transaction each.
+const SCAN_BATCH: usize = 1000;
 
 pub(super) fn scan(
     ctx: &TaskContext,
@@ -362,30 +399,43 @@ fn scan_tree(
     let mut files = Vec::new();
     walk(root, &start, &mut files)?;
     files.sort();
+    files.retain(|p| !have.contains(p));
     let (mut imported, mut skipped) = (0, 0);
-    let mut batch = Vec::new();
-    for p in files {
+    // A batch: one read of what the catalog has at its paths, one transaction to register.
+    for chunk in files.chunks(SCAN_BATCH) {
         if ctx.is_cancelled() {
             break;
         }
-        if have.contains(&p) {
-            continue;
-        }
-        match examine(ctx, cat, node, root, &p, register_new, writers.as_ref())? {
-            Examined::AlreadyThere => {}
-            Examined::Skip(why) => {
-                info!("Not importing \"{p}\": {why}.");
-                skipped += 1;
+        let mut candidates = Vec::with_capacity(chunk.len());
+        for p in chunk {
+            match look(ctx, root, p, writers.as_ref())? {
+                Ok(c) => candidates.push(c),
+                Err(why) => {
+                    info!("Not importing \"{p}\": {why}.");
+                    skipped += 1;
+                }
             }
-            Examined::New(f) => batch.push(f),
         }
-        if batch.len() >= 256 {
-            imported += batch.len();
-            register(cat, node, &std::mem::take(&mut batch))?;
+        let paths: Vec<(&str, &str)> = candidates.iter().map(|c| split(&c.path)).collect();
+        let mut known = cat.read(|tx| tx.files_at(&paths, node.id))?;
+        let mut batch = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            if ctx.is_cancelled() {
+                break;
+            }
+            let path = c.path.clone();
+            match decide(ctx, c, known.remove(&path), register_new)? {
+                Examined::AlreadyThere => {}
+                Examined::Skip(why) => {
+                    info!("Not importing \"{path}\": {why}.");
+                    skipped += 1;
+                }
+                Examined::New(f) => batch.push(f),
+            }
         }
+        imported += batch.len();
+        register(cat, node, &batch)?;
     }
-    imported += batch.len();
-    register(cat, node, &batch)?;
     Ok((imported, skipped))
 }
 

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use cairn_catalog::model::{Host, JournalReport, Node, NodeStats, RequestState};
+use cairn_catalog::replica::{ReplicaStatus, Standby};
 use cairn_catalog::units::{format_size, now};
 use serde::Serialize;
 
@@ -26,6 +27,13 @@ struct NodeStatus {
 
 #[derive(Serialize)]
 struct Status {
+    /// This site's replica (`catalog.replica`), as it answered now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replica: Option<ReplicaStatus>,
+    /// The standbys streaming from the primary (PostgreSQL), as the primary sees them;
+    /// `None` when the primary could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    standbys: Option<Vec<Standby>>,
     hosts: Vec<HostStatus>,
     nodes: Vec<NodeStatus>,
     copy_requests: Vec<(RequestState, u64)>,
@@ -42,6 +50,12 @@ fn gather(ctx: &Ctx) -> Result<Status> {
     let mut cat = ctx.open()?;
     let t = now();
     let up_within = (ctx.config.daemon.interval.0.as_secs() as i64 * 3).max(30);
+    let replica = cat.replica_status();
+    let standbys = if cat.dialect() == cairn_catalog::db::Dialect::Postgres {
+        cat.standbys().ok()
+    } else {
+        Some(Vec::new())
+    };
     Ok(cat.read(|tx| {
         let hosts = tx
             .hosts()?
@@ -66,6 +80,8 @@ fn gather(ctx: &Ctx) -> Result<Status> {
             .collect();
         let (verifications_pending, releases_pending) = tx.copy_work_counts()?;
         Ok(Status {
+            replica: replica.clone(),
+            standbys: standbys.clone(),
             hosts,
             nodes,
             copy_requests: tx.copy_request_counts()?,
@@ -80,6 +96,47 @@ fn gather(ctx: &Ctx) -> Result<Status> {
 
 fn print(ctx: &Ctx, status: &Status) {
     println!("Catalog: {}", cairn_catalog::db::postgres::redact(&ctx.url));
+    if let Some(r) = &status.replica {
+        let lag = r
+            .lag_seconds
+            .map_or_else(|| "lag unknown".to_owned(), |l| format!("lag {l:.1} s"));
+        let link = if r.streaming {
+            "streaming from the primary"
+        } else {
+            "not streaming from the primary"
+        };
+        println!(
+            "Replica: {} ({}, {lag}, {link}; max {} s){}",
+            r.url,
+            r.state,
+            r.max_lag_seconds,
+            r.reason
+                .as_deref()
+                .map_or_else(String::new, |why| format!(": {why}"))
+        );
+    }
+    match &status.standbys {
+        None => println!("Standbys: the primary could not be asked"),
+        Some(s) if s.is_empty() => {}
+        Some(standbys) => {
+            println!();
+            println!("Standbys of the primary:");
+            let mut t = Table::new(&["Name", "From", "State", "Behind", "Replay Lag"]);
+            for s in standbys {
+                t.row(vec![
+                    s.name.clone(),
+                    opt_str(s.address.as_deref()).into(),
+                    s.state
+                        .clone()
+                        .unwrap_or_else(|| "(grant pg_monitor to see)".into()),
+                    s.behind_bytes.map_or_else(|| "-".into(), format_size),
+                    s.lag_seconds
+                        .map_or_else(|| "-".into(), |l| format!("{l:.3} s")),
+                ]);
+            }
+            t.print();
+        }
+    }
     println!();
     println!("Hosts:");
     if status.hosts.is_empty() {

@@ -1,0 +1,473 @@
+//! Several sites: a PostgreSQL primary at the archive, a hot standby at a distant site, the
+//! link between them with its delay ([`cairn_tests::site::Sites`]), and cairn's processes at
+//! the distant site reading from the standby and writing to the primary through the link.
+//!
+//! These start servers of their own (PostgreSQL's binaries must be installed) and need no
+//! `CAIRN_TEST_PG_URL`.
+
+use std::time::{Duration, Instant};
+
+use cairn_catalog::db::Patience;
+use cairn_catalog::model::IoClass;
+use cairn_catalog::replica::{ReplicaOptions, ReplicaState};
+use cairn_catalog::{Catalog, Pool, Routing};
+use cairn_tests::pki::Pki;
+use cairn_tests::site::{PgServer, Sites, can_run_servers};
+use cairn_tests::{Archive, wait_until, write_file};
+
+#[test]
+fn the_standby_replicates_through_the_link_and_waits_while_it_is_cut() {
+    if !can_run_servers("the_standby_replicates_through_the_link_and_waits_while_it_is_cut") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let mut primary = sites.primary.client("postgres");
+    primary
+        .batch_execute("CREATE TABLE t (x int); INSERT INTO t VALUES (1)")
+        .unwrap();
+    sites.wait_replayed(Duration::from_secs(30));
+    let count = |sites: &Sites| -> i64 {
+        sites
+            .standby
+            .client("postgres")
+            .query_one("SELECT count(*) FROM t", &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count(&sites), 1);
+
+    sites.link.cut();
+    let mut primary = sites.primary.client("postgres");
+    primary.batch_execute("INSERT INTO t VALUES (2)").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(count(&sites), 1, "nothing crosses a cut link");
+
+    sites.link.restore();
+    sites.wait_replayed(Duration::from_secs(60));
+    assert_eq!(
+        count(&sites),
+        2,
+        "replication resumes when the link is back"
+    );
+}
+
+/// The distant site's routing for `archive`: reads from the standby, writes through the link.
+fn far_routing(archive: &Archive, max_lag: Duration) -> Routing {
+    let remote = archive.remote.as_ref().expect("a two-site archive");
+    Routing::with_replica(
+        &remote.url,
+        ReplicaOptions {
+            url: remote.replica.clone(),
+            max_lag,
+            wait: Duration::from_secs(1),
+        },
+    )
+}
+
+#[test]
+fn a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once() {
+    if !can_run_servers("a_distant_site_reads_from_its_standby_and_sees_its_own_writes_at_once") {
+        return;
+    }
+    // 50 ms round trip between the sites.
+    let sites = Sites::new(Duration::from_millis(25));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(30)),
+        Patience::default(),
+    );
+    // Read your writes, 100 times: each group created is there at the very next read, from
+    // any connection of the process.
+    for i in 0..100 {
+        let name = format!("g{i}");
+        pool.with(|c| c.write(|tx| tx.create_group(&name, IoClass::Default, None)))
+            .unwrap();
+        let seen = pool.with(|c| c.read(|tx| tx.group_by_name(&name))).unwrap();
+        assert!(
+            seen.is_some(),
+            "trial {i}: the group just created is not seen"
+        );
+    }
+    let status = pool.replica_status().expect("a replica");
+    assert_eq!(status.state, ReplicaState::InUse, "{status:?}");
+
+    // Reads are answered at this site: 50 of them make next to no flight across the link (a
+    // read on the primary is three: BEGIN, the query, COMMIT; the standby's own replication
+    // traffic crosses it too, a few flights a second).
+    let before = sites.link.flights();
+    for _ in 0..50 {
+        pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+    }
+    let flights = sites.link.flights() - before;
+    assert!(
+        flights < 20,
+        "{flights} flights across the link for 50 reads"
+    );
+
+    // What another site writes shows here once replicated.
+    let mut near = archive.catalog();
+    near.write(|tx| tx.create_group("from_b", IoClass::Default, None))
+        .unwrap();
+    let lag = sites.wait_replayed(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(10));
+    let seen = pool
+        .with(|c| c.read(|tx| tx.group_by_name("from_b")))
+        .unwrap();
+    assert!(seen.is_some(), "replicated within {lag:?} but not seen");
+}
+
+#[test]
+fn a_replica_that_is_not_a_standby_is_refused_naming_the_key() {
+    if !can_run_servers("a_replica_that_is_not_a_standby_is_refused_naming_the_key") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(1));
+    let archive = sites.archive();
+    let routing = Routing::with_replica(
+        &archive.url,
+        ReplicaOptions {
+            // The primary itself.
+            url: archive.url.clone(),
+            max_lag: Duration::from_secs(30),
+            wait: Duration::from_secs(1),
+        },
+    );
+    let err = Catalog::open_routed(&routing).expect_err("a primary as replica is refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("catalog.replica") && msg.contains("not a hot standby"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_stopped_replica_sends_reads_to_the_primary_until_it_is_back() {
+    if !can_run_servers("a_stopped_replica_sends_reads_to_the_primary_until_it_is_back") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(30)),
+        Patience::default(),
+    );
+    pool.with(|c| c.write(|tx| tx.create_group("before", IoClass::Default, None)))
+        .unwrap();
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("before")))
+            .unwrap()
+            .is_some()
+    );
+
+    sites.standby.stop();
+    for i in 0..20 {
+        let name = format!("during{i}");
+        pool.with(|c| c.write(|tx| tx.create_group(&name, IoClass::Default, None)))
+            .unwrap();
+        let seen = pool
+            .with(|c| c.read(|tx| tx.group_by_name(&name)))
+            .expect("reads go on without the replica");
+        assert!(seen.is_some(), "{name}");
+    }
+    let status = pool.replica_status().unwrap();
+    assert_eq!(status.state, ReplicaState::Unreachable, "{status:?}");
+
+    sites.standby.start();
+    wait_until(
+        Duration::from_secs(30),
+        "the replica to be used again",
+        || {
+            pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+            pool.replica_status().unwrap().state == ReplicaState::InUse
+        },
+    );
+}
+
+#[test]
+fn a_lagging_replica_is_reported_and_not_used() {
+    if !can_run_servers("a_lagging_replica_is_reported_and_not_used") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(2)),
+        Patience::default(),
+    );
+    pool.with(|c| c.read(|tx| tx.groups())).unwrap();
+    assert_eq!(pool.replica_status().unwrap().state, ReplicaState::InUse);
+
+    sites.pause_replay();
+    // The archive's site goes on writing; the standby receives but does not replay.
+    let mut near = archive.catalog();
+    for i in 0..5 {
+        near.write(|tx| tx.create_group(&format!("b{i}"), IoClass::Default, None))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let mut cat = Catalog::open_routed(pool.routing()).unwrap();
+    let status = cat.replica_status().unwrap();
+    assert_eq!(status.state, ReplicaState::Lagging, "{status:?}");
+    assert!(status.lag_seconds.unwrap() > 2.0, "{status:?}");
+    // Reads go to the primary: the latest group is seen although the standby lacks it.
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("b4")))
+            .unwrap()
+            .is_some()
+    );
+
+    sites.resume_replay();
+    wait_until(Duration::from_secs(30), "the replica to catch up", || {
+        cat.replica_status().unwrap().state == ReplicaState::InUse
+    });
+}
+
+#[test]
+fn a_cut_link_leaves_the_site_reading_from_its_standby() {
+    if !can_run_servers("a_cut_link_leaves_the_site_reading_from_its_standby") {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let pool = Pool::routed(
+        far_routing(&archive, Duration::from_secs(1)),
+        Patience::new(Duration::from_secs(2)),
+    );
+    pool.with(|c| c.write(|tx| tx.create_group("before", IoClass::Default, None)))
+        .unwrap();
+    // (Cut at once, the write might not have crossed to the standby yet: then the standby,
+    // the best answer left, would not have it.)
+    assert!(pool.wait_replicated());
+    sites.link.cut();
+    // Long enough for the standby to count as lagging: reads would go to the primary, which
+    // cannot be reached, and the standby answers.
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..20 {
+        // With a patience of 2 s, a read waiting for the primary would fail.
+        let seen = pool
+            .with(|c| c.read(|tx| tx.group_by_name("before")))
+            .expect("the standby answers while the link is cut");
+        assert!(seen.is_some());
+    }
+    // A site cut off can still open the catalog.
+    let mut cat = Catalog::open_routed(pool.routing()).expect("opens from the standby");
+    assert!(cat.read(|tx| tx.group_by_name("before")).unwrap().is_some());
+    sites.link.restore();
+    pool.with(|c| c.write(|tx| tx.create_group("after", IoClass::Default, None)))
+        .expect("writes go through again once the link is back");
+}
+
+/// Connections to `db` on `server` that are encrypted.
+fn encrypted_sessions(server: &PgServer, db: &str) -> i64 {
+    server
+        .client("postgres")
+        .query_one(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.datname = $1 AND s.ssl",
+            &[&db],
+        )
+        .unwrap()
+        .get(0)
+}
+
+fn with_query(url: &str, query: &str) -> String {
+    format!("{url}?{query}")
+}
+
+#[test]
+fn catalog_connections_use_tls_and_refuse_a_certificate_that_does_not_match() {
+    let test = "catalog_connections_use_tls_and_refuse_a_certificate_that_does_not_match";
+    if !can_run_servers(test) {
+        return;
+    }
+    let keys = tempfile::tempdir().unwrap();
+    let Some(pki) = Pki::or_skip(&keys.path().join("ca"), "IP:127.0.0.1", test) else {
+        return;
+    };
+    let Some(other) = Pki::or_skip(&keys.path().join("other"), "IP:127.0.0.1", test) else {
+        return;
+    };
+    let sites = Sites::with_tls(Duration::from_millis(2), &pki);
+    let archive = sites.archive();
+    let db = archive.url.rsplit('/').next().unwrap().to_owned();
+    let verify_full = |url: &str, ca: &Pki| {
+        with_query(
+            url,
+            &format!("sslmode=verify-full&sslrootcert={}", ca.ca.display()),
+        )
+    };
+
+    // verify-full with the right authority: connected, encrypted.
+    let mut cat = Catalog::open(&verify_full(&archive.url, &pki)).expect("verify-full connects");
+    cat.read(|tx| tx.groups()).unwrap();
+    assert!(encrypted_sessions(&sites.primary, &db) >= 1);
+    drop(cat);
+
+    // A certificate from another authority is refused, saying why.
+    let err = Catalog::open(&verify_full(&archive.url, &other))
+        .expect_err("another authority's certificate is refused")
+        .to_string();
+    assert!(
+        err.contains("invalid peer certificate") && err.contains("sslrootcert"),
+        "{err}"
+    );
+
+    // A certificate that does not name the host connected to: refused by verify-full,
+    // accepted by verify-ca (which checks the authority only).
+    let by_name = archive.url.replace("127.0.0.1", "localhost");
+    let err = Catalog::open(&verify_full(&by_name, &pki))
+        .expect_err("a certificate for another name is refused")
+        .to_string();
+    assert!(err.contains("not valid for name"), "{err}");
+    Catalog::open(&with_query(
+        &by_name,
+        &format!("sslmode=verify-ca&sslrootcert={}", pki.ca.display()),
+    ))
+    .expect("verify-ca does not check the name");
+
+    // require: encrypted without checking the certificate.
+    Catalog::open(&with_query(&archive.url, "sslmode=require")).expect("require connects");
+
+    // The distant site: both the primary (through the link) and the standby over TLS.
+    let remote = archive.remote.clone().unwrap();
+    let routing = Routing::with_replica(
+        &verify_full(&remote.url, &pki),
+        ReplicaOptions {
+            url: verify_full(&remote.replica, &pki),
+            max_lag: Duration::from_secs(30),
+            wait: Duration::from_secs(1),
+        },
+    );
+    let pool = Pool::routed(routing, Patience::default());
+    pool.with(|c| c.write(|tx| tx.create_group("over_tls", IoClass::Default, None)))
+        .unwrap();
+    assert!(
+        pool.with(|c| c.read(|tx| tx.group_by_name("over_tls")))
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(pool.replica_status().unwrap().state, ReplicaState::InUse);
+    assert!(
+        encrypted_sessions(&sites.standby, &db) >= 1,
+        "the standby's sessions"
+    );
+    assert!(
+        encrypted_sessions(&sites.primary, &db) >= 1,
+        "the primary's sessions"
+    );
+
+    // A server without TLS is refused under require.
+    let plain = Sites::new(Duration::from_millis(1));
+    let plain_archive = plain.archive();
+    let err = Catalog::open(&with_query(&plain_archive.url, "sslmode=require"))
+        .expect_err("require refuses a server without TLS")
+        .to_string();
+    assert!(err.contains("TLS"), "{err}");
+}
+
+#[test]
+fn a_distant_site_imports_in_batches_and_sees_what_the_archive_imports() {
+    let test = "a_distant_site_imports_in_batches_and_sees_what_the_archive_imports";
+    if !can_run_servers(test) {
+        return;
+    }
+    // 20 ms round trip.
+    let sites = Sites::new(Duration::from_millis(10));
+    let archive = sites.archive();
+    let mut far = archive.far_host("far", "");
+    let mut near = archive.host("near");
+    let field = far.node("field", &[]);
+    near.node("vault", &["--archive"]);
+    let n = 1500;
+    for i in 0..n {
+        write_file(
+            &field,
+            &format!("2025/05/01/f{i:05}.dat"),
+            vec![(i % 251) as u8; 4096],
+        );
+    }
+    far.start();
+    near.start();
+
+    let t = Instant::now();
+    let flights = sites.link.flights();
+    far.cairn(&["node", "scan", "field", "--register-new"]);
+    wait_until(
+        Duration::from_secs(120),
+        "the scan to register every file",
+        || archive.on("field").0 == n,
+    );
+    let took = t.elapsed();
+    let trips = sites.link.flights() - flights;
+    eprintln!("scan of {n} files at 20 ms: {took:?}, about {trips} round trips through the link");
+    // A file at a time costs about eight round trips each; a batch of 1,000 about ten.
+    assert!(trips < n / 2, "{trips} round trips for {n} files");
+
+    // The archive's site imports a file; the distant site lists it once it is replicated.
+    write_file(&near.root("vault"), "2025/05/02/b.dat", b"from the archive");
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the archive's file at the distant site",
+        || far.cairn(&["file", "list"]).contains("2025/05/02/b.dat"),
+    );
+
+    // The distant site shows its replica: `cairn status` and cairnd's /metrics.
+    let status = far.cairn(&["status"]);
+    assert!(
+        status.contains("Replica:") && status.contains("in use"),
+        "{status}"
+    );
+    assert!(status.contains("Standbys of the primary:"), "{status}");
+    let (code, _, body) = cairn_tests::http_get(&far.address, "/metrics", &[]);
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("cairn_catalog_replica_lag_seconds{replica="),
+        "{body}"
+    );
+    assert!(body.contains("cairn_catalog_replica_in_use{"), "{body}");
+    assert!(
+        far.log().contains("Reading the catalog from the replica"),
+        "{}",
+        far.log()
+    );
+    far.stop();
+    near.stop();
+}
+
+#[test]
+fn a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_standby() {
+    let test = "a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_standby";
+    if !can_run_servers(test) {
+        return;
+    }
+    // 50 ms round trip; the distant cairnd makes a pass only when woken.
+    let sites = Sites::new(Duration::from_millis(25));
+    let archive = sites.archive();
+    let mut far = archive.far_host_with("far", "", "interval = \"1h\"");
+    let mut near = archive.host("near");
+    far.node("field", &[]);
+    let vault = near.node("vault", &["--archive"]);
+    write_file(&vault, "2025/05/03/a.dat", b"made at the archive");
+    far.start();
+    near.start();
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    archive.wait_idle(Duration::from_secs(30));
+    // Made at the archive's site: NOTIFY reaches the distant cairnd about when the commit's log
+    // reaches its standby; its pass must not read the standby before it has the request.
+    for i in 0..5 {
+        let name = format!("2025/05/03/b{i}.dat");
+        write_file(&vault, &name, format!("file {i}"));
+        near.cairn(&["node", "scan", "vault", "--register-new"]);
+        archive.wait_idle(Duration::from_secs(30));
+        near.cairn(&["file", "sync", &name, "--from", "vault", "--to", "field"]);
+        wait_until(
+            Duration::from_secs(30),
+            "the distant cairnd to pull the file",
+            || archive.has("field", &name) == Some(cairn_catalog::model::Has::Yes),
+        );
+    }
+    far.stop();
+    near.stop();
+}
