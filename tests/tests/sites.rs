@@ -471,3 +471,110 @@ fn a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_st
     far.stop();
     near.stop();
 }
+
+/// A far host with its node initialised, cairnd running, and its view mounted: the mount reads
+/// from the site's standby and writes to the primary through the link.
+fn far_mount(
+    archive: &Archive,
+    name: &str,
+) -> (
+    cairn_tests::TestHost,
+    std::path::PathBuf,
+    cairn_tests::Mount,
+) {
+    let mut far = archive.far_host(name, "");
+    let root = far.node("field", &[]);
+    far.start();
+    wait_until(Duration::from_secs(60), "node initialised", || {
+        cairn_node::NodeRoot::new(&root).marker().exists()
+    });
+    std::fs::write(
+        &far.config,
+        std::fs::read_to_string(&far.config).unwrap()
+            + "[fs]\nttl = \"1s\"\nwrite_node = \"field\"\nsettle = \"100ms\"\n",
+    )
+    .unwrap();
+    let m = far.mount(Some("field"));
+    (far, root, m)
+}
+
+/// The check: what a mount at a site 50 ms from the primary writes, it sees at once —
+/// listed, `stat`-able, with its md5 and copies — a hundred times in a row.
+#[test]
+fn a_distant_mount_reads_its_own_writes_at_once() {
+    let test = "a_distant_mount_reads_its_own_writes_at_once";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    // 50 ms round trip.
+    let sites = Sites::new(Duration::from_millis(25));
+    let archive = sites.archive();
+    let (_far, _root, m) = far_mount(&archive, "far");
+    std::fs::create_dir(m.path("run")).unwrap();
+    for i in 0..100 {
+        let rel = format!("run/f{i:03}.dat");
+        let data = format!("trial {i}\n");
+        std::fs::write(m.path(&rel), &data).unwrap();
+        // The md5 archives it (registered at the primary, through the link) ...
+        assert_eq!(
+            m.xattr(&rel, "md5").unwrap(),
+            cairn_catalog::md5::md5_hex(data.as_bytes()),
+            "trial {i}"
+        );
+        // ... and at once, read from the standby that may not have replayed it yet, it is
+        // there: its copies, its attributes, a listing, its bytes.
+        assert_eq!(m.xattr(&rel, "copies").unwrap(), "field=yes", "trial {i}");
+        assert_eq!(m.xattr(&rel, "state").unwrap(), "local", "trial {i}");
+        let meta = std::fs::metadata(m.path(&rel)).unwrap();
+        assert_eq!(meta.len(), data.len() as u64, "trial {i}");
+        let listed: Vec<String> = std::fs::read_dir(m.path("run"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            listed.contains(&format!("f{i:03}.dat")),
+            "trial {i}: {listed:?}"
+        );
+        assert_eq!(std::fs::read_to_string(m.path(&rel)).unwrap(), data);
+    }
+}
+
+/// A file the archive's site imports appears on a distant site's mount once the standby has
+/// it; with the standby stopped, the mount goes on, reading from the primary.
+#[test]
+fn a_distant_mount_shows_the_archives_files_and_outlives_its_standby() {
+    let test = "a_distant_mount_shows_the_archives_files_and_outlives_its_standby";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let (_far, _root, m) = far_mount(&archive, "far");
+    let mut near = archive.host("near");
+    let vault = near.node("vault", &["--archive"]);
+    near.start();
+    wait_until(Duration::from_secs(60), "vault initialised", || {
+        cairn_node::NodeRoot::new(&vault).marker().exists()
+    });
+    write_file(&vault, "shared/a.dat", b"from the archive\n");
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    wait_until(
+        Duration::from_secs(30),
+        "the archive's file on the mount",
+        || m.path("shared/a.dat").exists(),
+    );
+    assert_eq!(m.xattr("shared/a.dat", "state").unwrap(), "remote");
+
+    // The standby goes away: the mount reads from the primary.
+    sites.standby.stop();
+    std::fs::write(m.path("after.dat"), b"written without a standby\n").unwrap();
+    assert_eq!(
+        m.xattr("after.dat", "md5").unwrap(),
+        cairn_catalog::md5::md5_hex(b"written without a standby\n")
+    );
+    assert!(
+        std::fs::read_dir(m.path("shared")).unwrap().count() == 1,
+        "listings still work"
+    );
+    near.stop();
+}
