@@ -42,6 +42,7 @@ pub use xattr::FILE_XATTRS;
 use crate::attr::{Remembered, epoch};
 use crate::handles::{Handle, Handles};
 use crate::listings::Listings;
+use crate::localdirs::{LocalDir, LocalDirs};
 use crate::locals::{LocalKind, Locals, join};
 use crate::nodes::HostNodes;
 use cairn_node::ids::Ids;
@@ -134,6 +135,7 @@ pub struct Core {
     root_dir: Id,
     nodes: HostNodes,
     locals: Locals,
+    localdirs: LocalDirs,
     handles: Handles,
     listings: Listings,
     remembered: Remembered,
@@ -176,6 +178,7 @@ impl Core {
             root_dir: root.id,
             nodes: HostNodes::default(),
             locals: Locals::default(),
+            localdirs: LocalDirs::default(),
             handles: Handles::default(),
             fetches: read::Fetches::default(),
             imports: import::Queue::default(),
@@ -232,8 +235,16 @@ impl Core {
         Ino::dir(id, self.root_dir).into()
     }
 
+    /// The directory inode `ino` stands for: a catalog directory, or one made here while the
+    /// catalog could not take it (the catalog's id once it has it).
     fn dir_id(&self, ino: u64) -> Result<Id> {
-        Ino::from(ino).dir_id(self.root_dir).ok_or(FsError::NotDir)
+        let id = Ino::from(ino)
+            .dir_id(self.root_dir)
+            .ok_or(FsError::NotDir)?;
+        Ok(match LocalDirs::is_local(id) {
+            true => self.localdirs.real(id).unwrap_or(id),
+            false => id,
+        })
     }
 
     /// A directory's attributes: its recorded owner and mode (`0755` and `[fs] uid`/`gid`
@@ -362,6 +373,12 @@ impl Core {
                 return Ok(g.attr()?);
             }
         }
+        // A directory made here while the catalog could not take it.
+        if local.is_none()
+            && let Some(d) = self.localdirs.by_name(dir_id, name)
+        {
+            return Ok(self.dir_attr(&local_dir_row(&d)));
+        }
         // A fresh listing of the directory answers, either way: a program that stats what it
         // has just listed, or a name that is not there (`cp -r` looks up every name it is
         // about to create). It is no older than the kernel may keep names anyway.
@@ -377,7 +394,12 @@ impl Core {
             self.remembered.seen(&e.attr);
             return Ok(e.attr);
         }
-        let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
+        // The catalog has nothing below a directory it does not have yet.
+        let found = if LocalDirs::is_local(dir_id) {
+            None
+        } else {
+            self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?
+        };
         if found.is_some()
             && let Some(l) = &local
         {
@@ -418,8 +440,74 @@ impl Core {
     }
 
     fn dir_by_id(&self, id: Id) -> Result<Dir> {
+        if LocalDirs::is_local(id) {
+            if let Some(real) = self.localdirs.real(id) {
+                return self.dir_by_id(real);
+            }
+            let d = self.localdirs.get(id).ok_or(FsError::NotFound)?;
+            return Ok(local_dir_row(&d));
+        }
         self.with_cat(|c| Ok(c.read(|tx| tx.dir_by_id(id))?))?
             .ok_or(FsError::NotFound)
+    }
+
+    /// Where directory `path` is: the catalog's, or one made here; made if there is none (here,
+    /// when the catalog cannot take it now). For a file found again at a restart.
+    fn resolve_dir(&self, path: &str) -> Result<Id> {
+        if path.is_empty() {
+            return Ok(self.root_dir);
+        }
+        if let Some(d) = self.localdirs.by_path(path) {
+            return Ok(d.id);
+        }
+        if let Some(d) = self.with_cat(|c| Ok(c.read(|tx| tx.dir_by_path(path))?))? {
+            return Ok(d.id);
+        }
+        let t = cairn_catalog::units::now();
+        match self.with_cat(|c| Ok(c.write(|tx| tx.ensure_dir(path, t))?)) {
+            Ok(id) => Ok(id),
+            Err(e) if catalog_out_of_reach(&e) && self.journal.is_some() => {
+                let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+                let parent_id = self.resolve_dir(parent)?;
+                Ok(self
+                    .make_local_dir(parent_id, name, path, Ownership::default(), &e)?
+                    .id)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes directory `path` here, noted in the journal, because the catalog could not
+    /// take it (`why`); the import thread makes it there when the catalog answers.
+    fn make_local_dir(
+        &self,
+        parent: Id,
+        name: &str,
+        path: &str,
+        own: Ownership,
+        why: &FsError,
+    ) -> Result<LocalDir> {
+        let journal = self.journal.as_ref().ok_or(FsError::ReadOnly(
+            "this mount is read-only: no [fs] write_node is configured".into(),
+        ))?;
+        journal
+            .dir_made(path, &own)
+            .map_err(|e| FsError::Io(std::io::Error::other(e.to_string())))?;
+        let d = self
+            .localdirs
+            .add(parent, name, path, own, cairn_catalog::units::now());
+        warn!(
+            "The catalog cannot take directory {path} now ({why}): it is made here, and in the \
+             catalog when it answers again."
+        );
+        // Empty: what is looked up in it is not there, without asking anyone.
+        self.listings.keep(
+            d.id,
+            self.listings.generation(),
+            &Arc::new(DirList::new(Vec::new())),
+        );
+        self.imports.dirs_waiting();
+        Ok(d)
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
@@ -486,13 +574,31 @@ impl Core {
             group,
             mode: Some(mode & 0o7777),
         };
-        let d = self.with_cat(|c| {
-            Ok(c.write(|tx| {
-                let (id, _) = tx.make_dir(&path, &own, t)?;
-                tx.dir_by_id(id)
-            })?)
-        })?;
-        let d = d.ok_or(FsError::NotFound)?;
+        let made = if LocalDirs::is_local(dir_id) {
+            // Its parent is not in the catalog yet: neither is it.
+            Err(FsError::Catalog(cairn_catalog::CatalogError::Db(
+                cairn_catalog::db::DbError::Disconnected(format!(
+                    "its parent {} is not in the catalog yet",
+                    parent_dir.path
+                )),
+            )))
+        } else {
+            self.with_cat(|c| {
+                Ok(c.write(|tx| {
+                    let (id, _) = tx.make_dir(&path, &own, t)?;
+                    tx.dir_by_id(id)
+                })?)
+            })
+        };
+        let d = match made {
+            Ok(d) => d.ok_or(FsError::NotFound)?,
+            // `mkdir` does not wait on the link: the directory is made here for now.
+            Err(e) if catalog_out_of_reach(&e) && self.journal.is_some() => {
+                let d = self.make_local_dir(dir_id, &name, &path, own, &e)?;
+                return Ok(self.dir_attr(&local_dir_row(&d)));
+            }
+            Err(e) => return Err(e),
+        };
         self.listings.changed_dir(dir_id);
         // A directory just made is empty: what is looked up in it (`cp -r` filling it) is
         // not there, without asking the catalog.
@@ -508,6 +614,18 @@ impl Core {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?;
         let parent_attr = self.may_change(who, dir_id)?;
+        if let Some(d) = self.localdirs.by_name(dir_id, name) {
+            // Made here, not in the catalog yet: removed here, and from the journal.
+            Self::sticky_allows(who, &parent_attr, &self.dir_attr(&local_dir_row(&d)))?;
+            if !self.locals.in_dir(d.id).is_empty() || !self.localdirs.in_dir(d.id).is_empty() {
+                return Err(FsError::NotEmpty);
+            }
+            self.localdirs.remove(d.id);
+            if let Some(j) = &self.journal {
+                let _ = j.dir_done(&d.path);
+            }
+            return Ok(());
+        }
         let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
         let d = match found {
             Some(Err(d)) => d,
@@ -624,6 +742,24 @@ const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
 /// How long an operation on the mount waits for an unreachable catalog before it fails with
 /// EIO: a program on the mount should get an error, not hang, while a site's link is down.
 const CATALOG_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Whether a catalog error means it cannot be reached or is held by another process (a cut
+/// link, a busy or failing database), as opposed to a refusal: what waits is kept here.
+fn catalog_out_of_reach(e: &FsError) -> bool {
+    matches!(e, FsError::Catalog(cairn_catalog::CatalogError::Db(db)) if db.breaks_connection())
+}
+
+/// A directory made here, as the catalog would have it.
+fn local_dir_row(d: &LocalDir) -> Dir {
+    Dir {
+        id: d.id,
+        parent_id: Some(d.parent),
+        name: d.name.clone(),
+        path: d.path.clone(),
+        created_at: d.made,
+        own: d.own.clone(),
+    }
+}
 
 fn name_str(name: &OsStr) -> Result<&str> {
     let s = std::str::from_utf8(name.as_bytes())

@@ -14,6 +14,7 @@ pub mod handles;
 pub mod ids;
 pub mod ino;
 pub mod listings;
+pub mod localdirs;
 pub mod locals;
 pub mod nodes;
 pub mod staged;

@@ -401,3 +401,47 @@ impl Drop for Immutable {
         let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
     }
 }
+
+// [S24]
+#[test]
+fn directories_made_while_the_catalog_is_locked_are_made_there_once_it_is_free() {
+    if !fuse_available() || !on_sqlite() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = host(&a);
+    let db = a.dir.path().join("catalog.db");
+    let mut m = h.mount(Some("store1"));
+    let lock = Locker::hold(&db);
+    // `mkdir -p` and files inside, all while the catalog cannot take anything.
+    std::fs::create_dir_all(m.dir.join("night/raw")).unwrap();
+    let mut files = write_files(&m.dir, "night/raw", 0, 5);
+    files.extend(write_files(&m.dir, "night", 1, 2));
+    let listed: Vec<String> = std::fs::read_dir(m.dir.join("night"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(listed.contains(&"raw".to_owned()), "{listed:?}");
+    for (rel, data) in &files {
+        assert_eq!(std::fs::read(m.dir.join(rel)).unwrap(), *data, "{rel}");
+    }
+    // A restart while it is still locked shows them again.
+    assert!(m.stop().success());
+    let m = h.mount(Some("store1"));
+    assert!(m.dir.join("night/raw").is_dir(), "{}", m.log());
+    for (rel, data) in &files {
+        assert_eq!(std::fs::read(m.dir.join(rel)).unwrap(), *data, "{rel}");
+    }
+    drop(lock);
+    wait_registered(&a, &files, || m.log());
+    let mut cat = a.catalog();
+    let d = cat.read(|tx| tx.dir_by_path("night/raw")).unwrap();
+    assert!(d.is_some(), "the directory is in the catalog");
+    wait_until(T, "the directory made here is the catalog's", || {
+        !m.log().is_empty()
+            && m.log()
+                .contains("night/raw made here is in the catalog now")
+    });
+    assert!(m.dir.join("night/raw").is_dir());
+    nothing_stray(&a, &root, files.len());
+}

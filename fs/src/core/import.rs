@@ -48,7 +48,9 @@ const BATCH: usize = 2000;
 /// The first wait before a failed registration is tried again; it doubles up to
 /// [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
+/// At most this long between tries, so that what waited is registered within moments of the
+/// catalog's return (a link cut for hours costs a try every few seconds).
+const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// How long the first file due waits for those settling just behind it.
 const GATHER: Duration = Duration::from_millis(50);
@@ -67,6 +69,8 @@ struct Waiting {
     pending: Vec<LocalRef>,
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Directories made here wait for the catalog (a try with or without files).
+    dirs: bool,
     /// Unmounting: import what settles now, try what is pending once, and stop.
     stopping: bool,
     running: bool,
@@ -97,6 +101,18 @@ impl Queue {
         }
         w.settling.push_back((until, l));
         self.wake.notify_one();
+    }
+
+    /// Directories made here wait for the catalog: they are tried with the next retry.
+    pub(super) fn dirs_waiting(&self) {
+        let mut w = self.lock();
+        if !w.dirs && !w.stopping {
+            w.dirs = true;
+            if w.retry_at.is_none() {
+                w.retry_at = Some(Instant::now() + RETRY_FIRST);
+            }
+            self.wake.notify_one();
+        }
     }
 
     /// Someone waits for `l`: it is imported now.
@@ -133,12 +149,16 @@ impl Queue {
                 let (_, l) = w.settling.pop_front().expect("a front");
                 batch.push(l);
             }
-            let retry =
-                !w.pending.is_empty() && (w.stopping || w.retry_at.is_none_or(|t| t <= now));
+            let due = w.stopping || w.retry_at.is_none_or(|t| t <= now);
+            let retry = (!w.pending.is_empty() || w.dirs) && due;
             if retry {
                 batch.append(&mut w.pending);
+                if w.stopping {
+                    // Unmounting: one last try, then the journal keeps them.
+                    w.dirs = false;
+                }
             }
-            if !batch.is_empty() {
+            if !batch.is_empty() || retry {
                 return Some((batch, w.stopping));
             }
             if w.stopping {
@@ -146,7 +166,7 @@ impl Queue {
             }
             let next = [
                 w.settling.front().map(|(t, _)| *t),
-                w.retry_at.filter(|_| !w.pending.is_empty()),
+                w.retry_at.filter(|_| !w.pending.is_empty() || w.dirs),
             ]
             .into_iter()
             .flatten()
@@ -184,6 +204,7 @@ impl Queue {
         let mut w = self.lock();
         w.backoff = Duration::ZERO;
         w.retry_at = None;
+        w.dirs = false;
         drop(w);
         self.finished();
     }
@@ -293,8 +314,24 @@ impl Core {
         }
     }
 
-    /// Archives a batch of files: see the module's note for the steps.
+    /// Archives a batch of files: see the module's note for the steps. Directories made here
+    /// while the catalog could not take them go first.
     fn import_batch(&self, batch: Vec<LocalRef>, force: bool) {
+        if !self.localdirs.is_empty()
+            && let Err(e) = self.make_dirs_in_catalog()
+        {
+            warn!(
+                "The catalog cannot take the directories made here yet ({e}); they and the \
+                 files in them wait, and are tried again."
+            );
+            self.requeue_all(batch);
+            self.imports.dirs_waiting();
+            return;
+        }
+        if batch.is_empty() {
+            self.imports.succeeded();
+            return;
+        }
         let (node, root) = match self.write_root() {
             Ok(x) => x,
             Err(e) => {
@@ -618,6 +655,41 @@ impl Core {
         cairn_node::socket::nudge(&self.opts.socket);
     }
 
+    /// Makes in the catalog, with their owners and modes, the directories made here while it
+    /// could not take them, in one transaction; the catalog's ids then take over.
+    fn make_dirs_in_catalog(&self) -> Result<()> {
+        let pending = self.localdirs.pending();
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let t = cairn_catalog::units::now();
+        let ids: Vec<Id> = self.with_cat(|c| {
+            Ok(c.write(|tx| {
+                pending
+                    .iter()
+                    .map(|d| Ok(tx.make_dir(&d.path, &d.own, t)?.0))
+                    .collect::<cairn_catalog::error::Result<Vec<Id>>>()
+            })?)
+        })?;
+        for (d, real) in pending.iter().zip(ids) {
+            if let Some(j) = &self.journal {
+                let _ = j.dir_done(&d.path);
+            }
+            self.localdirs.made_in_catalog(d.id, real);
+            // Its files (not archived yet) now sit in the catalog's directory.
+            for l in self.locals.in_dir(d.id) {
+                let mut g = l.lock().expect("local");
+                let (dir_path, name) = (g.dir_path.clone(), g.name.clone());
+                self.locals.rename(&mut g, real, &dir_path, &name);
+            }
+            self.listings.changed_dir(d.parent);
+            self.listings.changed_dir(d.id);
+            self.remembered.forget_dir(d.id);
+            info!("Directory {} made here is in the catalog now.", d.path);
+        }
+        Ok(())
+    }
+
     /// A file that could not be taken now settles again and is tried after a while.
     fn back_to_settling(&self, l: &LocalRef) {
         let until = Instant::now() + RETRY_FIRST.max(self.opts.settle);
@@ -655,6 +727,7 @@ impl Core {
                 return;
             }
         };
+        self.recover_dirs(journal);
         let mut named = std::collections::HashSet::new();
         for e in entries {
             named.insert(e.staged.clone());
@@ -691,13 +764,7 @@ impl Core {
                 Some((d, n)) => (d.to_owned(), n.to_owned()),
                 None => (String::new(), e.path.clone()),
             };
-            let dir = self.with_cat(|c| {
-                if dir_path.is_empty() {
-                    return Ok(self.root_dir);
-                }
-                let t = cairn_catalog::units::now();
-                Ok(c.write(|tx| tx.ensure_dir(&dir_path, t))?)
-            });
+            let dir = self.resolve_dir(&dir_path);
             let dir_id = match dir {
                 Ok(d) => d,
                 Err(err) => {
@@ -729,6 +796,37 @@ impl Core {
         }
         self.tidy_staging(&root, &named);
         publish(journal);
+    }
+
+    /// Shows again the directories an earlier mount made here while the catalog could not take
+    /// them, unless the catalog has them by now.
+    fn recover_dirs(&self, journal: &Journal) {
+        let dirs = match journal.made_dirs() {
+            Ok(d) => d,
+            Err(e) => {
+                error!("Cannot read the directories made here from the journal: {e}");
+                return;
+            }
+        };
+        for (path, own, made) in dirs {
+            let known = self.with_cat(|c| Ok(c.read(|tx| tx.dir_by_path(&path))?));
+            if let Ok(Some(_)) = known {
+                let _ = journal.dir_done(&path);
+                continue;
+            }
+            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
+            match self.resolve_dir(parent) {
+                Ok(parent_id) => {
+                    let d = self.localdirs.add(parent_id, name, &path, own, made);
+                    info!(
+                        "Directory {} made here earlier waits for the catalog.",
+                        d.path
+                    );
+                    self.imports.dirs_waiting();
+                }
+                Err(e) => error!("Cannot show directory {path} again: {e}"),
+            }
+        }
     }
 
     /// Removes staged files that no journal row names and whose mount is gone: their writers

@@ -11,6 +11,7 @@ use tracing::debug;
 use super::{Caller, Core, DirList, Entry, FsError, Ino, Listing, Result};
 use crate::attr::READ;
 use crate::handles::Handle;
+use crate::localdirs::LocalDirs;
 use crate::locals::LocalRef;
 
 impl Core {
@@ -52,10 +53,12 @@ impl Core {
     pub(super) fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
         let archived = self.catalog_listing(dir_id)?;
         let locals = self.locals.in_dir(dir_id);
-        if locals.is_empty() {
+        let dirs = self.localdirs.in_dir(dir_id);
+        if locals.is_empty() && dirs.is_empty() {
             return Ok(archived);
         }
         let mut out = archived.entries.clone();
+        self.add_local_dirs(&mut out, dirs);
         self.add_locals(&mut out, locals);
         Ok(Arc::new(DirList::new(out)))
     }
@@ -103,12 +106,17 @@ impl Core {
     pub(super) fn list(&self, ino: u64) -> Result<Vec<Entry>> {
         let dir_id = self.dir_id(ino)?;
         let mut out = self.list_catalog(dir_id)?;
+        self.add_local_dirs(&mut out, self.localdirs.in_dir(dir_id));
         self.add_locals(&mut out, self.locals.in_dir(dir_id));
         Ok(out)
     }
 
     /// The catalog's entries of directory `dir_id`.
     pub(super) fn list_catalog(&self, dir_id: Id) -> Result<Vec<Entry>> {
+        if LocalDirs::is_local(dir_id) {
+            // Made here; the catalog has nothing in it yet.
+            return Ok(Vec::new());
+        }
         let (dirs, files) = self.with_cat(|c| {
             Ok(c.read(|tx| {
                 let (dirs, files) = tx.list_dir_stats(dir_id)?;
@@ -133,6 +141,17 @@ impl Core {
             });
         }
         Ok(out)
+    }
+
+    /// Adds the directories made here (not in the catalog yet) to a directory's entries.
+    fn add_local_dirs(&self, out: &mut Vec<Entry>, dirs: Vec<crate::localdirs::LocalDir>) {
+        for d in dirs {
+            if out.iter().any(|e| e.name == d.name) {
+                continue;
+            }
+            let attr = self.dir_attr(&super::local_dir_row(&d));
+            out.push(Entry { name: d.name, attr });
+        }
     }
 
     /// Adds files only this host has (being written, or kept on the write node) to a

@@ -444,20 +444,7 @@ impl Core {
                 let name = e.file_name().to_string_lossy().into_owned();
                 // Its directory may have been removed from the catalog meanwhile (it looked
                 // empty elsewhere): it is made again, since this host has a file in it.
-                let dir = if dir_path.is_empty() {
-                    Ok(self.root_dir)
-                } else {
-                    self.with_cat(|c| {
-                        let found = c.read(|tx| tx.dir_by_path(&dir_path))?;
-                        Ok(match found {
-                            Some(d) => d.id,
-                            None => {
-                                let t = cairn_catalog::units::now();
-                                c.write(|tx| tx.ensure_dir(&dir_path, t))?
-                            }
-                        })
-                    })
-                };
+                let dir = self.resolve_dir(&dir_path);
                 match dir {
                     Ok(dir_id) => {
                         self.locals

@@ -25,6 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use cairn_catalog::model::Ownership;
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// Where a journalled file stands.
@@ -96,6 +97,13 @@ CREATE TABLE IF NOT EXISTS closed_file (
     closed_at   INTEGER NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS made_dir (
+    path        TEXT NOT NULL PRIMARY KEY,
+    owner       TEXT,
+    grp         TEXT,
+    mode        INTEGER,
+    made_at     INTEGER NOT NULL
 ) WITHOUT ROWID;";
 
 impl Journal {
@@ -328,6 +336,58 @@ impl Journal {
         })
     }
 
+    /// A directory was made here that the catalog could not take yet (its primary out of
+    /// reach): it is made there, with `own`, when it answers again.
+    pub fn dir_made(&self, path: &str, own: &Ownership) -> Result<()> {
+        self.run(|c| {
+            c.prepare_cached(
+                "INSERT INTO made_dir (path, owner, grp, mode, made_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (path) DO UPDATE SET owner = excluded.owner, grp = excluded.grp,
+                     mode = excluded.mode",
+            )?
+            .execute(params![
+                path,
+                own.user,
+                own.group,
+                own.mode.map(i64::from),
+                now()
+            ])
+            .map(|_| ())
+        })
+    }
+
+    /// The catalog has directory `path` now (or it was removed here).
+    pub fn dir_done(&self, path: &str) -> Result<()> {
+        self.run(|c| {
+            c.execute("DELETE FROM made_dir WHERE path = ?1", params![path])
+                .map(|_| ())
+        })
+    }
+
+    /// Directories made here and not yet in the catalog, parents first, with their owners
+    /// and when they were made.
+    pub fn made_dirs(&self) -> Result<Vec<(String, Ownership, i64)>> {
+        self.run(|c| {
+            let mut st = c.prepare("SELECT path, owner, grp, mode, made_at FROM made_dir")?;
+            let mut v: Vec<(String, Ownership, i64)> = st
+                .query_map([], |r| {
+                    let mode: Option<i64> = r.get(3)?;
+                    Ok((
+                        r.get(0)?,
+                        Ownership {
+                            user: r.get(1)?,
+                            group: r.get(2)?,
+                            mode: mode.map(|m| (m & 0o7777) as u32),
+                        },
+                        r.get(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            v.sort_by_key(|(p, _, _)| (p.matches('/').count(), p.clone()));
+            Ok(v)
+        })
+    }
+
     /// Every row, oldest first.
     pub fn entries(&self) -> Result<Vec<Entry>> {
         self.run(|c| {
@@ -495,6 +555,22 @@ mod tests {
         );
         j2.done(&[".cairn/staging/1"]).unwrap();
         j2.publish_summary().unwrap();
+        let own = Ownership {
+            user: Some("u".into()),
+            group: None,
+            mode: Some(0o750),
+        };
+        j2.dir_made("a/b", &own).unwrap();
+        j2.dir_made("a", &Ownership::default()).unwrap();
+        let dirs = j2.made_dirs().unwrap();
+        assert_eq!(
+            dirs.iter().map(|(p, _, _)| p.as_str()).collect::<Vec<_>>(),
+            ["a", "a/b"],
+            "parents first"
+        );
+        assert_eq!(dirs[1].1, own);
+        j2.dir_done("a").unwrap();
+        assert_eq!(j2.made_dirs().unwrap().len(), 1);
         j2.dropped(".cairn/staging/2").unwrap();
         assert_eq!(j2.summary().unwrap(), Summary::default());
     }
