@@ -417,6 +417,7 @@ fn run_retrying<T>(
     let mut backoff = Backoff::new();
     let mut outage: Option<Instant> = None;
     loop {
+        let tried = Instant::now();
         match try_once(backend, mode, &mut f) {
             Err(CatalogError::Db(e))
                 if e.is_busy() && start.elapsed() < patience.busy && !patience.stopped() =>
@@ -428,7 +429,9 @@ fn run_retrying<T>(
             // transaction runs again, as when busy.
             Err(CatalogError::Db(e))
                 if e.is_disconnected()
-                    && outage.get_or_insert_with(Instant::now).elapsed() < patience.give_up
+                    // The outage began when the try that met it began: the backend's own
+                    // patient reconnecting counts.
+                    && outage.get_or_insert(tried).elapsed() < patience.give_up
                     && !patience.stopped() =>
             {
                 std::thread::sleep(backoff.next());

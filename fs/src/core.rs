@@ -21,9 +21,9 @@ mod xattr;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::{Dir, Id, Node, Ownership};
@@ -146,6 +146,10 @@ pub struct Core {
     journal: Option<Journal>,
     /// This process, as the journal names the owner of its rows.
     owner: String,
+    /// Since when writes to the catalog fail for want of it (a cut link, a locked database):
+    /// meanwhile what can wait here does so at once instead of trying first. The import
+    /// thread's retries find out when it is back.
+    catalog_down: Mutex<Option<Instant>>,
     cancel: AtomicBool,
 }
 
@@ -158,7 +162,7 @@ impl Core {
             cairn_catalog::replica::Routing::from_config(&opts.catalog),
             // A busy catalog (another process holding its write lock) is no reason to hold up
             // a program either: closed files wait in the journal meanwhile.
-            cairn_catalog::db::Patience::new(CATALOG_PATIENCE).with_busy(CATALOG_PATIENCE),
+            patience(CATALOG_PATIENCE),
         );
         let root = pool
             .with(|cat| Ok::<_, FsError>(cat.read(|tx| tx.dir_by_path(""))?))?
@@ -184,6 +188,7 @@ impl Core {
             imports: import::Queue::default(),
             journal: None,
             owner: Owner::me(),
+            catalog_down: Mutex::new(None),
             cancel: AtomicBool::new(false),
         };
         let mut core = core;
@@ -477,6 +482,22 @@ impl Core {
         }
     }
 
+    /// Notes whether a write to the catalog just worked.
+    fn catalog_answered(&self, ok: bool) {
+        let mut d = self.catalog_down.lock().expect("catalog down");
+        match (ok, *d) {
+            (true, _) => *d = None,
+            (false, None) => *d = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// Whether writes to the catalog failed lately for want of it, and no write has worked
+    /// since.
+    fn catalog_seems_down(&self) -> bool {
+        self.catalog_down.lock().expect("catalog down").is_some()
+    }
+
     /// Makes directory `path` here, noted in the journal, because the catalog could not
     /// take it (`why`); the import thread makes it there when the catalog answers.
     fn make_local_dir(
@@ -574,7 +595,15 @@ impl Core {
             group,
             mode: Some(mode & 0o7777),
         };
-        let made = if LocalDirs::is_local(dir_id) {
+        let down = FsError::Catalog(cairn_catalog::CatalogError::Db(
+            cairn_catalog::db::DbError::Disconnected(
+                "its writes failed lately and have not worked since".into(),
+            ),
+        ));
+        let made = if self.catalog_seems_down() && self.journal.is_some() {
+            // Not worth a wait for a catalog that is not answering.
+            Err(down)
+        } else if LocalDirs::is_local(dir_id) {
             // Its parent is not in the catalog yet: neither is it.
             Err(FsError::Catalog(cairn_catalog::CatalogError::Db(
                 cairn_catalog::db::DbError::Disconnected(format!(
@@ -584,12 +613,23 @@ impl Core {
             )))
         } else {
             self.with_cat(|c| {
-                Ok(c.write(|tx| {
+                // With a journal to fall back on, a catalog out of reach is not waited for.
+                if self.journal.is_some() {
+                    c.set_patience(patience(MKDIR_PATIENCE));
+                }
+                let made = c.write(|tx| {
                     let (id, _) = tx.make_dir(&path, &own, t)?;
                     tx.dir_by_id(id)
-                })?)
+                });
+                c.set_patience(patience(CATALOG_PATIENCE));
+                Ok(made?)
             })
         };
+        if let Err(e) = &made
+            && catalog_out_of_reach(e)
+        {
+            self.catalog_answered(false);
+        }
         let d = match made {
             Ok(d) => d.ok_or(FsError::NotFound)?,
             // `mkdir` does not wait on the link: the directory is made here for now.
@@ -742,6 +782,16 @@ const ARCHIVED_TTL: Duration = Duration::from_secs(3600);
 /// How long an operation on the mount waits for an unreachable catalog before it fails with
 /// EIO: a program on the mount should get an error, not hang, while a site's link is down.
 const CATALOG_PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long `mkdir` waits for an unreachable or locked catalog when it can make the directory
+/// here instead: long enough to get past a stale connection, not to hold up a `cp -r`.
+const MKDIR_PATIENCE: Duration = Duration::from_millis(250);
+
+/// The mount's patience with its catalog: `wait` for a server out of reach or a database
+/// held by another process.
+fn patience(wait: Duration) -> cairn_catalog::db::Patience {
+    cairn_catalog::db::Patience::new(wait).with_busy(wait)
+}
 
 /// Whether a catalog error means it cannot be reached or is held by another process (a cut
 /// link, a busy or failing database), as opposed to a refusal: what waits is kept here.

@@ -718,16 +718,17 @@ impl Mount {
         }
     }
 
-    /// SIGKILL: the mount goes away mid-operation.
+    /// SIGKILL: the mount goes away mid-operation. Kills cairnfs and detaches what it left at the mount point. Once only: a
+    /// later call (or the drop) must not detach the next mount made at the same place.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.dir)
+                .output();
         }
-        let _ = Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(&self.dir)
-            .output();
     }
 }
 

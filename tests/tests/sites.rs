@@ -578,3 +578,135 @@ fn a_distant_mount_shows_the_archives_files_and_outlives_its_standby() {
     );
     near.stop();
 }
+
+/// Issue "a site keeps archiving while its link to the catalog is cut": `cp -r` into a distant
+/// site's mount while the link to the primary is cut sees no error; every file is listed and
+/// readable there during the cut, `pending` with its md5; within moments of the link's return
+/// all are registered once, with their md5s. Then the same with the mount killed during the
+/// cut and started again (still cut): the journal shows every file again.
+#[test]
+fn a_distant_mount_keeps_archiving_while_its_link_is_cut() {
+    let test = "a_distant_mount_keeps_archiving_while_its_link_is_cut";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let (far, _root, mut m) = far_mount(&archive, "far");
+    let src = archive.dir.path().join("src");
+    let mut want = Vec::new();
+    for d in 0..4 {
+        for f in 0..50 {
+            let rel = format!("cut/d{d}/f{f:02}.dat");
+            let data = format!("{rel} written while cut\n").repeat(1 + f % 5);
+            write_file(&src, &rel, &data);
+            want.push((rel, data));
+        }
+    }
+    let cp = |to: &str, m: &cairn_tests::Mount| {
+        let t = Instant::now();
+        let out = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(src.join("cut"))
+            .arg(m.path(to))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cp -r into {to}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        t.elapsed()
+    };
+    // The same with the link up first, for comparison (and so that the mount's connections
+    // to the primary are open when the link is cut).
+    let linked = cp("linked", &m);
+    eprintln!(
+        "cp -r of {} files with the link up took {linked:?}",
+        want.len()
+    );
+
+    for round in [
+        "the mount stays up",
+        "the mount is killed and started again",
+    ] {
+        let top = format!("cut{}", round.len());
+        let rels: Vec<(String, String)> = want
+            .iter()
+            .map(|(r, d)| (r.replacen("cut/", &format!("{top}/"), 1), d.clone()))
+            .collect();
+        sites.link.cut();
+        let took = cp(&top, &m);
+        eprintln!(
+            "{round}: cp -r of {} files during the cut took {took:?}",
+            rels.len()
+        );
+        if round.contains("killed") {
+            m.kill9();
+            m = far.mount(Some("field"));
+        }
+        // Listed and readable here during the cut; waiting, with its md5.
+        for (rel, data) in rels.iter().step_by(7) {
+            let got = std::fs::read_to_string(m.path(rel))
+                .unwrap_or_else(|e| panic!("{round}: {rel} during the cut: {e}"));
+            assert_eq!(got, *data, "{round}: {rel}");
+            assert_eq!(
+                m.xattr(rel, "md5"),
+                Ok(cairn_catalog::md5::md5_hex(data.as_bytes())),
+                "{round}: {rel}"
+            );
+        }
+        let (rel, _) = &rels[0];
+        wait_until(Duration::from_secs(10), "a file pending", || {
+            m.xattr(rel, "state").as_deref() == Ok("pending")
+        });
+        for d in 0..4 {
+            assert_eq!(
+                std::fs::read_dir(m.path(&format!("{top}/d{d}")))
+                    .unwrap()
+                    .count(),
+                50,
+                "{round}: {top}/d{d} during the cut"
+            );
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        sites.link.restore();
+        let back = Instant::now();
+        let mut cat = Catalog::open(&archive.url).unwrap();
+        wait_until(
+            Duration::from_secs(30),
+            "every file registered after the cut",
+            || {
+                rels.iter().all(|(rel, data)| {
+                    cat.read(|tx| tx.file_by_path(rel))
+                        .ok()
+                        .flatten()
+                        .is_some_and(|f| f.md5 == cairn_catalog::md5::md5_hex(data.as_bytes()))
+                })
+            },
+        );
+        let took = back.elapsed();
+        eprintln!("{round}: all registered {took:?} after the link came back");
+        // What waits is tried again at least every 5 s.
+        assert!(
+            took < Duration::from_secs(10),
+            "{round}: {took:?} after the link's return"
+        );
+        let files = cat
+            .read(|tx| tx.files(&Default::default()))
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.path.starts_with(&format!("{top}/")))
+            .count();
+        assert_eq!(files, rels.len(), "{round}: each registered once");
+        // And the directories made here during the cut are the catalog's now.
+        for d in 0..4 {
+            assert!(
+                cat.read(|tx| tx.dir_by_path(&format!("{top}/d{d}")))
+                    .unwrap()
+                    .is_some(),
+                "{round}: {top}/d{d} in the catalog"
+            );
+        }
+    }
+}

@@ -290,7 +290,9 @@ impl PostgresBackend {
             match r {
                 Ok(()) => break,
                 Err(_) if start.elapsed() < self.patience.give_up && !self.patience.stopped() => {
-                    std::thread::sleep(delay);
+                    // Not past the patience: the last try comes when it ends.
+                    let left = self.patience.give_up.saturating_sub(start.elapsed());
+                    std::thread::sleep(delay.min(left));
                     delay = (delay * 2).min(Duration::from_secs(5));
                 }
                 Err(e) => return Err(e),

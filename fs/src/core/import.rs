@@ -123,8 +123,9 @@ impl Queue {
     }
 
     /// The next batch: files due, asked for, or pending and due for a retry. Waits until
-    /// there is one; `None` once stopping and nothing is left.
-    fn next_batch(&self) -> Option<(Vec<LocalRef>, bool)> {
+    /// there is one; `None` once stopping and nothing is left. With it: whether it is the last
+    /// (unmounting), and whether it is a retry of what waits for the catalog.
+    fn next_batch(&self) -> Option<(Vec<LocalRef>, bool, bool)> {
         let mut w = self.lock();
         let mut gathered = false;
         loop {
@@ -159,7 +160,7 @@ impl Queue {
                 }
             }
             if !batch.is_empty() || retry {
-                return Some((batch, w.stopping));
+                return Some((batch, w.stopping, retry));
             }
             if w.stopping {
                 return None;
@@ -186,17 +187,40 @@ impl Queue {
     /// Files that could not be registered: tried again after the backoff (once unmounting,
     /// they stay in the journal for the next mount).
     fn retry_later(&self, ls: Vec<LocalRef>) {
-        let mut w = self.lock();
         self.finished();
+        let mut w = self.lock();
         if w.stopping {
             return;
         }
+        Self::back_off(&mut w);
+        w.pending.extend(ls);
+    }
+
+    /// A try of the catalog failed: the next waits longer.
+    fn backoff(&self) {
+        Self::back_off(&mut self.lock());
+    }
+
+    fn back_off(w: &mut Waiting) {
         w.backoff = if w.backoff.is_zero() {
             RETRY_FIRST
         } else {
             (w.backoff * 2).min(RETRY_MAX)
         };
         w.retry_at = Some(Instant::now() + w.backoff);
+    }
+
+    /// Files placed while the catalog is not answering: they wait with the others for the
+    /// next retry, without a try of their own.
+    fn wait_for_catalog(&self, ls: Vec<LocalRef>) {
+        let mut w = self.lock();
+        self.finished();
+        if w.stopping {
+            return;
+        }
+        if w.retry_at.is_none() {
+            w.retry_at = Some(Instant::now() + RETRY_FIRST);
+        }
         w.pending.extend(ls);
     }
 
@@ -249,10 +273,13 @@ impl Core {
             .spawn(move || {
                 loop {
                     let Some(c) = core.upgrade() else { return };
-                    let Some((batch, stopping)) = c.imports.next_batch() else {
+                    let Some((batch, stopping, retry)) = c.imports.next_batch() else {
                         return;
                     };
-                    c.import_batch(batch, stopping);
+                    // While the catalog is not answering, only the retries try it: new files
+                    // are made durable here and wait with the others.
+                    let ask = retry || stopping || !c.catalog_seems_down();
+                    c.import_batch(batch, stopping, ask);
                 }
             })
             .expect("the importer thread starts");
@@ -289,7 +316,7 @@ impl Core {
             }
         }
         if !self.imports.lock().running {
-            self.import_batch(vec![l.clone()], true);
+            self.import_batch(vec![l.clone()], true, true);
             return;
         }
         self.imports.ask(l.clone());
@@ -315,18 +342,25 @@ impl Core {
     }
 
     /// Archives a batch of files: see the module's note for the steps. Directories made here
-    /// while the catalog could not take them go first.
-    fn import_batch(&self, batch: Vec<LocalRef>, force: bool) {
-        if !self.localdirs.is_empty()
+    /// while the catalog could not take them go first. Unless `ask`, the catalog is not
+    /// asked: the files are placed and made durable, and wait for the next retry.
+    fn import_batch(&self, batch: Vec<LocalRef>, force: bool, mut ask: bool) {
+        if ask
+            && !self.localdirs.is_empty()
             && let Err(e) = self.make_dirs_in_catalog()
         {
             warn!(
                 "The catalog cannot take the directories made here yet ({e}); they and the \
                  files in them wait, and are tried again."
             );
-            self.requeue_all(batch);
             self.imports.dirs_waiting();
-            return;
+            self.imports.backoff();
+            // The files are placed and made durable all the same, and wait with them.
+            ask = false;
+            if batch.is_empty() {
+                self.imports.finished();
+                return;
+            }
         }
         if batch.is_empty() {
             self.imports.succeeded();
@@ -418,7 +452,7 @@ impl Core {
         if register.is_empty() {
             return;
         }
-        self.register(journal, &root, &node, register);
+        self.register(journal, &root, &node, register, ask);
     }
 
     /// Hashes a file taken for import and checks its name against the import rules. `None`:
@@ -520,8 +554,16 @@ impl Core {
         }
     }
 
-    /// Makes placed files durable, then registers them in one transaction.
-    fn register(&self, journal: &Journal, root: &Path, node: &Node, files: Vec<ToRegister>) {
+    /// Makes placed files durable, then registers them in one transaction (unless `ask` is
+    /// false: then they wait for the next retry).
+    fn register(
+        &self,
+        journal: &Journal,
+        root: &Path,
+        node: &Node,
+        files: Vec<ToRegister>,
+        ask: bool,
+    ) {
         let synced = if let [f] = &files[..] {
             let dest = root.join(&f.path);
             StdFile::open(&dest)
@@ -533,6 +575,14 @@ impl Core {
         } else {
             cairn_node::copyfile::sync_fs(root)
         };
+        if !ask && synced.is_ok() {
+            for f in &files {
+                f.local.lock().expect("local").stage = Stage::Pending;
+            }
+            self.imports
+                .wait_for_catalog(files.into_iter().map(|f| f.local).collect());
+            return;
+        }
         // Who wrote each file (the staged file belongs to its writer), by name.
         let owners: Vec<Ownership> = files
             .iter()
@@ -575,6 +625,11 @@ impl Core {
                 })?)
             })
         });
+        match &outcome {
+            Ok(_) => self.catalog_answered(true),
+            Err(e) if super::catalog_out_of_reach(e) => self.catalog_answered(false),
+            Err(_) => {}
+        }
         let outcomes = match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -663,14 +718,20 @@ impl Core {
             return Ok(());
         }
         let t = cairn_catalog::units::now();
-        let ids: Vec<Id> = self.with_cat(|c| {
+        let made = self.with_cat(|c| {
             Ok(c.write(|tx| {
                 pending
                     .iter()
                     .map(|d| Ok(tx.make_dir(&d.path, &d.own, t)?.0))
                     .collect::<cairn_catalog::error::Result<Vec<Id>>>()
             })?)
-        })?;
+        });
+        match &made {
+            Ok(_) => self.catalog_answered(true),
+            Err(e) if super::catalog_out_of_reach(e) => self.catalog_answered(false),
+            Err(_) => {}
+        }
+        let ids = made?;
         for (d, real) in pending.iter().zip(ids) {
             if let Some(j) = &self.journal {
                 let _ = j.dir_done(&d.path);
