@@ -21,13 +21,22 @@
 //!   another mount namespace shows paths as it sees them.
 //! - A full scan reads one small file per writable-looking descriptor of every process; take
 //!   one [`OpenWriters`] per batch of files rather than one scan per file.
+//! - Bounded: the descriptors are read on a thread of the walk's own, and a process that does not
+//!   answer within a second (one stuck in the kernel on a hung FUSE or NFS mount) is passed over
+//!   and logged; a walk never holds its caller more than 5 s. `procfs/walk.rs` says how.
+//!   [`OpenWriters::passed_over_processes`] counts the processes passed over.
+
+mod walk;
 
 use std::collections::HashSet;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock};
+
+use walk::{Limits, ProcReader, Walker, Want};
 
 /// The set of files that some process on this host had open for writing when it was built.
 #[derive(Debug, Default, Clone)]
@@ -36,6 +45,8 @@ pub struct OpenWriters {
     paths: HashSet<PathBuf>,
     /// Processes whose descriptors could not be read for lack of permission.
     unreadable: usize,
+    /// Processes passed over because their descriptors did not answer in time.
+    passed_over: usize,
 }
 
 impl OpenWriters {
@@ -50,21 +61,36 @@ impl OpenWriters {
     pub fn unreadable_processes(&self) -> usize {
         self.unreadable
     }
+
+    /// How many processes were passed over because their descriptors did not answer in time
+    /// (each is logged); when non-zero, a file open by one of them would not be reported.
+    pub fn passed_over_processes(&self) -> usize {
+        self.passed_over
+    }
 }
+
+/// The walker of this process: it remembers which processes are stuck from one walk to the next.
+static WALKER: LazyLock<Walker> = LazyLock::new(|| Walker::new(Arc::new(Proc), Limits::default()));
 
 /// Scans `/proc` for every file open for writing by any (readable) process on this host.
 ///
-/// Fails only when `/proc` itself cannot be listed; processes and descriptors that vanish or
-/// cannot be read during the scan are skipped.
+/// Fails only when `/proc` itself cannot be listed (or no thread can be started to read it);
+/// processes and descriptors that vanish, cannot be read or do not answer in time are skipped.
 pub fn open_for_writing() -> io::Result<OpenWriters> {
-    scan(None)
+    let found = WALKER.walk(Want::Writers)?;
+    Ok(OpenWriters {
+        paths: found.paths,
+        unreadable: found.unreadable,
+        passed_over: found.passed_over,
+    })
 }
 
 /// Whether some (readable) process on this host has `path` open for writing. Cheaper than
-/// [`open_for_writing`] for one file: only descriptors that point at `path` are examined.
+/// [`open_for_writing`] for one file: only descriptors that point at `path` are examined, and
+/// the walk stops at the first writer.
 pub fn is_open_for_writing(path: &Path) -> io::Result<bool> {
-    let target = comparable(path);
-    Ok(!scan(Some(&target))?.paths.is_empty())
+    let found = WALKER.walk(Want::Writer(comparable(path)))?;
+    Ok(!found.paths.is_empty())
 }
 
 /// The form of `path` that is compared against `/proc` links.
@@ -72,78 +98,47 @@ fn comparable(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| std::path::absolute(path).unwrap_or(path.into()))
 }
 
-/// Walks `/proc/[0-9]*/fd`. With `only`, looks at that one path and stops at the first writer.
-fn scan(only: Option<&Path>) -> io::Result<OpenWriters> {
-    let mut paths = HashSet::new();
-    let unreadable = each_open_file(|proc_dir, fd, path| {
-        if only.is_some_and(|want| want != path) {
-            return false;
-        }
-        let fdinfo = proc_dir.join("fdinfo").join(fd);
-        let Ok(info) = fs::read_to_string(fdinfo) else {
-            return false;
-        };
-        if flags(&info).is_some_and(is_write_mode) {
-            paths.insert(path);
-            return only.is_some();
-        }
-        false
-    })?;
-    Ok(OpenWriters { paths, unreadable })
-}
-
 /// The files below `dir` that some (readable) process on this host has open, in any mode.
 /// Empty if `/proc` cannot be read.
 pub fn open_under(dir: &Path) -> HashSet<PathBuf> {
-    let dir = comparable(dir);
-    let mut out = HashSet::new();
-    let _ = each_open_file(|_, _, path| {
-        if path.starts_with(&dir) {
-            out.insert(path);
-        }
-        false
-    });
-    out
+    WALKER
+        .walk(Want::Under(comparable(dir)))
+        .map(|found| found.paths)
+        .unwrap_or_default()
 }
 
-/// Calls `visit(/proc/PID, FD, path)` for each descriptor of each process that names a file,
-/// until it returns `true`. Returns how many processes' descriptors could not be read for
-/// lack of permission; fails only when `/proc` itself cannot be listed.
-fn each_open_file(mut visit: impl FnMut(&Path, &OsStr, PathBuf) -> bool) -> io::Result<usize> {
-    let mut unreadable = 0;
-    for entry in fs::read_dir("/proc")? {
-        let Ok(entry) = entry else { continue };
-        let name = entry.file_name();
-        let Some(pid) = name
-            .to_str()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-        else {
-            continue; // not a process: `self`, `meminfo`, …
-        };
-        let proc_dir = Path::new("/proc").join(pid);
-        let fds = match fs::read_dir(proc_dir.join("fd")) {
-            Ok(fds) => fds,
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-                unreadable += 1;
-                continue;
-            }
-            // The process exited (or is a zombie without a table): nothing open.
-            Err(_) => continue,
-        };
-        for fd in fds {
-            let Ok(fd) = fd else { continue };
-            let Ok(link) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(path) = file_path(link) else {
-                continue;
-            };
-            if visit(&proc_dir, &fd.file_name(), path) {
-                return Ok(unreadable);
+/// This host's `/proc`.
+struct Proc;
+
+impl ProcReader for Proc {
+    fn pids(&self) -> io::Result<Vec<u32>> {
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc")? {
+            let Ok(entry) = entry else { continue };
+            // Not a process: `self`, `meminfo`, …
+            if let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) {
+                pids.push(pid);
             }
         }
+        Ok(pids)
     }
-    Ok(unreadable)
+
+    fn links(&self, pid: u32) -> io::Result<Vec<(OsString, PathBuf)>> {
+        let mut links = Vec::new();
+        for fd in fs::read_dir(format!("/proc/{pid}/fd"))? {
+            let Ok(fd) = fd else { continue };
+            if let Ok(link) = fs::read_link(fd.path()) {
+                links.push((fd.file_name(), link));
+            }
+        }
+        Ok(links)
+    }
+
+    fn flags(&self, pid: u32, fd: &OsStr) -> Option<u32> {
+        let mut path = PathBuf::from(format!("/proc/{pid}/fdinfo"));
+        path.push(fd);
+        flags(&fs::read_to_string(path).ok()?)
+    }
 }
 
 /// The file a `/proc/PID/fd` link points at, or `None` for pipes, sockets and other
@@ -207,6 +202,39 @@ mod tests {
         drop(file);
         assert!(!open_for_writing().expect("scan").contains(&path));
         assert!(!is_open_for_writing(&path).expect("scan"));
+    }
+
+    #[test]
+    fn a_file_a_child_process_holds_open_for_writing_is_found() {
+        use std::io::{BufRead, BufReader};
+        use std::process::{Command, Stdio};
+
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let path = dir.path().join("child.dat");
+        // The child opens the file for appending on descriptor 3 and holds it until its stdin
+        // closes.
+        let mut child = Command::new("sh")
+            .args(["-c", r#"exec 3>>"$1"; echo ready; read line || true"#, "sh"])
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("sh started");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("the child's stdout"))
+            .read_line(&mut ready)
+            .expect("the child's first line");
+        assert_eq!(ready, "ready\n");
+
+        let writers = open_for_writing().expect("scan");
+        assert!(writers.contains(&path));
+        assert!(is_open_for_writing(&path).expect("scan"));
+        assert!(open_under(dir.path()).contains(&comparable(&path)));
+
+        drop(child.stdin.take());
+        assert!(child.wait().expect("the child ended").success());
+        assert!(!is_open_for_writing(&path).expect("scan"));
+        assert!(!open_for_writing().expect("scan").contains(&path));
     }
 
     #[test]
