@@ -626,6 +626,35 @@ impl NodeStats {
 
 #[cfg(test)]
 mod tests {
+    use super::ConflictName;
+
+    #[test]
+    fn a_conflict_name_says_whose_file_and_what_it_was_called() {
+        let n = ConflictName::make("f.dat", "site-b-1", 1765000000123456789);
+        assert_eq!(n, "f.dat.conflict-site-b-1-1765000000123456789");
+        assert_eq!(
+            ConflictName::parse(&n),
+            Some(ConflictName {
+                original: "f.dat".into(),
+                host: "site-b-1".into(),
+                at_ns: 1765000000123456789,
+            })
+        );
+        // A name kept aside twice keeps both marks; the last says whose.
+        let twice = ConflictName::make(&n, "h2", 7);
+        assert_eq!(ConflictName::parse(&twice).unwrap().original, n);
+        for other in [
+            "f.dat",
+            ".conflict-h-1",
+            "f.conflict-h-",
+            "f.conflict--1",
+            "f.conflict-h-12x",
+            "f.conflict-h",
+        ] {
+            assert_eq!(ConflictName::parse(other), None, "{other}");
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -650,5 +679,41 @@ mod tests {
     fn join_path_at_root_and_below() {
         assert_eq!(join_path("", "a.dat"), "a.dat");
         assert_eq!(join_path("2025/02", "a.dat"), "2025/02/a.dat");
+    }
+}
+
+/// The name under which a host keeps its file when the path it wrote was archived meanwhile
+/// with other contents (by another host, or a file the catalog did not know on its write
+/// node): `NAME.conflict-HOST-NANOS`, in the same directory. Both files stay archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ConflictName {
+    /// The name the host wrote.
+    pub original: String,
+    /// The host whose file was kept aside.
+    pub host: String,
+    /// When it was kept aside, in nanoseconds since the epoch.
+    pub at_ns: u64,
+}
+
+impl ConflictName {
+    const MARK: &'static str = ".conflict-";
+
+    /// The name for `host`'s file `name`, kept aside at `at_ns`.
+    pub fn make(name: &str, host: &str, at_ns: u64) -> String {
+        format!("{name}{}{host}-{at_ns}", Self::MARK)
+    }
+
+    /// What a conflict name says; `None` for any other name.
+    pub fn parse(name: &str) -> Option<ConflictName> {
+        let i = name.rfind(Self::MARK)?;
+        let (host, at) = name[i + Self::MARK.len()..].rsplit_once('-')?;
+        if i == 0 || host.is_empty() || at.is_empty() || !at.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some(ConflictName {
+            original: name[..i].to_owned(),
+            host: host.to_owned(),
+            at_ns: at.parse().ok()?,
+        })
     }
 }

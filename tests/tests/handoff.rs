@@ -327,6 +327,27 @@ fn a_path_archived_meanwhile_with_other_bytes_keeps_both_files() {
         "{}",
         m.log()
     );
+    // And `cairn file conflicts` lists it, with both md5s.
+    let listed = h.cairn(&["file", "conflicts"]);
+    let md5 = |b: &[u8]| cairn_catalog::md5::md5_hex(b);
+    assert!(listed.contains(&ours), "{listed}");
+    assert!(listed.contains(&md5(b"written here\n")), "{listed}");
+    assert!(listed.contains(&md5(b"archived elsewhere\n")), "{listed}");
+    let json: serde_json::Value =
+        serde_json::from_str(&h.cairn(&["file", "conflicts", "--path", "d", "--json"])).unwrap();
+    assert_eq!(json[0]["path"], "d/f.dat", "{json}");
+    assert_eq!(json[0]["kept_as"], ours.as_str(), "{json}");
+    assert_eq!(json[0]["host"], "h1", "{json}");
+    assert_eq!(
+        json[0]["archived"]["md5"],
+        md5(b"archived elsewhere\n"),
+        "{json}"
+    );
+    assert_eq!(
+        h.cairn(&["file", "conflicts", "--path", "elsewhere"])
+            .trim(),
+        "No conflicts."
+    );
 }
 
 /// The path of the one file kept aside as a conflict, once the catalog has it.

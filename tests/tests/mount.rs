@@ -938,6 +938,7 @@ fn every_claim_in_semantics_md_has_a_test() {
         include_str!("programs.rs"),
         include_str!("handoff.rs"),
         include_str!("users.rs"),
+        include_str!("sites.rs"),
     ]
     .concat();
     let claims: Vec<&str> = doc

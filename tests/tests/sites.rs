@@ -583,7 +583,7 @@ fn a_distant_mount_shows_the_archives_files_and_outlives_its_standby() {
 /// site's mount while the link to the primary is cut sees no error; every file is listed and
 /// readable there during the cut, `pending` with its md5; within moments of the link's return
 /// all are registered once, with their md5s. Then the same with the mount killed during the
-/// cut and started again (still cut): the journal shows every file again.
+/// cut and started again (still cut): the journal shows every file again. [S30]
 #[test]
 fn a_distant_mount_keeps_archiving_while_its_link_is_cut() {
     let test = "a_distant_mount_keeps_archiving_while_its_link_is_cut";

@@ -10,7 +10,9 @@ use super::Tx;
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
-use crate::model::{Acq, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Ownership, Wants};
+use crate::model::{
+    Acq, ConflictName, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Ownership, Wants,
+};
 use crate::params;
 
 /// Which files a listing selects; every field narrows it.
@@ -644,6 +646,36 @@ impl Tx<'_> {
             )));
         }
         Ok((r.get(0)?, false))
+    }
+
+    /// Files kept aside under a conflict name ([`ConflictName`]) at or below `prefix`, sorted
+    /// by path, each with what its name says and the file archived at the name it was written
+    /// under (`None` if that one is gone since).
+    pub fn conflicts(
+        &mut self,
+        prefix: Option<&str>,
+    ) -> Result<Vec<(File, ConflictName, Option<File>)>> {
+        let mut args = vec![Value::from("%.conflict-%")];
+        let mut sql = file_query("WHERE f.name LIKE ?");
+        if let Some(p) = prefix {
+            sql.push_str(&prefix_clause(&normalize_path(p)?, &mut args));
+        }
+        sql.push_str(" ORDER BY d.path, f.name");
+        let kept: Vec<File> = self.rows(&sql, &args)?;
+        let mut out = Vec::new();
+        for f in kept {
+            // LIKE also takes other cases, and names that only look like one.
+            let Some(c) = ConflictName::parse(&f.name) else {
+                continue;
+            };
+            let original = match f.path.rsplit_once('/') {
+                Some((dir, _)) => format!("{dir}/{}", c.original),
+                None => c.original.clone(),
+            };
+            let other = self.file_by_path(&original)?;
+            out.push((f, c, other));
+        }
+        Ok(out)
     }
 
     /// Files selected by `filter`, sorted by path.

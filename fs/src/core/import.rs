@@ -932,13 +932,14 @@ fn publish(journal: &Journal) {
     }
 }
 
-/// A name for this host's file that met another at its name: `NAME.conflict-HOST-SECONDS`.
+/// A name for this host's file that met another at its name
+/// ([`cairn_catalog::model::ConflictName`]).
 fn conflict_name(name: &str, host: &str) -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    format!("{name}.conflict-{host}-{t}")
+    cairn_catalog::model::ConflictName::make(name, host, t)
 }
 
 /// Renames `from` to `to`, failing rather than replacing a file already at `to`.

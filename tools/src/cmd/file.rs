@@ -73,6 +73,27 @@ pub enum Command {
     Verify { path: String, node: String },
     /// Where a file's copies are
     Where { path: String },
+    /// Files kept aside because their path was archived meanwhile with other contents
+    /// (NAME.conflict-HOST-N), with the file archived at that path
+    Conflicts {
+        /// Only at or below this path
+        #[arg(long, value_name = "PREFIX")]
+        path: Option<String>,
+    },
+}
+
+#[derive(Serialize)]
+struct ConflictView {
+    /// Where this host's file is archived now.
+    kept_as: String,
+    /// The path it was written to.
+    path: String,
+    host: String,
+    kept_at: i64,
+    size: u64,
+    md5: String,
+    /// The file archived at `path` (none if it is gone since).
+    archived: Option<File>,
 }
 
 #[derive(Serialize)]
@@ -306,6 +327,55 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
                 Ok(file.path)
             })?;
             println!("Requested verification of \"{file_path}\" on Node \"{node}\".");
+        }
+        Command::Conflicts { path } => {
+            let found = cat.read(|tx| tx.conflicts(path.as_deref()))?;
+            let views: Vec<ConflictView> = found
+                .into_iter()
+                .map(|(f, c, other)| ConflictView {
+                    path: match f.path.rsplit_once('/') {
+                        Some((dir, _)) => format!("{dir}/{}", c.original),
+                        None => c.original.clone(),
+                    },
+                    kept_as: f.path,
+                    host: c.host,
+                    kept_at: (c.at_ns / 1_000_000_000) as i64,
+                    size: f.size,
+                    md5: f.md5,
+                    archived: other,
+                })
+                .collect();
+            if ctx.json {
+                return json(&views);
+            }
+            if views.is_empty() {
+                println!("No conflicts.");
+                return Ok(());
+            }
+            let mut t = Table::new(&[
+                "Path",
+                "Kept as",
+                "Host",
+                "When",
+                "Size",
+                "md5",
+                "Archived at the path",
+            ]);
+            for v in &views {
+                t.row(vec![
+                    v.path.clone(),
+                    v.kept_as.clone(),
+                    v.host.clone(),
+                    format_time(v.kept_at),
+                    format_size(v.size),
+                    v.md5.clone(),
+                    v.archived.as_ref().map_or_else(
+                        || "(gone)".to_owned(),
+                        |a| format!("{}, md5 {}", format_size(a.size), a.md5),
+                    ),
+                ]);
+            }
+            t.print();
         }
         Command::Where { path } => {
             let (file, rows) = cat.read(|tx| {
