@@ -4,7 +4,9 @@
 //! requests by state, files below the archive rule, the mounts' journals as their hosts report
 //! them) are read from the catalog at most once a [`ARCHIVE_EVERY`], so that every cairnd can
 //! be scraped for them without loading the catalog; alert rules take the `max` (or `min`) over
-//! instances (`packaging/monitoring/`).
+//! instances (`packaging/monitoring/`). The journals of this host's own nodes are read from
+//! the nodes at each scrape instead: they are right even while the catalog cannot be reached
+//! (a cut link), which is when they grow.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +35,30 @@ pub struct ArchiveGauges {
     /// The mounts' journals with files waiting, as each host's cairnd reports them into the
     /// catalog: node, files closed and not yet registered, when the oldest was closed.
     journals: Vec<(String, u64, Option<i64>)>,
+    /// This host's nodes and their roots, whose journals are read at each scrape.
+    local_roots: Vec<(String, std::path::PathBuf)>,
+}
+
+impl ArchiveGauges {
+    /// The journals with files waiting: this host's as they are now, the others' as their
+    /// hosts last reported them.
+    fn journals_now(&self) -> Vec<(String, u64, Option<i64>)> {
+        let mut out: Vec<(String, u64, Option<i64>)> = self
+            .journals
+            .iter()
+            .filter(|(n, _, _)| !self.local_roots.iter().any(|(l, _)| l == n))
+            .cloned()
+            .collect();
+        for (name, root) in &self.local_roots {
+            if let Ok(Some(s)) = cairn_node::journal::Journal::peek(root)
+                && s.files > 0
+            {
+                out.push((name.clone(), s.files, s.oldest));
+            }
+        }
+        out.sort();
+        out
+    }
 }
 
 use cairn_catalog::replica::{ReplicaState, ReplicaStatus};
@@ -77,6 +103,10 @@ impl Metrics {
         node_rows.sort();
         let due = {
             let mut a = self.archive.lock().expect("metrics lock");
+            a.local_roots = nodes
+                .iter()
+                .filter_map(|n| Some((n.name.clone(), n.root.as_ref()?.into())))
+                .collect();
             let due = a.tried_at.is_none_or(|t| t.elapsed() >= ARCHIVE_EVERY);
             if due {
                 a.tried_at = Some(Instant::now());
@@ -220,8 +250,8 @@ impl Metrics {
                 &[("", a.files_below_rule)],
             );
         }
-        let journal_files: Vec<(String, u64)> = a
-            .journals
+        let journals = a.journals_now();
+        let journal_files: Vec<(String, u64)> = journals
             .iter()
             .map(|(n, files, _)| (format!("{{node=\"{}\"}}", label(n)), *files))
             .collect();
@@ -229,14 +259,14 @@ impl Metrics {
             "cairn_journal_files",
             "gauge",
             "Files closed on a mount and kept in its write node's journal, not yet in the \
-             catalog (nodes with files waiting, as their host last reported).",
+             catalog (nodes with files waiting: this host's as they are now, others' as \
+             their host last reported).",
             &journal_files
                 .iter()
                 .map(|(l, v)| (l.as_str(), *v))
                 .collect::<Vec<_>>(),
         );
-        let journal_oldest: Vec<(String, u64)> = a
-            .journals
+        let journal_oldest: Vec<(String, u64)> = journals
             .iter()
             .filter_map(|(n, _, oldest)| {
                 Some((format!("{{node=\"{}\"}}", label(n)), (*oldest)? as u64))
@@ -332,8 +362,17 @@ mod tests {
     fn the_shipped_alerts_and_dashboard_use_only_metrics_cairnd_serves() {
         let m = Metrics::default();
         m.archive.lock().unwrap().read_at = Some(Instant::now());
-        let served: std::collections::HashSet<String> = m
-            .render()
+        let replica = cairn_catalog::replica::ReplicaStatus {
+            url: "postgres://standby/cairn".into(),
+            state: ReplicaState::InUse,
+            reason: None,
+            lag_seconds: Some(0.5),
+            streaming: true,
+            replayed: None,
+            max_lag_seconds: 300.0,
+        };
+        let served: std::collections::HashSet<String> = (m.render()
+            + &Metrics::render_replica(Some(&replica)))
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
@@ -391,5 +430,47 @@ mod tests {
         ] {
             assert!(out.lines().any(|l| l == line), "{line} in {out}");
         }
+    }
+
+    #[test]
+    fn this_hosts_journals_are_read_from_its_nodes_at_each_scrape() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join(".cairn")).unwrap();
+        let m = Metrics::default();
+        {
+            let mut a = m.archive.lock().unwrap();
+            a.read_at = Some(Instant::now());
+            // What the catalog says: stale for this host's node, current for another's.
+            a.journals = vec![("here".into(), 1, Some(1)), ("there".into(), 2, Some(2))];
+            a.local_roots = vec![("here".into(), root.path().to_path_buf())];
+        }
+        let lines = |m: &Metrics| -> Vec<String> {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with("cairn_journal_files{"))
+                .map(str::to_owned)
+                .collect()
+        };
+        // No journal on the node: nothing waits there, whatever the catalog last heard.
+        assert_eq!(lines(&m), ["cairn_journal_files{node=\"there\"} 2"]);
+        // Files closed on the mount and not registered (a cut link): counted at once.
+        let j = cairn_node::journal::Journal::open(root.path()).unwrap();
+        for i in 0..3 {
+            j.closed(
+                &format!(".cairn/staging/s{i}"),
+                &format!("f{i}"),
+                "1:1",
+                true,
+            )
+            .unwrap();
+        }
+        j.publish_summary().unwrap();
+        assert_eq!(
+            lines(&m),
+            [
+                "cairn_journal_files{node=\"here\"} 3",
+                "cairn_journal_files{node=\"there\"} 2"
+            ]
+        );
     }
 }
