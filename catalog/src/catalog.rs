@@ -306,6 +306,34 @@ impl Catalog {
         }
     }
 
+    /// Runs `f` with this connection giving up on a catalog out of reach after `give_up` (or
+    /// its own patience, if shorter): for a caller that has somewhere else to keep its work
+    /// meanwhile (a journal), or other work to get on with, rather than wait for a server it
+    /// cannot reach. Zero: one try. A busy database is waited for as before: it is there.
+    pub fn giving_up_after<T>(
+        &mut self,
+        give_up: std::time::Duration,
+        f: impl FnOnce(&mut Catalog) -> T,
+    ) -> T {
+        let keep = self.patience.clone();
+        self.set_patience(Patience {
+            give_up: give_up.min(keep.give_up),
+            ..keep.clone()
+        });
+        let out = f(self);
+        self.set_patience(keep);
+        out
+    }
+
+    /// [`Catalog::write`], [giving up](Catalog::giving_up_after) after `give_up`.
+    pub fn write_or_give_up<T>(
+        &mut self,
+        give_up: std::time::Duration,
+        f: impl FnMut(&mut Tx<'_>) -> Result<T>,
+    ) -> Result<T> {
+        self.giving_up_after(give_up, |c| c.write(f))
+    }
+
     /// Runs `f` in a write transaction; all of it commits or none of it does. With a replica,
     /// on the primary, and later reads of this process wait for the replica to have it.
     pub fn write<T>(&mut self, f: impl FnMut(&mut Tx<'_>) -> Result<T>) -> Result<T> {

@@ -50,6 +50,15 @@ pub enum CatalogError {
 }
 
 impl CatalogError {
+    /// Whether the catalog could not be reached (a cut link, a server down or refusing
+    /// connections), as opposed to being busy or refusing what was asked.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            CatalogError::Db(crate::db::DbError::Disconnected(_) | crate::db::DbError::Open { .. })
+        )
+    }
+
     pub fn not_found(kind: &'static str, name: impl Into<String>) -> Self {
         CatalogError::NotFound {
             kind,

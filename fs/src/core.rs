@@ -614,15 +614,14 @@ impl Core {
         } else {
             self.with_cat(|c| {
                 // With a journal to fall back on, a catalog out of reach is not waited for.
-                if self.journal.is_some() {
-                    c.set_patience(patience(MKDIR_PATIENCE));
-                }
-                let made = c.write(|tx| {
+                let wait = match self.journal {
+                    Some(_) => MKDIR_PATIENCE,
+                    None => CATALOG_PATIENCE,
+                };
+                Ok(c.write_or_give_up(wait, |tx| {
                     let (id, _) = tx.make_dir(&path, &own, t)?;
                     tx.dir_by_id(id)
-                });
-                c.set_patience(patience(CATALOG_PATIENCE));
-                Ok(made?)
+                })?)
             })
         };
         if let Err(e) = &made

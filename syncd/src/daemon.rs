@@ -106,7 +106,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         refused: tasks::Refused::default(),
         cancel: cancel.clone(),
         batches: tasks::Batches::default(),
+        // What an earlier run left waiting on the nodes is registered first.
+        registrations_waiting: Arc::new(AtomicBool::new(true)),
+        outage: tasks::Outage::default(),
     });
+    tasks::start_replayer(ctx.clone()).context("cannot start the replayer thread")?;
     let fetcher = Arc::new(Fetcher::new(
         pool.clone(),
         CacheDir::new(&config.cache.dir),
@@ -308,7 +312,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         if full {
             record_queue(&metrics, &work);
             last_pass = Instant::now();
-            backlog = dispatch(&ctx, &workers, &mut running, node_workers, work);
+            // The pass found the rest of the backlog again in the catalog, not what the
+            // watches found and no worker could take yet: that is kept, first.
+            let mut work_now: Vec<Task> = backlog.drain(..).filter(Task::from_watch).collect();
+            work_now.extend(work);
+            backlog = dispatch(&ctx, &workers, &mut running, node_workers, work_now);
         } else {
             let left = dispatch(&ctx, &workers, &mut running, node_workers, work);
             backlog.extend(left);
@@ -478,37 +486,77 @@ fn pass(
     retry_refused: Duration,
 ) -> Result<Vec<Task>> {
     let mut work = crate::plan::events(&ctx.nodes, |id| st.is_watched(id), events);
-    if !full {
+    // While the catalog's primary is out of reach, what the watches found goes on (its files
+    // wait on the nodes); the planning waits.
+    if !full || ctx.outage.holds() {
         return Ok(work);
     }
-    ctx.pool.with(|cat| -> Result<()> {
-        let mut refreshed =
-            crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx)?;
-        work.append(&mut refreshed.work);
-        let observed =
-            ctx.metrics
-                .observe(cat, &ctx.nodes.available(), ctx.limits.min_archive_copies);
-        match observed {
-            Ok(()) => st.gauges_failure.clear(&()),
-            Err(e) => {
-                let why = format!("{e:#}");
-                if st.gauges_failure.holds(&(), &why, Instant::now()) {
-                    warn!("Cannot read the archive's gauges for /metrics: {why}");
-                }
+    let patience = ctx.outage.patience();
+    let planned = ctx.pool.with(|cat| {
+        cat.giving_up_after(patience, |cat| {
+            plan_pass(ctx, cat, config, st, event_tx, batch, retry_refused)
+        })
+    });
+    match planned {
+        Ok(mut planned) => {
+            if let Some(lasted) = ctx.outage.answered() {
+                info!(
+                    "The catalog answers again after {:.0?}: planning resumes.",
+                    lasted
+                );
+            }
+            work.append(&mut planned);
+            Ok(work)
+        }
+        Err(e) if tasks::out_of_reach(&e) => {
+            if ctx.outage.failed() {
+                warn!(
+                    "The catalog cannot be reached ({e:#}): cairnd plans no new work until it \
+                     answers; files that auto-import and scans find wait on their nodes, and \
+                     copies already under way go on."
+                );
+            }
+            Ok(work)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The catalog's part of a full pass: the refresh of this host's nodes, the gauges, and the
+/// work planned.
+fn plan_pass(
+    ctx: &TaskContext,
+    cat: &mut cairn_catalog::Catalog,
+    config: &RefreshConfig,
+    st: &mut RefreshState,
+    event_tx: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    batch: u64,
+    retry_refused: Duration,
+) -> Result<Vec<Task>> {
+    let mut refreshed = crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx)?;
+    let mut work = std::mem::take(&mut refreshed.work);
+    let observed = ctx
+        .metrics
+        .observe(cat, &ctx.nodes.available(), ctx.limits.min_archive_copies);
+    match observed {
+        Ok(()) => st.gauges_failure.clear(&()),
+        Err(e) => {
+            let why = format!("{e:#}");
+            if st.gauges_failure.holds(&(), &why, Instant::now()) {
+                warn!("Cannot read the archive's gauges for /metrics: {why}");
             }
         }
-        // A refused release is tried again at the next loop, not at every wake-up.
-        let refused = ctx.refused.recent(retry_refused);
-        work.extend(crate::plan::plan(
-            cat,
-            &ctx.nodes,
-            &refreshed,
-            &refused,
-            &ctx.sources,
-            batch,
-        )?);
-        Ok(())
-    })?;
+    }
+    // A refused release is tried again at the next loop, not at every wake-up.
+    let refused = ctx.refused.recent(retry_refused);
+    work.extend(crate::plan::plan(
+        cat,
+        &ctx.nodes,
+        &refreshed,
+        &refused,
+        &ctx.sources,
+        batch,
+    )?);
     Ok(work)
 }
 

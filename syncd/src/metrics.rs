@@ -50,7 +50,7 @@ impl ArchiveGauges {
             .cloned()
             .collect();
         for (name, root) in &self.local_roots {
-            if let Ok(Some(s)) = cairn_node::journal::Journal::peek(root)
+            if let Ok(Some(s)) = cairn_node::waiting::on_node(root)
                 && s.files > 0
             {
                 out.push((name.clone(), s.files, s.oldest));

@@ -328,11 +328,11 @@ fn start_watcher(
     Ok(WatcherHandle { stop })
 }
 
-/// Reports how many closed files wait in the node's journal of writes (the mount's, on this
-/// host) to be registered, so that `cairn status` shows them wherever it runs. A node written
-/// by no mount has no journal, and nothing is reported.
+/// Reports how many files wait on the node to be registered (closed on the mount, or found by
+/// cairnd while the catalog was out of reach), so that `cairn status` shows them wherever it
+/// runs. A node with neither list has nothing to report.
 fn report_journal(cat: &mut Catalog, node: &Node, root: &Path, t: i64) -> Result<()> {
-    match cairn_node::journal::Journal::peek(root) {
+    match cairn_node::waiting::on_node(root) {
         Ok(Some(s)) => cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?,
         Ok(None) => {}
         Err(e) => warn!("Node \"{}\": {e}", node.name),

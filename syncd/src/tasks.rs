@@ -16,6 +16,8 @@ mod copy;
 mod import;
 mod upkeep;
 
+pub use import::start_replayer;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,6 +91,15 @@ pub enum Task {
 }
 
 impl Task {
+    /// Whether the task came from a node's watch (a file closed, a directory made, an
+    /// overflow): nothing in the catalog would find it again if it were dropped.
+    pub fn from_watch(&self) -> bool {
+        matches!(
+            self,
+            Task::AutoImport { .. } | Task::Scan { request: None, .. }
+        )
+    }
+
     pub fn key(&self) -> Key {
         match self {
             Task::Init { node_id, .. } => Key::Init(*node_id),
@@ -167,6 +178,73 @@ pub struct TaskContext {
     pub cancel: Arc<AtomicBool>,
     /// What the copy tasks write to the catalog, in shared transactions ([`Batches`]).
     pub batches: Batches,
+    /// Set when files found on a node wait there for the catalog (and at start, for what an
+    /// earlier run left): the replayer registers them once it answers.
+    pub registrations_waiting: Arc<AtomicBool>,
+    /// Whether writes to the catalog fail for want of it (a cut link to the primary).
+    pub outage: Outage,
+}
+
+/// What cairnd knows of the catalog's primary being out of reach: after a write failed for
+/// want of it, for [`Outage::HOLD`] what can wait does so without a try (files found on a node
+/// wait there, passes plan nothing), and the next try gives up at once if it fails again. A
+/// write that works ends it.
+#[derive(Debug, Default)]
+pub struct Outage {
+    since: Mutex<Option<(Instant, Instant)>>,
+}
+
+impl Outage {
+    /// How long after a failed write nothing that can wait tries again.
+    pub const HOLD: Duration = Duration::from_secs(5);
+    /// How long a write waits for a primary not known to be out of reach.
+    pub const PATIENCE: Duration = Duration::from_secs(5);
+
+    /// A write failed for want of the catalog; true if that starts an outage.
+    pub fn failed(&self) -> bool {
+        let mut g = self.since.lock().expect("outage lock");
+        let now = Instant::now();
+        let started = g.is_none();
+        let first = g.map_or(now, |(first, _)| first);
+        *g = Some((first, now));
+        started
+    }
+
+    /// A write worked; the time the outage lasted, if there was one.
+    pub fn answered(&self) -> Option<Duration> {
+        self.since
+            .lock()
+            .expect("outage lock")
+            .take()
+            .map(|(first, _)| first.elapsed())
+    }
+
+    /// Whether a write failed for want of the catalog within [`Outage::HOLD`].
+    pub fn holds(&self) -> bool {
+        self.since
+            .lock()
+            .expect("outage lock")
+            .is_some_and(|(_, last)| last.elapsed() < Self::HOLD)
+    }
+
+    /// How long the next write may wait for the catalog: [`Outage::PATIENCE`], or nothing
+    /// during an outage (one try).
+    pub fn patience(&self) -> Duration {
+        match *self.since.lock().expect("outage lock") {
+            Some(_) => Duration::ZERO,
+            None => Self::PATIENCE,
+        }
+    }
+}
+
+/// Whether the catalog failed for want of it (out of reach, down, held), as opposed to
+/// refusing what was asked.
+pub fn out_of_reach(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<cairn_catalog::CatalogError>().is_some_and(
+            |e| matches!(e, cairn_catalog::CatalogError::Db(db) if db.breaks_connection()),
+        )
+    })
 }
 
 /// The copy tasks' claims and records, each written together with those of other tasks that

@@ -2,7 +2,7 @@
 //! racing cleans.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cairn_catalog::md5::md5_file;
 use cairn_catalog::model::Has;
@@ -224,9 +224,11 @@ fn seed_004_single_host() {
         "--activate",
     ]);
     h.cairn(&["node", "sync", "--force", "demo_storage2", "demo_storage3"]);
-    wait_until(T, "meta.txt deleted", || {
-        !r1.join("2025/02/21/meta.txt").exists()
-    });
+    let t0 = Instant::now();
+    while r1.join("2025/02/21/meta.txt").exists() {
+        assert!(t0.elapsed() < T, "meta.txt deleted\n{}", h.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(a.has("demo_storage1", "2025/02/21/meta.txt"), Some(Has::No));
     a.wait_idle(T);
     let out = h.cairn(&[

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use cairn_catalog::db::Patience;
-use cairn_catalog::model::IoClass;
+use cairn_catalog::model::{Has, IoClass};
 use cairn_catalog::replica::{ReplicaOptions, ReplicaState};
 use cairn_catalog::{Catalog, Pool, Routing};
 use cairn_tests::pki::Pki;
@@ -465,7 +465,7 @@ fn a_request_made_at_the_archive_wakes_a_distant_cairnd_which_finds_it_on_its_st
         wait_until(
             Duration::from_secs(30),
             "the distant cairnd to pull the file",
-            || archive.has("field", &name) == Some(cairn_catalog::model::Has::Yes),
+            || archive.has("field", &name) == Some(Has::Yes),
         );
     }
     far.stop();
@@ -709,4 +709,127 @@ fn a_distant_mount_keeps_archiving_while_its_link_is_cut() {
             );
         }
     }
+}
+
+/// Issue "a site keeps archiving while its link to the catalog is cut", cairnd's part: files
+/// an instrument writes into an auto-import node while the link to the primary is cut wait on
+/// the node (`.cairn/waiting.db`), survive a kill -9 of cairnd, and are registered once within
+/// seconds of the link's return. A path that the archive's site registered meanwhile with
+/// other bytes is a conflict: both are kept, this site's under a name that says so, and
+/// `cairn file conflicts` lists it.
+#[test]
+fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
+    let test = "a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut";
+    if !can_run_servers(test) {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let mut far = archive.far_host("far", "");
+    let mut near = archive.host("near");
+    let field = far.node("field", &["--auto-import"]);
+    near.node("vault", &["--archive"]);
+    far.start();
+    near.start();
+    wait_until(Duration::from_secs(30), "auto-import watch", || {
+        far.log().contains("for auto import")
+    });
+    write_file(&field, "2025/06/01/before.dat", b"before the cut\n");
+    wait_until(
+        Duration::from_secs(30),
+        "a file imported before the cut",
+        || archive.has("field", "2025/06/01/before.dat") == Some(Has::Yes),
+    );
+
+    sites.link.cut();
+    let n = 60;
+    let data = |i: usize| format!("file {i} written while the link is cut\n").repeat(1 + i % 7);
+    for i in 0..n {
+        write_file(&field, &format!("2025/06/02/f{i:03}.dat"), data(i));
+    }
+    // (The file imported just before may wait too: the standby had not replayed it when the
+    // link went.)
+    let waiting = || -> std::collections::BTreeSet<String> {
+        cairn_node::waiting::WaitingList::open(&field)
+            .and_then(|w| w.oldest(1000))
+            .map(|rows| rows.into_iter().map(|w| w.file.path).collect())
+            .unwrap_or_default()
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "every file waiting on the node",
+        || (0..n).all(|i| waiting().contains(&format!("2025/06/02/f{i:03}.dat"))),
+    );
+    // /metrics says so at once, though the catalog cannot hear it.
+    let (_, _, body) = cairn_tests::http_get(&far.address, "/metrics", &[]);
+    let body = String::from_utf8_lossy(&body);
+    assert!(
+        body.contains(&format!(
+            "cairn_journal_files{{node=\"field\"}} {}",
+            waiting().len()
+        )),
+        "{body}"
+    );
+    // Meanwhile the archive's site registers one of those paths with other bytes.
+    write_file(
+        &near.root("vault"),
+        "2025/06/02/f000.dat",
+        b"the archive's own f000\n",
+    );
+    near.cairn(&["node", "scan", "vault", "--register-new"]);
+    wait_until(Duration::from_secs(30), "the archive's f000", || {
+        archive.has("vault", "2025/06/02/f000.dat") == Some(Has::Yes)
+    });
+    // cairnd is killed during the cut and started again, still cut.
+    far.kill9();
+    far.start();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        archive.on("field").0,
+        1,
+        "nothing registered through a cut link"
+    );
+
+    sites.link.restore();
+    let back = Instant::now();
+    let md5 = |b: &[u8]| cairn_catalog::md5::md5_hex(b);
+    wait_until(
+        Duration::from_secs(30),
+        "every waiting file registered",
+        || archive.on("field").0 == n as u64 + 1,
+    );
+    let took = back.elapsed();
+    eprintln!("{n} files registered {took:?} after the link came back");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    let mut cat = archive.catalog();
+    for i in 1..n {
+        let f = cat
+            .read(|tx| tx.file(&format!("2025/06/02/f{i:03}.dat")))
+            .unwrap();
+        assert_eq!(f.md5, md5(data(i).as_bytes()), "f{i:03}");
+    }
+    // f000: the archive's stays at its path; this site's is kept aside, and listed.
+    let f0 = cat.read(|tx| tx.file("2025/06/02/f000.dat")).unwrap();
+    assert_eq!(f0.md5, md5(b"the archive's own f000\n"));
+    let conflicts = cat.read(|tx| tx.conflicts(None)).unwrap();
+    assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+    let (kept, name, other) = &conflicts[0];
+    assert_eq!(kept.md5, md5(data(0).as_bytes()));
+    assert_eq!(name.host, "far");
+    assert_eq!(other.as_ref().map(|o| o.md5.clone()), Some(f0.md5.clone()));
+    assert_eq!(
+        std::fs::read_to_string(field.join(&kept.path)).unwrap(),
+        data(0)
+    );
+    assert!(!field.join("2025/06/02/f000.dat").exists());
+    let listed = far.cairn(&["file", "conflicts"]);
+    assert!(listed.contains(&kept.path), "{listed}");
+    assert_eq!(
+        cairn_node::waiting::WaitingList::peek(&field)
+            .unwrap()
+            .map(|s| s.files),
+        Some(0)
+    );
+    far.stop();
+    near.stop();
 }

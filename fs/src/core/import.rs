@@ -24,7 +24,6 @@
 use std::collections::VecDeque;
 use std::fs::File as StdFile;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
@@ -508,7 +507,7 @@ impl Core {
             let res = dest
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| rename_noreplace(&p.from, &dest));
+                .and_then(|()| cairn_node::copyfile::rename_noreplace(&p.from, &dest));
             match res {
                 Ok(()) => {
                     // Still `Importing` while its registration runs; `Pending` if that fails.
@@ -674,7 +673,7 @@ impl Core {
                     let mut g = f.local.lock().expect("local");
                     let new = conflict_name(&g.name, &self.opts.host);
                     let dest = root.join(join(&g.dir_path, &new));
-                    match rename_noreplace(&g.backing, &dest) {
+                    match cairn_node::copyfile::rename_noreplace(&g.backing, &dest) {
                         Ok(()) => {
                             warn!(
                                 "{} was archived meanwhile with other contents (md5 {theirs}); \
@@ -940,26 +939,4 @@ fn conflict_name(name: &str, host: &str) -> String {
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     cairn_catalog::model::ConflictName::make(name, host, t)
-}
-
-/// Renames `from` to `to`, failing rather than replacing a file already at `to`.
-fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    use std::ffi::CString;
-    let a = CString::new(from.as_os_str().as_bytes())?;
-    let b = CString::new(to.as_os_str().as_bytes())?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a.as_ptr(),
-            libc::AT_FDCWD,
-            b.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }

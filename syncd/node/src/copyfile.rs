@@ -199,6 +199,29 @@ pub fn install(tmp: &Path, final_path: &Path) -> io::Result<()> {
     sync_dir(parent)
 }
 
+/// Renames `from` to `to`, failing rather than replacing a file already at `to`.
+pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let a = CString::new(from.as_os_str().as_bytes())?;
+    let b = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Removes empty directories from `dir` upward, stopping at (and never removing) `stop_at`.
 ///
 /// Stops at the first directory that is not empty. A directory that is already gone is passed

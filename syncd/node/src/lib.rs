@@ -12,6 +12,8 @@
 //! - [`cache`]: how the cache directory names its files, and marking one as used;
 //! - [`socket`]: cairnd's local socket protocol, typed, and the nudge that wakes cairnd;
 //! - [`journal`]: the host's journal of closed files, kept until the catalog has them;
+//! - [`waiting`]: cairnd's registrations of files found on a node while the catalog could not
+//!   take them;
 //! - [`logfile`]: daily log files;
 //! - [`temp`]: a temporary file removed on every way out unless kept.
 //!
@@ -27,5 +29,6 @@ pub mod logfile;
 pub mod root;
 pub mod socket;
 pub mod temp;
+pub mod waiting;
 
 pub use root::{NodeRoot, RootState};

@@ -130,12 +130,18 @@ impl NodeRoot {
         self.cairn_dir().join("staging")
     }
 
-    /// `<root>/.cairn/kept`: files the mount keeps on this host without importing them.
     /// The journal of files closed on this node and not yet registered.
     pub fn journal(&self) -> PathBuf {
         self.cairn_dir().join("journal.db")
     }
 
+    /// cairnd's registrations waiting for the catalog: files it found on this node (by
+    /// auto-import or scan) while the catalog could not take them ([`crate::waiting`]).
+    pub fn waiting(&self) -> PathBuf {
+        self.cairn_dir().join("waiting.db")
+    }
+
+    /// `<root>/.cairn/kept`: files the mount keeps on this host without importing them.
     pub fn kept(&self) -> PathBuf {
         self.cairn_dir().join("kept")
     }

@@ -2,15 +2,18 @@
 //! with their copy there (`Tx::import_copy`), by request, by scan, or on close (auto-import).
 
 use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::{ImportOutcome, NewFile};
-use cairn_catalog::model::{File, Has, Id, Node};
+use cairn_catalog::model::{ConflictName, File, Has, Id, Node};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
 use cairn_node::importer::Verdict;
 use cairn_node::root::{Marker, NodeRoot, RootState};
+use cairn_node::waiting::{self, Waiting, WaitingList};
 use tracing::{debug, error, info, warn};
 
 use super::{TaskContext, log_effects, node_and_root};
@@ -158,7 +161,7 @@ fn import_one(
         Examined::AlreadyThere => Ok(Imported::AlreadyThere),
         Examined::Skip(why) => Ok(Imported::Skipped(why)),
         Examined::New(f) => {
-            register(cat, node, std::slice::from_ref(&f))?;
+            register(ctx, cat, node, root, std::slice::from_ref(&f))?;
             Ok(Imported::Yes)
         }
     }
@@ -299,41 +302,230 @@ fn names() -> &'static cairn_node::ids::Ids {
 }
 
 /// Registers files and their copies on `node` in one transaction, with their auto-actions.
-fn register(cat: &mut Catalog, node: &Node, files: &[NewFile]) -> Result<()> {
+/// Registers files found on a node with their copy there, in one transaction. When the
+/// catalog cannot take them (its primary out of reach, say a cut link), they wait on the node
+/// ([`WaitingList`]) and are registered by [`replay`] once it answers: nothing found is
+/// waited on or lost.
+fn register(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    node: &Node,
+    root: &Path,
+    files: &[NewFile],
+) -> Result<()> {
     if files.is_empty() {
         return Ok(());
     }
+    if ctx.outage.holds() {
+        // Not worth a wait: the catalog did not answer a moment ago.
+        return keep_waiting(
+            ctx,
+            node,
+            root,
+            files,
+            "its primary did not answer lately",
+            false,
+        );
+    }
     let t = now();
-    let outcomes = cat.write(|tx| tx.import_copies(files, node.id, t))?;
-    for (f, outcome) in files.iter().zip(outcomes) {
-        match outcome {
-            ImportOutcome::Imported {
-                new_file,
-                new_acq,
-                fired,
-                ..
-            } => {
-                if new_acq {
-                    info!("Acquisition \"{}\" added to DB.", f.acq);
-                }
-                if new_file {
-                    info!("File \"{}\" added to DB.", f.path);
-                }
-                info!(
-                    "Imported file copy \"{}\" on node \"{}\".",
-                    f.path, node.name
-                );
-                log_effects(&f.path, &fired);
-            }
-            ImportOutcome::AlreadyHere { .. } => {}
-            ImportOutcome::Conflict { existing } => warn!(
-                "Not importing \"{}\" on node \"{}\": it is already archived with other \
-                 contents ({} bytes, md5 {}).",
-                f.path, node.name, existing.size, existing.md5
-            ),
+    let outcomes = match cat.write_or_give_up(ctx.outage.patience(), |tx| {
+        tx.import_copies(files, node.id, t)
+    }) {
+        Ok(o) => {
+            ctx.outage.answered();
+            o
         }
+        Err(e) if out_of_reach(&e) => {
+            let started = ctx.outage.failed();
+            return keep_waiting(ctx, node, root, files, &e.to_string(), started);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    for (f, outcome) in files.iter().zip(outcomes) {
+        log_outcome(node, f, outcome);
     }
     Ok(())
+}
+
+/// How long a replay waits for a catalog out of reach before it leaves the files waiting.
+const REGISTER_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Registrations replayed from a node's waiting list at once (one transaction).
+const REPLAY_BATCH: usize = 1000;
+
+/// Whether the catalog could not be reached for a write (a cut link, a server down), as
+/// opposed to being busy or refusing what was written.
+fn out_of_reach(e: &cairn_catalog::CatalogError) -> bool {
+    e.is_unreachable()
+}
+
+fn keep_waiting(
+    ctx: &TaskContext,
+    node: &Node,
+    root: &Path,
+    files: &[NewFile],
+    why: &str,
+    loud: bool,
+) -> Result<()> {
+    let stamped: Vec<(NewFile, String)> = files
+        .iter()
+        .filter_map(|f| {
+            let meta = std::fs::metadata(root.join(&f.path)).ok()?;
+            Some((f.clone(), waiting::stamp(&meta)))
+        })
+        .collect();
+    WaitingList::open(root)
+        .and_then(|mut w| w.note(&stamped, now()))
+        .with_context(|| format!("the catalog cannot take them ({why})"))?;
+    ctx.registrations_waiting.store(true, Ordering::Relaxed);
+    let (n, name) = (stamped.len(), &node.name);
+    if loud {
+        warn!(
+            "Cannot register {n} file(s) on node \"{name}\" now ({why}): they wait on the \
+             node (.cairn/waiting.db) and are registered when the catalog answers, as are \
+             those found until then."
+        );
+    } else {
+        debug!("{n} file(s) on node \"{name}\" wait for the catalog ({why}).");
+    }
+    Ok(())
+}
+
+fn log_outcome(node: &Node, f: &NewFile, outcome: ImportOutcome) {
+    match outcome {
+        ImportOutcome::Imported {
+            new_file,
+            new_acq,
+            fired,
+            ..
+        } => {
+            if new_acq {
+                info!("Acquisition \"{}\" added to DB.", f.acq);
+            }
+            if new_file {
+                info!("File \"{}\" added to DB.", f.path);
+            }
+            info!(
+                "Imported file copy \"{}\" on node \"{}\".",
+                f.path, node.name
+            );
+            log_effects(&f.path, &fired);
+        }
+        ImportOutcome::AlreadyHere { .. } => {}
+        ImportOutcome::Conflict { existing } => warn!(
+            "Not importing \"{}\" on node \"{}\": it is already archived with other \
+             contents ({} bytes, md5 {}).",
+            f.path, node.name, existing.size, existing.md5
+        ),
+    }
+}
+
+/// Registers what waits on `node` (oldest first, in batches, each once), until nothing is
+/// left or the catalog stops answering. True once nothing waits. A file changed or removed
+/// since it was found is not registered as it was (auto-import or a scan finds it again); a
+/// path that another host archived meanwhile with other bytes is a conflict: this node's
+/// file is kept too, under `NAME.conflict-HOST-N` (see [`ConflictName`]), and registered
+/// under that name.
+pub(crate) fn replay(ctx: &TaskContext, node: &Node, root: &Path) -> Result<bool> {
+    let mut list = WaitingList::open(root)?;
+    loop {
+        if ctx.is_cancelled() {
+            return Ok(false);
+        }
+        let rows = list.oldest(REPLAY_BATCH)?;
+        if rows.is_empty() {
+            return Ok(true);
+        }
+        let (same, changed): (Vec<&Waiting>, Vec<&Waiting>) = rows.iter().partition(|w| {
+            std::fs::metadata(root.join(&w.file.path)).is_ok_and(|m| waiting::stamp(&m) == w.stamp)
+        });
+        for w in &changed {
+            info!(
+                "\"{}\" on node \"{}\" changed or went away since it was found during the \
+                 catalog's outage: not registered as it was then.",
+                w.file.path, node.name
+            );
+        }
+        list.done(&changed)?;
+        let files: Vec<NewFile> = same.iter().map(|w| w.file.clone()).collect();
+        let t = now();
+        let outcomes = match ctx.pool.with(|cat| {
+            cat.write_or_give_up(REGISTER_PATIENCE, |tx| tx.import_copies(&files, node.id, t))
+        }) {
+            Ok(o) => {
+                ctx.outage.answered();
+                o
+            }
+            Err(e) if out_of_reach(&e) => {
+                ctx.outage.failed();
+                debug!(
+                    "The catalog cannot take what waits on node \"{}\" yet: {e}",
+                    node.name
+                );
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut aside = Vec::new();
+        for (w, outcome) in same.iter().zip(outcomes) {
+            match outcome {
+                ImportOutcome::Conflict { existing } => match keep_aside(ctx, root, &w.file) {
+                    Ok(f) => {
+                        warn!(
+                            "\"{}\" on node \"{}\", found while the catalog was out of \
+                                 reach, was archived meanwhile with other contents ({} bytes, \
+                                 md5 {}; this one {} bytes, md5 {}): this one is kept as \
+                                 \"{}\" (`cairn file conflicts` lists it).",
+                            w.file.path,
+                            node.name,
+                            existing.size,
+                            existing.md5,
+                            w.file.size,
+                            w.file.md5,
+                            f.path
+                        );
+                        aside.push(f);
+                    }
+                    Err(e) => error!(
+                        "\"{}\" on node \"{}\" was archived meanwhile with other \
+                             contents, and cannot be kept aside: {e:#}; it stays where it is, \
+                             not registered.",
+                        w.file.path, node.name
+                    ),
+                },
+                other => log_outcome(node, &w.file, other),
+            }
+        }
+        if !aside.is_empty() {
+            ctx.pool
+                .with(|cat| register(ctx, cat, node, root, &aside))?;
+        }
+        list.done(&same)?;
+        info!(
+            "Registered {} file(s) on node \"{}\" that waited for the catalog.",
+            same.len(),
+            node.name
+        );
+    }
+}
+
+/// Moves a node file whose path was archived meanwhile with other bytes to a conflict name
+/// beside it, never over another file; what it is to be registered as.
+fn keep_aside(ctx: &TaskContext, root: &Path, f: &NewFile) -> Result<NewFile> {
+    let (dir, name) = split(&f.path);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let aside = ConflictName::make(name, &ctx.host.name, t);
+    let path = if dir.is_empty() {
+        aside
+    } else {
+        format!("{dir}/{aside}")
+    };
+    copyfile::rename_noreplace(&root.join(&f.path), &root.join(&path))
+        .with_context(|| format!("cannot rename it to {path}"))?;
+    Ok(NewFile { path, ..f.clone() })
 }
 
 // ---- scan ----
@@ -434,7 +626,7 @@ fn scan_tree(
             }
         }
         imported += batch.len();
-        register(cat, node, &batch)?;
+        register(ctx, cat, node, root, &batch)?;
     }
     Ok((imported, skipped))
 }
@@ -462,5 +654,53 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
             out.push(rel.to_string_lossy().into_owned());
         }
     }
+    Ok(())
+}
+
+/// How often the replayer looks for registrations waiting on this host's nodes while some
+/// are known to wait, and how many of its looks go by before it looks anyway.
+const REPLAY_EVERY: Duration = Duration::from_secs(1);
+const REPLAY_LOOK_ANYWAY: u32 = 10;
+
+/// Starts the thread that registers what waits on this host's nodes ([`replay`]) as soon as
+/// the catalog answers: within a second of a cut link's return, not at the next pass.
+pub fn start_replayer(ctx: std::sync::Arc<TaskContext>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("replayer".into())
+        .spawn(move || {
+            let mut ticks = 0u32;
+            while !ctx.is_cancelled() {
+                std::thread::sleep(REPLAY_EVERY);
+                ticks += 1;
+                // Cleared before the look: what is noted meanwhile sets it again.
+                let known = ctx.registrations_waiting.swap(false, Ordering::Relaxed);
+                if !known && !ticks.is_multiple_of(REPLAY_LOOK_ANYWAY) {
+                    continue;
+                }
+                let mut left = false;
+                for node in ctx.nodes.available() {
+                    let Some(root) = node.root.as_deref().map(Path::new) else {
+                        continue;
+                    };
+                    if !WaitingList::peek(root).is_ok_and(|s| s.is_some_and(|s| s.files > 0)) {
+                        continue;
+                    }
+                    match replay(&ctx, &node, root) {
+                        Ok(true) => {}
+                        Ok(false) => left = true,
+                        Err(e) => {
+                            left = true;
+                            warn!(
+                                "Cannot register what waits on node \"{}\": {e:#}",
+                                node.name
+                            );
+                        }
+                    }
+                }
+                if left {
+                    ctx.registrations_waiting.store(true, Ordering::Relaxed);
+                }
+            }
+        })?;
     Ok(())
 }
