@@ -2,11 +2,13 @@
 //! for the benchmark scripts: a PostgreSQL primary, a link `ONE_WAY_MS` each way, and a hot
 //! standby at the far end of it. Prints, one per line, `PRIMARY=` (the primary's server URL,
 //! direct), `LINK=` (the same through the link) and `STANDBY=` (the standby's), then keeps
-//! them until its standard input closes or it gets SIGTERM, and stops them.
+//! them until its standard input closes or it gets SIGTERM, and stops them. Meanwhile it reads
+//! commands, one per line: `cut` severs the link (as [`cairn_tests::proxy::LinkProxy::cut`]),
+//! `restore` lets connections through again; each is answered `OK cut` or `OK restore`.
 //!
-//! Used by `tests/bench/remote-site.sh`.
+//! Used by `tests/bench/remote-site.sh` and `tests/bench/cut.sh`.
 
-use std::io::Read;
+use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use cairn_tests::site::Sites;
@@ -34,8 +36,23 @@ fn main() {
         libc::sigaction(libc::SIGTERM, &action, std::ptr::null_mut());
         libc::sigaction(libc::SIGINT, &action, std::ptr::null_mut());
     }
-    let mut sink = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut sink);
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let answer = match line.trim() {
+            "cut" => {
+                sites.link.cut();
+                "OK cut".to_owned()
+            }
+            "restore" => {
+                sites.link.restore();
+                "OK restore".to_owned()
+            }
+            "" => continue,
+            other => format!("unknown command {other:?}: cut or restore"),
+        };
+        println!("{answer}");
+        let _ = std::io::stdout().flush();
+    }
     drop(sites);
 }
 
