@@ -36,7 +36,7 @@ pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
             "Beginning task AFCR#{}: {} -> {}",
             r.id, r.from_node, r.to_group
         );
-        let outcome = prepare(ctx, cat, &r).and_then(|p| match p {
+        let outcome = prepare(ctx, cat, &r, &mut Spaces::new()).and_then(|p| match p {
             Prepared::Found => Ok(()),
             Prepared::Pull(pull) => pull_one(ctx, cat, &r, *pull),
         });
@@ -147,12 +147,17 @@ impl Pull {
     }
 }
 
+/// The space of destination nodes, as known to the requests prepared so far (each counts the
+/// ones before it); empty for a single copy.
+pub(super) type Spaces = std::collections::HashMap<Id, NodeSpace>;
+
 /// The steps of a copy before the transfer: destination, pre-pull search, what is in the
-/// way, space, source.
+/// way, space (from `spaces` if it has the node), source.
 pub(super) fn prepare(
     ctx: &TaskContext,
     cat: &mut Catalog,
     r: &CopyRequest,
+    spaces: &mut Spaces,
 ) -> Result<Prepared, CopyFailure> {
     let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
     let dest = choose_destination(ctx, cat, r)?;
@@ -208,13 +213,27 @@ pub(super) fn prepare(
         use std::os::unix::fs::MetadataExt;
         m.blocks() * 512
     });
-    let space = node_space(cat, &dest)?.holding(held);
+    // The node's space once per batch: asking the catalog sums all the node's copies.
+    let known = match spaces.get(&dest.id) {
+        Some(s) => *s,
+        None => node_space(cat, &dest)?,
+    };
+    let space = known.holding(held);
     if let Err(no) = rules::fits(&space, file.size) {
         return Err(CopyFailure::Failed(format!(
             "node \"{}\" has no room: {no}",
             dest.name
         )));
     }
+    // What this pull will take counts against the next file of the batch.
+    spaces.insert(
+        dest.id,
+        NodeSpace {
+            used_by_copies: known.used_by_copies + file.size,
+            avail: known.avail.map(|a| a.saturating_sub(file.size)),
+            ..known
+        },
+    );
     let Some(source) = ctx.sources.for_request(cat, r)?.into_iter().next() else {
         return Err(CopyFailure::Cancelled);
     };

@@ -51,12 +51,13 @@ pub(super) fn copy_batch(ctx: &TaskContext, requests: Vec<CopyRequest>) -> Resul
         );
         let mut by_peer: HashMap<Peer, Vec<(CopyRequest, Pull)>> = HashMap::new();
         let mut singles = Vec::new();
+        let mut spaces = copy::Spaces::new();
         for r in won {
             if ctx.is_cancelled() {
                 copy::settle(ctx, cat, &r, Err(CopyFailure::Cancelled))?;
                 continue;
             }
-            match copy::prepare(ctx, cat, &r) {
+            match copy::prepare(ctx, cat, &r, &mut spaces) {
                 Ok(Prepared::Found) => {}
                 Ok(Prepared::Pull(pull)) => match ctx.transfer.batch_peer(&pull.source) {
                     Some(peer) if pull.file.size <= MAX_FILE => {
