@@ -565,7 +565,7 @@ fn record_queue(metrics: &Metrics, work: &[Task]) {
     for (gauge, pick) in [
         (
             &metrics.queue_copy,
-            (|t| matches!(t, Task::Copy { .. })) as fn(&Task) -> bool,
+            (|t| matches!(t, Task::Copy { .. } | Task::CopyBatch { .. })) as fn(&Task) -> bool,
         ),
         (&metrics.queue_import, |t| {
             matches!(
@@ -581,8 +581,12 @@ fn record_queue(metrics: &Metrics, work: &[Task]) {
             matches!(t, Task::Release { .. })
         }),
     ] {
+        // A batch counts as the requests it holds.
         gauge.store(
-            work.iter().filter(|t| pick(t)).count() as u64,
+            work.iter()
+                .filter(|t| pick(t))
+                .map(|t| t.keys().len())
+                .sum::<usize>() as u64,
             Ordering::Relaxed,
         );
     }
@@ -600,8 +604,8 @@ fn dispatch(
     let mut left = Vec::new();
     let mut work = work.into_iter();
     while let Some(task) = work.next() {
-        let key = task.key();
-        if ctx.running.contains(&key) {
+        let keys = task.keys();
+        if keys.iter().any(|k| ctx.running.contains(k)) {
             continue;
         }
         if !ctx.running.may_start(&task, node_workers) {
@@ -622,7 +626,7 @@ fn dispatch(
             if let Err(e) = tasks::run(&ctx2, task) {
                 error!("Task {what} failed: {e:#}");
             }
-            ctx2.running.finish(&key, &nodes);
+            ctx2.running.finish(&keys, &nodes);
             drop(permit);
         });
     }

@@ -10,12 +10,16 @@
 //!   authority, checked in the handshake ([`tls`]), and nobody else gets a request in; over
 //!   plain HTTP, a copy request must carry `Authorization: Bearer <token>` with the token of
 //!   `transfer.token_file`. A refusal is logged with the peer address.
+//! - `GET /v1/batch?copies=ID,…` streams several small copies, by copy id, in one response
+//!   ([`batch`], format in [`crate::pullbatch`]): each passes the checks of a single pull, and
+//!   one that fails them is refused alone.
 //! - `GET /healthz` answers `ok`; `GET /metrics` is Prometheus text, with the token if
 //!   `transfer.metrics_token`.
 //! - No client can stall the server: connections are capped per peer and in all, kept out of
 //!   cairnd's reserve of file descriptors, and closed when a request's headers or the peer
 //!   take too long ([`conns`]).
 
+pub mod batch;
 pub mod conns;
 pub mod tls;
 
@@ -222,6 +226,24 @@ async fn handle(
         }
         _ => {}
     }
+    if path == crate::pullbatch::PATH {
+        if let Err(why) = check_token(&server, &req) {
+            return refuse(&server, peer, StatusCode::UNAUTHORIZED, &path, why);
+        }
+        let Some(ids) = req.uri().query().and_then(crate::pullbatch::parse_query) else {
+            return refuse(
+                &server,
+                peer,
+                StatusCode::BAD_REQUEST,
+                &path,
+                &format!(
+                    "not a list of copy ids (copies=ID,…, at most {})",
+                    crate::pullbatch::MAX_FILES
+                ),
+            );
+        };
+        return batch::serve(server, peer, ids);
+    }
     let Some(rest) = path.strip_prefix("/v1/copy/") else {
         return refuse(
             &server,
@@ -388,7 +410,20 @@ fn open_copy(
             "no healthy copy of {path:?} on node {node:?}"
         )));
     }
-    let full = root.join(&f.path);
+    let (file, size) = open_confined(&root, &f.path, node)?;
+    Ok((file, size, format!("{} of {node}", f.path)))
+}
+
+/// Opens the registered file `path` under `root` (of `node`): the final component with
+/// `O_NOFOLLOW`, and refused if the opened path resolves outside the root. Returns the file
+/// and its size.
+fn open_confined(
+    root: &std::path::Path,
+    path: &str,
+    node: &str,
+) -> Result<(std::fs::File, u64), Refusal> {
+    let not_found = |why: String| (StatusCode::NOT_FOUND, why);
+    let full = root.join(path);
     use std::os::unix::fs::OpenOptionsExt;
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -396,7 +431,7 @@ fn open_copy(
         .open(&full)
         .map_err(|e| not_found(format!("cannot open the copy: {e}")))?;
     let real = std::fs::canonicalize(&full).map_err(|e| not_found(e.to_string()))?;
-    let real_root = std::fs::canonicalize(&root).map_err(|e| not_found(e.to_string()))?;
+    let real_root = std::fs::canonicalize(root).map_err(|e| not_found(e.to_string()))?;
     if !real.starts_with(&real_root) {
         return Err((
             StatusCode::FORBIDDEN,
@@ -404,7 +439,7 @@ fn open_copy(
         ));
     }
     let size = file.metadata().map_err(|e| not_found(e.to_string()))?.len();
-    Ok((file, size, format!("{} of {node}", f.path)))
+    Ok((file, size))
 }
 
 /// `bytes=N-` or `bytes=N-M` → (start, end exclusive); `None` if unsatisfiable.

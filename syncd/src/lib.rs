@@ -18,6 +18,7 @@ pub mod notify;
 pub mod percent;
 pub mod plan;
 pub mod procfs;
+pub mod pullbatch;
 pub mod refresh;
 pub mod socket;
 pub mod sources;

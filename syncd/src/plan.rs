@@ -4,25 +4,30 @@
 //! Work is: init, import and scan requests; releases (marked `release_now`, or forced by space
 //! pressure, oldest first and only as many as needed) except those refused lately; copies to
 //! verify (requested, or older than `auto_verify`); and copy requests into the groups of the
-//! available nodes that have a source ([`Sources`]).
+//! available nodes that have a source ([`Sources`]). Small copy requests from one node into
+//! one group, to be pulled from another host over HTTP, go together as one task
+//! ([`batches`]), to be pulled in one request; local copies stay one task each, so that
+//! they run in parallel.
 
 use std::collections::HashSet;
 
 use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::CopyWork;
-use cairn_catalog::model::{Id, Node};
+use cairn_catalog::model::{CopyRequest, Id, Node};
 use cairn_catalog::rules;
 use cairn_catalog::units::{format_size, now};
 use tracing::{debug, info};
 
 use crate::nodes::Nodes;
+use crate::pullbatch;
 use crate::refresh::Refreshed;
 use crate::sources::Sources;
 use crate::tasks::Task;
 use crate::watch::WatchEvent;
 
-/// How much of each kind of work one pass takes: `daemon.workers` × 8 (× 32 for copies).
+/// How much of each kind of work one pass takes: `daemon.workers` × 8 (× 32 for copies, so
+/// that each worker can have a full batch of small files).
 pub fn batch(workers: usize) -> u64 {
     workers as u64 * 8
 }
@@ -132,12 +137,63 @@ pub fn plan(
         g.dedup();
         g
     };
-    for r in cat.read(|tx| tx.due_copy_requests(&groups, t, batch * 4))? {
-        if sources.has_source(cat, &r)? {
+    let mut small = Vec::new();
+    for r in cat.read(|tx| tx.due_copy_requests(&groups, t, batch * 32))? {
+        let Some(source) = sources.for_request(cat, &r)?.into_iter().next() else {
+            continue;
+        };
+        if r.size <= pullbatch::MAX_FILE && sources.pulled_in_batches(&source) {
+            small.push(r);
+        } else {
             work.push(Task::Copy { request: r });
         }
     }
+    work.extend(batches(small));
     Ok(work)
+}
+
+/// Small copy requests grouped by source node and destination group, in batches of at most
+/// [`pullbatch::MAX_FILES`] files and [`pullbatch::MAX_BYTES`] bytes, of about equal sizes;
+/// a request alone is a single copy.
+pub fn batches(small: Vec<CopyRequest>) -> Vec<Task> {
+    let mut groups: Vec<((Id, Id), Vec<CopyRequest>)> = Vec::new();
+    for r in small {
+        let key = (r.from_node_id, r.to_group_id);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, g)) => g.push(r),
+            None => groups.push((key, vec![r])),
+        }
+    }
+    let mut work = Vec::new();
+    for (_, group) in groups {
+        let n = group.len();
+        let bytes: u64 = group.iter().map(|r| r.size).sum();
+        let chunks = n
+            .div_ceil(pullbatch::MAX_FILES)
+            .max(bytes.div_ceil(pullbatch::MAX_BYTES) as usize)
+            .max(1);
+        let per_chunk = n.div_ceil(chunks);
+        let mut group = group.into_iter().peekable();
+        while group.peek().is_some() {
+            let mut requests = Vec::with_capacity(per_chunk);
+            let mut held = 0;
+            while let Some(r) = group.next_if(|r| {
+                requests.len() < per_chunk.min(pullbatch::MAX_FILES)
+                    && (requests.is_empty() || held + r.size <= pullbatch::MAX_BYTES)
+            }) {
+                held += r.size;
+                requests.push(r);
+            }
+            work.push(if requests.len() == 1 {
+                Task::Copy {
+                    request: requests.remove(0),
+                }
+            } else {
+                Task::CopyBatch { requests }
+            });
+        }
+    }
+    work
 }
 
 /// Discretionary releases when a node is short of space: oldest first, only as much as needed.
@@ -176,4 +232,60 @@ fn space_pressure(cat: &mut Catalog, node: &Node) -> Result<Vec<CopyWork>> {
         .into_iter()
         .filter(|c| picked.contains(&c.copy.id))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use cairn_catalog::model::RequestState;
+
+    use super::*;
+
+    fn request(id: Id, from: Id, to: Id, size: u64) -> CopyRequest {
+        CopyRequest {
+            id,
+            file_id: id,
+            path: format!("f{id}"),
+            size,
+            from_node: format!("n{from}"),
+            to_group: format!("g{to}"),
+            from_node_id: from,
+            to_group_id: to,
+            state: RequestState::Pending,
+            attempts: 0,
+            last_error: None,
+            claimed_by: None,
+            created_at: 0,
+            started_at: None,
+            finished_at: None,
+            bytes: None,
+            seconds: None,
+        }
+    }
+
+    fn shape(work: &[Task]) -> Vec<usize> {
+        work.iter().map(|t| t.keys().len()).collect()
+    }
+
+    #[test]
+    fn small_requests_are_batched_by_source_node_and_destination_group() {
+        let mut small: Vec<CopyRequest> = (0..10).map(|i| request(i, 1, 2, 4096)).collect();
+        small.push(request(10, 3, 2, 4096));
+        small.push(request(11, 1, 4, 4096));
+        small.push(request(12, 1, 4, 4096));
+        let work = batches(small);
+        assert_eq!(shape(&work), vec![10, 1, 2]);
+        assert!(matches!(work[1], Task::Copy { .. }), "a request alone");
+    }
+
+    #[test]
+    fn batches_respect_the_file_and_byte_caps_in_about_equal_parts() {
+        let n = pullbatch::MAX_FILES + 10;
+        let work = batches((0..n as Id).map(|i| request(i, 1, 2, 4096)).collect());
+        assert_eq!(shape(&work), vec![133, 133]);
+        let big = pullbatch::MAX_FILE;
+        let fit = (pullbatch::MAX_BYTES / big) as usize;
+        let work = batches((0..fit as Id + 1).map(|i| request(i, 1, 2, big)).collect());
+        assert_eq!(work.len(), 2);
+        assert!(shape(&work).iter().all(|&k| k <= fit), "{:?}", shape(&work));
+    }
 }

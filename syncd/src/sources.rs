@@ -53,10 +53,10 @@ impl Sources {
         }
     }
 
-    /// Whether this host can carry out a copy request now: it has a node of the destination
-    /// group (the caller checked) and a source.
-    pub fn has_source(&self, cat: &mut Catalog, r: &CopyRequest) -> Result<bool> {
-        Ok(!self.for_request(cat, r)?.is_empty())
+    /// Whether a copy from `source` can go in a batched pull: from another host, over HTTP
+    /// (a copy on this host, or a pull by rsync, goes alone).
+    pub fn pulled_in_batches(&self, source: &Source) -> bool {
+        matches!(source.location, Location::Remote { .. }) && self.method == TransferMethod::Http
     }
 
     /// Where a requested file can be read from, best first.

@@ -7,6 +7,8 @@
 //!
 //! - [`import`]: init, import (by request or automatic) and scan;
 //! - [`copy`]: a copy request, from the choice of destination to the record and auto-actions;
+//! - [`pull_batch`]: many small copy requests, pulled from another host in one request and
+//!   recorded in one transaction;
 //! - [`upkeep`]: verify, release (under the archive-copies rule) and tidy.
 //!
 //! A task sees only [`TaskContext`]: the catalog pool, this host's nodes, the transfer and the
@@ -14,6 +16,7 @@
 
 mod copy;
 mod import;
+mod pull_batch;
 mod upkeep;
 
 pub use import::start_replayer;
@@ -77,6 +80,11 @@ pub enum Task {
     Copy {
         request: CopyRequest,
     },
+    /// Small copy requests from one node into one group, carried out together
+    /// ([`pull_batch`]).
+    CopyBatch {
+        requests: Vec<CopyRequest>,
+    },
     Verify {
         node_id: Id,
         copy: CopyWork,
@@ -100,7 +108,15 @@ impl Task {
         )
     }
 
-    pub fn key(&self) -> Key {
+    /// What this task works on: one key, or one per request of a batch.
+    pub fn keys(&self) -> Vec<Key> {
+        match self {
+            Task::CopyBatch { requests } => requests.iter().map(|r| Key::Copy(r.id)).collect(),
+            _ => vec![self.key()],
+        }
+    }
+
+    fn key(&self) -> Key {
         match self {
             Task::Init { node_id, .. } => Key::Init(*node_id),
             Task::Import { node_id, path, .. } | Task::AutoImport { node_id, path } => {
@@ -108,6 +124,7 @@ impl Task {
             }
             Task::Scan { node_id, path, .. } => Key::Scan(*node_id, path.clone()),
             Task::Copy { request } => Key::Copy(request.id),
+            Task::CopyBatch { requests } => Key::Copy(requests.first().map_or(0, |r| r.id)),
             Task::Verify { copy, .. } | Task::Release { copy, .. } => Key::CopyRow(copy.copy.id),
             Task::Tidy { node_id } => Key::Tidy(*node_id),
         }
@@ -124,6 +141,12 @@ impl Task {
             | Task::Release { node_id, .. }
             | Task::Tidy { node_id } => vec![*node_id],
             Task::Copy { request } => vec![request.from_node_id],
+            Task::CopyBatch { requests } => {
+                let mut nodes: Vec<Id> = requests.iter().map(|r| r.from_node_id).collect();
+                nodes.sort_unstable();
+                nodes.dedup();
+                nodes
+            }
         }
     }
 
@@ -133,6 +156,7 @@ impl Task {
         const SLOW: u64 = 20 * 1024 * 1024;
         let bytes = match self {
             Task::Copy { request } => request.size,
+            Task::CopyBatch { requests } => requests.iter().map(|r| r.size).sum(),
             Task::Verify { copy, .. } => copy.size,
             Task::Scan { .. } => 100 * SLOW * 60,
             _ => 0,
@@ -150,6 +174,11 @@ impl Task {
             Task::Copy { request } => format!(
                 "AFCR#{}: {} -> {}",
                 request.id, request.from_node, request.to_group
+            ),
+            Task::CopyBatch { requests } => format!(
+                "a batch of {} copy requests from AFCR#{}",
+                requests.len(),
+                requests.first().map_or(0, |r| r.id)
             ),
             Task::Verify { copy, .. } => format!("Check file {} on {}", copy.path, copy.copy.node),
             Task::Release { copy, .. } => {
@@ -313,20 +342,28 @@ impl Running {
             *load.entry(n).or_default() += 1;
         }
         drop(load);
-        self.inflight.lock().expect("inflight lock").insert(
-            task.key(),
-            Inflight {
-                started: Instant::now(),
-                limit: task.time_limit(),
-                what: task.describe(),
-                reported: false,
-            },
-        );
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        for (i, key) in task.keys().into_iter().enumerate() {
+            inflight.insert(
+                key,
+                Inflight {
+                    started: Instant::now(),
+                    limit: task.time_limit(),
+                    what: task.describe(),
+                    // A batch is reported once, by its first key.
+                    reported: i > 0,
+                },
+            );
+        }
     }
 
-    /// Records that the task of `key` on `nodes` ended.
-    pub fn finish(&self, key: &Key, nodes: &[Id]) {
-        self.inflight.lock().expect("inflight lock").remove(key);
+    /// Records that the task of `keys` on `nodes` ended.
+    pub fn finish(&self, keys: &[Key], nodes: &[Id]) {
+        let mut inflight = self.inflight.lock().expect("inflight lock");
+        for key in keys {
+            inflight.remove(key);
+        }
+        drop(inflight);
         let mut load = self.node_load.lock().expect("load lock");
         for n in nodes {
             if let Some(c) = load.get_mut(n) {
@@ -406,6 +443,7 @@ pub fn run(ctx: &TaskContext, task: Task) -> Result<()> {
             register_new,
         } => import::scan(ctx, node_id, request, &path, register_new),
         Task::Copy { request } => copy::copy(ctx, request),
+        Task::CopyBatch { requests } => pull_batch::copy_batch(ctx, requests),
         Task::Verify { node_id, copy } => upkeep::verify(ctx, node_id, &copy),
         Task::Release { node_id, copy } => upkeep::release(ctx, node_id, &copy),
         Task::Tidy { node_id } => upkeep::tidy(ctx, node_id),

@@ -4,7 +4,8 @@
 //! from that host's cairnd over HTTP (invariant 5: the receiver runs the transfer), resuming a
 //! partial temp file with `Range`, proving who it is with its certificate (mutual TLS) or,
 //! over plain HTTP, the archive's token ([`PullAuth`]). Either way the rest of the copy task — md5 check, fsync,
-//! rename, record (invariant 2) — is one code path.
+//! rename, record (invariant 2) — is one code path. Small copies from one host can also come
+//! several in one request ([`Transfer::fetch_batch`], format in [`crate::pullbatch`]).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -19,6 +20,7 @@ use tracing::{info, warn};
 
 use crate::metrics::Metrics;
 use crate::percent::percent_encode;
+use crate::pullbatch;
 use cairn_node::copyfile::{self, Copied};
 
 /// Where a source copy's bytes are.
@@ -55,6 +57,38 @@ pub trait Transfer: Send + Sync {
     /// them), fsynced, and returns the whole file's size and md5. Stops with
     /// `ErrorKind::Interrupted` when `cancel` is set.
     fn fetch(&self, source: &Source, tmp: &Path, cancel: &AtomicBool) -> std::io::Result<Copied>;
+
+    /// The host a batched pull of `source` would ask; `None` if `source` is not pulled that
+    /// way (a copy on this host, or a pull by rsync).
+    fn batch_peer(&self, source: &Source) -> Option<Peer>;
+
+    /// Pulls several small copies from `peer` in one request ([`crate::pullbatch`]): each
+    /// item's bytes go into its `tmp` (created or truncated, not fsynced). One result per item,
+    /// in order: an item the peer refused, or that the stream did not deliver, fails alone.
+    /// Stops with `ErrorKind::Interrupted` when `cancel` is set.
+    fn fetch_batch(
+        &self,
+        peer: &Peer,
+        items: &[BatchItem],
+        cancel: &AtomicBool,
+    ) -> Vec<std::io::Result<Copied>>;
+}
+
+/// Another host's cairnd, to pull from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    pub host: String,
+    /// Its `host:port`.
+    pub address: String,
+}
+
+/// One file of a batched pull: the source copy, its size in the catalog, and where its bytes
+/// go.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    pub copy_id: Id,
+    pub size: u64,
+    pub tmp: PathBuf,
 }
 
 /// How this host proves to others that it is a host of the archive when it pulls.
@@ -171,6 +205,147 @@ impl Puller {
         })
     }
 
+    /// The URL scheme and, over plain HTTP, the `Authorization` header of a pull.
+    fn credentials(&self) -> std::io::Result<(&'static str, Option<String>)> {
+        match &self.auth {
+            PullAuth::Certificate => Ok(("https", None)),
+            PullAuth::Token(Some(token)) => Ok(("http", Some(format!("Bearer {token}")))),
+            PullAuth::Token(None) => Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "no transfer token on this host (transfer.token_file)",
+            )),
+        }
+    }
+
+    /// The batched pull of `items` from `peer`, pushing one result per item onto `results`
+    /// as it arrives; an error ends the stream for the items not yet in `results`.
+    fn pull_batch(
+        &self,
+        peer: &Peer,
+        items: &[BatchItem],
+        cancel: &AtomicBool,
+        results: &mut Vec<std::io::Result<Copied>>,
+    ) -> std::io::Result<()> {
+        use std::io::BufRead;
+        let (scheme, bearer) = self.credentials()?;
+        let _slot = self.peers.acquire(&peer.host, cancel)?;
+        let ids: Vec<Id> = items.iter().map(|i| i.copy_id).collect();
+        let url = format!(
+            "{scheme}://{}{}?{}",
+            peer.address,
+            pullbatch::PATH,
+            pullbatch::query(&ids)
+        );
+        let mut req = self.agent.get(&url);
+        if let Some(bearer) = &bearer {
+            req = req.header("Authorization", bearer);
+        }
+        let resp = req.call().map_err(std::io::Error::other)?;
+        let host = &peer.host;
+        match resp.status().as_u16() {
+            200 => {}
+            401 => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!("{host} refused our credentials (401)"),
+                ));
+            }
+            other => {
+                let mut body = String::new();
+                let _ = resp
+                    .into_body()
+                    .into_reader()
+                    .take(300)
+                    .read_to_string(&mut body);
+                return Err(std::io::Error::other(format!(
+                    "{host} answered {other}: {}",
+                    body.trim()
+                )));
+            }
+        }
+        let mut reader = std::io::BufReader::with_capacity(
+            256 << 10,
+            Counted {
+                inner: resp.into_body().into_reader(),
+                limiter: self.limiter.as_ref(),
+                metrics: &self.metrics,
+            },
+        );
+        let cut = |what: String| std::io::Error::new(std::io::ErrorKind::UnexpectedEof, what);
+        let mut line = Vec::with_capacity(128);
+        for item in items {
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::ErrorKind::Interrupted.into());
+            }
+            line.clear();
+            (&mut reader)
+                .take(pullbatch::MAX_HEADER as u64)
+                .read_until(b'\n', &mut line)?;
+            if line.pop() != Some(b'\n') {
+                return Err(cut(format!(
+                    "the batch from {host} ended before copy #{}",
+                    item.copy_id
+                )));
+            }
+            let header = std::str::from_utf8(&line)
+                .ok()
+                .and_then(pullbatch::Header::parse)
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{host} sent a batch header we cannot read"),
+                    )
+                })?;
+            if header.copy_id() != item.copy_id {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "{host} sent copy #{} where #{} was due",
+                        header.copy_id(),
+                        item.copy_id
+                    ),
+                ));
+            }
+            let size = match header {
+                pullbatch::Header::Refused { reason, .. } => {
+                    results.push(Err(std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("{host} refused it: {reason}"),
+                    )));
+                    continue;
+                }
+                pullbatch::Header::File { size, .. } if size > pullbatch::MAX_FILE => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("{host} sent {size} B for copy #{}", item.copy_id),
+                    ));
+                }
+                pullbatch::Header::File { size, .. } => size,
+            };
+            // Small files: read whole, hashed and written in one go (no pipeline to set up).
+            let mut bytes = vec![0; size as usize];
+            reader.read_exact(&mut bytes).map_err(|e| {
+                cut(format!(
+                    "the batch from {host} ended inside copy #{}: {e}",
+                    item.copy_id
+                ))
+            })?;
+            let mut hasher = cairn_catalog::md5::Hasher::new();
+            hasher.update(&bytes);
+            std::fs::write(&item.tmp, &bytes).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot write {}: {e}", item.tmp.display()),
+                )
+            })?;
+            results.push(Ok(Copied {
+                bytes: size,
+                md5: hasher.finish_hex(),
+            }));
+        }
+        Ok(())
+    }
+
     /// Pulls a copy from another host's cairnd into `tmp`, resuming what `tmp` holds.
     fn pull(
         &self,
@@ -178,16 +353,7 @@ impl Puller {
         tmp: &Path,
         cancel: &AtomicBool,
     ) -> std::io::Result<Copied> {
-        let (scheme, bearer) = match &self.auth {
-            PullAuth::Certificate => ("https", None),
-            PullAuth::Token(Some(token)) => ("http", Some(format!("Bearer {token}"))),
-            PullAuth::Token(None) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "no transfer token on this host (transfer.token_file)",
-                ));
-            }
-        };
+        let (scheme, bearer) = self.credentials()?;
         let _slot = self.peers.acquire(host, cancel)?;
         let url = format!(
             "{scheme}://{address}/v1/copy/{}/{}",
@@ -294,6 +460,32 @@ impl Transfer for Puller {
                 (None, _) => self.pull((host, address, node, path, *size), tmp, cancel),
             },
         }
+    }
+
+    fn batch_peer(&self, source: &Source) -> Option<Peer> {
+        match (&source.location, &self.rsync_rsh) {
+            (Location::Remote { host, address, .. }, None) => Some(Peer {
+                host: host.clone(),
+                address: address.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    fn fetch_batch(
+        &self,
+        peer: &Peer,
+        items: &[BatchItem],
+        cancel: &AtomicBool,
+    ) -> Vec<std::io::Result<Copied>> {
+        let mut results = Vec::with_capacity(items.len());
+        if let Err(e) = self.pull_batch(peer, items, cancel, &mut results) {
+            // What the stream did not deliver fails with the error that ended it.
+            while results.len() < items.len() {
+                results.push(Err(std::io::Error::new(e.kind(), e.to_string())));
+            }
+        }
+        results
     }
 }
 

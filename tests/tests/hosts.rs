@@ -1,6 +1,6 @@
 //! Several hosts on one machine, each its own cairnd with its own port, sharing one catalog:
 //! pulls over HTTP, seed 004 across three hosts, resume after a dead source, the HTTP
-//! server's refusals, mutual TLS and the peers it refuses.
+//! server's refusals, mutual TLS and the peers it refuses, small files pulled in batches.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -868,4 +868,179 @@ fn a_pull_that_failed_for_space_completes_at_its_next_attempt_once_space_is_free
     );
     h2.stop();
     disk.umount();
+}
+
+/// The files of `root` under `dir` named `NNNN.dat`, `n` of them, each its own 4 KiB.
+fn small_files(root: &Path, dir: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let path = format!("{dir}/{i:04}.dat");
+            let body: Vec<u8> = (0..4096).map(|b| ((b * 7 + i * 13) % 251) as u8).collect();
+            write_file(root, &path, body);
+            path
+        })
+        .collect()
+}
+
+#[test]
+fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    let paths = small_files(&r1, "2025/01/01", 300);
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(Duration::from_secs(60));
+    for p in &paths {
+        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
+        assert_eq!(
+            md5_file(&r2.join(p)).unwrap(),
+            md5_file(&r1.join(p)).unwrap()
+        );
+    }
+    let (log1, log2) = (h1.log(), h2.log());
+    assert!(log2.contains("Pulling a batch of"), "{log2}");
+    assert!(log1.contains("Served a batch of"), "{log1}");
+    // Far fewer requests than files: none of them went alone.
+    assert!(!log2.contains("Pulling file"), "{log2}");
+    assert!(log2.matches("Pulling a batch of").count() < 10, "{log2}");
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
+#[test]
+fn a_corrupt_file_in_a_batch_fails_alone_and_is_fixed_from_another_source() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
+    let mut h3 = a.host("h3");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h3.node("n3", &[]);
+    for h in [&mut h1, &mut h2, &mut h3] {
+        h.start();
+    }
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    let paths = small_files(&r1, "2025/01/02", 40);
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h3.cairn(&["node", "sync", "n1", "n3", "--force"]);
+    a.wait_idle(T);
+    // One of n1's copies rots; the catalog still says it is healthy.
+    let bad = &paths[17];
+    let want = md5_file(&r1.join(bad)).unwrap();
+    std::fs::write(r1.join(bad), vec![0u8; 4096]).unwrap();
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(Duration::from_secs(60));
+    let log2 = h2.log();
+    assert!(
+        log2.contains("Pulling a batch of 40 files from h1"),
+        "{log2}"
+    );
+    assert!(log2.contains(&format!("Pull of {bad} from node \"n1\" gave wrong bytes")));
+    assert!(log2.contains("(1 failed)"), "{log2}");
+    assert_eq!(a.has("n1", bad), Some(Has::Suspect));
+    for p in &paths {
+        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {log2}");
+    }
+    // The rotten one came from n3, with the right bytes.
+    assert!(
+        log2.contains(&format!("Pulling file {bad} from node \"n3\" on h3")),
+        "{log2}"
+    );
+    assert_eq!(md5_file(&r2.join(bad)).unwrap(), want);
+}
+
+/// A chunked HTTP/1.1 body, decoded.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let eol = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("a chunk size");
+        let size = usize::from_str_radix(std::str::from_utf8(&raw[..eol]).unwrap().trim(), 16)
+            .expect("a hex chunk size");
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[eol + 2 + size + 2..];
+    }
+}
+
+#[test]
+fn a_batch_needs_the_token_and_serves_only_healthy_copies_inside_their_root() {
+    use cairn_catalog::catalog::NewFile;
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let r1 = h1.node("n1", &[]);
+    h1.start();
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    write_file(&r1, "2025/01/01/ok.dat", "served\n");
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    // A registered copy whose directory leads out of the root.
+    let outside = a.dir.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), "root:x:0:0\n").unwrap();
+    std::os::unix::fs::symlink(&outside, r1.join("2025/linkdir")).unwrap();
+    let mut cat = a.catalog();
+    let (ok, escapes) = cat
+        .write(|tx| {
+            let n = tx.node("n1")?;
+            let f = tx.file_by_path("2025/01/01/ok.dat")?.expect("registered");
+            let ok = tx.copy_on(f.id, n.id)?.expect("a copy").id;
+            let (f, _) = tx.register_file(
+                &NewFile {
+                    path: "2025/linkdir/passwd".to_owned(),
+                    acq: "x".into(),
+                    size: 11,
+                    md5: cairn_catalog::md5::md5_hex(b"root:x:0:0\n"),
+                    mtime: 0,
+                    own: Default::default(),
+                },
+                1,
+            )?;
+            let escapes = tx.record_copy(f.id, n.id, Has::Yes, None, 1)?;
+            Ok((ok, escapes))
+        })
+        .unwrap();
+    let path = format!("/v1/batch?copies={ok},{escapes},999999,{ok}");
+    let auth = format!("Bearer {}", a.token());
+    for bad in [None, Some("Bearer wrong")] {
+        let headers: Vec<(&str, &str)> = bad.map(|b| ("Authorization", b)).into_iter().collect();
+        let (status, _, body) = http_get(&h1.address, &path, &headers);
+        assert_eq!(status, 401);
+        assert!(!String::from_utf8_lossy(&body).contains("served"));
+    }
+    for bad in ["/v1/batch", "/v1/batch?copies=", "/v1/batch?copies=1,x"] {
+        let (status, _, _) = http_get(&h1.address, bad, &[("Authorization", &auth)]);
+        assert_eq!(status, 400, "{bad}");
+    }
+    let (status, _, raw) = http_get(&h1.address, &path, &[("Authorization", &auth)]);
+    assert_eq!(status, 200);
+    let body = String::from_utf8(dechunk(&raw)).unwrap();
+    let md5 = cairn_catalog::md5::md5_hex(b"served\n");
+    let lines: Vec<&str> = body.split_inclusive('\n').collect();
+    assert_eq!(lines.len(), 6, "{body}");
+    assert_eq!(lines[0], format!("{ok} 7 {md5}\n"));
+    assert_eq!(lines[1], "served\n");
+    assert!(
+        lines[2].starts_with(&format!("{escapes} - ")) && lines[2].contains("outside the root"),
+        "{body}"
+    );
+    assert!(lines[3].starts_with("999999 - "), "{body}");
+    assert_eq!(lines[4], format!("{ok} 7 {md5}\n"));
+    assert_eq!(lines[5], "served\n");
+    assert!(!body.contains("root:x"), "{body}");
 }

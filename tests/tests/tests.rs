@@ -8,7 +8,8 @@
 //!   locked or its WAL unwritable, a name too long for the node.
 //! - `hosts`: several hosts pulling from each other over HTTP: seed 004 across three hosts,
 //!   resume after a dead source, corrupt remote sources, the HTTP server's refusals, mutual
-//!   TLS and the peers it refuses.
+//!   TLS and the peers it refuses, batched pulls of small files (a corrupt one among them,
+//!   the batch endpoint's refusals).
 //! - `mount`: cairnfs mounted for real (FUSE), against its catalog and cairnd.
 //! - `programs`: real programs writing into the mount (cp, install, rsync, tar, unzip, dd,
 //!   the shell, Python's shutil, numpy, h5py, astropy), 20 runs each.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::Arrival;
-use cairn_catalog::model::{CopyRequest, Has, Id, IoClass, Node, NodeKind, RequestState};
+use cairn_catalog::model::{CopyRequest, File, Has, Id, IoClass, Node, NodeKind, RequestState};
 use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
 use cairn_node::copyfile;
@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 
 use super::{TaskContext, log_effects};
 use crate::metrics::Metrics;
-use crate::transfer::Location;
+use crate::transfer::{Location, Source};
 
 pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
     ctx.pool.with(|cat| {
@@ -36,19 +36,34 @@ pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
             "Beginning task AFCR#{}: {} -> {}",
             r.id, r.from_node, r.to_group
         );
-        match copy_claimed(ctx, cat, &r) {
-            Ok(()) => Ok(()),
-            Err(CopyFailure::Cancelled) => {
-                cat.write(|tx| tx.unclaim_copy_request(r.id))?;
-                Ok(())
-            }
-            Err(CopyFailure::Failed(reason)) => retry_later(ctx, cat, &r, &reason, false),
-            // A source that sent wrong bytes is marked suspect and no longer chosen: the next
-            // attempt may start at once, from another copy.
-            Err(CopyFailure::BadSource(reason)) => retry_later(ctx, cat, &r, &reason, true),
-            Err(CopyFailure::Catalog(e)) => Err(e),
-        }
+        let outcome = prepare(ctx, cat, &r, &mut Spaces::new()).and_then(|p| match p {
+            Prepared::Found => Ok(()),
+            Prepared::Pull(pull) => pull_one(ctx, cat, &r, *pull),
+        });
+        settle(ctx, cat, &r, outcome)
     })
+}
+
+/// Records how an attempt of claimed request `r` ended: nothing more on success, the request
+/// given back if cancelled, a retry (or failure for good) otherwise.
+pub(super) fn settle(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    outcome: Result<(), CopyFailure>,
+) -> Result<()> {
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(CopyFailure::Cancelled) => {
+            cat.write(|tx| tx.unclaim_copy_request(r.id))?;
+            Ok(())
+        }
+        Err(CopyFailure::Failed(reason)) => retry_later(ctx, cat, r, &reason, false),
+        // A source that sent wrong bytes is marked suspect and no longer chosen: the next
+        // attempt may start at once, from another copy.
+        Err(CopyFailure::BadSource(reason)) => retry_later(ctx, cat, r, &reason, true),
+        Err(CopyFailure::Catalog(e)) => Err(e),
+    }
 }
 
 /// Records a failed attempt: retried after a growing backoff (at once if `now`), or failed
@@ -85,7 +100,7 @@ fn backoff(base: i64, attempts: u32) -> i64 {
     (base << attempts.saturating_sub(1).min(12)).min(3600)
 }
 
-enum CopyFailure {
+pub(super) enum CopyFailure {
     Cancelled,
     Failed(String),
     /// The source delivered wrong bytes (it is marked suspect now).
@@ -105,7 +120,45 @@ impl From<cairn_catalog::CatalogError> for CopyFailure {
     }
 }
 
-fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result<(), CopyFailure> {
+/// What a claimed request needs after [`prepare`].
+pub(super) enum Prepared {
+    /// The pre-pull search found the file in place; it is recorded.
+    Found,
+    /// A pull to make.
+    Pull(Box<Pull>),
+}
+
+/// A pull ready to start: the file, where it goes, and the source chosen.
+pub(super) struct Pull {
+    pub file: File,
+    pub dest: Node,
+    pub root: PathBuf,
+    pub final_path: PathBuf,
+    pub source: Source,
+    /// The partial pull of an earlier attempt, if one is there (`.part`, for resume).
+    pub part: Option<PathBuf>,
+    pub t0: Instant,
+}
+
+impl Pull {
+    /// Whether the destination disk is still the node's (its marker says so).
+    pub fn still_there(&self, ctx: &TaskContext) -> bool {
+        NodeRoot::new(&self.root).check(&self.dest.name, &ctx.host.catalog_id) == RootState::Ready
+    }
+}
+
+/// The space of destination nodes, as known to the requests prepared so far (each counts the
+/// ones before it); empty for a single copy.
+pub(super) type Spaces = std::collections::HashMap<Id, NodeSpace>;
+
+/// The steps of a copy before the transfer: destination, pre-pull search, what is in the
+/// way, space (from `spaces` if it has the node), source.
+pub(super) fn prepare(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    spaces: &mut Spaces,
+) -> Result<Prepared, CopyFailure> {
     let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
     let dest = choose_destination(ctx, cat, r)?;
     let root = PathBuf::from(dest.root.clone().unwrap_or_default());
@@ -133,7 +186,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
             file.path, dest.name
         );
         record_arrival(ctx, cat, r, &dest, file.size, t0)?;
-        return Ok(());
+        return Ok(Prepared::Found);
     }
     // Something else is at the archive name. Overwrite it only if it is this file's own copy
     // gone bad; a file the catalog does not know is not cairn's to touch (invariant 6).
@@ -160,23 +213,67 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
         use std::os::unix::fs::MetadataExt;
         m.blocks() * 512
     });
-    let space = node_space(cat, &dest)?.holding(held);
+    // The node's space once per batch: asking the catalog sums all the node's copies.
+    let known = match spaces.get(&dest.id) {
+        Some(s) => *s,
+        None => node_space(cat, &dest)?,
+    };
+    let space = known.holding(held);
     if let Err(no) = rules::fits(&space, file.size) {
         return Err(CopyFailure::Failed(format!(
             "node \"{}\" has no room: {no}",
             dest.name
         )));
     }
+    // What this pull will take counts against the next file of the batch.
+    spaces.insert(
+        dest.id,
+        NodeSpace {
+            used_by_copies: known.used_by_copies + file.size,
+            avail: known.avail.map(|a| a.saturating_sub(file.size)),
+            ..known
+        },
+    );
     let Some(source) = ctx.sources.for_request(cat, r)?.into_iter().next() else {
         return Err(CopyFailure::Cancelled);
     };
+    Ok(Prepared::Pull(Box::new(Pull {
+        file,
+        dest,
+        root,
+        final_path,
+        source,
+        part: (held > 0).then_some(part),
+        t0,
+    })))
+}
+
+/// Pulls or copies one file on its own: resumable from another host, md5-checked, fsynced,
+/// installed and recorded.
+pub(super) fn pull_one(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    pull: Pull,
+) -> Result<(), CopyFailure> {
+    let still_there = || pull.still_there(ctx);
+    let Pull {
+        file,
+        dest,
+        root,
+        final_path,
+        source,
+        part,
+        t0: _,
+    } = &pull;
+    let t0 = pull.t0;
     let remote_host = match &source.location {
         Location::Remote { host, .. } => Some(host.clone()),
         Location::Local(_) => None,
     };
-    if remote_host.is_none() && held > 0 {
+    if let (None, Some(part)) = (&remote_host, part) {
         // A local copy starts over: the partial pull would only take room.
-        match std::fs::remove_file(&part) {
+        match std::fs::remove_file(part) {
             Ok(()) => info!(
                 "Removed the partial pull of {} on node \"{}\": copying from this host.",
                 file.path, dest.name
@@ -188,7 +285,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
     // A pull from another host may be resumed, so its temp file (`.part`) outlives a failed
     // attempt; a local copy starts over, and its temp file (`.tmp`) is a leftover once the
     // copy is not running.
-    let tmp = NodeRoot::new(&root).incoming(Incoming {
+    let tmp = NodeRoot::new(root).incoming(Incoming {
         request: r.id,
         resumable: remote_host.is_some(),
     });
@@ -206,7 +303,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
             .as_deref()
             .map(|h| format!(" on {h}"))
             .unwrap_or_default(),
-        ctx.transfer.method(&source)
+        ctx.transfer.method(source)
     );
     // The copy stops at its next chunk when cairnd shuts down or its request is cancelled.
     let stop = AtomicBool::new(false);
@@ -214,7 +311,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
     let fetched = std::thread::scope(|s| {
         let (done, finished) = std::sync::mpsc::channel::<()>();
         s.spawn(|| watch_request(ctx, r.id, finished, &stop, &withdrawn));
-        let fetched = ctx.transfer.fetch(&source, tmp.path(), &stop);
+        let fetched = ctx.transfer.fetch(source, tmp.path(), &stop);
         drop(done);
         fetched
     });
@@ -286,7 +383,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
     {
         info!("Creating directory \"{}\".", parent.display());
     }
-    copyfile::install(tmp.path(), &final_path).map_err(|e| {
+    copyfile::install(tmp.path(), final_path).map_err(|e| {
         CopyFailure::Failed(format!(
             "cannot move into place at {}: {e}",
             final_path.display()
@@ -294,7 +391,7 @@ fn copy_claimed(ctx: &TaskContext, cat: &mut Catalog, r: &CopyRequest) -> Result
     })?;
     tmp.keep();
     note_peer(true);
-    record_arrival(ctx, cat, r, &dest, copied.bytes, t0)?;
+    record_arrival(ctx, cat, r, dest, copied.bytes, t0)?;
     let secs = t0.elapsed().as_secs_f64();
     info!(
         "Pull of {} complete. Transferred {} in {:.1}s [{}/s]",

@@ -1,0 +1,183 @@
+//! `GET /v1/batch?copies=…`: the serving side of a batched pull (the format is in
+//! [`crate::pullbatch`]).
+//!
+//! Each copy of a batch passes the checks of a single pull: a healthy copy, in the catalog,
+//! of a node available on this host, opened with `O_NOFOLLOW` and refused if it resolves
+//! outside its node's root. A copy that fails them is refused alone (a header with the reason,
+//! no bytes); the others are served. The files are read on one blocking thread, one after
+//! another, and handed to the connection through a short channel, so a slow reader holds at
+//! most a few files in memory.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame};
+use hyper::header::CONTENT_TYPE;
+use hyper::{Response, StatusCode};
+use tracing::{info, warn};
+
+use cairn_catalog::model::{Has, Id};
+
+use super::{ResBody, Server, open_confined};
+use crate::metrics::Metrics;
+use crate::pullbatch::{Header, MAX_FILE};
+
+/// The response to a batch request for `ids` (already authorised): the files stream as they
+/// are read.
+pub(super) fn serve(server: Arc<Server>, peer: SocketAddr, ids: Vec<Id>) -> Response<ResBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::task::spawn_blocking(move || produce(&server, peer, &ids, &tx));
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/x-cairn-batch")
+        .body(ChannelBody { rx }.boxed())
+        .expect("a valid response")
+}
+
+/// A copy the catalog lets this host serve: its node's name and root, and the file.
+struct Servable {
+    node: String,
+    root: PathBuf,
+    path: String,
+    md5: String,
+}
+
+/// Looks up every copy of the batch in one read; each a copy to serve or why not.
+fn lookup(server: &Server, ids: &[Id]) -> Vec<Result<Servable, String>> {
+    let available = server.nodes.available();
+    let found = server.pool.with(|cat| {
+        cat.read(|tx| {
+            let mut out = Vec::with_capacity(ids.len());
+            for &id in ids {
+                let Some(copy) = tx.copy_by_id(id)? else {
+                    out.push(Err(format!("copy #{id} is not in the catalog")));
+                    continue;
+                };
+                let Some(node) = available.iter().find(|n| n.id == copy.node_id) else {
+                    out.push(Err(format!(
+                        "node {:?} of copy #{id} is not available on this host",
+                        copy.node
+                    )));
+                    continue;
+                };
+                if copy.has != Has::Yes {
+                    out.push(Err(format!(
+                        "copy #{id} on node {:?} is not healthy",
+                        copy.node
+                    )));
+                    continue;
+                }
+                let f = tx.file_by_id(copy.file_id)?;
+                out.push(Ok(Servable {
+                    node: node.name.clone(),
+                    root: PathBuf::from(node.root.clone().unwrap_or_default()),
+                    path: f.path,
+                    md5: f.md5,
+                }));
+            }
+            Ok(out)
+        })
+    });
+    match found {
+        Ok(found) => found,
+        Err(e) => {
+            let why = format!("the catalog failed: {e:#}");
+            ids.iter().map(|_| Err(why.clone())).collect()
+        }
+    }
+}
+
+/// Reads the whole copy, confined to its root like a single pull, if it is small enough.
+fn read(c: &Servable) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    match cairn_catalog::catalog::normalize_path(&c.path) {
+        Ok(p) if p == c.path => {}
+        _ => return Err(format!("{:?} is not an archive path", c.path)),
+    }
+    let (file, size) = open_confined(&c.root, &c.path, &c.node).map_err(|(_, why)| why)?;
+    if size > MAX_FILE {
+        return Err(format!(
+            "{:?} is {size} B, too large for a batch (at most {MAX_FILE} B)",
+            c.path
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {:?}: {e}", c.path))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!("{:?} grew too large for a batch", c.path));
+    }
+    Ok(bytes)
+}
+
+/// Sends each file of the batch, or its refusal, in the order asked; stops when the client
+/// goes away.
+fn produce(
+    server: &Server,
+    peer: SocketAddr,
+    ids: &[Id],
+    tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+) {
+    let (mut served, mut refused) = (0usize, 0usize);
+    for (&copy_id, found) in ids.iter().zip(lookup(server, ids)) {
+        let frame = match found.and_then(|c| read(&c).map(|b| (c, b))) {
+            Ok((c, bytes)) => {
+                let header = Header::File {
+                    copy_id,
+                    size: bytes.len() as u64,
+                    md5: c.md5,
+                };
+                let mut frame = header.encode().into_bytes();
+                frame.extend_from_slice(&bytes);
+                served += 1;
+                Metrics::add(&server.metrics.copies_served, 1);
+                Metrics::add(&server.metrics.bytes_sent, bytes.len() as u64);
+                frame
+            }
+            Err(reason) => {
+                refused += 1;
+                Metrics::add(&server.metrics.requests_refused, 1);
+                warn!("Refused copy #{copy_id} of a batch to {peer}: {reason}.");
+                Header::Refused { copy_id, reason }.encode().into_bytes()
+            }
+        };
+        if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
+            warn!("{peer} left in the middle of a batch ({served} copies sent).");
+            return;
+        }
+    }
+    info!(
+        "Served a batch of {served} copies to {peer}{}.",
+        if refused > 0 {
+            format!(" ({refused} refused)")
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// A response body fed by the thread that reads the files.
+struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Result<Bytes, std::io::Error>>,
+}
+
+impl Body for ChannelBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        self.get_mut()
+            .rx
+            .poll_recv(cx)
+            .map(|next| next.map(|r| r.map(Frame::data)))
+    }
+}

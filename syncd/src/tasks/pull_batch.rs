@@ -1,0 +1,281 @@
+//! A batch of small copy requests carried out together: claimed in one transaction, each
+//! prepared like a single copy (destination, pre-pull search, space, source), those whose
+//! source is on another host pulled from it in one HTTP request per host
+//! ([`crate::pullbatch`]), md5-checked one by one as they arrive, then made durable with one
+//! `syncfs` of the node, installed, their names made durable with a second `syncfs`, and
+//! recorded in one transaction.
+//!
+//! A file that fails (refused by the source, wrong bytes, cut off) fails alone, the way a
+//! single pull does: wrong bytes mark the source copy suspect and the request is retried at
+//! once from another source; anything else is retried after the backoff. Requests that
+//! cannot be batched (a source on this host, rsync) are carried out one by one, as single
+//! copies.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use cairn_catalog::Catalog;
+use cairn_catalog::catalog::Arrival;
+use cairn_catalog::model::{CopyRequest, Has};
+use cairn_catalog::units::{format_size, now};
+use cairn_node::copyfile;
+use cairn_node::root::{Incoming, NodeRoot};
+use cairn_node::temp::TempFile;
+use tracing::{debug, error, info, warn};
+
+use super::copy::{self, CopyFailure, Prepared, Pull};
+use super::{TaskContext, log_effects};
+use crate::metrics::Metrics;
+use crate::pullbatch::MAX_FILE;
+use crate::transfer::{BatchItem, Peer};
+
+pub(super) fn copy_batch(ctx: &TaskContext, requests: Vec<CopyRequest>) -> Result<()> {
+    ctx.pool.with(|cat| {
+        let ids: Vec<_> = requests.iter().map(|r| r.id).collect();
+        let won = cat.write(|tx| tx.claim_copy_requests(&ids, &ctx.host.name, now()))?;
+        let won: Vec<CopyRequest> = requests
+            .into_iter()
+            .filter(|r| won.contains(&r.id))
+            .collect();
+        if won.is_empty() {
+            return Ok(());
+        }
+        info!(
+            "Beginning a batch of {} copy requests (AFCR#{}…): {} -> {}",
+            won.len(),
+            won[0].id,
+            won[0].from_node,
+            won[0].to_group
+        );
+        let mut by_peer: HashMap<Peer, Vec<(CopyRequest, Pull)>> = HashMap::new();
+        let mut singles = Vec::new();
+        let mut spaces = copy::Spaces::new();
+        for r in won {
+            if ctx.is_cancelled() {
+                copy::settle(ctx, cat, &r, Err(CopyFailure::Cancelled))?;
+                continue;
+            }
+            match copy::prepare(ctx, cat, &r, &mut spaces) {
+                Ok(Prepared::Found) => {}
+                Ok(Prepared::Pull(pull)) => match ctx.transfer.batch_peer(&pull.source) {
+                    Some(peer) if pull.file.size <= MAX_FILE => {
+                        by_peer.entry(peer).or_default().push((r, *pull))
+                    }
+                    _ => singles.push((r, *pull)),
+                },
+                Err(f) => copy::settle(ctx, cat, &r, Err(f))?,
+            }
+        }
+        for (peer, group) in by_peer {
+            pull_from(ctx, cat, &peer, group)?;
+        }
+        for (r, pull) in singles {
+            let outcome = if ctx.is_cancelled() {
+                Err(CopyFailure::Cancelled)
+            } else {
+                copy::pull_one(ctx, cat, &r, pull)
+            };
+            copy::settle(ctx, cat, &r, outcome)?;
+        }
+        Ok(())
+    })
+}
+
+/// A file of the batch in flight: its request, its pull, its temp file.
+struct InFlight {
+    r: CopyRequest,
+    pull: Pull,
+    tmp: TempFile,
+}
+
+/// Pulls `group` from `peer` in one request, then installs and records what arrived intact.
+/// Only a catalog failure is an error; each file's own failure is settled here.
+fn pull_from(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    peer: &Peer,
+    group: Vec<(CopyRequest, Pull)>,
+) -> Result<()> {
+    let t0 = Instant::now();
+    let mut flight = Vec::with_capacity(group.len());
+    for (r, pull) in group {
+        // A partial single pull of an earlier attempt is not resumed by a batch.
+        if let Some(part) = &pull.part {
+            let _ = std::fs::remove_file(part);
+        }
+        let tmp = NodeRoot::new(&pull.root).incoming(Incoming {
+            request: r.id,
+            resumable: false,
+        });
+        if let Some(parent) = tmp.parent()
+            && let Err(e) = std::fs::create_dir_all(parent)
+        {
+            let why = format!("cannot create {}: {e}", parent.display());
+            copy::settle(ctx, cat, &r, Err(CopyFailure::Failed(why)))?;
+            continue;
+        }
+        flight.push(InFlight {
+            r,
+            pull,
+            tmp: TempFile::new(tmp),
+        });
+    }
+    if flight.is_empty() {
+        return Ok(());
+    }
+    let items: Vec<BatchItem> = flight
+        .iter()
+        .map(|f| BatchItem {
+            copy_id: f.pull.source.copy_id,
+            size: f.pull.file.size,
+            tmp: f.tmp.path().to_path_buf(),
+        })
+        .collect();
+    info!(
+        "Pulling a batch of {} files from {} ({}) using http",
+        items.len(),
+        peer.host,
+        format_size(items.iter().map(|i| i.size).sum())
+    );
+    let results = ctx.transfer.fetch_batch(peer, &items, &ctx.cancel);
+
+    // Each file checked on its own; the intact ones go on together.
+    let mut intact = Vec::with_capacity(flight.len());
+    let mut failed = 0;
+    for (f, result) in flight.into_iter().zip(results) {
+        let (file, source) = (&f.pull.file, &f.pull.source);
+        let outcome = match result {
+            _ if ctx.is_cancelled() => Err(CopyFailure::Cancelled),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(CopyFailure::Cancelled),
+            Err(e) => Err(CopyFailure::Failed(format!(
+                "cannot copy from node \"{}\" (batch): {e}",
+                source.node
+            ))),
+            Ok(c) if c.md5 != file.md5 || c.bytes != file.size => {
+                Metrics::add(&ctx.metrics.md5_mismatches, 1);
+                cat.write(|tx| tx.mark_copy(source.copy_id, Has::Suspect, now()))?;
+                error!(
+                    "Pull of {} from node \"{}\" gave wrong bytes ({} B, md5 {}; expected {} \
+                     B, md5 {}): copy there marked suspect.",
+                    file.path, source.node, c.bytes, c.md5, file.size, file.md5
+                );
+                Err(CopyFailure::BadSource(format!(
+                    "md5 mismatch from node \"{}\" (marked suspect)",
+                    source.node
+                )))
+            }
+            Ok(c) => {
+                intact.push((f, c.bytes));
+                continue;
+            }
+        };
+        if !matches!(outcome, Err(CopyFailure::Cancelled)) {
+            failed += 1;
+        }
+        copy::settle(ctx, cat, &f.r, outcome)?;
+    }
+    if failed > 0 {
+        ctx.sources.note_pull(&peer.host, false);
+    }
+    if intact.is_empty() {
+        return Ok(());
+    }
+
+    // Invariant 2, for the whole batch: the data on disk before any gets its archive name
+    // (one syncfs per destination file system), the names on disk before any is recorded.
+    let roots = distinct_roots(&intact);
+    if let Err(why) = sync_roots(&roots) {
+        for (f, _) in intact {
+            copy::settle(ctx, cat, &f.r, Err(CopyFailure::Failed(why.clone())))?;
+        }
+        return Ok(());
+    }
+    let mut installed = Vec::with_capacity(intact.len());
+    for (f, bytes) in intact {
+        let outcome = if !f.pull.still_there(ctx) {
+            Err(CopyFailure::Failed(format!(
+                "node \"{}\" went away during the copy (its disk is no longer at {})",
+                f.pull.dest.name,
+                f.pull.root.display()
+            )))
+        } else {
+            copyfile::install_deferred(f.tmp.path(), &f.pull.final_path).map_err(|e| {
+                CopyFailure::Failed(format!(
+                    "cannot move into place at {}: {e}",
+                    f.pull.final_path.display()
+                ))
+            })
+        };
+        match outcome {
+            Ok(()) => {
+                f.tmp.keep();
+                installed.push((f.r, f.pull, bytes));
+            }
+            Err(e) => copy::settle(ctx, cat, &f.r, Err(e))?,
+        }
+    }
+    if installed.is_empty() {
+        return Ok(());
+    }
+    if let Err(why) = sync_roots(&roots) {
+        // The names may not survive a crash: not recorded, retried (the pre-pull search
+        // then finds the files in place).
+        for (r, _, _) in installed {
+            copy::settle(ctx, cat, &r, Err(CopyFailure::Failed(why.clone())))?;
+        }
+        return Ok(());
+    }
+    ctx.sources.note_pull(&peer.host, true);
+    let seconds = t0.elapsed().as_secs_f64();
+    let arrivals: Vec<Arrival> = installed
+        .iter()
+        .map(|(r, pull, bytes)| Arrival {
+            request: r.id,
+            file_id: r.file_id,
+            node_id: pull.dest.id,
+            bytes: *bytes,
+            seconds: pull.t0.elapsed().as_secs_f64(),
+        })
+        .collect();
+    let effects = cat.write(|tx| tx.record_arrivals(&arrivals, now()))?;
+    let total: u64 = installed.iter().map(|(_, _, b)| b).sum();
+    for ((r, _, _), fired) in installed.iter().zip(&effects) {
+        debug!("Pull of {} complete (batch).", r.path);
+        log_effects(&r.path, fired);
+    }
+    info!(
+        "Batch of {} files from {} complete{}. Transferred {} in {:.1}s [{:.0} files/s]",
+        installed.len(),
+        peer.host,
+        if failed > 0 {
+            format!(" ({failed} failed)")
+        } else {
+            String::new()
+        },
+        format_size(total),
+        seconds,
+        installed.len() as f64 / seconds.max(1e-3)
+    );
+    Ok(())
+}
+
+/// The destination roots of `files`, each once.
+fn distinct_roots(files: &[(InFlight, u64)]) -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = files.iter().map(|(f, _)| f.pull.root.clone()).collect();
+    roots.sort();
+    roots.dedup();
+    roots
+}
+
+/// `syncfs` of each root's file system.
+fn sync_roots(roots: &[PathBuf]) -> Result<(), String> {
+    for root in roots {
+        if let Err(e) = copyfile::sync_fs(root) {
+            warn!("Cannot sync the file system of {}: {e}", root.display());
+            return Err(format!("cannot sync {}: {e}", root.display()));
+        }
+    }
+    Ok(())
+}
