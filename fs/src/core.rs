@@ -11,6 +11,7 @@
 //! Lock order: a local's lock, then any part's lock; no part's lock is held while another
 //! part's is taken.
 
+mod found;
 mod import;
 mod list;
 mod perm;
@@ -150,6 +151,8 @@ pub struct Core {
     /// meanwhile what can wait here does so at once instead of trying first. The import
     /// thread's retries find out when it is back.
     catalog_down: Mutex<Option<Instant>>,
+    /// What was last seen of the files cairnd keeps waiting on this host's nodes.
+    found: found::FoundCheck,
     cancel: AtomicBool,
 }
 
@@ -189,6 +192,7 @@ impl Core {
             journal: None,
             owner: Owner::me(),
             catalog_down: Mutex::new(None),
+            found: found::FoundCheck::default(),
             cancel: AtomicBool::new(false),
         };
         let mut core = core;
@@ -368,6 +372,7 @@ impl Core {
     fn find(&self, parent: u64, name: &OsStr) -> Result<Attr> {
         let dir_id = self.dir_id(parent)?;
         let name = name_str(name)?;
+        self.refresh_found(dir_id);
         let local = self.locals.by_name(dir_id, name);
         // A file being written here shadows nothing and nothing shadows it; a file merely
         // kept on the write node yields to an archived one of the same name (cairnd may have

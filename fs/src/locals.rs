@@ -54,6 +54,9 @@ pub enum LocalKind {
     /// A file on the write node that is not imported: a `.` name, or one the `[import]` rules
     /// skip. Renaming it to a plain name imports it.
     Kept,
+    /// A file cairnd found on one of this host's nodes (auto-import, scan) and keeps waiting
+    /// for the catalog (a cut link): shown read-only, `pending`, until it is registered.
+    Found,
 }
 
 #[derive(Debug)]
@@ -227,6 +230,16 @@ impl Locals {
         l.dir_id = dir_id;
         l.dir_path = dir_path.to_owned();
         l.name = name.to_owned();
+    }
+
+    /// Every local of `kind`.
+    pub fn of_kind(&self, kind: LocalKind) -> Vec<LocalRef> {
+        // The table's lock is let go before a local's is taken (the order elsewhere is the
+        // local's, then the table's).
+        let all: Vec<LocalRef> = self.table().by_ino.values().cloned().collect();
+        all.into_iter()
+            .filter(|l| l.lock().expect("local").kind == kind)
+            .collect()
     }
 
     /// The locals of directory `dir_id`.

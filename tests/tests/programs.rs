@@ -275,6 +275,29 @@ fn rsync_a_archives_a_tree_and_a_second_run_changes_nothing() {
     s.finish(3 * RUNS);
 }
 
+/// What `rsync` does, with the kernel's release of the file arriving after the rename (it
+/// may: the release of a closed file is passed on asynchronously): written under a temporary
+/// dot name, renamed to its own name while still open, then closed. Archived under its name.
+#[test]
+fn a_temporary_file_renamed_before_its_last_handle_goes_is_archived() {
+    use std::io::Write;
+    let Some(s) = site() else { return };
+    std::fs::create_dir_all(s.m.path("renamed")).unwrap();
+    let mut files = Vec::new();
+    for i in 0..RUNS {
+        let data = bytes(i, 1000 + i * 300);
+        let tmp = s.m.path(&format!("renamed/.f{i}.dat.XyZ12"));
+        let rel = format!("renamed/f{i}.dat");
+        let mut f = std::fs::File::create(&tmp).unwrap();
+        f.write_all(&data).unwrap();
+        std::fs::rename(&tmp, s.m.path(&rel)).unwrap();
+        drop(f);
+        files.push((rel, data));
+    }
+    s.check("write, rename, close", &files);
+    s.finish(RUNS);
+}
+
 // [S22]
 #[test]
 fn tar_x_then_ls_shows_every_file_at_once() {

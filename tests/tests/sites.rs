@@ -734,6 +734,8 @@ fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
     wait_until(Duration::from_secs(30), "auto-import watch", || {
         far.log().contains("for auto import")
     });
+    // What the field node imports is copied to the archive's vault.
+    near.cairn(&["group", "autosync", "vault", "field"]);
     write_file(&field, "2025/06/01/before.dat", b"before the cut\n");
     wait_until(
         Duration::from_secs(30),
@@ -780,6 +782,31 @@ fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
     wait_until(Duration::from_secs(30), "the archive's f000", || {
         archive.has("vault", "2025/06/02/f000.dat") == Some(Has::Yes)
     });
+    // The site's mount, started during the cut, shows them: listed, readable, pending with
+    // their md5s, in the directory the catalog does not have yet.
+    let m = far.mount(Some("field"));
+    let listed: std::collections::BTreeSet<String> = std::fs::read_dir(m.path("2025/06/02"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed.len(), n, "{listed:?}");
+    for i in [0, 5, n - 1] {
+        let rel = format!("2025/06/02/f{i:03}.dat");
+        assert_eq!(std::fs::read_to_string(m.path(&rel)).unwrap(), data(i));
+        assert_eq!(m.xattr(&rel, "state").as_deref(), Ok("pending"), "{rel}");
+        assert_eq!(
+            m.xattr(&rel, "md5"),
+            Ok(cairn_catalog::md5::md5_hex(data(i).as_bytes())),
+            "{rel}"
+        );
+    }
+    // Read-only meanwhile.
+    assert!(
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(m.path("2025/06/02/f005.dat"))
+            .is_err()
+    );
     // cairnd is killed during the cut and started again, still cut.
     far.kill9();
     far.start();
@@ -824,12 +851,35 @@ fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
     assert!(!field.join("2025/06/02/f000.dat").exists());
     let listed = far.cairn(&["file", "conflicts"]);
     assert!(listed.contains(&kept.path), "{listed}");
-    assert_eq!(
-        cairn_node::waiting::WaitingList::peek(&field)
-            .unwrap()
-            .map(|s| s.files),
-        Some(0)
+    // The mount shows the catalog's files now: the archive's f000 at its path, this site's
+    // kept aside, and the rest archived.
+    wait_until(
+        Duration::from_secs(10),
+        "the mount shows what the catalog has",
+        || {
+            std::fs::read_to_string(m.path("2025/06/02/f000.dat"))
+                .ok()
+                .as_deref()
+                == Some("the archive's own f000\n")
+                && m.xattr("2025/06/02/f005.dat", "state")
+                    .is_ok_and(|s| s != "pending")
+                && std::fs::read_to_string(m.path(&kept.path)).ok() == Some(data(0))
+        },
     );
+    drop(m);
+    // And the auto-sync rule copies them to the archive: the file from before, every file
+    // written during the cut, this site's f000 kept aside (the archive's own is there).
+    wait_until(Duration::from_secs(60), "the vault has them all", || {
+        archive.on("vault").0 == n as u64 + 2
+    });
+    // Nothing is left waiting (what else registered meanwhile, the replayer finds there).
+    wait_until(Duration::from_secs(10), "the waiting list empty", || {
+        cairn_node::waiting::WaitingList::peek(&field)
+            .ok()
+            .flatten()
+            .map(|s| s.files)
+            == Some(0)
+    });
     far.stop();
     near.stop();
 }

@@ -52,6 +52,7 @@ impl Core {
     /// listing if it is younger than the TTL) and this host's own files in it.
     pub(super) fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
         let archived = self.catalog_listing(dir_id)?;
+        self.refresh_found(dir_id);
         let locals = self.locals.in_dir(dir_id);
         let dirs = self.localdirs.in_dir(dir_id);
         if locals.is_empty() && dirs.is_empty() {
@@ -106,6 +107,7 @@ impl Core {
     pub(super) fn list(&self, ino: u64) -> Result<Vec<Entry>> {
         let dir_id = self.dir_id(ino)?;
         let mut out = self.list_catalog(dir_id)?;
+        self.refresh_found(dir_id);
         self.add_local_dirs(&mut out, self.localdirs.in_dir(dir_id));
         self.add_locals(&mut out, self.locals.in_dir(dir_id));
         Ok(out)

@@ -284,6 +284,13 @@ impl Core {
             return Ok(());
         }
         if g.kind == LocalKind::Kept {
+            if self.importable(&g) {
+                // Written under a temporary name and renamed to its own before its last
+                // handle went (`rsync` renames right after `close`, and the kernel may pass
+                // the release on after the rename): it is imported as the rename would have.
+                g.kind = LocalKind::Staged;
+                return self.settle(&mut g);
+            }
             // Kept under a plain name (the import rules skip it): nothing to import.
             return Ok(());
         }

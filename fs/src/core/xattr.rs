@@ -40,6 +40,7 @@ enum Action {
 fn local_state(g: &Local) -> &'static str {
     match (g.kind, g.stage) {
         (LocalKind::Kept, _) => "unimported",
+        (LocalKind::Found, _) => "pending",
         (_, Stage::Writing) => "staged",
         (_, Stage::Settling { .. }) => "settling",
         (_, Stage::Importing) => "importing",

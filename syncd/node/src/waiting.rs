@@ -238,6 +238,57 @@ pub fn on_node(root: &Path) -> std::result::Result<Option<Summary>, String> {
     })
 }
 
+impl WaitingList {
+    /// The registrations waiting on the node at `root` below directory `dir` (`""`: all),
+    /// read without creating anything: what a mount shows of them.
+    pub fn under(root: &Path, dir: &str) -> Result<Vec<Waiting>> {
+        let path = crate::NodeRoot::new(root).waiting();
+        let err = |source| WaitingError {
+            path: path.clone(),
+            source,
+        };
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let conn =
+            Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(1))
+            .map_err(err)?;
+        // Paths below `dir/` sort between `dir/` and `dir0` ('0' follows '/').
+        let (from, to) = match dir {
+            "" => (String::new(), "\u{10ffff}".to_owned()),
+            d => (format!("{d}/"), format!("{d}0")),
+        };
+        let mut st = conn
+            .prepare(
+                "SELECT path, acq, size, md5, mtime, owner, grp, mode, stamp, found_at \
+                 FROM waiting WHERE path > ?1 AND path < ?2",
+            )
+            .map_err(err)?;
+        let rows = st
+            .query_map(params![from, to], |r| {
+                Ok(Waiting {
+                    file: NewFile {
+                        path: r.get(0)?,
+                        acq: r.get(1)?,
+                        size: r.get::<_, i64>(2)? as u64,
+                        md5: r.get(3)?,
+                        mtime: r.get(4)?,
+                        own: Ownership {
+                            user: r.get(5)?,
+                            group: r.get(6)?,
+                            mode: r.get(7)?,
+                        },
+                    },
+                    stamp: r.get(8)?,
+                    found_at: r.get(9)?,
+                })
+            })
+            .map_err(err)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
+    }
+}
+
 fn summary_of(conn: &Connection) -> rusqlite::Result<Summary> {
     conn.query_row("SELECT COUNT(*), MIN(found_at) FROM waiting", [], |r| {
         Ok(Summary {
@@ -312,5 +363,26 @@ mod tests {
             [("x/2.dat".into(), a.clone()), ("x/3.dat".into(), a.clone())]
         );
         assert_eq!(w.summary().unwrap().files, 2);
+        w.note(
+            &[
+                (file("x0/9.dat", &a), "s9".into()),
+                (file("x/y/4.dat", &a), "s4".into()),
+            ],
+            40,
+        )
+        .unwrap();
+        let under = |d: &str| -> Vec<String> {
+            let mut v: Vec<String> = WaitingList::under(root.path(), d)
+                .unwrap()
+                .into_iter()
+                .map(|w| w.file.path)
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(under("x"), ["x/2.dat", "x/3.dat", "x/y/4.dat"]);
+        assert_eq!(under("x/y"), ["x/y/4.dat"]);
+        assert_eq!(under("").len(), 4);
+        assert!(under("z").is_empty());
     }
 }
