@@ -44,6 +44,8 @@ struct Shared {
     /// Chunks of bytes forwarded towards the upstream: each is a flight of a client that then
     /// waits for an answer, so about one round trip each.
     flights: AtomicU64,
+    /// Armed by [`LinkProxy::lose_reply_after`]: (first, then).
+    lose: Mutex<Option<(Vec<u8>, Vec<u8>)>>,
 }
 
 impl LinkProxy {
@@ -60,6 +62,7 @@ impl LinkProxy {
             open: Mutex::new(HashMap::new()),
             forwarded: AtomicU64::new(0),
             flights: AtomicU64::new(0),
+            lose: Mutex::new(None),
         });
         let s = shared.clone();
         let acceptor = std::thread::Builder::new()
@@ -107,6 +110,20 @@ impl LinkProxy {
 
     pub fn is_cut(&self) -> bool {
         self.shared.cut.load(Ordering::SeqCst)
+    }
+
+    /// Loses one answer, as a link that fails at the worst moment: on the first connection
+    /// that sends bytes containing `first` (say, a value only one transaction carries), the
+    /// next bytes it sends containing `then` (say, `COMMIT`) reach the server, and the link is
+    /// cut the moment the server's answer comes back, so the client never gets it. Until
+    /// [`LinkProxy::restore`]; once.
+    pub fn lose_reply_after(&self, first: &[u8], then: &[u8]) {
+        *self.shared.lose.lock().expect("proxy lose") = Some((first.to_vec(), then.to_vec()));
+    }
+
+    /// Whether the answer armed by [`LinkProxy::lose_reply_after`] was lost.
+    pub fn reply_lost(&self) -> bool {
+        self.shared.lose.lock().expect("proxy lose").is_none() && self.is_cut()
     }
 
     /// Connections forwarded so far (including those since closed).
@@ -174,6 +191,8 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
         let conn = Arc::new(Conn {
             id,
             shared: shared.clone(),
+            marked: AtomicBool::new(false),
+            lose_reply: AtomicBool::new(false),
         });
         pump(client, s2, conn.clone(), true);
         pump(server, c2, conn, false);
@@ -184,6 +203,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
 struct Conn {
     id: u64,
     shared: Arc<Shared>,
+    /// This connection sent the first pattern of [`LinkProxy::lose_reply_after`].
+    marked: AtomicBool,
+    /// Its next answer is lost, and the link cut.
+    lose_reply: AtomicBool,
 }
 
 impl Drop for Conn {
@@ -196,10 +219,30 @@ impl Drop for Conn {
     }
 }
 
+impl Conn {
+    /// Looks at bytes this connection's client sends, for [`LinkProxy::lose_reply_after`].
+    fn watch(&self, bytes: &[u8]) {
+        let mut lose = self.shared.lose.lock().expect("proxy lose");
+        let Some((first, then)) = &*lose else {
+            return;
+        };
+        let has = |p: &[u8]| bytes.windows(p.len()).any(|w| w == p);
+        if !self.marked.load(Ordering::SeqCst) {
+            if has(first) {
+                self.marked.store(true, Ordering::SeqCst);
+            }
+        } else if has(then) {
+            self.lose_reply.store(true, Ordering::SeqCst);
+            *lose = None;
+        }
+    }
+}
+
 /// Forwards bytes from `from` to `to`, each chunk the proxy's delay after it was read.
 fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>, upstream: bool) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let reader_shared = conn.shared.clone();
+    let reader_conn = conn.clone();
     let _ = std::thread::Builder::new()
         .name("proxy-read".into())
         .spawn(move || {
@@ -210,6 +253,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>, upstream: bool)
                     Ok(n) => {
                         if upstream {
                             reader_shared.flights.fetch_add(1, Ordering::Relaxed);
+                            reader_conn.watch(&buf[..n]);
                         }
                         let delay =
                             Duration::from_micros(reader_shared.delay_us.load(Ordering::Relaxed));
@@ -231,6 +275,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, conn: Arc<Conn>, upstream: bool)
                 let now = Instant::now();
                 if due > now {
                     std::thread::sleep(due - now);
+                }
+                if !upstream && conn.lose_reply.swap(false, Ordering::SeqCst) {
+                    // The answer the client waits for is lost with the link.
+                    conn.shared.cut.store(true, Ordering::SeqCst);
+                    conn.shared.sever_all();
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
                 }
                 if conn.shared.cut.load(Ordering::SeqCst) || to.write_all(&bytes).is_err() {
                     let _ = to.shutdown(Shutdown::Both);

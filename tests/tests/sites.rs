@@ -660,6 +660,30 @@ fn a_distant_mount_keeps_archiving_while_its_link_is_cut() {
         wait_until(Duration::from_secs(10), "a file pending", || {
             m.xattr(rel, "state").as_deref() == Ok("pending")
         });
+        // cairnd's /metrics and `cairn status` on this host count them (with any of the
+        // files copied just before the cut still waiting), though the catalog cannot hear a
+        // report.
+        let waiting = || -> u64 {
+            let (_, _, body) = cairn_tests::http_get(&far.address, "/metrics", &[]);
+            String::from_utf8_lossy(&body)
+                .lines()
+                .find_map(|l| l.strip_prefix("cairn_journal_files{node=\"field\"} "))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        wait_until(Duration::from_secs(10), "/metrics counting them", || {
+            waiting() >= rels.len() as u64
+        });
+        wait_until(
+            Duration::from_secs(10),
+            "cairn status counting them",
+            || {
+                let counted = waiting().to_string();
+                far.cairn(&["status"])
+                    .lines()
+                    .any(|l| l.contains("field") && l.split_whitespace().any(|w| w == counted))
+            },
+        );
         for d in 0..4 {
             assert_eq!(
                 std::fs::read_dir(m.path(&format!("{top}/d{d}")))
@@ -882,4 +906,60 @@ fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
     });
     far.stop();
     near.stop();
+}
+
+/// Issue "a site keeps archiving while its link to the catalog is cut": a cut during a reply.
+/// The mount's registration of a file commits at the primary, and the link goes down as the
+/// answer comes back: the mount cannot tell, keeps the file pending, and registers it again
+/// when the link is back — which finds it there. One file, once, no conflict.
+#[test]
+fn a_registration_whose_answer_the_cut_lost_is_not_made_twice() {
+    let test = "a_registration_whose_answer_the_cut_lost_is_not_made_twice";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let (_far, _root, m) = far_mount(&archive, "far");
+    let data = b"registered, but the answer was lost\n";
+    let md5 = cairn_catalog::md5::md5_hex(data);
+    // The one transaction that carries this md5: its COMMIT's answer is lost with the link.
+    sites.link.lose_reply_after(md5.as_bytes(), b"COMMIT");
+    std::fs::create_dir_all(m.path("lost")).unwrap();
+    std::fs::write(m.path("lost/f.dat"), data).unwrap();
+    let mut cat = Catalog::open(&archive.url).unwrap();
+    wait_until(
+        Duration::from_secs(30),
+        "the registration committed at the primary",
+        || {
+            cat.read(|tx| tx.file_by_path("lost/f.dat"))
+                .ok()
+                .flatten()
+                .is_some()
+        },
+    );
+    wait_until(Duration::from_secs(10), "the answer lost", || {
+        sites.link.reply_lost()
+    });
+    // The mount could not tell: the file waits, and stays readable.
+    wait_until(Duration::from_secs(10), "the file pending", || {
+        m.xattr("lost/f.dat", "state").as_deref() == Ok("pending")
+    });
+    assert_eq!(std::fs::read(m.path("lost/f.dat")).unwrap(), data);
+
+    sites.link.restore();
+    wait_until(Duration::from_secs(20), "the file archived here", || {
+        m.xattr("lost/f.dat", "state")
+            .is_ok_and(|s| s != "pending" && s != "settling" && s != "importing")
+    });
+    let files: Vec<_> = cat
+        .read(|tx| tx.files(&Default::default()))
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.path.starts_with("lost/"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].md5, md5);
+    assert!(cat.read(|tx| tx.conflicts(None)).unwrap().is_empty());
+    assert_eq!(m.xattr("lost/f.dat", "md5"), Ok(md5));
 }

@@ -34,7 +34,7 @@ use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
 use cairn_catalog::model::{Id, Node, Ownership};
 use cairn_node::importer::Verdict;
 use cairn_node::journal::{Journal, Owner, Placed};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::write::{keep, staging_dir};
 use super::{Core, FsError, Result};
@@ -578,8 +578,15 @@ impl Core {
             for f in &files {
                 f.local.lock().expect("local").stage = Stage::Pending;
             }
+            debug!(
+                "{} file(s) placed on node {} wait for the catalog with the others.",
+                files.len(),
+                node.name
+            );
             self.imports
                 .wait_for_catalog(files.into_iter().map(|f| f.local).collect());
+            // cairnd's report and /metrics read what waits from the summary.
+            publish(journal);
             return;
         }
         // Who wrote each file (the staged file belongs to its writer), by name.

@@ -42,8 +42,12 @@ struct Status {
     releases_pending: u64,
     /// Copies finished in the last hour: count and bytes.
     last_hour: (u64, u64),
-    /// Closed files waiting in hosts' journals to be registered.
+    /// Files waiting on hosts' nodes to be registered (closed on a mount, or found by cairnd
+    /// while the catalog was out of reach): this host's nodes as they are now, the others as
+    /// their cairnd last reported.
     journals: Vec<JournalReport>,
+    /// Files kept aside under a conflict name (`cairn file conflicts` lists them).
+    conflicts: u64,
 }
 
 fn gather(ctx: &Ctx) -> Result<Status> {
@@ -56,7 +60,7 @@ fn gather(ctx: &Ctx) -> Result<Status> {
     } else {
         Some(Vec::new())
     };
-    Ok(cat.read(|tx| {
+    let mut status = cat.read(|tx| {
         let hosts = tx
             .hosts()?
             .into_iter()
@@ -90,8 +94,39 @@ fn gather(ctx: &Ctx) -> Result<Status> {
             releases_pending,
             last_hour: tx.transfers_since(t - 3600)?,
             journals: tx.journals_waiting()?,
+            conflicts: tx.conflicts(None)?.len() as u64,
         })
-    })?)
+    })?;
+    local_journals(ctx, &mut status, t);
+    Ok(status)
+}
+
+/// What waits on this host's own nodes, read from the nodes now: right even while the catalog
+/// cannot hear cairnd's report (a cut link, when the lists grow).
+fn local_journals(ctx: &Ctx, status: &mut Status, t: i64) {
+    let here = ctx.config.host_name();
+    for n in &status.nodes {
+        let (Some(host), Some(root)) = (&n.node.host, &n.node.root) else {
+            continue;
+        };
+        if *host != here || !std::path::Path::new(root).is_dir() {
+            continue;
+        }
+        let Ok(now) = cairn_node::waiting::on_node(std::path::Path::new(root)) else {
+            continue;
+        };
+        status.journals.retain(|j| j.node != n.node.name);
+        if let Some(s) = now.filter(|s| s.files > 0) {
+            status.journals.push(JournalReport {
+                node: n.node.name.clone(),
+                host: Some(here.clone()),
+                files: s.files,
+                oldest: s.oldest,
+                reported_at: t,
+            });
+        }
+    }
+    status.journals.sort_by(|a, b| a.node.cmp(&b.node));
 }
 
 fn print(ctx: &Ctx, status: &Status) {
@@ -198,7 +233,9 @@ fn print(ctx: &Ctx, status: &Status) {
     }
     if !status.journals.is_empty() {
         println!();
-        println!("Closed files waiting in journals to be registered:");
+        println!(
+            "Files waiting on nodes to be registered (closed on a mount, or found by cairnd):"
+        );
         let mut t = Table::new(&["Node", "Host", "Files", "Oldest Closed", "Reported"]);
         for j in &status.journals {
             t.row(vec![
@@ -210,6 +247,14 @@ fn print(ctx: &Ctx, status: &Status) {
             ]);
         }
         t.print();
+    }
+    if status.conflicts > 0 {
+        println!();
+        println!(
+            "Files kept aside as conflicts (their path was archived meanwhile with other \
+             contents): {} (`cairn file conflicts` lists them)",
+            status.conflicts
+        );
     }
     println!();
     println!("Queues:");
