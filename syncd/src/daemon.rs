@@ -66,7 +66,8 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // Reads from this site's replica when there is one; the pool and the start share what is
     // known of it (and this process's writes).
     let routing = Routing::from_config(&config.catalog);
-    let host = Arc::new(register_host(&config, &routing, host_name).await?);
+    let (host, requeue_pending) = register_host(&config, &routing, host_name).await?;
+    let host = Arc::new(host);
 
     let metrics = Arc::new(Metrics::default());
     let rsync_rsh = (config.transfer.method == TransferMethod::Rsync)
@@ -109,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         // What an earlier run left waiting on the nodes is registered first.
         registrations_waiting: Arc::new(AtomicBool::new(true)),
         outage: tasks::Outage::default(),
+        requeue_pending: AtomicBool::new(requeue_pending),
     });
     tasks::start_replayer(ctx.clone()).context("cannot start the replayer thread")?;
     let fetcher = Arc::new(Fetcher::new(
@@ -344,7 +346,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 /// Finds this host in the catalog (an administrator creates hosts: a name the catalog does not
 /// know is a mistake, not a new host), records its address (`transfer.advertise`), and
 /// requeues the requests an earlier run of it left active.
-async fn register_host(config: &Config, routing: &Routing, name: String) -> Result<Host> {
+async fn register_host(config: &Config, routing: &Routing, name: String) -> Result<(Host, bool)> {
     let routing = routing.clone();
     let advertise = config.transfer.advertise.clone();
     let origin = match (&config.host.name, &config.source) {
@@ -356,7 +358,7 @@ async fn register_host(config: &Config, routing: &Routing, name: String) -> Resu
         ),
         (None, None) => "the short hostname, as no config file sets host.name".to_owned(),
     };
-    tokio::task::spawn_blocking(move || -> Result<Host> {
+    tokio::task::spawn_blocking(move || -> Result<(Host, bool)> {
         let mut cat = Catalog::open_routed(&routing).context("failed to open the catalog")?;
         let catalog_id = cat.catalog_id()?;
         let Some(h) = cat.read(|tx| tx.host_by_name(&name))? else {
@@ -366,28 +368,66 @@ async fn register_host(config: &Config, routing: &Routing, name: String) -> Resu
                  to a host the catalog has (`cairn host list`)"
             );
         };
+        // A start during a cut link does not wait for the primary: what must be written
+        // waits for the first pass it answers.
+        let wait = tasks::Outage::PATIENCE;
         if let Some(address) = &advertise
             && h.address.as_deref() != Some(address)
         {
-            cat.write(|tx| tx.update_host(&h.name, Some(Some(address)), None))?;
-            info!("Host \"{}\" now reachable at {address}.", h.name);
+            match cat.write_or_give_up(wait, |tx| {
+                tx.update_host(&h.name, Some(Some(address)), None)
+            }) {
+                Ok(_) => info!("Host \"{}\" now reachable at {address}.", h.name),
+                Err(e) if e.is_unreachable() => warn!(
+                    "Cannot record this host's address {address} now ({e}); it is recorded at \
+                     the next start."
+                ),
+                Err(e) => return Err(e.into()),
+            }
         }
+        let requeue_pending = match requeue(&mut cat, &h.name, h.id, wait) {
+            Ok(()) => false,
+            Err(e) if e.is_unreachable() => {
+                warn!(
+                    "Cannot put back the requests an earlier run left active now ({e}): the \
+                     first pass the catalog answers does it."
+                );
+                true
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok((
+            Host {
+                name: h.name,
+                id: h.id,
+                catalog_id,
+            },
+            requeue_pending,
+        ))
+    })
+    .await?
+}
+
+/// Puts back the requests an earlier run of this host left active, giving up after `wait` on
+/// a catalog out of reach.
+fn requeue(
+    cat: &mut Catalog,
+    host: &str,
+    host_id: Id,
+    wait: Duration,
+) -> cairn_catalog::error::Result<()> {
+    cat.giving_up_after(wait, |cat| {
         let nodes: Vec<Id> = cat
-            .read(|tx| tx.nodes_on_host(h.id))?
+            .read(|tx| tx.nodes_on_host(host_id))?
             .iter()
             .map(|n| n.id)
             .collect();
-        let requeued = cat.write(|tx| tx.requeue_abandoned(&h.name, &nodes))?;
+        let requeued = cat.write(|tx| tx.requeue_abandoned(host, &nodes))?;
         if requeued > 0 {
             info!("Resuming {requeued} requests left active by an earlier run.");
         }
-        Ok(Host {
-            name: h.name,
-            id: h.id,
-            catalog_id,
-        })
+        Ok(())
     })
-    .await?
 }
 
 /// The token in `path`, trimmed; `None` if the file is missing or empty. A file that other
@@ -488,7 +528,11 @@ fn pass(
     let mut work = crate::plan::events(&ctx.nodes, |id| st.is_watched(id), events);
     // While the catalog's primary is out of reach, what the watches found goes on (its files
     // wait on the nodes); the planning waits.
-    if !full || ctx.outage.holds() {
+    if !full {
+        return Ok(work);
+    }
+    if ctx.outage.holds() {
+        work.extend(refresh_nodes(ctx, config, st, event_tx));
         return Ok(work);
     }
     let patience = ctx.outage.patience();
@@ -516,9 +560,32 @@ fn pass(
                      copies already under way go on."
                 );
             }
+            work.extend(refresh_nodes(ctx, config, st, event_tx));
             Ok(work)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// While the catalog's primary is out of reach: this host's nodes as the replica has them,
+/// available and watched (a cairnd started during a cut link), with nothing written.
+fn refresh_nodes(
+    ctx: &TaskContext,
+    config: &RefreshConfig,
+    st: &mut RefreshState,
+    event_tx: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+) -> Vec<Task> {
+    let refreshed = ctx.pool.with(|cat| {
+        cat.giving_up_after(Duration::ZERO, |cat| {
+            crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx, false)
+        })
+    });
+    match refreshed {
+        Ok(r) => r.work,
+        Err(e) => {
+            debug!("Cannot read this host's nodes during the outage: {e:#}");
+            Vec::new()
+        }
     }
 }
 
@@ -533,7 +600,12 @@ fn plan_pass(
     batch: u64,
     retry_refused: Duration,
 ) -> Result<Vec<Task>> {
-    let mut refreshed = crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx)?;
+    if ctx.requeue_pending.load(Ordering::Relaxed) {
+        requeue(cat, &ctx.host.name, ctx.host.id, tasks::Outage::PATIENCE)?;
+        ctx.requeue_pending.store(false, Ordering::Relaxed);
+    }
+    let mut refreshed =
+        crate::refresh::refresh(cat, &ctx.host, &ctx.nodes, config, st, event_tx, true)?;
     let mut work = std::mem::take(&mut refreshed.work);
     let observed = ctx
         .metrics

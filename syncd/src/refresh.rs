@@ -89,16 +89,21 @@ pub fn refresh(
     config: &RefreshConfig,
     st: &mut RefreshState,
     events: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    writes: bool,
 ) -> Result<Refreshed> {
     st.loops += 1;
     let t = now();
     if let Err(e) = crate::transport::detect(host, &config.transport_watch, cat, &mut st.disks) {
         warn!("Transport disk detection failed: {e:#}");
     }
-    let rows = cat.write(|tx| {
-        tx.touch_host(host.id, t)?;
-        tx.nodes_on_host(host.id)
-    })?;
+    let rows = if writes {
+        cat.write(|tx| {
+            tx.touch_host(host.id, t)?;
+            tx.nodes_on_host(host.id)
+        })?
+    } else {
+        cat.read(|tx| tx.nodes_on_host(host.id))?
+    };
     nodes.set_all(rows.iter().map(|n| (n.id, n.group_id)).collect());
     if rows.iter().all(|n| !n.active) && !st.last_state.contains_key(&0) {
         warn!("No active nodes on host ({})!", host.name);
@@ -136,7 +141,9 @@ pub fn refresh(
         let mut fresh = node.clone();
         match NodeRoot::new(&root).space().map(|s| (s.avail, s.total)) {
             Ok((avail, capacity)) => {
-                cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
+                if writes {
+                    cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
+                }
                 (fresh.avail, fresh.capacity, fresh.last_checked) =
                     (Some(avail), Some(capacity), Some(t));
             }
@@ -146,7 +153,9 @@ pub fn refresh(
                 root.display()
             ),
         }
-        report_journal(cat, node, &root, t)?;
+        if writes {
+            report_journal(cat, node, &root, t)?;
+        }
         nodes.insert(fresh);
         if !was {
             found.work.push(Task::Tidy { node_id: node.id });
@@ -187,6 +196,10 @@ pub fn refresh(
     // Nodes moved to another host or deleted.
     nodes.retain(|id| seen.contains(&id));
     st.watchers.retain(|id, _| seen.contains(id));
+    if !writes {
+        // The catalog cannot be written: the nodes and their watches are all there is to do.
+        return Ok(found);
+    }
 
     if let Some(idle) = config.acq_idle {
         let secs = idle.0.as_secs() as i64;

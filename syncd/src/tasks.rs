@@ -212,6 +212,9 @@ pub struct TaskContext {
     pub registrations_waiting: Arc<AtomicBool>,
     /// Whether writes to the catalog fail for want of it (a cut link to the primary).
     pub outage: Outage,
+    /// Set when the requests an earlier run left active could not be put back at start (the
+    /// catalog's primary out of reach): the first pass the catalog answers does it.
+    pub requeue_pending: AtomicBool,
 }
 
 /// What cairnd knows of the catalog's primary being out of reach: after a write failed for

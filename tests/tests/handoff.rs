@@ -174,7 +174,7 @@ fn files_closed_while_another_process_locks_the_catalog_survive_a_clean_remount(
             // No mount runs: cairnd reports what waits in the node's journal.
             wait_until(T, "cairn status shows the journal", || {
                 let out = a.cairn(&["status"]);
-                out.contains("waiting in journals")
+                out.contains("waiting on nodes to be registered")
                     && out
                         .lines()
                         .any(|l| l.starts_with("store1") && l.contains(" 10 "))
@@ -184,7 +184,8 @@ fn files_closed_while_another_process_locks_the_catalog_survive_a_clean_remount(
         wait_registered(&a, &files, || m.log());
         if run == 0 {
             wait_until(T, "the journal reported empty", || {
-                !a.cairn(&["status"]).contains("waiting in journals")
+                !a.cairn(&["status"])
+                    .contains("waiting on nodes to be registered")
             });
         }
         all.extend(files);

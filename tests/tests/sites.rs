@@ -963,3 +963,165 @@ fn a_registration_whose_answer_the_cut_lost_is_not_made_twice() {
     assert!(cat.read(|tx| tx.conflicts(None)).unwrap().is_empty());
     assert_eq!(m.xattr("lost/f.dat", "md5"), Ok(md5));
 }
+
+/// The issue's check for "a site keeps archiving while its link to the catalog is cut": the
+/// link is cut for a minute while `cp -r` of 1,000 files goes into the site's mount and 1,000
+/// are dropped on an auto-import node, with cairnd killed (-9) and restarted during the cut in
+/// one round and cairnfs in the other. The writers see no error; during the cut every file is
+/// listed and readable on the site's mount; within 10 s of the link's return all 2,000 are in
+/// the catalog once each, with the md5 of their bytes; the auto-sync rules then copy them to
+/// the archive's group.
+#[test]
+fn a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing() {
+    let test = "a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let mut far = archive.far_host("far", "");
+    let mut near = archive.host("near");
+    let field = far.node("field", &[]);
+    let instrument = far.node("drop", &["--auto-import"]);
+    near.node("vault", &["--archive"]);
+    std::fs::write(
+        &far.config,
+        std::fs::read_to_string(&far.config).unwrap()
+            + "[fs]\nttl = \"1s\"\nwrite_node = \"field\"\nsettle = \"100ms\"\n",
+    )
+    .unwrap();
+    far.start();
+    near.start();
+    wait_until(
+        Duration::from_secs(60),
+        "nodes initialised and watched",
+        || {
+            cairn_node::NodeRoot::new(&field).marker().exists()
+                && far.log().contains("for auto import")
+        },
+    );
+    near.cairn(&["group", "autosync", "vault", "field"]);
+    near.cairn(&["group", "autosync", "vault", "drop"]);
+    let mut m = far.mount(Some("field"));
+    let md5 = |b: &[u8]| cairn_catalog::md5::md5_hex(b);
+    let n = 1000;
+    let src = archive.dir.path().join("src");
+    let mut total = 0u64;
+    for (round, killed) in [(1, "cairnd"), (2, "cairnfs")] {
+        // Two trees of n files each, the same bytes nowhere else.
+        let data = |tree: &str, i: usize| format!("{round} {tree} {i}\n").repeat(1 + i % 9);
+        let mut want = Vec::new();
+        for (tree, top) in [
+            ("mount", format!("m{round}")),
+            ("node", format!("a{round}")),
+        ] {
+            for i in 0..n {
+                let rel = format!("{top}/{:02}/f{i:04}.dat", i / 100);
+                write_file(&src, &rel, data(tree, i));
+                want.push((rel, data(tree, i)));
+            }
+        }
+        sites.link.cut();
+        let cut = Instant::now();
+        let cp = |from: std::path::PathBuf, to: std::path::PathBuf| {
+            std::thread::spawn(move || {
+                std::process::Command::new("cp")
+                    .arg("-r")
+                    .arg(from)
+                    .arg(to)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let into_mount = cp(src.join(format!("m{round}")), m.path(&format!("m{round}")));
+        let onto_node = cp(
+            src.join(format!("a{round}")),
+            instrument.join(format!("a{round}")),
+        );
+        for (what, out) in [("mount", into_mount), ("node", onto_node)] {
+            let out = out.join().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: cp -r onto the {what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // One of the two is killed during the cut and started again.
+        std::thread::sleep(Duration::from_secs(2));
+        if killed == "cairnd" {
+            far.kill9();
+            far.start();
+        } else {
+            m.kill9();
+            m = far.mount(Some("field"));
+        }
+        // Every file listed and readable on the site's mount during the cut.
+        let t = Instant::now();
+        loop {
+            let missing: Vec<&String> = want
+                .iter()
+                .filter(|(rel, data)| {
+                    std::fs::read_to_string(m.path(rel)).ok().as_deref() != Some(data.as_str())
+                })
+                .map(|(rel, _)| rel)
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(50),
+                "round {round}: {} files not listed and readable on the mount during the cut, \
+                 e.g. {:?}\n{}",
+                missing.len(),
+                &missing[..missing.len().min(5)],
+                far.log()
+                    .lines()
+                    .rev()
+                    .filter(|l| !l.contains("Imported") && !l.contains("added to DB"))
+                    .take(25)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        if let Some(left) = Duration::from_secs(60).checked_sub(cut.elapsed()) {
+            std::thread::sleep(left);
+        }
+        sites.link.restore();
+        let back = Instant::now();
+        let mut cat = Catalog::open(&archive.url).unwrap();
+        let registered = |cat: &mut Catalog| -> usize {
+            let files = cat.read(|tx| tx.files(&Default::default())).unwrap();
+            let by_path: std::collections::HashMap<&str, &str> = files
+                .iter()
+                .map(|f| (f.path.as_str(), f.md5.as_str()))
+                .collect();
+            want.iter()
+                .filter(|(rel, data)| {
+                    by_path.get(rel.as_str()) == Some(&md5(data.as_bytes()).as_str())
+                })
+                .count()
+        };
+        wait_until(Duration::from_secs(30), "all registered", || {
+            registered(&mut cat) == want.len()
+        });
+        let took = back.elapsed();
+        eprintln!(
+            "round {round} ({killed} killed): {} files registered {took:?} after the link came back",
+            want.len()
+        );
+        assert!(took < Duration::from_secs(10), "round {round}: {took:?}");
+        // Each once: as many files as paths written, and no conflict.
+        total += want.len() as u64;
+        let files = cat.read(|tx| tx.files(&Default::default())).unwrap();
+        assert_eq!(files.len() as u64, total, "round {round}");
+        assert!(cat.read(|tx| tx.conflicts(None)).unwrap().is_empty());
+        // The auto-sync rules copy them to the archive's group.
+        wait_until(Duration::from_secs(180), "all copied to the vault", || {
+            archive.on("vault").0 == total
+        });
+    }
+    drop(m);
+    far.stop();
+    near.stop();
+}
