@@ -1004,6 +1004,21 @@ fn a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing() {
     near.cairn(&["group", "autosync", "vault", "drop"]);
     let mut m = far.mount(Some("field"));
     let md5 = |b: &[u8]| cairn_catalog::md5::md5_hex(b);
+    // A file archived before the cuts, which the site's cairnd serves during them.
+    std::fs::write(m.path("before.dat"), b"archived before the cut\n").unwrap();
+    assert_eq!(m.xattr("before.dat", "md5").map(|s| s.len()), Ok(32));
+    let auth = format!("Bearer {}", archive.token());
+    let address = far.address.clone();
+    let served = || {
+        cairn_tests::http_get(
+            &address,
+            "/v1/copy/field/before.dat",
+            &[("Authorization", auth.as_str())],
+        )
+    };
+    wait_until(Duration::from_secs(30), "the file served", || {
+        served().0 == 200
+    });
     let n = 1000;
     let src = archive.dir.path().join("src");
     let mut total = 0u64;
@@ -1084,6 +1099,13 @@ fn a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing() {
             );
             std::thread::sleep(Duration::from_millis(500));
         }
+        // cairnd serves its copies to the hosts that can reach it.
+        let (status, _, body) = served();
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, b"archived before the cut\n".as_slice()),
+            "round {round}: serving during the cut"
+        );
         if let Some(left) = Duration::from_secs(60).checked_sub(cut.elapsed()) {
             std::thread::sleep(left);
         }
@@ -1114,11 +1136,11 @@ fn a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing() {
         // Each once: as many files as paths written, and no conflict.
         total += want.len() as u64;
         let files = cat.read(|tx| tx.files(&Default::default())).unwrap();
-        assert_eq!(files.len() as u64, total, "round {round}");
+        assert_eq!(files.len() as u64, total + 1, "round {round}");
         assert!(cat.read(|tx| tx.conflicts(None)).unwrap().is_empty());
         // The auto-sync rules copy them to the archive's group.
         wait_until(Duration::from_secs(180), "all copied to the vault", || {
-            archive.on("vault").0 == total
+            archive.on("vault").0 == total + 1
         });
     }
     drop(m);
