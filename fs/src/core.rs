@@ -383,10 +383,21 @@ impl Core {
                 return Ok(g.attr()?);
             }
         }
-        // A directory made here while the catalog could not take it.
+        // A directory made here while the catalog could not take it, unless the catalog has
+        // one there by now (cairnd registering the files shown in it, another host): then
+        // the catalog's takes over.
         if local.is_none()
             && let Some(d) = self.localdirs.by_name(dir_id, name)
         {
+            if !LocalDirs::is_local(dir_id)
+                && let Ok(Some(Err(real))) =
+                    self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))
+            {
+                self.adopt_dir(&d, real.id);
+                let a = self.dir_attr(&real);
+                self.remembered.seen(&a);
+                return Ok(a);
+            }
             return Ok(self.dir_attr(&local_dir_row(&d)));
         }
         // A fresh listing of the directory answers, either way: a program that stats what it

@@ -93,7 +93,10 @@ pub fn refresh(
 ) -> Result<Refreshed> {
     st.loops += 1;
     let t = now();
-    if let Err(e) = crate::transport::detect(host, &config.transport_watch, cat, &mut st.disks) {
+    // (A transport disk is taken on by writing to the catalog: not while it cannot be.)
+    if writes
+        && let Err(e) = crate::transport::detect(host, &config.transport_watch, cat, &mut st.disks)
+    {
         warn!("Transport disk detection failed: {e:#}");
     }
     let rows = if writes {

@@ -806,9 +806,10 @@ fn a_distant_cairnd_keeps_auto_importing_while_its_link_is_cut() {
     wait_until(Duration::from_secs(30), "the archive's f000", || {
         archive.has("vault", "2025/06/02/f000.dat") == Some(Has::Yes)
     });
-    // The site's mount, started during the cut, shows them: listed, readable, pending with
-    // their md5s, in the directory the catalog does not have yet.
-    let m = far.mount(Some("field"));
+    // The site's mount (an analysis host's: no write node), started during the cut, shows
+    // them: listed, readable, pending with their md5s, in the directory the catalog does not
+    // have yet.
+    let m = far.mount(None);
     let listed: std::collections::BTreeSet<String> = std::fs::read_dir(m.path("2025/06/02"))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

@@ -11,6 +11,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cairn_catalog::model::Id;
@@ -31,6 +32,8 @@ pub(crate) struct FoundCheck {
     any: Mutex<Option<(Instant, bool)>>,
     /// When each directory's waiting files were last shown.
     dirs: Mutex<HashMap<Id, Instant>>,
+    /// Whether any such file is shown now (so that nothing is looked through otherwise).
+    shown: AtomicBool,
 }
 
 impl Core {
@@ -60,8 +63,10 @@ impl Core {
     pub(super) fn refresh_found(&self, dir_id: Id) {
         if !self.anything_found() {
             // Nothing waits any more: every file shown so is the catalog's now, or gone.
-            for l in self.locals.of_kind(LocalKind::Found) {
-                self.forget_local(&mut l.lock().expect("local"));
+            if self.found.shown.swap(false, Ordering::Relaxed) {
+                for l in self.locals.of_kind(LocalKind::Found) {
+                    self.forget_local(&mut l.lock().expect("local"));
+                }
             }
             return;
         }
@@ -141,6 +146,7 @@ impl Core {
             if in_catalog(&name) || self.locals.by_name(dir_id, &name).is_some() {
                 continue;
             }
+            self.found.shown.store(true, Ordering::Relaxed);
             let l = self
                 .locals
                 .add(dir_id, &dir.path, &name, LocalKind::Found, backing);

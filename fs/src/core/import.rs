@@ -739,22 +739,28 @@ impl Core {
         }
         let ids = made?;
         for (d, real) in pending.iter().zip(ids) {
-            if let Some(j) = &self.journal {
-                let _ = j.dir_done(&d.path);
-            }
-            self.localdirs.made_in_catalog(d.id, real);
-            // Its files (not archived yet) now sit in the catalog's directory.
-            for l in self.locals.in_dir(d.id) {
-                let mut g = l.lock().expect("local");
-                let (dir_path, name) = (g.dir_path.clone(), g.name.clone());
-                self.locals.rename(&mut g, real, &dir_path, &name);
-            }
-            self.listings.changed_dir(d.parent);
-            self.listings.changed_dir(d.id);
-            self.remembered.forget_dir(d.id);
+            self.adopt_dir(d, real);
             info!("Directory {} made here is in the catalog now.", d.path);
         }
         Ok(())
+    }
+
+    /// Directory `d`, made here (or shown for files cairnd keeps waiting), is the catalog's
+    /// `real` now: the catalog's takes over, with the files here in it.
+    pub(super) fn adopt_dir(&self, d: &crate::localdirs::LocalDir, real: Id) {
+        if let Some(j) = &self.journal {
+            let _ = j.dir_done(&d.path);
+        }
+        self.localdirs.made_in_catalog(d.id, real);
+        // Its files (not archived yet) now sit in the catalog's directory.
+        for l in self.locals.in_dir(d.id) {
+            let mut g = l.lock().expect("local");
+            let (dir_path, name) = (g.dir_path.clone(), g.name.clone());
+            self.locals.rename(&mut g, real, &dir_path, &name);
+        }
+        self.listings.changed_dir(d.parent);
+        self.listings.changed_dir(d.id);
+        self.remembered.forget_dir(d.id);
     }
 
     /// A file that could not be taken now settles again and is tried after a while.
