@@ -5,28 +5,29 @@
 //! ([`crate::locals`]), the listing cache ([`crate::listings`]), the handle table
 //! ([`crate::handles`]), this host's nodes ([`crate::nodes`]), what is remembered of
 //! attributes ([`crate::attr::Remembered`]), and the import queue ([`import`]). This file holds
-//! the namespace (lookup, attributes, listings, directories, unlink, rename); reading, writing,
-//! importing and the extended attributes are in the submodules.
+//! the namespace (lookup, attributes, unlink, rename); directories, listings, permissions,
+//! reading, writing, importing, recovery and the extended attributes are in the submodules.
 //!
 //! Lock order: a local's lock, then any part's lock; no part's lock is held while another
 //! part's is taken.
 
+mod dirs;
 mod found;
 mod import;
 mod list;
 mod perm;
 mod read;
+mod recover;
 mod write;
 mod xattr;
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use cairn_catalog::catalog::normalize_path;
 use cairn_catalog::model::{Dir, Id, Node, Ownership};
 use cairn_catalog::{Catalog, Config, Pool};
 use cairn_node::NodeRoot;
@@ -44,7 +45,7 @@ use crate::attr::{Remembered, epoch};
 use crate::handles::{Handle, Handles};
 use crate::listings::Listings;
 use crate::localdirs::{LocalDir, LocalDirs};
-use crate::locals::{LocalKind, Locals, join};
+use crate::locals::{LocalKind, Locals};
 use crate::nodes::HostNodes;
 use cairn_node::ids::Ids;
 use cairn_node::journal::{Journal, Owner};
@@ -514,39 +515,6 @@ impl Core {
         self.catalog_down.lock().expect("catalog down").is_some()
     }
 
-    /// Makes directory `path` here, noted in the journal, because the catalog could not
-    /// take it (`why`); the import thread makes it there when the catalog answers.
-    fn make_local_dir(
-        &self,
-        parent: Id,
-        name: &str,
-        path: &str,
-        own: Ownership,
-        why: &FsError,
-    ) -> Result<LocalDir> {
-        let journal = self.journal.as_ref().ok_or(FsError::ReadOnly(
-            "this mount is read-only: no [fs] write_node is configured".into(),
-        ))?;
-        journal
-            .dir_made(path, &own)
-            .map_err(|e| FsError::Io(std::io::Error::other(e.to_string())))?;
-        let d = self
-            .localdirs
-            .add(parent, name, path, own, cairn_catalog::units::now());
-        warn!(
-            "The catalog cannot take directory {path} now ({why}): it is made here, and in the \
-             catalog when it answers again."
-        );
-        // Empty: what is looked up in it is not there, without asking anyone.
-        self.listings.keep(
-            d.id,
-            self.listings.generation(),
-            &Arc::new(DirList::new(Vec::new())),
-        );
-        self.imports.dirs_waiting();
-        Ok(d)
-    }
-
     pub fn getattr(&self, ino: u64) -> Result<Attr> {
         let fresh = match Ino::from(ino) {
             Ino::File(id) => self
@@ -587,121 +555,6 @@ impl Core {
             Some(Handle::Write(l)) => self.close_writer(&l),
             Some(_) => Ok(()),
         }
-    }
-
-    pub fn mkdir(&self, who: &Caller, parent: u64, name: &OsStr, mode: u32) -> Result<Attr> {
-        let dir_id = self.dir_id(parent)?;
-        let name = name_str(name)?.to_owned();
-        self.write_root()?;
-        let parent_attr = self.may_change(who, dir_id)?;
-        if self.find(parent, OsStr::new(&name)).is_ok() {
-            return Err(FsError::Exists(name));
-        }
-        if name.starts_with('.') {
-            return Err(FsError::Invalid(format!(
-                "directory names starting with '.' are not archived: {name:?}"
-            )));
-        }
-        let parent_dir = self.dir_by_id(dir_id)?;
-        let path = normalize_path(&join(&parent_dir.path, &name))?;
-        let t = cairn_catalog::units::now();
-        let (user, group, _) = self.owner_names(who, Some(&parent_attr));
-        let own = Ownership {
-            user,
-            group,
-            mode: Some(mode & 0o7777),
-        };
-        let down = FsError::Catalog(cairn_catalog::CatalogError::Db(
-            cairn_catalog::db::DbError::Disconnected(
-                "its writes failed lately and have not worked since".into(),
-            ),
-        ));
-        let made = if self.catalog_seems_down() && self.journal.is_some() {
-            // Not worth a wait for a catalog that is not answering.
-            Err(down)
-        } else if LocalDirs::is_local(dir_id) {
-            // Its parent is not in the catalog yet: neither is it.
-            Err(FsError::Catalog(cairn_catalog::CatalogError::Db(
-                cairn_catalog::db::DbError::Disconnected(format!(
-                    "its parent {} is not in the catalog yet",
-                    parent_dir.path
-                )),
-            )))
-        } else {
-            self.with_cat(|c| {
-                // With a journal to fall back on, a catalog out of reach is not waited for.
-                let wait = match self.journal {
-                    Some(_) => MKDIR_PATIENCE,
-                    None => CATALOG_PATIENCE,
-                };
-                Ok(c.write_or_give_up(wait, |tx| {
-                    let (id, _) = tx.make_dir(&path, &own, t)?;
-                    tx.dir_by_id(id)
-                })?)
-            })
-        };
-        if let Err(e) = &made
-            && catalog_out_of_reach(e)
-        {
-            self.catalog_answered(false);
-        }
-        let d = match made {
-            Ok(d) => d.ok_or(FsError::NotFound)?,
-            // `mkdir` does not wait on the link: the directory is made here for now.
-            Err(e) if catalog_out_of_reach(&e) && self.journal.is_some() => {
-                let d = self.make_local_dir(dir_id, &name, &path, own, &e)?;
-                return Ok(self.dir_attr(&local_dir_row(&d)));
-            }
-            Err(e) => return Err(e),
-        };
-        self.listings.changed_dir(dir_id);
-        // A directory just made is empty: what is looked up in it (`cp -r` filling it) is
-        // not there, without asking the catalog.
-        self.listings.keep(
-            d.id,
-            self.listings.generation(),
-            &Arc::new(DirList::new(Vec::new())),
-        );
-        Ok(self.dir_attr(&d))
-    }
-
-    pub fn rmdir(&self, who: &Caller, parent: u64, name: &OsStr) -> Result<()> {
-        let dir_id = self.dir_id(parent)?;
-        let name = name_str(name)?;
-        let parent_attr = self.may_change(who, dir_id)?;
-        if let Some(d) = self.localdirs.by_name(dir_id, name) {
-            // Made here, not in the catalog yet: removed here, and from the journal.
-            Self::sticky_allows(who, &parent_attr, &self.dir_attr(&local_dir_row(&d)))?;
-            if !self.locals.in_dir(d.id).is_empty() || !self.localdirs.in_dir(d.id).is_empty() {
-                return Err(FsError::NotEmpty);
-            }
-            self.localdirs.remove(d.id);
-            if let Some(j) = &self.journal {
-                let _ = j.dir_done(&d.path);
-            }
-            return Ok(());
-        }
-        let found = self.with_cat(|c| Ok(c.read(|tx| tx.lookup(dir_id, name))?))?;
-        let d = match found {
-            Some(Err(d)) => d,
-            Some(Ok(_)) => return Err(FsError::NotDir),
-            None => return Err(FsError::NotFound),
-        };
-        Self::sticky_allows(who, &parent_attr, &self.dir_attr(&d))?;
-        if !self.list(self.dir_ino(d.id))?.is_empty() {
-            return Err(FsError::NotEmpty);
-        }
-        let removed = self.with_cat(|c| Ok(c.write(|tx| tx.remove_empty_dir(d.id))?))?;
-        if !removed {
-            return Err(FsError::NotEmpty);
-        }
-        self.listings.changed_dir(dir_id);
-        self.listings.changed_dir(d.id);
-        if let Ok((_, root)) = self.write_root() {
-            let _ = std::fs::remove_dir(root.join(&d.path));
-            let _ = std::fs::remove_dir(NodeRoot::new(&root).kept().join(&d.path));
-        }
-        Ok(())
     }
 
     pub fn unlink(&self, who: &Caller, parent: u64, name: &OsStr) -> Result<()> {
@@ -888,7 +741,7 @@ mod tests {
             name: "x.dat".into(),
             attr: Attr::archived(4242, 17, 0, None, 0, 0),
         };
-        let l = Arc::new(DirList::new(vec![entry]));
+        let l = std::sync::Arc::new(DirList::new(vec![entry]));
         c.listings.keep(c.root_dir, c.listings.generation(), &l);
         let a = c
             .lookup(&Caller::ROOT, ROOT_INO, OsStr::new("x.dat"))

@@ -781,12 +781,7 @@ impl Tx<'_> {
         now: i64,
     ) -> Result<Id> {
         self.insert(
-            "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
-             verified_at, updated_at) VALUES (?, ?, ?, 'keep', ?, ?, ?, ?) \
-             ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, wants = 'keep', \
-             verify_requested = 0, size_on_node = excluded.size_on_node, \
-             added_at = excluded.added_at, verified_at = excluded.verified_at, \
-             updated_at = excluded.updated_at RETURNING id",
+            &format!("{} RETURNING id", record_copies_sql(1)),
             params![file_id, node_id, has, size_on_node, now, now, now],
         )
     }
@@ -816,18 +811,7 @@ impl Tx<'_> {
                     now.into(),
                 ]);
             }
-            let rows = vec!["(?, ?, ?, 'keep', ?, ?, ?, ?)"; chunk.len()].join(", ");
-            self.exec(
-                &format!(
-                    "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, \
-                     verified_at, updated_at) VALUES {rows} \
-                     ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, \
-                     wants = 'keep', verify_requested = 0, \
-                     size_on_node = excluded.size_on_node, added_at = excluded.added_at, \
-                     verified_at = excluded.verified_at, updated_at = excluded.updated_at"
-                ),
-                &args,
-            )?;
+            self.exec(&record_copies_sql(chunk.len()), &args)?;
         }
         Ok(())
     }
@@ -1019,6 +1003,21 @@ pub(crate) const IN_CHUNK: usize = 1000;
 struct RegisterCache {
     dirs: HashMap<String, Id>,
     acqs: HashMap<String, Id>,
+}
+
+/// The one statement that records copies (a copy registered, pulled, or found on a node):
+/// `rows` rows of (file, node, has, size on node, now, now, now), each a new copy that wants
+/// `keep`, or an existing one made so.
+fn record_copies_sql(rows: usize) -> String {
+    let values = vec!["(?, ?, ?, 'keep', ?, ?, ?, ?)"; rows].join(", ");
+    format!(
+        "INSERT INTO copy (file_id, node_id, has, wants, size_on_node, added_at, verified_at, \
+         updated_at) VALUES {values} \
+         ON CONFLICT (file_id, node_id) DO UPDATE SET has = excluded.has, wants = 'keep', \
+         verify_requested = 0, size_on_node = excluded.size_on_node, \
+         added_at = excluded.added_at, verified_at = excluded.verified_at, \
+         updated_at = excluded.updated_at"
+    )
 }
 
 #[cfg(test)]

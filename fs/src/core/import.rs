@@ -1,5 +1,5 @@
-//! Import of closed files: the queue of settling files, the batch that archives them, and the
-//! recovery of what an earlier mount left in the journal.
+//! Import of closed files: the queue of settling files and the batch that archives them
+//! (what an earlier mount left in the journal is taken over by [`super::recover`]).
 //!
 //! A thread takes every file whose settle time has passed (or that someone asked about, by
 //! reading its md5) and archives them in one batch:
@@ -33,10 +33,10 @@ use std::time::{Duration, Instant};
 use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
 use cairn_catalog::model::{Id, Node, Ownership};
 use cairn_node::importer::Verdict;
-use cairn_node::journal::{Journal, Owner, Placed};
+use cairn_node::journal::{Journal, Placed};
 use tracing::{debug, error, info, warn};
 
-use super::write::{keep, staging_dir};
+use super::write::keep;
 use super::{Core, FsError, Result};
 use crate::locals::{LocalKind, LocalRef, Stage, join};
 use crate::staged::hash_file;
@@ -115,6 +115,17 @@ impl Queue {
     }
 
     /// Someone waits for `l`: it is imported now.
+    /// A file an earlier mount left: registered next (`pending`: placed already) or imported
+    /// next. (The import thread, not started yet, finds it.)
+    pub(super) fn recovered(&self, l: LocalRef, pending: bool) {
+        let mut w = self.lock();
+        if pending {
+            w.pending.push(l);
+        } else {
+            w.asked.push(l);
+        }
+    }
+
     fn ask(&self, l: LocalRef) {
         let mut w = self.lock();
         w.asked.push(l);
@@ -716,53 +727,6 @@ impl Core {
         cairn_node::socket::nudge(&self.opts.socket);
     }
 
-    /// Makes in the catalog, with their owners and modes, the directories made here while it
-    /// could not take them, in one transaction; the catalog's ids then take over.
-    fn make_dirs_in_catalog(&self) -> Result<()> {
-        let pending = self.localdirs.pending();
-        if pending.is_empty() {
-            return Ok(());
-        }
-        let t = cairn_catalog::units::now();
-        let made = self.with_cat(|c| {
-            Ok(c.write(|tx| {
-                pending
-                    .iter()
-                    .map(|d| Ok(tx.make_dir(&d.path, &d.own, t)?.0))
-                    .collect::<cairn_catalog::error::Result<Vec<Id>>>()
-            })?)
-        });
-        match &made {
-            Ok(_) => self.catalog_answered(true),
-            Err(e) if super::catalog_out_of_reach(e) => self.catalog_answered(false),
-            Err(_) => {}
-        }
-        let ids = made?;
-        for (d, real) in pending.iter().zip(ids) {
-            self.adopt_dir(d, real);
-            info!("Directory {} made here is in the catalog now.", d.path);
-        }
-        Ok(())
-    }
-
-    /// Directory `d`, made here (or shown for files cairnd keeps waiting), is the catalog's
-    /// `real` now: the catalog's takes over, with the files here in it.
-    pub(super) fn adopt_dir(&self, d: &crate::localdirs::LocalDir, real: Id) {
-        if let Some(j) = &self.journal {
-            let _ = j.dir_done(&d.path);
-        }
-        self.localdirs.made_in_catalog(d.id, real);
-        // Its files (not archived yet) now sit in the catalog's directory.
-        for l in self.locals.in_dir(d.id) {
-            let mut g = l.lock().expect("local");
-            let (dir_path, name) = (g.dir_path.clone(), g.name.clone());
-            self.locals.rename(&mut g, real, &dir_path, &name);
-        }
-        self.listings.changed_dir(d.parent);
-        self.listings.changed_dir(d.id);
-        self.remembered.forget_dir(d.id);
-    }
-
     /// A file that could not be taken now settles again and is tried after a while.
     fn back_to_settling(&self, l: &LocalRef) {
         let until = Instant::now() + RETRY_FIRST.max(self.opts.settle);
@@ -785,160 +749,10 @@ impl Core {
             self.imports.retry_later(pending);
         }
     }
-
-    /// Takes over what earlier mounts of this write node left in the journal (closed files
-    /// not yet registered: they are shown again and imported), and removes staged files that
-    /// no journal row names: their writers never closed them.
-    pub(super) fn recover(&self) {
-        let (Some(journal), Ok((_, root))) = (&self.journal, self.write_root()) else {
-            return;
-        };
-        let entries = match journal.entries() {
-            Ok(e) => e,
-            Err(e) => {
-                error!("Cannot read the journal of closed files: {e}");
-                return;
-            }
-        };
-        self.recover_dirs(journal);
-        let mut named = std::collections::HashSet::new();
-        for e in entries {
-            named.insert(e.staged.clone());
-            if e.owner != self.owner && Owner::alive(&e.owner) {
-                continue;
-            }
-            let staged = root.join(&e.staged);
-            let dest = root.join(&e.path);
-            let (backing, stage) = if staged.exists() {
-                (
-                    staged,
-                    Stage::Settling {
-                        until: Instant::now(),
-                    },
-                )
-            } else if e.placed.is_some() && dest.exists() {
-                (dest, Stage::Pending)
-            } else {
-                error!(
-                    "{} was closed on this host but its bytes are gone (neither {} nor {} \
-                     exists); it cannot be imported.",
-                    e.path,
-                    staged.display(),
-                    dest.display()
-                );
-                let _ = journal.dropped(&e.staged);
-                continue;
-            };
-            if let Err(err) = journal.closed(&e.staged, &e.path, &self.owner, false) {
-                error!("{err}");
-                continue;
-            }
-            let (dir_path, name) = match e.path.rsplit_once('/') {
-                Some((d, n)) => (d.to_owned(), n.to_owned()),
-                None => (String::new(), e.path.clone()),
-            };
-            let dir = self.resolve_dir(&dir_path);
-            let dir_id = match dir {
-                Ok(d) => d,
-                Err(err) => {
-                    error!(
-                        "Cannot show {} again: {err}; it stays in the journal.",
-                        e.path
-                    );
-                    continue;
-                }
-            };
-            let l = self
-                .locals
-                .add(dir_id, &dir_path, &name, LocalKind::Staged, backing);
-            let mut g = l.lock().expect("local");
-            g.stage = stage;
-            g.journalled = Some(e.staged.clone());
-            g.placed = e.placed.clone();
-            g.hashed = e.placed.as_ref().map(|p| (p.size, p.md5.clone()));
-            drop(g);
-            info!(
-                "Found {} in the journal (closed by an earlier mount, not yet registered): it \
-                 is imported now.",
-                e.path
-            );
-            match stage {
-                Stage::Pending => self.imports.lock().pending.push(l),
-                _ => self.imports.lock().asked.push(l),
-            }
-        }
-        self.tidy_staging(&root, &named);
-        publish(journal);
-    }
-
-    /// Shows again the directories an earlier mount made here while the catalog could not take
-    /// them, unless the catalog has them by now.
-    fn recover_dirs(&self, journal: &Journal) {
-        let dirs = match journal.made_dirs() {
-            Ok(d) => d,
-            Err(e) => {
-                error!("Cannot read the directories made here from the journal: {e}");
-                return;
-            }
-        };
-        for (path, own, made) in dirs {
-            let known = self.with_cat(|c| Ok(c.read(|tx| tx.dir_by_path(&path))?));
-            if let Ok(Some(_)) = known {
-                let _ = journal.dir_done(&path);
-                continue;
-            }
-            let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
-            match self.resolve_dir(parent) {
-                Ok(parent_id) => {
-                    let d = self.localdirs.add(parent_id, name, &path, own, made);
-                    info!(
-                        "Directory {} made here earlier waits for the catalog.",
-                        d.path
-                    );
-                    self.imports.dirs_waiting();
-                }
-                Err(e) => error!("Cannot show directory {path} again: {e}"),
-            }
-        }
-    }
-
-    /// Removes staged files that no journal row names and whose mount is gone: their writers
-    /// never closed them, so nothing of theirs was promised.
-    fn tidy_staging(&self, root: &Path, named: &std::collections::HashSet<String>) {
-        let Ok(entries) = std::fs::read_dir(staging_dir(root)) else {
-            return;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let key = format!(".cairn/staging/{name}");
-            if named.contains(&key) {
-                continue;
-            }
-            let parts: Vec<&str> = name.split('-').collect();
-            let alive = match parts[..] {
-                [pid, start, _] => {
-                    let owner = format!("{pid}:{start}");
-                    owner != self.owner && Owner::alive(&owner)
-                }
-                // Named by an older mount: PID-N.
-                [pid, _] => pid.parse::<u32>().is_ok_and(|p| {
-                    p != std::process::id() && Path::new(&format!("/proc/{p}")).exists()
-                }),
-                _ => true,
-            };
-            if !alive && std::fs::remove_file(e.path()).is_ok() {
-                info!(
-                    "Removed {}: its writer never closed it (its mount stopped while it was \
-                     being written); it was never imported.",
-                    e.path().display()
-                );
-            }
-        }
-    }
 }
 
 /// Publishes how many files wait in the journal, for cairnd's report (`cairn status`).
-fn publish(journal: &Journal) {
+pub(super) fn publish(journal: &Journal) {
     if let Err(e) = journal.publish_summary() {
         warn!("{e}");
     }
