@@ -163,16 +163,7 @@ impl Listings {
             return;
         }
         if c.kept.len() >= self.prune_at.load(Ordering::Relaxed) {
-            let ttl = self.ttl;
-            let stale: Vec<Id> = c
-                .kept
-                .iter()
-                .filter(|(_, k)| k.at.elapsed() >= ttl)
-                .map(|(id, _)| *id)
-                .collect();
-            for id in stale {
-                c.remove(&id);
-            }
+            self.drop_expired_in(&mut c);
             let next = (c.kept.len() * 2).max(LISTINGS_KEPT);
             self.prune_at.store(next, Ordering::Relaxed);
         }
@@ -194,6 +185,26 @@ impl Listings {
             };
             c.bytes -= k.bytes;
         }
+    }
+
+    /// Drops the listings past their TTL: the walk that read them is over, and their memory
+    /// goes back. Returns how many went.
+    pub fn drop_expired(&self) -> usize {
+        self.drop_expired_in(&mut self.cache.lock().expect("listings"))
+    }
+
+    fn drop_expired_in(&self, c: &mut Cache) -> usize {
+        let ttl = self.ttl;
+        let stale: Vec<Id> = c
+            .kept
+            .iter()
+            .filter(|(_, k)| k.at.elapsed() >= ttl)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &stale {
+            c.remove(id);
+        }
+        stale.len()
     }
 
     /// Forgets the listing of directory `dir_id`: this mount changed it in the catalog. A
@@ -337,6 +348,20 @@ mod tests {
         assert!(c.bytes() <= one.bytes() * 3);
         c.changed();
         assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn listings_past_their_ttl_are_dropped_when_tidied_and_fresh_ones_stay() {
+        let c = Listings::new(Duration::from_millis(200), 1 << 30);
+        let g = c.generation();
+        c.keep(1, g, &Arc::new(DirList::new(Vec::new())));
+        c.keep(2, g, &Arc::new(DirList::new(Vec::new())));
+        std::thread::sleep(Duration::from_millis(250));
+        c.keep(3, g, &Arc::new(DirList::new(Vec::new())));
+        assert_eq!(c.drop_expired(), 2);
+        assert_eq!(c.len(), 1);
+        assert!(c.fresh(3).is_some());
+        assert_eq!(c.drop_expired(), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 pub mod batch;
 pub mod cache;
 pub mod daemon;
+pub mod disks;
 pub mod http;
 pub mod lock;
 pub mod metrics;
@@ -25,7 +26,6 @@ pub mod sources;
 pub mod standing;
 pub mod tasks;
 pub mod transfer;
-pub mod transport;
 pub mod watch;
 
 pub use daemon::run;

@@ -42,7 +42,7 @@ pub struct RefreshState {
     last_state: HashMap<Id, String>,
     watchers: HashMap<Id, WatcherHandle>,
     loops: u64,
-    disks: crate::transport::Disks,
+    disks: crate::disks::Disks,
     /// Field copies a delayed auto-clean keeps because their group copy failed verification.
     blocked: Standing<Id>,
     /// Why the archive-wide gauges of `/metrics` could not be read, while that lasts.
@@ -95,7 +95,7 @@ pub fn refresh(
     let t = now();
     // (A transport disk is taken on by writing to the catalog: not while it cannot be.)
     if writes
-        && let Err(e) = crate::transport::detect(host, &config.transport_watch, cat, &mut st.disks)
+        && let Err(e) = crate::disks::detect(host, &config.transport_watch, cat, &mut st.disks)
     {
         warn!("Transport disk detection failed: {e:#}");
     }

@@ -2,7 +2,9 @@
 //! [`crate::listings`]), merged with this host's own files when served, and the thread that
 //! reads listings ahead of a walk.
 
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use cairn_catalog::CatalogError;
 use cairn_catalog::model::Id;
@@ -84,18 +86,38 @@ impl Core {
         std::thread::Builder::new()
             .name("prefetcher".into())
             .spawn(move || {
-                while let Ok(ino) = rx.recv() {
+                let mut tidied = Instant::now();
+                loop {
+                    let next = rx.recv_timeout(TIDY_EVERY);
                     let Some(c) = core.upgrade() else { return };
-                    if let Ok(dir_id) = c.dir_id(ino)
-                        && c.listings.fresh(dir_id).is_none()
-                        && let Err(e) = c.catalog_listing(dir_id)
-                    {
-                        debug!("Reading ahead directory inode {ino}: {e}");
+                    match next {
+                        Ok(ino) => {
+                            if let Ok(dir_id) = c.dir_id(ino)
+                                && c.listings.fresh(dir_id).is_none()
+                                && let Err(e) = c.catalog_listing(dir_id)
+                            {
+                                debug!("Reading ahead directory inode {ino}: {e}");
+                            }
+                        }
+                        Err(RecvTimeoutError::Timeout) => {}
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                    if tidied.elapsed() >= TIDY_EVERY {
+                        tidied = Instant::now();
+                        c.tidy_memory();
                     }
                 }
             })
             .expect("the prefetcher thread starts");
         self.listings.set_prefetcher(tx);
+    }
+
+    /// Gives back the memory of what a walk left: listings past their TTL go, and the
+    /// allocator returns the pages they freed to the system (otherwise a mount's resident
+    /// memory would stay at the high mark of its largest walk).
+    fn tidy_memory(&self) {
+        self.listings.drop_expired();
+        give_back_freed_memory();
     }
 
     /// Whether listings go to the kernel whole, with attributes ([`Listings::stat_walk`]).
@@ -175,5 +197,18 @@ impl Core {
                 });
             }
         }
+    }
+}
+
+/// How often the prefetcher thread drops expired listings and gives memory back.
+const TIDY_EVERY: Duration = Duration::from_secs(5);
+
+/// Returns freed memory to the system: glibc keeps what a thread freed in that thread's arena
+/// otherwise.
+pub(crate) fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
