@@ -648,6 +648,32 @@ fn pulls_go_over_mutual_tls_when_configured_and_plain_http_is_refused() {
     });
 }
 
+#[test]
+fn small_files_go_in_batches_over_mutual_tls_too() {
+    let a = Archive::new();
+    let pki = a.dir.path().join("pki");
+    if archive_and_stranger_pki(&pki).is_none() {
+        return;
+    }
+    let (h1, h2, r1, r2) = tls_hosts(&a, &pki);
+    let paths = small_files(&r1, "2025/01/05", 60);
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(Duration::from_secs(60));
+    for p in &paths {
+        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
+        assert_eq!(
+            md5_file(&r2.join(p)).unwrap(),
+            md5_file(&r1.join(p)).unwrap()
+        );
+    }
+    let (log1, log2) = (h1.log(), h2.log());
+    assert!(log1.contains("Serving over mutual TLS with"), "{log1}");
+    assert!(log2.contains("Pulling a batch of"), "{log2}");
+    assert!(log1.contains("Served a batch of"), "{log1}");
+}
+
 /// `curl` over https to `address`, trusting the archive's authority, with the client
 /// certificate `cert` (a name in `pki`) and the token, if given: its exit status and output.
 fn curl(
@@ -706,7 +732,7 @@ fn over_mutual_tls_a_peer_without_a_certificate_from_the_archive_ca_is_refused_t
         (Some("stranger"), Some(token.as_str())),
         (Some("stranger"), None),
     ] {
-        for path in [copy, "/healthz", "/metrics"] {
+        for path in [copy, "/v1/batch?copies=1", "/healthz", "/metrics"] {
             let (ok, out) = curl(&pki, &h1.address, path, cert, token);
             assert!(
                 !ok && !out.contains("over tls") && !out.contains("cairn_"),
@@ -721,7 +747,7 @@ fn over_mutual_tls_a_peer_without_a_certificate_from_the_archive_ca_is_refused_t
     let (ok, metrics) = curl(&pki, &h1.address, "/metrics", Some("host"), None);
     assert!(ok, "{metrics}");
     assert!(
-        metrics.contains("cairn_http_refused_total 12"),
+        metrics.contains("cairn_http_refused_total 16"),
         "each refused handshake is counted: {metrics}"
     );
     assert!(h1.log().contains("TLS handshake failed"), "{}", h1.log());
@@ -958,6 +984,78 @@ fn a_corrupt_file_in_a_batch_fails_alone_and_is_fixed_from_another_source() {
         "{log2}"
     );
     assert_eq!(md5_file(&r2.join(bad)).unwrap(), want);
+}
+
+/// Issue "small files in bulk": a batch cut mid-stream by a kill -9 of its source leaves no
+/// partial file under an archive name (what had arrived whole is installed and recorded, the
+/// rest is retried), and completes once the source is back.
+#[test]
+fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_after_restart() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
+    // 40 files of 256 KiB go in one batch, about 5 s at this rate: time to cut it.
+    h2.limit_pulls("2MiB");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    let paths: Vec<String> = (0..40)
+        .map(|i| {
+            let path = format!("2025/01/03/{i:04}.dat");
+            let body: Vec<u8> = (0..256 << 10)
+                .map(|b| ((b * 7 + i * 13) % 251) as u8)
+                .collect();
+            write_file(&r1, &path, body);
+            path
+        })
+        .collect();
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    let arrived = || std::fs::read_dir(NodeRoot::new(&r2).tmp()).map_or(0, |d| d.count());
+    wait_until(T, "the batch under way", || arrived() >= 4);
+    h1.kill9();
+    wait_until(T, "the receiver to give up this attempt", || {
+        h2.log().contains("attempt 1 failed")
+    });
+    let log2 = h2.log();
+    assert!(
+        log2.contains("Pulling a batch of 40 files from h1"),
+        "{log2}"
+    );
+    // Under its archive name, a file is whole and recorded, or not there at all.
+    let mut whole = 0;
+    for p in &paths {
+        let want = md5_file(&r1.join(p)).unwrap();
+        match md5_file(&r2.join(p)) {
+            Ok(got) => {
+                assert_eq!(got, want, "{p}: a partial or wrong file under its name");
+                whole += 1;
+            }
+            Err(_) => assert_ne!(a.has("n2", p), Some(Has::Yes), "{p} recorded, not there"),
+        }
+    }
+    assert!(
+        whole < paths.len(),
+        "the cut came after the whole batch: {log2}"
+    );
+    h1.start();
+    a.wait_idle(Duration::from_secs(120));
+    for p in &paths {
+        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
+        assert_eq!(
+            md5_file(&r2.join(p)).unwrap(),
+            md5_file(&r1.join(p)).unwrap(),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
 }
 
 /// A chunked HTTP/1.1 body, decoded.
