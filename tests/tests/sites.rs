@@ -1148,3 +1148,43 @@ fn a_site_cut_off_for_a_minute_loses_nothing_and_repeats_nothing() {
     far.stop();
     near.stop();
 }
+
+/// Issue "a site keeps archiving while its link to the catalog is cut": the daemon rides it
+/// out and keeps serving its copies to the hosts it can reach. A second host of the cut-off
+/// site reads, through its mount, a file whose only copy is on the first host: pulled into its
+/// cache from the first host's cairnd, with nothing asked of the primary.
+#[test]
+fn during_a_cut_a_host_of_the_site_reads_a_file_only_another_host_of_the_site_holds() {
+    let test = "during_a_cut_a_host_of_the_site_reads_a_file_only_another_host_of_the_site_holds";
+    if !can_run_servers(test) || !cairn_tests::fuse_available() {
+        return;
+    }
+    let sites = Sites::new(Duration::from_millis(5));
+    let archive = sites.archive();
+    let (_far, _root, m) = far_mount(&archive, "far");
+    let data: Vec<u8> = (0..3 << 20).map(|i| (i % 253) as u8).collect();
+    std::fs::write(m.path("held.dat"), &data).unwrap();
+    assert_eq!(m.xattr("held.dat", "md5").map(|s| s.len()), Ok(32));
+    // The other host of the site: cairnd and a read-only mount, no node of its own.
+    let mut other = archive.far_host("other", "");
+    other.start();
+    let m2 = other.mount(None);
+    wait_until(Duration::from_secs(30), "the other mount lists it", || {
+        m2.path("held.dat").exists()
+    });
+    sites.link.cut();
+    let t = Instant::now();
+    let got = std::fs::read(m2.path("held.dat")).expect("read during the cut");
+    assert!(got == data, "the bytes of held.dat");
+    eprintln!(
+        "read through the other host during the cut in {:?}",
+        t.elapsed()
+    );
+    // From the first host's node, by its cairnd.
+    assert!(
+        other.log().contains("Cached held.dat from node field"),
+        "{}",
+        other.log()
+    );
+    sites.link.restore();
+}
