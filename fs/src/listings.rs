@@ -6,7 +6,9 @@
 //! - A listing read before this mount changed the namespace is never kept after the change
 //!   (a generation counter, bumped under the cache's lock).
 //! - Listings past their TTL are dropped when the cache has doubled since the last prune, so a
-//!   fast walk of a large tree, with thousands of listings inside the TTL, stays linear.
+//!   fast walk of a large tree, with thousands of listings inside the TTL, stays linear; and
+//!   every few seconds by the prefetcher thread ([`Listings::drop_expired`]), so that the
+//!   memory of a walk that is over goes back.
 //! - The listings kept take at most their share of `[fs] cache_memory`: beyond it the least
 //!   recently used go first, however fresh (a walk of millions of files keeps no more).
 //! - The kernel keeps its own copy of a listing (FOPEN_KEEP_CACHE) only while the listing's

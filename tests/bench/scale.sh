@@ -73,15 +73,15 @@ pids+=($!)
 cairnd_pid=$!
 until [ -S "$W/h1/run/cairnd.sock" ]; do sleep 0.05; done
 wait_done
-scan_rate() {
+scan_rate() { # the subtree of the node to scan: only the new files, not those of the first
     local t0 t1
     t0=$(now)
-    cairn node scan n1 --register-new >/dev/null
+    cairn node scan n1 "$1" --register-new >/dev/null
     wait_done
     t1=$(now)
     python3 -c "print(f'{$SCAN / ($t1 - $t0):.0f}')"
 }
-first_rate=$(scan_rate)
+first_rate=$(scan_rate scan/first)
 
 echo "Registering $DIRS x $FILES + $BIG files ..." >&2
 fill=$("$BIN/cairn-fill" "sqlite://$W/catalog.db" "$DIRS" "$FILES" "$BIG")
@@ -113,7 +113,7 @@ for i in range(n):
     with open(os.path.join(d, "%05d.dat" % i), "wb") as f:
         f.write(b"y")
 PY
-last_rate=$(scan_rate)
+last_rate=$(scan_rate scan/last)
 
 # Memory of both processes, every second, with the phase it was in.
 echo "seconds,phase,cairnfs_mib,cairnd_mib" >"$W/rss.csv"

@@ -205,7 +205,7 @@ const TIDY_EVERY: Duration = Duration::from_secs(5);
 
 /// Returns freed memory to the system: glibc keeps what a thread freed in that thread's arena
 /// otherwise.
-pub(crate) fn give_back_freed_memory() {
+fn give_back_freed_memory() {
     #[cfg(target_env = "gnu")]
     // SAFETY: malloc_trim only walks the allocator's own free lists.
     unsafe {
