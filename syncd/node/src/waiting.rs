@@ -143,31 +143,12 @@ impl WaitingList {
     pub fn oldest(&self, limit: usize) -> Result<Vec<Waiting>> {
         let mut st = self
             .conn
-            .prepare_cached(
-                "SELECT path, acq, size, md5, mtime, owner, grp, mode, stamp, found_at \
-                 FROM waiting \
-                 ORDER BY found_at, path LIMIT ?1",
-            )
+            .prepare_cached(&format!(
+                "SELECT {WAITING_COLUMNS} FROM waiting ORDER BY found_at, path LIMIT ?1"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = st
-            .query_map([limit as i64], |r| {
-                Ok(Waiting {
-                    file: NewFile {
-                        path: r.get(0)?,
-                        acq: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
-                        md5: r.get(3)?,
-                        mtime: r.get(4)?,
-                        own: Ownership {
-                            user: r.get(5)?,
-                            group: r.get(6)?,
-                            mode: r.get(7)?,
-                        },
-                    },
-                    stamp: r.get(8)?,
-                    found_at: r.get(9)?,
-                })
-            })
+            .query_map([limit as i64], waiting_row)
             .map_err(|e| self.err(e))?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .map_err(|e| self.err(e))
@@ -260,31 +241,11 @@ impl WaitingList {
             d => (format!("{d}/"), format!("{d}0")),
         };
         let mut st = conn
-            .prepare(
-                "SELECT path, acq, size, md5, mtime, owner, grp, mode, stamp, found_at \
-                 FROM waiting WHERE path > ?1 AND path < ?2",
-            )
+            .prepare(&format!(
+                "SELECT {WAITING_COLUMNS} FROM waiting WHERE path > ?1 AND path < ?2"
+            ))
             .map_err(err)?;
-        let rows = st
-            .query_map(params![from, to], |r| {
-                Ok(Waiting {
-                    file: NewFile {
-                        path: r.get(0)?,
-                        acq: r.get(1)?,
-                        size: r.get::<_, i64>(2)? as u64,
-                        md5: r.get(3)?,
-                        mtime: r.get(4)?,
-                        own: Ownership {
-                            user: r.get(5)?,
-                            group: r.get(6)?,
-                            mode: r.get(7)?,
-                        },
-                    },
-                    stamp: r.get(8)?,
-                    found_at: r.get(9)?,
-                })
-            })
-            .map_err(err)?;
+        let rows = st.query_map(params![from, to], waiting_row).map_err(err)?;
         rows.collect::<rusqlite::Result<Vec<_>>>().map_err(err)
     }
 }
@@ -295,6 +256,29 @@ fn summary_of(conn: &Connection) -> rusqlite::Result<Summary> {
             files: r.get::<_, i64>(0)? as u64,
             oldest: r.get(1)?,
         })
+    })
+}
+
+/// The columns [`waiting_row`] reads, in its order.
+const WAITING_COLUMNS: &str = "path, acq, size, md5, mtime, owner, grp, mode, stamp, found_at";
+
+/// A registration as read from a row of [`WAITING_COLUMNS`].
+fn waiting_row(r: &rusqlite::Row) -> rusqlite::Result<Waiting> {
+    Ok(Waiting {
+        file: NewFile {
+            path: r.get(0)?,
+            acq: r.get(1)?,
+            size: r.get::<_, i64>(2)? as u64,
+            md5: r.get(3)?,
+            mtime: r.get(4)?,
+            own: Ownership {
+                user: r.get(5)?,
+                group: r.get(6)?,
+                mode: r.get(7)?,
+            },
+        },
+        stamp: r.get(8)?,
+        found_at: r.get(9)?,
     })
 }
 
