@@ -661,13 +661,7 @@ fn small_files_go_in_batches_over_mutual_tls_too() {
     a.wait_idle(T);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(Duration::from_secs(60));
-    for p in &paths {
-        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
-        assert_eq!(
-            md5_file(&r2.join(p)).unwrap(),
-            md5_file(&r1.join(p)).unwrap()
-        );
-    }
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
     let (log1, log2) = (h1.log(), h2.log());
     assert!(log1.contains("Serving over mutual TLS with"), "{log1}");
     assert!(log2.contains("Pulling a batch of"), "{log2}");
@@ -908,6 +902,25 @@ fn small_files(root: &Path, dir: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// Each of `paths` is on h2's node n2 (`to`, root `to_root`), healthy in the catalog and
+/// with the bytes it has on n1 (root `from_root`).
+fn assert_all_pulled(
+    a: &Archive,
+    to: &TestHost,
+    from_root: &Path,
+    to_root: &Path,
+    paths: &[String],
+) {
+    for p in paths {
+        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", to.log());
+        assert_eq!(
+            md5_file(&to_root.join(p)).unwrap(),
+            md5_file(&from_root.join(p)).unwrap(),
+            "{p}"
+        );
+    }
+}
+
 #[test]
 fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded() {
     let a = Archive::new();
@@ -923,13 +936,7 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
     a.wait_idle(T);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(Duration::from_secs(60));
-    for p in &paths {
-        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
-        assert_eq!(
-            md5_file(&r2.join(p)).unwrap(),
-            md5_file(&r1.join(p)).unwrap()
-        );
-    }
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
     let (log1, log2) = (h1.log(), h2.log());
     assert!(log2.contains("Pulling a batch of"), "{log2}");
     assert!(log1.contains("Served a batch of"), "{log1}");
@@ -1050,14 +1057,7 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     );
     h1.start();
     a.wait_idle(Duration::from_secs(120));
-    for p in &paths {
-        assert_eq!(a.has("n2", p), Some(Has::Yes), "{p}: {}", h2.log());
-        assert_eq!(
-            md5_file(&r2.join(p)).unwrap(),
-            md5_file(&r1.join(p)).unwrap(),
-            "{p}"
-        );
-    }
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
     assert_eq!(
         std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
         0,
