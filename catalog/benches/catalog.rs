@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::{NewFile, NewNode};
 use cairn_catalog::db::Dialect;
-use cairn_catalog::model::{Dir, File, Has, Id, IoClass};
+use cairn_catalog::model::{Dir, DirId, File, Has, IoClass, NodeId};
 use cairn_catalog::schema::{MIGRATIONS, render};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, SamplingMode};
@@ -196,7 +196,7 @@ impl Registration {
 }
 
 /// Builds the catalog: every file registered, with a `has = yes` copy on node `store1`.
-fn build_catalog(url: &str, shape: Shape) -> (Catalog, Id, Registration) {
+fn build_catalog(url: &str, shape: Shape) -> (Catalog, NodeId, Registration) {
     let mut cat = Catalog::init(url).expect("init catalog");
     let node_id = cat
         .write(|tx| {
@@ -584,7 +584,7 @@ fn main() {
         .collect();
     let cat_paths: Vec<String> = picks.iter().map(|&i| shape.file(i).path).collect();
     // (dir id, name) of each sample, for the single-component `lookup`.
-    let cat_entries: Vec<(Id, String)> = cat
+    let cat_entries: Vec<(DirId, String)> = cat
         .read(|tx| {
             cat_paths
                 .iter()
@@ -703,7 +703,7 @@ fn main() {
             let dirs = raw
                 .prepare_cached(&raw_list_dirs)
                 .expect("prepare")
-                .query_map([big_id], |r| {
+                .query_map([big_id.0], |r| {
                     Ok((
                         r.get::<_, i64>(0)?,
                         r.get::<_, Option<i64>>(1)?,
@@ -718,7 +718,7 @@ fn main() {
             let files = raw
                 .prepare_cached(&raw_list_files)
                 .expect("prepare")
-                .query_map([big_id], file_row)
+                .query_map([big_id.0], file_row)
                 .expect("query")
                 .collect::<rusqlite::Result<Vec<_>>>()
                 .expect("files");

@@ -36,7 +36,7 @@ use crate::db::postgres::{self, PostgresBackend};
 use crate::db::sqlite::{self, SqliteBackend};
 use crate::db::{Backend, DbError, Dialect, FromValue, Patience, Row, TxMode, Value};
 use crate::error::{CatalogError, Result};
-use crate::model::{FromRow, Id};
+use crate::model::FromRow;
 use crate::replica::{Choice, ReplicaLink, ReplicaStatus, Routing};
 use crate::schema::{self, MIGRATIONS, SCHEMA_VERSION};
 
@@ -583,7 +583,11 @@ impl Tx<'_> {
     }
 
     /// Runs an `INSERT … RETURNING id` and returns the id.
-    pub(crate) fn insert(&mut self, sql: &str, params: &[Value]) -> Result<Id> {
+    pub(crate) fn insert<T: crate::db::FromValue>(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+    ) -> Result<T> {
         self.scalar(sql, params)
     }
 }

@@ -117,7 +117,65 @@ text_enum!(
     }
 );
 
-pub type Id = i64;
+/// Declares the id of one kind of row: a number that cannot be passed where another kind's
+/// id is expected (a copy's id as a file's, a node's as a group's).
+macro_rules! id_type {
+    ($($(#[$m:meta])* $name:ident),+ $(,)?) => {$(
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub i64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                s.parse()
+                    .map($name)
+                    .map_err(|_| format!("{s:?} is not a number"))
+            }
+        }
+
+        impl crate::db::FromValue for $name {
+            fn from_value(v: &crate::db::Value) -> Result<Self, DbError> {
+                <i64 as crate::db::FromValue>::from_value(v).map($name)
+            }
+        }
+
+        impl From<$name> for crate::db::Value {
+            fn from(v: $name) -> Self {
+                crate::db::Value::Int(v.0)
+            }
+        }
+    )+};
+}
+
+id_type!(
+    /// A host's id.
+    HostId,
+    /// A group's id.
+    GroupId,
+    /// A node's id.
+    NodeId,
+    /// An acquisition's id.
+    AcqId,
+    /// A directory's id.
+    DirId,
+    /// A file's id.
+    FileId,
+    /// A copy's id: one file on one node.
+    CopyId,
+    /// A copy request's id (`AFCR#`).
+    RequestId,
+    /// An import request's id.
+    ImportId,
+);
+
 /// Unix time in seconds.
 pub type Timestamp = i64;
 
@@ -128,7 +186,7 @@ pub trait FromRow: Sized {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Host {
-    pub id: Id,
+    pub id: HostId,
     pub name: String,
     /// `host:port` of this host's cairnd HTTP endpoint.
     pub address: Option<String>,
@@ -157,7 +215,7 @@ impl FromRow for Host {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Group {
-    pub id: Id,
+    pub id: GroupId,
     pub name: String,
     pub io_class: IoClass,
     pub notes: Option<String>,
@@ -180,12 +238,12 @@ impl FromRow for Group {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Node {
-    pub id: Id,
+    pub id: NodeId,
     pub name: String,
-    pub group_id: Id,
+    pub group_id: GroupId,
     pub group: String,
     pub kind: NodeKind,
-    pub host_id: Option<Id>,
+    pub host_id: Option<HostId>,
     pub host: Option<String>,
     pub root: Option<String>,
     pub active: bool,
@@ -247,7 +305,7 @@ impl FromRow for Node {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Acq {
-    pub id: Id,
+    pub id: AcqId,
     pub name: String,
     pub created_at: Timestamp,
     /// When the acquisition was closed: no more files are expected. A closed acquisition
@@ -269,8 +327,8 @@ impl FromRow for Acq {
 /// A directory of the archive tree.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Dir {
-    pub id: Id,
-    pub parent_id: Option<Id>,
+    pub id: DirId,
+    pub parent_id: Option<DirId>,
     pub name: String,
     /// Path from the archive root, `""` for the root itself.
     pub path: String,
@@ -322,8 +380,8 @@ impl Ownership {
 /// A registered file. Immutable once registered (invariant 1).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct File {
-    pub id: Id,
-    pub dir_id: Id,
+    pub id: FileId,
+    pub dir_id: DirId,
     pub name: String,
     /// Path from the archive root, e.g. `2025/02/21/23/1324.dat`.
     pub path: String,
@@ -367,7 +425,7 @@ impl FromRow for File {
 /// What a directory listing shows of a file: no joins, no md5, no path.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct FileStat {
-    pub id: Id,
+    pub id: FileId,
     pub name: String,
     pub size: u64,
     pub mtime: Timestamp,
@@ -402,9 +460,9 @@ pub fn join_path(dir: &str, name: &str) -> String {
 /// A file's copy on one node.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Copy {
-    pub id: Id,
-    pub file_id: Id,
-    pub node_id: Id,
+    pub id: CopyId,
+    pub file_id: FileId,
+    pub node_id: NodeId,
     pub node: String,
     pub has: Has,
     pub wants: Wants,
@@ -442,14 +500,14 @@ impl FromRow for Copy {
 /// A request to copy a file from a node into a group.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CopyRequest {
-    pub id: Id,
-    pub file_id: Id,
+    pub id: RequestId,
+    pub file_id: FileId,
     pub path: String,
     pub size: u64,
     pub from_node: String,
     pub to_group: String,
-    pub from_node_id: Id,
-    pub to_group_id: Id,
+    pub from_node_id: NodeId,
+    pub to_group_id: GroupId,
     pub state: RequestState,
     pub attempts: u32,
     pub last_error: Option<String>,
@@ -499,8 +557,8 @@ impl FromRow for CopyRequest {
 /// A request to initialise a node, import one path, or scan a tree for new files.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ImportRequest {
-    pub id: Id,
-    pub node_id: Id,
+    pub id: ImportId,
+    pub node_id: NodeId,
     pub node: String,
     pub path: String,
     pub scan: bool,
@@ -543,9 +601,9 @@ impl FromRow for ImportRequest {
 /// - autoclean: a file added to `group` is released from `node`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct AutoAction {
-    pub group_id: Id,
+    pub group_id: GroupId,
     pub group: String,
-    pub node_id: Id,
+    pub node_id: NodeId,
     pub node: String,
     pub autosync: bool,
     pub autoclean: bool,

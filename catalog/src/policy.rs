@@ -15,13 +15,13 @@
 use crate::catalog::{FileFilter, NewCopyRequest, Tx};
 pub use crate::error::Refusal;
 use crate::error::{CatalogError, Result};
-use crate::model::{File, Has, Id, Wants};
+use crate::model::{CopyId, File, FileId, Has, NodeId, RequestId, Wants};
 
 /// The files an action applies to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// One file, by id.
-    File(Id),
+    File(FileId),
     /// Every file at or below this directory path (`""`: the whole archive).
     Under(String),
 }
@@ -33,7 +33,7 @@ pub enum SyncSource<'a> {
     /// refused.
     Node(&'a str),
     /// Any healthy copy, one on these nodes (this host's) first.
-    Best { prefer: &'a [Id] },
+    Best { prefer: &'a [NodeId] },
 }
 
 /// A sync to ask for.
@@ -50,7 +50,7 @@ pub struct SyncOrder<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Synced {
     /// New copy requests: (request id, file size).
-    pub requested: Vec<(Id, u64)>,
+    pub requested: Vec<(RequestId, u64)>,
     /// Files with an identical request pending already.
     pub pending: u64,
     /// Files the group holds a healthy copy of already (not requested unless forced).
@@ -94,7 +94,7 @@ pub fn sync(tx: &mut Tx<'_>, scope: &Scope, order: SyncOrder<'_>, now: i64) -> R
             group: group.name.clone(),
         }));
     }
-    let members: Vec<Id> = tx.group_nodes(group.id)?.iter().map(|n| n.id).collect();
+    let members: Vec<NodeId> = tx.group_nodes(group.id)?.iter().map(|n| n.id).collect();
     let mut out = Synced::default();
     for f in files(tx, scope)? {
         let copies = tx.copies_of(f.id)?;
@@ -165,7 +165,7 @@ pub fn verify(tx: &mut Tx<'_>, scope: &Scope, node: &str, now: i64) -> Result<u6
 }
 
 /// The copies on `node` of the files in `scope` that are not gone.
-fn present_copies(tx: &mut Tx<'_>, scope: &Scope, node: &str) -> Result<Vec<Id>> {
+fn present_copies(tx: &mut Tx<'_>, scope: &Scope, node: &str) -> Result<Vec<CopyId>> {
     let nd = tx
         .node_by_name(node)?
         .ok_or_else(|| refused(Refusal::NoSuchNode(node.to_owned())))?;

@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::model::{Has, Id, NodeKind, Wants};
+use crate::model::{CopyId, GroupId, Has, HostId, NodeId, NodeKind, Wants};
 use crate::units::format_size;
 
 // ---------------------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ use crate::units::format_size;
 /// Another copy of a file whose copy is to be released.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtherCopy {
-    pub node_id: Id,
+    pub node_id: NodeId,
     pub node_kind: NodeKind,
     pub has: Has,
 }
@@ -69,7 +69,7 @@ impl std::error::Error for ReleaseRefusal {}
 /// once, so a duplicated row cannot stand in for a second copy. With `min_archive_copies == 0`
 /// pending reads still refuse: deleting a copy under a running transfer would break it.
 pub fn may_release(
-    node_id: Id,
+    node_id: NodeId,
     copies: &[OtherCopy],
     pending_reads: usize,
     min_archive_copies: usize,
@@ -97,7 +97,7 @@ pub fn may_release(
 /// A copy that may be deleted when its node needs space (`wants=release_when_needed`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReleaseCandidate {
-    pub copy_id: Id,
+    pub copy_id: CopyId,
     /// Bytes freed by deleting it.
     pub size: u64,
     /// When the copy was recorded (Unix seconds).
@@ -111,7 +111,7 @@ pub struct ReleaseCandidate {
 /// would free less than `bytes_needed`. When all candidates together are not enough, all are
 /// returned, to free as much as possible. Each chosen copy must still pass [`may_release`] when
 /// it is deleted, so the daemon may free less than planned and look again next round.
-pub fn choose_discretionary(candidates: &[ReleaseCandidate], bytes_needed: u64) -> Vec<Id> {
+pub fn choose_discretionary(candidates: &[ReleaseCandidate], bytes_needed: u64) -> Vec<CopyId> {
     let mut oldest_first: Vec<&ReleaseCandidate> = candidates.iter().collect();
     oldest_first.sort_by_key(|c| (c.added_at, c.copy_id));
     let mut freed: u64 = 0;
@@ -136,8 +136,8 @@ pub fn choose_discretionary(candidates: &[ReleaseCandidate], bytes_needed: u64) 
 /// - `autoclean`: a copy appearing on a node of `group_id` releases the copy on `node_id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ActionRule {
-    pub group_id: Id,
-    pub node_id: Id,
+    pub group_id: GroupId,
+    pub node_id: NodeId,
     pub autosync: bool,
     pub autoclean: bool,
 }
@@ -145,28 +145,31 @@ pub struct ActionRule {
 /// The healthy copy that just appeared: its node and that node's group.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewCopy {
-    pub node_id: Id,
-    pub group_id: Id,
+    pub node_id: NodeId,
+    pub group_id: GroupId,
 }
 
 /// What the catalog knows of the file when its new copy is recorded.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct FileState {
     /// Groups with a `has=yes` copy of the file.
-    pub present_in_groups: Vec<Id>,
+    pub present_in_groups: Vec<GroupId>,
     /// Groups with a pending or active copy request for the file.
-    pub requested_into_groups: Vec<Id>,
+    pub requested_into_groups: Vec<GroupId>,
     /// Every copy row of the file: node, has, wants.
-    pub copies_on_nodes: Vec<(Id, Has, Wants)>,
+    pub copies_on_nodes: Vec<(NodeId, Has, Wants)>,
 }
 
 /// What an auto-action asks the catalog to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AutoEffect {
     /// Create a copy request for the file from `from_node` into `to_group`.
-    Sync { from_node: Id, to_group: Id },
+    Sync {
+        from_node: NodeId,
+        to_group: GroupId,
+    },
     /// Set the file's copy on `node_id` to `wants=release_now`.
-    Release { node_id: Id },
+    Release { node_id: NodeId },
 }
 
 /// The auto-actions fired by a new healthy copy (call it only once the copy is `has=yes`).
@@ -382,10 +385,10 @@ pub fn fits(space: &NodeSpace, size: u64) -> Result<(), NoFit> {
 /// A node of the transport group being copied into.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransportCandidate {
-    pub node_id: Id,
+    pub node_id: NodeId,
     pub name: String,
     /// The host the disk is plugged into; `None` while it is in transit.
-    pub host_id: Option<Id>,
+    pub host_id: Option<HostId>,
     pub active: bool,
     pub space: NodeSpace,
 }
@@ -445,9 +448,9 @@ fn cmp_fullness(a: &NodeSpace, b: &NodeSpace) -> Ordering {
 /// so the choice does not depend on the order of `cands`.
 pub fn choose_transport(
     cands: &[TransportCandidate],
-    source_host: Id,
+    source_host: HostId,
     size: u64,
-) -> Result<Id, NoTransport> {
+) -> Result<NodeId, NoTransport> {
     let on_host: Vec<&TransportCandidate> = cands
         .iter()
         .filter(|c| c.active && c.host_id == Some(source_host))
@@ -485,9 +488,9 @@ mod tests {
 
     // --- may_release -------------------------------------------------------------------------
 
-    fn copy(node_id: Id, node_kind: NodeKind, has: Has) -> OtherCopy {
+    fn copy(node_id: i64, node_kind: NodeKind, has: Has) -> OtherCopy {
         OtherCopy {
-            node_id,
+            node_id: NodeId(node_id),
             node_kind,
             has,
         }
@@ -496,7 +499,7 @@ mod tests {
     const A: NodeKind = NodeKind::Archive;
 
     /// A healthy copy on archive node `node_id`.
-    fn yes(node_id: Id) -> OtherCopy {
+    fn yes(node_id: i64) -> OtherCopy {
         copy(node_id, A, Has::Yes)
     }
 
@@ -516,14 +519,14 @@ mod tests {
     #[test_case(&[yes(2), yes(3)], 2, Err(ReleaseRefusal::PendingReads { requests: 2 });
         "pending reads refuse")]
     fn may_release_table(copies: &[OtherCopy], pending: usize, want: Result<(), ReleaseRefusal>) {
-        assert_eq!(may_release(1, copies, pending, 2), want);
+        assert_eq!(may_release(NodeId(1), copies, pending, 2), want);
     }
 
     #[test]
     fn may_release_with_zero_minimum_still_needs_no_pending_reads() {
-        assert_eq!(may_release(1, &[], 0, 0), Ok(()));
+        assert_eq!(may_release(NodeId(1), &[], 0, 0), Ok(()));
         assert_eq!(
-            may_release(1, &[], 1, 0),
+            may_release(NodeId(1), &[], 1, 0),
             Err(ReleaseRefusal::PendingReads { requests: 1 })
         );
     }
@@ -540,7 +543,7 @@ mod tests {
 
     fn other_copy() -> impl Strategy<Value = OtherCopy> {
         (
-            0..6 as Id,
+            0..6i64,
             prop::sample::select(NodeKind::ALL),
             prop::sample::select(Has::ALL),
         )
@@ -556,10 +559,10 @@ mod tests {
             pending in 0..3usize,
             min in 0..4usize,
         ) {
-            if may_release(0, &copies, pending, min).is_ok() {
-                let holders: BTreeSet<Id> = copies
+            if may_release(NodeId(0), &copies, pending, min).is_ok() {
+                let holders: BTreeSet<NodeId> = copies
                     .iter()
-                    .filter(|c| c.node_id != 0 && c.node_kind == A && c.has == Has::Yes)
+                    .filter(|c| c.node_id != NodeId(0) && c.node_kind == A && c.has == Has::Yes)
                     .map(|c| c.node_id)
                     .collect();
                 prop_assert!(holders.len() >= min);
@@ -575,20 +578,20 @@ mod tests {
             min in 0..4usize,
         ) {
             let without_own: Vec<OtherCopy> =
-                copies.iter().filter(|c| c.node_id != 0).cloned().collect();
+                copies.iter().filter(|c| c.node_id != NodeId(0)).cloned().collect();
             let mut with_own_healthy = without_own.clone();
             with_own_healthy.push(copy(0, A, Has::Yes));
-            let want = may_release(0, &without_own, pending, min);
-            prop_assert_eq!(may_release(0, &copies, pending, min), want.clone());
-            prop_assert_eq!(may_release(0, &with_own_healthy, pending, min), want);
+            let want = may_release(NodeId(0), &without_own, pending, min);
+            prop_assert_eq!(may_release(NodeId(0), &copies, pending, min), want.clone());
+            prop_assert_eq!(may_release(NodeId(0), &with_own_healthy, pending, min), want);
         }
     }
 
     // --- choose_discretionary ----------------------------------------------------------------
 
-    fn cand(copy_id: Id, size: u64, added_at: i64) -> ReleaseCandidate {
+    fn cand(copy_id: i64, size: u64, added_at: i64) -> ReleaseCandidate {
         ReleaseCandidate {
-            copy_id,
+            copy_id: CopyId(copy_id),
             size,
             added_at,
         }
@@ -599,7 +602,7 @@ mod tests {
     #[test_case(10, &[3]; "exactly enough stops")]
     #[test_case(11, &[3, 1]; "next oldest when short")]
     #[test_case(1_000, &[3, 1, 2, 4]; "not enough takes all")]
-    fn discretionary_table(needed: u64, want: &[Id]) {
+    fn discretionary_table(needed: u64, want: &[i64]) {
         // Copy 1 and 2 share added_at: the smaller copy_id goes first.
         let cands = [
             cand(1, 5, 200),
@@ -607,6 +610,7 @@ mod tests {
             cand(3, 10, 100),
             cand(4, 7, 300),
         ];
+        let want: Vec<CopyId> = want.iter().copied().map(CopyId).collect();
         assert_eq!(choose_discretionary(&cands, needed), want);
     }
 
@@ -619,13 +623,13 @@ mod tests {
             let cands: Vec<ReleaseCandidate> = raw
                 .iter()
                 .enumerate()
-                .map(|(i, &(size, added_at))| cand(i as Id, size, added_at))
+                .map(|(i, &(size, added_at))| cand(i as i64, size, added_at))
                 .collect();
             let chosen = choose_discretionary(&cands, needed);
 
             let mut order = cands.clone();
             order.sort_by_key(|c| (c.added_at, c.copy_id));
-            let ids: Vec<Id> = order.iter().map(|c| c.copy_id).collect();
+            let ids: Vec<CopyId> = order.iter().map(|c| c.copy_id).collect();
             prop_assert_eq!(&chosen[..], &ids[..chosen.len()]);
 
             let freed: u64 = order[..chosen.len()].iter().map(|c| c.size).sum();
@@ -643,10 +647,10 @@ mod tests {
 
     // --- auto_effects ------------------------------------------------------------------------
 
-    fn rule(group_id: Id, node_id: Id, autosync: bool, autoclean: bool) -> ActionRule {
+    fn rule(group_id: i64, node_id: i64, autosync: bool, autoclean: bool) -> ActionRule {
         ActionRule {
-            group_id,
-            node_id,
+            group_id: GroupId(group_id),
+            node_id: NodeId(node_id),
             autosync,
             autoclean,
         }
@@ -654,8 +658,8 @@ mod tests {
 
     /// A new copy on node 1 of group 10.
     const NEW: NewCopy = NewCopy {
-        node_id: 1,
-        group_id: 10,
+        node_id: NodeId(1),
+        group_id: GroupId(10),
     };
 
     #[test]
@@ -666,15 +670,15 @@ mod tests {
             rule(40, 2, true, false),
         ];
         let file = FileState {
-            present_in_groups: vec![10, 20],
+            present_in_groups: vec![GroupId(10), GroupId(20)],
             ..FileState::default()
         };
         // 20 holds it already; 40 syncs from another node.
         assert_eq!(
             auto_effects(&NEW, &rules, &file),
             [AutoEffect::Sync {
-                from_node: 1,
-                to_group: 30
+                from_node: NodeId(1),
+                to_group: GroupId(30)
             }]
         );
     }
@@ -683,7 +687,7 @@ mod tests {
     fn autosync_skips_groups_with_a_request_under_way_and_its_own_group() {
         let rules = [rule(20, 1, true, false), rule(10, 1, true, false)];
         let file = FileState {
-            requested_into_groups: vec![20],
+            requested_into_groups: vec![GroupId(20)],
             ..FileState::default()
         };
         assert_eq!(auto_effects(&NEW, &rules, &file), []);
@@ -700,12 +704,12 @@ mod tests {
         ];
         let file = FileState {
             copies_on_nodes: vec![
-                (1, Has::Yes, Wants::Keep),
-                (2, Has::Yes, Wants::Keep),
-                (3, Has::Yes, Wants::ReleaseNow),
-                (4, Has::No, Wants::Keep),
-                (5, Has::Corrupt, Wants::ReleaseWhenNeeded),
-                (6, Has::Yes, Wants::Keep),
+                (NodeId(1), Has::Yes, Wants::Keep),
+                (NodeId(2), Has::Yes, Wants::Keep),
+                (NodeId(3), Has::Yes, Wants::ReleaseNow),
+                (NodeId(4), Has::No, Wants::Keep),
+                (NodeId(5), Has::Corrupt, Wants::ReleaseWhenNeeded),
+                (NodeId(6), Has::Yes, Wants::Keep),
             ],
             ..FileState::default()
         };
@@ -713,8 +717,8 @@ mod tests {
         assert_eq!(
             auto_effects(&NEW, &rules, &file),
             [
-                AutoEffect::Release { node_id: 2 },
-                AutoEffect::Release { node_id: 5 }
+                AutoEffect::Release { node_id: NodeId(2) },
+                AutoEffect::Release { node_id: NodeId(5) }
             ]
         );
     }
@@ -723,7 +727,7 @@ mod tests {
     fn autoclean_never_releases_the_new_copy() {
         let rules = [rule(10, 1, false, true)];
         let file = FileState {
-            copies_on_nodes: vec![(1, Has::Yes, Wants::Keep)],
+            copies_on_nodes: vec![(NodeId(1), Has::Yes, Wants::Keep)],
             ..FileState::default()
         };
         assert_eq!(auto_effects(&NEW, &rules, &file), []);
@@ -739,43 +743,43 @@ mod tests {
             rule(30, 1, true, false),
         ];
         let file = FileState {
-            copies_on_nodes: vec![(2, Has::Yes, Wants::Keep)],
+            copies_on_nodes: vec![(NodeId(2), Has::Yes, Wants::Keep)],
             ..FileState::default()
         };
         assert_eq!(
             auto_effects(&NEW, &rules, &file),
             [
                 AutoEffect::Sync {
-                    from_node: 1,
-                    to_group: 20
+                    from_node: NodeId(1),
+                    to_group: GroupId(20)
                 },
                 AutoEffect::Sync {
-                    from_node: 1,
-                    to_group: 30
+                    from_node: NodeId(1),
+                    to_group: GroupId(30)
                 },
-                AutoEffect::Release { node_id: 2 },
+                AutoEffect::Release { node_id: NodeId(2) },
             ]
         );
     }
 
-    fn small_ids(max_len: usize) -> impl Strategy<Value = Vec<Id>> {
-        prop::collection::vec(0..5 as Id, 0..max_len)
+    fn small_groups(max_len: usize) -> impl Strategy<Value = Vec<GroupId>> {
+        prop::collection::vec((0..5i64).prop_map(GroupId), 0..max_len)
     }
 
     proptest! {
         #[test]
         fn auto_effects_respect_their_guards(
-            new_node in 0..5 as Id,
-            new_group in 0..5 as Id,
+            new_node in (0..5i64).prop_map(NodeId),
+            new_group in (0..5i64).prop_map(GroupId),
             rules in prop::collection::vec(
-                (0..5 as Id, 0..5 as Id, any::<bool>(), any::<bool>())
+                (0..5i64, 0..5i64, any::<bool>(), any::<bool>())
                     .prop_map(|(g, n, s, c)| rule(g, n, s, c)),
                 0..10,
             ),
-            present in small_ids(4),
-            requested in small_ids(4),
+            present in small_groups(4),
+            requested in small_groups(4),
             copies in prop::collection::vec(
-                (0..5 as Id, prop::sample::select(Has::ALL), prop::sample::select(Wants::ALL)),
+                ((0..5i64).prop_map(NodeId), prop::sample::select(Has::ALL), prop::sample::select(Wants::ALL)),
                 0..8,
             ),
         ) {
@@ -908,15 +912,15 @@ mod tests {
     // --- choose_transport --------------------------------------------------------------------
 
     fn disk(
-        node_id: Id,
-        host_id: Option<Id>,
+        node_id: i64,
+        host_id: Option<i64>,
         active: bool,
         space: NodeSpace,
     ) -> TransportCandidate {
         TransportCandidate {
-            node_id,
+            node_id: NodeId(node_id),
             name: format!("t{node_id}"),
-            host_id,
+            host_id: host_id.map(HostId),
             active,
             space,
         }
@@ -935,8 +939,8 @@ mod tests {
             disk(3, Some(7), true, measured(300)),
         ];
         // Disk 2 is fullest but would pass 97 %.
-        assert_eq!(choose_transport(&cands, 7, 50), Ok(2));
-        assert_eq!(choose_transport(&cands, 7, 80), Ok(3));
+        assert_eq!(choose_transport(&cands, HostId(7), 50), Ok(NodeId(2)));
+        assert_eq!(choose_transport(&cands, HostId(7), 80), Ok(NodeId(3)));
     }
 
     #[test]
@@ -947,7 +951,7 @@ mod tests {
             disk(3, None, true, measured(500)),
         ];
         assert_eq!(
-            choose_transport(&cands, 7, 1),
+            choose_transport(&cands, HostId(7), 1),
             Err(NoTransport::NoDiskOnHost)
         );
         assert_eq!(
@@ -964,7 +968,7 @@ mod tests {
             disk(4, Some(7), true, half_of(2_000)),
             disk(3, Some(7), true, half_of(1_000)),
         ];
-        assert_eq!(choose_transport(&cands, 7, 1), Ok(3));
+        assert_eq!(choose_transport(&cands, HostId(7), 1), Ok(NodeId(3)));
     }
 
     #[test]
@@ -974,9 +978,9 @@ mod tests {
             disk(2, Some(7), true, space(100, Some(1_000), None, None, None)),
             disk(3, Some(7), true, space(600, Some(1_000), None, None, None)),
         ];
-        assert_eq!(choose_transport(&cands, 7, 1), Ok(3));
-        assert_eq!(choose_transport(&cands, 7, 500), Ok(2));
-        assert_eq!(choose_transport(&cands, 7, 5_000), Ok(1));
+        assert_eq!(choose_transport(&cands, HostId(7), 1), Ok(NodeId(3)));
+        assert_eq!(choose_transport(&cands, HostId(7), 500), Ok(NodeId(2)));
+        assert_eq!(choose_transport(&cands, HostId(7), 5_000), Ok(NodeId(1)));
     }
 
     #[test]
@@ -985,7 +989,7 @@ mod tests {
             disk(1, Some(7), true, measured(10)),
             disk(2, Some(7), true, space(0, Some(5), None, None, None)),
         ];
-        let err = choose_transport(&cands, 7, 20).unwrap_err();
+        let err = choose_transport(&cands, HostId(7), 20).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no transport disk has room: t1: 20 B does not fit in 10 B free; \
@@ -1009,11 +1013,11 @@ mod tests {
             prop::option::of(0..50u64),
         )
             .prop_map(|(u, m, a, c, n)| space(u, m, a, c, n));
-        let one = (prop::option::of(0..3 as Id), any::<bool>(), space);
+        let one = (prop::option::of(0..3i64), any::<bool>(), space);
         prop::collection::vec(one, 0..8).prop_map(|raw| {
             raw.into_iter()
                 .enumerate()
-                .map(|(i, (host, active, s))| disk(i as Id, host, active, s))
+                .map(|(i, (host, active, s))| disk(i as i64, host, active, s))
                 .collect()
         })
     }
@@ -1022,7 +1026,7 @@ mod tests {
         #[test]
         fn transport_choice_is_on_host_active_fitting_and_fullest(
             cands in transport_candidates(),
-            host in 0..3 as Id,
+            host in (0..3i64).prop_map(HostId),
             size in 0..300u64,
         ) {
             let eligible: Vec<&TransportCandidate> =

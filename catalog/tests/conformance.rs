@@ -19,7 +19,10 @@ use cairn_catalog::catalog::{
     Arrival, CopyRequestFilter, CopySelect, FileFilter, ImportKind, NewCopyRequest, NewFile,
     NewNode, NodeUpdate,
 };
-use cairn_catalog::model::{Has, IoClass, NodeKind, Ownership, RequestState, Wants};
+use cairn_catalog::model::{
+    CopyId, FileId, GroupId, Has, IoClass, NodeId, NodeKind, Ownership, RequestId, RequestState,
+    Wants,
+};
 use cairn_catalog::{Catalog, CatalogError};
 
 use cairn_catalog::testing::{self, TestDatabase};
@@ -236,7 +239,7 @@ fn md5(n: u64) -> String {
 }
 
 /// Two groups with one node each on two hosts, like the start of seed 004.
-fn two_nodes(cat: &mut Catalog) -> (i64, i64, i64, i64) {
+fn two_nodes(cat: &mut Catalog) -> (NodeId, GroupId, NodeId, GroupId) {
     cat.write(|tx| {
         let g1 = tx.create_group("demo_storage1", IoClass::Default, None)?;
         let g2 = tx.create_group("demo_storage2", IoClass::Default, None)?;
@@ -261,7 +264,7 @@ fn two_nodes(cat: &mut Catalog) -> (i64, i64, i64, i64) {
     .expect("the storage graph")
 }
 
-fn add_file(cat: &mut Catalog, path: &str, size: u64, node: i64, has: Has) -> i64 {
+fn add_file(cat: &mut Catalog, path: &str, size: u64, node: NodeId, has: Has) -> FileId {
     cat.write(|tx| {
         let (f, _) = tx.register_file(
             &NewFile {
@@ -702,7 +705,7 @@ fn retry_and_cancel_follow_request_state(cat: &mut Catalog) {
         RequestState::Pending
     );
     let err = cat
-        .write(|tx| tx.cancel_copy_request(999, NOW))
+        .write(|tx| tx.cancel_copy_request(RequestId(999), NOW))
         .unwrap_err();
     assert_eq!(err.to_string(), "copy request \"#999\" not found");
 }
@@ -942,7 +945,7 @@ fn a_delayed_clean_asks_for_the_verification_it_waits_on(cat: &mut Catalog) {
             ("2025/02/21/bad.dat", "demo_storage1")
         ]
     );
-    let ids: Vec<i64> = waiting.iter().map(|(id, ..)| *id).collect();
+    let ids: Vec<CopyId> = waiting.iter().map(|(id, ..)| *id).collect();
     cat.write(|tx| tx.request_verify(&ids, NOW + 100)).unwrap();
     assert!(due(cat, NOW + 100).is_empty(), "asked once");
     cat.write(|tx| {

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use hashlink::LruCache;
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{DirId, FileId};
 
 use crate::ino::file_ino;
 
@@ -31,7 +31,14 @@ pub struct Attr {
 impl Attr {
     /// An archived file's attributes: its size and mtime from the catalog, its recorded read
     /// and execute bits (`0444` if none was recorded), never writable.
-    pub fn archived(id: Id, size: u64, mtime: i64, mode: Option<u32>, uid: u32, gid: u32) -> Attr {
+    pub fn archived(
+        id: FileId,
+        size: u64,
+        mtime: i64,
+        mode: Option<u32>,
+        uid: u32,
+        gid: u32,
+    ) -> Attr {
         Attr {
             ino: file_ino(id),
             kind: Kind::File,
@@ -92,13 +99,13 @@ const ENTRY_BYTES: usize = std::mem::size_of::<Attr>() + 64;
 pub struct Remembered {
     known: Mutex<LruCache<u64, Attr>>,
     dir_mtime: Mutex<LruCache<u64, SystemTime>>,
-    dirs: Mutex<LruCache<Id, SeenDir>>,
+    dirs: Mutex<LruCache<DirId, SeenDir>>,
     /// Directories' paths (a directory keeps its path for good: they cannot be renamed).
-    paths: Mutex<LruCache<Id, String>>,
+    paths: Mutex<LruCache<DirId, String>>,
 }
 
 /// A directory's parent and attributes, and when they were read.
-type SeenDir = (Option<Id>, Attr, std::time::Instant);
+type SeenDir = (Option<DirId>, Attr, std::time::Instant);
 
 impl Remembered {
     /// Caches within `bytes` in all.
@@ -139,7 +146,7 @@ impl Remembered {
     }
 
     /// Directory `id`'s parent and attributes, if seen within `ttl`.
-    pub fn dir(&self, id: Id, ttl: Duration) -> Option<(Option<Id>, Attr)> {
+    pub fn dir(&self, id: DirId, ttl: Duration) -> Option<(Option<DirId>, Attr)> {
         let mut d = self.dirs.lock().expect("dirs");
         d.get(&id)
             .filter(|(_, _, at)| at.elapsed() < ttl)
@@ -147,7 +154,7 @@ impl Remembered {
     }
 
     /// Keeps directory `id`'s parent and attributes.
-    pub fn seen_dir(&self, id: Id, parent: Option<Id>, a: &Attr) {
+    pub fn seen_dir(&self, id: DirId, parent: Option<DirId>, a: &Attr) {
         self.dirs
             .lock()
             .expect("dirs")
@@ -155,11 +162,11 @@ impl Remembered {
     }
 
     /// Directory `id`'s path, if seen.
-    pub fn dir_path(&self, id: Id) -> Option<String> {
+    pub fn dir_path(&self, id: DirId) -> Option<String> {
         self.paths.lock().expect("paths").get(&id).cloned()
     }
 
-    pub fn seen_dir_path(&self, id: Id, path: &str) {
+    pub fn seen_dir_path(&self, id: DirId, path: &str) {
         let mut p = self.paths.lock().expect("paths");
         if p.get(&id).is_none() {
             p.insert(id, path.to_owned());
@@ -167,7 +174,7 @@ impl Remembered {
     }
 
     /// Forgets what was seen of directory `id` (its mode or owner changed here).
-    pub fn forget_dir(&self, id: Id) {
+    pub fn forget_dir(&self, id: DirId) {
         self.dirs.lock().expect("dirs").remove(&id);
     }
 
@@ -241,7 +248,10 @@ mod tests {
 
     #[test]
     fn archived_files_keep_read_and_execute_bits_only() {
-        assert_eq!(Attr::archived(1, 0, 0, Some(0o754), 0, 0).perm, 0o554);
-        assert_eq!(Attr::archived(1, 0, 0, None, 0, 0).perm, 0o444);
+        assert_eq!(
+            Attr::archived(FileId(1), 0, 0, Some(0o754), 0, 0).perm,
+            0o554
+        );
+        assert_eq!(Attr::archived(FileId(1), 0, 0, None, 0, 0).perm, 0o444);
     }
 }

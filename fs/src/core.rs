@@ -28,7 +28,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant, SystemTime};
 
-use cairn_catalog::model::{Dir, Id, Node, Ownership};
+use cairn_catalog::model::{Dir, DirId, FileId, Node, Ownership};
 use cairn_catalog::{Catalog, Config, Pool};
 use cairn_node::NodeRoot;
 use cairn_node::importer::Importer;
@@ -134,7 +134,7 @@ pub struct Core {
     pub opts: Options,
     pool: Pool,
     importer: Importer,
-    root_dir: Id,
+    root_dir: DirId,
     nodes: HostNodes,
     locals: Locals,
     localdirs: LocalDirs,
@@ -241,13 +241,13 @@ impl Core {
 
     // ---- inodes ----
 
-    fn dir_ino(&self, id: Id) -> u64 {
+    fn dir_ino(&self, id: DirId) -> u64 {
         Ino::dir(id, self.root_dir).into()
     }
 
     /// The directory inode `ino` stands for: a catalog directory, or one made here while the
     /// catalog could not take it (the catalog's id once it has it).
-    fn dir_id(&self, ino: u64) -> Result<Id> {
+    fn dir_id(&self, ino: u64) -> Result<DirId> {
         let id = Ino::from(ino)
             .dir_id(self.root_dir)
             .ok_or(FsError::NotDir)?;
@@ -281,7 +281,7 @@ impl Core {
     }
 
     /// Directory `id`'s path in the archive.
-    fn dir_path(&self, id: Id) -> Result<String> {
+    fn dir_path(&self, id: DirId) -> Result<String> {
         match self.remembered.dir_path(id) {
             Some(p) => Ok(p),
             None => Ok(self.dir_by_id(id)?.path),
@@ -289,13 +289,13 @@ impl Core {
     }
 
     /// An archived file's attributes.
-    fn file_attr(&self, id: Id, size: u64, mtime: i64, own: &Ownership) -> Attr {
+    fn file_attr(&self, id: FileId, size: u64, mtime: i64, own: &Ownership) -> Attr {
         let (uid, gid) = self.owner_ids(own);
         Attr::archived(id, size, mtime, own.mode, uid, gid)
     }
 
     /// The catalog file inode `ino` stands for: an archived file's, or an imported local's.
-    fn file_id(&self, ino: u64) -> Option<Id> {
+    fn file_id(&self, ino: u64) -> Option<FileId> {
         match Ino::from(ino) {
             Ino::File(id) => Some(id),
             Ino::Local(n) => self.locals.imported(n),
@@ -461,7 +461,7 @@ impl Core {
         }
     }
 
-    fn dir_by_id(&self, id: Id) -> Result<Dir> {
+    fn dir_by_id(&self, id: DirId) -> Result<Dir> {
         if LocalDirs::is_local(id) {
             if let Some(real) = self.localdirs.real(id) {
                 return self.dir_by_id(real);
@@ -475,7 +475,7 @@ impl Core {
 
     /// Where directory `path` is: the catalog's, or one made here; made if there is none (here,
     /// when the catalog cannot take it now). For a file found again at a restart.
-    fn resolve_dir(&self, path: &str) -> Result<Id> {
+    fn resolve_dir(&self, path: &str) -> Result<DirId> {
         if path.is_empty() {
             return Ok(self.root_dir);
         }
@@ -739,14 +739,14 @@ mod tests {
         // Not in the catalog: only the listing can answer.
         let entry = Entry {
             name: "x.dat".into(),
-            attr: Attr::archived(4242, 17, 0, None, 0, 0),
+            attr: Attr::archived(FileId(4242), 17, 0, None, 0, 0),
         };
         let l = std::sync::Arc::new(DirList::new(vec![entry]));
         c.listings.keep(c.root_dir, c.listings.generation(), &l);
         let a = c
             .lookup(&Caller::ROOT, ROOT_INO, OsStr::new("x.dat"))
             .unwrap();
-        assert_eq!((a.ino, a.size), (file_ino(4242), 17));
+        assert_eq!((a.ino, a.size), (file_ino(FileId(4242)), 17));
         assert!(c.stat_walk());
         assert!(matches!(
             c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("y.dat")),

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use cairn_catalog::model::FileId;
 use cairn_node::socket::{Reply, Request};
 use tracing::{info, warn};
 
@@ -35,7 +36,7 @@ pub enum State {
 /// One file being fetched by cairnd.
 #[derive(Debug)]
 pub struct Fetch {
-    pub file_id: i64,
+    pub file_id: FileId,
     pub size: u64,
     /// The file the bytes arrive in (held open, so a rename at the end does not matter).
     pub file: std::fs::File,
@@ -46,7 +47,7 @@ pub struct Fetch {
 impl Fetch {
     /// Asks cairnd at `socket` for file `file_id` (of `size` bytes). Returns the complete cached
     /// file at once when it is there, or a fetch whose bytes arrive over time.
-    pub fn start(socket: &Path, file_id: i64, size: u64) -> Result<Started, String> {
+    pub fn start(socket: &Path, file_id: FileId, size: u64) -> Result<Started, String> {
         let mut stream = UnixStream::connect(socket).map_err(|e| {
             format!(
                 "cannot reach cairnd at {} to fetch it: {e} (is cairnd running on this host?)",

@@ -10,7 +10,7 @@
 //! The root directory has a catalog id like any other; [`Ino::dir`] maps it to 1, so that the
 //! kernel's root and the catalog's agree.
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{DirId, FileId};
 
 /// The root's inode number, as FUSE fixes it.
 pub const ROOT_INO: u64 = 1;
@@ -20,9 +20,9 @@ pub const ROOT_INO: u64 = 1;
 pub enum Ino {
     Root,
     /// A catalog directory other than the root.
-    Dir(Id),
+    Dir(DirId),
     /// A catalog file.
-    File(Id),
+    File(FileId),
     /// A file only this host has; the number itself, the key of the locals table.
     Local(u64),
 }
@@ -31,8 +31,8 @@ impl From<u64> for Ino {
     fn from(n: u64) -> Ino {
         match n & 3 {
             _ if n == ROOT_INO => Ino::Root,
-            0 => Ino::Dir((n >> 2) as Id),
-            1 => Ino::File((n >> 2) as Id),
+            0 => Ino::Dir(DirId((n >> 2) as i64)),
+            1 => Ino::File(FileId((n >> 2) as i64)),
             _ => Ino::Local(n),
         }
     }
@@ -42,8 +42,8 @@ impl From<Ino> for u64 {
     fn from(i: Ino) -> u64 {
         match i {
             Ino::Root => ROOT_INO,
-            Ino::Dir(id) => (id as u64) << 2,
-            Ino::File(id) => (id as u64) << 2 | 1,
+            Ino::Dir(id) => (id.0 as u64) << 2,
+            Ino::File(id) => (id.0 as u64) << 2 | 1,
             Ino::Local(n) => n,
         }
     }
@@ -51,7 +51,7 @@ impl From<Ino> for u64 {
 
 impl Ino {
     /// The inode of catalog directory `id`, given the root directory's id.
-    pub fn dir(id: Id, root_dir: Id) -> Ino {
+    pub fn dir(id: DirId, root_dir: DirId) -> Ino {
         if id == root_dir {
             Ino::Root
         } else {
@@ -65,7 +65,7 @@ impl Ino {
     }
 
     /// The catalog directory this inode is, given the root directory's id.
-    pub fn dir_id(self, root_dir: Id) -> Option<Id> {
+    pub fn dir_id(self, root_dir: DirId) -> Option<DirId> {
         match self {
             Ino::Root => Some(root_dir),
             Ino::Dir(id) => Some(id),
@@ -83,7 +83,7 @@ impl Ino {
 }
 
 /// The inode number of catalog file `id`.
-pub fn file_ino(id: Id) -> u64 {
+pub fn file_ino(id: FileId) -> u64 {
     Ino::File(id).into()
 }
 
@@ -93,14 +93,19 @@ mod tests {
 
     #[test]
     fn every_kind_comes_back_as_itself() {
-        for i in [Ino::Root, Ino::Dir(7), Ino::File(7), Ino::local(7)] {
+        for i in [
+            Ino::Root,
+            Ino::Dir(DirId(7)),
+            Ino::File(FileId(7)),
+            Ino::local(7),
+        ] {
             assert_eq!(Ino::from(u64::from(i)), i);
         }
     }
 
     #[test]
     fn kinds_with_the_same_id_have_different_numbers() {
-        let n: Vec<u64> = [Ino::Dir(7), Ino::File(7), Ino::local(7)]
+        let n: Vec<u64> = [Ino::Dir(DirId(7)), Ino::File(FileId(7)), Ino::local(7)]
             .into_iter()
             .map(u64::from)
             .collect();
@@ -109,11 +114,11 @@ mod tests {
 
     #[test]
     fn the_root_directory_is_inode_one() {
-        assert_eq!(Ino::dir(5, 5), Ino::Root);
-        assert_eq!(u64::from(Ino::dir(5, 5)), ROOT_INO);
-        assert_eq!(Ino::dir(6, 5), Ino::Dir(6));
-        assert_eq!(Ino::Root.dir_id(5), Some(5));
-        assert_eq!(Ino::File(6).dir_id(5), None);
+        assert_eq!(Ino::dir(DirId(5), DirId(5)), Ino::Root);
+        assert_eq!(u64::from(Ino::dir(DirId(5), DirId(5))), ROOT_INO);
+        assert_eq!(Ino::dir(DirId(6), DirId(5)), Ino::Dir(DirId(6)));
+        assert_eq!(Ino::Root.dir_id(DirId(5)), Some(DirId(5)));
+        assert_eq!(Ino::File(FileId(6)).dir_id(DirId(5)), None);
     }
 
     #[test]

@@ -27,7 +27,7 @@ use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::DirId;
 
 use crate::attr::{Entry, Kind};
 
@@ -96,12 +96,12 @@ struct Kept {
 /// The listings kept, least recently used first, and the bytes they take.
 #[derive(Default)]
 struct Cache {
-    kept: LinkedHashMap<Id, Kept>,
+    kept: LinkedHashMap<DirId, Kept>,
     bytes: usize,
 }
 
 impl Cache {
-    fn remove(&mut self, id: &Id) {
+    fn remove(&mut self, id: &DirId) {
         if let Some(k) = self.kept.remove(id) {
             self.bytes -= k.bytes;
         }
@@ -120,7 +120,7 @@ pub struct Listings {
     /// kept after it.
     generation: AtomicU64,
     /// A digest of the listing last given to the kernel, per directory (the most recent).
-    served: Mutex<LruCache<Id, u64>>,
+    served: Mutex<LruCache<DirId, u64>>,
     /// Directory inodes whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<SyncSender<u64>>>,
     /// When (ms after `started`) a file was last looked up in a listing just read.
@@ -146,7 +146,7 @@ impl Listings {
     }
 
     /// The listing of `dir_id` if it is younger than the TTL.
-    pub fn fresh(&self, dir_id: Id) -> Option<Listing> {
+    pub fn fresh(&self, dir_id: DirId) -> Option<Listing> {
         let mut c = self.cache.lock().expect("listings");
         let k = c.kept.to_back(&dir_id)?;
         (k.at.elapsed() < self.ttl).then(|| k.list.clone())
@@ -159,7 +159,7 @@ impl Listings {
 
     /// Keeps a listing for the TTL, unless this mount changed the namespace since it was
     /// read (at `generation`).
-    pub fn keep(&self, dir_id: Id, generation: u64, l: &Listing) {
+    pub fn keep(&self, dir_id: DirId, generation: u64, l: &Listing) {
         let mut c = self.cache.lock().expect("listings");
         if self.generation.load(Ordering::Acquire) != generation {
             return;
@@ -197,7 +197,7 @@ impl Listings {
 
     fn drop_expired_in(&self, c: &mut Cache) -> usize {
         let ttl = self.ttl;
-        let stale: Vec<Id> = c
+        let stale: Vec<DirId> = c
             .kept
             .iter()
             .filter(|(_, k)| k.at.elapsed() >= ttl)
@@ -211,7 +211,7 @@ impl Listings {
 
     /// Forgets the listing of directory `dir_id`: this mount changed it in the catalog. A
     /// listing of any directory read meanwhile is not kept (it may predate the change).
-    pub fn changed_dir(&self, dir_id: Id) {
+    pub fn changed_dir(&self, dir_id: DirId) {
         let mut c = self.cache.lock().expect("listings");
         self.generation.fetch_add(1, Ordering::AcqRel);
         c.remove(&dir_id);
@@ -228,7 +228,7 @@ impl Listings {
 
     /// Records that the kernel was given `list` for `dir_id`; says whether it is the same as
     /// the one it was given last time (so it may keep its cached copy).
-    pub fn served(&self, dir_id: Id, list: &DirList) -> bool {
+    pub fn served(&self, dir_id: DirId, list: &DirList) -> bool {
         let digest = list.digest();
         self.served.lock().expect("served").insert(dir_id, digest) == Some(digest)
     }
@@ -258,7 +258,7 @@ impl Listings {
     /// triggers nothing further until a program opens it; and a directory listed again and
     /// again (`ls` in a loop) reads nothing ahead after the first time. `dir_id` maps an
     /// entry's inode to its directory id.
-    pub fn read_ahead(&self, list: &DirList, dir_id: impl Fn(u64) -> Option<Id>) {
+    pub fn read_ahead(&self, list: &DirList, dir_id: impl Fn(u64) -> Option<DirId>) {
         let q = self.prefetch.lock().expect("prefetch");
         let Some(tx) = &*q else { return };
         let new: Vec<u64> = {
@@ -293,6 +293,7 @@ impl Listings {
 mod tests {
     use super::*;
     use crate::attr::Attr;
+    use cairn_catalog::model::FileId;
     use std::time::SystemTime;
 
     #[test]
@@ -301,10 +302,10 @@ mod tests {
         let l = Arc::new(DirList::new(Vec::new()));
         let before = c.generation();
         c.changed();
-        c.keep(1, before, &l);
-        assert!(c.fresh(1).is_none(), "stale: read before the change");
-        c.keep(1, c.generation(), &l);
-        assert!(c.fresh(1).is_some());
+        c.keep(DirId(1), before, &l);
+        assert!(c.fresh(DirId(1)).is_none(), "stale: read before the change");
+        c.keep(DirId(1), c.generation(), &l);
+        assert!(c.fresh(DirId(1)).is_some());
     }
 
     #[test]
@@ -312,10 +313,13 @@ mod tests {
         let c = Listings::new(Duration::from_secs(60), 1 << 30);
         let l = Arc::new(DirList::new(Vec::new()));
         let g = c.generation();
-        for id in 0..(LISTINGS_KEPT as Id + 10) {
-            c.keep(id + 1000, g, &l);
+        for id in 0..(LISTINGS_KEPT as i64 + 10) {
+            c.keep(DirId(id + 1000), g, &l);
         }
-        assert!(c.fresh(1000).is_some(), "fresh listings are not dropped");
+        assert!(
+            c.fresh(DirId(1000)).is_some(),
+            "fresh listings are not dropped"
+        );
         assert_eq!(c.len(), LISTINGS_KEPT + 10);
         assert_eq!(
             c.prune_at.load(Ordering::Relaxed),
@@ -331,7 +335,7 @@ mod tests {
                 (0..n)
                     .map(|i| Entry {
                         name: format!("file-{i:06}.dat"),
-                        attr: Attr::archived(i as Id + 1, 1, 0, None, 0, 0),
+                        attr: Attr::archived(FileId(i as i64 + 1), 1, 0, None, 0, 0),
                     })
                     .collect(),
             ))
@@ -339,14 +343,14 @@ mod tests {
         let one = big(1000);
         let c = Listings::new(Duration::from_secs(60), one.bytes() * 3);
         let g = c.generation();
-        c.keep(1, g, &one);
-        c.keep(2, g, &big(1000));
-        c.keep(3, g, &big(1000));
-        assert!(c.fresh(1).is_some(), "used: now the most recent");
-        c.keep(4, g, &big(1000));
+        c.keep(DirId(1), g, &one);
+        c.keep(DirId(2), g, &big(1000));
+        c.keep(DirId(3), g, &big(1000));
+        assert!(c.fresh(DirId(1)).is_some(), "used: now the most recent");
+        c.keep(DirId(4), g, &big(1000));
         assert_eq!(c.len(), 3);
-        assert!(c.fresh(2).is_none(), "the least recently used went");
-        assert!(c.fresh(1).is_some() && c.fresh(4).is_some());
+        assert!(c.fresh(DirId(2)).is_none(), "the least recently used went");
+        assert!(c.fresh(DirId(1)).is_some() && c.fresh(DirId(4)).is_some());
         assert!(c.bytes() <= one.bytes() * 3);
         c.changed();
         assert_eq!((c.len(), c.bytes()), (0, 0));
@@ -356,13 +360,13 @@ mod tests {
     fn listings_past_their_ttl_are_dropped_when_tidied_and_fresh_ones_stay() {
         let c = Listings::new(Duration::from_millis(200), 1 << 30);
         let g = c.generation();
-        c.keep(1, g, &Arc::new(DirList::new(Vec::new())));
-        c.keep(2, g, &Arc::new(DirList::new(Vec::new())));
+        c.keep(DirId(1), g, &Arc::new(DirList::new(Vec::new())));
+        c.keep(DirId(2), g, &Arc::new(DirList::new(Vec::new())));
         std::thread::sleep(Duration::from_millis(250));
-        c.keep(3, g, &Arc::new(DirList::new(Vec::new())));
+        c.keep(DirId(3), g, &Arc::new(DirList::new(Vec::new())));
         assert_eq!(c.drop_expired(), 2);
         assert_eq!(c.len(), 1);
-        assert!(c.fresh(3).is_some());
+        assert!(c.fresh(DirId(3)).is_some());
         assert_eq!(c.drop_expired(), 0);
     }
 
@@ -396,12 +400,12 @@ mod tests {
     fn the_kernel_keeps_its_copy_only_of_an_unchanged_listing() {
         let c = Listings::new(Duration::from_secs(60), 1 << 30);
         let a = DirList::new(Vec::new());
-        assert!(!c.served(1, &a), "first time");
-        assert!(c.served(1, &a));
+        assert!(!c.served(DirId(1), &a), "first time");
+        assert!(c.served(DirId(1), &a));
         let b = DirList::new(vec![Entry {
             name: "x".into(),
-            attr: Attr::archived(3, 1, 0, None, 0, 0),
+            attr: Attr::archived(FileId(3), 1, 0, None, 0, 0),
         }]);
-        assert!(!c.served(1, &b));
+        assert!(!c.served(DirId(1), &b));
     }
 }

@@ -11,18 +11,18 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cairn_catalog::model::{Id, Ownership};
+use cairn_catalog::model::{DirId, Ownership};
 
 /// Ids of local directories start here: far above any catalog id, and below `2^62` so that
 /// an inode number (`id << 2`) still holds them.
-pub const LOCAL_DIR_BASE: Id = 1 << 58;
+pub const LOCAL_DIR_BASE: DirId = DirId(1 << 58);
 
 /// A directory made here and not yet in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalDir {
-    pub id: Id,
+    pub id: DirId,
     /// Its parent: a catalog directory, or another local one.
-    pub parent: Id,
+    pub parent: DirId,
     pub name: String,
     pub path: String,
     pub own: Ownership,
@@ -32,12 +32,12 @@ pub struct LocalDir {
 
 #[derive(Default)]
 struct Table {
-    dirs: HashMap<Id, LocalDir>,
-    by_name: HashMap<(Id, String), Id>,
-    by_path: HashMap<String, Id>,
+    dirs: HashMap<DirId, LocalDir>,
+    by_name: HashMap<(DirId, String), DirId>,
+    by_path: HashMap<String, DirId>,
     /// Local directories the catalog now has, and its id for each.
-    real: HashMap<Id, Id>,
-    next: Id,
+    real: HashMap<DirId, DirId>,
+    next: i64,
 }
 
 #[derive(Default)]
@@ -51,19 +51,26 @@ impl LocalDirs {
     }
 
     /// Whether `id` is a local directory's (not the catalog's).
-    pub fn is_local(id: Id) -> bool {
+    pub fn is_local(id: DirId) -> bool {
         id >= LOCAL_DIR_BASE
     }
 
     /// Adds a directory made here; the one at that path if there is one already.
-    pub fn add(&self, parent: Id, name: &str, path: &str, own: Ownership, made: i64) -> LocalDir {
+    pub fn add(
+        &self,
+        parent: DirId,
+        name: &str,
+        path: &str,
+        own: Ownership,
+        made: i64,
+    ) -> LocalDir {
         let mut t = self.table();
         if let Some(id) = t.by_path.get(path)
             && let Some(d) = t.dirs.get(id)
         {
             return d.clone();
         }
-        let id = LOCAL_DIR_BASE + t.next;
+        let id = DirId(LOCAL_DIR_BASE.0 + t.next);
         t.next += 1;
         let d = LocalDir {
             id,
@@ -80,12 +87,12 @@ impl LocalDirs {
     }
 
     /// The local directory `id`, while the catalog does not have it.
-    pub fn get(&self, id: Id) -> Option<LocalDir> {
+    pub fn get(&self, id: DirId) -> Option<LocalDir> {
         self.table().dirs.get(&id).cloned()
     }
 
     /// The local directory `name` in directory `parent`.
-    pub fn by_name(&self, parent: Id, name: &str) -> Option<LocalDir> {
+    pub fn by_name(&self, parent: DirId, name: &str) -> Option<LocalDir> {
         let t = self.table();
         let id = t.by_name.get(&(parent, name.to_owned()))?;
         t.dirs.get(id).cloned()
@@ -99,7 +106,7 @@ impl LocalDirs {
     }
 
     /// The local directories in directory `parent`.
-    pub fn in_dir(&self, parent: Id) -> Vec<LocalDir> {
+    pub fn in_dir(&self, parent: DirId) -> Vec<LocalDir> {
         let t = self.table();
         if t.dirs.is_empty() {
             return Vec::new();
@@ -123,7 +130,7 @@ impl LocalDirs {
     }
 
     /// The catalog has local directory `id` now, as `real`.
-    pub fn made_in_catalog(&self, id: Id, real: Id) {
+    pub fn made_in_catalog(&self, id: DirId, real: DirId) {
         let mut t = self.table();
         if let Some(d) = t.dirs.remove(&id) {
             t.by_name.remove(&(d.parent, d.name.clone()));
@@ -135,7 +142,7 @@ impl LocalDirs {
                 d.parent = real;
             }
         }
-        let moved: Vec<((Id, String), Id)> = t
+        let moved: Vec<((DirId, String), DirId)> = t
             .by_name
             .iter()
             .filter(|((p, _), _)| *p == id)
@@ -149,12 +156,12 @@ impl LocalDirs {
     }
 
     /// The catalog's id for a local directory it has now.
-    pub fn real(&self, id: Id) -> Option<Id> {
+    pub fn real(&self, id: DirId) -> Option<DirId> {
         self.table().real.get(&id).copied()
     }
 
     /// Removes an empty local directory (rmdir).
-    pub fn remove(&self, id: Id) {
+    pub fn remove(&self, id: DirId) {
         let mut t = self.table();
         if let Some(d) = t.dirs.remove(&id) {
             t.by_name.remove(&(d.parent, d.name));
@@ -170,16 +177,16 @@ mod tests {
     #[test]
     fn a_local_directory_is_found_until_the_catalog_has_it_then_names_the_catalogs() {
         let ds = LocalDirs::default();
-        let a = ds.add(1, "a", "a", Ownership::default(), 0);
+        let a = ds.add(DirId(1), "a", "a", Ownership::default(), 0);
         let b = ds.add(a.id, "b", "a/b", Ownership::default(), 0);
         assert!(LocalDirs::is_local(a.id) && LocalDirs::is_local(b.id));
         assert_eq!(
-            ds.add(1, "a", "a", Ownership::default(), 0).id,
+            ds.add(DirId(1), "a", "a", Ownership::default(), 0).id,
             a.id,
             "one per path"
         );
         assert_eq!(ds.by_name(a.id, "b").map(|d| d.id), Some(b.id));
-        assert_eq!(ds.in_dir(1).len(), 1);
+        assert_eq!(ds.in_dir(DirId(1)).len(), 1);
         assert_eq!(
             ds.pending()
                 .iter()
@@ -188,15 +195,15 @@ mod tests {
             ["a", "a/b"],
             "parents first"
         );
-        ds.made_in_catalog(a.id, 77);
-        assert_eq!(ds.real(a.id), Some(77));
-        assert!(ds.get(a.id).is_none() && ds.by_name(1, "a").is_none());
+        ds.made_in_catalog(a.id, DirId(77));
+        assert_eq!(ds.real(a.id), Some(DirId(77)));
+        assert!(ds.get(a.id).is_none() && ds.by_name(DirId(1), "a").is_none());
         assert_eq!(
             ds.get(b.id).unwrap().parent,
-            77,
+            DirId(77),
             "its child hangs below the catalog's"
         );
-        assert_eq!(ds.by_name(77, "b").map(|d| d.id), Some(b.id));
+        assert_eq!(ds.by_name(DirId(77), "b").map(|d| d.id), Some(b.id));
         ds.remove(b.id);
         assert!(ds.is_empty());
     }

@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{DirId, FileId};
 
 use crate::attr::{Attr, Kind};
 use crate::ino::Ino;
@@ -62,7 +62,7 @@ pub enum LocalKind {
 #[derive(Debug)]
 pub struct Local {
     pub ino: u64,
-    pub dir_id: Id,
+    pub dir_id: DirId,
     pub dir_path: String,
     pub name: String,
     pub kind: LocalKind,
@@ -135,9 +135,9 @@ pub fn with_local<T>(l: &LocalRef, held: Option<&mut Local>, f: impl FnOnce(&mut
 struct Table {
     by_ino: HashMap<u64, LocalRef>,
     /// By directory and name, in order, so a directory's locals are one range.
-    by_name: BTreeMap<(Id, String), u64>,
+    by_name: BTreeMap<(DirId, String), u64>,
     /// Locals that were imported: their old inode now stands for the catalog file.
-    imported: HashMap<u64, Id>,
+    imported: HashMap<u64, FileId>,
     /// How many references the kernel holds to each local inode.
     kernel_refs: HashMap<u64, u64>,
     next: u64,
@@ -158,7 +158,7 @@ impl Locals {
         self.table().by_ino.get(&ino).cloned()
     }
 
-    pub fn by_name(&self, dir_id: Id, name: &str) -> Option<LocalRef> {
+    pub fn by_name(&self, dir_id: DirId, name: &str) -> Option<LocalRef> {
         let t = self.table();
         let ino = t.by_name.get(&(dir_id, name.to_owned()))?;
         t.by_ino.get(ino).cloned()
@@ -167,7 +167,7 @@ impl Locals {
     /// The local at (`dir_id`, `name`), made if there is none.
     pub fn add(
         &self,
-        dir_id: Id,
+        dir_id: DirId,
         dir_path: &str,
         name: &str,
         kind: LocalKind,
@@ -221,7 +221,7 @@ impl Locals {
     }
 
     /// Gives a local a new directory and name.
-    pub fn rename(&self, l: &mut Local, dir_id: Id, dir_path: &str, name: &str) {
+    pub fn rename(&self, l: &mut Local, dir_id: DirId, dir_path: &str, name: &str) {
         {
             let mut t = self.table();
             t.by_name.remove(&(l.dir_id, l.name.clone()));
@@ -243,7 +243,7 @@ impl Locals {
     }
 
     /// The locals of directory `dir_id`.
-    pub fn in_dir(&self, dir_id: Id) -> Vec<LocalRef> {
+    pub fn in_dir(&self, dir_id: DirId) -> Vec<LocalRef> {
         let t = self.table();
         t.by_name
             .range((dir_id, String::new())..)
@@ -253,13 +253,13 @@ impl Locals {
     }
 
     /// The catalog file an imported local's inode now stands for.
-    pub fn imported(&self, ino: u64) -> Option<Id> {
+    pub fn imported(&self, ino: u64) -> Option<FileId> {
         self.table().imported.get(&ino).copied()
     }
 
     /// Local `ino` was imported as catalog file `id`: its inode goes on naming that file
     /// while the kernel knows it.
-    pub fn mark_imported(&self, ino: u64, id: Id) {
+    pub fn mark_imported(&self, ino: u64, id: FileId) {
         let mut t = self.table();
         if t.kernel_refs.contains_key(&ino) {
             t.imported.insert(ino, id);
@@ -311,14 +311,14 @@ mod tests {
         let ino = u64::from(Ino::local(7));
         ls.referenced(ino, 1);
         ls.referenced(ino, 2);
-        ls.mark_imported(ino, 42);
+        ls.mark_imported(ino, FileId(42));
         ls.forget(ino, 2);
-        assert_eq!(ls.imported(ino), Some(42));
+        assert_eq!(ls.imported(ino), Some(FileId(42)));
         ls.forget(ino, 1);
         assert_eq!(ls.imported(ino), None);
         assert!(ls.table().kernel_refs.is_empty());
         // Archived inodes are not counted.
-        ls.referenced(file_ino(3), 1);
+        ls.referenced(file_ino(FileId(3)), 1);
         assert!(ls.table().kernel_refs.is_empty());
     }
 
@@ -326,30 +326,33 @@ mod tests {
     fn an_inode_the_kernel_never_held_is_not_remembered_after_import() {
         let ls = Locals::default();
         let ino = u64::from(Ino::local(3));
-        ls.mark_imported(ino, 42);
+        ls.mark_imported(ino, FileId(42));
         assert_eq!(ls.imported(ino), None);
     }
 
     #[test]
     fn a_directorys_locals_are_found_by_name_and_listed_together() {
         let ls = Locals::default();
-        let a = ls.add(5, "d", "a", LocalKind::Staged, "/x/a".into());
-        ls.add(5, "d", "b", LocalKind::Kept, "/x/b".into());
-        ls.add(6, "e", "a", LocalKind::Staged, "/x/c".into());
-        assert!(Arc::ptr_eq(&ls.by_name(5, "a").unwrap(), &a));
+        let a = ls.add(DirId(5), "d", "a", LocalKind::Staged, "/x/a".into());
+        ls.add(DirId(5), "d", "b", LocalKind::Kept, "/x/b".into());
+        ls.add(DirId(6), "e", "a", LocalKind::Staged, "/x/c".into());
+        assert!(Arc::ptr_eq(&ls.by_name(DirId(5), "a").unwrap(), &a));
         assert!(
-            Arc::ptr_eq(&ls.add(5, "d", "a", LocalKind::Staged, "/y".into()), &a),
+            Arc::ptr_eq(
+                &ls.add(DirId(5), "d", "a", LocalKind::Staged, "/y".into()),
+                &a
+            ),
             "one local per name"
         );
         let names: Vec<String> = ls
-            .in_dir(5)
+            .in_dir(DirId(5))
             .iter()
             .map(|l| l.lock().unwrap().name.clone())
             .collect();
         assert_eq!(names, ["a", "b"]);
-        ls.rename(&mut a.lock().unwrap(), 6, "e", "z");
-        assert!(ls.by_name(5, "a").is_none());
-        assert_eq!(ls.in_dir(6).len(), 2);
+        ls.rename(&mut a.lock().unwrap(), DirId(6), "e", "z");
+        assert!(ls.by_name(DirId(5), "a").is_none());
+        assert_eq!(ls.in_dir(DirId(6)).len(), 2);
         ls.remove(&mut a.lock().unwrap());
         assert!(a.lock().unwrap().gone);
         assert!(ls.get(a.lock().unwrap().ino).is_none());

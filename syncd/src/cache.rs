@@ -14,7 +14,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Pool;
-use cairn_catalog::model::{Has, Id};
+use cairn_catalog::model::{FileId, Has};
 use cairn_catalog::units::{format_size, now};
 use cairn_node::cache::CacheDir;
 use cairn_node::socket::Reply;
@@ -72,7 +72,7 @@ async fn reply<W: AsyncWriteExt + Unpin>(out: &mut W, reply: Reply) -> std::io::
 /// Answers one `fetch FILE_ID` request on the local socket (`cairn_node::socket`).
 pub async fn serve_fetch<W: AsyncWriteExt + Unpin>(
     fetcher: Arc<Fetcher>,
-    file_id: Id,
+    file_id: FileId,
     out: &mut W,
 ) -> std::io::Result<()> {
     let s = fetcher.clone();
@@ -111,7 +111,7 @@ enum Started {
     Running(PathBuf, watch::Receiver<Outcome>),
 }
 
-fn start(fetcher: &Arc<Fetcher>, file_id: Id) -> Result<Started> {
+fn start(fetcher: &Arc<Fetcher>, file_id: FileId) -> Result<Started> {
     let file = fetcher
         .pool
         .with(|cat| cat.read(|tx| tx.file_by_id(file_id)))

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use cairn_catalog::config::TransferMethod;
 use cairn_catalog::db::Patience;
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{HostId, NodeId};
 use cairn_catalog::{Catalog, Config, Pool, Routing};
 use cairn_node::cache::CacheDir;
 use cairn_node::importer::Importer;
@@ -230,9 +230,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let batch = crate::plan::batch(config.daemon.workers);
     let retry_refused = config.daemon.interval.0;
     let workers = Arc::new(Semaphore::new(config.daemon.workers));
-    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<(Id, WatchEvent)>();
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel::<(NodeId, WatchEvent)>();
     let mut state = RefreshState::default();
-    let mut events: Vec<(Id, WatchEvent)> = Vec::new();
+    let mut events: Vec<(NodeId, WatchEvent)> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
     let interval = config.daemon.interval.0;
     let mut next_loop = tokio::time::Instant::now();
@@ -413,11 +413,11 @@ async fn register_host(config: &Config, routing: &Routing, name: String) -> Resu
 fn requeue(
     cat: &mut Catalog,
     host: &str,
-    host_id: Id,
+    host_id: HostId,
     wait: Duration,
 ) -> cairn_catalog::error::Result<()> {
     cat.giving_up_after(wait, |cat| {
-        let nodes: Vec<Id> = cat
+        let nodes: Vec<NodeId> = cat
             .read(|tx| tx.nodes_on_host(host_id))?
             .iter()
             .map(|n| n.id)
@@ -520,8 +520,8 @@ fn pass(
     config: &RefreshConfig,
     st: &mut RefreshState,
     full: bool,
-    events: Vec<(Id, WatchEvent)>,
-    event_tx: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    events: Vec<(NodeId, WatchEvent)>,
+    event_tx: &mpsc::UnboundedSender<(NodeId, WatchEvent)>,
     batch: u64,
     retry_refused: Duration,
 ) -> Result<Vec<Task>> {
@@ -573,7 +573,7 @@ fn refresh_nodes(
     ctx: &TaskContext,
     config: &RefreshConfig,
     st: &mut RefreshState,
-    event_tx: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    event_tx: &mpsc::UnboundedSender<(NodeId, WatchEvent)>,
 ) -> Vec<Task> {
     let refreshed = ctx.pool.with(|cat| {
         cat.giving_up_after(Duration::ZERO, |cat| {
@@ -596,7 +596,7 @@ fn plan_pass(
     cat: &mut cairn_catalog::Catalog,
     config: &RefreshConfig,
     st: &mut RefreshState,
-    event_tx: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    event_tx: &mpsc::UnboundedSender<(NodeId, WatchEvent)>,
     batch: u64,
     retry_refused: Duration,
 ) -> Result<Vec<Task>> {

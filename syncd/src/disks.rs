@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::NodeUpdate;
-use cairn_catalog::model::{Id, NodeKind};
+use cairn_catalog::model::{NodeId, NodeKind};
 use cairn_node::root::{MarkerError, NodeRoot};
 use tracing::{info, warn};
 
@@ -23,7 +23,7 @@ use crate::nodes::Host;
 #[derive(Debug, Default)]
 pub struct Disks {
     /// Transport nodes this host holds from a mount, and where.
-    mounted: HashMap<Id, PathBuf>,
+    mounted: HashMap<NodeId, PathBuf>,
     /// Problems already reported, so each is logged once while it lasts.
     reported: HashSet<String>,
 }
@@ -166,7 +166,7 @@ pub fn detect(host: &Host, watch: &[PathBuf], cat: &mut Catalog, disks: &mut Dis
     // Problems that went away may be reported again if they come back.
     disks.reported.retain(|k| seen_problems.contains(k));
     // Disks this host held that are no longer mounted.
-    let gone: Vec<(Id, PathBuf)> = disks
+    let gone: Vec<(NodeId, PathBuf)> = disks
         .mounted
         .iter()
         .filter(|(_, mp)| !mounts.contains(mp))

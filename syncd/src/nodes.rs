@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use cairn_catalog::model::{Id, Node};
+use cairn_catalog::model::{GroupId, HostId, Node, NodeId};
 
 /// Who this cairnd is in the catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Host {
     pub name: String,
-    pub id: Id,
+    pub id: HostId,
     /// The catalog's identity, which node markers must name.
     pub catalog_id: String,
 }
@@ -23,14 +23,14 @@ pub struct Host {
 #[derive(Debug, Default)]
 pub struct Nodes {
     /// Nodes available now, by id.
-    available: Mutex<HashMap<Id, Node>>,
+    available: Mutex<HashMap<NodeId, Node>>,
     /// Every node of this host as of the last pass, available or not: node id → group id.
-    all: Mutex<HashMap<Id, Id>>,
+    all: Mutex<HashMap<NodeId, GroupId>>,
 }
 
 impl Nodes {
     /// The available node `id`, if it is.
-    pub fn get(&self, id: Id) -> Option<Node> {
+    pub fn get(&self, id: NodeId) -> Option<Node> {
         self.lock().get(&id).cloned()
     }
 
@@ -45,25 +45,25 @@ impl Nodes {
     }
 
     /// Marks node `id` unavailable; returns whether it was available.
-    pub fn remove(&self, id: Id) -> bool {
+    pub fn remove(&self, id: NodeId) -> bool {
         self.lock().remove(&id).is_some()
     }
 
     /// Keeps only the nodes for which `keep` holds.
-    pub fn retain(&self, mut keep: impl FnMut(Id) -> bool) {
+    pub fn retain(&self, mut keep: impl FnMut(NodeId) -> bool) {
         self.lock().retain(|id, _| keep(*id));
     }
 
     /// Every node of this host: node id → group id.
-    pub fn all(&self) -> HashMap<Id, Id> {
+    pub fn all(&self) -> HashMap<NodeId, GroupId> {
         self.all.lock().expect("host nodes lock").clone()
     }
 
-    pub fn set_all(&self, all: HashMap<Id, Id>) {
+    pub fn set_all(&self, all: HashMap<NodeId, GroupId>) {
         *self.all.lock().expect("host nodes lock") = all;
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Id, Node>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NodeId, Node>> {
         self.available.lock().expect("available lock")
     }
 }

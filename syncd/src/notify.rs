@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use cairn_catalog::Pool;
 use cairn_catalog::db::postgres::{self, Heard, Listener};
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{GroupId, HostId, NodeId};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -32,7 +32,7 @@ pub struct Listening {
     pub wake: Arc<Notify>,
     pub nodes: Arc<Nodes>,
     pub pool: Arc<Pool>,
-    pub host_id: Id,
+    pub host_id: HostId,
     /// Set at shutdown: the thread ends.
     pub cancel: Arc<AtomicBool>,
 }
@@ -120,11 +120,11 @@ fn concerns(l: &Listening, payload: &str) -> bool {
     };
     let known = l.nodes.all();
     match kind {
-        "group" => known.values().any(|g| *g == id),
-        "node" if known.contains_key(&id) => true,
+        "group" => known.values().any(|g| *g == GroupId(id)),
+        "node" if known.contains_key(&NodeId(id)) => true,
         "node" => l
             .pool
-            .with(|cat| cat.read(|tx| tx.node_by_id(id)))
+            .with(|cat| cat.read(|tx| tx.node_by_id(NodeId(id))))
             .map_or(true, |n| n.host_id == Some(l.host_id)),
         _ => true,
     }

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::CopyWork;
-use cairn_catalog::model::{CopyRequest, Id, Node};
+use cairn_catalog::model::{CopyId, CopyRequest, GroupId, Node, NodeId};
 use cairn_catalog::rules;
 use cairn_catalog::units::{format_size, now};
 use tracing::{debug, info};
@@ -36,8 +36,8 @@ pub fn batch(workers: usize) -> u64 {
 /// longer watched, are dropped.
 pub fn events(
     nodes: &Nodes,
-    watched: impl Fn(Id) -> bool,
-    events: Vec<(Id, WatchEvent)>,
+    watched: impl Fn(NodeId) -> bool,
+    events: Vec<(NodeId, WatchEvent)>,
 ) -> Vec<Task> {
     let mut work = Vec::new();
     for (node_id, ev) in events {
@@ -73,7 +73,7 @@ pub fn plan(
     cat: &mut Catalog,
     nodes: &Nodes,
     refreshed: &Refreshed,
-    refused: &HashSet<Id>,
+    refused: &HashSet<CopyId>,
     sources: &Sources,
     batch: u64,
 ) -> Result<Vec<Task>> {
@@ -84,7 +84,7 @@ pub fn plan(
         .into_iter()
         .filter(|n| !n.paused && !refreshed.host_paused)
         .collect();
-    let ids: Vec<Id> = available.iter().map(|n| n.id).collect();
+    let ids: Vec<NodeId> = available.iter().map(|n| n.id).collect();
     let mut import_nodes = ids.clone();
     import_nodes.extend(&refreshed.uninitialised);
     for r in cat.read(|tx| tx.due_import_requests(&import_nodes))? {
@@ -131,8 +131,8 @@ pub fn plan(
             });
         }
     }
-    let groups: Vec<Id> = {
-        let mut g: Vec<Id> = available.iter().map(|n| n.group_id).collect();
+    let groups: Vec<GroupId> = {
+        let mut g: Vec<GroupId> = available.iter().map(|n| n.group_id).collect();
         g.sort_unstable();
         g.dedup();
         g
@@ -156,7 +156,7 @@ pub fn plan(
 /// [`pullbatch::MAX_FILES`] files and [`pullbatch::MAX_BYTES`] bytes, of about equal sizes;
 /// a request alone is a single copy.
 pub fn batches(small: Vec<CopyRequest>) -> Vec<Task> {
-    let mut groups: Vec<((Id, Id), Vec<CopyRequest>)> = Vec::new();
+    let mut groups: Vec<((NodeId, GroupId), Vec<CopyRequest>)> = Vec::new();
     for r in small {
         let key = (r.from_node_id, r.to_group_id);
         match groups.iter_mut().find(|(k, _)| *k == key) {
@@ -236,20 +236,20 @@ fn space_pressure(cat: &mut Catalog, node: &Node) -> Result<Vec<CopyWork>> {
 
 #[cfg(test)]
 mod tests {
-    use cairn_catalog::model::RequestState;
+    use cairn_catalog::model::{FileId, RequestId, RequestState};
 
     use super::*;
 
-    fn request(id: Id, from: Id, to: Id, size: u64) -> CopyRequest {
+    fn request(id: i64, from: i64, to: i64, size: u64) -> CopyRequest {
         CopyRequest {
-            id,
-            file_id: id,
+            id: RequestId(id),
+            file_id: FileId(id),
             path: format!("f{id}"),
             size,
             from_node: format!("n{from}"),
             to_group: format!("g{to}"),
-            from_node_id: from,
-            to_group_id: to,
+            from_node_id: NodeId(from),
+            to_group_id: GroupId(to),
             state: RequestState::Pending,
             attempts: 0,
             last_error: None,
@@ -280,11 +280,11 @@ mod tests {
     #[test]
     fn batches_respect_the_file_and_byte_caps_in_about_equal_parts() {
         let n = pullbatch::MAX_FILES + 10;
-        let work = batches((0..n as Id).map(|i| request(i, 1, 2, 4096)).collect());
+        let work = batches((0..n as i64).map(|i| request(i, 1, 2, 4096)).collect());
         assert_eq!(shape(&work), vec![133, 133]);
         let big = pullbatch::MAX_FILE;
         let fit = (pullbatch::MAX_BYTES / big) as usize;
-        let work = batches((0..fit as Id + 1).map(|i| request(i, 1, 2, big)).collect());
+        let work = batches((0..fit as i64 + 1).map(|i| request(i, 1, 2, big)).collect());
         assert_eq!(work.len(), 2);
         assert!(shape(&work).iter().all(|&k| k <= fit), "{:?}", shape(&work));
     }

@@ -18,7 +18,7 @@
 //! Only small files go in a batch (at most [`MAX_FILE`] each, [`MAX_BYTES`] in all): a large
 //! file keeps its own request, which `Range` can resume.
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::CopyId;
 
 /// The path of the batch endpoint.
 pub const PATH: &str = "/v1/batch";
@@ -36,15 +36,15 @@ pub const MAX_BYTES: u64 = 32 << 20;
 pub const MAX_HEADER: usize = 512;
 
 /// The query string of a batch request for `ids`.
-pub fn query(ids: &[Id]) -> String {
+pub fn query(ids: &[CopyId]) -> String {
     let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
     format!("copies={}", list.join(","))
 }
 
 /// The copy ids of a batch request's query string; `None` if it is not one.
-pub fn parse_query(query: &str) -> Option<Vec<Id>> {
+pub fn parse_query(query: &str) -> Option<Vec<CopyId>> {
     let list = query.strip_prefix("copies=")?;
-    let ids: Vec<Id> = list
+    let ids: Vec<CopyId> = list
         .split(',')
         .map(|s| s.parse().ok())
         .collect::<Option<_>>()?;
@@ -55,13 +55,17 @@ pub fn parse_query(query: &str) -> Option<Vec<Id>> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Header {
     /// `SIZE` bytes follow.
-    File { copy_id: Id, size: u64, md5: String },
+    File {
+        copy_id: CopyId,
+        size: u64,
+        md5: String,
+    },
     /// The source cannot serve this copy; no bytes follow.
-    Refused { copy_id: Id, reason: String },
+    Refused { copy_id: CopyId, reason: String },
 }
 
 impl Header {
-    pub fn copy_id(&self) -> Id {
+    pub fn copy_id(&self) -> CopyId {
         match self {
             Header::File { copy_id, .. } | Header::Refused { copy_id, .. } => *copy_id,
         }
@@ -116,12 +120,12 @@ mod tests {
     fn headers_read_back_as_written() {
         for h in [
             Header::File {
-                copy_id: 7,
+                copy_id: CopyId(7),
                 size: 4096,
                 md5: "d41d8cd98f00b204e9800998ecf8427e".into(),
             },
             Header::Refused {
-                copy_id: 8,
+                copy_id: CopyId(8),
                 reason: "no healthy copy of \"a b.dat\" on node \"n1\"".into(),
             },
         ] {
@@ -134,7 +138,7 @@ mod tests {
     #[test]
     fn a_long_or_multiline_reason_stays_one_short_line() {
         let h = Header::Refused {
-            copy_id: 1,
+            copy_id: CopyId(1),
             reason: "é\n".repeat(1000),
         };
         let line = h.encode();
@@ -144,11 +148,12 @@ mod tests {
 
     #[test]
     fn queries() {
-        assert_eq!(parse_query(&query(&[1, 22, 333])), Some(vec![1, 22, 333]));
+        let ids = vec![CopyId(1), CopyId(22), CopyId(333)];
+        assert_eq!(parse_query(&query(&ids)), Some(ids));
         assert_eq!(parse_query("copies="), None);
         assert_eq!(parse_query("copies=1,x"), None);
         assert_eq!(parse_query("ids=1"), None);
-        let too_many: Vec<Id> = (0..=MAX_FILES as Id).collect();
+        let too_many: Vec<CopyId> = (0..=MAX_FILES as i64).map(CopyId).collect();
         assert_eq!(parse_query(&query(&too_many)), None);
     }
 

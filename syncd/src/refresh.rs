@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cairn_catalog::Catalog;
-use cairn_catalog::model::{Id, Node, Wants};
+use cairn_catalog::model::{CopyId, Node, NodeId, Wants};
 use cairn_catalog::units::{HumanDuration, now};
 use cairn_node::{NodeRoot, RootState};
 use tokio::sync::mpsc;
@@ -39,19 +39,23 @@ pub struct RefreshConfig {
 #[derive(Default)]
 pub struct RefreshState {
     /// Last reported state per node, so a problem is logged when it starts, not every loop.
-    last_state: HashMap<Id, String>,
-    watchers: HashMap<Id, WatcherHandle>,
+    last_state: HashMap<NodeId, String>,
+    /// That the host has no active node was logged (once, until one is active again).
+    said_no_active: bool,
+    /// That the host is paused was logged (once, until it is resumed).
+    said_paused: bool,
+    watchers: HashMap<NodeId, WatcherHandle>,
     loops: u64,
     disks: crate::disks::Disks,
     /// Field copies a delayed auto-clean keeps because their group copy failed verification.
-    blocked: Standing<Id>,
+    blocked: Standing<CopyId>,
     /// Why the archive-wide gauges of `/metrics` could not be read, while that lasts.
     pub gauges_failure: Standing<()>,
 }
 
 impl RefreshState {
     /// Whether node `id`'s root is watched for auto-import now.
-    pub fn is_watched(&self, id: Id) -> bool {
+    pub fn is_watched(&self, id: NodeId) -> bool {
         self.watchers.contains_key(&id)
     }
 
@@ -76,7 +80,7 @@ pub struct Refreshed {
     /// Tidy-ups of nodes that became available, and catch-up scans of new watches.
     pub work: Vec<Task>,
     /// Active nodes with a root that is not usable: their init requests still get an answer.
-    pub uninitialised: Vec<Id>,
+    pub uninitialised: Vec<NodeId>,
     /// The host is paused: no new work for any of its nodes.
     pub host_paused: bool,
 }
@@ -88,7 +92,7 @@ pub fn refresh(
     nodes: &Nodes,
     config: &RefreshConfig,
     st: &mut RefreshState,
-    events: &mpsc::UnboundedSender<(Id, WatchEvent)>,
+    events: &mpsc::UnboundedSender<(NodeId, WatchEvent)>,
     writes: bool,
 ) -> Result<Refreshed> {
     st.loops += 1;
@@ -108,11 +112,11 @@ pub fn refresh(
         cat.read(|tx| tx.nodes_on_host(host.id))?
     };
     nodes.set_all(rows.iter().map(|n| (n.id, n.group_id)).collect());
-    if rows.iter().all(|n| !n.active) && !st.last_state.contains_key(&0) {
+    if rows.iter().all(|n| !n.active) && !st.said_no_active {
         warn!("No active nodes on host ({})!", host.name);
-        st.last_state.insert(0, "none".into());
+        st.said_no_active = true;
     } else if rows.iter().any(|n| n.active) {
-        st.last_state.remove(&0);
+        st.said_no_active = false;
     }
     let mut found = Refreshed {
         work: Vec::new(),
@@ -213,11 +217,11 @@ pub fn refresh(
     // Paused nodes, and every node of a paused host, get no new work; queued requests wait
     // for the resume.
     found.host_paused = cat.read(|tx| tx.host(&host.name))?.paused;
-    if found.host_paused && !st.last_state.contains_key(&-1) {
+    if found.host_paused && !st.said_paused {
         info!("Host \"{}\" is paused: no new work.", host.name);
-        st.last_state.insert(-1, "paused".into());
+        st.said_paused = true;
     } else if !found.host_paused {
-        st.last_state.remove(&-1);
+        st.said_paused = false;
     }
     // Delayed auto-clean: release what has been in the target group long enough and was
     // verified there since it arrived. This host verifies its own copies in such a group once
@@ -233,7 +237,7 @@ pub fn refresh(
     for n in &working {
         let unverified = cat.read(|tx| tx.delayed_clean_unverified(n.id, t))?;
         if !unverified.is_empty() {
-            let ids: Vec<Id> = unverified.iter().map(|(id, ..)| *id).collect();
+            let ids: Vec<CopyId> = unverified.iter().map(|(id, ..)| *id).collect();
             cat.write(|tx| tx.request_verify(&ids, t))?;
             for (_, path, field) in &unverified {
                 info!(
@@ -312,7 +316,7 @@ fn log_node_state(node: &Node, state: &str) {
 fn start_watcher(
     node: &Node,
     root: &Path,
-    tx: mpsc::UnboundedSender<(Id, WatchEvent)>,
+    tx: mpsc::UnboundedSender<(NodeId, WatchEvent)>,
 ) -> std::io::Result<WatcherHandle> {
     let mut watcher = Watcher::new(root)?;
     let stop = Arc::new(AtomicBool::new(false));

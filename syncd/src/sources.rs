@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use cairn_catalog::Catalog;
 use cairn_catalog::config::TransferMethod;
 use cairn_catalog::error::Result;
-use cairn_catalog::model::{CopyRequest, Id, IoClass};
+use cairn_catalog::model::{CopyRequest, FileId, GroupId, IoClass, NodeId};
 
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
@@ -22,7 +22,7 @@ use crate::transfer::{Location, Source};
 /// The file a source is wanted for.
 #[derive(Debug, Clone, Copy)]
 pub struct Wanted<'a> {
-    pub file_id: Id,
+    pub file_id: FileId,
     pub path: &'a str,
     pub size: u64,
 }
@@ -89,8 +89,8 @@ impl Sources {
             path,
             size,
         }: Wanted<'_>,
-        exclude_group: Option<Id>,
-        preferred: Option<Id>,
+        exclude_group: Option<GroupId>,
+        preferred: Option<NodeId>,
         local_only: bool,
     ) -> Result<Vec<Source>> {
         let copies = cat.read(|tx| tx.source_copies(file_id))?;

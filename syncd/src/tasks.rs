@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use cairn_catalog::Pool;
 use cairn_catalog::catalog::{Arrival, CopyWork, Fired};
-use cairn_catalog::model::{CopyRequest, Id, Node};
+use cairn_catalog::model::{CopyId, CopyRequest, ImportId, Node, NodeId, RequestId};
 use cairn_catalog::rules::AutoEffect;
 use cairn_node::importer::Importer;
 use tracing::info;
@@ -45,35 +45,35 @@ use crate::transfer::Transfer;
 /// What a task works on, so the same thing never runs twice at once on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Key {
-    Init(Id),
-    Import(Id, String),
-    Scan(Id, String),
-    Copy(Id),
+    Init(NodeId),
+    Import(NodeId, String),
+    Scan(NodeId, String),
+    Copy(RequestId),
     /// Verify and release of one copy exclude each other.
-    CopyRow(Id),
-    Tidy(Id),
+    CopyRow(CopyId),
+    Tidy(NodeId),
 }
 
 #[derive(Debug)]
 pub enum Task {
     Init {
-        request: Id,
-        node_id: Id,
+        request: ImportId,
+        node_id: NodeId,
     },
     Import {
-        node_id: Id,
-        request: Option<Id>,
+        node_id: NodeId,
+        request: Option<ImportId>,
         path: String,
         register_new: bool,
     },
     /// A file closed or moved into place under an auto-import node.
     AutoImport {
-        node_id: Id,
+        node_id: NodeId,
         path: String,
     },
     Scan {
-        node_id: Id,
-        request: Option<Id>,
+        node_id: NodeId,
+        request: Option<ImportId>,
         path: String,
         register_new: bool,
     },
@@ -86,15 +86,15 @@ pub enum Task {
         requests: Vec<CopyRequest>,
     },
     Verify {
-        node_id: Id,
+        node_id: NodeId,
         copy: CopyWork,
     },
     Release {
-        node_id: Id,
+        node_id: NodeId,
         copy: CopyWork,
     },
     Tidy {
-        node_id: Id,
+        node_id: NodeId,
     },
 }
 
@@ -124,14 +124,16 @@ impl Task {
             }
             Task::Scan { node_id, path, .. } => Key::Scan(*node_id, path.clone()),
             Task::Copy { request } => Key::Copy(request.id),
-            Task::CopyBatch { requests } => Key::Copy(requests.first().map_or(0, |r| r.id)),
+            Task::CopyBatch { requests } => {
+                Key::Copy(requests.first().map_or(RequestId(0), |r| r.id))
+            }
             Task::Verify { copy, .. } | Task::Release { copy, .. } => Key::CopyRow(copy.copy.id),
             Task::Tidy { node_id } => Key::Tidy(*node_id),
         }
     }
 
     /// Nodes whose per-node cap this task counts against.
-    pub fn nodes(&self) -> Vec<Id> {
+    pub fn nodes(&self) -> Vec<NodeId> {
         match self {
             Task::Init { node_id, .. }
             | Task::Import { node_id, .. }
@@ -142,7 +144,7 @@ impl Task {
             | Task::Tidy { node_id } => vec![*node_id],
             Task::Copy { request } => vec![request.from_node_id],
             Task::CopyBatch { requests } => {
-                let mut nodes: Vec<Id> = requests.iter().map(|r| r.from_node_id).collect();
+                let mut nodes: Vec<NodeId> = requests.iter().map(|r| r.from_node_id).collect();
                 nodes.sort_unstable();
                 nodes.dedup();
                 nodes
@@ -178,7 +180,7 @@ impl Task {
             Task::CopyBatch { requests } => format!(
                 "a batch of {} copy requests from AFCR#{}",
                 requests.len(),
-                requests.first().map_or(0, |r| r.id)
+                requests.first().map_or(RequestId(0), |r| r.id)
             ),
             Task::Verify { copy, .. } => format!("Check file {} on {}", copy.path, copy.copy.node),
             Task::Release { copy, .. } => {
@@ -285,7 +287,7 @@ pub fn out_of_reach(e: &anyhow::Error) -> bool {
 #[derive(Default)]
 pub struct Batches {
     /// Copy requests to claim; whether this host won each.
-    pub claims: Batcher<Id, bool>,
+    pub claims: Batcher<RequestId, bool>,
     /// Copies arrived; the auto-actions each set off.
     pub arrivals: Batcher<Arrival, Vec<Fired>>,
 }
@@ -311,7 +313,7 @@ pub struct Limits {
 #[derive(Default)]
 pub struct Running {
     inflight: Mutex<HashMap<Key, Inflight>>,
-    node_load: Mutex<HashMap<Id, usize>>,
+    node_load: Mutex<HashMap<NodeId, usize>>,
 }
 
 struct Inflight {
@@ -361,7 +363,7 @@ impl Running {
     }
 
     /// Records that the task of `keys` on `nodes` ended.
-    pub fn finish(&self, keys: &[Key], nodes: &[Id]) {
+    pub fn finish(&self, keys: &[Key], nodes: &[NodeId]) {
         let mut inflight = self.inflight.lock().expect("inflight lock");
         for key in keys {
             inflight.remove(key);
@@ -400,26 +402,26 @@ impl Running {
 /// changes, and hourly while it lasts ([`Standing`]), not at every pass.
 #[derive(Default)]
 pub struct Refused {
-    at: Mutex<HashMap<Id, Instant>>,
-    said: Standing<Id>,
+    at: Mutex<HashMap<CopyId, Instant>>,
+    said: Standing<CopyId>,
 }
 
 impl Refused {
     /// Records that the release of `copy_id` was refused for `why`; true when that is news
     /// worth a log line.
-    pub fn insert(&self, copy_id: Id, why: &str) -> bool {
+    pub fn insert(&self, copy_id: CopyId, why: &str) -> bool {
         let now = Instant::now();
         self.at.lock().expect("refused lock").insert(copy_id, now);
         self.said.holds(&copy_id, why, now)
     }
 
     /// The release of `copy_id` went through.
-    pub fn released(&self, copy_id: Id) {
+    pub fn released(&self, copy_id: CopyId) {
         self.said.clear(&copy_id);
     }
 
     /// Forgets refusals older than `age`; returns the copies refused more recently.
-    pub fn recent(&self, age: Duration) -> std::collections::HashSet<Id> {
+    pub fn recent(&self, age: Duration) -> std::collections::HashSet<CopyId> {
         let mut r = self.at.lock().expect("refused lock");
         r.retain(|_, at| at.elapsed() < age);
         r.keys().copied().collect()
@@ -454,7 +456,7 @@ pub fn run(ctx: &TaskContext, task: Task) -> Result<()> {
 }
 
 /// The node `node_id` if it is available now, and its root.
-pub(crate) fn node_and_root(ctx: &TaskContext, node_id: Id) -> Result<(Node, PathBuf)> {
+pub(crate) fn node_and_root(ctx: &TaskContext, node_id: NodeId) -> Result<(Node, PathBuf)> {
     let node = ctx
         .nodes
         .get(node_id)

@@ -15,7 +15,7 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_catalog::config::TlsFiles;
-use cairn_catalog::model::Id;
+use cairn_catalog::model::{CopyId, NodeId};
 use tracing::{info, warn};
 
 use crate::metrics::Metrics;
@@ -43,9 +43,9 @@ pub enum Location {
 /// A copy to read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    pub node_id: Id,
+    pub node_id: NodeId,
     pub node: String,
-    pub copy_id: Id,
+    pub copy_id: CopyId,
     pub location: Location,
 }
 
@@ -86,7 +86,7 @@ pub struct Peer {
 /// go.
 #[derive(Debug, Clone)]
 pub struct BatchItem {
-    pub copy_id: Id,
+    pub copy_id: CopyId,
     pub size: u64,
     pub tmp: PathBuf,
 }
@@ -229,7 +229,7 @@ impl Puller {
         use std::io::BufRead;
         let (scheme, bearer) = self.credentials()?;
         let _slot = self.peers.acquire(&peer.host, cancel)?;
-        let ids: Vec<Id> = items.iter().map(|i| i.copy_id).collect();
+        let ids: Vec<CopyId> = items.iter().map(|i| i.copy_id).collect();
         let url = format!(
             "{scheme}://{}{}?{}",
             peer.address,

@@ -83,12 +83,12 @@ fn eight_writers_lose_nothing(url: &str) {
 /// their copy through the catalog's release path (what cairnd's clean does), for `rounds`
 /// files. Returns (copies left, releases granted) per file.
 fn eight_hosts_release_one_file(url: &str, rounds: usize) -> Vec<(usize, usize)> {
-    use cairn_catalog::model::{Has, NodeKind};
+    use cairn_catalog::model::{CopyId, Has, NodeId, NodeKind};
     use std::sync::{Arc, Barrier};
     const HOSTS: usize = 8;
     const MIN_ARCHIVE_COPIES: usize = 2;
     let mut cat = Catalog::open(url).unwrap();
-    let nodes: Vec<i64> = cat
+    let nodes: Vec<NodeId> = cat
         .write(|tx| {
             tx.create_group("archive", IoClass::Default, None)?;
             (0..HOSTS)
@@ -109,7 +109,7 @@ fn eight_hosts_release_one_file(url: &str, rounds: usize) -> Vec<(usize, usize)>
     let mut out = Vec::new();
     for round in 0..rounds {
         let path = format!("2025/01/01/{round:03}.dat");
-        let copies: Vec<i64> = cat
+        let copies: Vec<CopyId> = cat
             .write(|tx| {
                 let (f, _) = tx.register_file(
                     &cairn_catalog::catalog::NewFile {

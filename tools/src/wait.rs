@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use cairn_catalog::Catalog;
-use cairn_catalog::model::RequestState;
+use cairn_catalog::model::{CopyId, RequestId, RequestState};
 use cairn_catalog::units::format_size;
 
 /// Where a set of requests stands.
@@ -98,7 +98,7 @@ pub fn follow(
 pub fn copy_rows(
     cat: &mut Catalog,
     what: &str,
-    copies: &[(i64, u64)],
+    copies: &[(CopyId, u64)],
     stalled: Option<std::time::Duration>,
     done: impl Fn(&cairn_catalog::model::Copy) -> bool,
 ) -> Result<()> {
@@ -127,7 +127,7 @@ pub fn copy_rows(
 }
 
 /// `--wait` for copy requests: (id, size) each.
-pub fn copies(cat: &mut Catalog, requests: &[(i64, u64)]) -> Result<()> {
+pub fn copies(cat: &mut Catalog, requests: &[(RequestId, u64)]) -> Result<()> {
     let total_bytes = requests.iter().map(|(_, s)| s).sum();
     let p = follow(
         cat,

@@ -11,7 +11,8 @@ use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
 use crate::model::{
-    Acq, ConflictName, Copy, Dir, File, FileStat, FromRow, Has, Id, NodeStats, Ownership, Wants,
+    Acq, AcqId, ConflictName, Copy, CopyId, Dir, DirId, File, FileId, FileStat, FromRow, GroupId,
+    Has, NodeId, NodeStats, Ownership, Wants,
 };
 use crate::params;
 
@@ -19,10 +20,10 @@ use crate::params;
 #[derive(Debug, Clone, Default)]
 pub struct FileFilter {
     /// Files with a copy on this node that is not `has = no`.
-    pub node: Option<Id>,
+    pub node: Option<NodeId>,
     /// Files present (`has = yes`) somewhere in this group.
-    pub group: Option<Id>,
-    pub acq: Option<Id>,
+    pub group: Option<GroupId>,
+    pub acq: Option<AcqId>,
     /// Files at or below this path.
     pub path_prefix: Option<String>,
 }
@@ -31,7 +32,7 @@ pub struct FileFilter {
 #[derive(Debug, Clone, Default)]
 pub struct CopySelect {
     /// Only files of this acquisition.
-    pub acq: Option<Id>,
+    pub acq: Option<AcqId>,
     /// Only files at or below this path.
     pub path_prefix: Option<String>,
     /// Only copies that arrived on the node at or before this time.
@@ -41,9 +42,9 @@ pub struct CopySelect {
 /// A file that a bulk sync, clean or verify would act on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncCandidate {
-    pub file_id: Id,
+    pub file_id: FileId,
     /// The copy acted on (clean, verify); for a sync, the source copy.
-    pub copy_id: Id,
+    pub copy_id: CopyId,
     pub path: String,
     pub size: u64,
 }
@@ -142,7 +143,7 @@ impl Tx<'_> {
         )
     }
 
-    pub fn dir_by_id(&mut self, id: Id) -> Result<Option<Dir>> {
+    pub fn dir_by_id(&mut self, id: DirId) -> Result<Option<Dir>> {
         self.row(
             &format!("SELECT {} FROM dir d WHERE d.id = ?", Dir::COLUMNS),
             params![id],
@@ -150,7 +151,7 @@ impl Tx<'_> {
     }
 
     /// The id of directory `path`, creating it and its parents as needed.
-    pub fn ensure_dir(&mut self, path: &str, now: i64) -> Result<Id> {
+    pub fn ensure_dir(&mut self, path: &str, now: i64) -> Result<DirId> {
         if let Some(d) = self.dir_by_path(path)? {
             return Ok(d.id);
         }
@@ -166,7 +167,7 @@ impl Tx<'_> {
 
     /// Makes directory `path` (and its missing parents); a directory it creates gets `own`,
     /// one that exists keeps its own. The directory's id, and whether it was made now.
-    pub fn make_dir(&mut self, path: &str, own: &Ownership, now: i64) -> Result<(Id, bool)> {
+    pub fn make_dir(&mut self, path: &str, own: &Ownership, now: i64) -> Result<(DirId, bool)> {
         if let Some(d) = self.dir_by_path(path)? {
             return Ok((d.id, false));
         }
@@ -176,17 +177,17 @@ impl Tx<'_> {
     }
 
     /// Records a directory's owner, group and mode (those given).
-    pub fn set_dir_ownership(&mut self, dir_id: Id, own: &Ownership) -> Result<()> {
-        self.set_ownership("dir", dir_id, own)
+    pub fn set_dir_ownership(&mut self, dir_id: DirId, own: &Ownership) -> Result<()> {
+        self.set_ownership("dir", dir_id.0, own)
     }
 
     /// Records an archived file's owner, group and mode (those given). Its bytes never change
     /// (invariant 1); who owns it and who may read it may.
-    pub fn set_file_ownership(&mut self, file_id: Id, own: &Ownership) -> Result<()> {
-        self.set_ownership("file", file_id, own)
+    pub fn set_file_ownership(&mut self, file_id: FileId, own: &Ownership) -> Result<()> {
+        self.set_ownership("file", file_id.0, own)
     }
 
-    fn set_ownership(&mut self, table: &str, id: Id, own: &Ownership) -> Result<()> {
+    fn set_ownership(&mut self, table: &str, id: i64, own: &Ownership) -> Result<()> {
         if let Some(u) = &own.user {
             self.exec(
                 &format!("UPDATE {table} SET owner = ? WHERE id = ?"),
@@ -210,7 +211,7 @@ impl Tx<'_> {
 
     /// The ids of directories `paths` (normalised), creating them and their parents as
     /// needed: one query for those that exist, and two per level of those that do not.
-    pub fn ensure_dirs(&mut self, paths: &[&str], now: i64) -> Result<HashMap<String, Id>> {
+    pub fn ensure_dirs(&mut self, paths: &[&str], now: i64) -> Result<HashMap<String, DirId>> {
         let mut wanted: Vec<String> = Vec::new();
         for p in paths {
             let mut p = *p;
@@ -261,7 +262,7 @@ impl Tx<'_> {
     }
 
     /// The ids of the directories among `paths` that exist.
-    fn dir_ids(&mut self, paths: &[String]) -> Result<HashMap<String, Id>> {
+    fn dir_ids(&mut self, paths: &[String]) -> Result<HashMap<String, DirId>> {
         let mut ids = HashMap::with_capacity(paths.len());
         for chunk in paths.chunks(IN_CHUNK) {
             let args: Vec<Value> = chunk.iter().map(Value::from).collect();
@@ -279,7 +280,7 @@ impl Tx<'_> {
     }
 
     /// Subdirectories and files directly in directory `dir_id`, each sorted by name.
-    pub fn list_dir(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<File>)> {
+    pub fn list_dir(&mut self, dir_id: DirId) -> Result<(Vec<Dir>, Vec<File>)> {
         let files = self.rows(
             &file_query("WHERE f.dir_id = ? ORDER BY f.name"),
             params![dir_id],
@@ -289,7 +290,7 @@ impl Tx<'_> {
 
     /// The subdirectories and files of directory `dir_id`, by name, with only what a listing
     /// shows of each file (one indexed range each, no joins): the mount's `readdir`.
-    pub fn list_dir_stats(&mut self, dir_id: Id) -> Result<(Vec<Dir>, Vec<FileStat>)> {
+    pub fn list_dir_stats(&mut self, dir_id: DirId) -> Result<(Vec<Dir>, Vec<FileStat>)> {
         let files = self.rows(
             &format!(
                 "SELECT {} FROM file f WHERE f.dir_id = ? ORDER BY f.name",
@@ -301,7 +302,7 @@ impl Tx<'_> {
     }
 
     /// The subdirectories of directory `dir_id`, by name.
-    fn subdirs(&mut self, dir_id: Id) -> Result<Vec<Dir>> {
+    fn subdirs(&mut self, dir_id: DirId) -> Result<Vec<Dir>> {
         self.rows(
             &format!(
                 "SELECT {} FROM dir d WHERE d.parent_id = ? ORDER BY d.name",
@@ -312,7 +313,7 @@ impl Tx<'_> {
     }
 
     /// The file or directory `name` in directory `dir_id`: the lookup a mount makes.
-    pub fn lookup(&mut self, dir_id: Id, name: &str) -> Result<Option<Result<File, Dir>>> {
+    pub fn lookup(&mut self, dir_id: DirId, name: &str) -> Result<Option<Result<File, Dir>>> {
         if let Some(f) = self.row::<File>(
             &file_query("WHERE f.dir_id = ? AND f.name = ?"),
             params![dir_id, name],
@@ -385,7 +386,7 @@ impl Tx<'_> {
 
     /// For each group holding any of the acquisition's files: how many of its files have a
     /// healthy copy there. (group name, files), sorted by group.
-    pub fn acq_presence(&mut self, acq_id: Id) -> Result<Vec<(String, u64)>> {
+    pub fn acq_presence(&mut self, acq_id: AcqId) -> Result<Vec<(String, u64)>> {
         let rows = self.raw(
             "SELECT g.name, COUNT(DISTINCT c.file_id) FROM copy c \
              JOIN node n ON n.id = c.node_id JOIN storage_group g ON g.id = n.group_id \
@@ -398,7 +399,11 @@ impl Tx<'_> {
 
     /// The ids of acquisitions `names`, created as needed (the flag says so): at most three
     /// queries however many there are.
-    pub fn ensure_acqs(&mut self, names: &[&str], now: i64) -> Result<HashMap<String, (Id, bool)>> {
+    pub fn ensure_acqs(
+        &mut self,
+        names: &[&str],
+        now: i64,
+    ) -> Result<HashMap<String, (AcqId, bool)>> {
         let mut names: Vec<&str> = names.to_vec();
         names.sort_unstable();
         names.dedup();
@@ -407,7 +412,7 @@ impl Tx<'_> {
                 "empty acquisition name {empty:?}"
             )));
         }
-        let mut ids: HashMap<String, (Id, bool)> = self
+        let mut ids: HashMap<String, (AcqId, bool)> = self
             .acq_ids(&names)?
             .into_iter()
             .map(|(n, id)| (n, (id, false)))
@@ -434,7 +439,7 @@ impl Tx<'_> {
         Ok(ids)
     }
 
-    fn acq_ids(&mut self, names: &[&str]) -> Result<HashMap<String, Id>> {
+    fn acq_ids(&mut self, names: &[&str]) -> Result<HashMap<String, AcqId>> {
         let mut ids = HashMap::with_capacity(names.len());
         for chunk in names.chunks(IN_CHUNK) {
             let args: Vec<Value> = chunk.iter().map(|n| Value::from(*n)).collect();
@@ -452,7 +457,7 @@ impl Tx<'_> {
     }
 
     /// The id of acquisition `name`, created if needed; the flag says whether it was.
-    pub fn ensure_acq(&mut self, name: &str, now: i64) -> Result<(Id, bool)> {
+    pub fn ensure_acq(&mut self, name: &str, now: i64) -> Result<(AcqId, bool)> {
         if name.is_empty() {
             return Err(CatalogError::Invalid("empty acquisition name".into()));
         }
@@ -482,7 +487,7 @@ impl Tx<'_> {
             .ok_or_else(|| CatalogError::not_found("file", path))
     }
 
-    pub fn file_by_id(&mut self, id: Id) -> Result<File> {
+    pub fn file_by_id(&mut self, id: FileId) -> Result<File> {
         self.row(&file_query("WHERE f.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("file", format!("#{id}")))
     }
@@ -493,7 +498,7 @@ impl Tx<'_> {
     pub fn files_at(
         &mut self,
         paths: &[(&str, &str)],
-        node_id: Id,
+        node_id: NodeId,
     ) -> Result<HashMap<String, (File, Option<Has>)>> {
         // Names grouped by directory: `(d.path = ? AND f.name IN (…)) OR …`, whose depth is the
         // number of directories (SQLite allows an expression 1,000 deep).
@@ -560,7 +565,7 @@ impl Tx<'_> {
     }
 
     /// Registers many files in this transaction (the bulk path of a scan or a benchmark).
-    pub fn register_files(&mut self, files: &[NewFile], now: i64) -> Result<Vec<Id>> {
+    pub fn register_files(&mut self, files: &[NewFile], now: i64) -> Result<Vec<FileId>> {
         let mut cache = RegisterCache::default();
         files
             .iter()
@@ -576,7 +581,7 @@ impl Tx<'_> {
         f: &NewFile,
         now: i64,
         cache: &mut RegisterCache,
-    ) -> Result<(Id, bool)> {
+    ) -> Result<(FileId, bool)> {
         let path = normalize_path(&f.path)?;
         let (dir, name) = split_path(&path);
         if name.is_empty() {
@@ -711,8 +716,8 @@ impl Tx<'_> {
     /// Files with their copy on `node_id` (any state but `no`), sorted by path.
     pub fn files_on_node(
         &mut self,
-        node_id: Id,
-        acq: Option<Id>,
+        node_id: NodeId,
+        acq: Option<AcqId>,
         prefix: Option<&str>,
     ) -> Result<Vec<(File, Copy)>> {
         let mut args: Vec<Value> = vec![node_id.into()];
@@ -737,7 +742,7 @@ impl Tx<'_> {
 
     // ---- copies ----
 
-    pub fn copies_of(&mut self, file_id: Id) -> Result<Vec<Copy>> {
+    pub fn copies_of(&mut self, file_id: FileId) -> Result<Vec<Copy>> {
         self.rows(
             &format!(
                 "SELECT {} FROM {} WHERE c.file_id = ? ORDER BY cn.name",
@@ -748,7 +753,7 @@ impl Tx<'_> {
         )
     }
 
-    pub fn copy_on(&mut self, file_id: Id, node_id: Id) -> Result<Option<Copy>> {
+    pub fn copy_on(&mut self, file_id: FileId, node_id: NodeId) -> Result<Option<Copy>> {
         self.row(
             &format!(
                 "SELECT {} FROM {} WHERE c.file_id = ? AND c.node_id = ?",
@@ -759,7 +764,7 @@ impl Tx<'_> {
         )
     }
 
-    pub fn copy_by_id(&mut self, id: Id) -> Result<Option<Copy>> {
+    pub fn copy_by_id(&mut self, id: CopyId) -> Result<Option<Copy>> {
         self.row(
             &format!(
                 "SELECT {} FROM {} WHERE c.id = ?",
@@ -774,12 +779,12 @@ impl Tx<'_> {
     /// `keep`). Returns the copy id.
     pub fn record_copy(
         &mut self,
-        file_id: Id,
-        node_id: Id,
+        file_id: FileId,
+        node_id: NodeId,
         has: Has,
         size_on_node: Option<u64>,
         now: i64,
-    ) -> Result<Id> {
+    ) -> Result<CopyId> {
         self.insert(
             &format!("{} RETURNING id", record_copies_sql(1)),
             params![file_id, node_id, has, size_on_node, now, now, now],
@@ -790,11 +795,11 @@ impl Tx<'_> {
     /// one statement per [`IN_CHUNK`]; a pair given twice is recorded once.
     pub fn record_healthy_copies(
         &mut self,
-        copies: &[(Id, Id, Option<u64>)],
+        copies: &[(FileId, NodeId, Option<u64>)],
         now: i64,
     ) -> Result<()> {
         let mut seen = std::collections::HashSet::new();
-        let copies: Vec<&(Id, Id, Option<u64>)> = copies
+        let copies: Vec<&(FileId, NodeId, Option<u64>)> = copies
             .iter()
             .filter(|(f, n, _)| seen.insert((*f, *n)))
             .collect();
@@ -818,7 +823,7 @@ impl Tx<'_> {
 
     /// Records the outcome of checking a copy against its md5: its new state, when it was
     /// checked, and that the check asked for (if any) is done.
-    pub fn record_verify(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {
+    pub fn record_verify(&mut self, copy_id: CopyId, has: Has, now: i64) -> Result<()> {
         self.exec(
             "UPDATE copy SET has = ?, verified_at = ?, verify_requested = 0, updated_at = ? \
              WHERE id = ?",
@@ -828,7 +833,7 @@ impl Tx<'_> {
     }
 
     /// Sets `wants` on the given copies. Returns how many changed.
-    pub fn set_wants(&mut self, copy_ids: &[Id], wants: Wants, now: i64) -> Result<u64> {
+    pub fn set_wants(&mut self, copy_ids: &[CopyId], wants: Wants, now: i64) -> Result<u64> {
         let mut n = 0;
         for id in copy_ids {
             n += self.exec(
@@ -840,7 +845,7 @@ impl Tx<'_> {
     }
 
     /// Asks cairnd to verify the given copies. Returns how many were not already asked.
-    pub fn request_verify(&mut self, copy_ids: &[Id], now: i64) -> Result<u64> {
+    pub fn request_verify(&mut self, copy_ids: &[CopyId], now: i64) -> Result<u64> {
         let mut n = 0;
         for id in copy_ids {
             n += self.exec(
@@ -856,9 +861,9 @@ impl Tx<'_> {
     /// `group_id` and, if given, from `target_group`: what `node sync` would copy.
     pub fn sync_candidates(
         &mut self,
-        node_id: Id,
-        group_id: Id,
-        target_group: Option<Id>,
+        node_id: NodeId,
+        group_id: GroupId,
+        target_group: Option<GroupId>,
         select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
         let mut args: Vec<Value> = vec![node_id.into(), group_id.into()];
@@ -883,9 +888,9 @@ impl Tx<'_> {
     /// wanting `wants`, and (with `target_group`) present in that group.
     pub fn clean_candidates(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         wants: Wants,
-        target_group: Option<Id>,
+        target_group: Option<GroupId>,
         select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
         let mut args: Vec<Value> = vec![node_id.into(), wants.into()];
@@ -907,7 +912,7 @@ impl Tx<'_> {
     /// Copies on `node_id` whose state is one of `states`: what `node verify` would check.
     pub fn verify_candidates(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         states: &[Has],
         select: &CopySelect,
     ) -> Result<Vec<SyncCandidate>> {
@@ -951,7 +956,7 @@ impl Tx<'_> {
     // ---- totals ----
 
     /// File counts and sizes per node (all nodes, or those named), sorted by node name.
-    pub fn node_stats(&mut self, node_ids: Option<&[Id]>) -> Result<Vec<NodeStats>> {
+    pub fn node_stats(&mut self, node_ids: Option<&[NodeId]>) -> Result<Vec<NodeStats>> {
         let mut args = Vec::new();
         let mut filter = String::new();
         if let Some(ids) = node_ids {
@@ -1001,8 +1006,8 @@ pub(crate) const IN_CHUNK: usize = 1000;
 
 #[derive(Default)]
 struct RegisterCache {
-    dirs: HashMap<String, Id>,
-    acqs: HashMap<String, Id>,
+    dirs: HashMap<String, DirId>,
+    acqs: HashMap<String, AcqId>,
 }
 
 /// The one statement that records copies (a copy registered, pulled, or found on a node):

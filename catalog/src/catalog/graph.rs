@@ -2,7 +2,9 @@
 
 use super::Tx;
 use crate::error::{CatalogError, Result};
-use crate::model::{AutoAction, Group, Host, Id, IoClass, JournalReport, Node, NodeKind};
+use crate::model::{
+    AutoAction, Group, GroupId, Host, HostId, IoClass, JournalReport, Node, NodeId, NodeKind,
+};
 use crate::params;
 
 /// Fields of a new node.
@@ -125,7 +127,7 @@ impl Tx<'_> {
         if self.host_by_name(name)?.is_some() {
             return Err(CatalogError::exists("host", name));
         }
-        self.insert(
+        self.insert::<HostId>(
             "INSERT INTO host (name, address, notes) VALUES (?, ?, ?) RETURNING id",
             params![name, address, notes],
         )?;
@@ -185,7 +187,7 @@ impl Tx<'_> {
     }
 
     /// Records that this host's cairnd was alive at `now`.
-    pub fn touch_host(&mut self, host_id: Id, now: i64) -> Result<()> {
+    pub fn touch_host(&mut self, host_id: HostId, now: i64) -> Result<()> {
         self.exec(
             "UPDATE host SET last_seen = ? WHERE id = ?",
             params![now, host_id],
@@ -218,7 +220,7 @@ impl Tx<'_> {
         if self.group_by_name(name)?.is_some() {
             return Err(CatalogError::exists("group", name));
         }
-        self.insert(
+        self.insert::<GroupId>(
             "INSERT INTO storage_group (name, io_class, notes) VALUES (?, ?, ?) RETURNING id",
             params![name, io_class, notes],
         )?;
@@ -261,7 +263,7 @@ impl Tx<'_> {
         self.group(name)
     }
 
-    pub fn group_nodes(&mut self, group_id: Id) -> Result<Vec<Node>> {
+    pub fn group_nodes(&mut self, group_id: GroupId) -> Result<Vec<Node>> {
         self.rows(
             &node_query("WHERE n.group_id = ? ORDER BY n.name"),
             params![group_id],
@@ -279,7 +281,7 @@ impl Tx<'_> {
             .ok_or_else(|| CatalogError::not_found("node", name))
     }
 
-    pub fn node_by_id(&mut self, id: Id) -> Result<Node> {
+    pub fn node_by_id(&mut self, id: NodeId) -> Result<Node> {
         self.row(&node_query("WHERE n.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("node", format!("#{id}")))
     }
@@ -288,7 +290,7 @@ impl Tx<'_> {
         self.rows(&node_query("ORDER BY n.name"), params![])
     }
 
-    pub fn nodes_on_host(&mut self, host_id: Id) -> Result<Vec<Node>> {
+    pub fn nodes_on_host(&mut self, host_id: HostId) -> Result<Vec<Node>> {
         self.rows(
             &node_query("WHERE n.host_id = ? ORDER BY n.name"),
             params![host_id],
@@ -317,7 +319,7 @@ impl Tx<'_> {
             }
             None => (None, false),
         };
-        self.insert(
+        self.insert::<NodeId>(
             "INSERT INTO node (name, group_id, kind, host_id, root, active, auto_import, \
              auto_verify, max_total, min_avail, username, address, notes) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
@@ -398,7 +400,7 @@ impl Tx<'_> {
     /// Records how many closed files wait in node `node_id`'s journal, and since when.
     pub fn report_journal(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         files: u64,
         oldest: Option<i64>,
         now: i64,
@@ -425,7 +427,7 @@ impl Tx<'_> {
     /// Records what cairnd measured on the node's filesystem.
     pub fn record_node_space(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         avail: u64,
         capacity: u64,
         now: i64,
@@ -508,7 +510,13 @@ impl Tx<'_> {
         Ok(changed)
     }
 
-    fn set_action(&mut self, group_id: Id, node_id: Id, column: &str, on: bool) -> Result<bool> {
+    fn set_action(
+        &mut self,
+        group_id: GroupId,
+        node_id: NodeId,
+        column: &str,
+        on: bool,
+    ) -> Result<bool> {
         self.exec(
             "INSERT INTO auto_action (group_id, node_id) VALUES (?, ?) \
              ON CONFLICT (group_id, node_id) DO NOTHING",
@@ -531,8 +539,8 @@ impl Tx<'_> {
     /// Every auto-action that names `group` or `node` (either may be omitted).
     pub fn auto_actions(
         &mut self,
-        group_id: Option<Id>,
-        node_id: Option<Id>,
+        group_id: Option<GroupId>,
+        node_id: Option<NodeId>,
     ) -> Result<Vec<AutoAction>> {
         let mut sql = format!(
             "SELECT {} FROM {} WHERE 1 = 1",

@@ -23,7 +23,7 @@ use super::{Fired, NewFile, Tx};
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
 use crate::md5::is_md5_hex;
-use crate::model::{File, Has, Id};
+use crate::model::{DirId, File, FileId, Has, NodeId};
 
 /// What [`Tx::import_copy`] did.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,14 +32,14 @@ pub enum ImportOutcome {
     /// now if `new_file` (and its acquisition created if `new_acq`), else it was registered
     /// before with the same size and md5.
     Imported {
-        file_id: Id,
+        file_id: FileId,
         new_file: bool,
         new_acq: bool,
         fired: Vec<Fired>,
     },
     /// The file is registered with the same size and md5 and the node has a healthy copy of it
     /// already: nothing changed.
-    AlreadyHere { file_id: Id },
+    AlreadyHere { file_id: FileId },
     /// The path is archived with other contents: nothing changed.
     Conflict { existing: File },
 }
@@ -53,7 +53,12 @@ pub fn size_on_disk(size: u64) -> u64 {
 impl Tx<'_> {
     /// Registers `file` with a healthy copy on `node_id` and fires the auto-actions of that
     /// copy; see the module note.
-    pub fn import_copy(&mut self, file: &NewFile, node_id: Id, now: i64) -> Result<ImportOutcome> {
+    pub fn import_copy(
+        &mut self,
+        file: &NewFile,
+        node_id: NodeId,
+        now: i64,
+    ) -> Result<ImportOutcome> {
         if let Some(existing) = self.file_by_path(&file.path)?
             && (existing.size != file.size || existing.md5 != file.md5)
         {
@@ -93,7 +98,7 @@ impl Tx<'_> {
     pub fn import_copies(
         &mut self,
         files: &[NewFile],
-        node_id: Id,
+        node_id: NodeId,
         now: i64,
     ) -> Result<Vec<ImportOutcome>> {
         let mut out = Vec::with_capacity(files.len());
@@ -106,7 +111,7 @@ impl Tx<'_> {
     fn import_chunk(
         &mut self,
         files: &[NewFile],
-        node_id: Id,
+        node_id: NodeId,
         now: i64,
     ) -> Result<Vec<ImportOutcome>> {
         // The checks register_file makes, for every file, before anything is written.
@@ -151,7 +156,7 @@ impl Tx<'_> {
             }
         }
         let mut acq_new: HashMap<String, bool> = HashMap::new();
-        let mut registered_now: Vec<Id> = Vec::new();
+        let mut registered_now: Vec<FileId> = Vec::new();
         if !new_files.is_empty() {
             let dirs: Vec<&str> = new_files.iter().map(|&i| paths[i].0.as_str()).collect();
             let dir_ids = self.ensure_dirs(&dirs, now)?;
@@ -193,7 +198,7 @@ impl Tx<'_> {
             )?;
             // What was inserted is known here; a path another import registered meanwhile is
             // read back.
-            let mut ids: HashMap<(Id, String), Id> = HashMap::with_capacity(inserted.len());
+            let mut ids: HashMap<(DirId, String), FileId> = HashMap::with_capacity(inserted.len());
             for r in &inserted {
                 ids.insert((r.get(1)?, r.get(2)?), r.get(0)?);
             }
@@ -233,7 +238,7 @@ impl Tx<'_> {
 
         // The copies: recorded where the node has none that is healthy.
         let mut outcomes: Vec<Option<ImportOutcome>> = vec![None; files.len()];
-        let mut record: Vec<(usize, Id)> = Vec::new();
+        let mut record: Vec<(usize, FileId)> = Vec::new();
         for (i, (_, _, path)) in paths.iter().enumerate() {
             if first_of.get(path.as_str()) != Some(&i) {
                 continue;
@@ -255,12 +260,12 @@ impl Tx<'_> {
             }
         }
         if !record.is_empty() {
-            let copies: Vec<(Id, Id, Option<u64>)> = record
+            let copies: Vec<(FileId, NodeId, Option<u64>)> = record
                 .iter()
                 .map(|&(i, file_id)| (file_id, node_id, Some(size_on_disk(files[i].size))))
                 .collect();
             self.record_healthy_copies(&copies, now)?;
-            let ids: Vec<Id> = record.iter().map(|&(_, id)| id).collect();
+            let ids: Vec<FileId> = record.iter().map(|&(_, id)| id).collect();
             let fired = self.fire_auto_actions_for(&ids, node_id, now)?;
             for (&(i, file_id), fired) in record.iter().zip(fired) {
                 let new_file = registered_now.contains(&file_id);

@@ -6,15 +6,17 @@
 use super::Tx;
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
-use crate::model::{CopyRequest, Id, ImportRequest, RequestState};
+use crate::model::{
+    CopyRequest, FileId, GroupId, ImportId, ImportRequest, NodeId, RequestId, RequestState,
+};
 use crate::params;
 
 /// A copy request to create.
 #[derive(Debug, Clone, Copy)]
 pub struct NewCopyRequest {
-    pub file_id: Id,
-    pub from_node: Id,
-    pub to_group: Id,
+    pub file_id: FileId,
+    pub from_node: NodeId,
+    pub to_group: GroupId,
 }
 
 /// Which copy requests a listing selects.
@@ -22,7 +24,7 @@ pub struct NewCopyRequest {
 pub struct CopyRequestFilter {
     pub states: Vec<RequestState>,
     /// Requests reading from this node or writing into this node's group.
-    pub node: Option<Id>,
+    pub node: Option<NodeId>,
     pub limit: Option<u64>,
 }
 
@@ -49,7 +51,11 @@ pub enum ImportKind {
 impl Tx<'_> {
     /// Creates a pending copy request unless an equal one is already pending or active.
     /// Returns the new id, or `None` when it was already requested.
-    pub fn create_copy_request(&mut self, req: NewCopyRequest, now: i64) -> Result<Option<Id>> {
+    pub fn create_copy_request(
+        &mut self,
+        req: NewCopyRequest,
+        now: i64,
+    ) -> Result<Option<RequestId>> {
         let dup = self.raw(
             "SELECT id FROM copy_request WHERE file_id = ? AND from_node = ? AND to_group = ? \
              AND state IN ('pending', 'active')",
@@ -66,7 +72,7 @@ impl Tx<'_> {
         Ok(Some(id))
     }
 
-    pub fn copy_request(&mut self, id: Id) -> Result<CopyRequest> {
+    pub fn copy_request(&mut self, id: RequestId) -> Result<CopyRequest> {
         self.row(&copy_request_query("WHERE r.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("copy request", format!("#{id}")))
     }
@@ -98,7 +104,7 @@ impl Tx<'_> {
     }
 
     /// Number of pending or active requests reading from the copy of `file_id` on `node_id`.
-    pub fn pending_reads(&mut self, file_id: Id, node_id: Id) -> Result<u64> {
+    pub fn pending_reads(&mut self, file_id: FileId, node_id: NodeId) -> Result<u64> {
         self.scalar(
             "SELECT COUNT(*) FROM copy_request WHERE file_id = ? AND from_node = ? \
              AND state IN ('pending', 'active')",
@@ -108,7 +114,7 @@ impl Tx<'_> {
 
     /// Pending/active copy requests from `node_id` grouped by destination group:
     /// (group name, count, total bytes).
-    pub fn outbound_summary(&mut self, node_id: Id) -> Result<Vec<(String, u64, u64)>> {
+    pub fn outbound_summary(&mut self, node_id: NodeId) -> Result<Vec<(String, u64, u64)>> {
         let rows = self.raw(
             "SELECT g.name, COUNT(*), SUM(f.size) FROM copy_request r \
              JOIN storage_group g ON g.id = r.to_group JOIN file f ON f.id = r.file_id \
@@ -122,7 +128,7 @@ impl Tx<'_> {
     }
 
     /// Claims a pending request for `host` (pending → active). True if this caller won it.
-    pub fn claim_copy_request(&mut self, id: Id, host: &str, now: i64) -> Result<bool> {
+    pub fn claim_copy_request(&mut self, id: RequestId, host: &str, now: i64) -> Result<bool> {
         let n = self.exec(
             "UPDATE copy_request SET state = 'active', claimed_by = ?, started_at = ?, \
              attempts = attempts + 1 WHERE id = ? AND state = 'pending' AND not_before <= ?",
@@ -133,7 +139,12 @@ impl Tx<'_> {
 
     /// [`Tx::claim_copy_request`] for several requests in one statement; returns those this
     /// caller won.
-    pub fn claim_copy_requests(&mut self, ids: &[Id], host: &str, now: i64) -> Result<Vec<Id>> {
+    pub fn claim_copy_requests(
+        &mut self,
+        ids: &[RequestId],
+        host: &str,
+        now: i64,
+    ) -> Result<Vec<RequestId>> {
         let mut won = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(super::files::IN_CHUNK) {
             let mut args: Vec<Value> = vec![host.into(), now.into(), now.into()];
@@ -155,7 +166,7 @@ impl Tx<'_> {
 
     /// Puts failed requests back in the queue with their attempts reset. `None` retries every
     /// failed request. Returns how many were requeued.
-    pub fn retry_copy_requests(&mut self, id: Option<Id>) -> Result<u64> {
+    pub fn retry_copy_requests(&mut self, id: Option<RequestId>) -> Result<u64> {
         match id {
             Some(id) => {
                 let req = self.copy_request(id)?;
@@ -181,7 +192,7 @@ impl Tx<'_> {
     }
 
     /// Cancels a pending or active request.
-    pub fn cancel_copy_request(&mut self, id: Id, now: i64) -> Result<()> {
+    pub fn cancel_copy_request(&mut self, id: RequestId, now: i64) -> Result<()> {
         let req = self.copy_request(id)?;
         if !matches!(req.state, RequestState::Pending | RequestState::Active) {
             return Err(CatalogError::Invalid(format!(
@@ -257,11 +268,11 @@ impl Tx<'_> {
     /// is reused. Returns (id, created).
     pub fn create_import_request(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         path: &str,
         kind: ImportKind,
         now: i64,
-    ) -> Result<(Id, bool)> {
+    ) -> Result<(ImportId, bool)> {
         let (scan, register_new, init) = match kind {
             ImportKind::Init => (false, false, true),
             ImportKind::File { register_new } => (false, register_new, false),
@@ -286,7 +297,7 @@ impl Tx<'_> {
     /// Import requests of a node (all nodes if `None`) in the given states, oldest first.
     pub fn import_requests(
         &mut self,
-        node_id: Option<Id>,
+        node_id: Option<NodeId>,
         states: &[RequestState],
     ) -> Result<Vec<ImportRequest>> {
         let mut args: Vec<Value> = Vec::new();

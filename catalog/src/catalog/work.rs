@@ -12,7 +12,10 @@ use super::files::IN_CHUNK;
 use super::{Tx, in_list};
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
-use crate::model::{Copy, CopyRequest, Has, Id, ImportRequest, NodeKind, Wants};
+use crate::model::{
+    Copy, CopyId, CopyRequest, FileId, GroupId, Has, ImportId, ImportRequest, NodeId, NodeKind,
+    RequestId, Wants,
+};
 use crate::params;
 use crate::rules::{self, ActionRule, AutoEffect, FileState, NewCopy, OtherCopy, ReleaseRefusal};
 
@@ -26,9 +29,9 @@ pub struct Fired {
 /// A copy that arrived on its node for a copy request: what [`Tx::record_arrivals`] records.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Arrival {
-    pub request: Id,
-    pub file_id: Id,
-    pub node_id: Id,
+    pub request: RequestId,
+    pub file_id: FileId,
+    pub node_id: NodeId,
     /// Bytes transferred, and how long it took.
     pub bytes: u64,
     pub seconds: f64,
@@ -46,10 +49,10 @@ pub struct CopyWork {
 /// A healthy copy of a file and where it is: a candidate source for a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceCopy {
-    pub copy_id: Id,
-    pub node_id: Id,
+    pub copy_id: CopyId,
+    pub node_id: NodeId,
     pub node: String,
-    pub group_id: Id,
+    pub group_id: GroupId,
     pub active: bool,
     pub host: Option<String>,
     /// The host's cairnd address (`host:port`).
@@ -68,9 +71,9 @@ impl Tx<'_> {
     /// it arrived. Returns (copy id, path, group name).
     pub fn delayed_clean_due(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         now: i64,
-    ) -> Result<Vec<(Id, String, String)>> {
+    ) -> Result<Vec<(CopyId, String, String)>> {
         let rows = self.raw(
             "SELECT c.id, d.path, f.name, g.name FROM auto_action aa \
              JOIN storage_group g ON g.id = aa.group_id \
@@ -100,9 +103,9 @@ impl Tx<'_> {
     /// path, the field node's name).
     pub fn delayed_clean_unverified(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         now: i64,
-    ) -> Result<Vec<(Id, String, String)>> {
+    ) -> Result<Vec<(CopyId, String, String)>> {
         let rows = self.raw(
             "SELECT c2.id, d.path, f.name, MIN(fld.name) FROM copy c2 \
              JOIN node n2 ON n2.id = c2.node_id \
@@ -132,9 +135,9 @@ impl Tx<'_> {
     /// (copy id, path, group name).
     pub fn delayed_clean_blocked(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         now: i64,
-    ) -> Result<Vec<(Id, String, String)>> {
+    ) -> Result<Vec<(CopyId, String, String)>> {
         let rows = self.raw(
             "SELECT c.id, d.path, f.name, g.name FROM auto_action aa \
              JOIN storage_group g ON g.id = aa.group_id \
@@ -161,7 +164,7 @@ impl Tx<'_> {
     }
 
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
-    pub fn source_copies(&mut self, file_id: Id) -> Result<Vec<SourceCopy>> {
+    pub fn source_copies(&mut self, file_id: FileId) -> Result<Vec<SourceCopy>> {
         let rows = self.raw(
             "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address, n.root, \
              n.username, n.address, n.paused + COALESCE(h.paused, 0) FROM copy c \
@@ -191,7 +194,7 @@ impl Tx<'_> {
     /// Pending copy requests into `groups` that are due at `now`, oldest first.
     pub fn due_copy_requests(
         &mut self,
-        groups: &[Id],
+        groups: &[GroupId],
         now: i64,
         limit: u64,
     ) -> Result<Vec<CopyRequest>> {
@@ -214,7 +217,7 @@ impl Tx<'_> {
     }
 
     /// Pending import requests (init, import, scan) of `nodes`, oldest first.
-    pub fn due_import_requests(&mut self, nodes: &[Id]) -> Result<Vec<ImportRequest>> {
+    pub fn due_import_requests(&mut self, nodes: &[NodeId]) -> Result<Vec<ImportRequest>> {
         if nodes.is_empty() {
             return Ok(Vec::new());
         }
@@ -231,7 +234,7 @@ impl Tx<'_> {
     }
 
     /// Claims a pending import request (pending → active). True if this caller won it.
-    pub fn claim_import_request(&mut self, id: Id) -> Result<bool> {
+    pub fn claim_import_request(&mut self, id: ImportId) -> Result<bool> {
         Ok(self.exec(
             "UPDATE import_request SET state = 'active' WHERE id = ? AND state = 'pending'",
             params![id],
@@ -239,7 +242,7 @@ impl Tx<'_> {
     }
 
     /// Gives a claimed import request back (cairnd stopped before it was done).
-    pub fn unclaim_import_request(&mut self, id: Id) -> Result<()> {
+    pub fn unclaim_import_request(&mut self, id: ImportId) -> Result<()> {
         self.exec(
             "UPDATE import_request SET state = 'pending' WHERE id = ? AND state = 'active'",
             params![id],
@@ -248,7 +251,12 @@ impl Tx<'_> {
     }
 
     /// Ends an import request: `done`, or `failed` with the reason.
-    pub fn finish_import_request(&mut self, id: Id, error: Option<&str>, now: i64) -> Result<()> {
+    pub fn finish_import_request(
+        &mut self,
+        id: ImportId,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<()> {
         let state = if error.is_some() { "failed" } else { "done" };
         self.exec(
             "UPDATE import_request SET state = ?, last_error = ?, finished_at = ? WHERE id = ?",
@@ -260,7 +268,7 @@ impl Tx<'_> {
     /// Ends a copy request as done, with what it moved.
     pub fn finish_copy_request(
         &mut self,
-        id: Id,
+        id: RequestId,
         bytes: u64,
         seconds: f64,
         now: i64,
@@ -277,7 +285,7 @@ impl Tx<'_> {
     /// `max_attempts` attempts have been made. Returns true if the request is now failed.
     pub fn fail_copy_request(
         &mut self,
-        id: Id,
+        id: RequestId,
         error: &str,
         max_attempts: u32,
         not_before: i64,
@@ -306,7 +314,7 @@ impl Tx<'_> {
 
     /// Gives a claimed request back without counting the attempt (shutdown, or no local
     /// source after all).
-    pub fn unclaim_copy_request(&mut self, id: Id) -> Result<()> {
+    pub fn unclaim_copy_request(&mut self, id: RequestId) -> Result<()> {
         self.exec(
             "UPDATE copy_request SET state = 'pending', claimed_by = NULL, \
              attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END \
@@ -317,7 +325,7 @@ impl Tx<'_> {
     }
 
     /// Requests this host left active when it stopped (a crash): back to pending.
-    pub fn requeue_abandoned(&mut self, host: &str, node_ids: &[Id]) -> Result<u64> {
+    pub fn requeue_abandoned(&mut self, host: &str, node_ids: &[NodeId]) -> Result<u64> {
         let mut n = self.exec(
             "UPDATE copy_request SET state = 'pending', claimed_by = NULL \
              WHERE state = 'active' AND claimed_by = ?",
@@ -366,7 +374,7 @@ impl Tx<'_> {
     /// longer ago than that.
     pub fn copies_to_verify(
         &mut self,
-        node_id: Id,
+        node_id: NodeId,
         auto_verify: Option<i64>,
         now: i64,
         limit: u64,
@@ -386,7 +394,7 @@ impl Tx<'_> {
     }
 
     /// Copies on `node_id` released for deletion as soon as allowed.
-    pub fn copies_to_release(&mut self, node_id: Id, limit: u64) -> Result<Vec<CopyWork>> {
+    pub fn copies_to_release(&mut self, node_id: NodeId, limit: u64) -> Result<Vec<CopyWork>> {
         self.copy_work(
             "WHERE c.node_id = ? AND c.has <> 'no' AND c.wants = 'release_now' \
              ORDER BY c.id LIMIT ?",
@@ -395,7 +403,7 @@ impl Tx<'_> {
     }
 
     /// Copies on `node_id` that may go when space is needed, oldest first.
-    pub fn copies_releasable_when_needed(&mut self, node_id: Id) -> Result<Vec<CopyWork>> {
+    pub fn copies_releasable_when_needed(&mut self, node_id: NodeId) -> Result<Vec<CopyWork>> {
         self.copy_work(
             "WHERE c.node_id = ? AND c.has <> 'no' AND c.wants = 'release_when_needed' \
              ORDER BY c.added_at, c.id",
@@ -404,7 +412,7 @@ impl Tx<'_> {
     }
 
     /// The copy of the file at `path` on `node_id`, if the catalog has one.
-    pub fn copy_work_at(&mut self, node_id: Id, path: &str) -> Result<Option<CopyWork>> {
+    pub fn copy_work_at(&mut self, node_id: NodeId, path: &str) -> Result<Option<CopyWork>> {
         let Some(file) = self.file_by_path(path)? else {
             return Ok(None);
         };
@@ -418,7 +426,7 @@ impl Tx<'_> {
     }
 
     /// Bytes of the healthy copies on a node (what counts against `max_total`).
-    pub fn used_by_copies(&mut self, node_id: Id) -> Result<u64> {
+    pub fn used_by_copies(&mut self, node_id: NodeId) -> Result<u64> {
         let v: Option<u64> = self.scalar(
             "SELECT SUM(f.size) FROM copy c JOIN file f ON f.id = c.file_id \
              WHERE c.node_id = ? AND c.has IN ('yes', 'suspect')",
@@ -428,7 +436,7 @@ impl Tx<'_> {
     }
 
     /// Sets a copy's state (e.g. `suspect` after it delivered wrong bytes).
-    pub fn mark_copy(&mut self, copy_id: Id, has: Has, now: i64) -> Result<()> {
+    pub fn mark_copy(&mut self, copy_id: CopyId, has: Has, now: i64) -> Result<()> {
         self.exec(
             "UPDATE copy SET has = ?, updated_at = ? WHERE id = ?",
             params![has, now, copy_id],
@@ -441,7 +449,7 @@ impl Tx<'_> {
     /// recorded `has = no` in this transaction; the caller deletes the bytes after commit.
     pub fn try_release(
         &mut self,
-        copy_id: Id,
+        copy_id: CopyId,
         min_archive_copies: usize,
         now: i64,
     ) -> Result<Result<(), ReleaseRefusal>> {
@@ -468,7 +476,7 @@ impl Tx<'_> {
         Ok(Ok(()))
     }
 
-    fn other_copies(&mut self, file_id: Id) -> Result<Vec<OtherCopy>> {
+    fn other_copies(&mut self, file_id: FileId) -> Result<Vec<OtherCopy>> {
         let rows = self.raw(
             "SELECT c.node_id, n.kind, c.has FROM copy c JOIN node n ON n.id = c.node_id \
              WHERE c.file_id = ?",
@@ -490,7 +498,7 @@ impl Tx<'_> {
     /// cairnd records when a pull ends, for a batch of pulls in a fixed number of statements
     /// (plus the auto-actions' per destination node). What each arrival set off, in order.
     pub fn record_arrivals(&mut self, arrivals: &[Arrival], now: i64) -> Result<Vec<Vec<Fired>>> {
-        let copies: Vec<(Id, Id, Option<u64>)> = arrivals
+        let copies: Vec<(FileId, NodeId, Option<u64>)> = arrivals
             .iter()
             .map(|a| (a.file_id, a.node_id, Some(super::size_on_disk(a.bytes))))
             .collect();
@@ -518,7 +526,7 @@ impl Tx<'_> {
         }
         let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); arrivals.len()];
         // A file arriving twice on one node (two requests into one group) fires once.
-        let mut by_node: HashMap<Id, Vec<usize>> = HashMap::new();
+        let mut by_node: HashMap<NodeId, Vec<usize>> = HashMap::new();
         let mut seen = std::collections::HashSet::new();
         for (i, a) in arrivals.iter().enumerate() {
             if seen.insert((a.file_id, a.node_id)) {
@@ -526,7 +534,7 @@ impl Tx<'_> {
             }
         }
         for (node_id, idx) in by_node {
-            let files: Vec<Id> = idx.iter().map(|&i| arrivals[i].file_id).collect();
+            let files: Vec<FileId> = idx.iter().map(|&i| arrivals[i].file_id).collect();
             for (i, f) in idx
                 .into_iter()
                 .zip(self.fire_auto_actions_for(&files, node_id, now)?)
@@ -540,7 +548,12 @@ impl Tx<'_> {
     /// Applies the auto-actions a new healthy copy of `file_id` on `node_id` sets off:
     /// copy requests into auto-synced groups, releases of auto-cleaned upstream copies.
     /// Returns what it did.
-    pub fn fire_auto_actions(&mut self, file_id: Id, node_id: Id, now: i64) -> Result<Vec<Fired>> {
+    pub fn fire_auto_actions(
+        &mut self,
+        file_id: FileId,
+        node_id: NodeId,
+        now: i64,
+    ) -> Result<Vec<Fired>> {
         Ok(self
             .fire_auto_actions_for(&[file_id], node_id, now)?
             .pop()
@@ -552,8 +565,8 @@ impl Tx<'_> {
     /// fact the rules need and one per kind of effect. What each file set off, in order.
     pub fn fire_auto_actions_for(
         &mut self,
-        file_ids: &[Id],
-        node_id: Id,
+        file_ids: &[FileId],
+        node_id: NodeId,
         now: i64,
     ) -> Result<Vec<Vec<Fired>>> {
         let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); file_ids.len()];
@@ -571,13 +584,13 @@ impl Tx<'_> {
              OR (aa.group_id = n.group_id AND aa.autoclean = 1) WHERE n.id = ?",
             params![node_id],
         )?;
-        let group_id: Id = rows
+        let group_id: GroupId = rows
             .first()
             .ok_or_else(|| CatalogError::not_found("node", format!("#{node_id}")))?
             .get(0)?;
         let mut rules = Vec::with_capacity(rows.len());
         for r in &rows {
-            let Some(rule_group) = r.get::<Option<Id>>(1)? else {
+            let Some(rule_group) = r.get::<Option<GroupId>>(1)? else {
                 continue;
             };
             rules.push((
@@ -594,10 +607,10 @@ impl Tx<'_> {
             return Ok(fired);
         }
         // The facts the rules look at, for every file at once.
-        let mut present: HashMap<Id, Vec<Id>> = HashMap::new();
-        let mut requested: HashMap<Id, Vec<Id>> = HashMap::new();
-        let mut copies: HashMap<Id, Vec<(Id, Has, Wants)>> = HashMap::new();
-        let mut paths: HashMap<Id, String> = HashMap::new();
+        let mut present: HashMap<FileId, Vec<GroupId>> = HashMap::new();
+        let mut requested: HashMap<FileId, Vec<GroupId>> = HashMap::new();
+        let mut copies: HashMap<FileId, Vec<(NodeId, Has, Wants)>> = HashMap::new();
+        let mut paths: HashMap<FileId, String> = HashMap::new();
         let need_paths = rules.iter().any(|(_, p)| p.is_some());
         for chunk in file_ids.chunks(IN_CHUNK) {
             let ids: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
@@ -677,8 +690,8 @@ impl Tx<'_> {
             return Ok(fired);
         }
         // What the effects are called, for the caller's log.
-        let mut group_names: HashMap<Id, String> = HashMap::new();
-        let mut node_names: HashMap<Id, String> = HashMap::new();
+        let mut group_names: HashMap<GroupId, String> = HashMap::new();
+        let mut node_names: HashMap<NodeId, String> = HashMap::new();
         for (_, e) in &effects {
             match *e {
                 AutoEffect::Sync { to_group, .. } if !group_names.contains_key(&to_group) => {
@@ -697,7 +710,7 @@ impl Tx<'_> {
             }
         }
         let mut syncs: Vec<Value> = Vec::new();
-        let mut releases: HashMap<Id, Vec<Id>> = HashMap::new();
+        let mut releases: HashMap<NodeId, Vec<FileId>> = HashMap::new();
         for &(i, e) in &effects {
             let name = match e {
                 AutoEffect::Sync {

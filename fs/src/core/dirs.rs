@@ -8,7 +8,7 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 
 use cairn_catalog::catalog::normalize_path;
-use cairn_catalog::model::{Id, Ownership};
+use cairn_catalog::model::{DirId, Ownership};
 use cairn_node::NodeRoot;
 use cairn_node::journal::Journal;
 use tracing::{error, info, warn};
@@ -26,7 +26,7 @@ impl Core {
     /// take it (`why`); the import thread makes it there when the catalog answers.
     pub(super) fn make_local_dir(
         &self,
-        parent: Id,
+        parent: DirId,
         name: &str,
         path: &str,
         own: Ownership,
@@ -183,7 +183,7 @@ impl Core {
                 pending
                     .iter()
                     .map(|d| Ok(tx.make_dir(&d.path, &d.own, t)?.0))
-                    .collect::<cairn_catalog::error::Result<Vec<Id>>>()
+                    .collect::<cairn_catalog::error::Result<Vec<DirId>>>()
             })?)
         });
         match &made {
@@ -201,7 +201,7 @@ impl Core {
 
     /// Directory `d`, made here (or shown for files cairnd keeps waiting), is the catalog's
     /// `real` now: the catalog's takes over, with the files here in it.
-    pub(super) fn adopt_dir(&self, d: &LocalDir, real: Id) {
+    pub(super) fn adopt_dir(&self, d: &LocalDir, real: DirId) {
         if let Some(j) = &self.journal {
             let _ = j.dir_done(&d.path);
         }

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::DirId;
 use cairn_node::journal::Placed;
 use cairn_node::waiting::{Waiting, WaitingList};
 use tracing::debug;
@@ -31,7 +31,7 @@ pub(crate) struct FoundCheck {
     /// When the nodes were last looked at, and whether anything waited.
     any: Mutex<Option<(Instant, bool)>>,
     /// When each directory's waiting files were last shown.
-    dirs: Mutex<HashMap<Id, Instant>>,
+    dirs: Mutex<HashMap<DirId, Instant>>,
     /// Whether any such file is shown now (so that nothing is looked through otherwise).
     shown: AtomicBool,
 }
@@ -60,7 +60,7 @@ impl Core {
 
     /// Shows in directory `dir_id` the files cairnd keeps waiting for the catalog, and the
     /// directories they are in; drops those the catalog has now or that no longer wait.
-    pub(super) fn refresh_found(&self, dir_id: Id) {
+    pub(super) fn refresh_found(&self, dir_id: DirId) {
         if !self.anything_found() {
             // Nothing waits any more: every file shown so is the catalog's now, or gone.
             if self.found.shown.swap(false, Ordering::Relaxed) {

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
-use cairn_catalog::model::{Id, Node, Ownership};
+use cairn_catalog::model::{FileId, Node, Ownership};
 use cairn_node::importer::Verdict;
 use cairn_node::journal::{Journal, Placed};
 use tracing::{debug, error, info, warn};
@@ -268,7 +268,7 @@ struct ToRegister {
 
 /// What the catalog said of one file of a batch.
 enum Registered {
-    Yes(Id),
+    Yes(FileId),
     /// The path is archived with other contents.
     Conflict(String),
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_catalog::CatalogError;
-use cairn_catalog::model::Id;
+use cairn_catalog::model::DirId;
 use tracing::debug;
 
 use super::{Caller, Core, DirList, Entry, FsError, Ino, Listing, Result};
@@ -52,7 +52,7 @@ impl Core {
 
     /// The entries of directory `dir_id` as a program sees them: the catalog's (the cached
     /// listing if it is younger than the TTL) and this host's own files in it.
-    pub(super) fn listing(&self, _ino: u64, dir_id: Id) -> Result<Listing> {
+    pub(super) fn listing(&self, _ino: u64, dir_id: DirId) -> Result<Listing> {
         let archived = self.catalog_listing(dir_id)?;
         self.refresh_found(dir_id);
         let locals = self.locals.in_dir(dir_id);
@@ -69,7 +69,7 @@ impl Core {
     /// The catalog's entries of directory `dir_id`, kept for the TTL. This host's own files
     /// are not in it (they change without the catalog knowing): a change to them drops no
     /// listing.
-    pub(super) fn catalog_listing(&self, dir_id: Id) -> Result<Listing> {
+    pub(super) fn catalog_listing(&self, dir_id: DirId) -> Result<Listing> {
         if let Some(l) = self.listings.fresh(dir_id) {
             return Ok(l);
         }
@@ -136,7 +136,7 @@ impl Core {
     }
 
     /// The catalog's entries of directory `dir_id`.
-    pub(super) fn list_catalog(&self, dir_id: Id) -> Result<Vec<Entry>> {
+    pub(super) fn list_catalog(&self, dir_id: DirId) -> Result<Vec<Entry>> {
         if LocalDirs::is_local(dir_id) {
             // Made here; the catalog has nothing in it yet.
             return Ok(Vec::new());

@@ -2,7 +2,7 @@
 //! each caller (the search permission of a whole path, writing in a directory, the sticky
 //! bit), and `setattr` with its rules on who changes modes, owners and times.
 
-use cairn_catalog::model::{Id, Ownership};
+use cairn_catalog::model::{DirId, Ownership};
 
 use super::{Attr, Caller, Core, FsError, Ino, Result, SetAttr};
 use crate::attr::{SEARCH, WRITE};
@@ -36,7 +36,7 @@ impl Core {
     }
 
     /// Directory `id`'s parent and attributes, remembered for `[fs] ttl`.
-    pub(super) fn dir_entry(&self, id: Id) -> Result<(Option<Id>, Attr)> {
+    pub(super) fn dir_entry(&self, id: DirId) -> Result<(Option<DirId>, Attr)> {
         if let Some(d) = self.remembered.dir(id, self.opts.ttl) {
             return Ok(d);
         }
@@ -48,7 +48,7 @@ impl Core {
     /// Whether `who` may search every directory from the root down to `dir_id`, inclusive:
     /// a path below a directory it may not search is out of its reach, even when the kernel
     /// has the names cached.
-    pub(super) fn search(&self, who: &Caller, dir_id: Id) -> Result<()> {
+    pub(super) fn search(&self, who: &Caller, dir_id: DirId) -> Result<()> {
         if who.is_root() {
             return Ok(());
         }
@@ -66,7 +66,7 @@ impl Core {
 
     /// `who` may change directory `dir_id`'s entries: write and search it, and search the
     /// path to it.
-    pub(super) fn may_change(&self, who: &Caller, dir_id: Id) -> Result<Attr> {
+    pub(super) fn may_change(&self, who: &Caller, dir_id: DirId) -> Result<Attr> {
         let (_, a) = self.dir_entry(dir_id)?;
         if !who.is_root() {
             if !a.allows(who, WRITE | SEARCH) {
@@ -107,7 +107,7 @@ impl Core {
     }
 
     /// The directory a file is in.
-    pub(super) fn parent_of(&self, ino: u64) -> Result<Option<Id>> {
+    pub(super) fn parent_of(&self, ino: u64) -> Result<Option<DirId>> {
         if let Some(l) = self.locals.get(ino) {
             return Ok(Some(l.lock().expect("local").dir_id));
         }

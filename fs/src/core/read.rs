@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use cairn_catalog::model::{Copy, File, Has, Id};
+use cairn_catalog::model::{Copy, File, FileId, Has};
 use cairn_node::cache::CacheDir;
 use tracing::warn;
 
@@ -18,7 +18,7 @@ use crate::handles::{Handle, ReadFrom};
 
 /// Fetches running for this mount, one per file however many opens wait for it.
 #[derive(Default)]
-pub(super) struct Fetches(Mutex<HashMap<Id, Arc<Fetch>>>);
+pub(super) struct Fetches(Mutex<HashMap<FileId, Arc<Fetch>>>);
 
 impl Core {
     pub fn open(&self, who: &Caller, ino: u64, flags: i32) -> Result<Opened> {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use cairn_catalog::catalog::normalize_path;
-use cairn_catalog::model::Id;
+use cairn_catalog::model::DirId;
 use cairn_node::NodeRoot;
 use cairn_node::importer::Verdict;
 use tracing::{info, warn};
@@ -388,7 +388,7 @@ impl Core {
     pub(super) fn rename_local(
         &self,
         l: &LocalRef,
-        dir_id: Id,
+        dir_id: DirId,
         dir_path: &str,
         name: &str,
     ) -> Result<()> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use cairn_catalog::CatalogError;
 use cairn_catalog::catalog::{FileFilter, Tx};
-use cairn_catalog::model::{Copy, Dir, File, Has, Id, Wants};
+use cairn_catalog::model::{Copy, Dir, File, Has, NodeId, Wants};
 use cairn_catalog::policy::{self, Scope, SyncOrder, SyncSource};
 use tracing::{info, warn};
 
@@ -298,7 +298,7 @@ impl Core {
             Ino::Root | Ino::Dir(_) => Scope::Under(self.dir_by_id(self.dir_id(ino)?)?.path),
             _ => Scope::File(self.file_id(ino).ok_or(FsError::NotFound)?),
         };
-        let local_nodes: Vec<Id> = self.host_nodes().iter().map(|n| n.id).collect();
+        let local_nodes: Vec<NodeId> = self.host_nodes().iter().map(|n| n.id).collect();
         let t = cairn_catalog::units::now();
         let n =
             self.with_cat(|c| Ok(c.write(|tx| apply(tx, &scope, &action, &local_nodes, t))?))?;
@@ -321,7 +321,7 @@ fn apply(
     tx: &mut Tx<'_>,
     scope: &Scope,
     action: &Action,
-    local_nodes: &[Id],
+    local_nodes: &[NodeId],
     now: i64,
 ) -> cairn_catalog::error::Result<u64> {
     match action {

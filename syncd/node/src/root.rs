@@ -15,6 +15,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use cairn_catalog::model::RequestId;
 use serde::{Deserialize, Serialize};
 
 /// The directory under a node root that holds cairn's own files; never imported or served.
@@ -65,7 +66,7 @@ pub enum MarkerError {
 /// copy starts over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Incoming {
-    pub request: i64,
+    pub request: RequestId,
     pub resumable: bool,
 }
 
@@ -286,11 +287,11 @@ mod tests {
     fn incoming_names_round_trip() {
         for incoming in [
             Incoming {
-                request: 12,
+                request: RequestId(12),
                 resumable: true,
             },
             Incoming {
-                request: 7,
+                request: RequestId(7),
                 resumable: false,
             },
         ] {
@@ -298,7 +299,7 @@ mod tests {
         }
         assert_eq!(
             NodeRoot::new("/r").incoming(Incoming {
-                request: 3,
+                request: RequestId(3),
                 resumable: true
             }),
             Path::new("/r/.cairn/tmp/copy-3.part")

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use cairn_catalog::model::Id;
+use cairn_catalog::model::FileId;
 
 /// A line a client sends to cairnd.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub enum Request {
     /// Look for work now.
     Wake,
     /// Fetch the file with this catalog id into the cache.
-    Fetch(Id),
+    Fetch(FileId),
 }
 
 /// A line cairnd answers a [`Request::Fetch`] with.
@@ -131,11 +131,14 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for r in [Request::Wake, Request::Fetch(42)] {
+        for r in [Request::Wake, Request::Fetch(FileId(42))] {
             assert_eq!(r.to_string().parse::<Request>(), Ok(r));
         }
         assert_eq!("wake\n".parse::<Request>(), Ok(Request::Wake));
-        assert_eq!("fetch  7 ".parse::<Request>(), Ok(Request::Fetch(7)));
+        assert_eq!(
+            "fetch  7 ".parse::<Request>(),
+            Ok(Request::Fetch(FileId(7)))
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use hyper::header::CONTENT_TYPE;
 use hyper::{Response, StatusCode};
 use tracing::{info, warn};
 
-use cairn_catalog::model::{Has, Id};
+use cairn_catalog::model::{CopyId, Has};
 
 use super::{ResBody, Server, open_confined};
 use crate::metrics::Metrics;
@@ -29,7 +29,7 @@ use crate::pullbatch::{Header, MAX_FILE};
 
 /// The response to a batch request for `ids` (already authorised): the files stream as they
 /// are read.
-pub(super) fn serve(server: Arc<Server>, peer: SocketAddr, ids: Vec<Id>) -> Response<ResBody> {
+pub(super) fn serve(server: Arc<Server>, peer: SocketAddr, ids: Vec<CopyId>) -> Response<ResBody> {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::task::spawn_blocking(move || produce(&server, peer, &ids, &tx));
     Response::builder()
@@ -48,7 +48,7 @@ struct Servable {
 }
 
 /// Looks up every copy of the batch in one read; each a copy to serve or why not.
-fn lookup(server: &Server, ids: &[Id]) -> Vec<Result<Servable, String>> {
+fn lookup(server: &Server, ids: &[CopyId]) -> Vec<Result<Servable, String>> {
     let available = server.nodes.available();
     let found = server.pool.with(|cat| {
         cat.read(|tx| {
@@ -121,7 +121,7 @@ fn read(c: &Servable) -> Result<Vec<u8>, String> {
 fn produce(
     server: &Server,
     peer: SocketAddr,
-    ids: &[Id],
+    ids: &[CopyId],
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let (mut served, mut refused) = (0usize, 0usize);

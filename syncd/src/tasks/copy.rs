@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::Arrival;
-use cairn_catalog::model::{CopyRequest, File, Has, Id, IoClass, Node, NodeKind, RequestState};
+use cairn_catalog::model::{
+    CopyRequest, File, Has, IoClass, Node, NodeId, NodeKind, RequestId, RequestState,
+};
 use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
 use cairn_node::copyfile;
@@ -149,7 +151,7 @@ impl Pull {
 
 /// The space of destination nodes, as known to the requests prepared so far (each counts the
 /// ones before it); empty for a single copy.
-pub(super) type Spaces = std::collections::HashMap<Id, NodeSpace>;
+pub(super) type Spaces = std::collections::HashMap<NodeId, NodeSpace>;
 
 /// The steps of a copy before the transfer: destination, pre-pull search, what is in the
 /// way, space (from `spaces` if it has the node), source.
@@ -408,7 +410,7 @@ pub(super) fn pull_one(
 /// second.
 fn watch_request(
     ctx: &TaskContext,
-    id: Id,
+    id: RequestId,
     finished: std::sync::mpsc::Receiver<()>,
     stop: &AtomicBool,
     withdrawn: &AtomicBool,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::{ImportOutcome, NewFile};
-use cairn_catalog::model::{ConflictName, File, Has, Id, Node};
+use cairn_catalog::model::{ConflictName, File, Has, ImportId, Node, NodeId};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
 use cairn_node::importer::Verdict;
@@ -19,7 +19,7 @@ use tracing::{debug, error, info, warn};
 use super::{TaskContext, log_effects, node_and_root};
 use crate::procfs::{self, OpenWriters};
 
-pub(super) fn init(ctx: &TaskContext, request: Id, node_id: Id) -> Result<()> {
+pub(super) fn init(ctx: &TaskContext, request: ImportId, node_id: NodeId) -> Result<()> {
     with_import_request(ctx, Some(request), |cat| {
         let node = cat.read(|tx| tx.node_by_id(node_id))?;
         match init_node(ctx, &node) {
@@ -40,7 +40,7 @@ pub(super) fn init(ctx: &TaskContext, request: Id, node_id: Id) -> Result<()> {
 /// or `failed` with the reason `work` returns.
 fn with_import_request(
     ctx: &TaskContext,
-    request: Option<Id>,
+    request: Option<ImportId>,
     work: impl FnOnce(&mut Catalog) -> Result<Option<String>>,
 ) -> Result<()> {
     ctx.pool.with(|cat| {
@@ -109,8 +109,8 @@ enum Imported {
 
 pub(super) fn import_request(
     ctx: &TaskContext,
-    node_id: Id,
-    request: Option<Id>,
+    node_id: NodeId,
+    request: Option<ImportId>,
     path: &str,
     register_new: bool,
 ) -> Result<()> {
@@ -135,7 +135,7 @@ pub(super) fn import_request(
     })
 }
 
-pub(super) fn auto_import(ctx: &TaskContext, node_id: Id, path: &str) -> Result<()> {
+pub(super) fn auto_import(ctx: &TaskContext, node_id: NodeId, path: &str) -> Result<()> {
     ctx.pool.with(|cat| {
         let (node, root) = node_and_root(ctx, node_id)?;
         match import_one(ctx, cat, &node, &root, path, true, None)? {
@@ -535,8 +535,8 @@ const SCAN_BATCH: usize = 1000;
 
 pub(super) fn scan(
     ctx: &TaskContext,
-    node_id: Id,
-    request: Option<Id>,
+    node_id: NodeId,
+    request: Option<ImportId>,
     path: &str,
     register_new: bool,
 ) -> Result<()> {

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use cairn_catalog::catalog::CopyWork;
-use cairn_catalog::model::{Has, Id, RequestState};
+use cairn_catalog::model::{Has, NodeId, RequestState};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
 use cairn_node::root::{Incoming, NodeRoot};
@@ -14,7 +14,7 @@ use crate::metrics::Metrics;
 
 // ---- verify ----
 
-pub(super) fn verify(ctx: &TaskContext, node_id: Id, w: &CopyWork) -> Result<()> {
+pub(super) fn verify(ctx: &TaskContext, node_id: NodeId, w: &CopyWork) -> Result<()> {
     let (node, root) = node_and_root(ctx, node_id)?;
     let full = root.join(&w.path);
     info!("Checking copy \"{}\" on node {}.", w.path, node.name);
@@ -70,7 +70,7 @@ pub(super) fn verify(ctx: &TaskContext, node_id: Id, w: &CopyWork) -> Result<()>
 
 // ---- release ----
 
-pub(super) fn release(ctx: &TaskContext, node_id: Id, w: &CopyWork) -> Result<()> {
+pub(super) fn release(ctx: &TaskContext, node_id: NodeId, w: &CopyWork) -> Result<()> {
     let (node, root) = node_and_root(ctx, node_id)?;
     let min = ctx.limits.min_archive_copies;
     let outcome = ctx
@@ -120,7 +120,7 @@ pub(super) fn release(ctx: &TaskContext, node_id: Id, w: &CopyWork) -> Result<()
 
 // ---- tidy ----
 
-pub(super) fn tidy(ctx: &TaskContext, node_id: Id) -> Result<()> {
+pub(super) fn tidy(ctx: &TaskContext, node_id: NodeId) -> Result<()> {
     let (node, root) = node_and_root(ctx, node_id)?;
     let tmp = NodeRoot::new(&root).tmp();
     let Ok(entries) = std::fs::read_dir(&tmp) else {

@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use cairn_catalog::catalog::{CopySelect, ImportKind, NewNode, NodeUpdate};
-use cairn_catalog::model::{AutoAction, Has, IoClass, Node, NodeKind, NodeStats};
+use cairn_catalog::model::{AutoAction, CopyId, Has, IoClass, Node, NodeKind, NodeStats};
 use cairn_catalog::units::{format_duration, now};
 use cairn_catalog::{Catalog, CatalogError};
 use clap::{Args, Subcommand};
@@ -560,7 +560,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             );
             if wait {
                 cairn_node::socket::nudge(&ctx.config.daemon.socket);
-                let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
+                let sizes: Vec<(CopyId, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
                 crate::wait::copy_rows(&mut cat, "verified", &sizes, None, |c| {
                     !c.verify_requested
                 })?;
@@ -621,7 +621,7 @@ pub fn run(ctx: &Ctx, cmd: Command) -> Result<()> {
             );
             if wait && wants == cairn_catalog::model::Wants::ReleaseNow {
                 cairn_node::socket::nudge(&ctx.config.daemon.socket);
-                let sizes: Vec<(i64, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
+                let sizes: Vec<(CopyId, u64)> = files.iter().map(|f| (f.copy_id, f.size)).collect();
                 // A release the archive rule refuses does not finish: stop once nothing has
                 // moved for three loops.
                 let stalled = ctx.config.daemon.interval.0 * 3;

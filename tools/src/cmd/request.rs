@@ -1,6 +1,6 @@
 use anyhow::{Result, bail};
 use cairn_catalog::catalog::CopyRequestFilter;
-use cairn_catalog::model::{CopyRequest, ImportRequest, RequestState};
+use cairn_catalog::model::{CopyRequest, ImportRequest, RequestId, RequestState};
 use cairn_catalog::units::{format_size, now};
 use clap::{Args, Subcommand};
 use serde::Serialize;
@@ -44,13 +44,13 @@ pub enum Command {
     Retry {
         /// The request id (from `request list`)
         #[arg(required_unless_present = "failed")]
-        id: Option<i64>,
+        id: Option<RequestId>,
         /// Every failed copy request
         #[arg(long, conflicts_with = "id")]
         failed: bool,
     },
     /// Cancel a pending or active copy request
-    Cancel { id: i64 },
+    Cancel { id: RequestId },
 }
 
 #[derive(Serialize)]
