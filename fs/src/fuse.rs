@@ -196,8 +196,10 @@ fn time(t: Option<TimeOrNow>) -> Option<SystemTime> {
 
 impl Filesystem for CairnFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        let _ = config
-            .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO);
+        // Every listing as readdirplus; which entries carry attributes is decided per listing
+        // (`readdirplus`), not by the kernel's guess (FUSE_READDIRPLUS_AUTO), which asks for
+        // attributes in the first reply of a listing only when a program reads it whole first.
+        let _ = config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS);
         let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
         if config
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
@@ -470,16 +472,15 @@ impl Filesystem for CairnFs {
         reply.ok();
     }
 
-    /// Entries with their attributes, so that `ls -l` needs no lookup per file. The first
-    /// reply of a listing stops after the subdirectories and the first file. A program that
-    /// reads names only (`find`) then gets the rest through plain `readdir`, and the kernel
-    /// makes no inode for each file. A program that stats each entry as it reads (`ls -l`,
-    /// `rsync`) stats that first file before it reads on, which tells the kernel to ask for
-    /// the rest with attributes too (FUSE_READDIRPLUS_AUTO: an entry that came with
-    /// attributes and is then used advises readdirplus for its directory). A program that
-    /// stats the entries after reading them all (`du`, Python's `os.walk`) looks them up one
-    /// by one in the first directory; from then on, while that goes on, listings come whole
-    /// ([`Core::stat_walk`]).
+    /// Every listing comes this way (FUSE_DO_READDIRPLUS without the kernel's AUTO mode).
+    /// Directories always come with their attributes: a walk descends into them, and the
+    /// kernel then needs no lookup for each. Files come with theirs while a program is
+    /// stat-ing what it lists (`du`, `ls -l`, Python's `os.walk` + `stat`, [`Core::stat_walk`]):
+    /// the kernel then answers each `stat` from what the listing gave it. Otherwise (`find`,
+    /// `ls`) a file comes as a name, a type and an inode number only (node id 0, the
+    /// vendored fuser's patch): the kernel makes no inode for it, as after a plain readdir.
+    /// Such a program's first `stat` of a listed file (a lookup) starts a stat walk; the
+    /// lookups of the rest of that first listing are what it costs.
     fn readdirplus(
         &self,
         _req: &Request,
@@ -493,17 +494,12 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(fail("readdirplus", e)),
         };
         let stat_walk = self.core.stat_walk();
-        let mut files = 0;
         for (off, e) in stream(ino, &list, offset) {
-            if e.attr.kind == Kind::File {
-                files += 1;
-                if offset == 0 && files > 1 && !stat_walk {
-                    break;
-                }
-            }
+            // `.` and `..` are the kernel's own: it takes no reference to them.
+            let with_attrs = off > 2 && (e.attr.kind != Kind::File || stat_walk);
             let a = self.attr(&e.attr);
             if reply.add(
-                INodeNo(e.attr.ino),
+                INodeNo(if with_attrs { e.attr.ino } else { 0 }),
                 off,
                 &e.name,
                 &self.ttl(&e.attr),
@@ -512,8 +508,8 @@ impl Filesystem for CairnFs {
             ) {
                 break;
             }
-            // The kernel takes a reference to each entry but `.` and `..`.
-            if off > 2 {
+            // The kernel takes a reference to each entry it is given attributes of.
+            if with_attrs {
                 self.core.referenced(e.attr.ino, 1);
             }
         }

@@ -277,6 +277,18 @@ for e in os.scandir(sys.argv[1]):
         let mut got: Vec<&str> = listed.lines().collect();
         got.sort();
         assert_eq!(got, want, "{pass}");
+        // Each entry's inode number in the listing (d_ino, also for an entry given without
+        // attributes) is the one `stat` gives.
+        let inos = sh(&format!(
+            "python3 -c 'import os, sys
+print(sum(1 for e in os.scandir(sys.argv[1]) if e.inode() != os.stat(e.path).st_ino or not e.inode()))' {}",
+            m.path("big").display()
+        ));
+        assert_eq!(
+            inos.trim(),
+            "0",
+            "{pass}: entries with a wrong inode number"
+        );
         let ls = sh(&format!("ls -la {}", m.path("big").display()));
         let lines: Vec<&str> = ls.lines().skip(1).collect();
         assert_eq!(lines.len(), 2 + 3 + 1500, "{pass}: {ls}");
