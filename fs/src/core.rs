@@ -429,6 +429,11 @@ impl Core {
         }
         match found {
             Some(Ok(f)) => {
+                // A file of a directory the kernel was given names of, looked up: a program
+                // stats what it lists, after the listing's TTL (`ls -l` of a large directory).
+                if self.listings.was_served(dir_id) {
+                    self.listings.looked_up_listed_file();
+                }
                 let a = self.file_attr(f.id, f.size, f.mtime, &f.own);
                 self.remembered.seen(&a);
                 Ok(a)

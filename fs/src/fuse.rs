@@ -480,7 +480,9 @@ impl Filesystem for CairnFs {
     /// `ls`) a file comes as a name, a type and an inode number only (node id 0, the
     /// vendored fuser's patch): the kernel makes no inode for it, as after a plain readdir.
     /// Such a program's first `stat` of a listed file (a lookup) starts a stat walk; the
-    /// lookups of the rest of that first listing are what it costs.
+    /// lookups of the rest of that first listing are what it costs. Once a stat walk has
+    /// been on while a directory handle is read, the rest of that handle's replies carry
+    /// attributes, however long it takes to read (`ls -l` of 500,000 files).
     fn readdirplus(
         &self,
         _req: &Request,
@@ -493,7 +495,7 @@ impl Filesystem for CairnFs {
             Ok(l) => l,
             Err(e) => return reply.error(fail("readdirplus", e)),
         };
-        let stat_walk = self.core.stat_walk();
+        let stat_walk = self.core.dir_stat_walk(fh.0);
         for (off, e) in stream(ino, &list, offset) {
             // `.` and `..` are the kernel's own: it takes no reference to them.
             let with_attrs = off > 2 && (e.attr.kind != Kind::File || stat_walk);

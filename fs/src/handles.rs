@@ -24,7 +24,25 @@ pub enum Handle {
     Passthrough(u64),
     Stream(Arc<Fetch>, u64),
     Write(LocalRef),
-    Dir(Mutex<Option<Listing>>),
+    Dir(Mutex<DirHandle>),
+}
+
+/// An open directory: the listing it reads from, once read, and whether its reader stats
+/// what it lists (then every later reply of it carries the files' attributes).
+#[derive(Default)]
+pub struct DirHandle {
+    pub listing: Option<Listing>,
+    pub stat_walk: bool,
+}
+
+impl Handle {
+    /// A directory handle reading `listing`.
+    pub fn dir(listing: Listing) -> Handle {
+        Handle::Dir(Mutex::new(DirHandle {
+            listing: Some(listing),
+            stat_walk: false,
+        }))
+    }
 }
 
 /// Where a read handle's bytes come from.
@@ -128,15 +146,29 @@ impl Handles {
     /// The listing an open directory handle holds, if it has read one.
     pub fn dir_listing(&self, fh: u64) -> Option<Listing> {
         match self.table.lock().expect("handles").get(&fh) {
-            Some(Handle::Dir(cached)) => cached.lock().expect("dir handle").clone(),
+            Some(Handle::Dir(d)) => d.lock().expect("dir handle").listing.clone(),
             _ => None,
         }
     }
 
     /// Keeps `list` with directory handle `fh`, for its next reads.
     pub fn set_dir_listing(&self, fh: u64, list: &Listing) {
-        if let Some(Handle::Dir(cached)) = self.table.lock().expect("handles").get(&fh) {
-            *cached.lock().expect("dir handle") = Some(list.clone());
+        if let Some(Handle::Dir(d)) = self.table.lock().expect("handles").get(&fh) {
+            d.lock().expect("dir handle").listing = Some(list.clone());
+        }
+    }
+
+    /// Whether directory handle `fh` is read by a program that stats what it lists: once
+    /// `now` (a stat walk is on) has been true for it, it stays true for the handle's life, so
+    /// a long listing (`ls -l` of 500,000 files) keeps its attributes to the end.
+    pub fn dir_stat_walk(&self, fh: u64, now: bool) -> bool {
+        match self.table.lock().expect("handles").get(&fh) {
+            Some(Handle::Dir(d)) => {
+                let mut d = d.lock().expect("dir handle");
+                d.stat_walk |= now;
+                d.stat_walk
+            }
+            _ => now,
         }
     }
 }
@@ -161,5 +193,25 @@ mod tests {
         hs.remove(b);
         assert!(!hs.has_plain_opens(9));
         assert!(hs.remove(b).is_none());
+    }
+
+    #[test]
+    fn a_directory_handle_read_during_a_stat_walk_keeps_its_attributes_to_the_end() {
+        let hs = Handles::default();
+        let list: Listing = Arc::new(crate::listings::DirList::new(Vec::new()));
+        let d = hs.insert(Handle::dir(list.clone()));
+        let other = hs.insert(Handle::dir(list));
+        assert!(!hs.dir_stat_walk(d, false), "no stat walk yet");
+        assert!(hs.dir_stat_walk(d, true));
+        assert!(
+            hs.dir_stat_walk(d, false),
+            "the walk's flag went off; this handle keeps it"
+        );
+        assert!(!hs.dir_stat_walk(other, false), "another handle does not");
+        hs.remove(d);
+        assert!(
+            !hs.dir_stat_walk(d, false),
+            "a closed handle answers for now only"
+        );
     }
 }

@@ -233,6 +233,11 @@ impl Listings {
         self.served.lock().expect("served").insert(dir_id, digest) == Some(digest)
     }
 
+    /// Whether the kernel was given a listing of `dir_id` (among the last ones it was given).
+    pub fn was_served(&self, dir_id: DirId) -> bool {
+        self.served.lock().expect("served").peek(&dir_id).is_some()
+    }
+
     /// A file just listed was looked up: a program stats entries after reading their names.
     pub fn looked_up_listed_file(&self) {
         let now = self.started.elapsed().as_millis() as u64 + 1;

@@ -2,8 +2,8 @@
 //! [`crate::listings`]), merged with this host's own files when served, and the thread that
 //! reads listings ahead of a walk.
 
+use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_catalog::CatalogError;
@@ -32,10 +32,7 @@ impl Core {
         let same = self.listings.served(dir_id, &list);
         self.listings
             .read_ahead(&list, |ino| Ino::from(ino).dir_id(self.root_dir));
-        Ok((
-            self.handles.insert(Handle::Dir(Mutex::new(Some(list)))),
-            same,
-        ))
+        Ok((self.handles.insert(Handle::dir(list)), same))
     }
 
     /// The entries of a directory, read once per open and kept, so reading a large directory
@@ -123,6 +120,12 @@ impl Core {
     /// Whether listings go to the kernel whole, with attributes ([`Listings::stat_walk`]).
     pub fn stat_walk(&self) -> bool {
         self.listings.stat_walk()
+    }
+
+    /// Whether the replies to directory handle `fh` carry the files' attributes: a stat walk
+    /// is on, or was while this handle was read ([`Handles::dir_stat_walk`]).
+    pub fn dir_stat_walk(&self, fh: u64) -> bool {
+        self.handles.dir_stat_walk(fh, self.stat_walk())
     }
 
     /// Every entry of a directory, read now: the catalog's and this host's own files.
