@@ -29,10 +29,9 @@ pub enum Handle {
 
 /// An open directory: the listing it reads from, once read, and whether its reader stats
 /// what it lists (then every later reply of it carries the files' attributes).
-#[derive(Default)]
 pub struct DirHandle {
-    pub listing: Option<Listing>,
-    pub stat_walk: bool,
+    listing: Option<Listing>,
+    stat_walk: bool,
 }
 
 impl Handle {
