@@ -14,7 +14,7 @@
 use crate::db::Dialect;
 
 /// The schema version this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 4;
+pub const SCHEMA_VERSION: u32 = 5;
 
 pub struct Migration {
     /// The version the catalog has after this migration.
@@ -23,6 +23,8 @@ pub struct Migration {
     pub sql: &'static str,
     /// Statements run after `sql` on PostgreSQL only.
     pub postgres: &'static str,
+    /// Statements run after `sql` on SQLite only.
+    pub sqlite: &'static str,
 }
 
 /// Every migration, oldest first. Never edit a released one: add a new one.
@@ -35,6 +37,7 @@ pub const MIGRATIONS: &[Migration] = &[
         // PostgreSQL catalogs start at schema version 2; their wake-up triggers are part of
         // the initial schema, so every PostgreSQL catalog has them.
         postgres: V1_POSTGRES,
+        sqlite: "",
     },
     Migration {
         version: 2,
@@ -44,6 +47,7 @@ pub const MIGRATIONS: &[Migration] = &[
                       closed (complete) acquisitions",
         sql: V2,
         postgres: "",
+        sqlite: "",
     },
     Migration {
         version: 3,
@@ -51,6 +55,7 @@ pub const MIGRATIONS: &[Migration] = &[
                       its host, reported by the mount and cairnd there",
         sql: V3,
         postgres: "",
+        sqlite: "",
     },
     Migration {
         version: 4,
@@ -58,8 +63,96 @@ pub const MIGRATIONS: &[Migration] = &[
                       rows written before stay NULL, which mounts show as before",
         sql: V4,
         postgres: "",
+        sqlite: "",
+    },
+    Migration {
+        version: 5,
+        description: "a directory's listing version, bumped by triggers whenever an entry of \
+                      it is added, removed, renamed or changes what a listing shows, so that \
+                      a mount tells whether a listing it gave still holds with one query",
+        sql: V5,
+        postgres: V5_POSTGRES,
+        sqlite: V5_SQLITE,
     },
 ];
+
+/// `dir.listing_version` counts the changes to what the directory lists: its files' and
+/// subdirectories' names, and the attributes a listing shows of them. The triggers bump it
+/// (those of the database, so that no statement that changes an entry can forget to): a file
+/// or subdirectory added, removed, moved (both directories), renamed, or changed in size,
+/// mtime, owner, group or mode. Ids are never reused, so a version belongs to one directory
+/// for good.
+const V5: &str = "ALTER TABLE dir ADD COLUMN listing_version BIGINT NOT NULL DEFAULT 0;";
+
+const V5_SQLITE: &str = "
+CREATE TRIGGER file_listed_insert AFTER INSERT ON file BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = NEW.dir_id;
+END;
+CREATE TRIGGER file_listed_delete AFTER DELETE ON file BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = OLD.dir_id;
+END;
+CREATE TRIGGER file_listed_update AFTER UPDATE OF dir_id, name, size, mtime, owner, grp, mode
+    ON file BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id IN (OLD.dir_id, NEW.dir_id);
+END;
+CREATE TRIGGER dir_listed_insert AFTER INSERT ON dir BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = NEW.parent_id;
+END;
+CREATE TRIGGER dir_listed_delete AFTER DELETE ON dir BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = OLD.parent_id;
+END;
+CREATE TRIGGER dir_listed_update AFTER UPDATE OF parent_id, name, created_at, owner, grp, mode
+    ON dir BEGIN
+    UPDATE dir SET listing_version = listing_version + 1
+        WHERE id IN (OLD.parent_id, NEW.parent_id);
+END;
+";
+
+/// On PostgreSQL, an insert bumps each directory once per statement (an import inserts a
+/// batch of files in one statement), not once per row.
+const V5_POSTGRES: &str = r#"
+CREATE FUNCTION cairn_files_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dir SET listing_version = listing_version + 1
+        WHERE id IN (SELECT dir_id FROM added);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER file_listed_insert AFTER INSERT ON file REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION cairn_files_added();
+
+CREATE FUNCTION cairn_file_listed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = OLD.dir_id;
+    IF TG_OP = 'UPDATE' AND NEW.dir_id <> OLD.dir_id THEN
+        UPDATE dir SET listing_version = listing_version + 1 WHERE id = NEW.dir_id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER file_listed AFTER DELETE
+    OR UPDATE OF dir_id, name, size, mtime, owner, grp, mode ON file
+    FOR EACH ROW EXECUTE FUNCTION cairn_file_listed();
+
+CREATE FUNCTION cairn_dirs_added() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dir SET listing_version = listing_version + 1
+        WHERE id IN (SELECT parent_id FROM added);
+    RETURN NULL;
+END $$;
+CREATE TRIGGER dir_listed_insert AFTER INSERT ON dir REFERENCING NEW TABLE AS added
+    FOR EACH STATEMENT EXECUTE FUNCTION cairn_dirs_added();
+
+CREATE FUNCTION cairn_dir_listed() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE dir SET listing_version = listing_version + 1 WHERE id = OLD.parent_id;
+    IF TG_OP = 'UPDATE' AND NEW.parent_id IS DISTINCT FROM OLD.parent_id THEN
+        UPDATE dir SET listing_version = listing_version + 1 WHERE id = NEW.parent_id;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER dir_listed AFTER DELETE
+    OR UPDATE OF parent_id, name, created_at, owner, grp, mode ON dir
+    FOR EACH ROW EXECUTE FUNCTION cairn_dir_listed();
+"#;
 
 const V4: &str = "ALTER TABLE file ADD COLUMN owner TEXT;
 ALTER TABLE file ADD COLUMN grp TEXT;
@@ -247,7 +340,11 @@ CREATE UNIQUE INDEX auto_action_group_node ON auto_action (group_id, node_id);
 /// The migration's SQL in the given dialect.
 pub fn render(m: &Migration, dialect: Dialect) -> String {
     match dialect {
-        Dialect::Sqlite => m.sql.replace("{ID}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+        Dialect::Sqlite => format!(
+            "{}\n{}",
+            m.sql.replace("{ID}", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+            m.sqlite
+        ),
         Dialect::Postgres => {
             let sql = m.sql.replace("INTEGER", "BIGINT").replace(
                 "{ID}",
@@ -280,7 +377,13 @@ mod tests {
         for m in MIGRATIONS {
             let sql = render(m, Dialect::Postgres);
             assert!(!sql.contains("INTEGER"), "32-bit column in {}", m.version);
-            assert!(!render(m, Dialect::Sqlite).contains("pg_notify"));
+            let sqlite = render(m, Dialect::Sqlite);
+            assert!(!sqlite.contains("pg_notify") && !sqlite.contains("plpgsql"));
+            assert!(
+                !sql.contains("END;\nCREATE TRIGGER"),
+                "SQLite trigger in {}",
+                m.version
+            );
         }
     }
 

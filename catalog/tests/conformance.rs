@@ -116,6 +116,7 @@ backend_tests!(
     clean_and_verify_act_on_present_copies,
     journal_reports_show_waiting_files_per_node,
     owners_and_modes_are_kept_by_name,
+    a_directory_listing_version_changes_with_what_it_lists_only,
 );
 
 fn owners_and_modes_are_kept_by_name(cat: &mut Catalog) {
@@ -262,6 +263,77 @@ fn two_nodes(cat: &mut Catalog) -> (NodeId, GroupId, NodeId, GroupId) {
         Ok((n1.id, g1.id, n2.id, g2.id))
     })
     .expect("the storage graph")
+}
+
+/// A mount keeps the kernel's copy of a listing while the directory's listing version is the
+/// one it was listed at: every change to what the listing shows must change it, and nothing
+/// else (so that a walk of a tree nobody writes to reads no listing again).
+fn a_directory_listing_version_changes_with_what_it_lists_only(cat: &mut Catalog) {
+    let (n1, _, _, _) = two_nodes(cat);
+    let dir = |cat: &mut Catalog, path: &str| {
+        cat.read(|tx| tx.dir_by_path(path))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} is a directory"))
+            .id
+    };
+    let version = |cat: &mut Catalog, id| cat.read(|tx| tx.dir_listing_version(id)).unwrap();
+    let f = add_file(cat, "a/b/one.dat", 1, n1, Has::Yes);
+    let (a, b) = (dir(cat, "a"), dir(cat, "a/b"));
+    let (va, vb) = (version(cat, a), version(cat, b));
+    assert!(va.is_some() && vb.is_some());
+
+    // A new file: its directory only.
+    add_file(cat, "a/b/two.dat", 2, n1, Has::Yes);
+    assert_eq!(version(cat, a), va, "the parent lists no file of b");
+    let vb2 = version(cat, b);
+    assert_ne!(vb2, vb);
+    // A copy, a verification, a wish: nothing a listing shows.
+    cat.write(|tx| {
+        tx.record_copy(f, n1, Has::Suspect, Some(4096), NOW)?;
+        let c = tx.copy_on(f, n1)?.expect("the copy");
+        tx.set_wants(&[c.id], Wants::ReleaseNow, NOW)?;
+        tx.request_verify(&[c.id], NOW)
+    })
+    .unwrap();
+    assert_eq!(version(cat, b), vb2, "copies are not listed");
+    // A file's owner or mode: its directory.
+    let own = Ownership {
+        user: Some("obs".into()),
+        group: None,
+        mode: Some(0o640),
+    };
+    cat.write(|tx| tx.set_file_ownership(f, &own)).unwrap();
+    let vb3 = version(cat, b);
+    assert_ne!(vb3, vb2);
+    assert_eq!(version(cat, a), va);
+    // A subdirectory made, its mode changed, removed: the parent, each time.
+    let (c, _) = cat
+        .write(|tx| tx.make_dir("a/c", &Ownership::default(), NOW))
+        .unwrap();
+    let va2 = version(cat, a);
+    assert_ne!(va2, va);
+    cat.write(|tx| tx.set_dir_ownership(c, &own)).unwrap();
+    let va3 = version(cat, a);
+    assert_ne!(va3, va2);
+    assert!(cat.write(|tx| tx.remove_empty_dir(c)).unwrap());
+    assert_ne!(version(cat, a), va3);
+    assert_eq!(version(cat, c), None, "gone");
+    assert_eq!(version(cat, b), vb3, "a sibling's changes are not b's");
+    // A batch import, one statement for many files: every directory it adds to.
+    let files: Vec<NewFile> = (0..10)
+        .map(|i| NewFile {
+            path: format!("{}/f{i}.dat", if i % 2 == 0 { "a" } else { "a/b" }),
+            acq: "2025/02/21".into(),
+            size: i,
+            md5: md5(i),
+            mtime: NOW,
+            own: Default::default(),
+        })
+        .collect();
+    let va4 = version(cat, a);
+    cat.write(|tx| tx.import_copies(&files, n1, NOW)).unwrap();
+    assert_ne!(version(cat, a), va4);
+    assert_ne!(version(cat, b), vb3);
 }
 
 fn add_file(cat: &mut Catalog, path: &str, size: u64, node: NodeId, has: Has) -> FileId {

@@ -18,6 +18,7 @@ use fuser::{
 use tracing::{debug, error, warn};
 
 use crate::core::{Attr, Caller, Core, DirList, Entry, FsError, Kind, ROOT_INO, SetAttr};
+use crate::listings::PROBE_FILES;
 
 /// The errno for each error. Exhaustive on purpose: a new variant needs a decision here.
 pub fn errno(e: &FsError) -> i32 {
@@ -480,7 +481,9 @@ impl Filesystem for CairnFs {
     /// `ls`) a file comes as a name, a type and an inode number only (node id 0, the
     /// vendored fuser's patch): the kernel makes no inode for it, as after a plain readdir.
     /// Such a program's first `stat` of a listed file (a lookup) starts a stat walk; the
-    /// lookups of the rest of that first listing are what it costs. Once a stat walk has
+    /// lookups of the rest of that first listing are what it costs. Late in the walk's
+    /// window a few files of a reply come as names only again, so that a program still
+    /// stat-ing looks them up and keeps the walk on ([`Core::stat_walk_probe`]). Once a stat walk has
     /// been on while a directory handle is read, the rest of that handle's replies carry
     /// attributes, however long it takes to read (`ls -l` of 500,000 files).
     fn readdirplus(
@@ -496,9 +499,20 @@ impl Filesystem for CairnFs {
             Err(e) => return reply.error(fail("readdirplus", e)),
         };
         let stat_walk = self.core.dir_stat_walk(fh.0);
+        let mut probes = if stat_walk && self.core.stat_walk_probe() {
+            PROBE_FILES
+        } else {
+            0
+        };
+        let mut names_only = false;
         for (off, e) in stream(ino, &list, offset) {
             // `.` and `..` are the kernel's own: it takes no reference to them.
-            let with_attrs = off > 2 && (e.attr.kind != Kind::File || stat_walk);
+            let file = e.attr.kind == Kind::File;
+            let mut with_attrs = off > 2 && (!file || stat_walk);
+            if with_attrs && file && probes > 0 {
+                with_attrs = false;
+                probes -= 1;
+            }
             let a = self.attr(&e.attr);
             if reply.add(
                 INodeNo(if with_attrs { e.attr.ino } else { 0 }),
@@ -513,7 +527,12 @@ impl Filesystem for CairnFs {
             // The kernel takes a reference to each entry it is given attributes of.
             if with_attrs {
                 self.core.referenced(e.attr.ino, 1);
+            } else {
+                names_only |= off > 2;
             }
+        }
+        if names_only {
+            self.core.served_names_only(ino.0);
         }
         reply.ok();
     }

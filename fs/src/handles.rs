@@ -42,6 +42,15 @@ impl Handle {
             stat_walk: false,
         }))
     }
+
+    /// A directory handle whose listing is read at its first readdir, if any comes (the
+    /// kernel may serve it all from its own copy).
+    pub fn dir_unread() -> Handle {
+        Handle::Dir(Mutex::new(DirHandle {
+            listing: None,
+            stat_walk: false,
+        }))
+    }
 }
 
 /// Where a read handle's bytes come from.

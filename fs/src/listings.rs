@@ -12,12 +12,17 @@
 //! - The listings kept take at most their share of `[fs] cache_memory`: beyond it the least
 //!   recently used go first, however fresh (a walk of millions of files keeps no more).
 //! - The kernel keeps its own copy of a listing (FOPEN_KEEP_CACHE) only while the listing's
-//!   digest is the one it was last given ([`Listings::served`]).
+//!   digest is the one it was last given ([`Listings::served`]), and, while a program stats
+//!   what it lists, only if that copy came with the files' attributes. A listing of the
+//!   catalog alone carries the directory's listing version, read in the same transaction: while
+//!   the catalog still has that version, the kernel's copy holds, which one query tells
+//!   ([`Listings::served_version`]) instead of reading the listing again.
 //!
 //! Two walk heuristics live here too: the read-ahead queue (opening a directory asks for its
 //! subdirectories' listings, one level down, so that `find` finds them ready) and the
 //! stat-walk detector (a program that looks up files it has just listed, like `du` or
-//! `os.walk` + `stat`, gets whole listings with attributes for the next [`STAT_WALK`]).
+//! `os.walk` + `stat`, gets whole listings with attributes for the next [`STAT_WALK`], kept
+//! on by a few files left without attributes late in the window, [`PROBE_FILES`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,6 +42,10 @@ pub const LISTINGS_KEPT: usize = 4096;
 /// How long after a program looked up a file it had listed the kernel gets whole listings.
 pub const STAT_WALK: Duration = Duration::from_secs(2);
 
+/// Files given as names only in a listing read late in a stat walk, to tell whether the
+/// program still stats what it lists (see [`Listings::stat_walk_probe`]).
+pub const PROBE_FILES: usize = 8;
+
 /// Subdirectories of an opened directory whose listings are read ahead.
 pub const READ_AHEAD: usize = 256;
 
@@ -47,6 +56,9 @@ pub type Listing = Arc<DirList>;
 #[derive(Debug, Default)]
 pub struct DirList {
     pub entries: Vec<Entry>,
+    /// The catalog's listing version of the directory these entries were read at, if they
+    /// are the catalog's alone (no file or directory of this host's own among them).
+    pub version: Option<i64>,
     /// Entry by name, made on the first lookup that uses this listing (a `find` makes none).
     index: OnceLock<HashMap<String, usize>>,
 }
@@ -55,7 +67,16 @@ impl DirList {
     pub fn new(entries: Vec<Entry>) -> Self {
         DirList {
             entries,
+            version: None,
             index: OnceLock::new(),
+        }
+    }
+
+    /// The catalog's entries of a directory, read at its listing version `version`.
+    pub fn versioned(entries: Vec<Entry>, version: i64) -> Self {
+        DirList {
+            version: Some(version),
+            ..DirList::new(entries)
         }
     }
 
@@ -84,6 +105,16 @@ impl DirList {
         self.entries.hash(&mut h);
         h.finish()
     }
+}
+
+/// What the kernel was last given of a directory's listing.
+#[derive(Clone, Copy, PartialEq)]
+struct Served {
+    digest: u64,
+    /// The catalog's listing version it was read at (see [`DirList::version`]).
+    version: Option<i64>,
+    /// Some files came without their attributes (the kernel has no inode for them).
+    names_only: bool,
 }
 
 /// A listing kept, with when it was read and the bytes it takes.
@@ -119,8 +150,8 @@ pub struct Listings {
     /// Counts this mount's changes to the namespace: a listing read before a change is not
     /// kept after it.
     generation: AtomicU64,
-    /// A digest of the listing last given to the kernel, per directory (the most recent).
-    served: Mutex<LruCache<DirId, u64>>,
+    /// What the kernel was last given of each directory's listing (the most recent ones).
+    served: Mutex<LruCache<DirId, Served>>,
     /// Directory inodes whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<SyncSender<u64>>>,
     /// When (ms after `started`) a file was last looked up in a listing just read.
@@ -137,7 +168,7 @@ impl Listings {
             cache: Mutex::new(Cache::default()),
             prune_at: AtomicUsize::new(LISTINGS_KEPT),
             generation: AtomicU64::new(0),
-            // Digests are 8 bytes and a key; a small share of the budget.
+            // A few words and a key each; a small share of the budget.
             served: Mutex::new(LruCache::new((budget / 16 / 64).max(1024))),
             prefetch: Mutex::new(None),
             stat_walk_seen: AtomicU64::new(0),
@@ -227,10 +258,42 @@ impl Listings {
     }
 
     /// Records that the kernel was given `list` for `dir_id`; says whether it is the same as
-    /// the one it was given last time (so it may keep its cached copy).
+    /// the one it was given last time (so it may keep its cached copy). While a program stats
+    /// what it lists, a copy given without the files' attributes is not kept: the kernel
+    /// would ask for each file's attributes one by one.
     pub fn served(&self, dir_id: DirId, list: &DirList) -> bool {
         let digest = list.digest();
-        self.served.lock().expect("served").insert(dir_id, digest) == Some(digest)
+        let mut served = self.served.lock().expect("served");
+        let before = served.get(&dir_id).copied();
+        let same =
+            before.is_some_and(|b| b.digest == digest && !(b.names_only && self.stat_walk()));
+        served.insert(
+            dir_id,
+            Served {
+                digest,
+                version: list.version,
+                // A copy the kernel keeps has what it had; a new one has what comes next.
+                names_only: same && before.is_some_and(|b| b.names_only),
+            },
+        );
+        same
+    }
+
+    /// The catalog's listing version of what the kernel was last given for `dir_id`, if that
+    /// was the catalog's listing alone and it may still keep it (see [`Listings::served`]).
+    pub fn served_version(&self, dir_id: DirId) -> Option<i64> {
+        let s = *self.served.lock().expect("served").peek(&dir_id)?;
+        if s.names_only && self.stat_walk() {
+            return None;
+        }
+        s.version
+    }
+
+    /// The kernel was given some files of `dir_id`'s listing as names only.
+    pub fn served_names_only(&self, dir_id: DirId) {
+        if let Some(s) = self.served.lock().expect("served").peek_mut(&dir_id) {
+            s.names_only = true;
+        }
     }
 
     /// Whether the kernel was given a listing of `dir_id` (among the last ones it was given).
@@ -251,6 +314,21 @@ impl Listings {
         let seen = self.stat_walk_seen.load(Ordering::Relaxed);
         seen != 0
             && self.started.elapsed().as_millis() as u64 <= seen + STAT_WALK.as_millis() as u64
+    }
+
+    /// Whether a listing given now should carry a few files as names only ([`PROBE_FILES`]):
+    /// a stat walk is on, and half its window has gone by without a lookup of a listed file.
+    /// While every listing comes with attributes the kernel answers each `stat` itself, and
+    /// nothing here would tell `du` going on from `find` starting: a program that stats what
+    /// it lists looks those few up, which keeps the stat walk on; `find` does not, and the
+    /// walk ends at the end of the window. Without it the window would close in the middle
+    /// of a `du` and a whole directory's files would be looked up one by one to open it
+    /// again.
+    pub fn stat_walk_probe(&self) -> bool {
+        let seen = self.stat_walk_seen.load(Ordering::Relaxed);
+        let now = self.started.elapsed().as_millis() as u64;
+        let window = STAT_WALK.as_millis() as u64;
+        seen != 0 && now <= seen + window && now > seen + window / 2
     }
 
     /// Sets where read-ahead requests go (the prefetcher thread's queue).

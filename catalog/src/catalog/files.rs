@@ -301,6 +301,20 @@ impl Tx<'_> {
         Ok((self.subdirs(dir_id)?, files))
     }
 
+    /// The listing version of directory `dir_id` (`None`: no such directory): it changes
+    /// whenever what [`Tx::list_dir_stats`] gives for it changes, so a listing read with its
+    /// version still holds while the version is the same.
+    pub fn dir_listing_version(&mut self, dir_id: DirId) -> Result<Option<i64>> {
+        let rows = self.raw(
+            "SELECT listing_version FROM dir WHERE id = ?",
+            params![dir_id],
+        )?;
+        Ok(match rows.first() {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    }
+
     /// The subdirectories of directory `dir_id`, by name.
     fn subdirs(&mut self, dir_id: DirId) -> Result<Vec<Dir>> {
         self.rows(

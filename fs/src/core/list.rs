@@ -28,11 +28,35 @@ impl Core {
             }
             self.search(who, dir_id)?;
         }
+        if self.kernel_listing_holds(dir_id) {
+            // Its first readdir, if the kernel makes one after all, reads the listing.
+            return Ok((self.handles.insert(Handle::dir_unread()), true));
+        }
         let list = self.listing(ino, dir_id)?;
         let same = self.listings.served(dir_id, &list);
         self.listings
             .read_ahead(&list, |ino| Ino::from(ino).dir_id(self.root_dir));
         Ok((self.handles.insert(Handle::dir(list)), same))
+    }
+
+    /// Whether the listing the kernel was last given of `dir_id` still holds, told without
+    /// reading it: it was the catalog's alone, nothing of this host's own is in the directory
+    /// now, and the catalog's listing version is still the one it was read at (one indexed
+    /// read of one row, or none while the listing kept here is fresh). A warm walk of a tree
+    /// nobody changes then reads no listing again.
+    fn kernel_listing_holds(&self, dir_id: DirId) -> bool {
+        let Some(version) = self.listings.served_version(dir_id) else {
+            return false;
+        };
+        self.refresh_found(dir_id);
+        if !self.locals.in_dir(dir_id).is_empty() || !self.localdirs.in_dir(dir_id).is_empty() {
+            return false;
+        }
+        if let Some(l) = self.listings.fresh(dir_id) {
+            return l.version == Some(version);
+        }
+        let now = self.with_cat(|c| Ok(c.read(|tx| tx.dir_listing_version(dir_id))?));
+        matches!(now, Ok(Some(v)) if v == version)
     }
 
     /// The entries of a directory, read once per open and kept, so reading a large directory
@@ -71,7 +95,7 @@ impl Core {
             return Ok(l);
         }
         let generation = self.listings.generation();
-        let l = Arc::new(DirList::new(self.list_catalog(dir_id)?));
+        let l = Arc::new(self.list_catalog(dir_id)?);
         self.listings.keep(dir_id, generation, &l);
         Ok(l)
     }
@@ -122,16 +146,30 @@ impl Core {
         self.listings.stat_walk()
     }
 
+    /// Whether a listing given now leaves a few files without attributes, to tell whether
+    /// the stat walk goes on ([`Listings::stat_walk_probe`]).
+    pub fn stat_walk_probe(&self) -> bool {
+        self.listings.stat_walk_probe()
+    }
+
     /// Whether the replies to directory handle `fh` carry the files' attributes: a stat walk
     /// is on, or was while this handle was read ([`Handles::dir_stat_walk`]).
     pub fn dir_stat_walk(&self, fh: u64) -> bool {
         self.handles.dir_stat_walk(fh, self.stat_walk())
     }
 
+    /// Some files of directory `ino`'s listing went to the kernel as names only: if a program
+    /// stats what it lists, that copy is not kept (see [`crate::listings::Listings::served`]).
+    pub fn served_names_only(&self, ino: u64) {
+        if let Ok(dir_id) = self.dir_id(ino) {
+            self.listings.served_names_only(dir_id);
+        }
+    }
+
     /// Every entry of a directory, read now: the catalog's and this host's own files.
     pub(super) fn list(&self, ino: u64) -> Result<Vec<Entry>> {
         let dir_id = self.dir_id(ino)?;
-        let mut out = self.list_catalog(dir_id)?;
+        let mut out = self.list_catalog(dir_id)?.entries;
         self.refresh_found(dir_id);
         self.add_local_dirs(&mut out, self.localdirs.in_dir(dir_id));
         self.add_locals(&mut out, self.locals.in_dir(dir_id));
@@ -139,21 +177,19 @@ impl Core {
     }
 
     /// The catalog's entries of directory `dir_id`.
-    pub(super) fn list_catalog(&self, dir_id: DirId) -> Result<Vec<Entry>> {
+    pub(super) fn list_catalog(&self, dir_id: DirId) -> Result<DirList> {
         if LocalDirs::is_local(dir_id) {
             // Made here; the catalog has nothing in it yet.
-            return Ok(Vec::new());
+            return Ok(DirList::default());
         }
-        let (dirs, files) = self.with_cat(|c| {
+        let (version, dirs, files) = self.with_cat(|c| {
             Ok(c.read(|tx| {
+                // Empty, or gone (removed from another host).
+                let version = tx
+                    .dir_listing_version(dir_id)?
+                    .ok_or_else(|| CatalogError::not_found("directory", format!("#{dir_id}")))?;
                 let (dirs, files) = tx.list_dir_stats(dir_id)?;
-                if dirs.is_empty() && files.is_empty() {
-                    // Empty, or gone (removed from another host).
-                    tx.dir_by_id(dir_id)?.ok_or_else(|| {
-                        CatalogError::not_found("directory", format!("#{dir_id}"))
-                    })?;
-                }
-                Ok((dirs, files))
+                Ok((version, dirs, files))
             })?)
         })?;
         let mut out = Vec::with_capacity(dirs.len() + files.len());
@@ -167,7 +203,7 @@ impl Core {
                 name: f.name,
             });
         }
-        Ok(out)
+        Ok(DirList::versioned(out, version))
     }
 
     /// Adds the directories made here (not in the catalog yet) to a directory's entries.
