@@ -194,6 +194,15 @@ if [ "$SOAK" -gt 0 ]; then
         ls -l "$W/m1/soak" >/dev/null
         i=$((i + 1))
     done
+    # What cairnfs keeps per inode lasts as long as the kernel holds the inode: the files the
+    # soak wrote stay in the kernel's caches (nothing presses on its memory here), so the
+    # memory they take is measured again once the kernel has dropped them.
+    fs_pid=$(pgrep -f "cairnfs $W/m1" | head -1)
+    rss_soak=$(rss "$fs_pid")
+    sync
+    echo 2 >/proc/sys/vm/drop_caches
+    sleep 15
+    rss_soak_dropped=$(rss "$fs_pid")
 fi
 kill "$sampler" 2>/dev/null || true
 sampler=
@@ -213,6 +222,8 @@ echo "| \`cairn status\` | $(printf %.2f "$t_status") s |"
 echo "| \`cairn node stats\` | $(printf %.2f "$t_stats") s |"
 echo "| registration (cairn-fill) | $fill |"
 if [ "$SOAK" -gt 0 ]; then
+    echo
+    echo "Soak: $((i * 200)) files written in $i rounds; cairnfs $rss_soak MiB at the end, $rss_soak_dropped MiB once the kernel dropped its inodes."
     echo
     echo "Memory during the soak (MiB, one row a minute):"
     echo
