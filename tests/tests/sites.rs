@@ -540,7 +540,8 @@ fn a_distant_mount_reads_its_own_writes_at_once() {
 }
 
 /// A file the archive's site imports appears on a distant site's mount once the standby has
-/// it; with the standby stopped, the mount goes on, reading from the primary.
+/// it; with the standby stopped, the mount goes on, reading from the primary; and with the
+/// link cut too, what it listed before still lists.
 #[test]
 fn a_distant_mount_shows_the_archives_files_and_outlives_its_standby() {
     let test = "a_distant_mount_shows_the_archives_files_and_outlives_its_standby";
@@ -576,6 +577,18 @@ fn a_distant_mount_shows_the_archives_files_and_outlives_its_standby() {
         std::fs::read_dir(m.path("shared")).unwrap().count() == 1,
         "listings still work"
     );
+
+    // No standby and the link cut: a directory listed before still lists (the kernel's copy,
+    // which the mount cannot tell is out of date), and its file still stats.
+    sites.link.cut();
+    std::thread::sleep(Duration::from_millis(1500));
+    let listed: Vec<String> = std::fs::read_dir(m.path("shared"))
+        .expect("a listed directory lists during the cut")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(listed, ["a.dat"], "{}", m.log());
+    assert_eq!(std::fs::metadata(m.path("shared/a.dat")).unwrap().len(), 17);
+    sites.link.restore();
     near.stop();
 }
 

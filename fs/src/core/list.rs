@@ -43,7 +43,8 @@ impl Core {
     /// reading it: it was the catalog's alone, nothing of this host's own is in the directory
     /// now, and the catalog's listing version is still the one it was read at (one indexed
     /// read of one row, or none while the listing kept here is fresh). A warm walk of a tree
-    /// nobody changes then reads no listing again.
+    /// nobody changes then reads no listing again; and while the catalog is out of reach, a
+    /// directory listed before still lists.
     fn kernel_listing_holds(&self, dir_id: DirId) -> bool {
         let Some(version) = self.listings.served_version(dir_id) else {
             return false;
@@ -55,8 +56,12 @@ impl Core {
         if let Some(l) = self.listings.fresh(dir_id) {
             return l.version == Some(version);
         }
-        let now = self.with_cat(|c| Ok(c.read(|tx| tx.dir_listing_version(dir_id))?));
-        matches!(now, Ok(Some(v)) if v == version)
+        match self.with_cat(|c| Ok(c.read(|tx| tx.dir_listing_version(dir_id))?)) {
+            Ok(now) => now == Some(version),
+            // While the catalog is out of reach the kernel's copy is the last listing known
+            // here, as `Remembered::known` is for attributes: it stays.
+            Err(e) => super::catalog_out_of_reach(&e),
+        }
     }
 
     /// The entries of a directory, read once per open and kept, so reading a large directory
