@@ -154,6 +154,9 @@ pub struct Core {
     catalog_down: Mutex<Option<Instant>>,
     /// What was last seen of the files cairnd keeps waiting on this host's nodes.
     found: found::FoundCheck,
+    /// Where the names of files just imported go, for the kernel to drop (see
+    /// [`Core::set_kernel_forgetter`]).
+    forgetter: Mutex<Option<std::sync::mpsc::Sender<(u64, String)>>>,
     cancel: AtomicBool,
 }
 
@@ -194,6 +197,7 @@ impl Core {
             owner: Owner::me(),
             catalog_down: Mutex::new(None),
             found: found::FoundCheck::default(),
+            forgetter: Mutex::new(None),
             cancel: AtomicBool::new(false),
         };
         let mut core = core;
@@ -225,6 +229,30 @@ impl Core {
         core.recover();
         core.load_kept();
         Ok(core)
+    }
+
+    /// Sets where the names of files just imported go: (directory inode, name) pairs, for a
+    /// thread of the mount to tell the kernel to drop (FUSE_NOTIFY_INVAL_ENTRY). A written
+    /// file's inode goes on naming the archived file for as long as the kernel holds it, and
+    /// the kernel holds what it has no reason to drop (it is not short of memory): without
+    /// this, the mount would keep a little for every file ever written through it. Once
+    /// dropped, the next look at the name finds the archived file, with the inode number
+    /// every host gives it. Sent from a thread of its own: the kernel takes the directory's
+    /// lock to drop a name, which a request being answered may hold.
+    pub fn set_kernel_forgetter(&self, tx: std::sync::mpsc::Sender<(u64, String)>) {
+        *self.forgetter.lock().expect("forgetter") = Some(tx);
+    }
+
+    /// Asks the kernel to drop these names (see [`Core::set_kernel_forgetter`]).
+    fn kernel_forget(&self, names: Vec<(u64, String)>) {
+        if names.is_empty() {
+            return;
+        }
+        if let Some(tx) = &*self.forgetter.lock().expect("forgetter") {
+            for n in names {
+                let _ = tx.send(n);
+            }
+        }
     }
 
     /// Stops waits in progress (at unmount).

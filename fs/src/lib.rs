@@ -141,6 +141,19 @@ pub fn mount(
         };
         anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
     })?;
+    // The names of files just imported, for the kernel to drop (Core::set_kernel_forgetter).
+    let notifier = session.notifier();
+    let (forget_tx, forget_rx) = std::sync::mpsc::channel::<(u64, String)>();
+    core.set_kernel_forgetter(forget_tx);
+    std::thread::Builder::new()
+        .name("forgetter".into())
+        .spawn(move || {
+            for (parent, name) in forget_rx {
+                // ENOENT: the kernel had dropped it already.
+                let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+            }
+        })
+        .context("cannot start the mount's forgetter thread")?;
     info!(
         "Mounted the archive at {} (host {}, write node {}).",
         mountpoint.display(),

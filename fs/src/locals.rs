@@ -258,11 +258,14 @@ impl Locals {
     }
 
     /// Local `ino` was imported as catalog file `id`: its inode goes on naming that file
-    /// while the kernel knows it.
-    pub fn mark_imported(&self, ino: u64, id: FileId) {
+    /// while the kernel knows it. Says whether the kernel knows it.
+    pub fn mark_imported(&self, ino: u64, id: FileId) -> bool {
         let mut t = self.table();
         if t.kernel_refs.contains_key(&ino) {
             t.imported.insert(ino, id);
+            true
+        } else {
+            false
         }
     }
 

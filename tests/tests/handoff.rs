@@ -8,6 +8,7 @@
 //! not know.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -466,4 +467,53 @@ fn directories_made_while_the_catalog_is_locked_are_made_there_once_it_is_free()
     });
     assert!(m.dir.join("night/raw").is_dir());
     nothing_stray(&a, &root, files.len());
+}
+
+/// A file written through the mount is, once archived, the archive's file on this host too:
+/// the kernel is told to drop the name it was written under, so the mount keeps nothing of it
+/// (a mount that writes for months does not grow with every file), and `stat` gives the inode
+/// number every host gives that file.
+#[test]
+fn a_written_file_once_archived_has_the_inode_every_host_gives_it() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, _root) = host(&a);
+    let mut h2 = a.host("h2");
+    h2.node("store2", &[]);
+    h2.start();
+    // Names kept long: the kernel would not ask again by itself during the test.
+    let config = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(
+        &h.config,
+        config + "[fs]\nttl = \"1h\"\nwrite_node = \"store1\"\n",
+    )
+    .unwrap();
+    let m = h.mount(Some("store1"));
+    std::fs::create_dir(m.path("obs")).unwrap();
+    let mut written = Vec::new();
+    for i in 0..20 {
+        let rel = format!("obs/f{i:02}.dat");
+        let data = format!("frame {i}\n");
+        std::fs::write(m.path(&rel), &data).unwrap();
+        let ino = std::fs::metadata(m.path(&rel)).unwrap().ino();
+        written.push((rel, data, ino));
+    }
+    // Archived (the md5 waits for it).
+    for (rel, data, _) in &written {
+        assert_eq!(m.xattr(rel, "md5").unwrap(), md5_hex(data.as_bytes()));
+    }
+    let m2 = h2.mount(None);
+    for (rel, data, ino) in &written {
+        let theirs = std::fs::metadata(m2.path(rel)).unwrap().ino();
+        assert_ne!(
+            *ino, theirs,
+            "{rel}: written under an inode of this mount's own"
+        );
+        wait_until(T, "the archived file's inode on the writing host", || {
+            std::fs::metadata(m.path(rel)).unwrap().ino() == theirs
+        });
+        assert_eq!(std::fs::read_to_string(m.path(rel)).unwrap(), *data);
+    }
 }

@@ -670,6 +670,7 @@ impl Core {
         };
         let mut done = Vec::new();
         let mut again = Vec::new();
+        let mut forget = Vec::new();
         for (f, o) in files.into_iter().zip(outcomes) {
             match o {
                 Registered::Yes(id) => {
@@ -681,8 +682,10 @@ impl Core {
                     g.journalled = None;
                     self.forget_local(&mut g);
                     // Its inode goes on naming the archived file for as long as the kernel
-                    // knows it.
-                    self.locals.mark_imported(g.ino, id);
+                    // knows it; the kernel is asked to drop it.
+                    if self.locals.mark_imported(g.ino, id) {
+                        forget.push((self.dir_ino(g.dir_id), g.name.clone()));
+                    }
                     done.push(f.key);
                 }
                 Registered::Conflict(theirs) => {
@@ -719,6 +722,7 @@ impl Core {
         }
         publish(journal);
         self.imports.succeeded();
+        self.kernel_forget(forget);
         if !again.is_empty() {
             let mut w = self.imports.lock();
             w.asked.extend(again);
