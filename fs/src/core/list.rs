@@ -256,3 +256,98 @@ fn give_back_freed_memory() {
         libc::malloc_trim(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::tests::core;
+    use crate::core::{Caller, ROOT_INO};
+    use cairn_catalog::catalog::NewFile;
+    use std::ffi::OsStr;
+
+    fn register(c: &Core, path: &str) {
+        c.with_cat(|cat| {
+            Ok(cat.write(|tx| {
+                tx.register_file(
+                    &NewFile {
+                        path: path.into(),
+                        acq: "a".into(),
+                        size: 1,
+                        md5: "0".repeat(32),
+                        mtime: 0,
+                        own: Default::default(),
+                    },
+                    0,
+                )
+            })?)
+        })
+        .unwrap();
+    }
+
+    fn names(c: &Core, ino: u64, fh: u64) -> Vec<String> {
+        let l = c.readdir(ino, fh).unwrap();
+        l.entries.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// A warm walk after the TTL reads no listing again while nothing changed in the catalog,
+    /// and sees at once what another host added.
+    #[test]
+    fn the_kernel_keeps_its_listing_while_the_catalog_version_holds() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        register(&c, "a/x.dat");
+        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(!same, "first listing");
+        assert_eq!(names(&c, a.ino, fh), ["x.dat"]);
+        c.release_handle(fh).unwrap();
+
+        // As after the TTL: nothing kept here.
+        c.listings.changed();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(same, "unchanged in the catalog");
+        assert!(
+            c.handles.dir_listing(fh).is_none(),
+            "known without reading the listing"
+        );
+        assert_eq!(names(&c, a.ino, fh), ["x.dat"], "read if asked after all");
+        c.release_handle(fh).unwrap();
+
+        // Another host adds a file.
+        register(&c, "a/y.dat");
+        c.listings.changed();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(!same, "the catalog's version moved on");
+        assert_eq!(names(&c, a.ino, fh), ["x.dat", "y.dat"]);
+        c.release_handle(fh).unwrap();
+    }
+
+    /// A copy given as names only (`find`) is not kept once a program stats what it lists
+    /// (`du` after `find`): the kernel would look each file up on its own.
+    #[test]
+    fn a_copy_of_names_only_is_not_kept_for_a_stat_walk() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        register(&c, "a/x.dat");
+        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (fh, _) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        c.readdir(a.ino, fh).unwrap();
+        c.served_names_only(a.ino);
+        c.release_handle(fh).unwrap();
+        c.listings.changed();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(same, "no stat walk: names are what find needs");
+        c.release_handle(fh).unwrap();
+
+        // A program stats a file it has listed.
+        c.lookup(&Caller::ROOT, a.ino, OsStr::new("x.dat")).unwrap();
+        assert!(c.stat_walk());
+        c.listings.changed();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(!same, "given again, with attributes");
+        c.release_handle(fh).unwrap();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(same, "and that copy is kept");
+        c.release_handle(fh).unwrap();
+    }
+}
