@@ -156,7 +156,7 @@ pub struct Core {
     found: found::FoundCheck,
     /// Where the names of files just imported go, for the kernel to drop (see
     /// [`Core::set_kernel_forgetter`]).
-    forgetter: Mutex<Option<std::sync::mpsc::Sender<(u64, String)>>>,
+    forgetter: Mutex<Option<std::sync::mpsc::Sender<Forget>>>,
     cancel: AtomicBool,
 }
 
@@ -231,26 +231,27 @@ impl Core {
         Ok(core)
     }
 
-    /// Sets where the names of files just imported go: (directory inode, name) pairs, for a
-    /// thread of the mount to tell the kernel to drop (FUSE_NOTIFY_INVAL_ENTRY). A written
+    /// Sets where the files just imported go, for a thread of the mount to tell the kernel
+    /// that the inode they were written under is gone (FUSE_NOTIFY_DELETE: the kernel drops
+    /// the name and, once no program has it open, the inode, and sends its FORGET). A written
     /// file's inode goes on naming the archived file for as long as the kernel holds it, and
-    /// the kernel holds what it has no reason to drop (it is not short of memory): without
-    /// this, the mount would keep a little for every file ever written through it. Once
-    /// dropped, the next look at the name finds the archived file, with the inode number
-    /// every host gives it. Sent from a thread of its own: the kernel takes the directory's
-    /// lock to drop a name, which a request being answered may hold.
-    pub fn set_kernel_forgetter(&self, tx: std::sync::mpsc::Sender<(u64, String)>) {
+    /// the kernel keeps an unused inode cached until it is short of memory: without this the
+    /// mount would keep a little for every file ever written through it. The next look at
+    /// the name finds the archived file, with the inode number every host gives it. Sent
+    /// from a thread of its own: the kernel takes the directory's lock to drop a name, which
+    /// a request being answered may hold.
+    pub fn set_kernel_forgetter(&self, tx: std::sync::mpsc::Sender<Forget>) {
         *self.forgetter.lock().expect("forgetter") = Some(tx);
     }
 
-    /// Asks the kernel to drop these names (see [`Core::set_kernel_forgetter`]).
-    fn kernel_forget(&self, names: Vec<(u64, String)>) {
-        if names.is_empty() {
+    /// Tells the kernel these inodes are gone (see [`Core::set_kernel_forgetter`]).
+    fn kernel_forget(&self, gone: Vec<Forget>) {
+        if gone.is_empty() {
             return;
         }
         if let Some(tx) = &*self.forgetter.lock().expect("forgetter") {
-            for n in names {
-                let _ = tx.send(n);
+            for g in gone {
+                let _ = tx.send(g);
             }
         }
     }
@@ -675,6 +676,13 @@ impl Core {
         }
         s
     }
+}
+
+/// A name the kernel should drop, and the inode it names that is gone.
+pub struct Forget {
+    pub parent: u64,
+    pub ino: u64,
+    pub name: String,
 }
 
 /// How long the kernel keeps archived names and attributes.

@@ -141,16 +141,21 @@ pub fn mount(
         };
         anyhow::anyhow!("cannot mount {}: {e}{hint}", mountpoint.display())
     })?;
-    // The names of files just imported, for the kernel to drop (Core::set_kernel_forgetter).
+    // The inodes of files just imported, for the kernel to forget (Core::set_kernel_forgetter).
     let notifier = session.notifier();
-    let (forget_tx, forget_rx) = std::sync::mpsc::channel::<(u64, String)>();
+    let (forget_tx, forget_rx) = std::sync::mpsc::channel::<core::Forget>();
     core.set_kernel_forgetter(forget_tx);
     std::thread::Builder::new()
         .name("forgetter".into())
         .spawn(move || {
-            for (parent, name) in forget_rx {
-                // ENOENT: the kernel had dropped it already.
-                let _ = notifier.inval_entry(fuser::INodeNo(parent), std::ffi::OsStr::new(&name));
+            for f in forget_rx {
+                let name = std::ffi::OsStr::new(&f.name);
+                let (parent, ino) = (fuser::INodeNo(f.parent), fuser::INodeNo(f.ino));
+                // ENOENT: the kernel had dropped the name already, or it names another
+                // inode by now; then the name alone goes, if it is there.
+                if notifier.delete(parent, ino, name).is_err() {
+                    let _ = notifier.inval_entry(parent, name);
+                }
             }
         })
         .context("cannot start the mount's forgetter thread")?;

@@ -682,9 +682,13 @@ impl Core {
                     g.journalled = None;
                     self.forget_local(&mut g);
                     // Its inode goes on naming the archived file for as long as the kernel
-                    // knows it; the kernel is asked to drop it.
+                    // knows it; the kernel is told it is gone.
                     if self.locals.mark_imported(g.ino, id) {
-                        forget.push((self.dir_ino(g.dir_id), g.name.clone()));
+                        forget.push(super::Forget {
+                            parent: self.dir_ino(g.dir_id),
+                            ino: g.ino,
+                            name: g.name.clone(),
+                        });
                     }
                     done.push(f.key);
                 }
