@@ -483,9 +483,9 @@ impl Filesystem for CairnFs {
     /// Such a program's first `stat` of a listed file (a lookup) starts a stat walk; the
     /// lookups of the rest of that first listing are what it costs. Late in the walk's
     /// window a few files of a reply come as names only again, so that a program still
-    /// stat-ing looks them up and keeps the walk on ([`Core::stat_walk_probe`]). Once a stat walk has
-    /// been on while a directory handle is read, the rest of that handle's replies carry
-    /// attributes, however long it takes to read (`ls -l` of 500,000 files).
+    /// stat-ing looks them up and keeps the walk on ([`Core::stat_walk_probe`]). Once a stat
+    /// walk has been on while a directory handle is read, the rest of that handle's replies
+    /// carry attributes, however long it takes to read (`ls -l` of 500,000 files).
     fn readdirplus(
         &self,
         _req: &Request,
