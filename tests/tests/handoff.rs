@@ -470,9 +470,9 @@ fn directories_made_while_the_catalog_is_locked_are_made_there_once_it_is_free()
 }
 
 /// A file written through the mount is, once archived, the archive's file on this host too:
-/// the kernel is told to drop the name it was written under, so the mount keeps nothing of it
-/// (a mount that writes for months does not grow with every file), and `stat` gives the inode
-/// number every host gives that file.
+/// the kernel is told the inode it was written under is gone, so the mount keeps nothing of
+/// it (a mount that writes for months does not grow with every file), and `stat` gives the
+/// inode number every host gives that file.
 #[test]
 fn a_written_file_once_archived_has_the_inode_every_host_gives_it() {
     if !fuse_available() {
