@@ -477,8 +477,7 @@ impl Config {
             ));
         }
         if let Some(replica) = &self.catalog.replica {
-            let postgres = |u: &str| u.starts_with("postgres://") || u.starts_with("postgresql://");
-            if !postgres(replica) {
+            if !crate::db::postgres::is_postgres_url(replica) {
                 return Err(invalid(
                     "catalog.replica",
                     format!(
@@ -487,7 +486,7 @@ impl Config {
                     ),
                 ));
             }
-            if !postgres(url) {
+            if !crate::db::postgres::is_postgres_url(url) {
                 return Err(invalid(
                     "catalog.replica",
                     "a replica needs a PostgreSQL catalog.url (a SQLite catalog has none)"

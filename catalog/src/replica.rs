@@ -135,6 +135,18 @@ impl Routing {
         self.replica.is_some()
     }
 
+    /// Whether reads are answered at this site, as far as the process can tell without a
+    /// query: by a SQLite catalog, or by a replica in use. A PostgreSQL primary without a
+    /// replica may be across a link; so is the primary a lagging or unreachable replica
+    /// leaves reads to. Decides what is worth a read each time instead of being kept for a
+    /// while (a directory's listing version at every `opendir`).
+    pub fn reads_here(&self) -> bool {
+        match &self.replica {
+            Some(r) => r.status().state == ReplicaState::InUse,
+            None => !postgres::is_postgres_url(&self.url),
+        }
+    }
+
     /// What the last check of the replica found (no query is made); `None` without one.
     pub fn replica_status(&self) -> Option<ReplicaStatus> {
         self.replica.as_ref().map(|r| r.status())

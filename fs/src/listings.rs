@@ -240,6 +240,18 @@ impl Listings {
         stale.len()
     }
 
+    /// Forgets the listing kept of directory `dir_id` unless it was read at listing version
+    /// `version` (the catalog's now): another host changed the directory since.
+    pub fn keep_only_version(&self, dir_id: DirId, version: Option<i64>) {
+        let mut c = self.cache.lock().expect("listings");
+        if c.kept
+            .get(&dir_id)
+            .is_some_and(|k| k.list.version != version)
+        {
+            c.remove(&dir_id);
+        }
+    }
+
     /// Forgets the listing of directory `dir_id`: this mount changed it in the catalog. A
     /// listing of any directory read meanwhile is not kept (it may predate the change).
     pub fn changed_dir(&self, dir_id: DirId) {

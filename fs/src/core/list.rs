@@ -42,7 +42,7 @@ impl Core {
     /// Whether the listing the kernel was last given of `dir_id` still holds, told without
     /// reading it: it was the catalog's alone, nothing of this host's own is in the directory
     /// now, and the catalog's listing version is still the one it was read at (one indexed
-    /// read of one row, or none while the listing kept here is fresh). A warm walk of a tree
+    /// read of one row; across a link, none while the listing kept here is fresh). A warm walk of a tree
     /// nobody changes then reads no listing again; and while the catalog is out of reach, a
     /// directory listed before still lists.
     fn kernel_listing_holds(&self, dir_id: DirId) -> bool {
@@ -53,11 +53,20 @@ impl Core {
         if !self.locals.in_dir(dir_id).is_empty() || !self.localdirs.in_dir(dir_id).is_empty() {
             return false;
         }
-        if let Some(l) = self.listings.fresh(dir_id) {
+        // Read at this site, the version is worth asking at every `opendir`: a file another
+        // host adds shows as soon as the catalog here has it, not after the TTL. Across a
+        // link, a listing younger than the TTL is taken as it is.
+        let here = self.pool.routing().reads_here();
+        if !here && let Some(l) = self.listings.fresh(dir_id) {
             return l.version == Some(version);
         }
         match self.with_cat(|c| Ok(c.read(|tx| tx.dir_listing_version(dir_id))?)) {
-            Ok(now) => now == Some(version),
+            Ok(now) => {
+                if here {
+                    self.listings.keep_only_version(dir_id, now);
+                }
+                now == Some(version)
+            }
             // While the catalog is out of reach the kernel's copy is the last listing known
             // here, as `Remembered::known` is for attributes: it stays.
             Err(e) => super::catalog_out_of_reach(&e),
@@ -318,6 +327,28 @@ mod tests {
         c.listings.changed();
         let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
         assert!(!same, "the catalog's version moved on");
+        assert_eq!(names(&c, a.ino, fh), ["x.dat", "y.dat"]);
+        c.release_handle(fh).unwrap();
+    }
+
+    /// Where the catalog is read at this site (here SQLite), a file another host adds is
+    /// listed at the next `opendir`, the listing's TTL (a minute here) notwithstanding.
+    #[test]
+    fn another_hosts_file_is_listed_at_once_where_the_catalog_is_read_here() {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        register(&c, "a/x.dat");
+        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (fh, _) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert_eq!(names(&c, a.ino, fh), ["x.dat"]);
+        c.release_handle(fh).unwrap();
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(same, "nothing changed");
+        c.release_handle(fh).unwrap();
+
+        register(&c, "a/y.dat");
+        let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
+        assert!(!same, "the kernel's copy is stale");
         assert_eq!(names(&c, a.ino, fh), ["x.dat", "y.dat"]);
         c.release_handle(fh).unwrap();
     }
