@@ -87,6 +87,7 @@ name = "site"
 interval = "10s"
 socket = "$W/$case/run/cairnd.sock"
 lock_file = "$W/$case/run/cairnd.lock"
+log_dir = "$W/$case/log"
 [transfer]
 listen = "127.0.0.1:0"
 [import]
