@@ -555,6 +555,17 @@ pub struct Tx<'a> {
 }
 
 impl Tx<'_> {
+    /// The most files one batch statement of an import takes (`INSERT` of new files, their
+    /// copies, the lookup of what is registered at their paths): a new file binds 10
+    /// parameters, and SQLite takes 32,766 a statement, PostgreSQL 65,535. At a site far from
+    /// the primary each statement is a round trip, so a batch takes as many as fit.
+    pub(crate) fn files_per_statement(&self) -> usize {
+        match self.backend.dialect() {
+            Dialect::Sqlite => 3000,
+            Dialect::Postgres => 6000,
+        }
+    }
+
     pub(crate) fn exec(&mut self, sql: &str, params: &[Value]) -> Result<u64> {
         Ok(self.backend.execute(sql, params)?)
     }

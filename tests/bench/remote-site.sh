@@ -101,7 +101,7 @@ TOML
 }
 
 start_cairnd() {
-    "$BIN/cairnd" --config "$W/$1/cairn.toml" 2>"$W/$1/cairnd.log" &
+    CAIRN_LOG=${CAIRN_LOG:-info} "$BIN/cairnd" --config "$W/$1/cairn.toml" 2>"$W/$1/cairnd.log" &
     echo $! >"$W/cairnd.pid"
     until [ -S "$W/$1/run/cairnd.sock" ]; do sleep 0.05; done
 }

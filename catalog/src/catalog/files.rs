@@ -508,7 +508,7 @@ impl Tx<'_> {
 
     /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
     /// each has on `node_id` if any: what an import needs to know of a batch, in one query
-    /// per [`IN_CHUNK`] paths (in at most 200 directories).
+    /// per [`Tx::files_per_statement`] paths (in at most 200 directories).
     pub fn files_at(
         &mut self,
         paths: &[(&str, &str)],
@@ -527,13 +527,14 @@ impl Tx<'_> {
             }
         }
         let mut found = HashMap::with_capacity(paths.len());
+        let per_statement = self.files_per_statement();
         let mut groups = by_dir.as_slice();
         while !groups.is_empty() {
             // As many directories as fit in one statement.
             let (mut n_dirs, mut n_names) = (0, 0);
             while n_dirs < groups.len()
                 && n_dirs < 200
-                && (n_dirs == 0 || n_names + groups[n_dirs].1.len() <= IN_CHUNK)
+                && (n_dirs == 0 || n_names + groups[n_dirs].1.len() <= per_statement)
             {
                 n_names += groups[n_dirs].1.len();
                 n_dirs += 1;
@@ -806,7 +807,7 @@ impl Tx<'_> {
     }
 
     /// [`Tx::record_copy`] with `has = yes` for many copies, `(file, node, size on node)`, in
-    /// one statement per [`IN_CHUNK`]; a pair given twice is recorded once.
+    /// one statement per [`Tx::files_per_statement`]; a pair given twice is recorded once.
     pub fn record_healthy_copies(
         &mut self,
         copies: &[(FileId, NodeId, Option<u64>)],
@@ -817,7 +818,7 @@ impl Tx<'_> {
             .iter()
             .filter(|(f, n, _)| seen.insert((*f, *n)))
             .collect();
-        for chunk in copies.chunks(IN_CHUNK) {
+        for chunk in copies.chunks(self.files_per_statement()) {
             let mut args: Vec<Value> = Vec::with_capacity(chunk.len() * 7);
             for &&(file_id, node_id, size) in chunk {
                 args.extend([
@@ -1014,11 +1015,10 @@ pub struct NewFile {
     pub own: Ownership,
 }
 
-/// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries. Each
-/// statement is a round trip, which at a site far from the primary is what a batch costs, so
-/// as many as both databases take: the widest (a new file's 10 columns) binds 30,000
-/// parameters, under SQLite's 32,766 (and PostgreSQL's 65,535).
-pub(crate) const IN_CHUNK: usize = 3000;
+/// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries, in any
+/// database (an import's statements take [`Tx::files_per_statement`]): within both
+/// databases' limits on parameters, and few enough distinct statement texts to cache.
+pub(crate) const IN_CHUNK: usize = 1000;
 
 #[derive(Default)]
 struct RegisterCache {

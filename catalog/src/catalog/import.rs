@@ -11,14 +11,14 @@
 //! bytes never change).
 //!
 //! [`Tx::import_copies`] does the same for a batch in a fixed number of statements, whatever
-//! its size (up to [`IN_CHUNK`] files a statement): the directories and acquisitions it needs,
+//! its size (up to [`Tx::files_per_statement`] files a statement): the directories and acquisitions it needs,
 //! the files already registered and their copies on the node, the new files, the copies, and
 //! the auto-actions, each one statement for the whole batch. That is what makes a scan at a
 //! site far from the catalog cost a few round trips per batch instead of several per file.
 
 use std::collections::HashMap;
 
-use super::files::{IN_CHUNK, normalize_path};
+use super::files::normalize_path;
 use super::{Fired, NewFile, Tx};
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
@@ -102,7 +102,7 @@ impl Tx<'_> {
         now: i64,
     ) -> Result<Vec<ImportOutcome>> {
         let mut out = Vec::with_capacity(files.len());
-        for chunk in files.chunks(IN_CHUNK) {
+        for chunk in files.chunks(self.files_per_statement()) {
             out.extend(self.import_chunk(chunk, node_id, now)?);
         }
         Ok(out)

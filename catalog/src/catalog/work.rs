@@ -612,7 +612,7 @@ impl Tx<'_> {
         let mut copies: HashMap<FileId, Vec<(NodeId, Has, Wants)>> = HashMap::new();
         let mut paths: HashMap<FileId, String> = HashMap::new();
         let need_paths = rules.iter().any(|(_, p)| p.is_some());
-        for chunk in file_ids.chunks(IN_CHUNK) {
+        for chunk in file_ids.chunks(self.files_per_statement()) {
             let ids: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
             let list = in_list(chunk.len());
             for r in self.raw(

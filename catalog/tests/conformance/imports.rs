@@ -192,8 +192,8 @@ pub fn import_copies_gives_each_file_the_outcome_of_import_copy(cat: &mut Catalo
 
 pub fn import_copies_takes_batches_larger_than_one_statement(cat: &mut Catalog) {
     let (n1, _, _, _) = two_nodes(cat);
-    // More than the 3,000 files one statement takes.
-    let files: Vec<NewFile> = (0..3203)
+    // More than the 3,000 (SQLite) or 6,000 (PostgreSQL) files one statement takes.
+    let files: Vec<NewFile> = (0..6203)
         .map(|i| {
             let mut f = new_file(&format!("2025/03/{:02}/f{i}.dat", i % 31), i);
             f.acq = format!("2025/03/{:02}", i % 31);
@@ -211,5 +211,5 @@ pub fn import_copies_takes_batches_larger_than_one_statement(cat: &mut Catalog) 
             .all(|o| matches!(o, ImportOutcome::Imported { new_file: true, .. }))
     );
     let on = cat.read(|tx| tx.files_on_node(n1, None, None)).unwrap();
-    assert_eq!(on.len(), 3203);
+    assert_eq!(on.len(), 6203);
 }

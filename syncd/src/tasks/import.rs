@@ -531,9 +531,10 @@ fn keep_aside(ctx: &TaskContext, root: &Path, f: &NewFile) -> Result<NewFile> {
 // ---- scan ----
 
 /// Files a scan looks up and registers at once: one read and one transaction each, of a
-/// few statements (the catalog's batch statements take this many at once), so that a site
-/// far from the primary pays a few round trips per 3,000 files.
-const SCAN_BATCH: usize = 3000;
+/// few statements (a PostgreSQL catalog's batch statements take this many at once,
+/// `Tx::files_per_statement`), so that a site far from the primary pays a few round trips per
+/// 6,000 files.
+const SCAN_BATCH: usize = 6000;
 
 pub(super) fn scan(
     ctx: &TaskContext,
