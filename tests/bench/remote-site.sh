@@ -142,7 +142,7 @@ scan() {
     echo "$(secs "$t0" "$t1") $(rate "$FILES" "$t0" "$t1")"
 }
 
-# 2. The mount, for CASE: prints "find ls stat getfattr cp_rate visible".
+# 2. The mount, for CASE: prints "find ls stat getfattr cp_rate visible cp_returned".
 mount_bench() {
     local case=$1 db t0 t1 f_find f_ls
     db=$(new_catalog "mnt_$case")
@@ -197,6 +197,8 @@ PY
     for i in $(seq 1 1000); do head -c 4096 /dev/urandom >"$W/cpsrc/2025/07/01/c$i.dat"; done
     t0=$(now)
     timeout 120 cp -r "$W/cpsrc/2025" "$W/mnt/" || true
+    local cp_returned
+    cp_returned=$(secs "$t0" "$(now)")
     # All imported, or as many as were within 2 minutes.
     local got=0
     while [ "$got" != 1000 ] && [ "$(secs "$t0" "$(now)" | cut -d. -f1)" -lt 120 ]; do
@@ -215,7 +217,7 @@ PY
     visible=$(secs "$t0" "$t1")
     fusermount3 -u "$W/mnt"
     stop_cairnd
-    echo "$f_find $f_ls $st $gf $cp_rate $visible"
+    echo "$f_find $f_ls $st $gf $cp_rate $visible $cp_returned"
 }
 
 for rtt in $RTTS; do
@@ -241,8 +243,8 @@ for rtt in $RTTS; do
     echo "| primary next to the site | ${l_secs} s | ${l_rate} |"
     echo "| primary ${rtt} ms away, standby at the site | ${f_secs} s | ${f_rate} |"
     if [ "$MOUNT" = 1 ]; then
-        read -r lf ll ls lg lc lv <<<"$(mount_bench local)"
-        read -r ff fl fs fg fc fv <<<"$(mount_bench far)"
+        read -r lf ll ls lg lc lv lr <<<"$(mount_bench local)"
+        read -r ff fl fs fg fc fv fr <<<"$(mount_bench far)"
         echo
         echo "### The mount, ${rtt} ms round trip"
         echo
@@ -253,6 +255,7 @@ for rtt in $RTTS; do
         echo "| \`stat\` of a file not seen yet, median of 20 | ${ls} ms | ${fs} ms |"
         echo "| \`getfattr -n user.cairn.state\` of one, median of 20 | ${lg} ms | ${fg} ms |"
         echo "| \`cp -r\` of 1,000 × 4 KiB, all imported | ${lc} files/s | ${fc} files/s |"
+        echo "| … of which \`cp -r\` itself, until it returns | ${lr} s | ${fr} s |"
         echo "| a file registered at the primary's site, listed here | ${lv} s | ${fv} s |"
     fi
     # Closing its input stops the sites (servers, link) and removes their directory.

@@ -167,13 +167,36 @@ impl Tx<'_> {
 
     /// Makes directory `path` (and its missing parents); a directory it creates gets `own`,
     /// one that exists keeps its own. The directory's id, and whether it was made now.
+    ///
+    /// Where the parent exists, two statements (the parent, then the directory inserted with
+    /// its ownership): `mkdir` at a site far from the primary pays a round trip for each.
     pub fn make_dir(&mut self, path: &str, own: &Ownership, now: i64) -> Result<(DirId, bool)> {
-        if let Some(d) = self.dir_by_path(path)? {
-            return Ok((d.id, false));
+        if path.is_empty() {
+            return Ok((self.ensure_dir(path, now)?, false));
         }
-        let id = self.ensure_dir(path, now)?;
-        self.set_dir_ownership(id, own)?;
-        Ok((id, true))
+        let (parent, name) = split_path(path);
+        let parent_id = self.ensure_dir(parent, now)?;
+        let made = self.raw(
+            "INSERT INTO dir (parent_id, name, path, created_at, owner, grp, mode) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING id",
+            params![
+                parent_id,
+                name,
+                path,
+                now,
+                own.user.as_deref(),
+                own.group.as_deref(),
+                own.mode.map(|m| i64::from(m & 0o7777)),
+            ],
+        )?;
+        match made.first() {
+            Some(r) => Ok((r.get(0)?, true)),
+            // There already (made meanwhile, or before): it keeps its own.
+            None => Ok((
+                self.scalar("SELECT id FROM dir WHERE path = ?", params![path])?,
+                false,
+            )),
+        }
     }
 
     /// Records a directory's owner, group and mode (those given).
