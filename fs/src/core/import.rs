@@ -51,8 +51,12 @@ const RETRY_FIRST: Duration = Duration::from_millis(500);
 /// catalog's return (a link cut for hours costs a try every few seconds).
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
-/// How long the first file due waits for those settling just behind it.
+/// While files come due less than this apart (a program's burst of closes), the first waits
+/// for the others, up to `GATHER_MAX`: a batch costs a few round trips to the primary
+/// whatever its size, so a burst of `cp -r` goes in one, not in the two or three its first
+/// files would start.
 const GATHER: Duration = Duration::from_millis(50);
+const GATHER_MAX: Duration = Duration::from_secs(1);
 
 /// How long reading `user.cairn.md5` of a settling file waits for its import.
 const ASKED_WAIT: Duration = Duration::from_secs(10);
@@ -137,20 +141,36 @@ impl Queue {
     /// (unmounting), and whether it is a retry of what waits for the catalog.
     fn next_batch(&self) -> Option<(Vec<LocalRef>, bool, bool)> {
         let mut w = self.lock();
-        let mut gathered = false;
+        let mut gathering: Option<Instant> = None;
         loop {
             let now = Instant::now();
-            // The first file due waits a moment for those settling just behind it: one batch
-            // (one sync, one transaction) for a program's burst of files, not one each.
-            if !gathered
-                && !w.stopping
+            // The first file due waits for those settling just behind it, as long as they
+            // keep coming due (GATHER apart at most, GATHER_MAX in all): one batch (one sync,
+            // one transaction) for a program's burst of files, not one each.
+            if !w.stopping
                 && w.asked.is_empty()
                 && w.settling.front().is_some_and(|(due, _)| *due <= now)
-                && w.settling.len() > 1
             {
-                gathered = true;
-                w = self.wake.wait_timeout(w, GATHER).expect("import queue").0;
-                continue;
+                let started = *gathering.get_or_insert(now);
+                let due_now = w
+                    .settling
+                    .iter()
+                    .take(BATCH)
+                    .take_while(|(due, _)| *due <= now)
+                    .count();
+                let next = w.settling.iter().map(|(d, _)| *d).find(|d| *d > now);
+                if let Some(next) = next
+                    && due_now < BATCH
+                    && next <= now + GATHER
+                    && next <= started + GATHER_MAX
+                {
+                    w = self
+                        .wake
+                        .wait_timeout(w, next.saturating_duration_since(now))
+                        .expect("import queue")
+                        .0;
+                    continue;
+                }
             }
             let mut batch: Vec<LocalRef> = std::mem::take(&mut w.asked);
             while batch.len() < BATCH
