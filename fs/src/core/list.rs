@@ -42,9 +42,9 @@ impl Core {
     /// Whether the listing the kernel was last given of `dir_id` still holds, told without
     /// reading it: it was the catalog's alone, nothing of this host's own is in the directory
     /// now, and the catalog's listing version is still the one it was read at (one indexed
-    /// read of one row; across a link, none while the listing kept here is fresh). A warm walk of a tree
-    /// nobody changes then reads no listing again; and while the catalog is out of reach, a
-    /// directory listed before still lists.
+    /// read of one row; across a link, none while the listing kept here is fresh). A warm
+    /// walk of a tree nobody changes then reads no listing again; and while the catalog is
+    /// out of reach, a directory listed before still lists.
     fn kernel_listing_holds(&self, dir_id: DirId) -> bool {
         let Some(version) = self.listings.served_version(dir_id) else {
             return false;
