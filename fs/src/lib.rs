@@ -97,6 +97,8 @@ pub fn mount(
     if opts.read_only {
         core_opts.write_node = None;
     }
+    // A thirty-second of `[fs] cache_memory` for SQLite's page caches, on top of it.
+    cairn_catalog::db::sqlite::limit_memory(core_opts.cache_memory as u64 / 32);
     let core =
         Arc::new(core::Core::new(core_opts, &config.import).context("cannot start the mount")?);
     core.start_importer();

@@ -84,6 +84,11 @@ fn main() -> ExitCode {
     // SAFETY: no other thread runs yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Blocks of 128 KiB and more (a large directory's listing, a reply to the kernel) are
+        // mapped and unmapped on their own, as glibc does at first; left to itself it raises
+        // that threshold to the largest block freed, and such blocks then come from the heap,
+        // whose holes between what lives on stay resident.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
     }
     if !foreground && let Err(e) = daemonize() {
         eprintln!("cairnfs: {e:#}");

@@ -20,6 +20,18 @@ pub struct SqliteBackend {
     conn: Connection,
 }
 
+/// Bounds what SQLite keeps in memory in this process, all its connections together (their
+/// page caches, mostly; each would otherwise fill its own 2 MiB as the catalog grows): past
+/// `bytes` SQLite reuses cache pages rather than taking more. A soft limit: a statement that
+/// needs more still gets it.
+pub fn limit_memory(bytes: u64) {
+    let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+    // SAFETY: sets SQLite's process-wide soft heap limit, which may be set at any time.
+    unsafe {
+        rusqlite::ffi::sqlite3_soft_heap_limit64(bytes);
+    }
+}
+
 /// The file path named by a `sqlite://` URL: `sqlite:///abs/path.db` or `sqlite://rel.db`.
 pub fn path_from_url(url: &str) -> Option<PathBuf> {
     let rest = url
