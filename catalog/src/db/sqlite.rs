@@ -160,7 +160,30 @@ fn from_sql(v: ValueRef<'_>) -> Result<Value, DbError> {
     })
 }
 
+/// Statements binding more parameters than this are batch statements, their text made for
+/// one batch's size (`IN (?, ?, …)`, rows of `VALUES`): they are prepared for each use and
+/// not kept. Kept, each size would stay prepared in every connection, up to the cache's 128
+/// statements of up to megabytes each: a mount's memory grew for hours with the sizes of
+/// its import batches.
+const CACHED_PARAMS_MAX: usize = 64;
+
 impl SqliteBackend {
+    /// Runs `f` with `sql` prepared: from the connection's cache, unless it is a batch
+    /// statement.
+    fn with_prepared<T>(
+        &mut self,
+        sql: &str,
+        params: usize,
+        f: impl FnOnce(&mut rusqlite::Statement<'_>) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        if params > CACHED_PARAMS_MAX {
+            f(&mut self.conn.prepare(sql).map_err(map_err)?)
+        } else {
+            let mut st = self.conn.prepare_cached(sql).map_err(map_err)?;
+            f(&mut st)
+        }
+    }
+
     /// Runs a statement without parameters, prepared once per connection (BEGIN and COMMIT
     /// run for every transaction).
     fn run_cached(&mut self, sql: &str) -> Result<(), DbError> {
@@ -184,30 +207,32 @@ impl Backend for SqliteBackend {
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(map_err)?;
         let params: Vec<_> = params.iter().map(to_sql).collect();
-        let n = stmt
-            .execute(rusqlite::params_from_iter(params))
-            .map_err(map_err)?;
-        Ok(n as u64)
+        self.with_prepared(sql, params.len(), |stmt| {
+            let n = stmt
+                .execute(rusqlite::params_from_iter(params))
+                .map_err(map_err)?;
+            Ok(n as u64)
+        })
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(map_err)?;
-        let ncols = stmt.column_count();
         let params: Vec<_> = params.iter().map(to_sql).collect();
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params))
-            .map_err(map_err)?;
-        let mut out = Vec::new();
-        while let Some(r) = rows.next().map_err(map_err)? {
-            let mut vals = Vec::with_capacity(ncols);
-            for i in 0..ncols {
-                vals.push(from_sql(r.get_ref(i).map_err(map_err)?)?);
+        self.with_prepared(sql, params.len(), |stmt| {
+            let ncols = stmt.column_count();
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params))
+                .map_err(map_err)?;
+            let mut out = Vec::new();
+            while let Some(r) = rows.next().map_err(map_err)? {
+                let mut vals = Vec::with_capacity(ncols);
+                for i in 0..ncols {
+                    vals.push(from_sql(r.get_ref(i).map_err(map_err)?)?);
+                }
+                out.push(Row(vals));
             }
-            out.push(Row(vals));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     fn execute_batch(&mut self, sql: &str) -> Result<(), DbError> {
@@ -237,6 +262,37 @@ impl Backend for SqliteBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Batch statements of many sizes (an import's, a batch at a time) leave nothing
+    /// prepared behind them.
+    #[test]
+    fn batch_statements_are_not_kept_prepared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
+        b.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
+            .unwrap();
+        let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        let insert = |b: &mut SqliteBackend, rows: usize| {
+            let sql = format!(
+                "INSERT INTO t (a, b) VALUES {}",
+                vec!["(?, ?)"; rows].join(", ")
+            );
+            let args: Vec<Value> = (0..rows)
+                .flat_map(|i| [Value::Int(i as i64), Value::Text(format!("f{i}"))])
+                .collect();
+            b.execute(&sql, &args).unwrap();
+        };
+        insert(&mut b, 100);
+        let before = used();
+        for rows in 101..160 {
+            insert(&mut b, rows);
+        }
+        let grown = used() - before;
+        assert!(
+            grown < 512 << 10,
+            "59 batch statements left {grown} bytes with SQLite"
+        );
+    }
 
     #[test]
     fn url_forms() {
