@@ -531,7 +531,7 @@ impl Tx<'_> {
 
     /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
     /// each has on `node_id` if any: what an import needs to know of a batch, in one query
-    /// per [`Tx::files_per_statement`] paths (in at most 200 directories).
+    /// per `Tx::files_per_statement` paths (in at most 200 directories).
     pub fn files_at(
         &mut self,
         paths: &[(&str, &str)],
@@ -830,7 +830,7 @@ impl Tx<'_> {
     }
 
     /// [`Tx::record_copy`] with `has = yes` for many copies, `(file, node, size on node)`, in
-    /// one statement per [`Tx::files_per_statement`]; a pair given twice is recorded once.
+    /// one statement per `Tx::files_per_statement`; a pair given twice is recorded once.
     pub fn record_healthy_copies(
         &mut self,
         copies: &[(FileId, NodeId, Option<u64>)],
@@ -1039,7 +1039,7 @@ pub struct NewFile {
 }
 
 /// Most values in one `IN (…)` list or multi-row `VALUES` of the batch queries, in any
-/// database (an import's statements take [`Tx::files_per_statement`]): within both
+/// database (an import's statements take `Tx::files_per_statement`): within both
 /// databases' limits on parameters, and few enough distinct statement texts to cache.
 pub(crate) const IN_CHUNK: usize = 1000;
 

@@ -11,7 +11,7 @@
 //! bytes never change).
 //!
 //! [`Tx::import_copies`] does the same for a batch in a fixed number of statements, whatever
-//! its size (up to [`Tx::files_per_statement`] files a statement): the directories and
+//! its size (up to `Tx::files_per_statement` files a statement): the directories and
 //! acquisitions it needs, the files already registered and their copies on the node, the new
 //! files, the copies, and the auto-actions, each one statement for the whole batch. That is
 //! what makes a scan at a site far from the catalog cost a few round trips per batch instead

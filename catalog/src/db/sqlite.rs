@@ -5,7 +5,7 @@
 //! `BEGIN IMMEDIATE`, so a write transaction waits in SQLite's busy handler instead of failing
 //! half-way; what still comes back as `SQLITE_BUSY` is retried by [`crate::Catalog`].
 //! Named queries stay prepared per connection; batch statements, whose text is made for one
-//! batch's size, are prepared for each use ([`CACHED_PARAMS_MAX`]). What SQLite holds in all
+//! batch's size, are prepared for each use (`CACHED_PARAMS_MAX`). What SQLite holds in all
 //! of a process's connections can be bounded with [`limit_memory`].
 
 use std::path::{Path, PathBuf};
