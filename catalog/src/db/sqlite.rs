@@ -274,6 +274,8 @@ mod tests {
         let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
         b.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
             .unwrap();
+        // SQLite's memory in this process (nextest runs each test in a process of its own).
+        // SAFETY: reads one of SQLite's counters.
         let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
         let insert = |b: &mut SqliteBackend, rows: usize| {
             let sql = format!(
