@@ -142,7 +142,7 @@ impl Routing {
     /// while (a directory's listing version at every `opendir`).
     pub fn reads_here(&self) -> bool {
         match &self.replica {
-            Some(r) => r.status().state == ReplicaState::InUse,
+            Some(r) => r.health() == ReplicaState::InUse,
             None => !postgres::is_postgres_url(&self.url),
         }
     }
@@ -318,6 +318,11 @@ impl Replica {
             replayed: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         }
+    }
+
+    /// Where the last check left it (no query, nothing copied).
+    fn health(&self) -> ReplicaState {
+        self.lock().health
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
