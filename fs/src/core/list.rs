@@ -293,6 +293,15 @@ mod tests {
         .unwrap();
     }
 
+    /// A mount whose catalog has `a/x.dat`, and directory `a` looked up.
+    fn dir_a_with_x() -> (tempfile::TempDir, Core, crate::attr::Attr) {
+        let d = tempfile::tempdir().unwrap();
+        let c = core(d.path());
+        register(&c, "a/x.dat");
+        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        (d, c, a)
+    }
+
     fn names(c: &Core, ino: u64, fh: u64) -> Vec<String> {
         let l = c.readdir(ino, fh).unwrap();
         l.entries.iter().map(|e| e.name.clone()).collect()
@@ -302,10 +311,7 @@ mod tests {
     /// and sees at once what another host added.
     #[test]
     fn the_kernel_keeps_its_listing_while_the_catalog_version_holds() {
-        let d = tempfile::tempdir().unwrap();
-        let c = core(d.path());
-        register(&c, "a/x.dat");
-        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (_d, c, a) = dir_a_with_x();
         let (fh, same) = c.opendir(&Caller::ROOT, a.ino).unwrap();
         assert!(!same, "first listing");
         assert_eq!(names(&c, a.ino, fh), ["x.dat"]);
@@ -335,10 +341,7 @@ mod tests {
     /// listed at the next `opendir`, the listing's TTL (a minute here) notwithstanding.
     #[test]
     fn another_hosts_file_is_listed_at_once_where_the_catalog_is_read_here() {
-        let d = tempfile::tempdir().unwrap();
-        let c = core(d.path());
-        register(&c, "a/x.dat");
-        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (_d, c, a) = dir_a_with_x();
         let (fh, _) = c.opendir(&Caller::ROOT, a.ino).unwrap();
         assert_eq!(names(&c, a.ino, fh), ["x.dat"]);
         c.release_handle(fh).unwrap();
@@ -357,10 +360,7 @@ mod tests {
     /// (`du` after `find`): the kernel would look each file up on its own.
     #[test]
     fn a_copy_of_names_only_is_not_kept_for_a_stat_walk() {
-        let d = tempfile::tempdir().unwrap();
-        let c = core(d.path());
-        register(&c, "a/x.dat");
-        let a = c.lookup(&Caller::ROOT, ROOT_INO, OsStr::new("a")).unwrap();
+        let (_d, c, a) = dir_a_with_x();
         let (fh, _) = c.opendir(&Caller::ROOT, a.ino).unwrap();
         c.readdir(a.ino, fh).unwrap();
         c.served_names_only(a.ino);
