@@ -138,8 +138,10 @@ pub fn plan(
         g
     };
     let mut small = Vec::new();
-    for r in cat.read(|tx| tx.due_copy_requests(&groups, t, batch * 32))? {
-        let Some(source) = sources.for_request(cat, &r)?.into_iter().next() else {
+    let due = cat.read(|tx| tx.due_copy_requests(&groups, t, batch * 32))?;
+    let found = sources.for_requests(cat, &due)?;
+    for (r, found) in due.into_iter().zip(found) {
+        let Some(source) = found.into_iter().next() else {
             continue;
         };
         if r.size <= pullbatch::MAX_FILE && sources.pulled_in_batches(&source) {

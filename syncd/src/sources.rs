@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cairn_catalog::Catalog;
+use cairn_catalog::catalog::SourceCopy;
 use cairn_catalog::config::TransferMethod;
 use cairn_catalog::error::Result;
 use cairn_catalog::model::{CopyRequest, FileId, GroupId, IoClass, NodeId};
@@ -61,21 +62,55 @@ impl Sources {
 
     /// Where a requested file can be read from, best first.
     pub fn for_request(&self, cat: &mut Catalog, r: &CopyRequest) -> Result<Vec<Source>> {
-        let group = cat.read(|tx| tx.group(&r.to_group))?;
-        // A transport disk takes copies only from the host it is plugged into.
-        let local_only = group.io_class == IoClass::Transport;
-        let wanted = Wanted {
-            file_id: r.file_id,
-            path: &r.path,
-            size: r.size,
-        };
-        self.for_file(
-            cat,
-            wanted,
-            Some(r.to_group_id),
-            Some(r.from_node_id),
-            local_only,
-        )
+        Ok(self
+            .for_requests(cat, std::slice::from_ref(r))?
+            .pop()
+            .unwrap_or_default())
+    }
+
+    /// [`Sources::for_request`] of each of `requests`, read in one transaction (a query per
+    /// destination group, and one for the copies of all their files).
+    pub fn for_requests(
+        &self,
+        cat: &mut Catalog,
+        requests: &[CopyRequest],
+    ) -> Result<Vec<Vec<Source>>> {
+        let (local_only, copies) = cat.read(|tx| {
+            let mut transport: HashMap<&str, bool> = HashMap::new();
+            let mut local_only = Vec::with_capacity(requests.len());
+            for r in requests {
+                let t = match transport.get(r.to_group.as_str()) {
+                    Some(t) => *t,
+                    None => {
+                        let t = tx.group(&r.to_group)?.io_class == IoClass::Transport;
+                        transport.insert(&r.to_group, t);
+                        t
+                    }
+                };
+                local_only.push(t);
+            }
+            let ids: Vec<FileId> = requests.iter().map(|r| r.file_id).collect();
+            Ok((local_only, tx.source_copies_of(&ids)?))
+        })?;
+        Ok(requests
+            .iter()
+            .zip(local_only)
+            .map(|(r, local_only)| {
+                let wanted = Wanted {
+                    file_id: r.file_id,
+                    path: &r.path,
+                    size: r.size,
+                };
+                // A transport disk takes copies only from the host it is plugged into.
+                self.rank(
+                    copies.get(&r.file_id).cloned().unwrap_or_default(),
+                    wanted,
+                    Some(r.to_group_id),
+                    Some(r.from_node_id),
+                    local_only,
+                )
+            })
+            .collect())
     }
 
     /// Where a file can be read from, best first: `preferred` if it is here, other copies here,
@@ -84,16 +119,24 @@ impl Sources {
     pub fn for_file(
         &self,
         cat: &mut Catalog,
-        Wanted {
-            file_id,
-            path,
-            size,
-        }: Wanted<'_>,
+        wanted: Wanted<'_>,
         exclude_group: Option<GroupId>,
         preferred: Option<NodeId>,
         local_only: bool,
     ) -> Result<Vec<Source>> {
-        let copies = cat.read(|tx| tx.source_copies(file_id))?;
+        let copies = cat.read(|tx| tx.source_copies(wanted.file_id))?;
+        Ok(self.rank(copies, wanted, exclude_group, preferred, local_only))
+    }
+
+    /// `copies` of a file ranked as [`Sources::for_file`] says.
+    fn rank(
+        &self,
+        copies: Vec<SourceCopy>,
+        Wanted { path, size, .. }: Wanted<'_>,
+        exclude_group: Option<GroupId>,
+        preferred: Option<NodeId>,
+        local_only: bool,
+    ) -> Vec<Source> {
         let failures = self
             .peer_failures
             .lock()
@@ -156,7 +199,7 @@ impl Sources {
             }
         }
         ranked.sort_by_key(|(k, _)| *k);
-        Ok(ranked.into_iter().map(|(_, s)| s).collect())
+        ranked.into_iter().map(|(_, s)| s).collect()
     }
 
     /// Records how a pull from peer `host` went: a failure puts its copies behind other

@@ -529,6 +529,19 @@ impl Tx<'_> {
             .ok_or_else(|| CatalogError::not_found("file", format!("#{id}")))
     }
 
+    /// The files of `ids` that are registered, by id, in one query per `IN_CHUNK` ids.
+    pub fn files_by_ids(&mut self, ids: &[FileId]) -> Result<HashMap<FileId, File>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
+            let sql = file_query(&format!("WHERE f.id IN ({})", super::in_list(chunk.len())));
+            for f in self.rows::<File>(&sql, &args)? {
+                found.insert(f.id, f);
+            }
+        }
+        Ok(found)
+    }
+
     /// The files registered at `paths` (normalised, as `(directory, name)`), with the copy
     /// each has on `node_id` if any: what an import needs to know of a batch, in one query
     /// per `Tx::files_per_statement` paths (in at most 200 directories).

@@ -165,16 +165,34 @@ impl Tx<'_> {
 
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
     pub fn source_copies(&mut self, file_id: FileId) -> Result<Vec<SourceCopy>> {
-        let rows = self.raw(
-            "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address, n.root, \
-             n.username, n.address, n.paused + COALESCE(h.paused, 0) FROM copy c \
-             JOIN node n ON n.id = c.node_id LEFT JOIN host h ON h.id = n.host_id \
-             WHERE c.file_id = ? AND c.has = 'yes' ORDER BY n.name",
-            params![file_id],
-        )?;
-        rows.iter()
-            .map(|r| {
-                Ok(SourceCopy {
+        Ok(self
+            .source_copies_of(&[file_id])?
+            .remove(&file_id)
+            .unwrap_or_default())
+    }
+
+    /// [`Tx::source_copies`] of many files, in one query per `IN_CHUNK` files; a file
+    /// without a healthy copy has no entry.
+    pub fn source_copies_of(
+        &mut self,
+        file_ids: &[FileId],
+    ) -> Result<HashMap<FileId, Vec<SourceCopy>>> {
+        let mut found: HashMap<FileId, Vec<SourceCopy>> = HashMap::new();
+        for chunk in file_ids.chunks(IN_CHUNK) {
+            let ids: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
+            let rows = self.raw(
+                &format!(
+                    "SELECT c.id, n.id, n.name, n.group_id, n.active, h.name, h.address, \
+                     n.root, n.username, n.address, n.paused + COALESCE(h.paused, 0), \
+                     c.file_id FROM copy c \
+                     JOIN node n ON n.id = c.node_id LEFT JOIN host h ON h.id = n.host_id \
+                     WHERE c.file_id IN ({}) AND c.has = 'yes' ORDER BY c.file_id, n.name",
+                    in_list(chunk.len())
+                ),
+                &ids,
+            )?;
+            for r in &rows {
+                found.entry(r.get(11)?).or_default().push(SourceCopy {
                     copy_id: r.get(0)?,
                     node_id: r.get(1)?,
                     node: r.get(2)?,
@@ -186,9 +204,10 @@ impl Tx<'_> {
                     login_user: r.get(8)?,
                     login_address: r.get(9)?,
                     paused: r.get(10)?,
-                })
-            })
-            .collect()
+                });
+            }
+        }
+        Ok(found)
     }
 
     /// Pending copy requests into `groups` that are due at `now`, oldest first.

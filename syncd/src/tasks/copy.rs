@@ -2,6 +2,7 @@
 //! source, transfer into `.cairn/tmp/`, md5 check, fsync, the marker checked again, install,
 //! record with auto-actions — or a retry with backoff (invariant 2).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -10,7 +11,7 @@ use anyhow::Result;
 use cairn_catalog::Catalog;
 use cairn_catalog::catalog::Arrival;
 use cairn_catalog::model::{
-    CopyRequest, File, Has, IoClass, Node, NodeId, NodeKind, RequestId, RequestState,
+    CopyRequest, File, FileId, Has, IoClass, Node, NodeId, NodeKind, RequestId, RequestState,
 };
 use cairn_catalog::rules::{self, NodeSpace, TransportCandidate};
 use cairn_catalog::units::{format_size, now};
@@ -161,23 +162,102 @@ pub(super) fn prepare(
     r: &CopyRequest,
     spaces: &mut Spaces,
 ) -> Result<Prepared, CopyFailure> {
-    let file = cat.read(|tx| tx.file_by_id(r.file_id))?;
-    let dest = choose_destination(ctx, cat, r)?;
-    let root = PathBuf::from(dest.root.clone().unwrap_or_default());
-    // The destination may be a disk pulled out since the last loop: write only onto the disk
-    // whose marker says it is this node (never into the empty mount point below it).
-    let still_there =
-        || NodeRoot::new(&root).check(&dest.name, &ctx.host.catalog_id) == RootState::Ready;
-    if !still_there() {
-        return Err(CopyFailure::Cancelled);
+    prepare_many(ctx, cat, std::slice::from_ref(r), spaces)?
+        .pop()
+        .expect("one request, one outcome")
+}
+
+/// [`prepare`] of each of `requests`, in order, with what they ask of the catalog read
+/// together (their files and sources in one transaction), and the destination chosen and its
+/// disk checked once per group rather than once per file. Only a catalog failure fails them
+/// all.
+pub(super) fn prepare_many(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    requests: &[CopyRequest],
+    spaces: &mut Spaces,
+) -> Result<Vec<Result<Prepared, CopyFailure>>> {
+    let ids: Vec<FileId> = requests.iter().map(|r| r.file_id).collect();
+    let mut files = cat.read(|tx| tx.files_by_ids(&ids))?;
+    let sources = ctx.sources.for_requests(cat, requests)?;
+    // A group's destination, and whether its disk is in place, once per batch (a transport
+    // group's depends on each file's size: chosen for each).
+    let mut dests: HashMap<String, Result<(Node, bool), CopyFailure>> = HashMap::new();
+    let mut out = Vec::with_capacity(requests.len());
+    for (r, found) in requests.iter().zip(sources) {
+        let Some(file) = files.remove(&r.file_id) else {
+            let gone = cairn_catalog::CatalogError::not_found("file", format!("#{}", r.file_id));
+            return Err(gone.into());
+        };
+        let dest = match dests.get(&r.to_group) {
+            Some(Ok(d)) => Ok(d.clone()),
+            Some(Err(_)) => Err(CopyFailure::Cancelled),
+            None => {
+                let chosen = choose_destination(ctx, cat, r).map(|(dest, per_file)| {
+                    let root = PathBuf::from(dest.root.clone().unwrap_or_default());
+                    // The destination may be a disk pulled out since the last loop: write
+                    // only onto the disk whose marker says it is this node (never into the
+                    // empty mount point below it).
+                    let ready = NodeRoot::new(&root).check(&dest.name, &ctx.host.catalog_id)
+                        == RootState::Ready;
+                    ((dest, per_file), ready)
+                });
+                let per_file = matches!(&chosen, Ok(((_, true), _)));
+                let chosen = chosen.map(|((dest, _), ready)| (dest, ready));
+                match chosen {
+                    Err(CopyFailure::Catalog(e)) => return Err(e),
+                    Err(f) => {
+                        // Every request of the group would fail the same way.
+                        let again = match &f {
+                            CopyFailure::Failed(why) => CopyFailure::Failed(why.clone()),
+                            _ => CopyFailure::Cancelled,
+                        };
+                        dests.insert(r.to_group.clone(), Err(again));
+                        Err(f)
+                    }
+                    Ok(d) => {
+                        if !per_file {
+                            dests.insert(r.to_group.clone(), Ok(d.clone()));
+                        }
+                        Ok(d)
+                    }
+                }
+            }
+        };
+        let outcome = match dest {
+            Ok((_, false)) => Err(CopyFailure::Cancelled),
+            Ok((dest, true)) => prepare_one(ctx, cat, r, file, dest, found, spaces),
+            Err(f) => Err(f),
+        };
+        if let Err(CopyFailure::Catalog(e)) = outcome {
+            return Err(e);
+        }
+        out.push(outcome);
     }
+    Ok(out)
+}
+
+/// [`prepare`]'s steps for one file, its destination chosen (its disk in place) and its
+/// sources found (`found`, best first).
+fn prepare_one(
+    ctx: &TaskContext,
+    cat: &mut Catalog,
+    r: &CopyRequest,
+    file: File,
+    dest: Node,
+    found: Vec<Source>,
+    spaces: &mut Spaces,
+) -> Result<Prepared, CopyFailure> {
+    let root = PathBuf::from(dest.root.clone().unwrap_or_default());
     let final_path = root.join(&file.path);
     let t0 = Instant::now();
 
     // Pre-pull search: the file may be there already (copied by hand, or by an earlier run
-    // that stopped before recording it).
+    // that stopped before recording it). Nothing at the name, the usual case, is one `lstat`.
+    let there = std::fs::symlink_metadata(&final_path).is_ok();
     debug!("Pre-pull search for {} in {}", file.path, dest.name);
-    if let Ok(meta) = std::fs::metadata(&final_path)
+    if there
+        && let Ok(meta) = std::fs::metadata(&final_path)
         && meta.is_file()
         && meta.len() == file.size
         && let Ok((_, md5)) = copyfile::md5_of(&final_path, &ctx.cancel)
@@ -192,7 +272,7 @@ pub(super) fn prepare(
     }
     // Something else is at the archive name. Overwrite it only if it is this file's own copy
     // gone bad; a file the catalog does not know is not cairn's to touch (invariant 6).
-    if std::fs::symlink_metadata(&final_path).is_ok() {
+    if there {
         let ours = cat
             .read(|tx| tx.copy_on(file.id, dest.id))?
             .is_some_and(|c| c.has != Has::No);
@@ -236,7 +316,7 @@ pub(super) fn prepare(
             ..known
         },
     );
-    let Some(source) = ctx.sources.for_request(cat, r)?.into_iter().next() else {
+    let Some(source) = found.into_iter().next() else {
         return Err(CopyFailure::Cancelled);
     };
     Ok(Prepared::Pull(Box::new(Pull {
@@ -478,12 +558,13 @@ fn node_space(cat: &mut Catalog, node: &Node) -> Result<NodeSpace> {
 }
 
 /// The node of the destination group on this host that takes the copy: the group's node here,
-/// or for a transport group the fullest disk that still fits.
+/// or for a transport group the fullest disk that still fits (then `true`: chosen for this
+/// file's size).
 fn choose_destination(
     ctx: &TaskContext,
     cat: &mut Catalog,
     r: &CopyRequest,
-) -> Result<Node, CopyFailure> {
+) -> Result<(Node, bool), CopyFailure> {
     let group = cat.read(|tx| tx.group(&r.to_group))?;
     let here: Vec<Node> = ctx
         .nodes
@@ -507,12 +588,10 @@ fn choose_destination(
         }
         let chosen = rules::choose_transport(&cands, ctx.host.id, r.size)
             .map_err(|e| CopyFailure::Failed(e.to_string()))?;
-        return Ok(here
-            .into_iter()
-            .find(|n| n.id == chosen)
-            .expect("chosen among candidates"));
+        let dest = here.into_iter().find(|n| n.id == chosen);
+        return Ok((dest.expect("chosen among candidates"), true));
     }
     let mut here = here;
     here.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(here.remove(0))
+    Ok((here.remove(0), false))
 }

@@ -52,12 +52,13 @@ pub(super) fn copy_batch(ctx: &TaskContext, requests: Vec<CopyRequest>) -> Resul
         let mut by_peer: HashMap<Peer, Vec<(CopyRequest, Pull)>> = HashMap::new();
         let mut singles = Vec::new();
         let mut spaces = copy::Spaces::new();
-        for r in won {
+        let prepared = copy::prepare_many(ctx, cat, &won, &mut spaces)?;
+        for (r, prepared) in won.into_iter().zip(prepared) {
             if ctx.is_cancelled() {
                 copy::settle(ctx, cat, &r, Err(CopyFailure::Cancelled))?;
                 continue;
             }
-            match copy::prepare(ctx, cat, &r, &mut spaces) {
+            match prepared {
                 Ok(Prepared::Found) => {}
                 Ok(Prepared::Pull(pull)) => match ctx.transfer.batch_peer(&pull.source) {
                     Some(peer) if pull.file.size <= MAX_FILE => {
@@ -193,8 +194,13 @@ fn pull_from(
         return Ok(());
     }
     let mut installed = Vec::with_capacity(intact.len());
+    // Each destination's marker read once, after the sync, before any name is given.
+    let mut there: HashMap<PathBuf, bool> = HashMap::new();
     for (f, bytes) in intact {
-        let outcome = if !f.pull.still_there(ctx) {
+        let still_there = *there
+            .entry(f.pull.root.clone())
+            .or_insert_with(|| f.pull.still_there(ctx));
+        let outcome = if !still_there {
             Err(CopyFailure::Failed(format!(
                 "node \"{}\" went away during the copy (its disk is no longer at {})",
                 f.pull.dest.name,
