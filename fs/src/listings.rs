@@ -49,6 +49,12 @@ pub const PROBE_FILES: usize = 8;
 /// Subdirectories of an opened directory whose listings are read ahead.
 pub const READ_AHEAD: usize = 256;
 
+/// How long after reading ahead below a directory opening it again reads nothing ahead.
+pub const READ_AHEAD_AGAIN: Duration = Duration::from_secs(60);
+
+/// Directories whose subdirectories were read ahead lately, remembered (the most recent).
+const READ_AHEAD_PARENTS: usize = 4096;
+
 /// A directory's entries, shared by the open handles that read them.
 pub type Listing = Arc<DirList>;
 
@@ -154,6 +160,8 @@ pub struct Listings {
     served: Mutex<LruCache<DirId, Served>>,
     /// Directory inodes whose listings the prefetcher should read ahead.
     prefetch: Mutex<Option<SyncSender<u64>>>,
+    /// When the subdirectories of each directory were last read ahead (the most recent).
+    read_ahead_at: Mutex<LruCache<DirId, Instant>>,
     /// When (ms after `started`) a file was last looked up in a listing just read.
     stat_walk_seen: AtomicU64,
     started: Instant,
@@ -171,6 +179,7 @@ impl Listings {
             // A few words and a key each; a small share of the budget.
             served: Mutex::new(LruCache::new((budget / 16 / 64).max(1024))),
             prefetch: Mutex::new(None),
+            read_ahead_at: Mutex::new(LruCache::new(READ_AHEAD_PARENTS)),
             stat_walk_seen: AtomicU64::new(0),
             started: Instant::now(),
         }
@@ -348,14 +357,26 @@ impl Listings {
         *self.prefetch.lock().expect("prefetch") = Some(tx);
     }
 
-    /// Asks the prefetcher to read the listings of a directory's subdirectories (at most
-    /// [`READ_AHEAD`]) that this mount has not listed yet. Only one level: what is read ahead
-    /// triggers nothing further until a program opens it; and a directory listed again and
-    /// again (`ls` in a loop) reads nothing ahead after the first time. `dir_id` maps an
-    /// entry's inode to its directory id.
-    pub fn read_ahead(&self, list: &DirList, dir_id: impl Fn(u64) -> Option<DirId>) {
+    /// Asks the prefetcher to read the listings of the subdirectories of directory `parent`
+    /// (at most [`READ_AHEAD`], from its listing `list`) that this mount has not listed yet.
+    /// Only one level: what is read ahead triggers nothing further until a program opens it.
+    /// And once in [`READ_AHEAD_AGAIN`] for each directory: one listed again and again (`ls`
+    /// in a loop) would otherwise read ahead, at each listing, every subdirectory whose
+    /// listing read ahead the time before had expired unused, and hold them all until they
+    /// expire again. `dir_id` maps an entry's inode to its directory id.
+    pub fn read_ahead(&self, parent: DirId, list: &DirList, dir_id: impl Fn(u64) -> Option<DirId>) {
         let q = self.prefetch.lock().expect("prefetch");
         let Some(tx) = &*q else { return };
+        {
+            let mut at = self.read_ahead_at.lock().expect("read ahead");
+            if at
+                .get(&parent)
+                .is_some_and(|t| t.elapsed() < READ_AHEAD_AGAIN)
+            {
+                return;
+            }
+            at.insert(parent, Instant::now());
+        }
         let new: Vec<u64> = {
             let listed = &self.cache.lock().expect("listings").kept;
             list.entries
@@ -463,6 +484,40 @@ mod tests {
         assert_eq!(c.len(), 1);
         assert!(c.fresh(DirId(3)).is_some());
         assert_eq!(c.drop_expired(), 0);
+    }
+
+    #[test]
+    fn a_directory_listed_again_and_again_reads_ahead_once() {
+        let c = Listings::new(Duration::from_millis(1), 1 << 30);
+        let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD * 4);
+        c.set_prefetcher(tx);
+        let sub = |i: u64| Entry {
+            name: format!("d{i}"),
+            attr: Attr {
+                ino: i << 2,
+                kind: Kind::Dir,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                perm: 0o755,
+                uid: 0,
+                gid: 0,
+            },
+        };
+        let parent = DirList::new((1..=3).map(sub).collect());
+        let ids = |ino: u64| Some(DirId((ino >> 2) as i64));
+        c.read_ahead(DirId(100), &parent, ids);
+        assert_eq!(
+            rx.try_iter().count(),
+            3,
+            "the first listing reads its subdirectories"
+        );
+        // What was read ahead expired unused; the parent is listed again.
+        std::thread::sleep(Duration::from_millis(5));
+        c.drop_expired();
+        c.read_ahead(DirId(100), &parent, ids);
+        assert_eq!(rx.try_iter().count(), 0, "nothing again so soon");
+        c.read_ahead(DirId(200), &parent, ids);
+        assert_eq!(rx.try_iter().count(), 3, "another directory reads ahead");
     }
 
     #[test]

@@ -35,7 +35,7 @@ impl Core {
         let list = self.listing(ino, dir_id)?;
         let same = self.listings.served(dir_id, &list);
         self.listings
-            .read_ahead(&list, |ino| Ino::from(ino).dir_id(self.root_dir));
+            .read_ahead(dir_id, &list, |ino| Ino::from(ino).dir_id(self.root_dir));
         Ok((self.handles.insert(Handle::dir(list)), same))
     }
 
