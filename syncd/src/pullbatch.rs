@@ -29,8 +29,9 @@ pub const MAX_FILE: u64 = 1 << 20;
 /// At most this many files in one batch.
 pub const MAX_FILES: usize = 256;
 
-/// At most this many bytes of files in one batch.
-pub const MAX_BYTES: u64 = 32 << 20;
+/// At most this many bytes of files in one batch (the receiver holds a batch in memory until
+/// it lands).
+pub const MAX_BYTES: u64 = 16 << 20;
 
 /// The longest header line a receiver accepts (a reason is cut to fit).
 pub const MAX_HEADER: usize = 512;

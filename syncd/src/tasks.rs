@@ -209,6 +209,8 @@ pub struct TaskContext {
     pub cancel: Arc<AtomicBool>,
     /// What the copy tasks write to the catalog, in shared transactions ([`Batches`]).
     pub batches: Batches,
+    /// Batched pulls land one at a time on each destination root ([`Landings`]).
+    pub landings: Landings,
     /// Set when files found on a node wait there for the catalog (and at start, for what an
     /// earlier run left): the replayer registers them once it answers.
     pub registrations_waiting: Arc<AtomicBool>,
@@ -290,6 +292,23 @@ pub struct Batches {
     pub claims: Batcher<RequestId, bool>,
     /// Copies arrived; the auto-actions each set off.
     pub arrivals: Batcher<Arrival, Vec<Fired>>,
+}
+
+/// A lock per destination root, held while a batched pull lands there (its files written,
+/// synced, installed, synced and recorded): see `pull_batch::pull_from`.
+#[derive(Default)]
+pub struct Landings(Mutex<HashMap<PathBuf, Arc<Mutex<()>>>>);
+
+impl Landings {
+    /// The locks of `roots` (sorted, so that batches that land on several roots take them in
+    /// one order).
+    pub fn of(&self, roots: &[PathBuf]) -> Vec<Arc<Mutex<()>>> {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        roots
+            .iter()
+            .map(|r| all.entry(r.clone()).or_default().clone())
+            .collect()
+    }
 }
 
 impl TaskContext {

@@ -62,16 +62,17 @@ pub trait Transfer: Send + Sync {
     /// way (a copy on this host, or a pull by rsync).
     fn batch_peer(&self, source: &Source) -> Option<Peer>;
 
-    /// Pulls several small copies from `peer` in one request ([`crate::pullbatch`]): each
-    /// item's bytes go into its `tmp` (created or truncated, not fsynced). One result per item,
-    /// in order: an item the peer refused, or that the stream did not deliver, fails alone.
-    /// Stops with `ErrorKind::Interrupted` when `cancel` is set.
+    /// Pulls several small copies from `peer` in one request ([`crate::pullbatch`]), into
+    /// memory (a batch holds at most [`crate::pullbatch::MAX_BYTES`]): the caller writes them
+    /// where they go. One result per item, in order: an item the peer refused, or that the
+    /// stream did not deliver, fails alone. Stops with `ErrorKind::Interrupted` when `cancel`
+    /// is set.
     fn fetch_batch(
         &self,
         peer: &Peer,
         items: &[BatchItem],
         cancel: &AtomicBool,
-    ) -> Vec<std::io::Result<Copied>>;
+    ) -> Vec<std::io::Result<Fetched>>;
 }
 
 /// Another host's cairnd, to pull from.
@@ -82,13 +83,17 @@ pub struct Peer {
     pub address: String,
 }
 
-/// One file of a batched pull: the source copy, its size in the catalog, and where its bytes
-/// go.
+/// One file of a batched pull: the source copy and its size in the catalog.
 #[derive(Debug, Clone)]
 pub struct BatchItem {
     pub copy_id: CopyId,
     pub size: u64,
-    pub tmp: PathBuf,
+}
+
+/// A file of a batched pull as it arrived: its bytes and their md5.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub md5: String,
 }
 
 /// How this host proves to others that it is a host of the archive when it pulls.
@@ -224,7 +229,7 @@ impl Puller {
         peer: &Peer,
         items: &[BatchItem],
         cancel: &AtomicBool,
-        results: &mut Vec<std::io::Result<Copied>>,
+        results: &mut Vec<std::io::Result<Fetched>>,
     ) -> std::io::Result<()> {
         use std::io::BufRead;
         let (scheme, bearer) = self.credentials()?;
@@ -322,7 +327,7 @@ impl Puller {
                 }
                 pullbatch::Header::File { size, .. } => size,
             };
-            // Small files: read whole, hashed and written in one go (no pipeline to set up).
+            // Small files: read whole and hashed in one go (no pipeline to set up).
             let mut bytes = vec![0; size as usize];
             reader.read_exact(&mut bytes).map_err(|e| {
                 cut(format!(
@@ -332,14 +337,8 @@ impl Puller {
             })?;
             let mut hasher = cairn_catalog::md5::Hasher::new();
             hasher.update(&bytes);
-            std::fs::write(&item.tmp, &bytes).map_err(|e| {
-                std::io::Error::new(
-                    e.kind(),
-                    format!("cannot write {}: {e}", item.tmp.display()),
-                )
-            })?;
-            results.push(Ok(Copied {
-                bytes: size,
+            results.push(Ok(Fetched {
+                bytes,
                 md5: hasher.finish_hex(),
             }));
         }
@@ -477,7 +476,7 @@ impl Transfer for Puller {
         peer: &Peer,
         items: &[BatchItem],
         cancel: &AtomicBool,
-    ) -> Vec<std::io::Result<Copied>> {
+    ) -> Vec<std::io::Result<Fetched>> {
         let mut results = Vec::with_capacity(items.len());
         if let Err(e) = self.pull_batch(peer, items, cancel, &mut results) {
             // What the stream did not deliver fails with the error that ended it.

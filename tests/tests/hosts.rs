@@ -1022,8 +1022,16 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    let arrived = || std::fs::read_dir(NodeRoot::new(&r2).tmp()).map_or(0, |d| d.count());
-    wait_until(T, "the batch under way", || arrived() >= 4);
+    // The batch is held in memory until it lands: what has arrived shows in h2's metrics.
+    let received = || {
+        let (_, _, body) = http_get(&h2.address, "/metrics", &[]);
+        String::from_utf8_lossy(&body)
+            .lines()
+            .find_map(|l| l.strip_prefix("cairn_transfer_bytes_received_total "))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    wait_until(T, "the batch under way", || received() >= 4 * (256 << 10));
     h1.kill9();
     let t = std::time::Instant::now();
     while !h2.log().contains("attempt 1 failed") {

@@ -826,6 +826,24 @@ impl Tx<'_> {
         )
     }
 
+    /// The copies of `ids` that are in the catalog, by id, in one query per `IN_CHUNK` ids.
+    pub fn copies_by_ids(&mut self, ids: &[CopyId]) -> Result<HashMap<CopyId, Copy>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(|i| Value::from(*i)).collect();
+            let sql = format!(
+                "SELECT {} FROM {} WHERE c.id IN ({})",
+                Copy::COLUMNS,
+                Copy::FROM,
+                super::in_list(chunk.len())
+            );
+            for c in self.rows::<Copy>(&sql, &args)? {
+                found.insert(c.id, c);
+            }
+        }
+        Ok(found)
+    }
+
     /// Records that `node_id` holds a copy of `file_id` in state `has` (a new copy wants
     /// `keep`). Returns the copy id.
     pub fn record_copy(

@@ -47,14 +47,18 @@ struct Servable {
     md5: String,
 }
 
-/// Looks up every copy of the batch in one read; each a copy to serve or why not.
+/// Looks up every copy of the batch in one read (a query for the copies, one for their
+/// files); each a copy to serve or why not.
 fn lookup(server: &Server, ids: &[CopyId]) -> Vec<Result<Servable, String>> {
     let available = server.nodes.available();
     let found = server.pool.with(|cat| {
         cat.read(|tx| {
+            let copies = tx.copies_by_ids(ids)?;
+            let file_ids: Vec<_> = copies.values().map(|c| c.file_id).collect();
+            let files = tx.files_by_ids(&file_ids)?;
             let mut out = Vec::with_capacity(ids.len());
             for &id in ids {
-                let Some(copy) = tx.copy_by_id(id)? else {
+                let Some(copy) = copies.get(&id) else {
                     out.push(Err(format!("copy #{id} is not in the catalog")));
                     continue;
                 };
@@ -72,12 +76,15 @@ fn lookup(server: &Server, ids: &[CopyId]) -> Vec<Result<Servable, String>> {
                     )));
                     continue;
                 }
-                let f = tx.file_by_id(copy.file_id)?;
+                let Some(f) = files.get(&copy.file_id) else {
+                    out.push(Err(format!("the file of copy #{id} is not in the catalog")));
+                    continue;
+                };
                 out.push(Ok(Servable {
                     node: node.name.clone(),
                     root: PathBuf::from(node.root.clone().unwrap_or_default()),
-                    path: f.path,
-                    md5: f.md5,
+                    path: f.path.clone(),
+                    md5: f.md5.clone(),
                 }));
             }
             Ok(out)

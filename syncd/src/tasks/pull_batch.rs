@@ -93,6 +93,13 @@ struct InFlight {
 
 /// Pulls `group` from `peer` in one request, then installs and records what arrived intact.
 /// Only a catalog failure is an error; each file's own failure is settled here.
+///
+/// The batch arrives in memory; only then does it land: written to `.cairn/tmp/`, synced,
+/// installed, synced again and recorded, one batch at a time per destination root
+/// ([`Landings`]). Two batches landing at once on one file system slowed each other's file
+/// creation twentyfold (each `syncfs` and catalog commit of one held up the other's
+/// creates), where one landing while the other is on the wire keeps both the link and the
+/// disk busy.
 fn pull_from(
     ctx: &TaskContext,
     cat: &mut Catalog,
@@ -100,38 +107,17 @@ fn pull_from(
     group: Vec<(CopyRequest, Pull)>,
 ) -> Result<()> {
     let t0 = Instant::now();
-    let mut flight = Vec::with_capacity(group.len());
-    for (r, pull) in group {
+    for (_, pull) in &group {
         // A partial single pull of an earlier attempt is not resumed by a batch.
         if let Some(part) = &pull.part {
             let _ = std::fs::remove_file(part);
         }
-        let tmp = NodeRoot::new(&pull.root).incoming(Incoming {
-            request: r.id,
-            resumable: false,
-        });
-        if let Some(parent) = tmp.parent()
-            && let Err(e) = std::fs::create_dir_all(parent)
-        {
-            let why = format!("cannot create {}: {e}", parent.display());
-            copy::settle(ctx, cat, &r, Err(CopyFailure::Failed(why)))?;
-            continue;
-        }
-        flight.push(InFlight {
-            r,
-            pull,
-            tmp: TempFile::new(tmp),
-        });
     }
-    if flight.is_empty() {
-        return Ok(());
-    }
-    let items: Vec<BatchItem> = flight
+    let items: Vec<BatchItem> = group
         .iter()
-        .map(|f| BatchItem {
-            copy_id: f.pull.source.copy_id,
-            size: f.pull.file.size,
-            tmp: f.tmp.path().to_path_buf(),
+        .map(|(_, pull)| BatchItem {
+            copy_id: pull.source.copy_id,
+            size: pull.file.size,
         })
         .collect();
     info!(
@@ -143,10 +129,10 @@ fn pull_from(
     let results = ctx.transfer.fetch_batch(peer, &items, &ctx.cancel);
 
     // Each file checked on its own; the intact ones go on together.
-    let mut intact = Vec::with_capacity(flight.len());
+    let mut intact = Vec::with_capacity(group.len());
     let mut failed = 0;
-    for (f, result) in flight.into_iter().zip(results) {
-        let (file, source) = (&f.pull.file, &f.pull.source);
+    for ((r, pull), result) in group.into_iter().zip(results) {
+        let (file, source) = (&pull.file, &pull.source);
         let outcome = match result {
             _ if ctx.is_cancelled() => Err(CopyFailure::Cancelled),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Err(CopyFailure::Cancelled),
@@ -154,13 +140,18 @@ fn pull_from(
                 "cannot copy from node \"{}\" (batch): {e}",
                 source.node
             ))),
-            Ok(c) if c.md5 != file.md5 || c.bytes != file.size => {
+            Ok(c) if c.md5 != file.md5 || c.bytes.len() as u64 != file.size => {
                 Metrics::add(&ctx.metrics.md5_mismatches, 1);
                 cat.write(|tx| tx.mark_copy(source.copy_id, Has::Suspect, now()))?;
                 error!(
                     "Pull of {} from node \"{}\" gave wrong bytes ({} B, md5 {}; expected {} \
                      B, md5 {}): copy there marked suspect.",
-                    file.path, source.node, c.bytes, c.md5, file.size, file.md5
+                    file.path,
+                    source.node,
+                    c.bytes.len(),
+                    c.md5,
+                    file.size,
+                    file.md5
                 );
                 Err(CopyFailure::BadSource(format!(
                     "md5 mismatch from node \"{}\" (marked suspect)",
@@ -168,14 +159,14 @@ fn pull_from(
                 )))
             }
             Ok(c) => {
-                intact.push((f, c.bytes));
+                intact.push((r, pull, c.bytes));
                 continue;
             }
         };
         if !matches!(outcome, Err(CopyFailure::Cancelled)) {
             failed += 1;
         }
-        copy::settle(ctx, cat, &f.r, outcome)?;
+        copy::settle(ctx, cat, &r, outcome)?;
     }
     if failed > 0 {
         ctx.sources.note_pull(&peer.host, false);
@@ -184,9 +175,58 @@ fn pull_from(
         return Ok(());
     }
 
+    // The landing, one batch at a time on each destination root.
+    let mut roots: Vec<PathBuf> = intact.iter().map(|(_, p, _)| p.root.clone()).collect();
+    roots.sort();
+    roots.dedup();
+    let locks = ctx.landings.of(&roots);
+    let _landing: Vec<_> = locks
+        .iter()
+        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let mut written = Vec::with_capacity(intact.len());
+    let mut made: Vec<PathBuf> = Vec::new();
+    for (r, pull, bytes) in intact {
+        let tmp = NodeRoot::new(&pull.root).incoming(Incoming {
+            request: r.id,
+            resumable: false,
+        });
+        let write = || -> std::io::Result<()> {
+            if let Some(parent) = tmp.parent()
+                && !made.iter().any(|m| m == parent)
+            {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::write(&tmp, &bytes)
+        };
+        match write() {
+            Ok(()) => {
+                if let Some(parent) = tmp.parent() {
+                    made.push(parent.to_path_buf());
+                }
+                written.push((
+                    InFlight {
+                        r,
+                        pull,
+                        tmp: TempFile::new(tmp),
+                    },
+                    bytes.len() as u64,
+                ));
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                let why = format!("cannot write {}: {e}", tmp.display());
+                copy::settle(ctx, cat, &r, Err(CopyFailure::Failed(why)))?;
+            }
+        }
+    }
+    let intact = written;
+    if intact.is_empty() {
+        return Ok(());
+    }
+
     // Invariant 2, for the whole batch: the data on disk before any gets its archive name
     // (one syncfs per destination file system), the names on disk before any is recorded.
-    let roots = distinct_roots(&intact);
     if let Err(why) = sync_roots(&roots) {
         for (f, _) in intact {
             copy::settle(ctx, cat, &f.r, Err(CopyFailure::Failed(why.clone())))?;
@@ -265,14 +305,6 @@ fn pull_from(
         installed.len() as f64 / seconds.max(1e-3)
     );
     Ok(())
-}
-
-/// The destination roots of `files`, each once.
-fn distinct_roots(files: &[(InFlight, u64)]) -> Vec<PathBuf> {
-    let mut roots: Vec<PathBuf> = files.iter().map(|(f, _)| f.pull.root.clone()).collect();
-    roots.sort();
-    roots.dedup();
-    roots
 }
 
 /// `syncfs` of each root's file system.
