@@ -1,58 +1,71 @@
 #!/usr/bin/env bash
-# Pulls between two hosts (two cairnd on loopback, one catalog), against baselines measured in
-# the same run between the same two roots:
+# Pulls between hosts (cairnd on loopback, one catalog), against baselines measured in the
+# same run between the same roots:
 #   1. one 1 GiB file pulled          vs  rsync of the file between the roots, and curl of the
 #                                          same bytes from the source cairnd
-#   2. 10,000 files of 4 KiB synced   vs  `rsync -a` of the same tree between the two roots over
-#                                          the rsync protocol (an rsync daemon on loopback)
+#   2. SMALL files of 4 KiB synced     vs  `rsync -a` of the same tree from an rsync daemon on
+#      (default 10,000)                    loopback serving the source root (the rsync protocol)
+#   3. MID files of 1 MiB synced       vs  the same (default 1,000)
+#   4. with LINK_MS (one way, default 5: a 10 ms round trip; 0 skips it): 2 and 3 again, to a
+#      third host whose pulls go through the test harness's latency proxy (`cairn-link`), and
+#      rsync through the same proxy
 # Times are end to end: from the `cairn` command to every request recorded done (polled every
-# 10 ms). Prints a Markdown table for BENCHMARKS.md.
+# 10 ms); rsync's include a final `sync` (cairn's files are durable before they are recorded).
+# Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/hosts.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$HERE/../.."
 cargo build --release --bins -q
+cargo build --release -q -p cairn-tests --bin cairn-link
 BIN=$PWD/target/release
 W=${1:-$(mktemp -d /var/tmp/cairn-hosts.XXXXXX)}
-mkdir -p "$W"/{h1/n1,h2/n2,h1/run,h2/run,base}
+mkdir -p "$W"/{h1/n1,h2/n2,h3/n3,h1/run,h2/run,h3/run,base}
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
 head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$W/token"
 chmod 600 "$W/token"
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P1=$(port); P2=$(port); P3=$(port)
+# cairnd of h1, h2, h3; then the rsync daemon's.
+P1=$(port); P2=$(port); P4=$(port); P3=$(port)
 . "$HERE/lib.sh"
-for h in 1 2; do
-    p=P$h
-    host_config "$h" "${!p}"
-done
-# The CLI runs on the receiving host, h2, so it wakes h2's cairnd at once (each host's cairnd
-# hears only its own machine's CLI; the others find requests at their next loop).
+host_config 1 "$P1"
+host_config 2 "$P2"
+host_config 3 "$P4"
+# The CLI runs on the receiving host, so it wakes that host's cairnd at once (each host's
+# cairnd hears only its own machine's CLI; the others find requests at their next loop).
 cairn() { CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" "$@"; }
-SMALL=${CAIRN_BENCH_SMALL:-10000}
+SMALL=${SMALL:-10000}
+MID=${MID:-1000}
+LINK_MS=${LINK_MS:-5}
 
 cairn db init >/dev/null
 cairn host create h1 --address "127.0.0.1:$P1" >/dev/null
 cairn host create h2 --address "127.0.0.1:$P2" >/dev/null
 cairn node create n1 --create-group --root="$W/h1/n1" --host=h1 --init --activate >/dev/null
 cairn node create n2 --create-group --root="$W/h2/n2" --host=h2 --init --activate >/dev/null
-for h in 1 2; do
+cairn host create h3 --address "127.0.0.1:$P4" >/dev/null
+cairn node create n3 --create-group --root="$W/h3/n3" --host=h3 --init --activate >/dev/null
+for h in 1 2 3; do
     "$BIN/cairnd" --config "$W/h$h/cairn.toml" 2>"$W/h$h/cairnd.log" &
     pids+=($!)
     until [ -S "$W/h$h/run/cairnd.sock" ]; do sleep 0.05; done
 done
 wait_done
 
-echo "Creating 10,000 files of 4 KiB and one 1 GiB file in $W ..." >&2
-python3 - "$W/h1/n1" "$SMALL" <<'PY'
+echo "Creating $SMALL files of 4 KiB, $MID of 1 MiB and one of 1 GiB in $W ..." >&2
+python3 - "$W/h1/n1" "$SMALL" "$MID" <<'PY'
 import os, sys
-root, small = sys.argv[1], int(sys.argv[2])
-for h in range((small + 99) // 100):
-    d = os.path.join(root, "2025/01/01", "%02d" % h)
-    os.makedirs(d, exist_ok=True)
-    for m in range(min(100, small - h * 100)):
-        with open(os.path.join(d, "%04d.dat" % m), "wb") as f:
-            f.write(os.urandom(4096))
+root, small, mid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+def tree(top, n, size):
+    for h in range((n + 99) // 100):
+        d = os.path.join(root, top, "%02d" % h)
+        os.makedirs(d, exist_ok=True)
+        for m in range(min(100, n - h * 100)):
+            with open(os.path.join(d, "%04d.dat" % m), "wb") as f:
+                f.write(os.urandom(size))
+tree("small", small, 4096)
+tree("mid", mid, 1 << 20)
 os.makedirs(os.path.join(root, "big"), exist_ok=True)
 with open(os.path.join(root, "big/one.dat"), "wb") as f:
     block = os.urandom(1 << 20)
@@ -74,8 +87,8 @@ t0=$(now); cairn file sync --from n1 --to n2 big/one.dat >/dev/null; wait_done; 
 ours_big=$(secs "$t0" "$t1")
 [[ "$(cairn file state big/one.dat n2)" == Healthy* ]] || { echo "1 GiB pull not recorded" >&2; exit 1; }
 
-# 2. 10,000 small files. Baseline first: rsync -a of the tree from an rsync daemon serving
-# h1's root on loopback (the rsync protocol, as between two machines) into a third directory.
+# 2-4. Trees synced. Baselines: rsync -a of the same tree from an rsync daemon serving h1's
+# root (the rsync protocol, as between two machines) into a directory beside the receiver's.
 cat >"$W/rsyncd.conf" <<CONF
 pid file = $W/rsyncd.pid
 use chroot = false
@@ -87,27 +100,60 @@ rsync --daemon --no-detach --address=127.0.0.1 --port="$P3" --config="$W/rsyncd.
     --log-file="$W/rsyncd.log" &
 pids+=($!)
 until rsync --port="$P3" "rsync://127.0.0.1/" >/dev/null 2>&1; do sleep 0.05; done
-sync
-t0=$(now)
-rsync -a --exclude=.cairn/ --exclude=/big/ "rsync://127.0.0.1:$P3/n1/" "$W/base/rsync-small/"
-t1=$(now); sync; t2=$(now)
-# The baseline is rsync with its files made durable (a sync), as cairn's are before they are
-# recorded; rsync's own time, without the sync, is reported beside it.
-base_small=$(secs "$t0" "$t2"); base_small_nosync=$(secs "$t0" "$t1")
-m=$(find "$W/base/rsync-small" -type f | wc -l)
-[ "$m" = "$SMALL" ] || { echo "rsync copied $m files, expected $SMALL" >&2; exit 1; }
-rm -rf "$W/base/rsync-small"; sync
-t0=$(now); cairn node sync n1 n2 --force >/dev/null; wait_done; t1=$(now)
-ours_small=$(secs "$t0" "$t1")
-n=$(cairn node stats n2 --json | python3 -c "import json,sys; print(json.load(sys.stdin)[0]['files'])")
-[ "$n" = $((SMALL + 1)) ] || { echo "expected $((SMALL + 1)) files on n2, got $n" >&2; exit 1; }
+
+# rsync -a of TREE from the daemon at PORT; prints "with-sync without-sync" seconds.
+rsync_tree() {
+    local tree=$1 port=$2 n t0 t1 t2
+    sync
+    t0=$(now)
+    rsync -a "rsync://127.0.0.1:$port/n1/$tree/" "$W/base/$tree/"
+    t1=$(now); sync; t2=$(now)
+    n=$(find "$W/base/$tree" -type f | wc -l)
+    [ "$n" = "$(find "$W/h1/n1/$tree" -type f | wc -l)" ] || { echo "rsync copied $n files of $tree" >&2; exit 1; }
+    rm -rf "${W:?}/base/$tree"; sync
+    echo "$(secs "$t0" "$t2") $(secs "$t0" "$t1")"
+}
+# cairn node sync of TREE into node N (on host N, whose CLI wakes its cairnd); prints seconds.
+cairn_tree() {
+    local tree=$1 h=$2 t0 t1 n
+    sync
+    t0=$(now)
+    CAIRN_CONFIG=$W/h$h/cairn.toml "$BIN/cairn" node sync n1 "n$h" --path "$tree" --force >/dev/null
+    wait_done; t1=$(now)
+    n=$(CAIRN_CONFIG=$W/h$h/cairn.toml "$BIN/cairn" node stats "n$h" --json |
+        python3 -c "import json,sys; print(json.load(sys.stdin)[0]['files'])")
+    echo "$(secs "$t0" "$t1") $n"
+}
+rows=()
+# TREE COUNT SIZE-WORD HOST RSYNC-PORT LINK-WORD EXPECTED-FILES-ON-NODE
+measure() {
+    local tree=$1 count=$2 what=$3 h=$4 port=$5 link=$6 expect=$7 base ours
+    read -r base base_nosync < <(rsync_tree "$tree" "$port")
+    read -r ours n < <(cairn_tree "$tree" "$h")
+    [ "$n" = "$expect" ] || { echo "expected $expect files on n$h, got $n" >&2; exit 1; }
+    rows+=("| sync $count × $what$link (all recorded, md5-checked) | $(python3 -c "print(f'{$count / $ours:,.0f}')") files/s | rsync -a (daemon) + sync: $(python3 -c "print(f'{$count / $base:,.0f}')") files/s | $(python3 -c "print(f'{$base / $ours:.2f}')")× rsync | ≥ 1.0× rsync |")
+    rows+=("| | | rsync -a without the final sync: $(python3 -c "print(f'{$count / $base_nosync:,.0f}')") files/s | $(python3 -c "print(f'{$base_nosync / $ours:.2f}')")× | (reported) |")
+}
+measure small "$SMALL" "4 KiB" 2 "$P3" "" $((SMALL + 1))
+measure mid "$MID" "1 MiB" 2 "$P3" "" $((SMALL + MID + 1))
+if [ "$LINK_MS" -gt 0 ]; then
+    # h1's cairnd and the rsync daemon behind the proxy; h3 pulls from h1 through it.
+    coproc LINK1 { "$BIN/cairn-link" "127.0.0.1:$P1" "$LINK_MS"; }
+    read -r line <&"${LINK1[0]}"; PL1=${line#PORT=}
+    coproc LINK2 { "$BIN/cairn-link" "127.0.0.1:$P3" "$LINK_MS"; }
+    read -r line <&"${LINK2[0]}"; PL2=${line#PORT=}
+    cairn host modify h1 --address "127.0.0.1:$PL1" >/dev/null
+    rtt=" through the proxy ($((2 * LINK_MS)) ms round trip)"
+    measure small "$SMALL" "4 KiB" 3 "$PL2" "$rtt" "$SMALL"
+    measure mid "$MID" "1 MiB" 3 "$PL2" "$rtt" $((SMALL + MID))
+    cairn host modify h1 --address "127.0.0.1:$P1" >/dev/null
+fi
 
 echo
-echo "Run $(date -u +%Y-%m-%d), $(nproc) cores, loopback, both roots on $(df -h "$W" | awk 'NR==2 {print $1}')"
+echo "Run $(date -u +%Y-%m-%d), commit $(git rev-parse --short HEAD), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), loopback, all roots on $(df -h "$W" | awk 'NR==2 {print $1}')"
 echo
 echo "| workload | cairn | baseline (same run) | ratio | target |"
 echo "|---|---|---|---|---|"
-echo "| pull one 1 GiB file (md5-checked, fsynced) | $(mibs "$ours_big") | rsync: $(mibs "$base_rsync") | $(python3 -c "print(f'{$base_rsync / $ours_big:.2f}')")× rsync | ≥ 1.0× rsync |"
+echo "| pull one 1 GiB file (md5-checked, fsynced) | $(mibs "$ours_big") | rsync: $(mibs "$base_rsync") | $(python3 -c "print(f'{$base_rsync / $ours_big:.2f}')")× rsync | ≥ 1.5× rsync |"
 echo "| | | curl from cairnd: $(mibs "$base_curl") | $(python3 -c "print(f'{$base_curl / $ours_big:.2f}')")× curl | (reported) |"
-echo "| sync $SMALL × 4 KiB between hosts (all recorded, md5-checked) | $(python3 -c "print(f'{$SMALL / $ours_small:,.0f}')") files/s | rsync -a (daemon): $(python3 -c "print(f'{$SMALL / $base_small:,.0f}')") files/s | $(python3 -c "print(f'{$base_small / $ours_small:.2f}')")× rsync | ≥ 1.0× rsync |"
-echo "| | | rsync -a without the final sync: $(python3 -c "print(f'{$SMALL / $base_small_nosync:,.0f}')") files/s | $(python3 -c "print(f'{$base_small_nosync / $ours_small:.2f}')")× | (reported) |"
+printf '%s\n' "${rows[@]}"
