@@ -181,8 +181,9 @@ pub(super) fn prepare_many(
     let mut files = cat.read(|tx| tx.files_by_ids(&ids))?;
     let sources = ctx.sources.for_requests(cat, requests)?;
     // A group's destination, and whether its disk is in place, once per batch (a transport
-    // group's depends on each file's size: chosen for each).
-    let mut dests: HashMap<String, Result<(Node, bool), CopyFailure>> = HashMap::new();
+    // group's depends on each file's size: chosen for each; and a failed choice is tried
+    // again for the next file).
+    let mut dests: HashMap<String, (Node, bool)> = HashMap::new();
     let mut out = Vec::with_capacity(requests.len());
     for (r, found) in requests.iter().zip(sources) {
         let Some(file) = files.remove(&r.file_id) else {
@@ -190,39 +191,23 @@ pub(super) fn prepare_many(
             return Err(gone.into());
         };
         let dest = match dests.get(&r.to_group) {
-            Some(Ok(d)) => Ok(d.clone()),
-            Some(Err(_)) => Err(CopyFailure::Cancelled),
-            None => {
-                let chosen = choose_destination(ctx, cat, r).map(|(dest, per_file)| {
+            Some(d) => Ok(d.clone()),
+            None => match choose_destination(ctx, cat, r) {
+                Err(CopyFailure::Catalog(e)) => return Err(e),
+                Err(f) => Err(f),
+                Ok((dest, per_file)) => {
                     let root = PathBuf::from(dest.root.clone().unwrap_or_default());
                     // The destination may be a disk pulled out since the last loop: write
                     // only onto the disk whose marker says it is this node (never into the
                     // empty mount point below it).
                     let ready = NodeRoot::new(&root).check(&dest.name, &ctx.host.catalog_id)
                         == RootState::Ready;
-                    ((dest, per_file), ready)
-                });
-                let per_file = matches!(&chosen, Ok(((_, true), _)));
-                let chosen = chosen.map(|((dest, _), ready)| (dest, ready));
-                match chosen {
-                    Err(CopyFailure::Catalog(e)) => return Err(e),
-                    Err(f) => {
-                        // Every request of the group would fail the same way.
-                        let again = match &f {
-                            CopyFailure::Failed(why) => CopyFailure::Failed(why.clone()),
-                            _ => CopyFailure::Cancelled,
-                        };
-                        dests.insert(r.to_group.clone(), Err(again));
-                        Err(f)
+                    if !per_file {
+                        dests.insert(r.to_group.clone(), (dest.clone(), ready));
                     }
-                    Ok(d) => {
-                        if !per_file {
-                            dests.insert(r.to_group.clone(), Ok(d.clone()));
-                        }
-                        Ok(d)
-                    }
+                    Ok((dest, ready))
                 }
-            }
+            },
         };
         let outcome = match dest {
             Ok((_, false)) => Err(CopyFailure::Cancelled),
