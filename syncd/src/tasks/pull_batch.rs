@@ -96,10 +96,9 @@ struct InFlight {
 ///
 /// The batch arrives in memory; only then does it land: written to `.cairn/tmp/`, synced,
 /// installed, synced again and recorded, one batch at a time per destination root
-/// ([`Landings`]). Two batches landing at once on one file system slowed each other's file
-/// creation twentyfold (each `syncfs` and catalog commit of one held up the other's
-/// creates), where one landing while the other is on the wire keeps both the link and the
-/// disk busy.
+/// ([`Landings`]), while the next batch is on the wire. Two batches landing at once on one
+/// file system held each other up: each file's create waited on the other batch's `syncfs`,
+/// renames and catalog commits.
 fn pull_from(
     ctx: &TaskContext,
     cat: &mut Catalog,
