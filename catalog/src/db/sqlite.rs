@@ -327,6 +327,7 @@ impl Backend for SqliteBackend {
         if mode == TxMode::Read {
             return self.run_cached("BEGIN DEFERRED");
         }
+        let mut entered = false;
         if let Some(g) = &self.gate
             && !self.holding
         {
@@ -337,9 +338,12 @@ impl Backend for SqliteBackend {
                 )));
             }
             self.holding = true;
+            entered = true;
         }
         let begun = self.run_cached("BEGIN IMMEDIATE");
-        if begun.is_err() {
+        // A gate taken for this transaction goes back if it did not begin (one already open
+        // keeps its own).
+        if begun.is_err() && entered {
             self.leave_gate();
         }
         begun
