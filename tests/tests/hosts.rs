@@ -1001,15 +1001,17 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     let a = Archive::new();
     let mut h1 = a.host("h1");
     let mut h2 = a.host_with("h2", "retry_delay = \"1s\"");
-    // 40 files of 256 KiB go in one batch, about 20 s at this rate: time to cut it, even on
-    // a loaded machine.
-    h2.limit_pulls("512KiB");
+    // 60 files of 256 KiB go in one batch (15 MiB), about 15 s at this rate: time to cut it,
+    // even on a loaded machine. And more than the sockets between the two hosts hold (up to
+    // 10 MiB on loopback): a kill of the source must leave some of it unsent, or the batch
+    // would arrive whole from the kernel's buffers after all.
+    h2.limit_pulls("1MiB");
     let r1 = h1.node("n1", &[]);
     let r2 = h2.node("n2", &[]);
     h1.start();
     h2.start();
     wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
-    let paths: Vec<String> = (0..40)
+    let paths: Vec<String> = (0..60)
         .map(|i| {
             let path = format!("2025/01/03/{i:04}.dat");
             let body: Vec<u8> = (0..256 << 10)
@@ -1044,7 +1046,7 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     }
     let log2 = h2.log();
     assert!(
-        log2.contains("Pulling a batch of 40 files from h1"),
+        log2.contains("Pulling a batch of 60 files from h1"),
         "{log2}"
     );
     // Under its archive name, a file is whole or not there at all, and a recorded one is
