@@ -121,6 +121,17 @@ impl Remembered {
         }
     }
 
+    /// How many entries each cache holds: archived attributes, directories, directory
+    /// times, directory paths.
+    pub fn sizes(&self) -> [usize; 4] {
+        [
+            self.known.lock().expect("known").len(),
+            self.dirs.lock().expect("dirs").len(),
+            self.dir_mtime.lock().expect("dir mtimes").len(),
+            self.paths.lock().expect("paths").len(),
+        ]
+    }
+
     /// Keeps the attributes of an archived file or directory.
     pub fn seen(&self, a: &Attr) {
         self.known.lock().expect("known").insert(a.ino, a.clone());
@@ -131,9 +142,14 @@ impl Remembered {
         self.known.lock().expect("known").get(&ino).cloned()
     }
 
-    /// The kernel forgot inode `ino`: nothing of it is kept any more.
+    /// The kernel forgot inode `ino`: nothing of it is kept any more (a directory's
+    /// attributes and path are read again should it be looked up again).
     pub fn forget(&self, ino: u64) {
         self.known.lock().expect("known").remove(&ino);
+        if let crate::ino::Ino::Dir(id) = crate::ino::Ino::from(ino) {
+            self.forget_dir(id);
+            self.paths.lock().expect("paths").remove(&id);
+        }
     }
 
     /// The mtime set on directory `ino` through this mount, if any.
@@ -244,6 +260,26 @@ mod tests {
         assert!(r.known(999).is_some() && r.known(0).is_none());
         r.forget(999);
         assert!(r.known(999).is_none(), "forgotten with the kernel's inode");
+    }
+
+    /// What is kept of a directory goes when the kernel forgets its inode: a mount holds
+    /// what the kernel holds, not every directory it ever walked.
+    #[test]
+    fn a_directory_is_forgotten_with_the_kernels_inode() {
+        let r = Remembered::new(64 * ENTRY_BYTES * 3);
+        let (id, other) = (DirId(7), DirId(8));
+        let ino = u64::from(crate::ino::Ino::Dir(id));
+        for d in [id, other] {
+            r.seen_dir(d, Some(DirId(1)), &file(0o755, 0, 0).with_ino(ino));
+            r.seen_dir_path(d, &format!("p{}", d.0));
+        }
+        let ttl = Duration::from_secs(60);
+        assert!(r.dir(id, ttl).is_some() && r.dir_path(id).is_some());
+        r.forget(ino);
+        assert!(r.dir(id, ttl).is_none(), "its attributes");
+        assert!(r.dir_path(id).is_none(), "its path");
+        assert_eq!(r.dir_path(other).as_deref(), Some("p8"), "not another's");
+        assert!(r.dir(other, ttl).is_some());
     }
 
     #[test]

@@ -79,6 +79,14 @@ impl Default for Handles {
 }
 
 impl Handles {
+    /// How many handles are open, and inodes with plain reads open.
+    pub fn sizes(&self) -> [usize; 2] {
+        [
+            self.table.lock().expect("handles").len(),
+            self.plain_opens.lock().expect("plain opens").len(),
+        ]
+    }
+
     /// Adds a handle; returns its number. Ordinary reads of an inode are counted.
     pub fn insert(&self, h: Handle) -> u64 {
         if let Handle::Plain(_, ino) | Handle::Stream(_, ino) = &h {

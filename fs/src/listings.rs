@@ -185,6 +185,21 @@ impl Listings {
         }
     }
 
+    /// How many listings are kept and the bytes they take, and how many directories' served
+    /// digests and read-ahead times are remembered.
+    pub fn sizes(&self) -> [usize; 4] {
+        let (kept, bytes) = {
+            let c = self.cache.lock().expect("listings");
+            (c.kept.len(), c.bytes)
+        };
+        [
+            kept,
+            bytes,
+            self.served.lock().expect("served").len(),
+            self.read_ahead_at.lock().expect("read ahead").len(),
+        ]
+    }
+
     /// The listing of `dir_id` if it is younger than the TTL.
     pub fn fresh(&self, dir_id: DirId) -> Option<Listing> {
         let mut c = self.cache.lock().expect("listings");

@@ -50,6 +50,12 @@ impl LocalDirs {
         self.table.lock().expect("local dirs")
     }
 
+    /// How many local directories there are, and made ones remembered with the catalog's id.
+    pub fn sizes(&self) -> [usize; 2] {
+        let t = self.table();
+        [t.dirs.len(), t.real.len()]
+    }
+
     /// Whether `id` is a local directory's (not the catalog's).
     pub fn is_local(id: DirId) -> bool {
         id >= LOCAL_DIR_BASE

@@ -154,6 +154,13 @@ impl Locals {
         self.table.lock().expect("locals")
     }
 
+    /// How many local files there are, imported ones whose inode still stands, and local
+    /// inodes the kernel holds.
+    pub fn sizes(&self) -> [usize; 3] {
+        let t = self.table();
+        [t.by_ino.len(), t.imported.len(), t.kernel_refs.len()]
+    }
+
     pub fn get(&self, ino: u64) -> Option<LocalRef> {
         self.table().by_ino.get(&ino).cloned()
     }

@@ -14,7 +14,8 @@
 #      cairnd's memory sampled every 10 s (a table of it is printed)
 # One host, SQLite catalog, release build. Needs root (drop_caches) and about 5 million free
 # inodes and 25 GiB in the work dir; the native tree is removed at the end. Prints Markdown for
-# BENCHMARKS.md; the memory samples stay in WORKDIR/rss.csv.
+# BENCHMARKS.md; the memory samples stay in WORKDIR/rss.csv, the soak's cairnfs log (with what it
+# keeps, counted once a minute) in WORKDIR/log.
 # Usage: tests/bench/scale.sh [WORKDIR]   (default: a new dir under /var/tmp)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -184,8 +185,10 @@ if [ "$SOAK" -gt 0 ]; then
     end=$(($(date +%s) + SOAK * 60))
     i=0
     sed -i 's/^\[fs\]$/[fs]\nwrite_node = "n1"/' "$W/h1/cairn.toml"
+    # cairnfs counts what it keeps once a minute in its log (debug), to tell what grows.
+    sed -i "s|^\\[daemon\\]\$|[daemon]\\nlog_dir = \"$W/log\"|" "$W/h1/cairn.toml"
     fusermount3 -u -z "$W/m1"
-    "$BIN/cairnfs" "$W/m1" --config "$W/h1/cairn.toml"
+    CAIRN_LOG=${CAIRN_LOG:-info,cairn_fs::core::list=debug} "$BIN/cairnfs" "$W/m1" --config "$W/h1/cairn.toml"
     while [ "$(date +%s)" -lt "$end" ]; do
         mkdir -p "$W/m1/soak/$i"
         for f in $(seq 1 200); do head -c 4096 /dev/urandom >"$W/m1/soak/$i/$f.dat"; done

@@ -87,6 +87,17 @@ impl WriteGate {
     }
 }
 
+/// The bytes SQLite holds in this process, and the most it has held.
+pub fn memory_used() -> (i64, i64) {
+    // SAFETY: reads two of SQLite's process-wide counters.
+    unsafe {
+        (
+            rusqlite::ffi::sqlite3_memory_used(),
+            rusqlite::ffi::sqlite3_memory_highwater(0),
+        )
+    }
+}
+
 /// Bounds what SQLite keeps in memory in this process, all its connections together (their
 /// page caches, mostly; each would otherwise fill its own 2 MiB as the catalog grows): past
 /// `bytes` SQLite reuses cache pages rather than taking more. A soft limit: a statement that

@@ -36,6 +36,13 @@ pub(crate) struct FoundCheck {
     shown: AtomicBool,
 }
 
+impl FoundCheck {
+    /// How many directories' waiting files were looked at recently.
+    pub(crate) fn size(&self) -> usize {
+        self.dirs.lock().expect("found").len()
+    }
+}
+
 impl Core {
     /// Whether any of this host's nodes has files waiting for the catalog (what was seen at
     /// most a second ago).

@@ -122,6 +122,7 @@ impl Core {
             .name("prefetcher".into())
             .spawn(move || {
                 let mut tidied = Instant::now();
+                let mut reported = Instant::now();
                 loop {
                     let next = rx.recv_timeout(TIDY_EVERY);
                     let Some(c) = core.upgrade() else { return };
@@ -141,6 +142,10 @@ impl Core {
                         tidied = Instant::now();
                         c.tidy_memory();
                     }
+                    if reported.elapsed() >= REPORT_EVERY {
+                        reported = Instant::now();
+                        debug!("Memory: {}", c.memory_report());
+                    }
                 }
             })
             .expect("the prefetcher thread starts");
@@ -153,6 +158,24 @@ impl Core {
     fn tidy_memory(&self) {
         self.listings.drop_expired();
         give_back_freed_memory();
+    }
+
+    /// What this mount keeps in memory, counted: for the debug log, to tell what grows.
+    pub(super) fn memory_report(&self) -> String {
+        let [kept, kept_bytes, served, read_ahead] = self.listings.sizes();
+        let [known, dirs, dir_mtimes, paths] = self.remembered.sizes();
+        let [locals, imported, kernel_locals] = self.locals.sizes();
+        let [local_dirs, made_dirs] = self.localdirs.sizes();
+        let [handles, plain_opens] = self.handles.sizes();
+        let (sqlite, sqlite_peak) = cairn_catalog::db::sqlite::memory_used();
+        format!(
+            "listings {kept} ({kept_bytes} B), served {served}, read-ahead {read_ahead}; \
+             attributes {known}, directories {dirs}, directory times {dir_mtimes}, paths \
+             {paths}; locals {locals}, imported {imported}, held {kernel_locals}; local \
+             directories {local_dirs}, made {made_dirs}; handles {handles}, plain reads \
+             {plain_opens}; found directories {}; SQLite {sqlite} B (peak {sqlite_peak} B)",
+            self.found.size()
+        )
     }
 
     /// Whether listings go to the kernel whole, with attributes ([`Listings::stat_walk`]).
@@ -255,6 +278,9 @@ impl Core {
 
 /// How often the prefetcher thread drops expired listings and gives memory back.
 const TIDY_EVERY: Duration = Duration::from_secs(5);
+
+/// How often what the mount keeps is counted in the debug log.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
 
 /// Returns freed memory to the system: glibc keeps what a thread freed in that thread's arena
 /// otherwise.
