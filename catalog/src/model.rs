@@ -761,6 +761,15 @@ impl ConflictName {
         format!("{name}{}{host}-{at_ns}", Self::MARK)
     }
 
+    /// The name for `host`'s file `name`, kept aside now.
+    pub fn now(name: &str, host: &str) -> String {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Self::make(name, host, t)
+    }
+
     /// What a conflict name says; `None` for any other name.
     pub fn parse(name: &str) -> Option<ConflictName> {
         let i = name.rfind(Self::MARK)?;

@@ -99,8 +99,12 @@ impl Local {
 
     /// Its attributes, from the backing file (owned by its writer).
     pub fn attr(&self) -> std::io::Result<Attr> {
+        self.attr_of(&std::fs::metadata(&self.backing)?)
+    }
+
+    /// Its attributes, from `m`, the metadata of its backing file.
+    pub fn attr_of(&self, m: &std::fs::Metadata) -> std::io::Result<Attr> {
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
-        let m = std::fs::metadata(&self.backing)?;
         let mut perm = (m.permissions().mode() & 0o7777) as u16;
         if self.stage.frozen() {
             // Being archived: no longer writable, as archived files are not.

@@ -31,7 +31,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
-use cairn_catalog::model::{FileId, Node, Ownership};
+use cairn_catalog::model::{ConflictName, FileId, Node, Ownership};
 use cairn_node::importer::Verdict;
 use cairn_node::journal::{Journal, Placed};
 use tracing::{debug, error, info, warn};
@@ -473,8 +473,9 @@ impl Core {
                 }
                 return;
             }
+            let mut dirs = std::collections::HashSet::new();
             for p in place {
-                if let Some(r) = self.place(journal, &root, &node, p) {
+                if let Some(r) = self.place(journal, &root, &node, p, &mut dirs) {
                     register.push(r);
                 }
             }
@@ -529,15 +530,20 @@ impl Core {
 
     /// Moves a file to its archive path on the node (a conflict name if a file the catalog
     /// does not know is there). `None` if it could not be moved: it settles again.
-    fn place(&self, journal: &Journal, root: &Path, node: &Node, p: ToPlace) -> Option<ToRegister> {
+    fn place(
+        &self,
+        journal: &Journal,
+        root: &Path,
+        node: &Node,
+        p: ToPlace,
+        dirs: &mut std::collections::HashSet<PathBuf>,
+    ) -> Option<ToRegister> {
         let mut g = p.local.lock().expect("local");
         let mut path = g.path();
         let mut tries = 0;
         loop {
             let dest = root.join(&path);
-            let res = dest
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
+            let res = cairn_node::copyfile::make_dir_once(dest.parent(), dirs)
                 .and_then(|()| cairn_node::copyfile::rename_noreplace(&p.from, &dest));
             match res {
                 Ok(()) => {
@@ -557,7 +563,7 @@ impl Core {
                     // Something the catalog does not know is at that name on the node: this
                     // file is kept, under a name that says why.
                     tries += 1;
-                    let new = conflict_name(&g.name, &self.opts.host);
+                    let new = ConflictName::now(&g.name, &self.opts.host);
                     warn!(
                         "{} is on node {} already and is not this file; this file is kept as \
                          {new} in the same directory.",
@@ -716,7 +722,7 @@ impl Core {
                     // Archived meanwhile with other bytes (from another host): this file is
                     // kept too, under a name that says so.
                     let mut g = f.local.lock().expect("local");
-                    let new = conflict_name(&g.name, &self.opts.host);
+                    let new = ConflictName::now(&g.name, &self.opts.host);
                     let dest = root.join(join(&g.dir_path, &new));
                     match cairn_node::copyfile::rename_noreplace(&g.backing, &dest) {
                         Ok(()) => {
@@ -784,14 +790,4 @@ pub(super) fn publish(journal: &Journal) {
     if let Err(e) = journal.publish_summary() {
         warn!("{e}");
     }
-}
-
-/// A name for this host's file that met another at its name
-/// ([`cairn_catalog::model::ConflictName`]).
-fn conflict_name(name: &str, host: &str) -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    cairn_catalog::model::ConflictName::make(name, host, t)
 }

@@ -13,7 +13,7 @@
 use std::ffi::OsStr;
 use std::fs::{File as StdFile, OpenOptions};
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -147,10 +147,13 @@ impl Core {
         // The file belongs to its writer, here and, once archived, by name everywhere. (A
         // mount that is not root keeps it as its own.)
         let (_, _, gid) = self.owner_names(who, Some(&parent_attr));
-        if let Err(e) = std::os::unix::fs::fchown(&f, Some(who.uid), Some(gid))
-            && e.raw_os_error() != Some(libc::EPERM)
-        {
-            return Err(e.into());
+        let mut meta = f.metadata()?;
+        if (meta.uid(), meta.gid()) != (who.uid, gid) {
+            match std::os::unix::fs::fchown(&f, Some(who.uid), Some(gid)) {
+                Ok(()) => meta = f.metadata()?,
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         let l = self.locals.add(dir_id, &dir_path, &name, kind, backing);
         let attr = {
@@ -158,7 +161,7 @@ impl Core {
             g.writer = Some(Writer::new(f, 0));
             g.writers = 1;
             g.writer_uid = Some(who.uid);
-            g.attr()?
+            g.attr_of(&meta)?
         };
         Ok((attr, self.handles.insert(Handle::Write(l))))
     }

@@ -53,6 +53,7 @@
 //! Cancellation is checked between chunks and reported as [`io::ErrorKind::Interrupted`]; the
 //! temporary file is left for the caller to remove.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
@@ -197,6 +198,18 @@ pub fn install(tmp: &Path, final_path: &Path) -> io::Result<()> {
     create_dirs_durably(parent)?;
     fs::rename(tmp, final_path)?;
     sync_dir(parent)
+}
+
+/// Makes directory `dir` and its parents, unless `made` has it (those made or found
+/// before, by a caller placing many files in a few directories).
+pub fn make_dir_once(dir: Option<&Path>, made: &mut HashSet<PathBuf>) -> io::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
+    if made.contains(dir) {
+        return Ok(());
+    }
+    fs::create_dir_all(dir)?;
+    made.insert(dir.to_path_buf());
+    Ok(())
 }
 
 /// Renames `from` to `to`, failing rather than replacing a file already at `to`.
@@ -574,6 +587,21 @@ fn settle(file: &File, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use cairn_catalog::md5::md5_hex;
+
+    #[test]
+    fn a_directory_is_made_once_per_caller() {
+        let t = tempfile::tempdir().unwrap();
+        let mut made = HashSet::new();
+        let d = t.path().join("a/b");
+        make_dir_once(Some(&d), &mut made).unwrap();
+        assert!(d.is_dir(), "made with its parents");
+        fs::remove_dir(&d).unwrap();
+        make_dir_once(Some(&d), &mut made).unwrap();
+        assert!(!d.exists(), "not looked at again");
+        make_dir_once(Some(&t.path().join("a/c")), &mut made).unwrap();
+        assert!(t.path().join("a/c").is_dir());
+        make_dir_once(None, &mut made).unwrap();
+    }
 
     fn pattern(len: usize) -> Vec<u8> {
         (0..len)

@@ -513,11 +513,7 @@ pub(crate) fn replay(ctx: &TaskContext, node: &Node, root: &Path) -> Result<bool
 /// beside it, never over another file; what it is to be registered as.
 fn keep_aside(ctx: &TaskContext, root: &Path, f: &NewFile) -> Result<NewFile> {
     let (dir, name) = split(&f.path);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    let aside = ConflictName::make(name, &ctx.host.name, t);
+    let aside = ConflictName::now(name, &ctx.host.name);
     let path = if dir.is_empty() {
         aside
     } else {
