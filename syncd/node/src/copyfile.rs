@@ -177,11 +177,14 @@ pub fn sync_fs(path: &Path) -> io::Result<()> {
 }
 
 /// Moves a complete temporary file to its archive name without syncing: for a batch, where
-/// the caller calls [`sync_fs`] once after all its renames.
-pub fn install_deferred(tmp: &Path, final_path: &Path) -> io::Result<()> {
-    if let Some(parent) = final_path.parent() {
-        fs::create_dir_all(parent)?;
-    }
+/// the caller calls [`sync_fs`] once after all its renames (and keeps `made`, the
+/// directories made or found so far).
+pub fn install_deferred(
+    tmp: &Path,
+    final_path: &Path,
+    made: &mut HashSet<PathBuf>,
+) -> io::Result<()> {
+    make_dir_once(final_path.parent(), made)?;
     fs::rename(tmp, final_path)
 }
 

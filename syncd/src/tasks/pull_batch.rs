@@ -235,6 +235,7 @@ fn pull_from(
     let mut installed = Vec::with_capacity(intact.len());
     // Each destination's marker read once, after the sync, before any name is given.
     let mut there: HashMap<PathBuf, bool> = HashMap::new();
+    let mut dirs = std::collections::HashSet::new();
     for (f, bytes) in intact {
         let still_there = *there
             .entry(f.pull.root.clone())
@@ -246,7 +247,7 @@ fn pull_from(
                 f.pull.root.display()
             )))
         } else {
-            copyfile::install_deferred(f.tmp.path(), &f.pull.final_path).map_err(|e| {
+            copyfile::install_deferred(f.tmp.path(), &f.pull.final_path, &mut dirs).map_err(|e| {
                 CopyFailure::Failed(format!(
                     "cannot move into place at {}: {e}",
                     f.pull.final_path.display()
