@@ -228,10 +228,33 @@ if [ "$SOAK" -gt 0 ]; then
     echo
     echo "Soak: $((i * 200)) files written in $i rounds; cairnfs $rss_soak MiB at the end, $rss_soak_dropped MiB once the kernel dropped its inodes."
     echo
-    echo "Memory during the soak (MiB, one row a minute):"
+    echo "Memory during the soak, one row a minute: the lowest and the median of the samples (MiB),"
+    echo "and what cairnfs counted in its log that minute (directories whose attributes it keeps,"
+    echo "SQLite's memory):"
     echo
-    echo "| minute | cairnfs | cairnd |"
-    echo "|---|---|---|"
-    awk -F, '$2 == "soak" && ++n % 60 == 1 {printf "| %d | %s | %s |\n", n / 60, $3, $4}' "$W/rss.csv"
+    python3 - "$W" <<'PY'
+import glob, re, statistics, sys
+w = sys.argv[1]
+rows = [l.strip().split(",") for l in open(w + "/rss.csv") if ",soak," in l]
+t0 = int(rows[0][0])
+fs, d = {}, {}
+for r in rows:
+    m = (int(r[0]) - t0) // 60
+    if r[2]:
+        fs.setdefault(m, []).append(int(r[2]))
+    d.setdefault(m, []).append(int(r[3]))
+counts = []
+for f in sorted(glob.glob(w + "/log/*")):
+    for l in open(f, errors="replace"):
+        c = re.search(r"attributes \d+, directories (\d+),.*SQLite (\d+) B", l)
+        if c:
+            counts.append(c.groups())
+print("| minute | cairnfs lowest / median | cairnd median | directories kept | SQLite |")
+print("|---|---|---|---|---|")
+for i, m in enumerate(sorted(fs)):
+    dirs, sql = counts[min(i, len(counts) - 1)] if counts else ("-", 0)
+    print(f"| {m} | {min(fs[m])} / {statistics.median(fs[m]):.0f} | {statistics.median(d[m]):.0f} "
+          f"| {dirs} | {int(sql) / 1048576:.1f} MiB |")
+PY
 fi
 rm -rf "$W/native" "$W/h1/n1/scan"
