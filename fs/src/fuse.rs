@@ -401,9 +401,25 @@ impl Filesystem for CairnFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        match self.core.flush(fh.0, req.pid()) {
+        // Answered here, or by the watchdog should the writer not tell in time whether it
+        // is dying (see `cairn_fs::dying`).
+        let answer = |reply: ReplyEmpty, r: crate::core::Result<()>| match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(fail("flush", e)),
+        };
+        let slot = Arc::new(Mutex::new(Some(reply)));
+        let stalled = {
+            let (core, slot) = (self.core.clone(), slot.clone());
+            move || {
+                let r = core.flush_alive(fh.0);
+                if let Some(reply) = slot.lock().expect("flush reply").take() {
+                    answer(reply, r);
+                }
+            }
+        };
+        let r = self.core.flush(fh.0, req.pid(), stalled);
+        if let Some(reply) = slot.lock().expect("flush reply").take() {
+            answer(reply, r);
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod attr;
 pub mod core;
+pub mod dying;
 pub mod error;
 pub mod fetch;
 pub mod fuse;

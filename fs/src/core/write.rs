@@ -203,18 +203,32 @@ impl Core {
     /// (killed mid-file) marks the file so that it is not imported. Any other close is a
     /// promise kept from here on: the journal notes the file before `close` returns (synced
     /// to disk when the writer fsynced the file), so that no kill of this mount loses it.
-    pub fn flush(&self, fh: u64, pid: u32) -> Result<()> {
+    ///
+    /// Should `pid` not tell in time whether it is dying (it is in the middle of an exec),
+    /// `stalled` runs on another thread, to finish the flush ([`Core::flush_alive`]) and
+    /// answer it; this returns `Ok` then, with nothing more to do.
+    pub fn flush(&self, fh: u64, pid: u32, stalled: impl FnOnce() + Send + 'static) -> Result<()> {
+        let Some(l) = self.handles.writing(fh) else {
+            return Ok(());
+        };
+        use crate::dying::{Verdict as Closer, check};
+        match check(pid, stalled) {
+            Closer::Stalled => Ok(()),
+            Closer::Dying => {
+                let why = format!("its writer (pid {pid}) was killed mid-file");
+                spoil(&mut l.lock().expect("local"), why);
+                Ok(())
+            }
+            Closer::Alive => self.flush_alive(fh),
+        }
+    }
+
+    /// The flush of `fh` by a process that is not dying: the file is noted in the journal.
+    pub fn flush_alive(&self, fh: u64) -> Result<()> {
         let Some(l) = self.handles.writing(fh) else {
             return Ok(());
         };
         let mut g = l.lock().expect("local");
-        if killed_by_signal(pid) {
-            spoil(
-                &mut g,
-                format!("its writer (pid {pid}) was killed mid-file"),
-            );
-            return Ok(());
-        }
         if g.kind != LocalKind::Staged || g.spoiled.is_some() || g.gone {
             return Ok(());
         }
@@ -525,81 +539,4 @@ pub(super) fn keep(root: &Path, g: &mut Local) -> io::Result<()> {
     }
     g.kind = LocalKind::Kept;
     Ok(())
-}
-
-/// Whether process `pid` is exiting because a signal killed it: its file descriptors are
-/// being closed by the kernel, not by the program.
-///
-/// Its `/proc/PID/stat` is read on a thread of its own, and waited for only a moment: while a
-/// process execs, the kernel closes its close-on-exec descriptors holding the process's exec
-/// lock, and a read of its stat waits for that lock — so a flush that read it directly would
-/// wait for the exec, which waits for the flush (any program that spawns a child while it has
-/// a file of the mount open for writing would hang). A process in the middle of exec is not
-/// dying, so a read that does not answer in time counts as "not killed".
-fn killed_by_signal(pid: u32) -> bool {
-    use std::sync::mpsc::{SyncSender, sync_channel};
-    type Ask = (u32, SyncSender<bool>);
-    static READER: std::sync::OnceLock<std::sync::Mutex<SyncSender<Ask>>> =
-        std::sync::OnceLock::new();
-    let reader = READER.get_or_init(|| {
-        let (tx, rx) = sync_channel::<Ask>(64);
-        std::thread::Builder::new()
-            .name("proc-stat".into())
-            .spawn(move || {
-                for (pid, answer) in rx {
-                    let _ = answer.try_send(read_killed_by_signal(pid));
-                }
-            })
-            .expect("the /proc reader thread starts");
-        std::sync::Mutex::new(tx)
-    });
-    let (tx, rx) = sync_channel(1);
-    if reader
-        .lock()
-        .expect("proc reader")
-        .try_send((pid, tx))
-        .is_err()
-    {
-        // A read is stuck behind an exec, and many wait: none of them is dying.
-        return false;
-    }
-    rx.recv_timeout(std::time::Duration::from_millis(100))
-        .unwrap_or(false)
-}
-
-/// [`killed_by_signal`]'s read of `/proc/PID/stat`.
-fn read_killed_by_signal(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    const PF_EXITING: u64 = 0x4;
-    let flags = fields
-        .get(9 - 3)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
-    let exit_code = fields
-        .get(52 - 3)
-        .and_then(|f| f.parse::<i64>().ok())
-        .unwrap_or(0);
-    flags & PF_EXITING != 0 && exit_code & 0x7f != 0
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_running_process_is_not_killed() {
-        assert!(!killed_by_signal(std::process::id()));
-    }
-
-    #[test]
-    fn a_missing_process_is_not_killed() {
-        assert!(!killed_by_signal(u32::MAX));
-    }
 }
