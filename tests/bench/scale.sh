@@ -11,7 +11,7 @@
 #   4. cairnd's scan import of 100,000 new files: into an empty catalog, then into the full one
 #   5. cairn status and cairn node stats with the full catalog
 #   6. with SOAK=MINUTES: a loop of writes, walks and reads through the mount, with cairnfs's and
-#      cairnd's memory sampled every 10 s (a table of it is printed)
+#      cairnd's memory sampled every second (a table of it is printed)
 # One host, SQLite catalog, release build. Needs root (drop_caches) and about 5 million free
 # inodes and 25 GiB in the work dir; the native tree is removed at the end. Prints Markdown for
 # BENCHMARKS.md; the memory samples stay in WORKDIR/rss.csv, the soak's cairnfs log (with what it
@@ -189,12 +189,16 @@ if [ "$SOAK" -gt 0 ]; then
     sed -i "s|^\\[daemon\\]\$|[daemon]\\nlog_dir = \"$W/log\"|" "$W/h1/cairn.toml"
     fusermount3 -u -z "$W/m1"
     CAIRN_LOG=${CAIRN_LOG:-info,cairn_fs::core::list=debug} "$BIN/cairnfs" "$W/m1" --config "$W/h1/cairn.toml"
+    # Each round writes a directory of 200 files into the night's directory (a new night
+    # every 100 rounds, about a minute), walks one directory of the registered tree, reads a
+    # file back and lists the night: the archive grows, each walk's size does not.
     while [ "$(date +%s)" -lt "$end" ]; do
-        mkdir -p "$W/m1/soak/$i"
-        for f in $(seq 1 200); do head -c 4096 /dev/urandom >"$W/m1/soak/$i/$f.dat"; done
+        night="$W/m1/soak/$((i / 100))"
+        mkdir -p "$night/$i"
+        for f in $(seq 1 200); do head -c 4096 /dev/urandom >"$night/$i/$f.dat"; done
         find "$W/m1/scale/d$(printf %04d $((i % DIRS)))" | wc -l >/dev/null
-        cat "$W/m1/soak/$i/1.dat" >/dev/null
-        ls -l "$W/m1/soak" >/dev/null
+        cat "$night/$i/1.dat" >/dev/null
+        ls -l "$night" >/dev/null
         i=$((i + 1))
     done
     # What cairnfs keeps per inode lasts as long as the kernel holds the inode: the files the
