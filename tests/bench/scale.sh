@@ -16,6 +16,7 @@
 # inodes and 25 GiB in the work dir; the native tree is removed at the end. Prints Markdown for
 # BENCHMARKS.md; the memory samples stay in WORKDIR/rss.csv, the soak's cairnfs log (with what it
 # keeps, counted once a minute) in WORKDIR/log.
+# CACHE_MEMORY sets the mount's [fs] cache_memory (default 256MiB; SQLite's share is a 32nd).
 # Usage: tests/bench/scale.sh [WORKDIR]   (default: a new dir under /var/tmp)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -43,7 +44,8 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 P1=$(port)
 . "$HERE/lib.sh"
 host_config 1 "$P1" "[fs]
-ttl = \"1s\""
+ttl = \"1s\"
+${CACHE_MEMORY:+cache_memory = \"$CACHE_MEMORY\"}"
 cairn() { CAIRN_CONFIG=$W/h1/cairn.toml "$BIN/cairn" "$@"; }
 timed() { local t0 t1; t0=$(now); "$@" >/dev/null; t1=$(now); secs "$t0" "$t1"; }
 ratio() { python3 -c "print(f'{$1 / $2:.2f}x')"; }
