@@ -417,9 +417,13 @@ impl Filesystem for CairnFs {
                 }
             }
         };
+        // Answered by the watchdog (`Ok(false)`): it may still be finishing the flush, and
+        // the caller's close must not return before that.
         let r = self.core.flush(fh.0, req.pid(), stalled);
-        if let Some(reply) = slot.lock().expect("flush reply").take() {
-            answer(reply, r);
+        if !matches!(r, Ok(false))
+            && let Some(reply) = slot.lock().expect("flush reply").take()
+        {
+            answer(reply, r.map(|_| ()));
         }
     }
 

@@ -206,20 +206,25 @@ impl Core {
     ///
     /// Should `pid` not tell in time whether it is dying (it is in the middle of an exec),
     /// `stalled` runs on another thread, to finish the flush ([`Core::flush_alive`]) and
-    /// answer it; this returns `Ok` then, with nothing more to do.
-    pub fn flush(&self, fh: u64, pid: u32, stalled: impl FnOnce() + Send + 'static) -> Result<()> {
+    /// answer it; this returns `Ok(false)` then: the caller answers nothing.
+    pub fn flush(
+        &self,
+        fh: u64,
+        pid: u32,
+        stalled: impl FnOnce() + Send + 'static,
+    ) -> Result<bool> {
         let Some(l) = self.handles.writing(fh) else {
-            return Ok(());
+            return Ok(true);
         };
         use crate::dying::{Verdict as Closer, check};
         match check(pid, stalled) {
-            Closer::Stalled => Ok(()),
+            Closer::Stalled => Ok(false),
             Closer::Dying => {
                 let why = format!("its writer (pid {pid}) was killed mid-file");
                 spoil(&mut l.lock().expect("local"), why);
-                Ok(())
+                Ok(true)
             }
-            Closer::Alive => self.flush_alive(fh),
+            Closer::Alive => self.flush_alive(fh).map(|()| true),
         }
     }
 
