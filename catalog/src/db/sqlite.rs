@@ -251,6 +251,13 @@ fn from_sql(v: ValueRef<'_>) -> Result<Value, DbError> {
 /// its import batches.
 const CACHED_PARAMS_MAX: usize = 64;
 
+/// Whether `sql`, binding `params`, is a batch statement (see [`CACHED_PARAMS_MAX`]): many
+/// parameters, or a list of several values or rows whatever its size (a few KiB each
+/// size, kept, and a mount's SQLite memory crept up with the sizes of its small batches).
+fn is_batch(sql: &str, params: usize) -> bool {
+    params > CACHED_PARAMS_MAX || sql.contains("), (") || sql.contains("IN (?, ?")
+}
+
 impl SqliteBackend {
     /// Runs `f` with `sql` prepared: from the connection's cache, unless it is a batch
     /// statement.
@@ -260,7 +267,7 @@ impl SqliteBackend {
         params: usize,
         f: impl FnOnce(&mut rusqlite::Statement<'_>) -> Result<T, DbError>,
     ) -> Result<T, DbError> {
-        if params > CACHED_PARAMS_MAX {
+        if is_batch(sql, params) {
             f(&mut self.conn.prepare(sql).map_err(map_err)?)
         } else {
             let mut st = self.conn.prepare_cached(sql).map_err(map_err)?;
@@ -391,6 +398,43 @@ mod tests {
 
     /// Batch statements of many sizes (an import's, a batch at a time) leave nothing
     /// prepared behind them.
+    /// Small batches too: a list of a few values, a few rows, are made for their size.
+    #[test]
+    fn small_batch_statements_are_not_kept_prepared_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
+        b.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
+            .unwrap();
+        // SAFETY: reads one of SQLite's counters.
+        let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        let both = |b: &mut SqliteBackend, n: usize| {
+            let sql = format!(
+                "INSERT INTO t (a, b) VALUES {}",
+                vec!["(?, ?)"; n].join(", ")
+            );
+            let args: Vec<Value> = (0..n)
+                .flat_map(|i| [Value::Int(i as i64), Value::Text(format!("f{i}"))])
+                .collect();
+            b.execute(&sql, &args).unwrap();
+            let sql = format!(
+                "SELECT a, b FROM t WHERE a IN ({}) ORDER BY a",
+                vec!["?"; n].join(", ")
+            );
+            let args: Vec<Value> = (0..n).map(|i| Value::Int(i as i64)).collect();
+            b.query(&sql, &args).unwrap();
+        };
+        both(&mut b, 1);
+        let before = used();
+        for n in 2..=32 {
+            both(&mut b, n);
+        }
+        let grown = used() - before;
+        assert!(
+            grown < 32 << 10,
+            "62 small batch statements left {grown} bytes with SQLite"
+        );
+    }
+
     #[test]
     fn batch_statements_are_not_kept_prepared() {
         let dir = tempfile::tempdir().unwrap();
