@@ -396,26 +396,38 @@ impl Drop for SqliteBackend {
 mod tests {
     use super::*;
 
-    /// Batch statements of many sizes (an import's, a batch at a time) leave nothing
-    /// prepared behind them.
-    /// Small batches too: a list of a few values, a few rows, are made for their size.
-    #[test]
-    fn small_batch_statements_are_not_kept_prepared_either() {
+    /// A database with table `t (a, b)`, in a directory kept while the backend lives.
+    fn table_t() -> (tempfile::TempDir, SqliteBackend) {
         let dir = tempfile::tempdir().unwrap();
         let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
         b.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
             .unwrap();
-        // SAFETY: reads one of SQLite's counters.
-        let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
+        (dir, b)
+    }
+
+    /// Inserts `rows` rows into `t` with one statement made for that many rows.
+    fn insert_rows(b: &mut SqliteBackend, rows: usize) {
+        let sql = format!(
+            "INSERT INTO t (a, b) VALUES {}",
+            vec!["(?, ?)"; rows].join(", ")
+        );
+        let args: Vec<Value> = (0..rows)
+            .flat_map(|i| [Value::Int(i as i64), Value::Text(format!("f{i}"))])
+            .collect();
+        b.execute(&sql, &args).unwrap();
+    }
+
+    /// SQLite's memory in this process (nextest runs each test in a process of its own).
+    fn used() -> i64 {
+        memory_used().0
+    }
+
+    /// Small batches too: a list of a few values, a few rows, are made for their size.
+    #[test]
+    fn small_batch_statements_are_not_kept_prepared_either() {
+        let (_dir, mut b) = table_t();
         let both = |b: &mut SqliteBackend, n: usize| {
-            let sql = format!(
-                "INSERT INTO t (a, b) VALUES {}",
-                vec!["(?, ?)"; n].join(", ")
-            );
-            let args: Vec<Value> = (0..n)
-                .flat_map(|i| [Value::Int(i as i64), Value::Text(format!("f{i}"))])
-                .collect();
-            b.execute(&sql, &args).unwrap();
+            insert_rows(b, n);
             let sql = format!(
                 "SELECT a, b FROM t WHERE a IN ({}) ORDER BY a",
                 vec!["?"; n].join(", ")
@@ -435,29 +447,15 @@ mod tests {
         );
     }
 
+    /// Batch statements of many sizes (an import's, a batch at a time) leave nothing
+    /// prepared behind them.
     #[test]
     fn batch_statements_are_not_kept_prepared() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut b = SqliteBackend::open(&dir.path().join("c.db"), true).unwrap();
-        b.execute_batch("CREATE TABLE t (a INTEGER, b TEXT)")
-            .unwrap();
-        // SQLite's memory in this process (nextest runs each test in a process of its own).
-        // SAFETY: reads one of SQLite's counters.
-        let used = || unsafe { rusqlite::ffi::sqlite3_memory_used() };
-        let insert = |b: &mut SqliteBackend, rows: usize| {
-            let sql = format!(
-                "INSERT INTO t (a, b) VALUES {}",
-                vec!["(?, ?)"; rows].join(", ")
-            );
-            let args: Vec<Value> = (0..rows)
-                .flat_map(|i| [Value::Int(i as i64), Value::Text(format!("f{i}"))])
-                .collect();
-            b.execute(&sql, &args).unwrap();
-        };
-        insert(&mut b, 100);
+        let (_dir, mut b) = table_t();
+        insert_rows(&mut b, 100);
         let before = used();
         for rows in 101..160 {
-            insert(&mut b, rows);
+            insert_rows(&mut b, rows);
         }
         let grown = used() - before;
         assert!(
