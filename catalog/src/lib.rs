@@ -16,6 +16,7 @@ pub mod db;
 pub mod error;
 pub mod md5;
 pub mod md5fast;
+pub mod md5lanes;
 pub mod model;
 pub mod policy;
 pub mod pool;

@@ -20,6 +20,15 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     hasher.finish_hex()
 }
 
+/// The md5 of each of `bufs`, as 32 lowercase hex digits, in order: several at once where the
+/// CPU allows ([`crate::md5lanes`]).
+pub fn md5_hex_many(bufs: &[&[u8]]) -> Vec<String> {
+    crate::md5lanes::md5_many(bufs)
+        .iter()
+        .map(|d| to_hex(d))
+        .collect()
+}
+
 /// Whether `s` is an md5 as the catalog stores it: exactly 32 lowercase hex digits.
 pub fn is_md5_hex(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))

@@ -18,7 +18,7 @@
 //! round 3's `b ^ c` made no difference.)
 
 /// The per-step constants: `floor(abs(sin(i + 1)) * 2^32)`.
-const K: [u32; 64] = [
+pub(crate) const K: [u32; 64] = [
     0xd76a_a478,
     0xe8c7_b756,
     0x2420_70db,
@@ -86,7 +86,7 @@ const K: [u32; 64] = [
 ];
 
 /// The initial state.
-const INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
+pub(crate) const INIT: [u32; 4] = [0x6745_2301, 0xefcd_ab89, 0x98ba_dcfe, 0x1032_5476];
 
 /// A streaming MD5 hasher: feed it with [`Md5::update`] in any pieces, then [`Md5::finalize`].
 #[derive(Clone)]
@@ -121,6 +121,18 @@ impl Md5 {
             buffer: [0; 64],
             buffered: 0,
             len: 0,
+        }
+    }
+
+    /// A hasher that has hashed `len` bytes, a whole number of 64-byte blocks, into `state`:
+    /// how [`crate::md5lanes`] hands each buffer's tail over.
+    pub(crate) fn resume(state: [u32; 4], len: u64) -> Self {
+        debug_assert_eq!(len % 64, 0);
+        Self {
+            state,
+            buffer: [0; 64],
+            buffered: 0,
+            len,
         }
     }
 
@@ -313,7 +325,7 @@ macro_rules! rounds {
         $i!($b, $c, $d, $a, 63, 21);
     };
 }
-use rounds;
+pub(crate) use rounds;
 
 #[cfg(test)]
 mod tests {

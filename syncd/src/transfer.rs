@@ -229,7 +229,7 @@ impl Puller {
         peer: &Peer,
         items: &[BatchItem],
         cancel: &AtomicBool,
-        results: &mut Vec<std::io::Result<Fetched>>,
+        results: &mut Vec<std::io::Result<Vec<u8>>>,
     ) -> std::io::Result<()> {
         use std::io::BufRead;
         let (scheme, bearer) = self.credentials()?;
@@ -327,7 +327,7 @@ impl Puller {
                 }
                 pullbatch::Header::File { size, .. } => size,
             };
-            // Small files: read whole and hashed in one go (no pipeline to set up).
+            // Small files: read whole, hashed together once the stream ends.
             let mut bytes = vec![0; size as usize];
             reader.read_exact(&mut bytes).map_err(|e| {
                 cut(format!(
@@ -335,12 +335,7 @@ impl Puller {
                     item.copy_id
                 ))
             })?;
-            let mut hasher = cairn_catalog::md5::Hasher::new();
-            hasher.update(&bytes);
-            results.push(Ok(Fetched {
-                bytes,
-                md5: hasher.finish_hex(),
-            }));
+            results.push(Ok(bytes));
         }
         Ok(())
     }
@@ -484,7 +479,21 @@ impl Transfer for Puller {
                 results.push(Err(std::io::Error::new(e.kind(), e.to_string())));
             }
         }
+        // What arrived is hashed in one pass, many files at once.
+        let arrived: Vec<&[u8]> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(Vec::as_slice))
+            .collect();
+        let mut md5s = cairn_catalog::md5::md5_hex_many(&arrived).into_iter();
         results
+            .into_iter()
+            .map(|r| {
+                r.map(|bytes| Fetched {
+                    bytes,
+                    md5: md5s.next().expect("one md5 per file arrived"),
+                })
+            })
+            .collect()
     }
 }
 

@@ -30,7 +30,8 @@ use crate::pullbatch::{Header, MAX_FILE};
 /// The response to a batch request for `ids` (already authorised): the files stream as they
 /// are read.
 pub(super) fn serve(server: Arc<Server>, peer: SocketAddr, ids: Vec<CopyId>) -> Response<ResBody> {
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    // Up to four files read ahead of the socket (a header and the bytes each).
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || produce(&server, peer, &ids, &tx));
     Response::builder()
         .status(StatusCode::OK)
@@ -133,30 +134,32 @@ fn produce(
 ) {
     let (mut served, mut refused) = (0usize, 0usize);
     for (&copy_id, found) in ids.iter().zip(lookup(server, ids)) {
-        let frame = match found.and_then(|c| read(&c).map(|b| (c, b))) {
+        // The header, then the bytes as read (not copied behind the header).
+        let (header, bytes) = match found.and_then(|c| read(&c).map(|b| (c, b))) {
             Ok((c, bytes)) => {
                 let header = Header::File {
                     copy_id,
                     size: bytes.len() as u64,
                     md5: c.md5,
                 };
-                let mut frame = header.encode().into_bytes();
-                frame.extend_from_slice(&bytes);
                 served += 1;
                 Metrics::add(&server.metrics.copies_served, 1);
                 Metrics::add(&server.metrics.bytes_sent, bytes.len() as u64);
-                frame
+                (header, Some(bytes))
             }
             Err(reason) => {
                 refused += 1;
                 Metrics::add(&server.metrics.requests_refused, 1);
                 warn!("Refused copy #{copy_id} of a batch to {peer}: {reason}.");
-                Header::Refused { copy_id, reason }.encode().into_bytes()
+                (Header::Refused { copy_id, reason }, None)
             }
         };
-        if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
-            warn!("{peer} left in the middle of a batch ({served} copies sent).");
-            return;
+        let frames = std::iter::once(header.encode().into_bytes()).chain(bytes);
+        for frame in frames {
+            if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
+                warn!("{peer} left in the middle of a batch ({served} copies sent).");
+                return;
+            }
         }
     }
     info!(
