@@ -126,6 +126,9 @@ fn pull_from(
         format_size(items.iter().map(|i| i.size).sum())
     );
     let results = ctx.transfer.fetch_batch(peer, &items, &ctx.cancel);
+    // Where a batch's time goes, for the debug log: arrived, landing lock, written, first sync,
+    // installed, second sync, recorded.
+    let mut phases = vec![t0.elapsed()];
 
     // Each file checked on its own; the intact ones go on together.
     let mut intact = Vec::with_capacity(group.len());
@@ -183,6 +186,7 @@ fn pull_from(
         .iter()
         .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
         .collect();
+    phases.push(t0.elapsed());
     let mut written = Vec::with_capacity(intact.len());
     let mut made: Vec<PathBuf> = Vec::new();
     for (r, pull, bytes) in intact {
@@ -220,6 +224,7 @@ fn pull_from(
         }
     }
     let intact = written;
+    phases.push(t0.elapsed());
     if intact.is_empty() {
         return Ok(());
     }
@@ -232,6 +237,7 @@ fn pull_from(
         }
         return Ok(());
     }
+    phases.push(t0.elapsed());
     let mut installed = Vec::with_capacity(intact.len());
     // Each destination's marker read once, after the sync, before any name is given.
     let mut there: HashMap<PathBuf, bool> = HashMap::new();
@@ -265,6 +271,7 @@ fn pull_from(
     if installed.is_empty() {
         return Ok(());
     }
+    phases.push(t0.elapsed());
     if let Err(why) = sync_roots(&roots) {
         // The names may not survive a crash: not recorded, retried (the pre-pull search
         // then finds the files in place).
@@ -285,7 +292,21 @@ fn pull_from(
             seconds: pull.t0.elapsed().as_secs_f64(),
         })
         .collect();
+    phases.push(t0.elapsed());
     let effects = cat.write(|tx| tx.record_arrivals(&arrivals, now()))?;
+    phases.push(t0.elapsed());
+    debug!(
+        "Batch from {} in ms: arrived {:.1}, landing {:.1}, written {:.1}, synced {:.1}, \
+         installed {:.1}, synced {:.1}, recorded {:.1}.",
+        peer.host,
+        phases[0].as_secs_f64() * 1e3,
+        phases[1].as_secs_f64() * 1e3,
+        phases[2].as_secs_f64() * 1e3,
+        phases[3].as_secs_f64() * 1e3,
+        phases[4].as_secs_f64() * 1e3,
+        phases[5].as_secs_f64() * 1e3,
+        phases[6].as_secs_f64() * 1e3,
+    );
     let total: u64 = installed.iter().map(|(_, _, b)| b).sum();
     for ((r, _, _), fired) in installed.iter().zip(&effects) {
         debug!("Pull of {} complete (batch).", r.path);
