@@ -220,7 +220,7 @@ impl Writer {
         let chunk = match self.write_direct(offset, data)? {
             Some(buf) => Chunk::Owned(buf),
             None => {
-                self.file.write_all_at(data, offset)?;
+                cairn_node::copyfile::write_all_at(&self.file, data, offset)?;
                 self.kick(offset + data.len() as u64);
                 Chunk::Borrowed(data)
             }

@@ -75,6 +75,29 @@ const UNSETTLED: u64 = 2 * CHUNK as u64;
 /// Buffers per pipeline: one being hashed, one being read or written, two queued between.
 const BUFFERS: usize = 4;
 
+/// Writes into the page cache go in pieces of at most this many bytes. The kernel backs one
+/// large write with large folios (a 1 MiB write with 1 MiB folios), and those are slow to come
+/// by when free memory is fragmented or has been handed back to a hypervisor: on the project's
+/// machine, new files written 1 MiB per call went at 250–330 MB/s, 256 KiB per call at about
+/// 3 GB/s.
+pub const WRITE_PIECE: usize = 256 << 10;
+
+/// Writes all of `buf` into `file` at `offset`, in pieces of at most [`WRITE_PIECE`].
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    let mut at = offset;
+    for piece in buf.chunks(WRITE_PIECE) {
+        file.write_all_at(piece, at)?;
+        at += piece.len() as u64;
+    }
+    Ok(())
+}
+
+/// Creates `path` (truncating what is there) holding `bytes`, written in pieces of at most
+/// [`WRITE_PIECE`]. Not synced.
+pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_all_at(&File::create(path)?, bytes, 0)
+}
+
 /// What [`copy_with_md5`] and [`resume_from_reader`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
@@ -292,7 +315,7 @@ impl<'a> Sink<'a> {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.file.write_all_at(chunk, self.offset)?;
+        write_all_at(self.file, chunk, self.offset)?;
         start_writeback(self.file, self.offset, chunk.len());
         self.offset += chunk.len() as u64;
         let behind = self.offset.saturating_sub(UNSETTLED);
@@ -590,6 +613,24 @@ fn settle(file: &File, offset: u64, len: u64) {
 mod tests {
     use super::*;
     use cairn_catalog::md5::md5_hex;
+
+    #[test]
+    fn a_write_in_pieces_writes_every_byte_where_it_belongs() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        let data: Vec<u8> = (0..3 * WRITE_PIECE + 17).map(|i| (i % 251) as u8).collect();
+        write_new(&path, &data).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), data);
+        // At an offset, over what is there.
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        write_all_at(&file, &[7u8; WRITE_PIECE + 1], 5).unwrap();
+        let back = fs::read(&path).unwrap();
+        assert_eq!(&back[..5], &data[..5]);
+        assert!(back[5..WRITE_PIECE + 6].iter().all(|&b| b == 7));
+        assert_eq!(&back[WRITE_PIECE + 6..], &data[WRITE_PIECE + 6..]);
+        write_new(&path, b"short").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"short", "truncated");
+    }
 
     #[test]
     fn a_directory_is_made_once_per_caller() {

@@ -200,7 +200,7 @@ fn pull_from(
             {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::write(&tmp, &bytes)
+            copyfile::write_new(&tmp, &bytes)
         };
         match write() {
             Ok(()) => {
