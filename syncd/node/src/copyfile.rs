@@ -98,6 +98,23 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_all_at(&File::create(path)?, bytes, 0)
 }
 
+/// Drops the pages of the file at `path` from the page cache, once it is on disk (after a
+/// [`sync_fs`]): a batch's files are not read again soon, and the next batch's writes then
+/// reuse the same page frames, as a copy's do ([`settle`]). On the project's machine a batch of
+/// 16 new files of 1 MiB took 54–66 ms to write without this, 4 ms with it. Advice only: only
+/// clean pages are dropped, and a failure changes nothing.
+pub fn drop_cached(path: &Path) {
+    #[cfg(target_os = "linux")]
+    if let Ok(file) = File::open(path) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: posix_fadvise only reads its integer arguments; the descriptor is valid while
+        // `file` lives.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
+}
+
 /// What [`copy_with_md5`] and [`resume_from_reader`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {

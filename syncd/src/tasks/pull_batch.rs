@@ -237,6 +237,10 @@ fn pull_from(
         }
         return Ok(());
     }
+    // On disk now: out of the page cache, so that the next batch reuses its pages.
+    for (f, _) in &intact {
+        copyfile::drop_cached(f.tmp.path());
+    }
     phases.push(t0.elapsed());
     let mut installed = Vec::with_capacity(intact.len());
     // Each destination's marker read once, after the sync, before any name is given.
