@@ -46,9 +46,10 @@
 //! written.
 //!
 //! [`resume_from_reader`] turns this around: its reader (a network stream) and the progress
-//! callback need not be `Send`, so the calling thread reads and hashes and the second thread
-//! writes. [`md5_of`] is the pipeline without a destination. Files smaller than one chunk are
-//! handled on the calling thread alone.
+//! callback need not be `Send`, so the calling thread reads, a second thread hashes and a third
+//! writes (the hash, the slowest stage, alone on its thread). [`md5_of`] is the pipeline without
+//! a destination. Files smaller than one chunk are handled on the calling thread alone (by
+//! [`copy_with_md5`] and [`md5_of`]).
 //!
 //! Cancellation is checked between chunks and reported as [`io::ErrorKind::Interrupted`]; the
 //! temporary file is left for the caller to remove.
@@ -177,12 +178,17 @@ pub fn resume_from_reader(
         .open(dst)?;
     advise_sequential(&target);
     let mut hasher = Hasher::new();
-    let mut inspect = |chunk: &[u8]| {
+    let existing = pump_file(&target, None, cancel, &mut |chunk| {
         hasher.update(chunk);
         progress(hasher.len());
-    };
-    let existing = pump_file(&target, None, cancel, &mut inspect)?;
-    pump_reader(reader, Sink::new(&target, existing), cancel, &mut inspect)?;
+    })?;
+    let hasher = pump_reader(
+        reader,
+        Sink::new(&target, existing),
+        cancel,
+        hasher,
+        &mut |read| progress(existing + read),
+    )?;
     Ok(Copied {
         bytes: hasher.len(),
         md5: hasher.finish_hex(),
@@ -419,23 +425,37 @@ fn pump_file(
     })
 }
 
-/// Reads `reader` to EOF on this thread, passing each chunk to `inspect` here and writing it to
-/// `sink` on a second thread, in order. Returns the number of bytes read.
+/// Reads `reader` to EOF on this thread; a second thread hashes each chunk into `hasher`, a
+/// third writes it to `sink`, in order. Returns the hasher, having seen every byte read.
+/// `progress` gets the bytes read so far, on this thread.
 ///
 /// This is [`pump_file`] turned around for readers that cannot move to another thread (a network
-/// stream). Checks `cancel` before each read. The first error (cancellation or reading first,
-/// else writing) is returned; after it no more chunks are read or written.
+/// stream). The hash has a thread of its own: MD5 is the slowest stage, and reading a socket on
+/// the same thread made a 1 GiB pull wait for both. Checks `cancel` before each read. The first
+/// error (cancellation or reading first, else writing) is returned; after it no more chunks are
+/// read or written.
 fn pump_reader(
     reader: &mut dyn Read,
     mut sink: Sink<'_>,
     cancel: &AtomicBool,
-    inspect: &mut dyn FnMut(&[u8]),
-) -> io::Result<u64> {
-    let (full_tx, full_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    mut hasher: Hasher,
+    progress: &mut dyn FnMut(u64),
+) -> io::Result<Hasher> {
+    let (read_tx, read_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
+    let (hashed_tx, hashed_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
     thread::scope(|scope| {
+        let hashing = scope.spawn(move || -> Hasher {
+            for (buffer, len) in read_rx {
+                hasher.update(&buffer[..len]);
+                if hashed_tx.send((buffer, len)).is_err() {
+                    break; // the writer failed; its error is reported below
+                }
+            }
+            hasher
+        });
         let writer = scope.spawn(move || -> io::Result<()> {
-            for (buffer, len) in full_rx {
+            for (buffer, len) in hashed_rx {
                 sink.write(&buffer[..len])?;
                 // The reader may have stopped; then the buffer is simply dropped.
                 let _ = free_tx.send(buffer);
@@ -443,9 +463,9 @@ fn pump_reader(
             Ok(())
         });
 
-        let mut total = 0;
         let read_result = (|| -> io::Result<()> {
             let mut allocated = 0;
+            let mut total = 0;
             loop {
                 check_cancel(cancel)?;
                 let Some(mut buffer) = next_buffer(&free_rx, &mut allocated) else {
@@ -455,19 +475,20 @@ fn pump_reader(
                 if len == 0 {
                     return Ok(());
                 }
-                inspect(&buffer[..len]);
                 total += len as u64;
-                if full_tx.send((buffer, len)).is_err() || len < CHUNK {
+                progress(total);
+                if read_tx.send((buffer, len)).is_err() || len < CHUNK {
                     return Ok(());
                 }
             }
         })();
-        // Hang up so the writer finishes what is queued (or stops at its error) and returns.
-        drop(full_tx);
+        // Hang up so the others finish what is queued (or stop at an error) and return.
+        drop(read_tx);
+        let hasher = join(hashing);
         let write_result = join(writer);
         read_result?;
         write_result?;
-        Ok(total)
+        Ok(hasher)
     })
 }
 
