@@ -98,7 +98,8 @@ struct InFlight {
 /// installed, synced again and recorded, one batch at a time per destination root
 /// ([`Landings`]), while the next batch is on the wire. Two batches landing at once on one
 /// file system held each other up: each file's create waited on the other batch's `syncfs`,
-/// renames and catalog commits.
+/// renames and catalog commits (recording a batch after its landing, beside the next one's
+/// writes, made those writes take 35–60 ms instead of 5).
 fn pull_from(
     ctx: &TaskContext,
     cat: &mut Catalog,
@@ -237,7 +238,8 @@ fn pull_from(
         }
         return Ok(());
     }
-    // On disk now: out of the page cache, so that the next batch reuses its pages.
+    // On disk now: out of the page cache, so that the next batch reuses its pages (small
+    // files too: a batch of 256 of 4 KiB wrote in 4 ms with this, 14–17 without).
     for (f, _) in &intact {
         copyfile::drop_cached(f.tmp.path());
     }
