@@ -189,25 +189,16 @@ fn pull_from(
         .collect();
     phases.push(t0.elapsed());
     let mut written = Vec::with_capacity(intact.len());
-    let mut made: Vec<PathBuf> = Vec::new();
+    let mut made = std::collections::HashSet::new();
     for (r, pull, bytes) in intact {
         let tmp = NodeRoot::new(&pull.root).incoming(Incoming {
             request: r.id,
             resumable: false,
         });
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = tmp.parent()
-                && !made.iter().any(|m| m == parent)
-            {
-                std::fs::create_dir_all(parent)?;
-            }
-            copyfile::write_new(&tmp, &bytes)
-        };
-        match write() {
+        let write = copyfile::make_dir_once(tmp.parent(), &mut made)
+            .and_then(|()| copyfile::write_new(&tmp, &bytes));
+        match write {
             Ok(()) => {
-                if let Some(parent) = tmp.parent() {
-                    made.push(parent.to_path_buf());
-                }
                 written.push((
                     InFlight {
                         r,
