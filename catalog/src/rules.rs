@@ -218,7 +218,8 @@ pub const MAX_FULL_FRACTION: f64 = 0.97;
 /// What is known of a node's space, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NodeSpace {
-    /// The total size of the node's catalogued copies (what `max_total` limits).
+    /// The total size of the node's catalogued copies (what `max_total` limits; cairnd sums
+    /// it only for a node that has one, and leaves 0 otherwise, where nothing reads it).
     pub used_by_copies: u64,
     /// The most the node's copies may take; `None`: no limit.
     pub max_total: Option<u64>,

@@ -696,6 +696,31 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
 }
 
+#[test]
+fn max_total_counts_the_copies_a_node_holds_already() {
+    let a = Archive::new();
+    let mut h = a.host_with("h1", "max_attempts = 1");
+    let [r1, _, _] = three_nodes(&a, &mut h, false);
+    h.cairn(&["node", "modify", "n2", "--max-total", "80B"]);
+    let bytes = "fifty-two bytes of data: each file on its own fits.\n";
+    assert_eq!(bytes.len(), 52);
+    write_file(&r1, "2025/01/01/a.dat", bytes);
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
+    // 52 bytes held, 52 more would make 104 of 80.
+    write_file(&r1, "2025/01/01/b.dat", bytes);
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+    let failed = a.cairn(&["request", "list", "--failed"]);
+    assert!(failed.contains("has no room"), "{failed}");
+    assert_eq!(a.has("n2", "2025/01/01/b.dat"), None);
+}
+
 /// The refused release is tried again at every pass (5 a second here), and counted each time
 /// in `/metrics`, but logged once: an hour of it was 1,500 lines a minute on one host.
 #[test]

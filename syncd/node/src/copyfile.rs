@@ -94,21 +94,21 @@ pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 }
 
 /// Creates `path` (truncating what is there) holding `bytes`, written in pieces of at most
-/// [`WRITE_PIECE`]. Not synced.
-pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_all_at(&File::create(path)?, bytes, 0)
+/// [`WRITE_PIECE`]; returns it open (for [`drop_cached`] once synced). Not synced.
+pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    let file = File::create(path)?;
+    write_all_at(&file, bytes, 0)?;
+    Ok(file)
 }
 
-/// Drops the pages of the file at `path` from the page cache, once it is on disk (after a
-/// [`sync_fs`]): a batch's files are not read again soon, and the next batch's writes then
-/// reuse the same page frames, as a copy's do ([`settle`]). On the project's machine a batch of
-/// 16 new files of 1 MiB took 54–66 ms to write without this, 4 ms with it. Advice only: only
-/// clean pages are dropped, and a failure changes nothing.
-pub fn drop_cached(path: &Path) {
-    if let Ok(file) = File::open(path) {
-        // A length of 0: to the end of the file.
-        forget_pages(&file, 0, 0);
-    }
+/// Drops the pages of `file` from the page cache, once it is on disk (after a [`sync_fs`]): a
+/// batch's files are not read again soon, and the next batch's writes then reuse the same page
+/// frames, as a copy's do ([`settle`]). On the project's machine a batch of 16 new files of
+/// 1 MiB took 54–66 ms to write without this, 4 ms with it. Advice only: only clean pages are
+/// dropped, and a failure changes nothing.
+pub fn drop_cached(file: &File) {
+    // A length of 0: to the end of the file.
+    forget_pages(file, 0, 0);
 }
 
 /// What [`copy_with_md5`] and [`resume_from_reader`] wrote.

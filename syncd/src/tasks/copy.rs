@@ -2,8 +2,9 @@
 //! source, transfer into `.cairn/tmp/`, md5 check, fsync, the marker checked again, install,
 //! record with auto-actions — or a retry with backoff (invariant 2).
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -184,6 +185,9 @@ pub(super) fn prepare_many(
     // group's depends on each file's size: chosen for each; and a failed choice is tried
     // again for the next file).
     let mut dests: HashMap<String, (Node, bool)> = HashMap::new();
+    let mut partials = Partials {
+        listed: (requests.len() > 1).then(HashMap::new),
+    };
     let mut out = Vec::with_capacity(requests.len());
     for (r, found) in requests.iter().zip(sources) {
         let Some(file) = files.remove(&r.file_id) else {
@@ -211,7 +215,7 @@ pub(super) fn prepare_many(
         };
         let outcome = match dest {
             Ok((_, false)) => Err(CopyFailure::Cancelled),
-            Ok((dest, true)) => prepare_one(ctx, cat, r, file, dest, found, spaces),
+            Ok((dest, true)) => prepare_one(ctx, cat, r, file, dest, found, spaces, &mut partials),
             Err(f) => Err(f),
         };
         if let Err(CopyFailure::Catalog(e)) = outcome {
@@ -222,8 +226,45 @@ pub(super) fn prepare_many(
     Ok(out)
 }
 
+/// The partial pulls that earlier attempts left in the destinations' `.cairn/tmp/`.
+struct Partials {
+    /// For a batch, the names in each of those directories, listed once (`None` in the map:
+    /// it could not be listed, each is looked up); `None`: each is looked up. Looking up
+    /// each file's (all but always missing) partial took 4% of a receiving cairnd's time in
+    /// a sync of small files.
+    listed: Option<HashMap<PathBuf, Option<HashSet<OsString>>>>,
+}
+
+impl Partials {
+    /// The bytes on disk of the partial pull `part`, 0 if there is none.
+    fn held(&mut self, part: &Path) -> u64 {
+        if let (Some(listed), Some(dir), Some(name)) =
+            (&mut self.listed, part.parent(), part.file_name())
+        {
+            let names = listed
+                .entry(dir.to_path_buf())
+                .or_insert_with(|| match std::fs::read_dir(dir) {
+                    Ok(entries) => entries
+                        .map(|e| e.map(|e| e.file_name()))
+                        .collect::<std::io::Result<_>>()
+                        .ok(),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(HashSet::new()),
+                    Err(_) => None,
+                });
+            if names.as_ref().is_some_and(|n| !n.contains(name)) {
+                return 0;
+            }
+        }
+        std::fs::metadata(part).map_or(0, |m| {
+            use std::os::unix::fs::MetadataExt;
+            m.blocks() * 512
+        })
+    }
+}
+
 /// [`prepare`]'s steps for one file, its destination chosen (its disk in place) and its
 /// sources found (`found`, best first).
+#[allow(clippy::too_many_arguments)]
 fn prepare_one(
     ctx: &TaskContext,
     cat: &mut Catalog,
@@ -232,6 +273,7 @@ fn prepare_one(
     dest: Node,
     found: Vec<Source>,
     spaces: &mut Spaces,
+    partials: &mut Partials,
 ) -> Result<Prepared, CopyFailure> {
     let root = PathBuf::from(dest.root.clone().unwrap_or_default());
     let final_path = root.join(&file.path);
@@ -276,11 +318,9 @@ fn prepare_one(
         request: r.id,
         resumable: true,
     });
-    let held = std::fs::metadata(&part).map_or(0, |m| {
-        use std::os::unix::fs::MetadataExt;
-        m.blocks() * 512
-    });
-    // The node's space once per batch: asking the catalog sums all the node's copies.
+    let held = partials.held(&part);
+    // The node's space once per batch: asking the catalog sums all the node's copies (when
+    // it has a `max_total`).
     let known = match spaces.get(&dest.id) {
         Some(s) => *s,
         None => node_space(cat, &dest)?,
@@ -532,7 +572,13 @@ fn record_arrival(
 }
 
 fn node_space(cat: &mut Catalog, node: &Node) -> Result<NodeSpace> {
-    let used = cat.read(|tx| tx.used_by_copies(node.id))?;
+    // The sum reads every copy of the node (7.8% of a receiving cairnd's time in a sync of
+    // small files into a node of 20,000, and growing with the node): only `max_total` needs
+    // it.
+    let used = match node.max_total {
+        Some(_) => cat.read(|tx| tx.used_by_copies(node.id))?,
+        None => 0,
+    };
     Ok(NodeSpace {
         used_by_copies: used,
         max_total: node.max_total,
@@ -579,4 +625,32 @@ fn choose_destination(
     let mut here = here;
     here.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((here.remove(0), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_finds_the_partial_pulls_its_directory_lists_and_no_others() {
+        let t = tempfile::tempdir().unwrap();
+        let tmp = t.path().join("tmp");
+        std::fs::create_dir(&tmp).unwrap();
+        std::fs::write(tmp.join("7.part"), vec![1u8; 10_000]).unwrap();
+        for listed in [Some(HashMap::new()), None] {
+            let batch = listed.is_some();
+            let mut partials = Partials { listed };
+            assert!(
+                partials.held(&tmp.join("7.part")) >= 10_000,
+                "batch {batch}: a partial there counts with its blocks"
+            );
+            assert_eq!(partials.held(&tmp.join("8.part")), 0, "batch {batch}");
+            // A directory that is not there (no pull has arrived on the node yet).
+            assert_eq!(
+                partials.held(&t.path().join("none/9.part")),
+                0,
+                "batch {batch}"
+            );
+        }
+    }
 }
