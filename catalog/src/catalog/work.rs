@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::files::IN_CHUNK;
 use super::{Tx, in_list};
-use crate::db::Value;
+use crate::db::{Dialect, Value};
 use crate::error::{CatalogError, Result};
 use crate::model::{
     Copy, CopyId, CopyRequest, FileId, GroupId, Has, ImportId, ImportRequest, NodeId, NodeKind,
@@ -522,26 +522,41 @@ impl Tx<'_> {
             .map(|a| (a.file_id, a.node_id, Some(super::size_on_disk(a.bytes))))
             .collect();
         self.record_healthy_copies(&copies, now)?;
-        for chunk in arrivals.chunks(IN_CHUNK) {
-            let mut args: Vec<Value> = vec![now.into()];
-            for a in chunk {
-                args.extend([a.request.into(), a.bytes.into()]);
-            }
-            for a in chunk {
-                args.extend([a.request.into(), a.seconds.into()]);
-            }
-            args.extend(chunk.iter().map(|a| Value::from(a.request)));
-            let bytes = " WHEN ? THEN CAST(? AS BIGINT)".repeat(chunk.len());
-            let seconds = " WHEN ? THEN CAST(? AS DOUBLE PRECISION)".repeat(chunk.len());
-            self.exec(
-                &format!(
+        if self.backend.dialect() == Dialect::Sqlite {
+            // In process, a kept statement per request costs microseconds. The one statement
+            // per batch below (two `CASE` terms per request) is prepared anew for each batch,
+            // its text being the batch's size: parsing it was 7.5% of a receiving cairnd's
+            // time in a sync of small files. (At a distant PostgreSQL each statement is a
+            // round trip: one for the batch.)
+            for a in arrivals {
+                self.exec(
                     "UPDATE copy_request SET state = 'done', finished_at = ?, last_error = NULL, \
-                     bytes = CASE id{bytes} END, seconds = CASE id{seconds} END \
-                     WHERE state = 'active' AND id IN ({})",
-                    in_list(chunk.len())
-                ),
-                &args,
-            )?;
+                     bytes = ?, seconds = ? WHERE state = 'active' AND id = ?",
+                    params![now, a.bytes, a.seconds, a.request],
+                )?;
+            }
+        } else {
+            for chunk in arrivals.chunks(IN_CHUNK) {
+                let mut args: Vec<Value> = vec![now.into()];
+                for a in chunk {
+                    args.extend([a.request.into(), a.bytes.into()]);
+                }
+                for a in chunk {
+                    args.extend([a.request.into(), a.seconds.into()]);
+                }
+                args.extend(chunk.iter().map(|a| Value::from(a.request)));
+                let bytes = " WHEN ? THEN CAST(? AS BIGINT)".repeat(chunk.len());
+                let seconds = " WHEN ? THEN CAST(? AS DOUBLE PRECISION)".repeat(chunk.len());
+                self.exec(
+                    &format!(
+                        "UPDATE copy_request SET state = 'done', finished_at = ?, \
+                         last_error = NULL, bytes = CASE id{bytes} END, \
+                         seconds = CASE id{seconds} END WHERE state = 'active' AND id IN ({})",
+                        in_list(chunk.len())
+                    ),
+                    &args,
+                )?;
+            }
         }
         let mut fired: Vec<Vec<Fired>> = vec![Vec::new(); arrivals.len()];
         // A file arriving twice on one node (two requests into one group) fires once.
