@@ -244,10 +244,11 @@ fn seed_004_single_host() {
     wait_until(T, "node 1 emptied", || {
         a.on("demo_storage1") == (0, 0) && !r1.join("2025").exists()
     });
-    assert!(h.log().contains(&format!(
-        "Removed directory {}/2025 on demo_storage1",
-        r1.display()
-    )));
+    // Logged once the directories above the last file are removed, a moment after.
+    let removed = format!("Removed directory {}/2025 on demo_storage1", r1.display());
+    wait_until(T, "the emptied directory logged", || {
+        h.log().contains(&removed)
+    });
     assert_eq!(a.on("demo_storage2"), (5, 102));
     assert_eq!(a.on("demo_storage3"), (5, 102));
 
