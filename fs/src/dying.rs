@@ -154,7 +154,23 @@ fn check_with(read: impl FnOnce() -> bool, stalled: impl FnOnce() + Send + 'stat
 /// The read of `/proc/PID/stat`: the process is exiting (`PF_EXITING`) with a signal's exit
 /// code. A process that is gone, or a stat that cannot be read, is not dying.
 fn read_killed_by_signal(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
+    // first `statx` the file for a size hint, and grow a string, at every close.
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let mut buf = [0u8; 2048];
+    let mut len = 0;
+    while len < buf.len() {
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    let Ok(stat) = std::str::from_utf8(&buf[..len]) else {
         return false;
     };
     // Fields after the command name (which may hold spaces) start at field 3.
