@@ -327,14 +327,24 @@ impl Puller {
                 }
                 pullbatch::Header::File { size, .. } => size,
             };
-            // Small files: read whole, hashed together once the stream ends.
-            let mut bytes = vec![0; size as usize];
-            reader.read_exact(&mut bytes).map_err(|e| {
-                cut(format!(
-                    "the batch from {host} ended inside copy #{}: {e}",
+            // Small files: read whole, hashed together once the stream ends (into room
+            // reserved, not zeroed first).
+            let mut bytes = Vec::with_capacity(size as usize);
+            let got = (&mut reader)
+                .take(size)
+                .read_to_end(&mut bytes)
+                .map_err(|e| {
+                    cut(format!(
+                        "the batch from {host} ended inside copy #{}: {e}",
+                        item.copy_id
+                    ))
+                })?;
+            if got as u64 != size {
+                return Err(cut(format!(
+                    "the batch from {host} ended inside copy #{} ({got} of {size} B)",
                     item.copy_id
-                ))
-            })?;
+                )));
+            }
             results.push(Ok(bytes));
         }
         Ok(())
