@@ -40,7 +40,7 @@ pub(super) fn copy(ctx: &TaskContext, r: CopyRequest) -> Result<()> {
             "Beginning task AFCR#{}: {} -> {}",
             r.id, r.from_node, r.to_group
         );
-        let outcome = prepare(ctx, cat, &r, &mut Spaces::new()).and_then(|p| match p {
+        let outcome = prepare(ctx, cat, &r).and_then(|p| match p {
             Prepared::Found => Ok(()),
             Prepared::Pull(pull) => pull_one(ctx, cat, &r, *pull),
         });
@@ -151,19 +151,22 @@ impl Pull {
     }
 }
 
-/// The space of destination nodes, as known to the requests prepared so far (each counts the
-/// ones before it); empty for a single copy.
-pub(super) type Spaces = std::collections::HashMap<NodeId, NodeSpace>;
+/// What the preparation of a batch learns once and uses for each of its files.
+struct Known {
+    /// The space of destination nodes, as known to the requests prepared so far (each counts
+    /// the ones before it).
+    spaces: HashMap<NodeId, NodeSpace>,
+    partials: Partials,
+}
 
 /// The steps of a copy before the transfer: destination, pre-pull search, what is in the
-/// way, space (from `spaces` if it has the node), source.
+/// way, space, source.
 pub(super) fn prepare(
     ctx: &TaskContext,
     cat: &mut Catalog,
     r: &CopyRequest,
-    spaces: &mut Spaces,
 ) -> Result<Prepared, CopyFailure> {
-    prepare_many(ctx, cat, std::slice::from_ref(r), spaces)?
+    prepare_many(ctx, cat, std::slice::from_ref(r))?
         .pop()
         .expect("one request, one outcome")
 }
@@ -176,7 +179,6 @@ pub(super) fn prepare_many(
     ctx: &TaskContext,
     cat: &mut Catalog,
     requests: &[CopyRequest],
-    spaces: &mut Spaces,
 ) -> Result<Vec<Result<Prepared, CopyFailure>>> {
     let ids: Vec<FileId> = requests.iter().map(|r| r.file_id).collect();
     let mut files = cat.read(|tx| tx.files_by_ids(&ids))?;
@@ -185,8 +187,11 @@ pub(super) fn prepare_many(
     // group's depends on each file's size: chosen for each; and a failed choice is tried
     // again for the next file).
     let mut dests: HashMap<String, (Node, bool)> = HashMap::new();
-    let mut partials = Partials {
-        listed: (requests.len() > 1).then(HashMap::new),
+    let mut known = Known {
+        spaces: HashMap::new(),
+        partials: Partials {
+            listed: (requests.len() > 1).then(HashMap::new),
+        },
     };
     let mut out = Vec::with_capacity(requests.len());
     for (r, found) in requests.iter().zip(sources) {
@@ -215,7 +220,7 @@ pub(super) fn prepare_many(
         };
         let outcome = match dest {
             Ok((_, false)) => Err(CopyFailure::Cancelled),
-            Ok((dest, true)) => prepare_one(ctx, cat, r, file, dest, found, spaces, &mut partials),
+            Ok((dest, true)) => prepare_one(ctx, cat, r, file, dest, found, &mut known),
             Err(f) => Err(f),
         };
         if let Err(CopyFailure::Catalog(e)) = outcome {
@@ -264,7 +269,6 @@ impl Partials {
 
 /// [`prepare`]'s steps for one file, its destination chosen (its disk in place) and its
 /// sources found (`found`, best first).
-#[allow(clippy::too_many_arguments)]
 fn prepare_one(
     ctx: &TaskContext,
     cat: &mut Catalog,
@@ -272,8 +276,7 @@ fn prepare_one(
     file: File,
     dest: Node,
     found: Vec<Source>,
-    spaces: &mut Spaces,
-    partials: &mut Partials,
+    known: &mut Known,
 ) -> Result<Prepared, CopyFailure> {
     let root = PathBuf::from(dest.root.clone().unwrap_or_default());
     let final_path = root.join(&file.path);
@@ -318,14 +321,14 @@ fn prepare_one(
         request: r.id,
         resumable: true,
     });
-    let held = partials.held(&part);
+    let held = known.partials.held(&part);
     // The node's space once per batch: asking the catalog sums all the node's copies (when
     // it has a `max_total`).
-    let known = match spaces.get(&dest.id) {
+    let space_now = match known.spaces.get(&dest.id) {
         Some(s) => *s,
         None => node_space(cat, &dest)?,
     };
-    let space = known.holding(held);
+    let space = space_now.holding(held);
     if let Err(no) = rules::fits(&space, file.size) {
         return Err(CopyFailure::Failed(format!(
             "node \"{}\" has no room: {no}",
@@ -333,12 +336,12 @@ fn prepare_one(
         )));
     }
     // What this pull will take counts against the next file of the batch.
-    spaces.insert(
+    known.spaces.insert(
         dest.id,
         NodeSpace {
-            used_by_copies: known.used_by_copies + file.size,
-            avail: known.avail.map(|a| a.saturating_sub(file.size)),
-            ..known
+            used_by_copies: space_now.used_by_copies + file.size,
+            avail: space_now.avail.map(|a| a.saturating_sub(file.size)),
+            ..space_now
         },
     );
     let Some(source) = found.into_iter().next() else {

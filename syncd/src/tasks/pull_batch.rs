@@ -51,8 +51,7 @@ pub(super) fn copy_batch(ctx: &TaskContext, requests: Vec<CopyRequest>) -> Resul
         );
         let mut by_peer: HashMap<Peer, Vec<(CopyRequest, Pull)>> = HashMap::new();
         let mut singles = Vec::new();
-        let mut spaces = copy::Spaces::new();
-        let prepared = copy::prepare_many(ctx, cat, &won, &mut spaces)?;
+        let prepared = copy::prepare_many(ctx, cat, &won)?;
         for (r, prepared) in won.into_iter().zip(prepared) {
             if ctx.is_cancelled() {
                 copy::settle(ctx, cat, &r, Err(CopyFailure::Cancelled))?;
