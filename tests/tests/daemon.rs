@@ -680,10 +680,7 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
         "2025/01/01/a.dat",
         "fifty-two bytes of data that will not fit on node 2\n",
     );
-    h.cairn(&["node", "scan", "n1", "--register-new"]);
-    a.wait_idle(T);
-    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    a.wait_idle(T);
+    scan_and_sync_n1_to_n2(&a, &h);
     let failed = a.cairn(&["request", "list", "--failed"]);
     assert!(failed.contains("has no room"), "{failed}");
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), None);
@@ -697,6 +694,14 @@ fn a_copy_that_does_not_fit_fails_with_the_reason_and_retry_requeues_it() {
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
 }
 
+/// Registers what is new on n1, then syncs n1 into n2, each until cairnd is idle.
+fn scan_and_sync_n1_to_n2(a: &Archive, h: &cairn_tests::TestHost) {
+    h.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(T);
+}
+
 #[test]
 fn max_total_counts_the_copies_a_node_holds_already() {
     let a = Archive::new();
@@ -706,17 +711,11 @@ fn max_total_counts_the_copies_a_node_holds_already() {
     let bytes = "fifty-two bytes of data: each file on its own fits.\n";
     assert_eq!(bytes.len(), 52);
     write_file(&r1, "2025/01/01/a.dat", bytes);
-    h.cairn(&["node", "scan", "n1", "--register-new"]);
-    a.wait_idle(T);
-    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    a.wait_idle(T);
+    scan_and_sync_n1_to_n2(&a, &h);
     assert_eq!(a.has("n2", "2025/01/01/a.dat"), Some(Has::Yes));
     // 52 bytes held, 52 more would make 104 of 80.
     write_file(&r1, "2025/01/01/b.dat", bytes);
-    h.cairn(&["node", "scan", "n1", "--register-new"]);
-    a.wait_idle(T);
-    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    a.wait_idle(T);
+    scan_and_sync_n1_to_n2(&a, &h);
     let failed = a.cairn(&["request", "list", "--failed"]);
     assert!(failed.contains("has no room"), "{failed}");
     assert_eq!(a.has("n2", "2025/01/01/b.dat"), None);
@@ -1083,10 +1082,7 @@ fn status_shows_live_hosts_queues_and_recent_transfers() {
     let mut h = a.host("h1");
     let [r1, _, _] = three_nodes(&a, &mut h, false);
     write_file(&r1, "2025/01/01/a.dat", "moved\n");
-    h.cairn(&["node", "scan", "n1", "--register-new"]);
-    a.wait_idle(T);
-    h.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    a.wait_idle(T);
+    scan_and_sync_n1_to_n2(&a, &h);
     h.cairn(&["node", "pause", "n3"]);
     let status: serde_json::Value = serde_json::from_str(&h.cairn(&["status", "--json"])).unwrap();
     assert_eq!(status["hosts"][0]["name"], "h1");
