@@ -5,7 +5,8 @@
 //!   `has = yes` on `node`, a node available on this host; `Range: bytes=N-` (or `N-M`) resumes.
 //!   Nothing else under a root is reachable: the path must be a registered file (so no `..`,
 //!   no dot files, no `.cairn/`), the final component is opened with `O_NOFOLLOW`, and the
-//!   opened path must resolve inside the node root (no symlinked directory leading out).
+//!   path is resolved by the kernel beneath the node root (no symlinked directory leading
+//!   out, [`confined`]).
 //! - Who may ask ([`ClientAuth`]): with TLS, hosts holding a certificate from the archive's
 //!   authority, checked in the handshake ([`tls`]), and nobody else gets a request in; over
 //!   plain HTTP, a copy request must carry `Authorization: Bearer <token>` with the token of
@@ -20,6 +21,7 @@
 //!   take too long ([`conns`]).
 
 pub mod batch;
+mod confined;
 pub mod conns;
 pub mod tls;
 
@@ -410,34 +412,25 @@ fn open_copy(
             "no healthy copy of {path:?} on node {node:?}"
         )));
     }
-    let (file, size) = open_confined(&root, &f.path, node)?;
+    let (file, size) = open_confined(&confined::Root::new(&root), &f.path, node)?;
     Ok((file, size, format!("{} of {node}", f.path)))
 }
 
-/// Opens the registered file `path` under `root` (of `node`): the final component with
-/// `O_NOFOLLOW`, and refused if the opened path resolves outside the root. Returns the file
-/// and its size.
+/// Opens the registered file `path` under `root` (of `node`), confined to it
+/// ([`confined`]). Returns the file and its size.
 fn open_confined(
-    root: &std::path::Path,
+    root: &confined::Root,
     path: &str,
     node: &str,
 ) -> Result<(std::fs::File, u64), Refusal> {
     let not_found = |why: String| (StatusCode::NOT_FOUND, why);
-    let full = root.join(path);
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&full)
-        .map_err(|e| not_found(format!("cannot open the copy: {e}")))?;
-    let real = std::fs::canonicalize(&full).map_err(|e| not_found(e.to_string()))?;
-    let real_root = std::fs::canonicalize(root).map_err(|e| not_found(e.to_string()))?;
-    if !real.starts_with(&real_root) {
-        return Err((
+    let file = root.open(path).map_err(|e| match e {
+        confined::Refused::Outside => (
             StatusCode::FORBIDDEN,
             format!("{path:?} leads outside the root of node {node:?}"),
-        ));
-    }
+        ),
+        confined::Refused::Open(e) => not_found(format!("cannot open the copy: {e}")),
+    })?;
     let size = file.metadata().map_err(|e| not_found(e.to_string()))?.len();
     Ok((file, size))
 }

@@ -890,12 +890,21 @@ fn a_pull_that_failed_for_space_completes_at_its_next_attempt_once_space_is_free
     disk.umount();
 }
 
-/// The files of `root` under `dir` named `NNNN.dat`, `n` of them, each its own 4 KiB.
+/// The files of `root` under `dir` named `NNNN.dat`, `n` of them, each its own bytes: 4 KiB
+/// most, and sizes at the edges of a batch every 50 (empty, one byte short of and at the
+/// size a server gathers small files to, the largest a batch takes).
 fn small_files(root: &Path, dir: &str, n: usize) -> Vec<String> {
     (0..n)
         .map(|i| {
             let path = format!("{dir}/{i:04}.dat");
-            let body: Vec<u8> = (0..4096).map(|b| ((b * 7 + i * 13) % 251) as u8).collect();
+            let size = match i % 50 {
+                1 => 0,
+                2 => (64 << 10) - 1,
+                3 => 64 << 10,
+                4 if i < 50 => 1 << 20,
+                _ => 4096,
+            };
+            let body: Vec<u8> = (0..size).map(|b| ((b * 7 + i * 13) % 251) as u8).collect();
             write_file(root, &path, body);
             path
         })

@@ -5,9 +5,11 @@
 //! of a node available on this host, opened with `O_NOFOLLOW` and refused if it resolves
 //! outside its node's root. A copy that fails them is refused alone (a header with the reason,
 //! no bytes); the others are served. The files are read on one blocking thread, one after
-//! another, and handed to the connection through a short channel, so a slow reader holds at
-//! most a few files in memory.
+//! another, and handed to the connection through a short channel, small ones gathered into
+//! chunks of [`CHUNK`] (a wake-up of the connection per file cost more than reading it), so
+//! a slow reader holds at most a few chunks or files in memory.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -23,14 +25,17 @@ use tracing::{info, warn};
 
 use cairn_catalog::model::{CopyId, Has};
 
-use super::{ResBody, Server, open_confined};
+use super::{ResBody, Server, confined, open_confined};
 use crate::metrics::Metrics;
 use crate::pullbatch::{Header, MAX_FILE};
+
+/// Small files and headers are sent in chunks of about this many bytes.
+const CHUNK: usize = 64 << 10;
 
 /// The response to a batch request for `ids` (already authorised): the files stream as they
 /// are read.
 pub(super) fn serve(server: Arc<Server>, peer: SocketAddr, ids: Vec<CopyId>) -> Response<ResBody> {
-    // Up to four files read ahead of the socket (a header and the bytes each).
+    // Up to eight chunks or large files read ahead of the socket.
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     tokio::task::spawn_blocking(move || produce(&server, peer, &ids, &tx));
     Response::builder()
@@ -100,14 +105,18 @@ fn lookup(server: &Server, ids: &[CopyId]) -> Vec<Result<Servable, String>> {
     }
 }
 
-/// Reads the whole copy, confined to its root like a single pull, if it is small enough.
-fn read(c: &Servable) -> Result<Vec<u8>, String> {
+/// Reads the whole copy, confined to its root (opened once per batch) like a single pull, if
+/// it is small enough.
+fn read(c: &Servable, roots: &mut HashMap<PathBuf, confined::Root>) -> Result<Vec<u8>, String> {
     use std::io::Read;
     match cairn_catalog::catalog::normalize_path(&c.path) {
         Ok(p) if p == c.path => {}
         _ => return Err(format!("{:?} is not an archive path", c.path)),
     }
-    let (file, size) = open_confined(&c.root, &c.path, &c.node).map_err(|(_, why)| why)?;
+    let root = roots
+        .entry(c.root.clone())
+        .or_insert_with(|| confined::Root::new(&c.root));
+    let (file, size) = open_confined(root, &c.path, &c.node).map_err(|(_, why)| why)?;
     if size > MAX_FILE {
         return Err(format!(
             "{:?} is {size} B, too large for a batch (at most {MAX_FILE} B)",
@@ -133,9 +142,17 @@ fn produce(
     tx: &tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let (mut served, mut refused) = (0usize, 0usize);
+    let mut roots = HashMap::new();
+    let mut chunk: Vec<u8> = Vec::with_capacity(2 * CHUNK);
+    let send = |frame: Vec<u8>, served: usize| {
+        let gone = tx.blocking_send(Ok(Bytes::from(frame))).is_err();
+        if gone {
+            warn!("{peer} left in the middle of a batch ({served} copies sent).");
+        }
+        !gone
+    };
     for (&copy_id, found) in ids.iter().zip(lookup(server, ids)) {
-        // The header, then the bytes as read (not copied behind the header).
-        let (header, bytes) = match found.and_then(|c| read(&c).map(|b| (c, b))) {
+        let (header, bytes) = match found.and_then(|c| read(&c, &mut roots).map(|b| (c, b))) {
             Ok((c, bytes)) => {
                 let header = Header::File {
                     copy_id,
@@ -154,13 +171,29 @@ fn produce(
                 (Header::Refused { copy_id, reason }, None)
             }
         };
-        let frames = std::iter::once(header.encode().into_bytes()).chain(bytes);
-        for frame in frames {
-            if tx.blocking_send(Ok(Bytes::from(frame))).is_err() {
-                warn!("{peer} left in the middle of a batch ({served} copies sent).");
-                return;
+        chunk.extend_from_slice(header.encode().as_bytes());
+        match bytes {
+            // A small file joins the chunk; a large one goes as it was read, not copied.
+            Some(b) if b.len() < CHUNK => chunk.extend_from_slice(&b),
+            Some(b) => {
+                let head = std::mem::replace(&mut chunk, Vec::with_capacity(2 * CHUNK));
+                if !send(head, served - 1) || !send(b, served) {
+                    return;
+                }
             }
+            None => {}
         }
+        if chunk.len() >= CHUNK
+            && !send(
+                std::mem::replace(&mut chunk, Vec::with_capacity(2 * CHUNK)),
+                served,
+            )
+        {
+            return;
+        }
+    }
+    if !chunk.is_empty() && !send(chunk, served) {
+        return;
     }
     info!(
         "Served a batch of {served} copies to {peer}{}.",
