@@ -96,6 +96,7 @@ pub fn sync(tx: &mut Tx<'_>, scope: &Scope, order: SyncOrder<'_>, now: i64) -> R
     }
     let members: Vec<NodeId> = tx.group_nodes(group.id)?.iter().map(|n| n.id).collect();
     let mut out = Synced::default();
+    let mut wanted = Vec::new();
     for f in files(tx, scope)? {
         let copies = tx.copies_of(f.id)?;
         let healthy: Vec<_> = copies.iter().filter(|c| c.has == Has::Yes).collect();
@@ -137,13 +138,23 @@ pub fn sync(tx: &mut Tx<'_>, scope: &Scope, order: SyncOrder<'_>, now: i64) -> R
             out.present += 1;
             continue;
         }
-        let req = NewCopyRequest {
-            file_id: f.id,
-            from_node: from,
-            to_group: group.id,
-        };
-        match tx.create_copy_request(req, now)? {
-            Some(id) => out.requested.push((id, f.size)),
+        wanted.push((
+            NewCopyRequest {
+                file_id: f.id,
+                from_node: from,
+                to_group: group.id,
+            },
+            f.size,
+        ));
+    }
+    let reqs: Vec<NewCopyRequest> = wanted.iter().map(|(r, _)| *r).collect();
+    for (id, (_, size)) in tx
+        .create_copy_requests(&reqs, now)?
+        .into_iter()
+        .zip(&wanted)
+    {
+        match id {
+            Some(id) => out.requested.push((id, *size)),
             None => out.pending += 1,
         }
     }

@@ -94,6 +94,7 @@ backend_tests!(
     corrupt_copy_does_not_count_as_present,
     clean_candidates_follow_target_and_wants,
     copy_requests_are_deduplicated_and_claimed_once,
+    copy_requests_made_in_bulk_are_deduplicated_as_one_by_one,
     copy_requests_are_claimed_and_recorded_in_batches,
     retry_and_cancel_follow_request_state,
     import_requests_reuse_identical_pending_ones,
@@ -691,6 +692,72 @@ fn copy_requests_are_deduplicated_and_claimed_once(cat: &mut Catalog) {
     assert_eq!(listed.len(), 1);
     let summary = cat.read(|tx| tx.outbound_summary(n1)).unwrap();
     assert_eq!(summary, vec![("demo_storage2".to_owned(), 1, 52)]);
+}
+
+fn copy_requests_made_in_bulk_are_deduplicated_as_one_by_one(cat: &mut Catalog) {
+    let (n1, _, n2, g2) = two_nodes(cat);
+    // More files than one statement's chunk.
+    let files: Vec<FileId> = (0..1005)
+        .map(|i| add_file(cat, &format!("2025/02/21/b{i:04}.txt"), 1 + i, n1, Has::Yes))
+        .collect();
+    let req = |file_id, from_node| NewCopyRequest {
+        file_id,
+        from_node,
+        to_group: g2,
+    };
+    // Already requested: one pending, one claimed (active).
+    let pending = cat
+        .write(|tx| tx.create_copy_request(req(files[1], n1), NOW))
+        .unwrap()
+        .unwrap();
+    let active = cat
+        .write(|tx| tx.create_copy_request(req(files[2], n1), NOW))
+        .unwrap()
+        .unwrap();
+    assert!(
+        cat.write(|tx| tx.claim_copy_request(active, "elsewhere", NOW))
+            .unwrap()
+    );
+    let mut reqs: Vec<NewCopyRequest> = files.iter().map(|&f| req(f, n1)).collect();
+    // The same request twice, and one of the same file from another node.
+    reqs.push(req(files[0], n1));
+    reqs.push(req(files[0], n2));
+    let ids = cat
+        .write(|tx| tx.create_copy_requests(&reqs, NOW + 1))
+        .unwrap();
+    assert_eq!(ids.len(), reqs.len());
+    assert_eq!(ids[1], None, "pending already");
+    assert_eq!(ids[2], None, "active already");
+    assert_eq!(ids[1005], None, "asked twice: made once");
+    let made: Vec<(usize, RequestId)> = ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, id)| id.map(|id| (i, id)))
+        .collect();
+    assert_eq!(made.len(), 1005 - 2 + 1);
+    let distinct: std::collections::HashSet<_> = made.iter().map(|(_, id)| *id).collect();
+    assert_eq!(distinct.len(), made.len());
+    for &(i, id) in &made {
+        let r = cat.read(|tx| tx.copy_request(id)).unwrap();
+        let want = reqs[i];
+        assert_eq!(
+            (r.file_id, r.from_node_id, r.to_group_id, r.state),
+            (
+                want.file_id,
+                want.from_node,
+                want.to_group,
+                RequestState::Pending
+            ),
+            "request {i}"
+        );
+        assert!(id != pending && id != active);
+    }
+    // Asked again: nothing new.
+    let again = cat
+        .write(|tx| tx.create_copy_requests(&reqs, NOW + 2))
+        .unwrap();
+    assert!(again.iter().all(Option::is_none));
+    assert_eq!(cat.read(|tx| tx.pending_reads(files[0], n1)).unwrap(), 1);
 }
 
 fn copy_requests_are_claimed_and_recorded_in_batches(cat: &mut Catalog) {

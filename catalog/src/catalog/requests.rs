@@ -72,6 +72,61 @@ impl Tx<'_> {
         Ok(Some(id))
     }
 
+    /// [`Tx::create_copy_request`] for many requests, in a few statements rather than two
+    /// per request (a `node sync` of 10,000 files spent 50 ms on them): one lookup of the
+    /// requests already pending or active per chunk of files, and one `INSERT` per chunk of
+    /// new ones. Returns, for each request in order, its new id, or `None` when it was
+    /// already requested (by an earlier request or an equal one earlier in `reqs`).
+    pub fn create_copy_requests(
+        &mut self,
+        reqs: &[NewCopyRequest],
+        now: i64,
+    ) -> Result<Vec<Option<RequestId>>> {
+        use std::collections::{HashMap, HashSet};
+        type Key = (FileId, NodeId, GroupId);
+        let key = |r: &NewCopyRequest| (r.file_id, r.from_node, r.to_group);
+        let mut taken: HashSet<Key> = HashSet::with_capacity(reqs.len());
+        for chunk in reqs.chunks(super::files::IN_CHUNK) {
+            let args: Vec<Value> = chunk.iter().map(|r| Value::from(r.file_id)).collect();
+            for row in self.raw(
+                &format!(
+                    "SELECT file_id, from_node, to_group FROM copy_request \
+                     WHERE file_id IN ({}) AND state IN ('pending', 'active')",
+                    super::in_list(chunk.len())
+                ),
+                &args,
+            )? {
+                taken.insert((row.get(0)?, row.get(1)?, row.get(2)?));
+            }
+        }
+        // The new ones, each once, in order.
+        let new: Vec<&NewCopyRequest> = reqs.iter().filter(|r| taken.insert(key(r))).collect();
+        let mut ids: HashMap<Key, RequestId> = HashMap::with_capacity(new.len());
+        for chunk in new.chunks(super::files::IN_CHUNK) {
+            let mut args: Vec<Value> = Vec::with_capacity(4 * chunk.len());
+            for r in chunk {
+                args.extend([
+                    r.file_id.into(),
+                    r.from_node.into(),
+                    r.to_group.into(),
+                    now.into(),
+                ]);
+            }
+            let rows = vec!["(?, ?, ?, 'pending', ?)"; chunk.len()].join(", ");
+            for row in self.raw(
+                &format!(
+                    "INSERT INTO copy_request (file_id, from_node, to_group, state, created_at) \
+                     VALUES {rows} RETURNING id, file_id, from_node, to_group"
+                ),
+                &args,
+            )? {
+                ids.insert((row.get(1)?, row.get(2)?, row.get(3)?), row.get(0)?);
+            }
+        }
+        // `remove`: a request equal to an earlier one of `reqs` gets `None`.
+        Ok(reqs.iter().map(|r| ids.remove(&key(r))).collect())
+    }
+
     pub fn copy_request(&mut self, id: RequestId) -> Result<CopyRequest> {
         self.row(&copy_request_query("WHERE r.id = ?"), params![id])?
             .ok_or_else(|| CatalogError::not_found("copy request", format!("#{id}")))

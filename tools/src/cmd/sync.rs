@@ -91,20 +91,20 @@ pub fn run(
     }
     println!("Syncing {what}.");
     let t = now();
-    let created = cat.write(|tx| {
-        let mut created = Vec::new();
-        for f in &files {
-            let req = NewCopyRequest {
-                file_id: f.file_id,
-                from_node: src.id,
-                to_group: dst.id,
-            };
-            if let Some(id) = tx.create_copy_request(req, t)? {
-                created.push((id, f.size));
-            }
-        }
-        Ok(created)
-    })?;
+    let reqs: Vec<NewCopyRequest> = files
+        .iter()
+        .map(|f| NewCopyRequest {
+            file_id: f.file_id,
+            from_node: src.id,
+            to_group: dst.id,
+        })
+        .collect();
+    let ids = cat.write(|tx| tx.create_copy_requests(&reqs, t))?;
+    let created: Vec<_> = ids
+        .into_iter()
+        .zip(&files)
+        .filter_map(|(id, f)| id.map(|id| (id, f.size)))
+        .collect();
     let added = created.len();
     println!(
         "Added {added} new copy {}.",
