@@ -290,4 +290,26 @@ mod tests {
         assert_eq!(work.len(), 2);
         assert!(shape(&work).iter().all(|&k| k <= fit), "{:?}", shape(&work));
     }
+
+    #[test]
+    fn a_batch_may_start_one_over_the_node_cap_and_a_single_copy_may_not() {
+        let running = crate::tasks::Running::default();
+        let batch = |first: i64| Task::CopyBatch {
+            requests: (first..first + 3).map(|i| request(i, 1, 2, 4096)).collect(),
+        };
+        let single = Task::Copy {
+            request: request(100, 1, 2, 1 << 30),
+        };
+        for task in [batch(0), batch(10)] {
+            assert!(running.may_start(&task, 2));
+            running.start(&task);
+        }
+        assert!(!running.may_start(&single, 2), "the node has its two tasks");
+        assert!(
+            running.may_start(&batch(20), 2),
+            "one more batch may be on the wire"
+        );
+        running.start(&batch(20));
+        assert!(!running.may_start(&batch(30), 2), "but only one");
+    }
 }
