@@ -107,7 +107,6 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
         refused: tasks::Refused::default(),
         cancel: cancel.clone(),
         batches: tasks::Batches::default(),
-        landings: Default::default(),
         // What an earlier run left waiting on the nodes is registered first.
         registrations_waiting: Arc::new(AtomicBool::new(true)),
         outage: tasks::Outage::default(),

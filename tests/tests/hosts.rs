@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cairn_catalog::md5::md5_file;
-use cairn_catalog::model::Has;
+use cairn_catalog::model::{Has, RequestId};
 use cairn_node::NodeRoot;
+use cairn_node::root::IncomingBatch;
 use cairn_tests::{Archive, TestHost, big_file, http_get, wait_until, write_file};
 
 const T: Duration = Duration::from_secs(40);
@@ -1085,6 +1086,32 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
         std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
         0,
         "no temp file left"
+    );
+}
+
+#[test]
+fn a_batch_directory_left_by_a_crash_is_removed_whole_by_tidy() {
+    let a = Archive::new();
+    let mut h2 = a.host("h2");
+    let r2 = h2.node("n2", &[]);
+    // What a receiver killed while a batch landed leaves: the batch's directory, with files.
+    let left = NodeRoot::new(&r2).incoming_batch(IncomingBatch {
+        first: RequestId(777),
+    });
+    std::fs::create_dir_all(&left).unwrap();
+    std::fs::write(left.join("copy-777.tmp"), b"half").unwrap();
+    std::fs::write(left.join("copy-778.tmp"), b"").unwrap();
+    h2.start();
+    wait_until(T, "the leftover batch removed", || !left.exists());
+    assert!(
+        h2.log()
+            .contains("removed leftover batch directory batch-777"),
+        "{}",
+        h2.log()
+    );
+    assert!(
+        NodeRoot::new(&r2).tmp().is_dir(),
+        "only the batch's directory went"
     );
 }
 

@@ -7,7 +7,9 @@
 //!   the catalog it is connected to: a disk in the wrong slot, or a disk of another archive, is
 //!   refused and never written to (invariant 6).
 //! - `<root>/.cairn/tmp/`: copies arriving (`copy-ID.tmp` for a local copy, `copy-ID.part` for a
-//!   pull from another host, kept for resume), see [`Incoming`].
+//!   pull from another host, kept for resume), see [`Incoming`]; a batch of small copies pulled
+//!   together arrives in a directory of its own, `batch-ID/` (ID: its first request), holding
+//!   a `copy-ID.tmp` for each, see [`IncomingBatch`].
 //! - `<root>/.cairn/staging/`: files being written through the mount.
 //! - `<root>/.cairn/kept/`: files the mount keeps on this host without importing them.
 //! - `<root>/<archive path>`: the copies.
@@ -91,6 +93,29 @@ impl Incoming {
     }
 }
 
+/// A batch of small copies pulled together from another host, arriving in a directory of its
+/// own in `.cairn/tmp/`, named for the batch's first copy request: batches landing at once
+/// each create and rename in their own directory rather than wait on one directory's lock,
+/// and a batch cut off by a crash leaves one directory, removed whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IncomingBatch {
+    pub first: RequestId,
+}
+
+impl IncomingBatch {
+    /// The directory name in `.cairn/tmp/`: `batch-ID`.
+    pub fn dir_name(&self) -> String {
+        format!("batch-{}", self.first)
+    }
+
+    /// The batch a name in `.cairn/tmp/` belongs to; `None` for anything else.
+    pub fn parse(name: &str) -> Option<IncomingBatch> {
+        Some(IncomingBatch {
+            first: name.strip_prefix("batch-")?.parse().ok()?,
+        })
+    }
+}
+
 impl NodeRoot {
     pub fn new(root: impl Into<PathBuf>) -> NodeRoot {
         NodeRoot { root: root.into() }
@@ -124,6 +149,11 @@ impl NodeRoot {
     /// Where copy `incoming` arrives.
     pub fn incoming(&self, incoming: Incoming) -> PathBuf {
         self.tmp().join(incoming.file_name())
+    }
+
+    /// The directory where the copies of `batch` arrive (each named as an [`Incoming`]).
+    pub fn incoming_batch(&self, batch: IncomingBatch) -> PathBuf {
+        self.tmp().join(batch.dir_name())
     }
 
     /// `<root>/.cairn/staging`: files being written through the mount.
@@ -281,6 +311,28 @@ mod tests {
         assert!(NodeRoot::is_cairn_area(".cairn/tmp/x"));
         assert!(!NodeRoot::is_cairn_area(".cairnish/x"));
         assert!(!NodeRoot::is_cairn_area("a/.cairn/x"));
+    }
+
+    #[test]
+    fn incoming_batch_names_round_trip() {
+        let b = IncomingBatch {
+            first: RequestId(42),
+        };
+        assert_eq!(IncomingBatch::parse(&b.dir_name()), Some(b));
+        assert_eq!(
+            NodeRoot::new("/r").incoming_batch(b),
+            Path::new("/r/.cairn/tmp/batch-42")
+        );
+        for other in [
+            "batch-",
+            "batch-x",
+            "copy-42.tmp",
+            "batch-42.tmp",
+            "xbatch-42",
+        ] {
+            assert_eq!(IncomingBatch::parse(other), None, "{other}");
+        }
+        assert_eq!(Incoming::parse("batch-42"), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use cairn_catalog::catalog::Arrival;
 use cairn_catalog::model::{CopyRequest, Has};
 use cairn_catalog::units::{format_size, now};
 use cairn_node::copyfile;
-use cairn_node::root::{Incoming, NodeRoot};
+use cairn_node::root::{Incoming, IncomingBatch, NodeRoot};
 use cairn_node::temp::TempFile;
 use tracing::{debug, error, info, warn};
 
@@ -96,12 +96,14 @@ struct InFlight {
 /// Pulls `group` from `peer` in one request, then installs and records what arrived intact.
 /// Only a catalog failure is an error; each file's own failure is settled here.
 ///
-/// The batch arrives in memory; only then does it land: written to `.cairn/tmp/`, synced,
-/// installed, synced again and recorded, one batch at a time per destination root
-/// ([`Landings`]), while the next batch is on the wire. Two batches landing at once on one
-/// file system held each other up: each file's create waited on the other batch's `syncfs`,
-/// renames and catalog commits (recording a batch after its landing, beside the next one's
-/// writes, made those writes take 35–60 ms instead of 5).
+/// The batch arrives in memory; only then does it land: written to a directory of its own in
+/// `.cairn/tmp/` ([`IncomingBatch`]), synced, installed, synced again and recorded. Batches
+/// land side by side, up to `node_workers` + 1 on a node ([`crate::tasks::Task::node_cap`]).
+/// With one directory for all, they waited on its lock, each create and rename of one batch
+/// behind the other's; an earlier version landed one batch at a time per root for that. Each
+/// in its own directory, three at once synced 10,000 files of 4 KiB about 20% faster than
+/// one at a time on this project's 2-CPU machine (the file system's work of creating,
+/// writing and renaming is most of a landing, and it runs on both CPUs).
 fn pull_from(
     ctx: &TaskContext,
     cat: &mut Catalog,
@@ -109,6 +111,9 @@ fn pull_from(
     group: Vec<(CopyRequest, Pull)>,
 ) -> Result<()> {
     let t0 = Instant::now();
+    let Some(first_id) = group.first().map(|(r, _)| r.id) else {
+        return Ok(());
+    };
     for (_, pull) in &group {
         // A partial single pull of an earlier attempt is not resumed by a batch.
         if let Some(part) = &pull.part {
@@ -129,7 +134,7 @@ fn pull_from(
         format_size(items.iter().map(|i| i.size).sum())
     );
     let results = ctx.transfer.fetch_batch(peer, &items, &ctx.cancel);
-    // Where a batch's time goes, for the debug log: arrived, landing lock, written, first sync,
+    // Where a batch's time goes, for the debug log: arrived, checked, written, first sync,
     // installed, second sync, recorded.
     let mut phases = vec![t0.elapsed()];
 
@@ -180,25 +185,27 @@ fn pull_from(
         return Ok(());
     }
 
-    // The landing, one batch at a time on each destination root.
+    // The landing.
     let mut roots: Vec<PathBuf> = intact.iter().map(|(_, p, _)| p.root.clone()).collect();
     roots.sort();
     roots.dedup();
-    let locks = ctx.landings.of(&roots);
-    let _landing: Vec<_> = locks
-        .iter()
-        .map(|l| l.lock().unwrap_or_else(|e| e.into_inner()))
-        .collect();
     phases.push(t0.elapsed());
+    let batch = IncomingBatch { first: first_id };
+    let mut dirs = BatchDirs::default();
     let mut written = Vec::with_capacity(intact.len());
     let mut made = std::collections::HashSet::new();
     for (r, pull, bytes) in intact {
-        let tmp = NodeRoot::new(&pull.root).incoming(Incoming {
-            request: r.id,
-            resumable: false,
-        });
-        let write = copyfile::make_dir_once(tmp.parent(), &mut made)
+        let dir = NodeRoot::new(&pull.root).incoming_batch(batch);
+        let tmp = dir.join(
+            Incoming {
+                request: r.id,
+                resumable: false,
+            }
+            .file_name(),
+        );
+        let write = copyfile::make_dir_once(Some(&dir), &mut made)
             .and_then(|()| copyfile::write_new(&tmp, &bytes));
+        dirs.0.insert(dir);
         match write {
             Ok(file) => {
                 written.push((
@@ -296,7 +303,7 @@ fn pull_from(
     let effects = cat.write(|tx| tx.record_arrivals(&arrivals, now()))?;
     phases.push(t0.elapsed());
     debug!(
-        "Batch from {} in ms: arrived {:.1}, landing {:.1}, written {:.1}, synced {:.1}, \
+        "Batch from {} in ms: arrived {:.1}, checked {:.1}, written {:.1}, synced {:.1}, \
          installed {:.1}, synced {:.1}, recorded {:.1}.",
         peer.host,
         phases[0].as_secs_f64() * 1e3,
@@ -326,6 +333,24 @@ fn pull_from(
         installed.len() as f64 / seconds.max(1e-3)
     );
     Ok(())
+}
+
+/// The batch's directories in `.cairn/tmp/`, removed on every way out: empty by then, each
+/// file installed or removed by its guard (declared after this, so dropped before it). What
+/// a crash leaves, tidy removes.
+#[derive(Default)]
+struct BatchDirs(std::collections::HashSet<PathBuf>);
+
+impl Drop for BatchDirs {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            if let Err(e) = std::fs::remove_dir(dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                debug!("Cannot remove {} (left for tidy): {e}", dir.display());
+            }
+        }
+    }
 }
 
 /// `syncfs` of each root's file system.

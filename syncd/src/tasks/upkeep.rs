@@ -6,7 +6,7 @@ use cairn_catalog::catalog::CopyWork;
 use cairn_catalog::model::{Has, NodeId, RequestState};
 use cairn_catalog::units::now;
 use cairn_node::copyfile;
-use cairn_node::root::{Incoming, NodeRoot};
+use cairn_node::root::{Incoming, IncomingBatch, NodeRoot};
 use tracing::{debug, error, info, warn};
 
 use super::{Key, TaskContext, node_and_root};
@@ -128,6 +128,22 @@ pub(super) fn tidy(ctx: &TaskContext, node_id: NodeId) -> Result<()> {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        // A batch's directory: its task's, or left whole by one cut off.
+        if let Some(IncomingBatch { first }) = IncomingBatch::parse(&name)
+            && e.file_type().is_ok_and(|t| t.is_dir())
+        {
+            if ctx.running.contains(&Key::Copy(first)) {
+                continue;
+            }
+            match std::fs::remove_dir_all(e.path()) {
+                Ok(()) => info!(
+                    "Tidy up {}: removed leftover batch directory {name}",
+                    node.name
+                ),
+                Err(err) => warn!("Tidy up {}: cannot remove {name}: {err}", node.name),
+            }
+            continue;
+        }
         // A temp file of a copy running now, or of a pull from another host waiting to be
         // resumed (`.part`), is not a leftover.
         if let Some(Incoming {
