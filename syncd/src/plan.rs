@@ -292,7 +292,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_may_start_one_over_the_node_cap_and_a_single_copy_may_not() {
+    fn a_batch_may_start_two_over_the_node_cap_and_a_single_copy_may_not() {
         let running = crate::tasks::Running::default();
         let batch = |first: i64| Task::CopyBatch {
             requests: (first..first + 3).map(|i| request(i, 1, 2, 4096)).collect(),
@@ -305,11 +305,10 @@ mod tests {
             running.start(&task);
         }
         assert!(!running.may_start(&single, 2), "the node has its two tasks");
-        assert!(
-            running.may_start(&batch(20), 2),
-            "one more batch may be on the wire"
-        );
-        running.start(&batch(20));
-        assert!(!running.may_start(&batch(30), 2), "but only one");
+        for first in [20, 30] {
+            assert!(running.may_start(&batch(first), 2), "batches on the wire");
+            running.start(&batch(first));
+        }
+        assert!(!running.may_start(&batch(40), 2), "but two more at most");
     }
 }
