@@ -113,9 +113,10 @@ fn read(c: &Servable, roots: &mut HashMap<PathBuf, confined::Root>) -> Result<Ve
         Ok(p) if p == c.path => {}
         _ => return Err(format!("{:?} is not an archive path", c.path)),
     }
-    let root = roots
-        .entry(c.root.clone())
-        .or_insert_with(|| confined::Root::new(&c.root));
+    if !roots.contains_key(&c.root) {
+        roots.insert(c.root.clone(), confined::Root::new(&c.root));
+    }
+    let root = &roots[&c.root];
     let (file, size) = open_confined(root, &c.path, &c.node).map_err(|(_, why)| why)?;
     if size > MAX_FILE {
         return Err(format!(
