@@ -4,9 +4,10 @@
 //! opened with `O_NOFOLLOW`. The check is the open itself: nothing can be swapped between a
 //! check and the open, and it costs one path walk of the components under the root.
 //!
-//! A kernel without `openat2` (before 5.6) gets the older way: the path opened by name, then
-//! refused if its canonical form is not under the root's (one `readlink` per component of
-//! both, which a batch of small files felt: a quarter of the serving host's CPU).
+//! A kernel without `openat2` (before 5.6), or a seccomp filter that refuses it, gets the
+//! older way: the path opened by name, then refused if its canonical form is not under the
+//! root's (one `readlink` per component of both, which a batch of small files felt: a
+//! quarter of the serving host's CPU).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -86,7 +87,10 @@ impl Root {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EXDEV) => Err(Refused::Outside),
-            Some(libc::ENOSYS) => self.open_by_name(rel),
+            // No `openat2` in this kernel, or a seccomp filter (a container's) that refuses
+            // what it does not know with `EPERM`, which a read-only open does not otherwise
+            // give: the older way, which gives the real error if there is one.
+            Some(libc::ENOSYS | libc::EPERM | libc::E2BIG) => self.open_by_name(rel),
             _ => Err(Refused::Open(e)),
         }
     }
