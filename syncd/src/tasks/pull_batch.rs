@@ -191,7 +191,7 @@ fn pull_from(
     roots.dedup();
     phases.push(t0.elapsed());
     let batch = IncomingBatch { first: first_id };
-    let mut dirs = BatchDirs::default();
+    let mut batch_dirs = BatchDirs::default();
     let mut written = Vec::with_capacity(intact.len());
     for (r, pull, bytes) in intact {
         let dir = NodeRoot::new(&pull.root).incoming_batch(batch);
@@ -202,7 +202,7 @@ fn pull_from(
             }
             .file_name(),
         );
-        let write = copyfile::make_dir_once(Some(&dir), &mut dirs.0)
+        let write = copyfile::make_dir_once(Some(&dir), &mut batch_dirs.0)
             .and_then(|()| copyfile::write_new(&tmp, &bytes));
         match write {
             Ok(file) => {
@@ -246,7 +246,7 @@ fn pull_from(
     let mut installed = Vec::with_capacity(intact.len());
     // Each destination's marker read once, after the sync, before any name is given.
     let mut there: HashMap<PathBuf, bool> = HashMap::new();
-    let mut dirs = std::collections::HashSet::new();
+    let mut final_dirs = std::collections::HashSet::new();
     for (f, bytes) in intact {
         let still_there = *there
             .entry(f.pull.root.clone())
@@ -258,12 +258,14 @@ fn pull_from(
                 f.pull.root.display()
             )))
         } else {
-            copyfile::install_deferred(f.tmp.path(), &f.pull.final_path, &mut dirs).map_err(|e| {
-                CopyFailure::Failed(format!(
-                    "cannot move into place at {}: {e}",
-                    f.pull.final_path.display()
-                ))
-            })
+            copyfile::install_deferred(f.tmp.path(), &f.pull.final_path, &mut final_dirs).map_err(
+                |e| {
+                    CopyFailure::Failed(format!(
+                        "cannot move into place at {}: {e}",
+                        f.pull.final_path.display()
+                    ))
+                },
+            )
         };
         match outcome {
             Ok(()) => {
