@@ -56,20 +56,7 @@ impl Tx<'_> {
         req: NewCopyRequest,
         now: i64,
     ) -> Result<Option<RequestId>> {
-        let dup = self.raw(
-            "SELECT id FROM copy_request WHERE file_id = ? AND from_node = ? AND to_group = ? \
-             AND state IN ('pending', 'active')",
-            params![req.file_id, req.from_node, req.to_group],
-        )?;
-        if !dup.is_empty() {
-            return Ok(None);
-        }
-        let id = self.insert(
-            "INSERT INTO copy_request (file_id, from_node, to_group, state, created_at) \
-             VALUES (?, ?, ?, 'pending', ?) RETURNING id",
-            params![req.file_id, req.from_node, req.to_group, now],
-        )?;
-        Ok(Some(id))
+        Ok(self.create_copy_requests(&[req], now)?.pop().flatten())
     }
 
     /// [`Tx::create_copy_request`] for many requests, in a few statements rather than two
