@@ -17,6 +17,10 @@
 //! [`Server`], the socket the wake-up and the [`Fetcher`], the catalog listener a
 //! [`Listening`].
 //!
+//! A pass runs beside the tasks (one at a time): what a finished task frees is filled from
+//! the last pass's backlog at once, and the next pass starts when the backlog is used up, so
+//! a stream of small batches does not wait on the catalog reads between them.
+//!
 //! On shutdown no new work starts; running tasks see the cancel flag, abort cleanly (temp
 //! files removed, requests given back) and the loop waits for them.
 
@@ -231,7 +235,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let retry_refused = config.daemon.interval.0;
     let workers = Arc::new(Semaphore::new(config.daemon.workers));
     let (event_tx, mut event_rx) = mpsc::unbounded_channel::<(NodeId, WatchEvent)>();
-    let mut state = RefreshState::default();
+    let mut state = Some(RefreshState::default());
     let mut events: Vec<(NodeId, WatchEvent)> = Vec::new();
     let mut running = tokio::task::JoinSet::new();
     let interval = config.daemon.interval.0;
@@ -241,89 +245,120 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     // used up or older than a moment. Many small copies would otherwise pay a whole pass each.
     let mut backlog: Vec<Task> = Vec::new();
     let mut last_pass = Instant::now();
+    // The pass under way, beside the tasks: finished tasks go on starting the backlog while
+    // it plans (a pass is 5-20 ms of catalog reads on a busy host, and batches of small files
+    // finish every few milliseconds). One at a time; what comes in meanwhile waits for the
+    // next: whether it is to be full, and the watches' events.
+    let mut planning: Option<Planning> = None;
+    let mut want_full = true;
+    let mut done_while_planning = false;
     tokio::pin!(shutdown);
     loop {
-        let mut task_done = false;
-        let full = tokio::select! {
-            _ = &mut shutdown => break,
-            _ = tokio::time::sleep_until(next_loop) => true,
-            _ = wake.notified() => true,
+        let woke = tokio::select! {
+            _ = &mut shutdown => {
+                if planning.is_some() {
+                    // A pass waiting for an unreachable catalog must not keep cairnd from
+                    // stopping.
+                    pool.stop_waiting();
+                }
+                break;
+            }
+            _ = tokio::time::sleep_until(next_loop) => Woke::Due,
+            _ = wake.notified() => Woke::Due,
             Some(ev) = event_rx.recv() => {
                 events.push(ev);
                 while let Ok(ev) = event_rx.try_recv() {
                     events.push(ev);
                 }
-                false
+                Woke::Events
             }
-            Some(_) = running.join_next(), if !running.is_empty() => {
-                task_done = true;
-                true
-            }
+            Some(_) = running.join_next(), if !running.is_empty() => Woke::TaskDone,
+            r = async { (&mut planning.as_mut().expect("a pass under way").handle).await },
+                if planning.is_some() => Woke::Planned(Box::new(r)),
         };
-        if task_done && !backlog.is_empty() && last_pass.elapsed() < Duration::from_millis(500) {
-            let work = std::mem::take(&mut backlog);
-            backlog = dispatch(&ctx, &workers, &mut running, node_workers, work);
-            continue;
-        }
-        if full && tokio::time::Instant::now() >= next_loop {
-            next_loop = tokio::time::Instant::now() + interval;
-        }
-        let planned = {
-            let (ctx, cfg, event_tx) = (ctx.clone(), refresh_config.clone(), event_tx.clone());
-            let events = std::mem::take(&mut events);
-            let mut st = std::mem::take(&mut state);
-            let pass = tokio::task::spawn_blocking(move || {
-                let work = pass(
-                    &ctx,
-                    &cfg,
-                    &mut st,
-                    full,
-                    events,
-                    &event_tx,
-                    batch,
-                    retry_refused,
-                );
-                (st, work)
-            });
-            // A pass waiting for an unreachable catalog must not keep cairnd from stopping.
-            tokio::select! {
-                r = pass => r,
-                _ = &mut shutdown => {
-                    pool.stop_waiting();
-                    break;
+        match woke {
+            Woke::Due => want_full = true,
+            Woke::Events => {}
+            Woke::TaskDone => {
+                if !backlog.is_empty() && last_pass.elapsed() < Duration::from_millis(500) {
+                    let work = std::mem::take(&mut backlog);
+                    backlog = dispatch(&ctx, &workers, &mut running, node_workers, work);
+                    // Plan ahead once the backlog is used up, while the tasks it started run.
+                    want_full |= backlog.is_empty();
+                } else if planning.is_some() {
+                    // The pass under way may have read the catalog before this task's end: a
+                    // pass after it, unless it leaves a backlog (whose end plans again).
+                    done_while_planning = true;
+                } else {
+                    want_full = true;
                 }
             }
-        };
-        let work = match planned {
-            Ok((st, work)) => {
-                state = st;
-                work
+            Woke::Planned(r) => {
+                let done = planning.take().expect("the pass that finished");
+                match *r {
+                    Err(e) => {
+                        error!("Main loop failed: {e}");
+                        state = Some(RefreshState::default());
+                    }
+                    Ok((st, work)) => {
+                        state = Some(st);
+                        match work {
+                            Err(e) => error!("Main loop: {e:#}"),
+                            Ok(work) if done.full => {
+                                debug!(
+                                    "A pass found {} tasks in {:.1?}.",
+                                    work.len(),
+                                    done.began.elapsed()
+                                );
+                                record_queue(&metrics, &work);
+                                last_pass = done.began;
+                                // The pass found the rest of the backlog again in the catalog,
+                                // not what the watches found and no worker could take yet:
+                                // that is kept, first.
+                                let mut work_now: Vec<Task> =
+                                    backlog.drain(..).filter(Task::from_watch).collect();
+                                work_now.extend(work);
+                                backlog =
+                                    dispatch(&ctx, &workers, &mut running, node_workers, work_now);
+                            }
+                            Ok(work) => {
+                                let left =
+                                    dispatch(&ctx, &workers, &mut running, node_workers, work);
+                                backlog.extend(left);
+                            }
+                        }
+                    }
+                }
+                want_full |= std::mem::take(&mut done_while_planning) && backlog.is_empty();
+                ctx.running.report_stuck();
             }
-            Err(e) => {
-                error!("Main loop failed: {e}");
-                continue;
-            }
-        };
-        let work = match work {
-            Ok(w) => w,
-            Err(e) => {
-                error!("Main loop: {e:#}");
-                continue;
-            }
-        };
-        if full {
-            record_queue(&metrics, &work);
-            last_pass = Instant::now();
-            // The pass found the rest of the backlog again in the catalog, not what the
-            // watches found and no worker could take yet: that is kept, first.
-            let mut work_now: Vec<Task> = backlog.drain(..).filter(Task::from_watch).collect();
-            work_now.extend(work);
-            backlog = dispatch(&ctx, &workers, &mut running, node_workers, work_now);
-        } else {
-            let left = dispatch(&ctx, &workers, &mut running, node_workers, work);
-            backlog.extend(left);
         }
-        ctx.running.report_stuck();
+        if planning.is_none() && (want_full || !events.is_empty()) {
+            let full = std::mem::take(&mut want_full);
+            if full && tokio::time::Instant::now() >= next_loop {
+                next_loop = tokio::time::Instant::now() + interval;
+            }
+            let (ctx, cfg, event_tx) = (ctx.clone(), refresh_config.clone(), event_tx.clone());
+            let events = std::mem::take(&mut events);
+            let mut st = state.take().expect("the state between passes");
+            planning = Some(Planning {
+                full,
+                began: Instant::now(),
+                handle: tokio::task::spawn_blocking(move || {
+                    let work = pass(
+                        &ctx,
+                        &cfg,
+                        &mut st,
+                        full,
+                        events,
+                        &event_tx,
+                        batch,
+                        retry_refused,
+                    );
+                    (st, work)
+                }),
+            });
+        }
     }
 
     info!(
@@ -332,7 +367,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     );
     cancel.store(true, Ordering::Relaxed);
     pool.stop_waiting();
-    state.stop_watching();
+    // A pass still under way (waiting on a catalog out of reach) stops its watches when it
+    // ends: its state is dropped with the result no one waits for.
+    drop(planning);
+    if let Some(st) = &mut state {
+        st.stop_watching();
+    }
     while running.join_next().await.is_some() {}
     socket_task.abort();
     if let Some(h) = http {
@@ -342,6 +382,29 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     info!("cairnd stopped.");
     Ok(())
 }
+
+/// What woke the main loop.
+enum Woke {
+    /// The loop's interval is up, or a CLI on this host asked for a pass.
+    Due,
+    /// The watches found files.
+    Events,
+    /// A task finished.
+    TaskDone,
+    /// The pass under way finished: the refresh state back, and the work it found.
+    Planned(Box<std::result::Result<Passed, tokio::task::JoinError>>),
+}
+
+/// A pass running beside the tasks.
+struct Planning {
+    /// It plans from the catalog (not only from the watches' events).
+    full: bool,
+    began: Instant,
+    handle: tokio::task::JoinHandle<Passed>,
+}
+
+/// What a pass hands back: the refresh state, and the work it found.
+type Passed = (RefreshState, Result<Vec<Task>>);
 
 /// Finds this host in the catalog (an administrator creates hosts: a name the catalog does not
 /// know is a mistake, not a new host), records its address (`transfer.advertise`), and
