@@ -960,6 +960,47 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
     );
 }
 
+/// A batch's file lands as an unnamed file given its archive name at once; where a corrupt
+/// copy holds the name, it is replaced (by way of a name in `.cairn/tmp/`), not refused.
+#[test]
+fn corrupt_copies_are_replaced_by_a_batch() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    let paths = small_files(&r1, "2025/01/03", 20);
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(Duration::from_secs(60));
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
+    let rotten = [&paths[3], &paths[8], &paths[15]];
+    for p in rotten {
+        std::fs::write(r2.join(p), b"rotten").unwrap();
+    }
+    h2.cairn(&["node", "verify", "--all", "n2", "--force"]);
+    wait_until(T, "the corrupt copies found", || {
+        rotten.iter().all(|p| a.has("n2", p) == Some(Has::Corrupt))
+    });
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    a.wait_idle(Duration::from_secs(60));
+    let log2 = h2.log();
+    assert!(
+        log2.contains("Pulling a batch of 3 files from h1"),
+        "{log2}"
+    );
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
 #[test]
 fn a_corrupt_file_in_a_batch_fails_alone_and_is_fixed_from_another_source() {
     let a = Archive::new();

@@ -14,9 +14,11 @@
 //!    batch.
 //! 4. [`install`] renames the temporary file to its archive name and fsyncs the directory, so
 //!    the name is durable before the caller records the copy ([`install_deferred`] renames
-//!    without syncing, for a batch followed by one [`sync_fs`]).
+//!    without syncing, for a batch followed by one [`sync_fs`]; a batch's files are written
+//!    unnamed by [`write_unnamed`] and named by [`install_new`], a link instead of a rename).
 //!
-//! A crash before the rename leaves only a file in `.cairn/tmp/`; the rename itself is atomic,
+//! A crash before the rename leaves only a file in `.cairn/tmp/` (nothing, for an unnamed
+//! one); the rename itself is atomic,
 //! and, with the caller syncing first, it only ever names a complete, fsynced file. So an
 //! archive name holds no copy or a complete one, never a partial file.
 //!
@@ -99,6 +101,129 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let file = File::create(path)?;
     write_all_at(&file, bytes, 0)?;
     Ok(file)
+}
+
+/// A complete new file not yet under its archive name (see [`write_unnamed`]).
+#[derive(Debug)]
+pub struct NewFile {
+    /// The file, open for writing.
+    pub file: File,
+    /// Its temporary name, on a file system without unnamed files; `None`: unnamed.
+    pub temp: Option<PathBuf>,
+}
+
+/// Writes `bytes` into a new file on the file system of `dir`, returned open and not synced.
+/// Unnamed (`O_TMPFILE` in `dir`) where the file system allows it: installing it then adds one
+/// directory entry ([`install_new`]), where a named temporary file costs three (its creation,
+/// and the rename's removal and addition), about a fifth of the time a batch of small files
+/// takes to land on this project's ext4. A crash leaves nothing to tidy: the file system frees
+/// an unnamed file. Elsewhere (no `O_TMPFILE`, or no `/proc/self/fd` to link it by), the file
+/// is created at the path `named` makes (its directory made first), as [`write_new`] does.
+pub fn write_unnamed(
+    dir: &Path,
+    named: impl FnOnce() -> io::Result<PathBuf>,
+    bytes: &[u8],
+) -> io::Result<NewFile> {
+    write_unnamed_in(dir, named, bytes, can_link_unnamed())
+}
+
+/// [`write_unnamed`], trying an unnamed file only if `unnamed`.
+fn write_unnamed_in(
+    dir: &Path,
+    named: impl FnOnce() -> io::Result<PathBuf>,
+    bytes: &[u8],
+    unnamed: bool,
+) -> io::Result<NewFile> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if unnamed {
+        match OpenOptions::new()
+            .write(true)
+            .mode(0o666)
+            .custom_flags(libc::O_TMPFILE)
+            .open(dir)
+        {
+            Ok(file) => {
+                write_all_at(&file, bytes, 0)?;
+                return Ok(NewFile { file, temp: None });
+            }
+            // No O_TMPFILE on this file system (or kernel): a named file.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let path = named()?;
+    let file = write_new(&path, bytes).inspect_err(|_| {
+        let _ = fs::remove_file(&path);
+    })?;
+    Ok(NewFile {
+        file,
+        temp: Some(path),
+    })
+}
+
+/// Whether an unnamed file can be given a name: by `/proc/self/fd/N` (`linkat` with
+/// `AT_EMPTY_PATH` needs a capability cairnd does not have).
+fn can_link_unnamed() -> bool {
+    static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *CAN.get_or_init(|| Path::new("/proc/self/fd").is_dir())
+}
+
+/// Gives a complete, synced [`NewFile`] its archive name without syncing, for a batch (as
+/// [`install_deferred`], whose rename it is for a named one): the parent directories made
+/// unless `made` has them. An unnamed file is linked in; over a file already there (a corrupt
+/// copy), it is linked at `beside` (a name of this copy's own in the same file system's
+/// `.cairn/tmp/`; whatever is there is replaced) and renamed over it, so that the name never
+/// goes missing.
+pub fn install_new(
+    new: &NewFile,
+    final_path: &Path,
+    beside: &Path,
+    made: &mut HashSet<PathBuf>,
+) -> io::Result<()> {
+    if let Some(temp) = &new.temp {
+        return install_deferred(temp, final_path, made);
+    }
+    make_dir_once(final_path.parent(), made)?;
+    match link_unnamed(&new.file, final_path) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            match fs::remove_file(beside) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            link_unnamed(&new.file, beside)?;
+            fs::rename(beside, final_path).inspect_err(|_| {
+                let _ = fs::remove_file(beside);
+            })
+        }
+        r => r,
+    }
+}
+
+/// Names the unnamed `file` `to` (failing if something is there).
+fn link_unnamed(file: &File, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to = CString::new(to.as_os_str().as_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Drops the pages of `file` from the page cache, once it is on disk (after a [`sync_fs`]): a
@@ -678,6 +803,51 @@ mod tests {
         assert_eq!(&back[WRITE_PIECE + 6..], &data[WRITE_PIECE + 6..]);
         write_new(&path, b"short").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"short", "truncated");
+    }
+
+    #[test]
+    fn a_new_file_is_unnamed_until_installed_and_then_replaces_what_is_there() {
+        let t = tempfile::tempdir().unwrap();
+        let tmp = t.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let named = || -> io::Result<PathBuf> { panic!("a named file where unnamed ones work") };
+        let new = write_unnamed(&tmp, named, b"first").unwrap();
+        assert_eq!(new.temp, None);
+        assert_eq!(fs::read_dir(&tmp).unwrap().count(), 0, "no name yet");
+        let (final_path, beside) = (t.path().join("a/b/f.dat"), tmp.join("copy-1.tmp"));
+        let mut made = HashSet::new();
+        install_new(&new, &final_path, &beside, &mut made).unwrap();
+        assert_eq!(fs::read(&final_path).unwrap(), b"first");
+        // Over a file already there (a corrupt copy), and a leftover at `beside`.
+        fs::write(&beside, b"leftover").unwrap();
+        let second = write_unnamed(&tmp, named, b"second").unwrap();
+        install_new(&second, &final_path, &beside, &mut made).unwrap();
+        assert_eq!(fs::read(&final_path).unwrap(), b"second");
+        assert_eq!(
+            fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "nothing left beside"
+        );
+    }
+
+    #[test]
+    fn without_unnamed_files_a_new_file_is_named_then_renamed() {
+        let t = tempfile::tempdir().unwrap();
+        let tmp = t.path().join("tmp");
+        fs::create_dir(&tmp).unwrap();
+        let temp = tmp.join("batch-1/copy-1.tmp");
+        let named = || {
+            fs::create_dir_all(temp.parent().unwrap())?;
+            Ok(temp.clone())
+        };
+        let new = write_unnamed_in(&tmp, named, b"bytes", false).unwrap();
+        assert_eq!(new.temp.as_deref(), Some(temp.as_path()));
+        assert_eq!(fs::read(&temp).unwrap(), b"bytes");
+        let final_path = t.path().join("x/f.dat");
+        let mut made = HashSet::new();
+        install_new(&new, &final_path, &tmp.join("copy-1.tmp"), &mut made).unwrap();
+        assert_eq!(fs::read(&final_path).unwrap(), b"bytes");
+        assert!(!temp.exists());
     }
 
     #[test]

@@ -8,8 +8,9 @@
 //!   refused and never written to (invariant 6).
 //! - `<root>/.cairn/tmp/`: copies arriving (`copy-ID.tmp` for a local copy, `copy-ID.part` for a
 //!   pull from another host, kept for resume), see [`Incoming`]; a batch of small copies pulled
-//!   together arrives in a directory of its own, `batch-ID/` (ID: its first request), holding
-//!   a `copy-ID.tmp` for each, see [`IncomingBatch`].
+//!   together arrives as unnamed files (`O_TMPFILE` here), or, on a file system without them,
+//!   in a directory of its own, `batch-ID/` (ID: its first request), holding a `copy-ID.tmp`
+//!   for each, see [`IncomingBatch`].
 //! - `<root>/.cairn/staging/`: files being written through the mount.
 //! - `<root>/.cairn/kept/`: files the mount keeps on this host without importing them.
 //! - `<root>/<archive path>`: the copies.
