@@ -154,8 +154,8 @@ impl Task {
 
     /// How many tasks may be running on each of this task's nodes for it to start:
     /// `node_workers`, and two more for a batch of small files, which spends much of its time
-    /// on the wire (a round trip before its first byte) and lands in a directory of its own
-    /// (`pull_batch::pull_from`), beside the others. At a 10 ms round trip one batch over
+    /// on the wire (a round trip before its first byte) and lands beside the others (its own
+    /// unnamed files, `pull_batch::pull_from`). At a 10 ms round trip one batch over
     /// `node_workers` synced 1,000 files of 1 MiB 16% faster than none, and two over synced
     /// 10,000 files of 4 KiB ~12% faster than one (on loopback 0-5%); each holds at most
     /// [`crate::pullbatch::MAX_BYTES`] in memory.

@@ -274,7 +274,9 @@ fn pull_from(
         };
         match outcome {
             Ok(()) => {
-                f.named.map(TempFile::keep);
+                if let Some(named) = f.named {
+                    named.keep();
+                }
                 installed.push((f.r, f.pull, bytes));
             }
             Err(e) => copy::settle(ctx, cat, &f.r, Err(e))?,
