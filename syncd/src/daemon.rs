@@ -255,14 +255,9 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     tokio::pin!(shutdown);
     loop {
         let woke = tokio::select! {
-            _ = &mut shutdown => {
-                if planning.is_some() {
-                    // A pass waiting for an unreachable catalog must not keep cairnd from
-                    // stopping.
-                    pool.stop_waiting();
-                }
-                break;
-            }
+            // A pass under way is not waited for: one waiting on an unreachable catalog must
+            // not keep cairnd from stopping (`pool.stop_waiting` below lets it give up).
+            _ = &mut shutdown => break,
             _ = tokio::time::sleep_until(next_loop) => Woke::Due,
             _ = wake.notified() => Woke::Due,
             Some(ev) = event_rx.recv() => {
