@@ -18,7 +18,7 @@
 # on a tree (or file) of its own; a figure is the median of its runs, a ratio the median of
 # the runs' ratios, with every run's ratio beside it (rsync's speed on this kind of machine
 # moves severalfold from one run to the next: a one-run ratio says little).
-# Prints a Markdown table for BENCHMARKS.md.
+# Prints a Markdown table for BENCHMARKS.md; each run's times go to standard error.
 # Usage: tests/bench/hosts.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -108,6 +108,8 @@ for ((i = 0; i < RUNS; i++)); do
     base_curl+=("$(secs "$t0" "$t1")"); sync
     t0=$(now); cairn file sync --from n1 --to n2 "big/$i.dat" >/dev/null; wait_done; t1=$(now)
     ours_big+=("$(secs "$t0" "$t1")")
+    printf '1 GiB run %d: rsync %.3f s, curl %.3f s, cairn %.3f s\n' "$i" "${base_rsync[-1]}" \
+        "${base_curl[-1]}" "${ours_big[-1]}" >&2
     [[ "$(cairn file state "big/$i.dat" n2)" == Healthy* ]] ||
         { echo "1 GiB pull not recorded" >&2; exit 1; }
 done
@@ -163,6 +165,8 @@ measure() {
         held[$h]=$((held[$h] + count))
         [ "$n" = "${held[$h]}" ] || { echo "expected ${held[$h]} files on n$h, got $n" >&2; exit 1; }
         base+=("$b") nosync+=("$nb") ours+=("$o")
+        printf '%s run %d: rsync -a + sync %.3f s (without the sync %.3f s), cairn %.3f s\n' \
+            "$count × $what$link" "$i" "$b" "$nb" "$o" >&2
     done
     local mb mn mo
     mb=$(median "${base[@]}") mn=$(median "${nosync[@]}") mo=$(median "${ours[@]}")
