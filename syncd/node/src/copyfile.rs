@@ -165,8 +165,8 @@ fn write_unnamed_in(
     })
 }
 
-/// Whether an unnamed file can be given a name: by `/proc/self/fd/N` (`linkat` with
-/// `AT_EMPTY_PATH` needs a capability cairnd does not have).
+/// Whether an unnamed file can be given a name: by `/proc/self/fd/N`, which any user may
+/// link (`linkat` with `AT_EMPTY_PATH` needs `CAP_DAC_READ_SEARCH` before Linux 6.10).
 fn can_link_unnamed() -> bool {
     static CAN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *CAN.get_or_init(|| Path::new("/proc/self/fd").is_dir())
