@@ -9,8 +9,8 @@
 #      first byte after open, full read              cairnd, and cairnd's own pull of it
 # Two hosts on loopback, one catalog, release build. Needs root (drop_caches, FUSE
 # passthrough). Each figure is the median of three runs, the baseline's too (RUNS=N for
-# another count; PARTS="2 4" for only some of the five). Prints a Markdown table for
-# BENCHMARKS.md.
+# another count; PARTS="2 4" for only some of the five; FS_SETTLE="0s" for another
+# [fs] settle than the default). Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/fs.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -39,7 +39,8 @@ for h in 1 2; do
 dir = \"$W/h$h/cache\"
 max_bytes = \"8GiB\"
 [fs]
-write_node = \"n$h\""
+write_node = \"n$h\"${FS_SETTLE:+
+settle = \"$FS_SETTLE\"}"
 done
 cairn() { CAIRN_CONFIG=$W/h1/cairn.toml "$BIN/cairn" "$@"; }
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
