@@ -960,8 +960,8 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
     );
 }
 
-/// A batch's file lands as an unnamed file given its archive name at once; where a corrupt
-/// copy holds the name, it is replaced (by way of a name in `.cairn/tmp/`), not refused.
+/// A batch's file is written unnamed and linked to its archive name; where a corrupt copy
+/// holds the name, it is replaced (by way of a name in `.cairn/tmp/`), not refused.
 #[test]
 fn corrupt_copies_are_replaced_by_a_batch() {
     let a = Archive::new();
