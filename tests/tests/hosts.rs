@@ -1130,6 +1130,61 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     );
 }
 
+/// A kill -9 of the receiving cairnd in the middle of a sync in batches: under its archive
+/// name a file is whole or not there, nothing is left in `.cairn/tmp/` (a batch's files are
+/// unnamed until they are whole and synced), and the sync completes after a restart.
+#[test]
+fn a_receiver_killed_mid_batch_leaves_no_partial_file_and_completes_after_restart() {
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    // About 20 MiB in twelve batches, four at a time, at 4 MiB/s: the kill comes as the
+    // first ones land, with two rounds of batches to go.
+    h2.limit_pulls("4MiB");
+    let r1 = h1.node("n1", &[]);
+    let r2 = h2.node("n2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
+    let paths = small_files(&r1, "2025/01/04", 3000);
+    h1.cairn(&["node", "scan", "n1", "--register-new"]);
+    a.wait_idle(T);
+    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
+    wait_until(T, "a first batch landed", || {
+        h2.log().contains("files from h1 complete")
+    });
+    h2.kill9();
+    let mut whole = 0;
+    for p in &paths {
+        let recorded = a.has("n2", p) == Some(Has::Yes);
+        match md5_file(&r2.join(p)) {
+            Ok(got) => {
+                assert_eq!(got, md5_file(&r1.join(p)).unwrap(), "{p}: partial or wrong");
+                whole += 1;
+            }
+            Err(_) => assert!(!recorded, "{p} recorded, not there"),
+        }
+    }
+    assert!(
+        whole < paths.len(),
+        "the kill came after the whole sync: {}",
+        h2.log()
+    );
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0,
+        "nothing left in .cairn/tmp by the kill"
+    );
+    h2.start();
+    a.wait_idle(Duration::from_secs(120));
+    assert_all_pulled(&a, &h2, &r1, &r2, &paths);
+    assert_eq!(
+        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        0,
+        "no temp file left"
+    );
+}
+
 #[test]
 fn a_batch_directory_left_by_a_crash_is_removed_whole_by_tidy() {
     let a = Archive::new();
