@@ -373,10 +373,7 @@ fn killing_the_source_mid_transfer_resumes_with_range_when_it_is_back() {
         h2.log()
     );
     assert!(h1.log().contains("(resume)"), "{}", h1.log());
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0
-    );
+    assert_eq!(temp_entries(&r2), 0);
 }
 
 #[test]
@@ -818,10 +815,7 @@ fn pulls_by_rsync_are_checked_against_the_md5_before_they_are_installed() {
     // The rotten source gave bytes that fail the md5: not installed, the source suspect.
     assert!(!r2.join("2025/01/01/rotten.dat").exists());
     assert_eq!(a.has("n1", "2025/01/01/rotten.dat"), Some(Has::Suspect));
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0
-    );
+    assert_eq!(temp_entries(&r2), 0);
 }
 
 /// Regression: a pull that failed for space kept its partial file, which then counted as used,
@@ -912,6 +906,33 @@ fn small_files(root: &Path, dir: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// The entries in `.cairn/tmp/` of the node root `root`.
+fn temp_entries(root: &Path) -> usize {
+    std::fs::read_dir(NodeRoot::new(root).tmp())
+        .unwrap()
+        .count()
+}
+
+/// After a cut: under its archive name on n2 (root `to_root`), each of `paths` is whole (the
+/// bytes it has on n1, root `from_root`) or not there at all, and a recorded one is there.
+/// Returns how many are whole. The catalog is read first: the files that arrived whole may
+/// be being installed and recorded right now, and a file gets its name before its record.
+fn whole_or_absent(a: &Archive, from_root: &Path, to_root: &Path, paths: &[String]) -> usize {
+    let mut whole = 0;
+    for p in paths {
+        let want = md5_file(&from_root.join(p)).unwrap();
+        let recorded = a.has("n2", p) == Some(Has::Yes);
+        match md5_file(&to_root.join(p)) {
+            Ok(got) => {
+                assert_eq!(got, want, "{p}: a partial or wrong file under its name");
+                whole += 1;
+            }
+            Err(_) => assert!(!recorded, "{p} recorded, not there"),
+        }
+    }
+    whole
+}
+
 /// Each of `paths` is on h2's node n2 (`to`, root `to_root`), healthy in the catalog and
 /// with the bytes it has on n1 (root `from_root`).
 fn assert_all_pulled(
@@ -953,11 +974,7 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
     // Far fewer requests than files: none of them went alone.
     assert!(!log2.contains("Pulling file"), "{log2}");
     assert!(log2.matches("Pulling a batch of").count() < 10, "{log2}");
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0,
-        "no temp file left"
-    );
+    assert_eq!(temp_entries(&r2), 0, "no temp file left");
 }
 
 /// A batch's file is written unnamed and linked to its archive name; where a corrupt copy
@@ -994,11 +1011,7 @@ fn corrupt_copies_are_replaced_by_a_batch() {
         "{log2}"
     );
     assert_all_pulled(&a, &h2, &r1, &r2, &paths);
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0,
-        "no temp file left"
-    );
+    assert_eq!(temp_entries(&r2), 0, "no temp file left");
 }
 
 #[test]
@@ -1100,22 +1113,7 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
         log2.contains("Pulling a batch of 60 files from h1"),
         "{log2}"
     );
-    // Under its archive name, a file is whole or not there at all, and a recorded one is
-    // there. The catalog is read first: the files that arrived whole may be being installed
-    // and recorded right now (after the failed ones were settled), and a file gets its name
-    // before its record.
-    let mut whole = 0;
-    for p in &paths {
-        let want = md5_file(&r1.join(p)).unwrap();
-        let recorded = a.has("n2", p) == Some(Has::Yes);
-        match md5_file(&r2.join(p)) {
-            Ok(got) => {
-                assert_eq!(got, want, "{p}: a partial or wrong file under its name");
-                whole += 1;
-            }
-            Err(_) => assert!(!recorded, "{p} recorded, not there"),
-        }
-    }
+    let whole = whole_or_absent(&a, &r1, &r2, &paths);
     assert!(
         whole < paths.len(),
         "the cut came after the whole batch: {log2}"
@@ -1123,11 +1121,7 @@ fn a_batch_cut_by_a_kill_of_its_source_leaves_no_partial_file_and_completes_afte
     h1.start();
     a.wait_idle(Duration::from_secs(120));
     assert_all_pulled(&a, &h2, &r1, &r2, &paths);
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0,
-        "no temp file left"
-    );
+    assert_eq!(temp_entries(&r2), 0, "no temp file left");
 }
 
 /// A kill -9 of the receiving cairnd in the middle of a sync in batches: under its archive
@@ -1154,35 +1148,21 @@ fn a_receiver_killed_mid_batch_leaves_no_partial_file_and_completes_after_restar
         h2.log().contains("files from h1 complete")
     });
     h2.kill9();
-    let mut whole = 0;
-    for p in &paths {
-        let recorded = a.has("n2", p) == Some(Has::Yes);
-        match md5_file(&r2.join(p)) {
-            Ok(got) => {
-                assert_eq!(got, md5_file(&r1.join(p)).unwrap(), "{p}: partial or wrong");
-                whole += 1;
-            }
-            Err(_) => assert!(!recorded, "{p} recorded, not there"),
-        }
-    }
+    let whole = whole_or_absent(&a, &r1, &r2, &paths);
     assert!(
         whole < paths.len(),
         "the kill came after the whole sync: {}",
         h2.log()
     );
     assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
+        temp_entries(&r2),
         0,
         "nothing left in .cairn/tmp by the kill"
     );
     h2.start();
     a.wait_idle(Duration::from_secs(120));
     assert_all_pulled(&a, &h2, &r1, &r2, &paths);
-    assert_eq!(
-        std::fs::read_dir(NodeRoot::new(&r2).tmp()).unwrap().count(),
-        0,
-        "no temp file left"
-    );
+    assert_eq!(temp_entries(&r2), 0, "no temp file left");
 }
 
 #[test]

@@ -97,7 +97,7 @@ pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 
 /// Creates `path` (truncating what is there) holding `bytes`, written in pieces of at most
 /// [`WRITE_PIECE`]; returns it open (for [`drop_cached`] once synced). Not synced.
-pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<File> {
     let file = File::create(path)?;
     write_all_at(&file, bytes, 0)?;
     Ok(file)

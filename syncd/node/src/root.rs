@@ -94,10 +94,11 @@ impl Incoming {
     }
 }
 
-/// A batch of small copies pulled together from another host, arriving in a directory of its
-/// own in `.cairn/tmp/`, named for the batch's first copy request: batches landing at once
-/// each create and rename in their own directory rather than wait on one directory's lock,
-/// and a batch cut off by a crash leaves one directory, removed whole.
+/// A batch of small copies pulled together from another host, on a file system without
+/// unnamed files (`O_TMPFILE`), arriving in a directory of its own in `.cairn/tmp/`, named
+/// for the batch's first copy request: batches landing at once each create and rename in
+/// their own directory rather than wait on one directory's lock, and a batch cut off by a
+/// crash leaves one directory, removed whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IncomingBatch {
     pub first: RequestId,
