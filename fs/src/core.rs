@@ -16,6 +16,7 @@ mod found;
 mod import;
 mod list;
 mod perm;
+mod queue;
 mod read;
 mod recover;
 mod write;
@@ -143,7 +144,7 @@ pub struct Core {
     remembered: Remembered,
     ids: Ids,
     fetches: read::Fetches,
-    imports: import::Queue,
+    imports: queue::Queue,
     /// The journal of closed files, on the write node (none on a read-only mount).
     journal: Option<Journal>,
     /// This process, as the journal names the owner of its rows.
@@ -192,7 +193,7 @@ impl Core {
             localdirs: LocalDirs::default(),
             handles: Handles::default(),
             fetches: read::Fetches::default(),
-            imports: import::Queue::default(),
+            imports: queue::Queue::default(),
             journal: None,
             owner: Owner::me(),
             catalog_down: Mutex::new(None),

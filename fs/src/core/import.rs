@@ -21,13 +21,11 @@
 //! to registered, because its backing path changes under its own lock in the same step as the
 //! rename on disk.
 
-use std::collections::VecDeque;
 use std::fs::File as StdFile;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cairn_catalog::catalog::{ImportOutcome, NewFile, normalize_path};
@@ -36,239 +34,14 @@ use cairn_node::importer::Verdict;
 use cairn_node::journal::{Journal, Placed};
 use tracing::{debug, error, info, warn};
 
+use super::queue::RETRY_FIRST;
 use super::write::keep;
 use super::{Core, FsError, Result};
 use crate::locals::{LocalKind, LocalRef, Stage, join};
 use crate::staged::hash_file;
 
-/// The most files imported in one batch.
-const BATCH: usize = 2000;
-
-/// The first wait before a failed registration is tried again; it doubles up to
-/// [`RETRY_MAX`].
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-/// At most this long between tries, so that what waited is registered within moments of the
-/// catalog's return (a link cut for hours costs a try every few seconds).
-const RETRY_MAX: Duration = Duration::from_secs(5);
-
-/// While files come due less than this apart (a program's burst of closes), the first waits
-/// for the others, up to `GATHER_MAX`: a batch costs a few round trips to the primary
-/// whatever its size, so a burst of `cp -r` goes in one, not in the two or three its first
-/// files would start.
-const GATHER: Duration = Duration::from_millis(50);
-const GATHER_MAX: Duration = Duration::from_secs(1);
-
 /// How long reading `user.cairn.md5` of a settling file waits for its import.
 const ASKED_WAIT: Duration = Duration::from_secs(10);
-
-#[derive(Default)]
-struct Waiting {
-    /// Files settling, by the time they are due (in order but for the few whose wait began
-    /// again: those are looked at when due and put back).
-    settling: VecDeque<(Instant, LocalRef)>,
-    /// Files someone is waiting for: imported at once.
-    asked: Vec<LocalRef>,
-    /// Files placed, waiting for the catalog.
-    pending: Vec<LocalRef>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
-    /// Directories made here wait for the catalog (a try with or without files).
-    dirs: bool,
-    /// Unmounting: import what settles now, try what is pending once, and stop.
-    stopping: bool,
-    running: bool,
-}
-
-/// The import queue and its thread.
-#[derive(Default)]
-pub(super) struct Queue {
-    waiting: Mutex<Waiting>,
-    wake: Condvar,
-    /// Batches ended, and a wake-up for whoever waits for an asked file.
-    batches: Mutex<u64>,
-    done: Condvar,
-    thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-impl Queue {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
-        self.waiting.lock().expect("import queue")
-    }
-
-    /// `l` settles until `until`. Once unmounting, nothing new is taken: what closes now
-    /// stays in the journal for the next mount.
-    pub(super) fn settle(&self, l: LocalRef, until: Instant) {
-        let mut w = self.lock();
-        if w.stopping {
-            return;
-        }
-        w.settling.push_back((until, l));
-        self.wake.notify_one();
-    }
-
-    /// Directories made here wait for the catalog: they are tried with the next retry.
-    pub(super) fn dirs_waiting(&self) {
-        let mut w = self.lock();
-        if !w.dirs && !w.stopping {
-            w.dirs = true;
-            if w.retry_at.is_none() {
-                w.retry_at = Some(Instant::now() + RETRY_FIRST);
-            }
-            self.wake.notify_one();
-        }
-    }
-
-    /// Someone waits for `l`: it is imported now.
-    /// A file an earlier mount left: registered next (`pending`: placed already) or imported
-    /// next. (The import thread, not started yet, finds it.)
-    pub(super) fn recovered(&self, l: LocalRef, pending: bool) {
-        let mut w = self.lock();
-        if pending {
-            w.pending.push(l);
-        } else {
-            w.asked.push(l);
-        }
-    }
-
-    fn ask(&self, l: LocalRef) {
-        let mut w = self.lock();
-        w.asked.push(l);
-        self.wake.notify_one();
-    }
-
-    /// The next batch: files due, asked for, or pending and due for a retry. Waits until
-    /// there is one; `None` once stopping and nothing is left. With it: whether it is the last
-    /// (unmounting), and whether it is a retry of what waits for the catalog.
-    fn next_batch(&self) -> Option<(Vec<LocalRef>, bool, bool)> {
-        let mut w = self.lock();
-        let mut gathering: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            // The first file due waits for those settling just behind it, as long as they
-            // keep coming due (GATHER apart at most, GATHER_MAX in all): one batch (one sync,
-            // one transaction) for a program's burst of files, not one each.
-            if !w.stopping
-                && w.asked.is_empty()
-                && w.settling.front().is_some_and(|(due, _)| *due <= now)
-            {
-                let started = *gathering.get_or_insert(now);
-                let due_now = w
-                    .settling
-                    .iter()
-                    .take(BATCH)
-                    .take_while(|(due, _)| *due <= now)
-                    .count();
-                let next = w.settling.iter().map(|(d, _)| *d).find(|d| *d > now);
-                if let Some(next) = next
-                    && due_now < BATCH
-                    && next <= now + GATHER
-                    && next <= started + GATHER_MAX
-                {
-                    w = self
-                        .wake
-                        .wait_timeout(w, next.saturating_duration_since(now))
-                        .expect("import queue")
-                        .0;
-                    continue;
-                }
-            }
-            let mut batch: Vec<LocalRef> = std::mem::take(&mut w.asked);
-            while batch.len() < BATCH
-                && let Some((due, _)) = w.settling.front()
-                && (*due <= now || w.stopping)
-            {
-                let (_, l) = w.settling.pop_front().expect("a front");
-                batch.push(l);
-            }
-            let due = w.stopping || w.retry_at.is_none_or(|t| t <= now);
-            let retry = (!w.pending.is_empty() || w.dirs) && due;
-            if retry {
-                batch.append(&mut w.pending);
-                if w.stopping {
-                    // Unmounting: one last try, then the journal keeps them.
-                    w.dirs = false;
-                }
-            }
-            if !batch.is_empty() || retry {
-                return Some((batch, w.stopping, retry));
-            }
-            if w.stopping {
-                return None;
-            }
-            let next = [
-                w.settling.front().map(|(t, _)| *t),
-                w.retry_at.filter(|_| !w.pending.is_empty() || w.dirs),
-            ]
-            .into_iter()
-            .flatten()
-            .min();
-            w = match next {
-                Some(t) => {
-                    self.wake
-                        .wait_timeout(w, t.saturating_duration_since(now))
-                        .expect("import queue")
-                        .0
-                }
-                None => self.wake.wait(w).expect("import queue"),
-            };
-        }
-    }
-
-    /// Files that could not be registered: tried again after the backoff (once unmounting,
-    /// they stay in the journal for the next mount).
-    fn retry_later(&self, ls: Vec<LocalRef>) {
-        self.finished();
-        let mut w = self.lock();
-        if w.stopping {
-            return;
-        }
-        Self::back_off(&mut w);
-        w.pending.extend(ls);
-    }
-
-    /// A try of the catalog failed: the next waits longer.
-    fn backoff(&self) {
-        Self::back_off(&mut self.lock());
-    }
-
-    fn back_off(w: &mut Waiting) {
-        w.backoff = if w.backoff.is_zero() {
-            RETRY_FIRST
-        } else {
-            (w.backoff * 2).min(RETRY_MAX)
-        };
-        w.retry_at = Some(Instant::now() + w.backoff);
-    }
-
-    /// Files placed while the catalog is not answering: they wait with the others for the
-    /// next retry, without a try of their own.
-    fn wait_for_catalog(&self, ls: Vec<LocalRef>) {
-        let mut w = self.lock();
-        self.finished();
-        if w.stopping {
-            return;
-        }
-        if w.retry_at.is_none() {
-            w.retry_at = Some(Instant::now() + RETRY_FIRST);
-        }
-        w.pending.extend(ls);
-    }
-
-    fn succeeded(&self) {
-        let mut w = self.lock();
-        w.backoff = Duration::ZERO;
-        w.retry_at = None;
-        w.dirs = false;
-        drop(w);
-        self.finished();
-    }
-
-    /// A batch ended: whoever waits for a file looks again.
-    fn finished(&self) {
-        *self.batches.lock().expect("batches") += 1;
-        self.done.notify_all();
-    }
-}
 
 /// A file the batch places: where it is, where it goes, what is registered.
 struct ToPlace {
