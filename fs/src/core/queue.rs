@@ -31,6 +31,9 @@ pub(super) struct Waiting {
     /// Files settling, by the time they are due (in order but for the few whose wait began
     /// again: those are looked at when due and put back).
     settling: VecDeque<(Instant, LocalRef)>,
+    /// When the last file that came due within `GATHER` of its close (a settle shorter than
+    /// `GATHER`) closed.
+    closed_due: Option<Instant>,
     /// Files someone is waiting for: imported at once.
     pub(super) asked: Vec<LocalRef>,
     /// Files placed, waiting for the catalog.
@@ -71,6 +74,10 @@ impl Queue {
         // again then (or once it has imported what it has): it is woken only for a file due
         // before that. (Woken at every close, it cost a switch to the importer per file.)
         let sooner = w.settling.front().is_none_or(|(due, _)| until < *due);
+        let now = Instant::now();
+        if until <= now + GATHER {
+            w.closed_due = Some(now);
+        }
         w.settling.push_back((until, l));
         if sooner {
             self.wake.notify_one();
@@ -118,27 +125,25 @@ impl Queue {
             // The first file due waits for those coming due just behind it, as long as they
             // keep coming (GATHER apart at most, GATHER_MAX in all): one batch (one sync, one
             // transaction) for a program's burst of files, not one each. Behind it: a file
-            // settling that comes due within GATHER, or, as long as the last file came due
-            // less than GATHER ago, the next one to close (with a settle shorter than GATHER,
-            // files come due at their close: without this, each batch took the few that had
-            // closed during the last, and a `cp -r` made thousands of batches).
+            // settling that comes due within GATHER, or, with a settle shorter than GATHER
+            // (files come due as they close), the next to close, as long as the last closed
+            // less than GATHER ago. (Without the latter, each batch took the few files that
+            // had closed during the last, and a `cp -r` made thousands of batches.)
             if !w.stopping
                 && w.asked.is_empty()
                 && w.settling.front().is_some_and(|(due, _)| *due <= now)
             {
                 let started = *gathering.get_or_insert(now);
-                let (due_now, last_due) = w
+                let due_now = w
                     .settling
                     .iter()
                     .take(BATCH)
                     .take_while(|(due, _)| *due <= now)
-                    .fold((0, now), |(n, last), (due, _)| {
-                        (n + 1, if n == 0 { *due } else { last.max(*due) })
-                    });
+                    .count();
                 let next = w.settling.iter().map(|(d, _)| *d).find(|d| *d > now);
                 let until = [
                     next.filter(|next| *next <= now + GATHER),
-                    Some(last_due + GATHER).filter(|t| *t > now),
+                    w.closed_due.map(|c| c + GATHER).filter(|t| *t > now),
                 ]
                 .into_iter()
                 .flatten()
