@@ -151,40 +151,81 @@ fn check_with(read: impl FnOnce() -> bool, stalled: impl FnOnce() + Send + 'stat
     }
 }
 
+/// `/proc/PID/stat` of the processes that closed files last, kept open: a program that
+/// closes thousands of files costs one open of it, not one for each (the open and the close
+/// were half of each check's cost). A descriptor names its process, not its number: once the
+/// process is gone its reads fail, and the number is opened again (a new process may have it).
+static OPEN: Mutex<Vec<(u32, Arc<std::fs::File>)>> = Mutex::new(Vec::new());
+/// How many processes' stat files are kept open.
+const KEPT_OPEN: usize = 8;
+
 /// The read of `/proc/PID/stat`: the process is exiting (`PF_EXITING`) with a signal's exit
 /// code. A process that is gone, or a stat that cannot be read, is not dying.
 fn read_killed_by_signal(pid: u32) -> bool {
-    // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
-    // first `statx` the file for a size hint, and grow a string, at every close.
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
+    let kept = {
+        let open = OPEN.lock().expect("open stats");
+        open.iter().find(|(p, _)| *p == pid).map(|(_, f)| f.clone())
+    };
+    if let Some(f) = kept {
+        if let Some(dying) = read_stat(&f) {
+            return dying;
+        }
+        OPEN.lock()
+            .expect("open stats")
+            .retain(|(_, g)| !Arc::ptr_eq(g, &f));
+    }
+    let Ok(f) = std::fs::File::open(format!("/proc/{pid}/stat")) else {
         return false;
     };
+    let Some(dying) = read_stat(&f) else {
+        return false;
+    };
+    let mut open = OPEN.lock().expect("open stats");
+    if !open.iter().any(|(p, _)| *p == pid) {
+        if open.len() >= KEPT_OPEN {
+            open.remove(0);
+        }
+        open.push((pid, Arc::new(f)));
+    }
+    dying
+}
+
+/// Reads a process's stat from the start; `None` if it cannot be read (the process is gone).
+fn read_stat(f: &std::fs::File) -> Option<bool> {
+    // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
+    // first `statx` the file for a size hint, and grow a string, at every close.
+    use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 2048];
     let mut len = 0;
     while len < buf.len() {
-        match f.read(&mut buf[len..]) {
+        match f.read_at(&mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
+            Err(_) => return None,
         }
     }
-    let Ok(stat) = std::str::from_utf8(&buf[..len]) else {
-        return false;
-    };
+    if len == 0 {
+        return None;
+    }
+    let stat = std::str::from_utf8(&buf[..len]).ok()?;
+    Some(killed_by_signal(stat))
+}
+
+/// Whether a process's stat says it is exiting (`PF_EXITING`) with a signal's exit code.
+fn killed_by_signal(stat: &str) -> bool {
     // Fields after the command name (which may hold spaces) start at field 3.
     let Some((_, rest)) = stat.rsplit_once(')') else {
         return false;
     };
-    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let mut fields = rest.split_whitespace();
     const PF_EXITING: u64 = 0x4;
     let flags = fields
-        .get(9 - 3)
+        .nth(9 - 3)
         .and_then(|f| f.parse::<u64>().ok())
         .unwrap_or(0);
     let exit_code = fields
-        .get(52 - 3)
+        .nth(52 - 9 - 1)
         .and_then(|f| f.parse::<i64>().ok())
         .unwrap_or(0);
     flags & PF_EXITING != 0 && exit_code & 0x7f != 0
@@ -201,6 +242,43 @@ mod tests {
             check(std::process::id(), || panic!("not stalled")),
             Verdict::Alive
         );
+    }
+
+    /// A stat line with `flags` (field 9) and `exit_code` (field 52), and a command name
+    /// with spaces and a parenthesis.
+    fn stat(flags: u64, exit_code: i64) -> String {
+        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
+        fields[9 - 3] = flags.to_string();
+        fields[52 - 3] = exit_code.to_string();
+        format!("4242 (a) b c) {}\n", fields.join(" "))
+    }
+
+    #[test]
+    fn a_process_exiting_from_a_signal_is_dying_and_no_other() {
+        assert!(killed_by_signal(&stat(0x4, 9)));
+        assert!(killed_by_signal(&stat(0x400044, 0x86)));
+        assert!(!killed_by_signal(&stat(0x4, 0)), "exiting normally");
+        assert!(!killed_by_signal(&stat(0x4, 1 << 8)), "exit(1)");
+        assert!(!killed_by_signal(&stat(0x400040, 9)), "not exiting");
+        assert!(!killed_by_signal("4242 (cut"));
+    }
+
+    /// A process's stat stays open while it closes files; once the process is gone its
+    /// number is read again (it is not dying, and a process that gets the number next is
+    /// read, not the old one).
+    #[test]
+    fn a_process_that_is_gone_is_read_again() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        assert_eq!(check(pid, || panic!("not stalled")), Verdict::Alive);
+        assert!(OPEN.lock().unwrap().iter().any(|(p, _)| *p == pid));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(check(pid, || panic!("not stalled")), Verdict::Alive);
+        assert!(!OPEN.lock().unwrap().iter().any(|(p, _)| *p == pid));
     }
 
     #[test]
