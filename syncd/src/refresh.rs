@@ -51,9 +51,28 @@ pub struct RefreshState {
     blocked: Standing<CopyId>,
     /// Why the archive-wide gauges of `/metrics` could not be read, while that lasts.
     pub gauges_failure: Standing<()>,
+    /// The second of the last write of this host's `last_seen`, of each node's free space,
+    /// and of each node's journal report with what it said: a pass in the same second (a
+    /// nudge from the mount after each import, a task's end) writes them again only in a
+    /// later one, or the report if it changed. (Written at every pass, they were two or
+    /// three commits a pass, each waited for by the mount's import.)
+    written: HashMap<(Written, Option<NodeId>), (i64, [i64; 2])>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Written {
+    LastSeen,
+    Space,
+    Journal,
 }
 
 impl RefreshState {
+    /// Whether what `what` writes (saying `says`) is due in second `t` (it is then taken as
+    /// written).
+    fn due(&mut self, what: Written, node: Option<NodeId>, t: i64, says: [i64; 2]) -> bool {
+        self.written.insert((what, node), (t, says)) != Some((t, says))
+    }
+
     /// Whether node `id`'s root is watched for auto-import now.
     pub fn is_watched(&self, id: NodeId) -> bool {
         self.watchers.contains_key(&id)
@@ -103,7 +122,7 @@ pub fn refresh(
     {
         warn!("Transport disk detection failed: {e:#}");
     }
-    let rows = if writes {
+    let rows = if writes && st.due(Written::LastSeen, None, t, [0; 2]) {
         cat.write(|tx| {
             tx.touch_host(host.id, t)?;
             tx.nodes_on_host(host.id)
@@ -148,7 +167,7 @@ pub fn refresh(
         let mut fresh = node.clone();
         match NodeRoot::new(&root).space().map(|s| (s.avail, s.total)) {
             Ok((avail, capacity)) => {
-                if writes {
+                if writes && st.due(Written::Space, Some(node.id), t, [0; 2]) {
                     cat.write(|tx| tx.record_node_space(node.id, avail, capacity, t))?;
                 }
                 (fresh.avail, fresh.capacity, fresh.last_checked) =
@@ -161,7 +180,7 @@ pub fn refresh(
             ),
         }
         if writes {
-            report_journal(cat, node, &root, t)?;
+            report_journal(cat, st, node, &root, t)?;
         }
         nodes.insert(fresh);
         if !was {
@@ -351,11 +370,52 @@ fn start_watcher(
 /// Reports how many files wait on the node to be registered (closed on the mount, or found by
 /// cairnd while the catalog was out of reach), so that `cairn status` shows them wherever it
 /// runs. A node with neither list has nothing to report.
-fn report_journal(cat: &mut Catalog, node: &Node, root: &Path, t: i64) -> Result<()> {
+fn report_journal(
+    cat: &mut Catalog,
+    st: &mut RefreshState,
+    node: &Node,
+    root: &Path,
+    t: i64,
+) -> Result<()> {
     match cairn_node::waiting::on_node(root) {
-        Ok(Some(s)) => cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?,
+        Ok(Some(s)) => {
+            let files = i64::try_from(s.files).unwrap_or(i64::MAX);
+            let says = [files, s.oldest.unwrap_or(-1)];
+            if st.due(Written::Journal, Some(node.id), t, says) {
+                cat.write(|tx| tx.report_journal(node.id, s.files, s.oldest, t))?;
+            }
+        }
         Ok(None) => {}
         Err(e) => warn!("Node \"{}\": {e}", node.name),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pass writes `last_seen` and a node's free space at most once a second (each node's
+    /// on its own), and a node's journal report again in the same second only if it changed.
+    #[test]
+    fn what_a_pass_writes_is_written_once_a_second() {
+        let mut st = RefreshState::default();
+        let (a, b) = (Some(NodeId(1)), Some(NodeId(2)));
+        let nothing = [0; 2];
+        assert!(st.due(Written::LastSeen, None, 100, nothing));
+        assert!(!st.due(Written::LastSeen, None, 100, nothing));
+        assert!(st.due(Written::Space, a, 100, nothing));
+        assert!(st.due(Written::Space, b, 100, nothing));
+        assert!(!st.due(Written::Space, a, 100, nothing));
+        assert!(st.due(Written::LastSeen, None, 101, nothing));
+        assert!(st.due(Written::Space, a, 101, nothing));
+        assert!(!st.due(Written::Space, a, 101, nothing));
+        // The journal's report again in the same second only if it changed: five files
+        // waiting, then none.
+        assert!(st.due(Written::Journal, a, 100, [5, 90]));
+        assert!(!st.due(Written::Journal, a, 100, [5, 90]));
+        assert!(st.due(Written::Journal, a, 100, [0, -1]));
+        assert!(!st.due(Written::Journal, a, 100, [0, -1]));
+        assert!(st.due(Written::Journal, a, 101, [0, -1]));
+    }
 }
