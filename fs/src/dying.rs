@@ -153,7 +153,7 @@ fn check_with(read: impl FnOnce() -> bool, stalled: impl FnOnce() + Send + 'stat
 
 /// `/proc/PID/stat` of the processes that closed files last, kept open: a program that
 /// closes thousands of files costs one open of it, not one for each (the open and the close
-/// were half of each check's cost). A descriptor names its process, not its number: once the
+/// were nearly half of each check's cost). A descriptor names its process, not its number: once the
 /// process is gone its reads fail, and the number is opened again (a new process may have it).
 static OPEN: Mutex<Vec<(u32, Arc<std::fs::File>)>> = Mutex::new(Vec::new());
 /// How many processes' stat files are kept open.
