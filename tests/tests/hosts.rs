@@ -190,6 +190,11 @@ fn seed_004_across_three_hosts() {
         a.has("demo_storage3", "2025/02/26/02/0011.dat") == Some(Has::Yes)
             && a.has("demo_storage1", "2025/02/26/02/0011.dat") == Some(Has::No)
     });
+    // The releases `clean --now` asked for before the new file came are not among what
+    // `wait_idle` waits for (copies and imports): demo_storage1 is waited for to empty.
+    wait_until(T, "demo_storage1 emptied again", || {
+        a.on("demo_storage1") == (0, 0)
+    });
     a.wait_idle(T);
     let stats = a.stats();
     assert_eq!(stats["demo_storage1"], (0, 0));
