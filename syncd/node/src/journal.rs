@@ -481,7 +481,10 @@ impl Owner {
         format!("{pid}:{}", start_time(pid).unwrap_or(0))
     }
 
-    /// Whether the process `owner` names is still running.
+    /// Whether the process `owner` names is still running. A mount killed a moment ago is
+    /// not, though its pid is still there: exiting, or exited and not yet reaped (a zombie).
+    /// (Taken for running, its files closed before the kill stayed in the journal, unseen on
+    /// the new mount, until the next mount after that.)
     pub fn alive(owner: &str) -> bool {
         let Some((pid, start)) = owner.split_once(':') else {
             return false;
@@ -489,15 +492,35 @@ impl Owner {
         let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
             return false;
         };
-        start_time(pid) == Some(start)
+        stat(pid).is_some_and(|s| s.start == start && s.running)
     }
 }
 
-/// When process `pid` started (field 22 of `/proc/PID/stat`).
-fn start_time(pid: u32) -> Option<u64> {
+/// What `/proc/PID/stat` says of a process.
+struct Stat {
+    /// When it started (field 22).
+    start: u64,
+    /// Neither exiting (`PF_EXITING` in field 9) nor exited (state `Z` or `X`, field 3).
+    running: bool,
+}
+
+fn stat(pid: u32) -> Option<Stat> {
+    const PF_EXITING: u64 = 0x4;
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (_, rest) = stat.rsplit_once(')')?;
-    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let flags: u64 = fields.nth(9 - 4)?.parse().ok()?;
+    let start = fields.nth(22 - 9 - 1)?.parse().ok()?;
+    Some(Stat {
+        start,
+        running: !matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0,
+    })
+}
+
+/// When process `pid` started.
+fn start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|s| s.start)
 }
 
 fn now() -> i64 {
@@ -605,5 +628,34 @@ mod tests {
         assert!(!Owner::alive(&format!("{pid}:1")), "another start time");
         assert!(!Owner::alive(&format!("{}:1", u32::MAX)));
         assert!(!Owner::alive("garbage"));
+    }
+
+    /// A mount killed a moment ago, its pid not yet reaped, is not running: a new mount takes
+    /// over what it left.
+    #[test]
+    fn a_killed_process_not_yet_reaped_is_not_alive() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let owner = format!("{pid}:{}", start_time(pid).unwrap());
+        assert!(Owner::alive(&owner));
+        child.kill().unwrap();
+        // Not waited for: a zombie once it has exited.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.rsplit_once(')').unwrap().1.trim_start().starts_with('Z'))
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child did not exit"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+        assert!(!Owner::alive(&owner));
+        child.wait().unwrap();
+        assert!(!Owner::alive(&owner));
     }
 }
