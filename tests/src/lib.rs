@@ -718,6 +718,19 @@ impl Mount {
         }
     }
 
+    /// SIGKILL, and the process not reaped: it stays a zombie (as a mount killed a moment ago
+    /// whose parent has not yet waited for it) until the returned child is waited for.
+    /// Detaches what it left at the mount point.
+    pub fn kill9_unreaped(&mut self) -> Child {
+        let mut c = self.child.take().expect("cairnfs running");
+        let _ = c.kill();
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(&self.dir)
+            .output();
+        c
+    }
+
     /// SIGKILL: the mount goes away mid-operation. Kills cairnfs and detaches what it left at the mount point. Once only: a
     /// later call (or the drop) must not detach the next mount made at the same place.
     pub fn kill9(&mut self) {

@@ -149,6 +149,34 @@ fn files_closed_just_before_the_mount_is_killed_are_imported_by_the_next_mount()
     nothing_stray(&a, &root, all.len());
 }
 
+/// A mount started at once after a kill, while the killed one is not yet reaped (its pid still
+/// there, a zombie), takes over the files it closed: they are there under their names, and
+/// registered.
+#[test]
+fn files_closed_before_a_kill_are_taken_over_by_a_mount_started_before_the_old_is_reaped() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = host(&a);
+    let mut all = Vec::new();
+    for run in 0..3 {
+        let mut m = h.mount(Some("store1"));
+        let files = write_files(&m.dir, &format!("z{run}"), run, 200);
+        let mut killed = m.kill9_unreaped();
+        drop(m);
+        let m = h.mount(Some("store1"));
+        wait_registered(&a, &files, || m.log());
+        for (rel, data) in files.iter().step_by(37) {
+            assert_eq!(std::fs::read(m.dir.join(rel)).unwrap(), *data, "{rel}");
+        }
+        killed.wait().unwrap();
+        all.extend(files);
+        drop(m);
+    }
+    nothing_stray(&a, &root, all.len());
+}
+
 // [S24]
 #[test]
 fn files_closed_while_another_process_locks_the_catalog_survive_a_clean_remount() {
