@@ -957,9 +957,13 @@ fn assert_all_pulled(
     }
 }
 
-#[test]
-fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded() {
-    let a = Archive::new();
+/// Two hosts, `n` small files under `acq` on h1's node n1, registered, and synced to h2's
+/// node n2 (`node sync`, waited for): the hosts, both roots and the files' paths.
+fn synced_pair(
+    a: &Archive,
+    acq: &str,
+    n: usize,
+) -> (TestHost, TestHost, PathBuf, PathBuf, Vec<String>) {
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
     let r1 = h1.node("n1", &[]);
@@ -967,11 +971,18 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
     h1.start();
     h2.start();
     wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
-    let paths = small_files(&r1, "2025/01/01", 300);
+    let paths = small_files(&r1, acq, n);
     h1.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
     h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
     a.wait_idle(Duration::from_secs(60));
+    (h1, h2, r1, r2, paths)
+}
+
+#[test]
+fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded() {
+    let a = Archive::new();
+    let (h1, h2, r1, r2, paths) = synced_pair(&a, "2025/01/01", 300);
     assert_all_pulled(&a, &h2, &r1, &r2, &paths);
     let (log1, log2) = (h1.log(), h2.log());
     assert!(log2.contains("Pulling a batch of"), "{log2}");
@@ -987,18 +998,7 @@ fn small_files_between_hosts_are_pulled_in_batches_md5_checked_and_all_recorded(
 #[test]
 fn corrupt_copies_are_replaced_by_a_batch() {
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    let r1 = h1.node("n1", &[]);
-    let r2 = h2.node("n2", &[]);
-    h1.start();
-    h2.start();
-    wait_until(T, "init", || NodeRoot::new(&r1).marker().exists());
-    let paths = small_files(&r1, "2025/01/03", 20);
-    h1.cairn(&["node", "scan", "n1", "--register-new"]);
-    a.wait_idle(T);
-    h2.cairn(&["node", "sync", "n1", "n2", "--force"]);
-    a.wait_idle(Duration::from_secs(60));
+    let (_h1, h2, r1, r2, paths) = synced_pair(&a, "2025/01/03", 20);
     assert_all_pulled(&a, &h2, &r1, &r2, &paths);
     let rotten = [&paths[3], &paths[8], &paths[15]];
     for p in rotten {
