@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
+use cairn_node::procstat::ProcStat;
 use tracing::debug;
 
 /// How long a read of `/proc/PID/stat` may take before it is taken as stalled.
@@ -209,26 +210,7 @@ fn read_stat(f: &std::fs::File) -> Option<bool> {
         return None;
     }
     let stat = std::str::from_utf8(&buf[..len]).ok()?;
-    Some(killed_by_signal(stat))
-}
-
-/// Whether a process's stat says it is exiting (`PF_EXITING`) with a signal's exit code.
-fn killed_by_signal(stat: &str) -> bool {
-    // Fields after the command name (which may hold spaces) start at field 3.
-    let Some((_, rest)) = stat.rsplit_once(')') else {
-        return false;
-    };
-    let mut fields = rest.split_whitespace();
-    const PF_EXITING: u64 = 0x4;
-    let flags = fields
-        .nth(9 - 3)
-        .and_then(|f| f.parse::<u64>().ok())
-        .unwrap_or(0);
-    let exit_code = fields
-        .nth(52 - 9 - 1)
-        .and_then(|f| f.parse::<i64>().ok())
-        .unwrap_or(0);
-    flags & PF_EXITING != 0 && exit_code & 0x7f != 0
+    Some(ProcStat::parse(stat).is_some_and(|s| s.killed_by_signal()))
 }
 
 #[cfg(test)]
@@ -242,25 +224,6 @@ mod tests {
             check(std::process::id(), || panic!("not stalled")),
             Verdict::Alive
         );
-    }
-
-    /// A stat line with `flags` (field 9) and `exit_code` (field 52), and a command name
-    /// with spaces and a parenthesis.
-    fn stat(flags: u64, exit_code: i64) -> String {
-        let mut fields: Vec<String> = (3..=52).map(|i| i.to_string()).collect();
-        fields[9 - 3] = flags.to_string();
-        fields[52 - 3] = exit_code.to_string();
-        format!("4242 (a) b c) {}\n", fields.join(" "))
-    }
-
-    #[test]
-    fn a_process_exiting_from_a_signal_is_dying_and_no_other() {
-        assert!(killed_by_signal(&stat(0x4, 9)));
-        assert!(killed_by_signal(&stat(0x400044, 0x86)));
-        assert!(!killed_by_signal(&stat(0x4, 0)), "exiting normally");
-        assert!(!killed_by_signal(&stat(0x4, 1 << 8)), "exit(1)");
-        assert!(!killed_by_signal(&stat(0x400040, 9)), "not exiting");
-        assert!(!killed_by_signal("4242 (cut"));
     }
 
     /// A process's stat stays open while it closes files; once the process is gone its

@@ -28,6 +28,8 @@ use std::sync::Mutex;
 use cairn_catalog::model::Ownership;
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::procstat::ProcStat;
+
 /// Where a journalled file stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -492,35 +494,13 @@ impl Owner {
         let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
             return false;
         };
-        stat(pid).is_some_and(|s| s.start == start && s.running)
+        ProcStat::of(pid).is_some_and(|s| s.start == start && s.running())
     }
-}
-
-/// What `/proc/PID/stat` says of a process.
-struct Stat {
-    /// When it started (field 22).
-    start: u64,
-    /// Neither exiting (`PF_EXITING` in field 9) nor exited (state `Z` or `X`, field 3).
-    running: bool,
-}
-
-fn stat(pid: u32) -> Option<Stat> {
-    const PF_EXITING: u64 = 0x4;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = stat.rsplit_once(')')?;
-    let mut fields = rest.split_whitespace();
-    let state = fields.next()?;
-    let flags: u64 = fields.nth(9 - 4)?.parse().ok()?;
-    let start = fields.nth(22 - 9 - 1)?.parse().ok()?;
-    Some(Stat {
-        start,
-        running: !matches!(state, "Z" | "X" | "x") && flags & PF_EXITING == 0,
-    })
 }
 
 /// When process `pid` started.
 fn start_time(pid: u32) -> Option<u64> {
-    stat(pid).map(|s| s.start)
+    ProcStat::of(pid).map(|s| s.start)
 }
 
 fn now() -> i64 {

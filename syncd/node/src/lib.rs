@@ -26,6 +26,7 @@ pub mod ids;
 pub mod importer;
 pub mod journal;
 pub mod logfile;
+pub mod procstat;
 pub mod root;
 pub mod socket;
 pub mod temp;
