@@ -300,6 +300,11 @@ pub struct FsConfig {
     /// at close. Default `"1s"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub settle: Option<HumanDuration>,
+    /// Take the kernel's requests over io_uring where it offers it (Linux 6.14 and later, once
+    /// the `fuse` module's `enable_uring` parameter is set): each is served on the CPU of the
+    /// program that made it. Default `true`; `false` keeps to `/dev/fuse`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_uring: Option<bool>,
 }
 
 /// `[cache]`: where cairnd keeps files fetched from other hosts for cairnfs.
@@ -993,6 +998,7 @@ mod tests {
                 unknown_owner: Some("nobody".into()),
                 cache_memory: Some(ByteSize(256 << 20)),
                 admin_group: Some("cairn".into()),
+                io_uring: Some(true),
             },
             catalog: CatalogConfig {
                 replica: Some("postgres://r/db".to_owned()),

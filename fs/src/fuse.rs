@@ -15,7 +15,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::core::{Attr, Caller, Core, DirList, Entry, FsError, Kind, ROOT_INO, SetAttr};
 use crate::listings::PROBE_FILES;
@@ -130,6 +130,8 @@ pub struct CairnFs {
     direct_writes: AtomicBool,
     /// Backing files the kernel reads directly, kept until their handle is released.
     backing: Mutex<HashMap<u64, BackingId>>,
+    /// Whether to take requests over io_uring where the kernel offers it (`[fs] io_uring`).
+    io_uring: bool,
 }
 
 impl CairnFs {
@@ -145,12 +147,13 @@ impl CairnFs {
         }
     }
 
-    pub fn new(core: Arc<Core>) -> CairnFs {
+    pub fn new(core: Arc<Core>, io_uring: bool) -> CairnFs {
         CairnFs {
             core,
             passthrough: AtomicBool::new(false),
             direct_writes: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
+            io_uring,
         }
     }
 
@@ -213,6 +216,17 @@ impl Filesystem for CairnFs {
             self.passthrough.store(true, Ordering::Relaxed);
         } else {
             warn!("This kernel offers no FUSE passthrough: local files are read through cairnfs.");
+        }
+        // Requests over io_uring, served on the CPU of the program that makes them, where the
+        // kernel offers it (Linux 6.14 and later, with the fuse module's `enable_uring` set).
+        if self.io_uring {
+            match config.add_capabilities(InitFlags::FUSE_OVER_IO_URING) {
+                Ok(()) => info!("The kernel offers FUSE over io_uring: asked for it."),
+                Err(_) => debug!(
+                    "This kernel does not offer FUSE over io_uring (the fuse module's \
+                     enable_uring): requests come through /dev/fuse."
+                ),
+            }
         }
         let _ = config.set_max_write(1 << 20);
         let _ = config.set_max_readahead(1 << 20);

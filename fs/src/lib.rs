@@ -104,7 +104,7 @@ pub fn mount(
         Arc::new(core::Core::new(core_opts, &config.import).context("cannot start the mount")?);
     core.start_importer();
     core.start_prefetcher();
-    let fs = fuse::CairnFs::new(core.clone());
+    let fs = fuse::CairnFs::new(core.clone(), config.fs.io_uring.unwrap_or(true));
     let mut cfg = fuser::Config::default();
     cfg.mount_options = vec![
         fuser::MountOption::FSName("cairn".into()),
@@ -131,6 +131,9 @@ pub fn mount(
     // Enough threads that reads waiting for a remote file never hold up `ls` elsewhere.
     cfg.n_threads = Some(8);
     cfg.clone_fd = true;
+    // Over io_uring: two threads per CPU to start with; a CPU's queue grows by a thread when
+    // all of its threads hold a request (see fuser's `uring.rs`).
+    cfg.uring_threads = 2;
 
     let signals = block_signals();
     let session = fuser::spawn_mount(fs, mountpoint, &cfg).map_err(|e| {
@@ -246,6 +249,13 @@ fn wait_signal(set: &libc::sigset_t, timeout: Duration) -> Option<i32> {
     let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
     (sig > 0).then_some(sig)
 }
+
+/// The vendored fuser's layout of io_uring request buffers: its tests run here, the vendored
+/// crate's own do not run in the workspace.
+#[cfg(test)]
+#[allow(dead_code)]
+#[path = "../vendor/fuser/src/uring_wire.rs"]
+mod fuser_uring_wire;
 
 #[cfg(test)]
 mod tests {

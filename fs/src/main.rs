@@ -77,6 +77,10 @@ fn main() -> ExitCode {
         }
         _ => builder.with_writer(std::io::stderr).init(),
     }
+    // fuser logs through the `log` crate: its warnings and errors go to this log too.
+    if log::set_logger(&FuserLog).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     // Two malloc arenas, not glibc's eight per core: memory one FUSE thread freed is reused
     // by the next instead of staying in its own arena (a walk of millions of files would
     // otherwise leave the mount at several times its [fs] cache_memory).
@@ -171,4 +175,23 @@ fn detach_stdio() {
         // SAFETY: dup2 onto the standard descriptors, from a descriptor we hold open.
         unsafe { libc::dup2(null.as_raw_fd(), fd) };
     }
+}
+
+/// Forwards fuser's `log` records (info and above) to this process's log.
+struct FuserLog;
+
+impl log::Log for FuserLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record) {
+        match r.level() {
+            log::Level::Error => tracing::error!(target: "fuser", "{}", r.args()),
+            log::Level::Warn => tracing::warn!(target: "fuser", "{}", r.args()),
+            _ => tracing::info!(target: "fuser", "{}", r.args()),
+        }
+    }
+
+    fn flush(&self) {}
 }

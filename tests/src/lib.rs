@@ -574,6 +574,20 @@ pub fn fuse_available() -> bool {
     ok
 }
 
+/// Whether the kernel offers FUSE over io_uring to new mounts (the `fuse` module's
+/// `enable_uring`, Linux 6.14 and later). With `CAIRN_TEST_IO_URING` set (the io_uring pass of
+/// `.ci/run`), it must.
+pub fn io_uring_offered() -> bool {
+    let on = std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y");
+    assert!(
+        on || std::env::var_os("CAIRN_TEST_IO_URING").is_none(),
+        "CAIRN_TEST_IO_URING is set but the kernel does not offer FUSE over io_uring \
+         (/sys/module/fuse/parameters/enable_uring is not Y)"
+    );
+    on
+}
+
 /// A cairnfs mount of one host's view, in the foreground; unmounted and stopped in `Drop`.
 pub struct Mount {
     pub dir: PathBuf,
@@ -653,6 +667,11 @@ pub fn is_mounted(dir: &Path) -> bool {
 }
 
 impl Mount {
+    /// The cairnfs process's id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("cairnfs running").id()
+    }
+
     /// `rel` below the mount point.
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.join(rel)

@@ -941,6 +941,157 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&md5sum(&r1.join("slow/big.bin"))));
 }
 
+/// CPU time (ticks) of the threads of `pid` whose name starts with `prefix`, and how many.
+fn threads_cpu(pid: u32, prefix: &str) -> (usize, u64) {
+    let mut n = 0;
+    let mut ticks = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with(prefix) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit_once(") ").map_or("", |x| x.1);
+        let f: Vec<&str> = after.split(' ').collect();
+        // Fields 14 and 15 of stat (utime, stime), counted from after the command name.
+        ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+        n += 1;
+    }
+    (n, ticks)
+}
+
+#[test]
+fn requests_come_over_io_uring_where_the_kernel_offers_it_and_config_allows() {
+    if !fuse_available() {
+        return;
+    }
+    let offered = cairn_tests::io_uring_offered();
+    let a = Archive::new();
+    let (h, _root) = one_host(&a, "");
+    let src = tempfile::tempdir().unwrap();
+    for i in 0..400 {
+        write_file(
+            src.path(),
+            &format!("t/f{i:03}.dat"),
+            format!("file {i}\n").repeat(50),
+        );
+    }
+    let m = h.mount(Some("store1"));
+    let before = threads_cpu(m.pid(), "fuser-uring-");
+    sh(&format!(
+        "cp -r {}/t {}",
+        src.path().display(),
+        m.path("t").display()
+    ));
+    wait_until(T, "400 files imported", || a.on("store1").0 == 400);
+    for i in [0, 199, 399] {
+        let rel = format!("t/f{i:03}.dat");
+        assert_eq!(
+            m.xattr(&rel, "md5").unwrap(),
+            md5sum(&src.path().join(&rel)),
+            "{rel}"
+        );
+    }
+    let after = threads_cpu(m.pid(), "fuser-uring-");
+    let log = m.log();
+    if offered {
+        assert!(log.contains("FUSE over io_uring: "), "{log}");
+        assert!(after.0 >= 2, "threads serving io_uring: {after:?}");
+        assert!(
+            after.1 > before.1,
+            "the io_uring threads served the copy: {before:?} -> {after:?}"
+        );
+    } else {
+        eprintln!(
+            "\n*** The kernel does not offer FUSE over io_uring here (enable_uring N): \
+             checked that the mount keeps to /dev/fuse. ***\n"
+        );
+        assert!(!log.contains("FUSE over io_uring: "), "{log}");
+        assert_eq!(after.0, 0, "no io_uring threads");
+    }
+    drop(m);
+    // `[fs] io_uring = false`: /dev/fuse only, whatever the kernel offers.
+    let cfg = std::fs::read_to_string(&h.config).unwrap();
+    std::fs::write(&h.config, cfg.replace("[fs]\n", "[fs]\nio_uring = false\n")).unwrap();
+    let seen = log.len();
+    let m = h.mount(Some("store1"));
+    assert_eq!(
+        std::fs::read_to_string(m.path("t/f007.dat")).unwrap(),
+        "file 7\n".repeat(50)
+    );
+    assert!(
+        !m.log()[seen..].contains("FUSE over io_uring: "),
+        "{}",
+        m.log()
+    );
+    assert_eq!(
+        threads_cpu(m.pid(), "fuser-uring-").0,
+        0,
+        "no io_uring threads"
+    );
+}
+
+#[test]
+fn slow_reads_on_one_cpu_do_not_hold_up_other_requests_from_that_cpu() {
+    if !fuse_available() {
+        return;
+    }
+    // Over io_uring a request waits for a thread of its caller's CPU: six reads that wait
+    // for their bytes must not leave a listing on the same CPU waiting behind them.
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    h2.limit_pulls("512KiB");
+    let r1 = h1.node("store1", &[]);
+    h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "node initialised", || {
+        NodeRoot::new(&r1).marker().exists()
+    });
+    for i in 0..6 {
+        cairn_tests::big_file(&r1.join(format!("slow/big{i}.bin")), 8);
+    }
+    write_file(&r1, "other/small.txt", "small\n");
+    h1.cairn(&["node", "scan", "store1", "--register-new"]);
+    a.wait_idle(T);
+    let m2 = h2.mount(None);
+    let mut readers: Vec<_> = (0..6)
+        .map(|i| {
+            Command::new("taskset")
+                .args(["-c", "0", "md5sum"])
+                .arg(m2.path(&format!("slow/big{i}.bin")))
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_until(T, "the fetches under way", || {
+        std::fs::read_dir(h2.dir.join("cache")).is_ok_and(|d| d.count() > 0)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    // `timeout` ends a listing still waiting after 10 s: all six reads take far longer.
+    let ls = sh(&format!(
+        "timeout 10 taskset -c 0 ls -l {} && timeout 10 taskset -c 0 stat -c %s {}",
+        m2.path("other").display(),
+        m2.path("other/small.txt").display()
+    ));
+    assert!(ls.contains("small.txt") && ls.ends_with("6\n"), "{ls}");
+    for r in &mut readers {
+        assert!(
+            r.try_wait().unwrap().is_none(),
+            "the slow reads are still going while the others were answered"
+        );
+    }
+    for mut r in readers {
+        let _ = r.kill();
+        let _ = r.wait();
+    }
+}
+
 #[test]
 fn every_claim_in_semantics_md_has_a_test() {
     let doc = include_str!("../../docs/SEMANTICS.md");

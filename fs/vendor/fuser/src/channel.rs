@@ -53,7 +53,7 @@ impl Channel {
     pub(crate) fn sender(&self) -> ChannelSender {
         // Since write/writev syscalls are threadsafe, we can simply create
         // a sender by using the same file and use it in other threads.
-        ChannelSender(self.0.clone())
+        ChannelSender(self.0.clone(), None)
     }
 
     /// Clone the FUSE device fd using FUSE_DEV_IOC_CLONE ioctl.
@@ -79,11 +79,26 @@ impl Channel {
     }
 }
 
+/// Sends to the kernel: through `/dev/fuse`, or, for the answer to a request that came through
+/// io_uring, into that request's slot (with the request's commit id).
 #[derive(Clone, Debug)]
-pub(crate) struct ChannelSender(Arc<DevFuse>);
+pub(crate) struct ChannelSender(Arc<DevFuse>, Option<(Arc<crate::uring::Slot>, u64)>);
 
 impl ChannelSender {
+    /// The sender of the answer to request `commit_id` of `slot`.
+    pub(crate) fn for_slot(&self, slot: Arc<crate::uring::Slot>, commit_id: u64) -> Self {
+        ChannelSender(self.0.clone(), Some((slot, commit_id)))
+    }
+
+    /// This sender for notifications, which always go through `/dev/fuse`.
+    pub(crate) fn plain(&self) -> Self {
+        ChannelSender(self.0.clone(), None)
+    }
+
     pub(crate) fn send(&self, bufs: &[io::IoSlice<'_>]) -> io::Result<()> {
+        if let Some((slot, commit_id)) = &self.1 {
+            return slot.reply(*commit_id, bufs);
+        }
         let rc = nix::sys::uio::writev(&self.0, bufs)?;
         // writev is atomic, so do not need to check how many bytes are written.
         // libfuse does not do it either

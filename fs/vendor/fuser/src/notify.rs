@@ -54,7 +54,7 @@ pub struct Notifier(ChannelSender);
 
 impl Notifier {
     pub(crate) fn new(cs: ChannelSender) -> Self {
-        Self(cs)
+        Self(cs.plain())
     }
 
     /// Notify poll clients of I/O readiness

@@ -139,6 +139,9 @@ pub struct Session<FS: Filesystem> {
     /// The field is set to `Some` when the init message is received.
     pub(crate) proto_version: Option<Version>,
     pub(crate) config: Config,
+    /// The io_uring request buffers, when the kernel took `FUSE_OVER_IO_URING`.
+    #[cfg(target_os = "linux")]
+    pub(crate) uring: Vec<crate::uring::Slot>,
 }
 
 impl<FS: Filesystem> AsFd for Session<FS> {
@@ -185,6 +188,8 @@ impl<FS: Filesystem> Session<FS> {
             allowed: options.acl,
             session_owner: geteuid(),
             proto_version: None,
+            #[cfg(target_os = "linux")]
+            uring: Vec::new(),
             config: options.clone(),
         };
 
@@ -213,6 +218,8 @@ impl<FS: Filesystem> Session<FS> {
             allowed: acl,
             session_owner: geteuid(),
             proto_version: None,
+            #[cfg(target_os = "linux")]
+            uring: Vec::new(),
             config,
         };
 
@@ -252,7 +259,11 @@ impl<FS: Filesystem> Session<FS> {
             session_owner,
             proto_version: _,
             config,
+            #[cfg(target_os = "linux")]
+            uring,
         } = self;
+        #[cfg(target_os = "linux")]
+        let uring_ch = ch.clone();
 
         let n_threads = config.n_threads.unwrap_or(1);
 
@@ -306,7 +317,51 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
+        #[cfg(target_os = "linux")]
+        let grown: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>> = Arc::default();
+        #[cfg(target_os = "linux")]
+        if !uring.is_empty() {
+            info!(
+                "FUSE over io_uring: {} queues, {} threads",
+                crate::uring::queues(),
+                uring.len()
+            );
+        }
+        #[cfg(target_os = "linux")]
+        for slot in uring {
+            let event_loop = SessionEventLoop {
+                thread_name: format!("fuser-uring-{}", slot.qid()),
+                filesystem: filesystem.clone(),
+                ch: uring_ch.clone(),
+                allowed,
+                session_owner,
+            };
+            threads.push(event_loop.spawn_uring(slot, grown.clone())?);
+        }
+
         let mut reply: io::Result<()> = Ok(());
+        #[cfg(target_os = "linux")]
+        loop {
+            // Threads a queue grew by, which may grow more until the connection ends.
+            let more: Vec<_> = std::mem::take(&mut *grown.lock());
+            if more.is_empty() && threads.is_empty() {
+                break;
+            }
+            threads.extend(more);
+            for thread in std::mem::take(&mut threads) {
+                let res = match thread.join() {
+                    Ok(res) => res,
+                    Err(_) => {
+                        return Err(io::Error::other("event loop thread panicked"));
+                    }
+                };
+                if let Err(e) = res {
+                    if reply.is_ok() {
+                        reply = Err(e);
+                    }
+                }
+            }
+        }
         for thread in threads {
             let res = match thread.join() {
                 Ok(res) => res,
@@ -469,6 +524,29 @@ impl<FS: Filesystem> Session<FS> {
                 config.max_write
             );
 
+            #[cfg(target_os = "linux")]
+            if (init.capabilities() & config.requested).contains(InitFlags::FUSE_OVER_IO_URING) {
+                use std::os::fd::AsRawFd;
+                let payload = (config.max_write as usize)
+                    .max(usize::from(config.max_pages()) * page_size::get())
+                    .max(8192);
+                let per = self.config.uring_threads.max(1);
+                let fd = self.ch.as_fd().as_raw_fd();
+                let slots = (0..crate::uring::queues())
+                    .flat_map(|q| {
+                        let queue = Arc::new(crate::uring::Queue::default());
+                        (0..per).map(move |_| (q, queue.clone()))
+                    })
+                    .map(|(q, queue)| crate::uring::Slot::new(fd, q as u16, queue, payload))
+                    .collect::<io::Result<Vec<_>>>();
+                match slots {
+                    Ok(slots) => self.uring = slots,
+                    Err(e) => {
+                        warn!("FUSE over io_uring not used: {e}");
+                        config.requested.remove(InitFlags::FUSE_OVER_IO_URING);
+                    }
+                }
+            }
             let response = init.reply(&config);
             <ReplyRaw as Reply>::new(request.unique(), ReplySender::Channel(self.ch.sender()))
                 .send_ll(&response);
@@ -521,6 +599,63 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
 }
 
 impl<FS: Filesystem> SessionEventLoop<FS> {
+    /// Serves one io_uring request buffer on a thread of its own until the connection ends.
+    #[cfg(target_os = "linux")]
+    fn spawn_uring(
+        self,
+        slot: crate::uring::Slot,
+        grown: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>,
+    ) -> io::Result<JoinHandle<io::Result<()>>> {
+        thread::Builder::new()
+            .name(self.thread_name.clone())
+            .spawn(move || self.uring_loop(Arc::new(slot), grown))
+    }
+
+    #[cfg(target_os = "linux")]
+    fn uring_loop(
+        &self,
+        slot: Arc<crate::uring::Slot>,
+        grown: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>>,
+    ) -> io::Result<()> {
+        let base = self.ch.sender();
+        // Another thread for this slot's queue, all of whose threads hold a request.
+        let grow = || {
+            if slot.queue().threads() >= crate::uring::MAX_THREADS {
+                return;
+            }
+            let more = crate::uring::Slot::new(
+                slot.fd(),
+                slot.qid(),
+                slot.queue().clone(),
+                slot.payload_len(),
+            );
+            let event_loop = SessionEventLoop {
+                thread_name: self.thread_name.clone(),
+                filesystem: self.filesystem.clone(),
+                ch: self.ch.clone(),
+                allowed: self.allowed,
+                session_owner: self.session_owner,
+            };
+            match more.and_then(|more| event_loop.spawn_uring(more, grown.clone())) {
+                Ok(handle) => grown.lock().push(handle),
+                Err(e) => warn!("io_uring queue {} cannot grow: {e}", slot.qid()),
+            }
+        };
+        slot.serve(grow, |data, commit_id| {
+            match RequestWithSender::new(base.for_slot(slot.clone(), commit_id), data) {
+                Some(req) => {
+                    if let Ok(Operation::Destroy(_)) = req.request.operation() {
+                        req.reply::<ReplyEmpty>().ok();
+                        return false;
+                    }
+                    req.dispatch(self);
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
     fn event_loop(&self) -> io::Result<()> {
         // Buffer for receiving requests from the kernel. Only one is allocated and
         // it is reused immediately after dispatching to conserve memory and allocations.

@@ -18,6 +18,9 @@ pub struct Config {
     /// This enables more efficient request processing
     /// when multiple threads are used. Requires Linux 4.5+.
     pub clone_fd: bool,
+    /// Threads (each with one request buffer) per CPU when the filesystem asks for
+    /// `FUSE_OVER_IO_URING` in `init` and the kernel offers it; at least one.
+    pub uring_threads: usize,
 }
 
 /// Mount options accepted by the FUSE filesystem type
