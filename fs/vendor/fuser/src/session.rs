@@ -651,7 +651,8 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                     req.dispatch(self);
                     true
                 }
-                None => false,
+                // Not a request fuser can read (logged): EIO, and on to the next.
+                None => slot.fail(commit_id, libc::EIO).is_ok(),
             }
         })
     }

@@ -222,7 +222,8 @@ impl Slot {
     pub(crate) fn reply(&self, commit_id: u64, bufs: &[IoSlice<'_>]) -> io::Result<()> {
         let mut out = [0u8; OUT_HEADER_LEN];
         // SAFETY: the payload buffer, which only this answer writes now.
-        let payload = unsafe { std::slice::from_raw_parts_mut(self.payload.ptr, self.payload.len()) };
+        let payload =
+            unsafe { std::slice::from_raw_parts_mut(self.payload.ptr, self.payload.len()) };
         let len = pack(bufs, &mut out, payload).unwrap_or_else(|| {
             log::error!(
                 "an answer of more than {} bytes cannot go through io_uring",
@@ -241,6 +242,15 @@ impl Slot {
             self.ring.submitter().submit()?;
         }
         Ok(())
+    }
+
+    /// Answers request `commit_id` with error `errno` and fetches the next.
+    pub(crate) fn fail(&self, commit_id: u64, errno: i32) -> io::Result<()> {
+        let mut out = [0u8; OUT_HEADER_LEN];
+        out[..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
+        out[4..8].copy_from_slice(&(-errno).to_ne_bytes());
+        out[8..].copy_from_slice(&commit_id.to_ne_bytes());
+        self.reply(commit_id, &[IoSlice::new(&out)])
     }
 
     /// Serves this slot on the calling thread until the connection ends: registers the buffer,
@@ -272,7 +282,11 @@ impl Slot {
                 match -res {
                     libc::EAGAIN | libc::EINTR => {
                         let last = self.last.load(Ordering::Relaxed);
-                        let op = if last == 0 { REGISTER } else { COMMIT_AND_FETCH };
+                        let op = if last == 0 {
+                            REGISTER
+                        } else {
+                            COMMIT_AND_FETCH
+                        };
                         self.push(op, last)?;
                         continue;
                     }
@@ -307,12 +321,8 @@ impl Slot {
                     let id = u64::from_ne_bytes(
                         header[ENT_COMMIT_ID..ENT_COMMIT_ID + 8].try_into().unwrap(),
                     );
-                    let mut out = [0u8; OUT_HEADER_LEN];
-                    out[..4].copy_from_slice(&(OUT_HEADER_LEN as u32).to_ne_bytes());
-                    out[4..8].copy_from_slice(&(-libc::EIO).to_ne_bytes());
-                    out[8..].copy_from_slice(&id.to_ne_bytes());
                     self.queue.held.fetch_add(1, Ordering::Relaxed);
-                    self.reply(id, &[IoSlice::new(&out)])?;
+                    self.fail(id, libc::EIO)?;
                     continue;
                 }
             };
@@ -335,10 +345,10 @@ fn pin_to_cpu(cpu: usize) {
     // SAFETY: the set is valid for its size.
     let rc = unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) };
     if rc != 0 {
-        log::warn!(
+        // A CPU the kernel could bring up but has not (its queue gets no requests till then).
+        log::debug!(
             "could not keep the io_uring thread of CPU {cpu} on it: {}",
             io::Error::last_os_error()
         );
     }
 }
-
