@@ -113,6 +113,13 @@ pub(crate) struct Slot {
 unsafe impl Send for Slot {}
 unsafe impl Sync for Slot {}
 
+impl Drop for Slot {
+    /// A slot whose thread ended, or that never got one, serves its queue no more.
+    fn drop(&mut self) {
+        self.queue.threads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl std::fmt::Debug for Slot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Slot(qid {})", self.qid)
