@@ -213,9 +213,15 @@ fn fetch(
                 // Readers may have seen these bytes: the fetch fails (EIO) rather than
                 // retrying into the same file, and the source is marked for verification.
                 drop(part);
-                let _ = fetcher
+                if let Err(e) = fetcher
                     .pool
-                    .with(|cat| cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now())));
+                    .with(|cat| cat.write(|tx| tx.mark_copy(src.copy_id, Has::Suspect, now())))
+                {
+                    warn!(
+                        "Could not mark the copy of {} on node {} suspect: {e}",
+                        file.path, src.node
+                    );
+                }
                 return Err(anyhow!(
                     "the copy of {} on node {} does not match the catalog ({} bytes, md5 {}; \
                      expected {} bytes, md5 {}); it is now marked suspect",

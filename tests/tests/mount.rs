@@ -728,7 +728,13 @@ fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
     let m2 = h2.mount(None);
     let err = sh_fails(&format!("md5sum {}", m2.path("x/rot.dat").display()));
     assert!(err.contains("Input/output error"), "{err}");
-    assert_eq!(a.has("store1", "x/rot.dat"), Some(Has::Suspect));
+    assert_eq!(
+        a.has("store1", "x/rot.dat"),
+        Some(Has::Suspect),
+        "h2's cairnd:\n{}\nthe mount:\n{}",
+        h2.log(),
+        m2.log()
+    );
     assert!(
         h2.log().contains("does not match the catalog"),
         "{}",
