@@ -902,16 +902,21 @@ f = open('{}', 'wb'); f.write(b'synced'); f.flush(); os.fsync(f.fileno()); f.clo
     assert_eq!(std::fs::read_to_string(r2.join("s.dat")).unwrap(), "synced");
 }
 
-#[test]
-fn a_slow_remote_read_does_not_hold_up_other_operations() {
-    if !fuse_available() {
-        return;
-    }
-    let a = Archive::new();
+/// Two hosts, both running: h1 holds `slow/NAME` of each (NAME, MiB) in `big` and
+/// `other/small.txt` (6 bytes), registered; h2 pulls from others at `rate`. Returns h1, h2 and
+/// h1's node root.
+fn slow_pair(
+    a: &Archive,
+    rate: &str,
+    big: &[(&str, usize)],
+) -> (
+    cairn_tests::TestHost,
+    cairn_tests::TestHost,
+    std::path::PathBuf,
+) {
     let mut h1 = a.host("h1");
     let mut h2 = a.host("h2");
-    // Host 2 pulls at 2 MiB/s: a 12 MiB file takes seconds.
-    h2.limit_pulls("2MiB");
+    h2.limit_pulls(rate);
     let r1 = h1.node("store1", &[]);
     h2.node("store2", &[]);
     h1.start();
@@ -919,10 +924,23 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
     wait_until(T, "node initialised", || {
         NodeRoot::new(&r1).marker().exists()
     });
-    cairn_tests::big_file(&r1.join("slow/big.bin"), 12);
+    for (name, mib) in big {
+        cairn_tests::big_file(&r1.join("slow").join(name), *mib);
+    }
     write_file(&r1, "other/small.txt", "small\n");
     h1.cairn(&["node", "scan", "store1", "--register-new"]);
     a.wait_idle(T);
+    (h1, h2, r1)
+}
+
+#[test]
+fn a_slow_remote_read_does_not_hold_up_other_operations() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    // Host 2 pulls at 2 MiB/s: a 12 MiB file takes seconds.
+    let (_h1, h2, r1) = slow_pair(&a, "2MiB", &[("big.bin", 12)]);
     let m2 = h2.mount(None);
     let mut reader = Command::new("md5sum")
         .arg(m2.path("slow/big.bin"))
@@ -1051,22 +1069,9 @@ fn slow_reads_on_one_cpu_do_not_hold_up_other_requests_from_that_cpu() {
     // Over io_uring a request waits for a thread of its caller's CPU: six reads that wait
     // for their bytes must not leave a listing on the same CPU waiting behind them.
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    h2.limit_pulls("512KiB");
-    let r1 = h1.node("store1", &[]);
-    h2.node("store2", &[]);
-    h1.start();
-    h2.start();
-    wait_until(T, "node initialised", || {
-        NodeRoot::new(&r1).marker().exists()
-    });
-    for i in 0..6 {
-        cairn_tests::big_file(&r1.join(format!("slow/big{i}.bin")), 8);
-    }
-    write_file(&r1, "other/small.txt", "small\n");
-    h1.cairn(&["node", "scan", "store1", "--register-new"]);
-    a.wait_idle(T);
+    let big: Vec<String> = (0..6).map(|i| format!("big{i}.bin")).collect();
+    let big: Vec<(&str, usize)> = big.iter().map(|n| (n.as_str(), 8)).collect();
+    let (_h1, h2, _r1) = slow_pair(&a, "512KiB", &big);
     let m2 = h2.mount(None);
     let mut readers: Vec<_> = (0..6)
         .map(|i| {
