@@ -317,7 +317,7 @@ impl<FS: Filesystem> Session<FS> {
             );
         }
 
-        #[cfg(target_os = "linux")]
+        // Threads the io_uring queues grow by (none without io_uring), joined with the others.
         let grown: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>> = Arc::default();
         #[cfg(target_os = "linux")]
         if !uring.is_empty() {
@@ -340,7 +340,6 @@ impl<FS: Filesystem> Session<FS> {
         }
 
         let mut reply: io::Result<()> = Ok(());
-        #[cfg(target_os = "linux")]
         loop {
             // Threads a queue grew by, which may grow more until the connection ends.
             let more: Vec<_> = std::mem::take(&mut *grown.lock());
@@ -359,19 +358,6 @@ impl<FS: Filesystem> Session<FS> {
                     if reply.is_ok() {
                         reply = Err(e);
                     }
-                }
-            }
-        }
-        for thread in threads {
-            let res = match thread.join() {
-                Ok(res) => res,
-                Err(_) => {
-                    return Err(io::Error::other("event loop thread panicked"));
-                }
-            };
-            if let Err(e) = res {
-                if reply.is_ok() {
-                    reply = Err(e);
                 }
             }
         }
