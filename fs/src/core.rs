@@ -58,6 +58,8 @@ pub struct Opened {
     /// A complete file on a local disk: the adapter may let the kernel read it directly
     /// (FUSE passthrough), keeping this handle only for `release`.
     pub passthrough: Option<std::fs::File>,
+    /// Bytes still arriving (a fetch): kept out of the page cache (see `CairnFs::uncached`).
+    pub streaming: bool,
 }
 
 /// Capacity of this host's nodes, for `statfs`.

@@ -36,6 +36,9 @@ pub enum FsError {
     Unavailable(String),
     #[error("bad file handle")]
     BadHandle,
+    /// The caller got a signal while the request waited ([`crate::interrupts`]).
+    #[error("interrupted")]
+    Interrupted,
     #[error(transparent)]
     Io(#[from] io::Error),
     #[error(transparent)]

@@ -21,6 +21,30 @@ use tracing::{info, warn};
 
 /// How long a read waits for bytes that do not arrive before it fails with EIO.
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
+/// How long an open waits for cairnd's first answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How often a wait looks whether its caller was interrupted.
+const LOOK: Duration = Duration::from_millis(100);
+
+/// Why a fetch gave no bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    Failed(String),
+    /// The caller was interrupted (a signal) while it waited.
+    Interrupted,
+}
+
+impl From<String> for FetchError {
+    fn from(why: String) -> FetchError {
+        FetchError::Failed(why)
+    }
+}
+
+impl From<&str> for FetchError {
+    fn from(why: &str) -> FetchError {
+        FetchError::Failed(why.to_owned())
+    }
+}
 
 /// Where a fetch stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +70,14 @@ pub struct Fetch {
 
 impl Fetch {
     /// Asks cairnd at `socket` for file `file_id` (of `size` bytes). Returns the complete cached
-    /// file at once when it is there, or a fetch whose bytes arrive over time.
-    pub fn start(socket: &Path, file_id: FileId, size: u64) -> Result<Started, String> {
+    /// file at once when it is there, or a fetch whose bytes arrive over time. Waiting for
+    /// cairnd's answer ends when `stop` says so.
+    pub fn start(
+        socket: &Path,
+        file_id: FileId,
+        size: u64,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Started, FetchError> {
         let mut stream = UnixStream::connect(socket).map_err(|e| {
             format!(
                 "cannot reach cairnd at {} to fetch it: {e} (is cairnd running on this host?)",
@@ -55,16 +85,41 @@ impl Fetch {
             )
         })?;
         stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
+            .set_read_timeout(Some(LOOK))
             .map_err(|e| e.to_string())?;
         stream
             .write_all(format!("{}\n", Request::Fetch(file_id)).as_bytes())
             .map_err(|e| format!("cannot ask cairnd for it: {e}"))?;
         let mut lines = BufReader::new(stream);
-        let mut line = String::new();
-        lines
-            .read_line(&mut line)
-            .map_err(|e| format!("cairnd did not answer: {e}"))?;
+        let mut line = Vec::new();
+        let deadline = Instant::now() + ANSWER_WAIT;
+        loop {
+            match lines.read_until(b'\n', &mut line) {
+                // A whole line, or the end.
+                Ok(_) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if stop() {
+                        return Err(FetchError::Interrupted);
+                    }
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "cairnd did not answer within {}s",
+                            ANSWER_WAIT.as_secs()
+                        )
+                        .into());
+                    }
+                }
+                Err(e) => return Err(format!("cairnd did not answer: {e}").into()),
+            }
+        }
+        let line = String::from_utf8_lossy(&line);
         let line = line.trim_end();
         match line.parse::<Reply>() {
             Ok(Reply::Ready(path)) => Ok(Started::Ready(path)),
@@ -86,9 +141,9 @@ impl Fetch {
                     .map_err(|e| e.to_string())?;
                 Ok(Started::Streaming(fetch))
             }
-            Ok(Reply::Error(why)) => Err(why),
+            Ok(Reply::Error(why)) => Err(why.into()),
             _ if line.is_empty() => Err("cairnd closed the connection without an answer".into()),
-            _ => Err(format!("cairnd answered {line:?}")),
+            _ => Err(format!("cairnd answered {line:?}").into()),
         }
     }
 
@@ -125,16 +180,21 @@ impl Fetch {
     }
 
     /// Reads up to `len` bytes at `offset`, waiting until they have arrived (or the file is
-    /// complete). Fails once the fetch failed, even for bytes already there: a file that did
-    /// not match its md5 must not be read at all.
-    pub fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>, String> {
+    /// complete), or until `stop` says so. Fails once the fetch failed, even for bytes
+    /// already there: a file that did not match its md5 must not be read at all.
+    pub fn read_at(
+        &self,
+        offset: u64,
+        len: usize,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<u8>, FetchError> {
         let want_end = (offset + len as u64).min(self.size);
         let mut last_have = 0;
         let mut stalled_since = Instant::now();
         loop {
             let state = self.state();
             if let State::Failed(why) = &state {
-                return Err(why.clone());
+                return Err(FetchError::Failed(why.clone()));
             }
             let have = self.file.metadata().map(|m| m.len()).unwrap_or(0);
             // The read that reaches the end of the file waits for the md5 check, so a program
@@ -152,7 +212,11 @@ impl Fetch {
                     match self.file.read_at(&mut buf[got..], offset + got as u64) {
                         Ok(0) => break,
                         Ok(k) => got += k,
-                        Err(e) => return Err(format!("cannot read the cached bytes: {e}")),
+                        Err(e) => {
+                            return Err(FetchError::Failed(format!(
+                                "cannot read the cached bytes: {e}"
+                            )));
+                        }
                     }
                 }
                 buf.truncate(got);
@@ -162,11 +226,14 @@ impl Fetch {
                 last_have = have;
                 stalled_since = Instant::now();
             } else if stalled_since.elapsed() > STALL_LIMIT {
-                return Err(format!(
+                return Err(FetchError::Failed(format!(
                     "no bytes arrived for {}s (at byte {have} of {})",
                     STALL_LIMIT.as_secs(),
                     self.size
-                ));
+                )));
+            }
+            if stop() {
+                return Err(FetchError::Interrupted);
             }
             // Bytes land in the file without telling us: look again shortly, or at once when
             // the fetch ends.

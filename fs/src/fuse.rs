@@ -13,11 +13,12 @@ use fuser::{
     BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
-    ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyXattr, Request, RequestId, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, error, info, warn};
 
 use crate::core::{Attr, Caller, Core, DirList, Entry, FsError, Kind, ROOT_INO, SetAttr};
+use crate::interrupts::Interrupts;
 use crate::listings::PROBE_FILES;
 
 /// The errno for each error. Exhaustive on purpose: a new variant needs a decision here.
@@ -37,6 +38,7 @@ pub fn errno(e: &FsError) -> i32 {
         // Bytes that cannot be had, or that failed their md5: never silently wrong data.
         FsError::Unavailable(_) => libc::EIO,
         FsError::BadHandle => libc::EBADF,
+        FsError::Interrupted => libc::EINTR,
         FsError::Io(e) => e.raw_os_error().unwrap_or(libc::EIO),
         FsError::Catalog(c) => match c {
             cairn_catalog::CatalogError::NotFound { .. } => libc::ENOENT,
@@ -57,7 +59,11 @@ fn fail(op: &str, e: FsError) -> Errno {
         FsError::NotFound | FsError::Exists(_) | FsError::NoAttr | FsError::NotEmpty => {
             debug!("{op}: {e}")
         }
-        FsError::NotDir | FsError::IsDir | FsError::Unsupported(_) | FsError::BadHandle => {
+        FsError::NotDir
+        | FsError::IsDir
+        | FsError::Unsupported(_)
+        | FsError::BadHandle
+        | FsError::Interrupted => {
             debug!("{op}: {e}")
         }
         // A user's permissions say no: nothing the mount should shout about.
@@ -125,22 +131,28 @@ fn stream<'a>(
 pub struct CairnFs {
     core: Arc<Core>,
     passthrough: AtomicBool,
-    /// Whether files open for writing bypass the mount's page cache: only where the kernel
-    /// still lets such files be mapped (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6).
-    direct_writes: AtomicBool,
+    /// Whether the kernel lets files opened past the page cache be mapped
+    /// (FUSE_DIRECT_IO_ALLOW_MMAP, Linux 6.6): only then are files so opened ([`Self::uncached`]).
+    direct_io_mmap: AtomicBool,
     /// Backing files the kernel reads directly, kept until their handle is released.
     backing: Mutex<HashMap<u64, BackingId>>,
     /// Whether to take requests over io_uring where the kernel offers it (`[fs] io_uring`).
     io_uring: bool,
+    /// Requests whose callers got a signal.
+    interrupts: Interrupts,
 }
 
 impl CairnFs {
-    /// How a file opened for writing is opened: its writes come straight from the writer's
-    /// memory to cairnfs, which sends them on to the disk (see `staged.rs`), instead of
-    /// being copied into the kernel's page cache of the mount first. Not on kernels that
-    /// would then refuse to `mmap` it.
-    fn writing(&self) -> FopenFlags {
-        if self.direct_writes.load(Ordering::Relaxed) {
+    /// How a file opened for writing, or one whose bytes are still being fetched, is opened:
+    /// past the kernel's page cache of the mount. Writes come straight from the writer's
+    /// memory to cairnfs, which sends them on to the disk (see `staged.rs`); each read of a
+    /// file being fetched is its caller's own request, which waits for just its own bytes and
+    /// ends when the caller is interrupted (`crate::interrupts`), where the page cache's
+    /// read-ahead would make readers, and the next open, wait for bytes no one asked for yet.
+    /// Not on kernels that would then refuse to `mmap` it (there, a file being fetched is
+    /// read through the page cache).
+    fn uncached(&self) -> FopenFlags {
+        if self.direct_io_mmap.load(Ordering::Relaxed) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
@@ -151,9 +163,10 @@ impl CairnFs {
         CairnFs {
             core,
             passthrough: AtomicBool::new(false),
-            direct_writes: AtomicBool::new(false),
+            direct_io_mmap: AtomicBool::new(false),
             backing: Mutex::new(HashMap::new()),
             io_uring,
+            interrupts: Interrupts::default(),
         }
     }
 
@@ -209,7 +222,7 @@ impl Filesystem for CairnFs {
             .add_capabilities(InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP)
             .is_ok()
         {
-            self.direct_writes.store(true, Ordering::Relaxed);
+            self.direct_io_mmap.store(true, Ordering::Relaxed);
         }
         if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok() {
             let _ = config.set_max_stack_depth(2);
@@ -246,6 +259,11 @@ impl Filesystem for CairnFs {
             }
             Err(e) => reply.error(fail("lookup", e)),
         }
+    }
+
+    fn interrupt(&self, _req: &Request, unique: RequestId) -> bool {
+        self.interrupts.interrupt(unique.0);
+        true
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -342,14 +360,16 @@ impl Filesystem for CairnFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.core.open(&caller(req), ino.0, flags.0) {
+        let watch = self.interrupts.watch(req.unique().0, req.pid());
+        let stop = || watch.should_stop();
+        let opened = match self.core.open(&caller(req), ino.0, flags.0, &stop) {
             Ok(o) => o,
             Err(e) => return reply.error(fail("open", e)),
         };
         let Some(file) = opened.passthrough else {
             let writing = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-            let how = if writing {
-                self.writing()
+            let how = if writing || opened.streaming {
+                self.uncached()
             } else {
                 FopenFlags::empty()
             };
@@ -374,7 +394,7 @@ impl Filesystem for CairnFs {
 
     fn read(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
@@ -383,7 +403,8 @@ impl Filesystem for CairnFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
+        let watch = self.interrupts.watch(req.unique().0, req.pid());
+        match self.core.read(fh.0, offset, size, &|| watch.should_stop()) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(fail("read", e)),
         }
@@ -679,7 +700,7 @@ impl Filesystem for CairnFs {
                     &self.attr(&a),
                     Generation(0),
                     FileHandle(fh),
-                    self.writing(),
+                    self.uncached(),
                 )
             }
             Err(e) => reply.error(fail("create", e)),

@@ -14,6 +14,7 @@ pub mod fuse;
 pub mod handles;
 pub mod ids;
 pub mod ino;
+pub mod interrupts;
 pub mod listings;
 pub mod localdirs;
 pub mod locals;

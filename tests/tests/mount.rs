@@ -965,6 +965,80 @@ fn a_slow_remote_read_does_not_hold_up_other_operations() {
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&md5sum(&r1.join("slow/big.bin"))));
 }
 
+/// A reader waiting for bytes of a remote file that arrive slowly: a signal that kills it
+/// (Ctrl-C, `kill`) ends it at once, as on a local disk, instead of when the bytes it asked
+/// for arrive (with a cut link: two minutes, unkillable); a program that catches the signal
+/// (Python's Ctrl-C) has its handler run within a second. The mount answers on.
+#[test]
+fn a_reader_waiting_for_a_slow_remote_file_stops_at_ctrl_c() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    // Host 2 pulls at 16 KiB/s: the first 128 KiB a reader asks for take 8 s.
+    let (_h1, h2, _) = slow_pair(&a, "16KiB", &[("big.bin", 1)]);
+    let m2 = h2.mount(None);
+    let big = m2.path("slow/big.bin");
+    // Starts `cmd`, waits until it is in a read of the file, signals it; returns how long it
+    // took to end after the signal, and how it ended.
+    let signalled = |cmd: &mut Command, signal: i32| {
+        let mut reader = cmd.stdout(std::process::Stdio::piped()).spawn().unwrap();
+        wait_until(T, "the fetch under way", || {
+            std::fs::read_dir(h2.dir.join("cache")).is_ok_and(|d| d.count() > 0)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            reader.try_wait().unwrap().is_none(),
+            "the reader waits for bytes"
+        );
+        let sent = std::time::Instant::now();
+        unsafe { libc::kill(reader.id() as i32, signal) };
+        loop {
+            if reader.try_wait().unwrap().is_some() {
+                break;
+            }
+            let pid = reader.id();
+            assert!(
+                sent.elapsed() < Duration::from_secs(5),
+                "the reader still waits {:?} after signal {signal}: {}",
+                sent.elapsed(),
+                std::fs::read_to_string(format!("/proc/{pid}/stack")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let took = sent.elapsed();
+        (took, reader.wait_with_output().unwrap())
+    };
+    use std::os::unix::process::ExitStatusExt;
+    // At once: before the second a caught signal is given (the mount's `GRACE`).
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGKILL] {
+        let (took, out) = signalled(Command::new("cat").arg(&big), signal);
+        assert_eq!(out.status.signal(), Some(signal), "{:?}", out.status);
+        assert!(
+            took < Duration::from_secs(1),
+            "killed by signal {signal}, cat ended {took:?} after it, not at once"
+        );
+    }
+    let (_, out) = signalled(
+        Command::new("python3").arg("-c").arg(format!(
+            "import signal, sys
+def caught(*_):
+    print('caught', flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGINT, caught)
+with open({big:?}, 'rb', buffering=0) as f:
+    f.read(65536)
+print('read it all')"
+        )),
+        libc::SIGINT,
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "caught\n");
+    let ls = sh(&format!("ls -l {}", m2.path("other").display()));
+    assert!(ls.contains("small.txt"), "{ls}");
+    assert_eq!(m2.xattr("slow/big.bin", "size").unwrap(), "1048576");
+}
+
 /// How many threads of `pid` have a name starting with `prefix`, and how many times they
 /// went to sleep in all (each wait for a request is one).
 fn threads_waits(pid: u32, prefix: &str) -> (usize, u64) {

@@ -13,7 +13,7 @@ use cairn_node::cache::CacheDir;
 use tracing::warn;
 
 use super::{Caller, Core, FsError, Ino, Opened, Result};
-use crate::fetch::{Fetch, Started, State};
+use crate::fetch::{Fetch, FetchError, Started, State};
 use crate::handles::{Handle, ReadFrom};
 
 /// Fetches running for this mount, one per file however many opens wait for it.
@@ -21,7 +21,15 @@ use crate::handles::{Handle, ReadFrom};
 pub(super) struct Fetches(Mutex<HashMap<FileId, Arc<Fetch>>>);
 
 impl Core {
-    pub fn open(&self, who: &Caller, ino: u64, flags: i32) -> Result<Opened> {
+    /// Opens `ino` for `who`. A file fetched from elsewhere waits for cairnd's first answer
+    /// until `stop` says so ([`crate::interrupts`]).
+    pub fn open(
+        &self,
+        who: &Caller,
+        ino: u64,
+        flags: i32,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Opened> {
         let wants_write = flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
         if Ino::from(ino).is_dir() {
             return Err(FsError::IsDir);
@@ -53,7 +61,7 @@ impl Core {
             }
             return Ok(self.open_complete(ino, f));
         }
-        match self.fetch(&file)? {
+        match self.fetch(&file, stop)? {
             Started::Ready(path) => {
                 let f = StdFile::open(&path)?;
                 cairn_node::cache::touch(&f);
@@ -62,6 +70,7 @@ impl Core {
             Started::Streaming(fetch) => Ok(Opened {
                 fh: self.handles.insert(Handle::Stream(fetch, ino)),
                 passthrough: None,
+                streaming: true,
             }),
         }
     }
@@ -95,11 +104,13 @@ impl Core {
             return Opened {
                 fh: self.handles.insert(Handle::Plain(f, ino)),
                 passthrough: None,
+                streaming: false,
             };
         }
         Opened {
             fh: self.handles.insert(Handle::Passthrough(ino)),
             passthrough: Some(f),
+            streaming: false,
         }
     }
 
@@ -108,7 +119,7 @@ impl Core {
         self.handles.passthrough_refused(fh, f);
     }
 
-    fn fetch(&self, file: &File) -> Result<Started> {
+    fn fetch(&self, file: &File, stop: &dyn Fn() -> bool) -> Result<Started> {
         let mut fetches = self.fetches.0.lock().expect("fetches");
         if let Some(f) = fetches.get(&file.id) {
             if f.state() != State::Running && !matches!(f.state(), State::Done) {
@@ -117,10 +128,14 @@ impl Core {
                 return Ok(Started::Streaming(f.clone()));
             }
         }
-        let started = Fetch::start(&self.opts.socket, file.id, file.size).map_err(|why| {
-            warn!("Cannot read {}: {why}", file.path);
-            FsError::Unavailable(format!("cannot read {}: {why}", file.path))
-        })?;
+        let started =
+            Fetch::start(&self.opts.socket, file.id, file.size, stop).map_err(|e| match e {
+                FetchError::Interrupted => FsError::Interrupted,
+                FetchError::Failed(why) => {
+                    warn!("Cannot read {}: {why}", file.path);
+                    FsError::Unavailable(format!("cannot read {}: {why}", file.path))
+                }
+            })?;
         if let Started::Streaming(f) = &started {
             fetches.retain(|_, f| f.state() == State::Running);
             fetches.insert(file.id, f.clone());
@@ -128,14 +143,25 @@ impl Core {
         Ok(started)
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+    /// Reads `size` bytes at `offset` of `fh`. Bytes still on their way from elsewhere are
+    /// waited for until `stop` says so ([`crate::interrupts`]).
+    pub fn read(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Vec<u8>> {
         let f = match self.handles.read_from(fh)?.ok_or(FsError::BadHandle)? {
             ReadFrom::File(f) => f,
             ReadFrom::Local(l) => StdFile::open(&l.lock().expect("local").backing)?,
             ReadFrom::Stream(f) => {
-                return f.read_at(offset, size as usize).map_err(|why| {
-                    warn!("Read of file #{} failed: {why}", f.file_id);
-                    FsError::Unavailable(why)
+                return f.read_at(offset, size as usize, stop).map_err(|e| match e {
+                    FetchError::Interrupted => FsError::Interrupted,
+                    FetchError::Failed(why) => {
+                        warn!("Read of file #{} failed: {why}", f.file_id);
+                        FsError::Unavailable(why)
+                    }
                 });
             }
         };

@@ -72,6 +72,7 @@ impl Core {
             return Ok(Opened {
                 fh: self.handles.insert(Handle::Plain(f, ino)),
                 passthrough: None,
+                streaming: false,
             });
         }
         self.write_root()?;
@@ -98,6 +99,7 @@ impl Core {
         Ok(Opened {
             fh: self.handles.insert(Handle::Write(l)),
             passthrough: None,
+            streaming: false,
         })
     }
 

@@ -83,8 +83,6 @@ pub use crate::session::SessionUnmounter;
 mod access_flags;
 mod bsd_file_flags;
 mod channel;
-#[cfg(target_os = "linux")]
-mod uring;
 mod dev_fuse;
 /// Experimental APIs
 #[cfg(feature = "experimental")]
@@ -103,6 +101,8 @@ mod request;
 mod request_param;
 mod session;
 mod time;
+#[cfg(target_os = "linux")]
+mod uring;
 
 /// We generally support async reads
 #[cfg(not(target_os = "macos"))]
@@ -425,6 +425,14 @@ pub trait Filesystem: Send + Sync + 'static {
     /// have a limited lifetime. On unmount it is not guaranteed, that all referenced
     /// inodes will receive a forget message.
     fn forget(&self, _req: &Request, _ino: INodeNo, _nlookup: u64) {}
+
+    /// The caller of request `unique` got a signal: answer that request with `EINTR` if it is
+    /// still waiting, or ignore this (it may come before the request itself, or after its
+    /// answer). Nothing is replied to this. Return `false` (the default) to tell the kernel
+    /// that this filesystem handles no interrupts: it sends none again.
+    fn interrupt(&self, _req: &Request, _unique: RequestId) -> bool {
+        false
+    }
 
     /// Like [`forget`](Self::forget), but take multiple forget requests at once for performance. The default
     /// implementation will fallback to `forget`.

@@ -88,7 +88,8 @@ impl<'a> RequestWithSender<'a> {
                     | ll::Operation::FSync(_)
                     | ll::Operation::FSyncDir(_)
                     | ll::Operation::Release(_)
-                    | ll::Operation::ReleaseDir(_) => {}
+                    | ll::Operation::ReleaseDir(_)
+                    | ll::Operation::Interrupt(_) => {}
                     ll::Operation::ReadDirPlus(_) => {}
                     _ => {
                         return Err(Errno::EACCES);
@@ -114,9 +115,12 @@ impl<'a> RequestWithSender<'a> {
                 return Err(Errno::EIO);
             }
 
-            ll::Operation::Interrupt(_) => {
-                // TODO: handle FUSE_INTERRUPT
-                return Err(Errno::ENOSYS);
+            // No reply: the interrupted request is answered (EINTR) or not. ENOSYS tells the
+            // kernel never to send another.
+            ll::Operation::Interrupt(x) => {
+                if !filesystem.interrupt(self.request_header(), x.unique()) {
+                    return Err(Errno::ENOSYS);
+                }
             }
 
             ll::Operation::Lookup(x) => {
