@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use super::files::IN_CHUNK;
 use super::{Tx, in_list};
-use crate::db::{Dialect, Value};
+use crate::db::{Dialect, Row, Value};
 use crate::error::{CatalogError, Result};
 use crate::model::{
     Copy, CopyId, CopyRequest, FileId, GroupId, Has, ImportId, ImportRequest, NodeId, NodeKind,
@@ -65,6 +65,18 @@ pub struct SourceCopy {
     pub paused: bool,
 }
 
+/// Rows of (copy id, directory path, file name, a name) as (copy id, the file's path, the
+/// name).
+fn copies_with_paths(rows: &[Row]) -> Result<Vec<(CopyId, String, String)>> {
+    rows.iter()
+        .map(|r| {
+            let dir: String = r.get(1)?;
+            let name: String = r.get(2)?;
+            Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
+        })
+        .collect()
+}
+
 impl Tx<'_> {
     /// Copies on `node_id` that a delayed auto-clean releases at `now`: still wanted, of files
     /// that have had a healthy copy in the rule's group for at least its delay, verified since
@@ -87,13 +99,7 @@ impl Tx<'_> {
                  AND c2.verified_at > c2.added_at)",
             params![node_id, now],
         )?;
-        rows.iter()
-            .map(|r| {
-                let dir: String = r.get(1)?;
-                let name: String = r.get(2)?;
-                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
-            })
-            .collect()
+        copies_with_paths(&rows)
     }
 
     /// Copies on `node_id` that a delayed auto-clean of another node waits on: healthy, in the
@@ -121,13 +127,7 @@ impl Tx<'_> {
              GROUP BY c2.id, d.path, f.name ORDER BY c2.id",
             params![node_id, now],
         )?;
-        rows.iter()
-            .map(|r| {
-                let dir: String = r.get(1)?;
-                let name: String = r.get(2)?;
-                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
-            })
-            .collect()
+        copies_with_paths(&rows)
     }
 
     /// Copies on `node_id` that a delayed auto-clean keeps because their file's copies in the
@@ -154,13 +154,7 @@ impl Tx<'_> {
              ORDER BY c.id",
             params![node_id, now],
         )?;
-        rows.iter()
-            .map(|r| {
-                let dir: String = r.get(1)?;
-                let name: String = r.get(2)?;
-                Ok((r.get(0)?, crate::model::join_path(&dir, &name), r.get(3)?))
-            })
-            .collect()
+        copies_with_paths(&rows)
     }
 
     /// Every healthy copy of `file_id`, with its node's host and that host's address.
