@@ -105,8 +105,32 @@ pub fn normalize_path(path: &str) -> Result<String> {
 }
 
 /// Splits a normalised path into (directory, name).
-fn split_path(path: &str) -> (&str, &str) {
+pub(super) fn split_path(path: &str) -> (&str, &str) {
     path.rsplit_once('/').unwrap_or(("", path))
+}
+
+/// `f`'s path, normalized, once `f` passes the checks every registration makes: a file's
+/// name (not the archive's root), not a dot name, a well-formed md5.
+pub(super) fn registrable_path(f: &NewFile) -> Result<String> {
+    let path = normalize_path(&f.path)?;
+    let (_, name) = split_path(&path);
+    if name.is_empty() {
+        return Err(CatalogError::Invalid(
+            "cannot register the archive root".into(),
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(CatalogError::Invalid(format!(
+            "cannot register {path:?}: names starting with '.' are never archived"
+        )));
+    }
+    if !is_md5_hex(&f.md5) {
+        return Err(CatalogError::Invalid(format!(
+            "invalid md5 {:?} for {path:?}: expected 32 lowercase hex digits",
+            f.md5
+        )));
+    }
+    Ok(path)
 }
 
 /// SQL restricting `d.path` to a subtree, with its parameters.
@@ -633,24 +657,8 @@ impl Tx<'_> {
         now: i64,
         cache: &mut RegisterCache,
     ) -> Result<(FileId, bool)> {
-        let path = normalize_path(&f.path)?;
+        let path = registrable_path(f)?;
         let (dir, name) = split_path(&path);
-        if name.is_empty() {
-            return Err(CatalogError::Invalid(
-                "cannot register the archive root".into(),
-            ));
-        }
-        if name.starts_with('.') {
-            return Err(CatalogError::Invalid(format!(
-                "cannot register {path:?}: names starting with '.' are never archived"
-            )));
-        }
-        if !is_md5_hex(&f.md5) {
-            return Err(CatalogError::Invalid(format!(
-                "invalid md5 {:?} for {path:?}: expected 32 lowercase hex digits",
-                f.md5
-            )));
-        }
         let dir_id = match cache.dirs.get(dir) {
             Some(id) => *id,
             None => {

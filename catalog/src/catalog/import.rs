@@ -19,11 +19,10 @@
 
 use std::collections::HashMap;
 
-use super::files::normalize_path;
+use super::files::{registrable_path, split_path};
 use super::{Fired, NewFile, Tx};
 use crate::db::Value;
 use crate::error::{CatalogError, Result};
-use crate::md5::is_md5_hex;
 use crate::model::{DirId, File, FileId, Has, NodeId};
 
 /// What [`Tx::import_copy`] did.
@@ -118,24 +117,8 @@ impl Tx<'_> {
         // The checks register_file makes, for every file, before anything is written.
         let mut paths = Vec::with_capacity(files.len());
         for f in files {
-            let path = normalize_path(&f.path)?;
-            let (dir, name) = path.rsplit_once('/').unwrap_or(("", &path));
-            if name.is_empty() {
-                return Err(CatalogError::Invalid(
-                    "cannot register the archive root".into(),
-                ));
-            }
-            if name.starts_with('.') {
-                return Err(CatalogError::Invalid(format!(
-                    "cannot register {path:?}: names starting with '.' are never archived"
-                )));
-            }
-            if !is_md5_hex(&f.md5) {
-                return Err(CatalogError::Invalid(format!(
-                    "invalid md5 {:?} for {path:?}: expected 32 lowercase hex digits",
-                    f.md5
-                )));
-            }
+            let path = registrable_path(f)?;
+            let (dir, name) = split_path(&path);
             paths.push((dir.to_owned(), name.to_owned(), path.clone()));
         }
         let split: Vec<(&str, &str)> = paths
