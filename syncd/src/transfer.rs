@@ -247,26 +247,8 @@ impl Puller {
         }
         let resp = req.call().map_err(std::io::Error::other)?;
         let host = &peer.host;
-        match resp.status().as_u16() {
-            200 => {}
-            401 => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    format!("{host} refused our credentials (401)"),
-                ));
-            }
-            other => {
-                let mut body = String::new();
-                let _ = resp
-                    .into_body()
-                    .into_reader()
-                    .take(300)
-                    .read_to_string(&mut body);
-                return Err(std::io::Error::other(format!(
-                    "{host} answered {other}: {}",
-                    body.trim()
-                )));
-            }
+        if resp.status().as_u16() != 200 {
+            return Err(refusal(host, resp));
         }
         let mut reader = std::io::BufReader::with_capacity(
             256 << 10,
@@ -385,25 +367,8 @@ impl Puller {
                 let status = resp.status().as_u16();
                 match status {
                     200 | 206 => {}
-                    401 => {
-                        return Err(std::io::Error::new(
-                            std::io::ErrorKind::PermissionDenied,
-                            format!("{host} refused our credentials (401)"),
-                        ));
-                    }
                     416 if have == size => {}
-                    other => {
-                        let mut body = String::new();
-                        let _ = resp
-                            .into_body()
-                            .into_reader()
-                            .take(300)
-                            .read_to_string(&mut body);
-                        return Err(std::io::Error::other(format!(
-                            "{host} answered {other}: {}",
-                            body.trim()
-                        )));
-                    }
+                    _ => return Err(refusal(host, resp)),
                 }
                 if status == 200 && have > 0 {
                     // The server sent the whole file: start the temp file over.
@@ -661,6 +626,25 @@ impl PeerSlots {
                 .0;
         }
     }
+}
+
+/// The error for an answer that is not the bytes asked for: our credentials refused (401),
+/// or another status, with the start of what the source said.
+fn refusal(host: &str, resp: ureq::http::Response<ureq::Body>) -> std::io::Error {
+    let status = resp.status().as_u16();
+    if status == 401 {
+        return std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!("{host} refused our credentials (401)"),
+        );
+    }
+    let mut body = String::new();
+    let _ = resp
+        .into_body()
+        .into_reader()
+        .take(300)
+        .read_to_string(&mut body);
+    std::io::Error::other(format!("{host} answered {status}: {}", body.trim()))
 }
 
 #[cfg(test)]
