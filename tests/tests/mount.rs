@@ -1039,6 +1039,34 @@ print('read it all')"
     assert_eq!(m2.xattr("slow/big.bin", "size").unwrap(), "1048576");
 }
 
+/// A file still being fetched can be mapped (numpy's `memmap`, astropy's FITS reader): its
+/// pages wait for their bytes (the read takes the seconds the pull takes), and the map holds
+/// the file.
+#[test]
+fn a_remote_file_being_fetched_can_be_mapped() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    // Host 2 pulls at 2 MiB/s: the 12 MiB file takes seconds to arrive.
+    let (_h1, h2, r1) = slow_pair(&a, "2MiB", &[("big.bin", 12)]);
+    let m2 = h2.mount(None);
+    let out = sh(&format!(
+        "python3 -c \"
+import hashlib, mmap, time
+t = time.monotonic()
+with open('{}', 'rb') as f:
+    m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    head = m[:4096]
+    print(len(m), len(head), hashlib.md5(m[:]).hexdigest(), time.monotonic() - t > 2)\"",
+        m2.path("slow/big.bin").display()
+    ));
+    assert_eq!(
+        out.trim(),
+        format!("12582912 4096 {} True", md5sum(&r1.join("slow/big.bin")))
+    );
+}
+
 /// How many threads of `pid` have a name starting with `prefix`, and how many times they
 /// went to sleep in all (each wait for a request is one).
 fn threads_waits(pid: u32, prefix: &str) -> (usize, u64) {
