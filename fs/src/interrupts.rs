@@ -121,8 +121,12 @@ impl Interrupts {
 
 /// Whether thread `pid` has a fatal signal pending: one that kills it (the kernel marks each
 /// thread of a process being killed with a pending SIGKILL; a signal the program catches does
-/// not). A thread that is gone is taken as dying.
+/// not). A thread that is gone is taken as dying; pid 0 (a caller the kernel could not name
+/// in the mount's pid namespace, as from another container) is not: it cannot be looked at.
 pub fn fatal_signal_pending(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return true;
     };
@@ -193,6 +197,24 @@ mod tests {
             fatal_signal_pending(u32::MAX),
             "one that is gone counts as dying"
         );
+        assert!(
+            !fatal_signal_pending(0),
+            "one the kernel could not name is not"
+        );
+    }
+
+    /// A caller from another pid namespace (pid 0) waits on; interrupted, it stops after the
+    /// grace, as one that caught the signal.
+    #[test]
+    fn a_caller_without_a_pid_stops_only_after_an_interrupt_and_the_grace() {
+        let i = Interrupts::default();
+        let w = i.watch(1, 0);
+        std::thread::sleep(LOOK);
+        assert!(!w.should_stop());
+        i.interrupt(1);
+        assert!(!w.should_stop());
+        std::thread::sleep(GRACE);
+        assert!(w.should_stop());
     }
 
     #[test]
