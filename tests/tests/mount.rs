@@ -1067,6 +1067,64 @@ with open('{}', 'rb') as f:
     );
 }
 
+/// Ten programs read one file while it is fetched; five are killed (SIGKILL or Ctrl-C) at
+/// different moments. Each killed one ends at once; the others read the whole file, right.
+#[test]
+fn readers_of_one_file_killed_mid_fetch_leave_the_others_their_bytes() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    // Host 2 pulls at 4 MiB/s: the 24 MiB file takes six seconds; the last kill is at 1.5 s.
+    let (_h1, h2, r1) = slow_pair(&a, "4MiB", &[("big.bin", 24)]);
+    let want = md5sum(&r1.join("slow/big.bin"));
+    let m2 = h2.mount(None);
+    let (mut killed, mut kept) = (Vec::new(), Vec::new());
+    for i in 0..10 {
+        let reader = Command::new("md5sum")
+            .arg(m2.path("slow/big.bin"))
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        if i % 2 == 0 {
+            killed.push(reader);
+        } else {
+            kept.push(reader);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, reader) in killed.iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(100 + 150 * i as u64));
+        let signal = if i % 2 == 0 {
+            libc::SIGKILL
+        } else {
+            libc::SIGINT
+        };
+        assert!(
+            unsafe { libc::kill(reader.id() as i32, signal) } == 0,
+            "reader {i} still running when signalled"
+        );
+    }
+    for reader in killed {
+        let waited = std::time::Instant::now();
+        let out = reader.wait_with_output().unwrap();
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            waited.elapsed() < Duration::from_secs(2),
+            "a killed reader ended {:?} after the last signal",
+            waited.elapsed()
+        );
+    }
+    for reader in kept {
+        let out = reader.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).starts_with(&want),
+            "{out:?}"
+        );
+    }
+}
+
 /// How many threads of `pid` have a name starting with `prefix`, and how many times they
 /// went to sleep in all (each wait for a request is one).
 fn threads_waits(pid: u32, prefix: &str) -> (usize, u64) {
