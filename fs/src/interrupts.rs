@@ -22,6 +22,8 @@ const EARLY_KEPT: Duration = Duration::from_secs(10);
 pub const GRACE: Duration = Duration::from_secs(1);
 /// How often a waiting request looks whether its caller is gone.
 const LOOK: Duration = Duration::from_millis(500);
+/// How often interrupts kept too long are dropped.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
 
 enum Entry {
     /// A request that watches for its interrupt: when it came.
@@ -32,7 +34,15 @@ enum Entry {
 
 #[derive(Default)]
 pub struct Interrupts {
-    by_unique: Mutex<HashMap<u64, Entry>>,
+    by_unique: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: HashMap<u64, Entry>,
+    /// When interrupts kept too long were last dropped: at most once a second (a program
+    /// under a profiler gets hundreds of signals a second, each an interrupt).
+    pruned: Option<Instant>,
 }
 
 /// A request watching for its interrupt, until dropped.
@@ -72,24 +82,24 @@ impl Watch<'_> {
 
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
-        self.owner.lock().remove(&self.unique);
+        self.owner.lock().entries.remove(&self.unique);
     }
 }
 
 impl Interrupts {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.by_unique.lock().expect("interrupts")
     }
 
     /// Request `unique`, made by thread `pid`, watches for its interrupt while the returned
     /// watch lives.
     pub fn watch(&self, unique: u64, pid: u32) -> Watch<'_> {
-        let mut m = self.lock();
+        let mut t = self.lock();
         let at = Arc::new(OnceLock::new());
-        if let Some(Entry::Early(when)) = m.get(&unique) {
+        if let Some(Entry::Early(when)) = t.entries.get(&unique) {
             let _ = at.set(*when);
         }
-        m.insert(unique, Entry::Watched(at.clone()));
+        t.entries.insert(unique, Entry::Watched(at.clone()));
         Watch {
             owner: self,
             unique,
@@ -102,18 +112,23 @@ impl Interrupts {
 
     /// The caller of request `unique` got a signal.
     pub fn interrupt(&self, unique: u64) {
-        let mut m = self.lock();
+        let mut t = self.lock();
         let now = Instant::now();
-        m.retain(|_, e| match e {
-            Entry::Early(at) => now.duration_since(*at) < EARLY_KEPT,
-            Entry::Watched(_) => true,
-        });
-        match m.get(&unique) {
+        if t.pruned
+            .is_none_or(|p| now.duration_since(p) >= PRUNE_EVERY)
+        {
+            t.pruned = Some(now);
+            t.entries.retain(|_, e| match e {
+                Entry::Early(at) => now.duration_since(*at) < EARLY_KEPT,
+                Entry::Watched(_) => true,
+            });
+        }
+        match t.entries.get(&unique) {
             Some(Entry::Watched(at)) => {
                 let _ = at.set(now);
             }
             _ => {
-                m.insert(unique, Entry::Early(now));
+                t.entries.insert(unique, Entry::Early(now));
             }
         }
     }
@@ -223,13 +238,21 @@ mod tests {
         for u in 0..1000 {
             i.interrupt(u);
         }
-        assert_eq!(i.lock().len(), 1000);
-        i.lock().insert(
-            5000,
-            Entry::Early(Instant::now() - EARLY_KEPT - Duration::from_secs(1)),
-        );
+        assert_eq!(i.lock().entries.len(), 1000);
+        let long_ago = Instant::now() - EARLY_KEPT - Duration::from_secs(1);
+        i.lock().entries.insert(5000, Entry::Early(long_ago));
         i.interrupt(6000);
-        assert!(!i.lock().contains_key(&5000), "an old one is dropped");
-        assert!(i.lock().contains_key(&6000));
+        assert!(
+            i.lock().entries.contains_key(&5000),
+            "dropped at most once a second"
+        );
+        i.lock().pruned = Some(Instant::now() - PRUNE_EVERY);
+        i.interrupt(7000);
+        assert!(
+            !i.lock().entries.contains_key(&5000),
+            "an old one is dropped"
+        );
+        assert!(i.lock().entries.contains_key(&6000));
+        assert!(i.lock().entries.contains_key(&7000));
     }
 }
