@@ -1125,6 +1125,77 @@ fn readers_of_one_file_killed_mid_fetch_leave_the_others_their_bytes() {
     }
 }
 
+/// cairnd slow to answer the mount's ask for one file (here: a stand-in on its socket that
+/// never answers for it): that open waits, and ends at Ctrl-C; the open of another file
+/// meanwhile gets cairnd's answer (an error here) at once, not after the first one's wait.
+#[test]
+fn an_open_waiting_for_cairnd_stops_at_ctrl_c_and_holds_up_no_other_open() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (_h1, mut h2, _) = slow_pair(&a, "16KiB", &[("a.bin", 1), ("b.bin", 1)]);
+    let m2 = h2.mount(None);
+    let id_of = |path: &str| {
+        a.catalog()
+            .read(|tx| tx.file_by_path(path))
+            .unwrap()
+            .expect("registered")
+            .id
+    };
+    let silent_for = format!("fetch {}", id_of("slow/a.bin"));
+    h2.stop();
+    let socket = h2.dir.join("run/cairnd.sock");
+    let _ = std::fs::remove_file(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let silent_for = silent_for.clone();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = std::io::BufReader::new(&conn).read_line(&mut line);
+                if line.trim_end() == silent_for {
+                    std::thread::sleep(Duration::from_secs(60));
+                } else {
+                    let _ = conn.write_all(b"error the stand-in says no\n");
+                }
+            });
+        }
+    });
+    let mut waiting = Command::new("cat")
+        .arg(m2.path("slow/a.bin"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        waiting.try_wait().unwrap().is_none(),
+        "the open waits for cairnd"
+    );
+    let other = std::time::Instant::now();
+    let err = sh_fails(&format!("cat {}", m2.path("slow/b.bin").display()));
+    assert!(err.contains("Input/output error"), "{err}");
+    assert!(
+        other.elapsed() < Duration::from_secs(5),
+        "the other open waited {:?}",
+        other.elapsed()
+    );
+    assert!(m2.log().contains("the stand-in says no"), "{}", m2.log());
+    let sent = std::time::Instant::now();
+    unsafe { libc::kill(waiting.id() as i32, libc::SIGINT) };
+    let status = waiting.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGINT));
+    assert!(
+        sent.elapsed() < Duration::from_secs(1),
+        "the waiting open ended {:?} after Ctrl-C",
+        sent.elapsed()
+    );
+}
+
 /// How many threads of `pid` have a name starting with `prefix`, and how many times they
 /// went to sleep in all (each wait for a request is one).
 fn threads_waits(pid: u32, prefix: &str) -> (usize, u64) {

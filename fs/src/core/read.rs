@@ -119,14 +119,19 @@ impl Core {
         self.handles.passthrough_refused(fh, f);
     }
 
+    /// The fetch of `file`: the one an earlier open started, or a new one. cairnd is asked
+    /// without the table locked (its answer may be slow to come, and the open of another
+    /// file must not wait for it); two opens asking at once get the same part file from
+    /// cairnd, and the first one recorded serves both.
     fn fetch(&self, file: &File, stop: &dyn Fn() -> bool) -> Result<Started> {
-        let mut fetches = self.fetches.0.lock().expect("fetches");
-        if let Some(f) = fetches.get(&file.id) {
-            if f.state() != State::Running && !matches!(f.state(), State::Done) {
-                fetches.remove(&file.id);
-            } else {
-                return Ok(Started::Streaming(f.clone()));
-            }
+        let started_before = |fetches: &HashMap<FileId, Arc<Fetch>>| {
+            fetches
+                .get(&file.id)
+                .filter(|f| matches!(f.state(), State::Running | State::Done))
+                .cloned()
+        };
+        if let Some(f) = started_before(&self.fetches.0.lock().expect("fetches")) {
+            return Ok(Started::Streaming(f));
         }
         let started =
             Fetch::start(&self.opts.socket, file.id, file.size, stop).map_err(|e| match e {
@@ -137,6 +142,10 @@ impl Core {
                 }
             })?;
         if let Started::Streaming(f) = &started {
+            let mut fetches = self.fetches.0.lock().expect("fetches");
+            if let Some(first) = started_before(&fetches) {
+                return Ok(Started::Streaming(first));
+            }
             fetches.retain(|_, f| f.state() == State::Running);
             fetches.insert(file.id, f.clone());
         }
