@@ -584,6 +584,19 @@ pub(crate) struct SessionEventLoop<FS: Filesystem> {
     pub(crate) session_owner: Uid,
 }
 
+// By hand: a derived `Clone` would ask `FS: Clone`, and the filesystem is shared, not cloned.
+impl<FS: Filesystem> Clone for SessionEventLoop<FS> {
+    fn clone(&self) -> Self {
+        SessionEventLoop {
+            thread_name: self.thread_name.clone(),
+            filesystem: self.filesystem.clone(),
+            ch: self.ch.clone(),
+            allowed: self.allowed,
+            session_owner: self.session_owner,
+        }
+    }
+}
+
 impl<FS: Filesystem> SessionEventLoop<FS> {
     /// Serves one io_uring request buffer on a thread of its own until the connection ends.
     #[cfg(target_os = "linux")]
@@ -615,14 +628,7 @@ impl<FS: Filesystem> SessionEventLoop<FS> {
                 slot.queue().clone(),
                 slot.payload_len(),
             );
-            let event_loop = SessionEventLoop {
-                thread_name: self.thread_name.clone(),
-                filesystem: self.filesystem.clone(),
-                ch: self.ch.clone(),
-                allowed: self.allowed,
-                session_owner: self.session_owner,
-            };
-            match more.and_then(|more| event_loop.spawn_uring(more, grown.clone())) {
+            match more.and_then(|more| self.clone().spawn_uring(more, grown.clone())) {
                 Ok(handle) => grown.lock().push(handle),
                 Err(e) => warn!("io_uring queue {} cannot grow: {e}", slot.qid()),
             }
