@@ -23,8 +23,8 @@ use tracing::{info, warn};
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
 /// How long an open waits for cairnd's first answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
-/// How often a wait looks whether its caller was interrupted.
-const LOOK: Duration = Duration::from_millis(100);
+/// How often the wait for cairnd's first answer looks whether its caller was interrupted.
+const ANSWER_TICK: Duration = Duration::from_millis(100);
 
 /// Why a fetch gave no bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +85,7 @@ impl Fetch {
             )
         })?;
         stream
-            .set_read_timeout(Some(LOOK))
+            .set_read_timeout(Some(ANSWER_TICK))
             .map_err(|e| e.to_string())?;
         stream
             .write_all(format!("{}\n", Request::Fetch(file_id)).as_bytes())
