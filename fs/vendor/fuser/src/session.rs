@@ -321,9 +321,13 @@ impl<FS: Filesystem> Session<FS> {
         let grown: Arc<Mutex<Vec<JoinHandle<io::Result<()>>>>> = Arc::default();
         #[cfg(target_os = "linux")]
         if !uring.is_empty() {
+            let queues = uring
+                .iter()
+                .map(|s| s.qid())
+                .max()
+                .map_or(0, |q| q as usize + 1);
             info!(
-                "FUSE over io_uring: {} queues, {} threads",
-                crate::uring::queues(),
+                "FUSE over io_uring: {queues} queues, {} threads",
                 uring.len()
             );
         }
