@@ -195,17 +195,8 @@ fn read_killed_by_signal(pid: u32) -> bool {
 fn read_stat(f: &std::fs::File) -> Option<bool> {
     // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
     // first `statx` the file for a size hint, and grow a string, at every close.
-    use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 2048];
-    let mut len = 0;
-    while len < buf.len() {
-        match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
+    let len = cairn_node::copyfile::read_full_at(f, &mut buf, 0).ok()?;
     if len == 0 {
         return None;
     }

@@ -9,13 +9,13 @@
 //! and wakes readers waiting for bytes.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use cairn_catalog::model::FileId;
+use cairn_node::copyfile;
 use cairn_node::socket::{Reply, Request};
 use tracing::{info, warn};
 
@@ -179,16 +179,17 @@ impl Fetch {
         self.state.lock().expect("fetch state").clone()
     }
 
-    /// Reads up to `len` bytes at `offset`, waiting until they have arrived (or the file is
-    /// complete), or until `stop` says so. Fails once the fetch failed, even for bytes
+    /// Reads into `buf` the bytes at `offset` (as many as it holds, fewer at the end of the
+    /// file) and returns how many, waiting until they have arrived (or the file is complete),
+    /// or until `stop` says so. Fails once the fetch failed, even for bytes
     /// already there: a file that did not match its md5 must not be read at all.
     pub fn read_at(
         &self,
         offset: u64,
-        len: usize,
+        buf: &mut [u8],
         stop: &dyn Fn() -> bool,
-    ) -> Result<Vec<u8>, FetchError> {
-        let want_end = (offset + len as u64).min(self.size);
+    ) -> Result<usize, FetchError> {
+        let want_end = (offset + buf.len() as u64).min(self.size);
         let mut last_have = 0;
         let mut stalled_since = Instant::now();
         loop {
@@ -206,21 +207,8 @@ impl Fetch {
             };
             if ready {
                 let n = want_end.saturating_sub(offset) as usize;
-                let mut buf = vec![0u8; n];
-                let mut got = 0;
-                while got < n {
-                    match self.file.read_at(&mut buf[got..], offset + got as u64) {
-                        Ok(0) => break,
-                        Ok(k) => got += k,
-                        Err(e) => {
-                            return Err(FetchError::Failed(format!(
-                                "cannot read the cached bytes: {e}"
-                            )));
-                        }
-                    }
-                }
-                buf.truncate(got);
-                return Ok(buf);
+                return copyfile::read_full_at(&self.file, &mut buf[..n], offset)
+                    .map_err(|e| FetchError::Failed(format!("cannot read the cached bytes: {e}")));
             }
             if have != last_have {
                 last_have = have;

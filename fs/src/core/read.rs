@@ -4,12 +4,12 @@
 
 use std::collections::HashMap;
 use std::fs::File as StdFile;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use cairn_catalog::model::{Copy, File, FileId, Has};
 use cairn_node::cache::CacheDir;
+use cairn_node::copyfile;
 use tracing::warn;
 
 use super::{Caller, Core, FsError, Ino, Opened, Result};
@@ -152,20 +152,21 @@ impl Core {
         Ok(started)
     }
 
-    /// Reads `size` bytes at `offset` of `fh`. Bytes still on their way from elsewhere are
+    /// Reads into `buf` the bytes at `offset` of `fh` (as many as `buf` holds, fewer at the
+    /// end of the file) and returns how many. Bytes still on their way from elsewhere are
     /// waited for until `stop` says so ([`crate::interrupts`]).
     pub fn read(
         &self,
         fh: u64,
         offset: u64,
-        size: u32,
+        buf: &mut [u8],
         stop: &dyn Fn() -> bool,
-    ) -> Result<Vec<u8>> {
+    ) -> Result<usize> {
         let f = match self.handles.read_from(fh)?.ok_or(FsError::BadHandle)? {
             ReadFrom::File(f) => f,
             ReadFrom::Local(l) => StdFile::open(&l.lock().expect("local").backing)?,
             ReadFrom::Stream(f) => {
-                return f.read_at(offset, size as usize, stop).map_err(|e| match e {
+                return f.read_at(offset, buf, stop).map_err(|e| match e {
                     FetchError::Interrupted => FsError::Interrupted,
                     FetchError::Failed(why) => {
                         warn!("Read of file #{} failed: {why}", f.file_id);
@@ -174,15 +175,6 @@ impl Core {
                 });
             }
         };
-        let mut buf = vec![0u8; size as usize];
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], offset + got as u64)? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        buf.truncate(got);
-        Ok(buf)
+        Ok(copyfile::read_full_at(&f, buf, offset)?)
     }
 }
