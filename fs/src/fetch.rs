@@ -34,6 +34,20 @@ pub enum FetchError {
     Interrupted,
 }
 
+impl FetchError {
+    /// The mount's error for a read or open of `what` that got no bytes; a failure is logged.
+    pub fn into_fs(self, what: &str) -> crate::error::FsError {
+        use crate::error::FsError;
+        match self {
+            FetchError::Interrupted => FsError::Interrupted,
+            FetchError::Failed(why) => {
+                warn!("Cannot read {what}: {why}");
+                FsError::Unavailable(format!("cannot read {what}: {why}"))
+            }
+        }
+    }
+}
+
 impl From<String> for FetchError {
     fn from(why: String) -> FetchError {
         FetchError::Failed(why)

@@ -10,10 +10,9 @@ use std::sync::{Arc, Mutex};
 use cairn_catalog::model::{Copy, File, FileId, Has};
 use cairn_node::cache::CacheDir;
 use cairn_node::copyfile;
-use tracing::warn;
 
 use super::{Caller, Core, FsError, Ino, Opened, Result};
-use crate::fetch::{Fetch, FetchError, Started, State};
+use crate::fetch::{Fetch, Started, State};
 use crate::handles::{Handle, ReadFrom};
 
 /// Fetches running for this mount, one per file however many opens wait for it.
@@ -133,14 +132,8 @@ impl Core {
         if let Some(f) = started_before(&self.fetches.0.lock().expect("fetches")) {
             return Ok(Started::Streaming(f));
         }
-        let started =
-            Fetch::start(&self.opts.socket, file.id, file.size, stop).map_err(|e| match e {
-                FetchError::Interrupted => FsError::Interrupted,
-                FetchError::Failed(why) => {
-                    warn!("Cannot read {}: {why}", file.path);
-                    FsError::Unavailable(format!("cannot read {}: {why}", file.path))
-                }
-            })?;
+        let started = Fetch::start(&self.opts.socket, file.id, file.size, stop)
+            .map_err(|e| e.into_fs(&file.path))?;
         if let Started::Streaming(f) = &started {
             let mut fetches = self.fetches.0.lock().expect("fetches");
             if let Some(first) = started_before(&fetches) {
@@ -166,13 +159,9 @@ impl Core {
             ReadFrom::File(f) => f,
             ReadFrom::Local(l) => StdFile::open(&l.lock().expect("local").backing)?,
             ReadFrom::Stream(f) => {
-                return f.read_at(offset, buf, stop).map_err(|e| match e {
-                    FetchError::Interrupted => FsError::Interrupted,
-                    FetchError::Failed(why) => {
-                        warn!("Read of file #{} failed: {why}", f.file_id);
-                        FsError::Unavailable(why)
-                    }
-                });
+                return f
+                    .read_at(offset, buf, stop)
+                    .map_err(|e| e.into_fs(&format!("file #{}", f.file_id)));
             }
         };
         Ok(copyfile::read_full_at(&f, buf, offset)?)
