@@ -3,7 +3,8 @@
 #   1. sequential read of a local 1 GiB file   vs  dd of the node's file directly (cold, warm)
 #   2. write of 1 GiB through the mount,        vs  cp to the disk, then md5sum (with and
 #      imported at close (md5 done)                  without a sync before md5sum)
-#   3. cp -r of 10,000 files of 4 KiB           vs  the target of 1,000 files/s, all imported
+#   3. cp -r of 10,000 files of 4 KiB,          vs  cp -r to the disk, and into nullfs.c (a FUSE
+#      all imported                                  filesystem that does nothing: the floor)
 #   4. find and ls -lR over 100,000 files       vs  the same tree on the node's disk
 #   5. a 1 GiB file only on another host:       vs  curl of the same bytes from that host's
 #      first byte after open, full read              cairnd, and cairnd's own pull of it
@@ -24,6 +25,7 @@ pids=()
 cleanup() {
     fusermount3 -u -z "$W/m1" 2>/dev/null || true
     fusermount3 -u -z "$W/m2" 2>/dev/null || true
+    fusermount3 -u -z "$W/nullm" 2>/dev/null || true
     kill "${pids[@]}" 2>/dev/null || true
     rm -rf "$SRC"
 }
@@ -231,6 +233,27 @@ row "Same, until cp -r returns (each file journalled at its close)" \
     "$(python3 -c "print(f'{10000 / $c:,.0f} files/s')")" \
     "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
     "$(ratio "$a" "$c")"
+# The floor: the same cp -r into a FUSE filesystem that does nothing but pass each call to
+# a directory on the same disk (libfuse, through /dev/fuse): what the kernel's round trips
+# to any FUSE filesystem cost on this machine. Needs cc and libfuse3-dev; skipped without.
+if command -v cc >/dev/null && pkg-config --exists fuse3 2>/dev/null; then
+    cc -O2 -o "$W/nullfs" "$HERE/nullfs.c" $(pkg-config --cflags --libs fuse3)
+    mkdir -p "$W/nullb" "$W/nullm"
+    "$W/nullfs" "$W/nullb" "$W/nullm" -o allow_other
+    null_cp() { timed cp -r "$SRC/small" "$W/nullm/small$1"; }
+    n=$(median null_cp)
+    fusermount3 -u "$W/nullm"
+    row "Floor: the same \`cp -r\` into a FUSE filesystem that does nothing ([nullfs.c](tests/bench/nullfs.c), libfuse, \`/dev/fuse\`)" \
+        "$(python3 -c "print(f'{10000 / $n:,.0f} files/s')")" \
+        "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
+        "$(ratio "$a" "$n")"
+    row "cairnfs, all imported, against that floor" \
+        "$(python3 -c "print(f'{10000 / $b:,.0f} files/s')")" \
+        "$(python3 -c "print(f'{10000 / $n:,.0f} files/s')") (nullfs)" \
+        "$(ratio "$n" "$b")"
+else
+    echo "No cc or libfuse3-dev: the floor (nullfs.c) is not measured." >&2
+fi
 
 fi
 
