@@ -421,6 +421,56 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
     assert_eq!(a.on("store1").0, 1);
 }
 
+// [S9] [S12]
+#[test]
+fn directories_starting_with_a_dot_are_archived_like_any_other() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let m = h.mount(Some("store1"));
+    let src = a.dir.path().join("src");
+    write_file(&src, "t/.calib/sub/a.dat", "alpha\n");
+    write_file(&src, "t/b.dat", "beta\n");
+    write_file(&src, "t/.calib/.part", "not yet\n");
+    // Only a file's own name keeps it out of the archive, as in cairnd's import of a node:
+    // `cp -r` and `rsync -a` of a tree with hidden directories succeed.
+    sh(&format!(
+        "cp -r {} {}",
+        src.join("t").display(),
+        m.dir.display()
+    ));
+    sh(&format!(
+        "rsync -a {}/ {}/",
+        src.join("t").display(),
+        m.path("r").display()
+    ));
+    for top in ["t", "r"] {
+        for rel in [".calib/sub/a.dat", "b.dat"] {
+            let path = format!("{top}/{rel}");
+            wait_until(T, "imported", || a.has("store1", &path) == Some(Has::Yes));
+            assert_eq!(
+                std::fs::read(root.join(&path)).unwrap(),
+                std::fs::read(src.join("t").join(rel)).unwrap(),
+                "{path}"
+            );
+            assert_eq!(m.xattr(&path, "state").unwrap(), "local", "{path}");
+        }
+        let part = format!("{top}/.calib/.part");
+        assert_eq!(m.xattr(&part, "state").unwrap(), "unimported");
+        assert_eq!(
+            std::fs::read_to_string(NodeRoot::new(&root).kept().join(&part)).unwrap(),
+            "not yet\n"
+        );
+    }
+    assert_eq!(a.on("store1").0, 4);
+    // The node's own area is the one name a directory at the top cannot have.
+    let err = sh_fails(&format!("mkdir {}", m.path(".cairn").display()));
+    assert!(err.contains("Invalid argument"), "{err}");
+    sh(&format!("mkdir {}", m.path("t/.cairn").display()));
+}
+
 // [S13]
 #[test]
 fn a_writer_killed_mid_file_imports_nothing() {

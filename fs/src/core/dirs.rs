@@ -63,13 +63,15 @@ impl Core {
         if self.find(parent, OsStr::new(&name)).is_ok() {
             return Err(FsError::Exists(name));
         }
-        if name.starts_with('.') {
-            return Err(FsError::Invalid(format!(
-                "directory names starting with '.' are not archived: {name:?}"
-            )));
-        }
         let parent_dir = self.dir_by_id(dir_id)?;
         let path = normalize_path(&join(&parent_dir.path, &name))?;
+        // A directory's name may start with '.' (only a file's keeps it out of the archive,
+        // as in cairnd's import), but not be the node's own area.
+        if NodeRoot::is_cairn_area(&path) {
+            return Err(FsError::Invalid(format!(
+                "{path:?} is the name of cairn's own area on every node"
+            )));
+        }
         let t = cairn_catalog::units::now();
         let (user, group, _) = self.owner_names(who, Some(&parent_attr));
         let own = Ownership {
