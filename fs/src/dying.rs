@@ -194,10 +194,18 @@ fn read_killed_by_signal(pid: u32) -> bool {
 /// Reads a process's stat from the start; `None` if it cannot be read (the process is gone).
 fn read_stat(f: &std::fs::File) -> Option<bool> {
     // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
-    // first `statx` the file for a size hint, and grow a string, at every close.
+    // first `statx` the file for a size hint, and grow a string, at every close. One read:
+    // the kernel gives the whole line at once, and a second read (to see the end) would
+    // have it make the line again only to skip past it.
+    use std::os::unix::fs::FileExt;
     let mut buf = [0u8; 2048];
-    let len = cairn_node::copyfile::read_full_at(f, &mut buf, 0).ok()?;
-    if len == 0 {
+    let len = loop {
+        match f.read_at(&mut buf, 0) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            other => break other.ok()?,
+        }
+    };
+    if len == 0 || len == buf.len() {
         return None;
     }
     let stat = std::str::from_utf8(&buf[..len]).ok()?;
