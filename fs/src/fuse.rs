@@ -410,8 +410,8 @@ impl Filesystem for CairnFs {
     ) {
         let watch = self.interrupts.watch(req.unique().0, req.pid());
         // Into this thread's buffer, kept from read to read: a new one for each request was
-        // memory to map, zero and unmap again, 128 KiB at a time (a fifth of the mount's
-        // time reading a file being fetched).
+        // memory to map, zero and unmap again, 128 KiB at a time: half the mount's CPU
+        // time when reading a file being fetched (BENCHMARKS.md).
         READ_BUF.with_borrow_mut(|buf| {
             if buf.len() < size as usize {
                 buf.resize(size as usize, 0);
