@@ -222,16 +222,18 @@ mount_cp() {
     secs "$t0" "$(cat "$W/registered")"
 }
 native_cp() { timed cp -r "$SRC/small" "$W/base/small$1"; }
+# Files/s of the 10,000 files in SECONDS.
+fps() { python3 -c "print(f'{10000 / $1:,.0f} files/s')"; }
 rm -f "$W/cp_returned"
 b=$(median mount_cp); a=$(median native_cp)
 c=$(python3 -c "import statistics, sys; print(statistics.median(map(float, open(sys.argv[1]))))" "$W/cp_returned")
 row "cp -r 10,000 files of 4 KiB, all imported, [fs] settle ${FS_SETTLE:-1s} (≥ 5,000 files/s and ≥ 0.25×)" \
-    "$(python3 -c "print(f'{10000 / $b:,.0f} files/s')")" \
-    "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
+    "$(fps "$b")" \
+    "$(fps "$a") (cp -r to the disk)" \
     "$(ratio "$a" "$b")"
 row "Same, until cp -r returns (each file journalled at its close)" \
-    "$(python3 -c "print(f'{10000 / $c:,.0f} files/s')")" \
-    "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
+    "$(fps "$c")" \
+    "$(fps "$a") (cp -r to the disk)" \
     "$(ratio "$a" "$c")"
 # The floor: the same cp -r into a FUSE filesystem that does nothing but pass each call to
 # a directory on the same disk (libfuse, through /dev/fuse): what the kernel's round trips
@@ -244,12 +246,12 @@ if command -v cc >/dev/null && pkg-config --exists fuse3 2>/dev/null; then
     n=$(median null_cp)
     fusermount3 -u "$W/nullm"
     row "Floor: the same \`cp -r\` into a FUSE filesystem that does nothing ([nullfs.c](tests/bench/nullfs.c), libfuse, \`/dev/fuse\`)" \
-        "$(python3 -c "print(f'{10000 / $n:,.0f} files/s')")" \
-        "$(python3 -c "print(f'{10000 / $a:,.0f} files/s')") (cp -r to the disk)" \
+        "$(fps "$n")" \
+        "$(fps "$a") (cp -r to the disk)" \
         "$(ratio "$a" "$n")"
     row "cairnfs, all imported, against that floor" \
-        "$(python3 -c "print(f'{10000 / $b:,.0f} files/s')")" \
-        "$(python3 -c "print(f'{10000 / $n:,.0f} files/s')") (nullfs)" \
+        "$(fps "$b")" \
+        "$(fps "$n") (nullfs)" \
         "$(ratio "$n" "$b")"
 else
     echo "No cc or libfuse3-dev: the floor (nullfs.c) is not measured." >&2
