@@ -191,7 +191,8 @@ fn read_killed_by_signal(pid: u32) -> bool {
     dying
 }
 
-/// Reads a process's stat from the start; `None` if it cannot be read (the process is gone).
+/// Reads a process's stat from the start; `None` if it cannot be read (the process is gone),
+/// or does not fit the buffer (never seen: the line is a few hundred bytes).
 fn read_stat(f: &std::fs::File) -> Option<bool> {
     // Into a buffer on the stack (the line is a few hundred bytes): `read_to_string` would
     // first `statx` the file for a size hint, and grow a string, at every close. One read:
