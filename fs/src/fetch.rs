@@ -105,41 +105,33 @@ impl Fetch {
             .write_all(format!("{}\n", Request::Fetch(file_id)).as_bytes())
             .map_err(|e| format!("cannot ask cairnd for it: {e}"))?;
         let mut lines = BufReader::new(stream);
-        let mut line = Vec::new();
-        let deadline = Instant::now() + ANSWER_WAIT;
-        loop {
-            match lines.read_until(b'\n', &mut line) {
-                // A whole line, or the end.
-                Ok(_) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock
-                            | std::io::ErrorKind::TimedOut
-                            | std::io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    if stop() {
-                        return Err(FetchError::Interrupted);
-                    }
-                    if Instant::now() >= deadline {
-                        return Err(format!(
-                            "cairnd did not answer within {}s",
-                            ANSWER_WAIT.as_secs()
-                        )
-                        .into());
-                    }
-                }
-                Err(e) => return Err(format!("cairnd did not answer: {e}").into()),
-            }
-        }
-        let line = String::from_utf8_lossy(&line);
-        let line = line.trim_end();
+        let line = next_line(&mut lines, stop, Instant::now() + ANSWER_WAIT)?;
         match line.parse::<Reply>() {
             Ok(Reply::Ready(path)) => Ok(Started::Ready(path)),
             Ok(Reply::Part(rest)) => {
-                let file = std::fs::File::open(&rest)
-                    .map_err(|e| format!("cannot open the part file {}: {e}", rest.display()))?;
+                let file = match std::fs::File::open(&rest) {
+                    Ok(f) => f,
+                    // A small file can arrive, pass its check and take its name before this
+                    // open: cairnd's next line says where it is now (or why it failed).
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        let end = next_line(&mut lines, stop, Instant::now() + ANSWER_WAIT)?;
+                        return match end.parse::<Reply>() {
+                            Ok(Reply::Done(path)) => Ok(Started::Ready(path)),
+                            Ok(Reply::Error(why)) => Err(why.into()),
+                            _ => Err(format!(
+                                "cannot open the part file {}: {e} (and cairnd then answered \
+                                 {end:?})",
+                                rest.display()
+                            )
+                            .into()),
+                        };
+                    }
+                    Err(e) => {
+                        return Err(
+                            format!("cannot open the part file {}: {e}", rest.display()).into()
+                        );
+                    }
+                };
                 let fetch = Arc::new(Fetch {
                     file_id,
                     size,
@@ -248,6 +240,41 @@ impl Fetch {
             }
         }
     }
+}
+
+/// The next line of cairnd's answer, without its end: waits until `deadline`, or until `stop`
+/// says so (the stream's read timeout is [`ANSWER_TICK`]). Empty if cairnd hung up.
+fn next_line(
+    lines: &mut BufReader<UnixStream>,
+    stop: &dyn Fn() -> bool,
+    deadline: Instant,
+) -> Result<String, FetchError> {
+    let mut line = Vec::new();
+    loop {
+        match lines.read_until(b'\n', &mut line) {
+            // A whole line, or the end.
+            Ok(_) => break,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if stop() {
+                    return Err(FetchError::Interrupted);
+                }
+                if Instant::now() >= deadline {
+                    return Err(
+                        format!("cairnd did not answer within {}s", ANSWER_WAIT.as_secs()).into(),
+                    );
+                }
+            }
+            Err(e) => return Err(format!("cairnd did not answer: {e}").into()),
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).trim_end().to_owned())
 }
 
 /// What [`Fetch::start`] found.

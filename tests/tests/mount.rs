@@ -755,6 +755,50 @@ print(len(tail), len(head), h)\"",
 }
 
 // [S6]
+// [S5]
+#[test]
+fn small_remote_files_read_one_after_another_all_arrive() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    let r2 = h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
+    });
+    let m1 = h1.mount(Some("store1"));
+    let m2 = h2.mount(Some("store2"));
+    let src = a.dir.path().join("src");
+    let n = 1500;
+    let body = |i: usize| format!("small file {i}\n").repeat(1 + i % 300);
+    for i in 0..n {
+        write_file(&src, &format!("many/f{i:04}.txt"), body(i));
+    }
+    sh(&format!(
+        "cp -r {} {}",
+        src.join("many").display(),
+        m1.dir.display()
+    ));
+    wait_until(T, "imported on h1", || a.on("store1").0 == n as u64);
+    wait_until(T, "listed on h2", || {
+        std::fs::read_dir(m2.path("many")).is_ok_and(|d| d.count() == n)
+    });
+    // Each open fetches its file, which arrives, passes its check and takes its name in the
+    // cache within a millisecond or so: no open may miss it.
+    for i in 0..n {
+        let rel = format!("many/f{i:04}.txt");
+        let got = std::fs::read_to_string(m2.path(&rel))
+            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", m2.log()));
+        assert_eq!(got, body(i), "{rel}");
+    }
+    drop(r2);
+}
+
 #[test]
 fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
     if !fuse_available() {
