@@ -553,7 +553,8 @@ fn pump_file(
 /// stream). The hash has a thread of its own: MD5 is the slowest stage, and reading a socket on
 /// the same thread made a 1 GiB pull wait for both. Checks `cancel` before each read. The first
 /// error (cancellation or reading first, else writing) is returned; after it no more chunks are
-/// read or written.
+/// read or written. A stream that ends within its first chunk (a small file) is hashed and
+/// written on this thread: starting two threads cost more than such a file.
 fn pump_reader(
     reader: &mut dyn Read,
     mut sink: Sink<'_>,
@@ -561,9 +562,22 @@ fn pump_reader(
     mut hasher: Hasher,
     progress: &mut dyn FnMut(u64),
 ) -> io::Result<Hasher> {
+    check_cancel(cancel)?;
+    let mut first = vec![0; CHUNK];
+    let len = read_full(reader, &mut first)?;
+    progress(len as u64);
+    if len < CHUNK {
+        hasher.update(&first[..len]);
+        sink.write(&first[..len])?;
+        return Ok(hasher);
+    }
     let (read_tx, read_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (hashed_tx, hashed_rx) = sync_channel::<(Vec<u8>, usize)>(BUFFERS);
     let (free_tx, free_rx) = sync_channel::<Vec<u8>>(BUFFERS);
+    // The first chunk, read above, goes first.
+    read_tx
+        .send((first, len))
+        .expect("the hashing thread's queue has room");
     thread::scope(|scope| {
         let hashing = scope.spawn(move || -> Hasher {
             for (buffer, len) in read_rx {
@@ -584,8 +598,8 @@ fn pump_reader(
         });
 
         let read_result = (|| -> io::Result<()> {
-            let mut allocated = 0;
-            let mut total = 0;
+            let mut allocated = 1;
+            let mut total = len as u64;
             loop {
                 check_cancel(cancel)?;
                 let Some(mut buffer) = next_buffer(&free_rx, &mut allocated) else {
@@ -1012,7 +1026,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let dst = dir.path().join("partial");
         let data = pattern(2 * CHUNK + 1000);
-        for done in [0, 1, 3 << 20, CHUNK, CHUNK + 5, data.len()] {
+        // Tails longer than a chunk, exactly one, shorter (hashed without the pipeline's
+        // threads), and none.
+        let tails = [data.len() - CHUNK, data.len() - 1000];
+        for done in [
+            0,
+            1,
+            3 << 20,
+            CHUNK,
+            CHUNK + 5,
+            tails[0],
+            tails[1],
+            data.len(),
+        ] {
             fs::write(&dst, &data[..done]).unwrap();
             let mut seen = Vec::new();
             let copied = resume_from_reader(
