@@ -2,9 +2,12 @@
 //!
 //! A file is kept as `<cache.dir>/<md5>` once its whole content matched that md5; while it
 //! arrives it is `<md5>.part`, which cairnfs reads as it grows (naming in
-//! `cairn_node::cache`, socket protocol in `cairn_node::socket`). One fetch per file runs at a time however many readers wait for it.
-//! Before a fetch, the least recently used files are evicted until the new one fits in
-//! `cache.max_bytes`; a file some process holds open is never evicted.
+//! `cairn_node::cache`, socket protocol in `cairn_node::socket`). One fetch per file runs at a
+//! time however many readers wait for it. The cache's size is counted once and then kept in
+//! memory; before a fetch that would take it past `cache.max_bytes` by that count, the
+//! directory is read again and the least recently used files are evicted until the new one
+//! fits with a sixteenth of `max_bytes` to spare (so that a run of small fetches does not read
+//! the directory at each); a file some process holds open is never evicted.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +44,10 @@ pub struct Fetcher {
     pub cancel: Arc<AtomicBool>,
     /// Fetches in progress, by md5.
     running: Mutex<HashMap<String, (PathBuf, watch::Receiver<Outcome>)>>,
+    /// The cache's bytes as of its last count, plus the sizes of the fetches started since
+    /// (`None` until the first count): the directory is read again only when a new file
+    /// would not fit by this reckoning, not at every fetch.
+    used: Mutex<Option<u64>>,
 }
 
 impl Fetcher {
@@ -60,6 +67,7 @@ impl Fetcher {
             sources,
             cancel,
             running: Mutex::new(HashMap::new()),
+            used: Mutex::new(None),
         }
     }
 }
@@ -142,7 +150,18 @@ fn start(fetcher: &Arc<Fetcher>, file_id: FileId) -> Result<Started> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-    evict(dir, max.saturating_sub(file.size), &running);
+    let keep = max.saturating_sub(file.size);
+    {
+        let mut used = fetcher.used.lock().expect("cache use");
+        *used = Some(
+            match *used {
+                Some(u) if u <= keep => u,
+                // Down to a sixteenth below what the new file needs, so that the next fetches
+                // do not each read the directory again.
+                _ => evict(dir, keep.saturating_sub(max / 16), &running),
+            } + file.size,
+        );
+    }
     let part = cache.part(&file.md5);
     // A part file left by an earlier fetch is resumed: its bytes are hashed again at the end.
     std::fs::OpenOptions::new()
@@ -249,10 +268,14 @@ fn fetch(
 }
 
 /// Removes the least recently used cached files until at most `keep` bytes remain, never one
-/// that is open or being fetched.
-fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Receiver<Outcome>)>) {
+/// that is open or being fetched. Returns the bytes that remain.
+fn evict(
+    dir: &Path,
+    keep: u64,
+    running: &HashMap<String, (PathBuf, watch::Receiver<Outcome>)>,
+) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+        return 0;
     };
     let mut files: Vec<(SystemTime, u64, PathBuf)> = rd
         .flatten()
@@ -269,7 +292,7 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
         .collect();
     let mut total: u64 = files.iter().map(|f| f.1).sum();
     if total <= keep {
-        return;
+        return total;
     }
     let busy: HashSet<PathBuf> = running.values().map(|(p, _)| p.clone()).collect();
     let open = crate::procfs::open_under(dir);
@@ -297,6 +320,7 @@ fn evict(dir: &Path, keep: u64, running: &HashMap<String, (PathBuf, watch::Recei
             format_size(total)
         );
     }
+    total
 }
 
 #[cfg(test)]
@@ -320,7 +344,7 @@ mod tests {
         let newer = mk("c", 100);
         let newest = mk("d", 0);
         let _held = std::fs::File::open(&open).unwrap();
-        evict(&d, 200, &HashMap::new());
+        assert_eq!(evict(&d, 200, &HashMap::new()), 200);
         assert!(!oldest.exists(), "the least recently used goes first");
         assert!(open.exists(), "an open file is never evicted");
         assert!(!newer.exists());

@@ -799,6 +799,88 @@ fn small_remote_files_read_one_after_another_all_arrive() {
     drop(r2);
 }
 
+// [S5]
+#[test]
+fn the_cache_stays_within_max_bytes_and_keeps_files_that_are_open() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    let r2 = h2.node("store2", &[]);
+    // `[cache]` is the last section of the host's configuration.
+    let max = 64 << 10;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&h2.config)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"max_bytes = \"64KiB\"\n"))
+        .unwrap();
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
+    });
+    let m1 = h1.mount(Some("store1"));
+    let m2 = h2.mount(Some("store2"));
+    let src = a.dir.path().join("src");
+    let n = 48;
+    let body = |i: usize| format!("{i:04} ").repeat(4096 / 5 + 1)[..4096].to_owned();
+    for i in 0..n {
+        write_file(&src, &format!("c/f{i:02}.dat"), body(i));
+    }
+    sh(&format!(
+        "cp -r {} {}",
+        src.join("c").display(),
+        m1.dir.display()
+    ));
+    wait_until(T, "imported on h1", || a.on("store1").0 == n as u64);
+    wait_until(T, "listed on h2", || {
+        std::fs::read_dir(m2.path("c")).is_ok_and(|d| d.count() == n)
+    });
+    let cache = h2.dir.join("cache");
+    let cached = || -> Vec<(String, u64)> {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| {
+                        Some((e.file_name().into_string().ok()?, e.metadata().ok()?.len()))
+                    })
+                    .filter(|(name, _)| !name.ends_with(".part"))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // One file stays open while the others are read, each once: 12 times what the cache may
+    // hold.
+    let mut held = std::fs::File::open(m2.path("c/f00.dat")).unwrap();
+    let mut got = String::new();
+    std::io::Read::read_to_string(&mut held, &mut got).unwrap();
+    assert_eq!(got, body(0));
+    let held_md5 = cairn_catalog::md5::md5_hex(body(0).as_bytes());
+    for i in 1..n {
+        let rel = format!("c/f{i:02}.dat");
+        assert_eq!(
+            std::fs::read_to_string(m2.path(&rel)).unwrap(),
+            body(i),
+            "{rel}"
+        );
+        let now = cached();
+        let total: u64 = now.iter().map(|(_, len)| len).sum();
+        assert!(
+            total <= max,
+            "after {rel}: {total} bytes in the cache: {now:?}"
+        );
+        assert!(
+            now.iter().any(|(name, _)| *name == held_md5),
+            "after {rel}: the open file was evicted"
+        );
+    }
+    assert!(cached().len() < n / 2, "{:?}", cached());
+    drop(r2);
+}
+
 #[test]
 fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
     if !fuse_available() {
