@@ -8,6 +8,8 @@
 #   4. find and ls -lR over 100,000 files       vs  the same tree on the node's disk
 #   5. a 1 GiB file only on another host:       vs  curl of the same bytes from that host's
 #      first byte after open, full read              cairnd, and cairnd's own pull of it
+#   6. 1,000 files of 4 KiB only on another     vs  cairnd's batched pull of the same kind of
+#      host, read one after another (cat)            tree to a node (cairn node sync)
 # Two hosts on loopback, one catalog, release build. Needs root (drop_caches, FUSE
 # passthrough). Each figure is the median of three runs, the baseline's too (RUNS=N for
 # another count; PARTS="2 4" for only some of the five; FS_SETTLE="0s" for another
@@ -92,7 +94,7 @@ wait_done
 
 echo "Creating test data in $W and $SRC ..." >&2
 RUNS=${RUNS:-3}
-PARTS=${PARTS:-1 2 3 4 5}
+PARTS=${PARTS:-1 2 3 4 5 6}
 export RUNS PARTS
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 python3 - "$W/h1/n1" "$SRC" <<'PY'
@@ -118,6 +120,13 @@ for h in range(100 if "3" in parts else 0):
     for m in range(100):
         with open(os.path.join(d, "%04d.dat" % m), "wb") as f:
             f.write(os.urandom(4096))
+for kind in ("read", "pulled") if "6" in parts else ():
+    for r in range(runs):
+        d = os.path.join(root, "remote-small", f"{kind}{r}")
+        os.makedirs(d)
+        for i in range(1000):
+            with open(os.path.join(d, "%04d.dat" % i), "wb") as f:
+                f.write(os.urandom(4096))
 for h in range(1000 if "4" in parts else 0):
     d = os.path.join(root, "tree", "%03d" % (h // 100), "%02d" % (h % 100))
     os.makedirs(d)
@@ -317,6 +326,24 @@ row "Full read of a 1 GiB remote-only file (≥ 0.8× the HTTP pull)" "$(mibs "$
     "$(mibs "$p") (cairnd's HTTP pull to a node, md5 checked)" "$(ratio "$p" "$r")"
 row "Same, against the raw HTTP stream" "$(mibs "$r")" \
     "$(mibs "$c") (curl to /dev/null, no md5)" "$(ratio "$c" "$r")"
+fi
+
+if part 6; then
+# 6. 1,000 small files only on h1, read on h2 through the mount, one after another: each open
+#    is a fetch of its own. Baseline: cairnd's pull of such a tree to a node of h2, in batches.
+small_read() { drop; timed sh -c "cat '$W/m2/remote-small/read$1'/* >/dev/null"; }
+small_pull() {
+    drop
+    local t0 t1; t0=$(now)
+    CAIRN_CONFIG=$W/h2/cairn.toml "$BIN/cairn" node sync n1 n2 --path "remote-small/pulled$1" \
+        --force >/dev/null
+    wait_done; t1=$(now); secs "$t0" "$t1"
+}
+r=$(median small_read); p=$(median small_pull)
+row "1,000 remote-only files of 4 KiB read one after another (\`cat\`)" \
+    "$(python3 -c "print(f'{1000 / $r:,.0f} files/s')")" \
+    "$(python3 -c "print(f'{1000 / $p:,.0f} files/s')") (cairnd's batched pull to a node)" \
+    "$(ratio "$p" "$r")"
 fi
 
 echo
