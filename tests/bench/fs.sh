@@ -12,7 +12,7 @@
 #      host, read one after another (cat)            tree to a node (cairn node sync)
 # Two hosts on loopback, one catalog, release build. Needs root (drop_caches, FUSE
 # passthrough). Each figure is the median of three runs, the baseline's too (RUNS=N for
-# another count; PARTS="2 4" for only some of the five; FS_SETTLE="0s" for another
+# another count; PARTS="2 4" for only some of the six; FS_SETTLE="0s" for another
 # [fs] settle than the default). Prints a Markdown table for BENCHMARKS.md.
 # Usage: tests/bench/fs.sh [WORKDIR]   (default: a new dir under /var/tmp; not a tmpfs)
 set -euo pipefail
