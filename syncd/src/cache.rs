@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, anyhow};
 use cairn_catalog::Pool;
-use cairn_catalog::model::{FileId, Has};
+use cairn_catalog::model::{DirId, File, FileId, Has};
 use cairn_catalog::units::{format_size, now};
 use cairn_node::cache::CacheDir;
 use cairn_node::socket::Reply;
@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::sources::{Sources, Wanted};
-use crate::transfer::Transfer;
+use crate::transfer::{BatchItem, Peer, Transfer};
 
 /// How a fetch ended (`None` while it runs): the cached file, or why there is none.
 type Outcome = Option<Result<PathBuf, String>>;
@@ -48,6 +48,8 @@ pub struct Fetcher {
     /// (`None` until the first count): the directory is read again only when a new file
     /// would not fit by this reckoning, not at every fetch.
     used: Mutex<Option<u64>>,
+    /// Directories whose small files are being fetched ahead ([`fetch_ahead`]).
+    ahead: Mutex<HashSet<DirId>>,
 }
 
 impl Fetcher {
@@ -68,6 +70,7 @@ impl Fetcher {
             cancel,
             running: Mutex::new(HashMap::new()),
             used: Mutex::new(None),
+            ahead: Mutex::new(HashSet::new()),
         }
     }
 }
@@ -150,18 +153,7 @@ fn start(fetcher: &Arc<Fetcher>, file_id: FileId) -> Result<Started> {
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the cache directory {}", dir.display()))?;
-    let keep = max.saturating_sub(file.size);
-    {
-        let mut used = fetcher.used.lock().expect("cache use");
-        *used = Some(
-            match *used {
-                Some(u) if u <= keep => u,
-                // Down to a sixteenth below what the new file needs, so that the next fetches
-                // do not each read the directory again.
-                _ => evict(dir, keep.saturating_sub(max / 16), &running),
-            } + file.size,
-        );
-    }
+    make_room(fetcher, file.size, &running);
     let part = cache.part(&file.md5);
     // A part file left by an earlier fetch is resumed: its bytes are hashed again at the end.
     std::fs::OpenOptions::new()
@@ -265,6 +257,172 @@ fn fetch(
     Err(last
         .unwrap_or_else(|| anyhow!("no source"))
         .context(format!("cannot fetch {}", file.path)))
+}
+
+/// Counts `size` more bytes in the cache, evicting first if they would not fit in
+/// `cache.max_bytes` by the count kept: down to a sixteenth below what they need, so that the
+/// next fetches do not each read the directory again.
+fn make_room(
+    fetcher: &Fetcher,
+    size: u64,
+    running: &HashMap<String, (PathBuf, watch::Receiver<Outcome>)>,
+) {
+    let max = fetcher.max_bytes;
+    let keep = max.saturating_sub(size);
+    let mut used = fetcher.used.lock().expect("cache use");
+    *used = Some(
+        match *used {
+            Some(u) if u <= keep => u,
+            _ => evict(fetcher.dir.path(), keep.saturating_sub(max / 16), running),
+        } + size,
+    );
+}
+
+/// Files at most this large are fetched ahead ([`fetch_ahead`]).
+const AHEAD_MAX_FILE: u64 = 1 << 20;
+/// At most this many files, and bytes (and a quarter of `cache.max_bytes`), are fetched ahead
+/// at a time for one directory.
+const AHEAD_FILES: usize = 2000;
+const AHEAD_BYTES: u64 = 256 << 20;
+/// Files of one batched pull when fetching ahead.
+const AHEAD_BATCH: usize = 250;
+
+/// A batch of files fetched ahead from one host.
+type PeerBatch = (Peer, Vec<(File, BatchItem)>);
+
+/// The mount reads the files of `file_id`'s directory one after another, each a fetch of its
+/// own (a round trip to another host, or several): fetches that directory's other small files
+/// into the cache now, in batched pulls from the hosts that have them, each checked against
+/// its md5 before it takes its name in the cache. Runs on a thread of its own, one per
+/// directory at a time; what fails here is fetched on its own when it is opened.
+pub fn fetch_ahead(fetcher: Arc<Fetcher>, file_id: FileId) {
+    let spawned = std::thread::Builder::new()
+        .name(format!("ahead-{file_id}"))
+        .spawn(move || {
+            if let Err(e) = ahead(&fetcher, file_id) {
+                warn!("Fetching ahead the files beside file #{file_id} failed: {e:#}");
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("Cannot fetch ahead the files beside file #{file_id}: {e}");
+    }
+}
+
+fn ahead(fetcher: &Fetcher, file_id: FileId) -> Result<()> {
+    let (file, listed) = fetcher.pool.with(|cat| {
+        cat.read(|tx| {
+            let file = tx.file_by_id(file_id)?;
+            let (_, files) = tx.list_dir(file.dir_id)?;
+            Ok((file, files))
+        })
+    })?;
+    if !fetcher
+        .ahead
+        .lock()
+        .expect("fetching ahead")
+        .insert(file.dir_id)
+    {
+        return Ok(());
+    }
+    let result = ahead_in(fetcher, &file, listed);
+    fetcher
+        .ahead
+        .lock()
+        .expect("fetching ahead")
+        .remove(&file.dir_id);
+    result
+}
+
+fn ahead_in(fetcher: &Fetcher, file: &File, mut listed: Vec<File>) -> Result<()> {
+    let started = Instant::now();
+    // The files after this one by name first (the order of `ls` and of a glob), then the
+    // ones before; small ones not in the cache and not being fetched.
+    listed.sort_by(|a, b| a.name.cmp(&b.name));
+    let at = listed.partition_point(|f| f.name <= file.name);
+    listed.rotate_left(at);
+    let cache = &fetcher.dir;
+    let running: HashSet<String> = fetcher
+        .running
+        .lock()
+        .expect("cache lock")
+        .keys()
+        .cloned()
+        .collect();
+    // A quarter of the cache at most: what is fetched ahead must not push out what was read.
+    let budget = AHEAD_BYTES.min(fetcher.max_bytes / 4);
+    let (mut files, mut bytes) = (0, 0);
+    let mut by_peer: HashMap<String, PeerBatch> = HashMap::new();
+    for f in listed {
+        if files >= AHEAD_FILES || bytes + f.size > budget {
+            break;
+        }
+        if f.id == file.id
+            || f.size > AHEAD_MAX_FILE
+            || running.contains(&f.md5)
+            || std::fs::metadata(cache.complete(&f.md5)).is_ok()
+        {
+            continue;
+        }
+        let wanted = Wanted {
+            file_id: f.id,
+            path: &f.path,
+            size: f.size,
+        };
+        let sources = fetcher
+            .pool
+            .with(|cat| fetcher.sources.for_file(cat, wanted, None, None, false))?;
+        // A copy on this host is read where it is; only what another host has is fetched.
+        let Some(src) = sources.first() else { continue };
+        let Some(peer) = fetcher.transfer.batch_peer(src) else {
+            continue;
+        };
+        let item = BatchItem {
+            copy_id: src.copy_id,
+            size: f.size,
+        };
+        files += 1;
+        bytes += f.size;
+        by_peer
+            .entry(peer.host.clone())
+            .or_insert_with(|| (peer, Vec::new()))
+            .1
+            .push((f, item));
+    }
+    if files == 0 {
+        return Ok(());
+    }
+    make_room(fetcher, bytes, &fetcher.running.lock().expect("cache lock"));
+    let mut fetched = 0;
+    for (peer, wanted) in by_peer.into_values() {
+        for batch in wanted.chunks(AHEAD_BATCH) {
+            let items: Vec<BatchItem> = batch.iter().map(|(_, item)| item.clone()).collect();
+            let results = fetcher.transfer.fetch_batch(&peer, &items, &fetcher.cancel);
+            for ((f, _), got) in batch.iter().zip(results) {
+                // Anything but the catalog's bytes is left to the file's own fetch, which
+                // tries another source and marks this one.
+                let Ok(got) = got else { continue };
+                if got.md5 != f.md5 || got.bytes.len() as u64 != f.size {
+                    continue;
+                }
+                let done = cache.complete(&f.md5);
+                let tmp = TempFile::new(done.with_extension("ahead"));
+                if std::fs::write(tmp.path(), &got.bytes)
+                    .and_then(|()| std::fs::rename(tmp.path(), &done))
+                    .is_ok()
+                {
+                    tmp.keep();
+                    fetched += 1;
+                }
+            }
+        }
+    }
+    info!(
+        "Fetched ahead {fetched} of {files} small files beside {} ({}, {:.1}s) for the mount.",
+        file.path,
+        format_size(bytes),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Removes the least recently used cached files until at most `keep` bytes remain, never one

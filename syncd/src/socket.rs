@@ -52,6 +52,10 @@ pub fn serve(
                         Ok(Request::Fetch(id)) => {
                             crate::cache::serve_fetch(fetcher.clone(), id, &mut write).await
                         }
+                        Ok(Request::Ahead(id)) => {
+                            crate::cache::fetch_ahead(fetcher.clone(), id);
+                            Ok(())
+                        }
                         Err(e @ ProtocolError::MalformedFetch) => {
                             let reply = Reply::Error(e.to_string());
                             write.write_all(format!("{reply}\n").as_bytes()).await

@@ -774,28 +774,107 @@ fn small_remote_files_read_one_after_another_all_arrive() {
     let m1 = h1.mount(Some("store1"));
     let m2 = h2.mount(Some("store2"));
     let src = a.dir.path().join("src");
-    let n = 1500;
-    let body = |i: usize| format!("small file {i}\n").repeat(1 + i % 300);
-    for i in 0..n {
-        write_file(&src, &format!("many/f{i:04}.txt"), body(i));
+    let n = 750;
+    let body = |d: &str, i: usize| format!("small file {d}{i}\n").repeat(1 + i % 300);
+    for d in ["a", "b"] {
+        for i in 0..n {
+            write_file(&src, &format!("many/{d}/f{i:04}.txt"), body(d, i));
+        }
     }
     sh(&format!(
         "cp -r {} {}",
         src.join("many").display(),
         m1.dir.display()
     ));
+    wait_until(T, "imported on h1", || a.on("store1").0 == 2 * n as u64);
+    wait_until(T, "listed on h2", || {
+        ["a", "b"]
+            .iter()
+            .all(|d| std::fs::read_dir(m2.path(&format!("many/{d}"))).is_ok_and(|l| l.count() == n))
+    });
+    // Each open fetches its file (the two directories in turn: no directory is read file
+    // after file, so nothing is fetched ahead), which arrives, passes its check and takes
+    // its name in the cache within a millisecond or so: no open may miss it.
+    for i in 0..n {
+        for d in ["a", "b"] {
+            let rel = format!("many/{d}/f{i:04}.txt");
+            let got = std::fs::read_to_string(m2.path(&rel))
+                .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", m2.log()));
+            assert_eq!(got, body(d, i), "{rel}");
+        }
+    }
+    assert!(!h2.log().contains("Fetched ahead"), "{}", h2.log());
+    drop(r2);
+}
+
+// [S5]
+#[test]
+fn a_directorys_small_remote_files_read_in_turn_are_fetched_ahead_in_batches() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    let r2 = h2.node("store2", &[]);
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
+    });
+    let m1 = h1.mount(Some("store1"));
+    let m2 = h2.mount(Some("store2"));
+    let src = a.dir.path().join("src");
+    let n = 300;
+    let body = |i: usize| format!("frame {i}\n").repeat(1 + i % 50);
+    for i in 0..n {
+        write_file(&src, &format!("frames/f{i:03}.txt"), body(i));
+    }
+    sh(&format!(
+        "cp -r {} {}",
+        src.join("frames").display(),
+        m1.dir.display()
+    ));
     wait_until(T, "imported on h1", || a.on("store1").0 == n as u64);
     wait_until(T, "listed on h2", || {
-        std::fs::read_dir(m2.path("many")).is_ok_and(|d| d.count() == n)
+        std::fs::read_dir(m2.path("frames")).is_ok_and(|d| d.count() == n)
     });
-    // Each open fetches its file, which arrives, passes its check and takes its name in the
-    // cache within a millisecond or so: no open may miss it.
-    for i in 0..n {
-        let rel = format!("many/f{i:04}.txt");
-        let got = std::fs::read_to_string(m2.path(&rel))
-            .unwrap_or_else(|e| panic!("{rel}: {e}\n{}", m2.log()));
-        assert_eq!(got, body(i), "{rel}");
+    // One copy on h1 has other bytes than the catalog says: it is not fetched ahead.
+    let bad = "frames/f150.txt";
+    std::fs::write(r1.join(bad), body(150).replace("frame", "FRAME")).unwrap();
+    let cache = h2.dir.join("cache");
+    let md5 = |i: usize| cairn_catalog::md5::md5_hex(body(i).as_bytes());
+    // Two files read in turn: the rest of the directory follows without being opened.
+    for i in 0..2 {
+        let rel = format!("frames/f{i:03}.txt");
+        assert_eq!(std::fs::read_to_string(m2.path(&rel)).unwrap(), body(i));
     }
+    wait_until(T, "the others fetched ahead", || {
+        (2..n)
+            .filter(|&i| i != 150)
+            .all(|i| cache.join(md5(i)).exists())
+    });
+    assert!(
+        !cache.join(md5(150)).exists(),
+        "wrong bytes never take a name"
+    );
+    assert!(h2.log().contains("Fetched ahead"), "{}", h2.log());
+    for i in 0..n {
+        let rel = format!("frames/f{i:03}.txt");
+        if i == 150 {
+            let err = sh_fails(&format!("cat {}", m2.path(&rel).display()));
+            assert!(err.contains("Input/output error"), "{err}");
+            continue;
+        }
+        assert_eq!(
+            std::fs::read_to_string(m2.path(&rel)).unwrap(),
+            body(i),
+            "{rel}"
+        );
+    }
+    assert_eq!(a.has("store1", bad), Some(Has::Suspect));
+    assert_eq!(a.on("store2").0, 0, "reading does not make an archive copy");
     drop(r2);
 }
 

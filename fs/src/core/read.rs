@@ -6,18 +6,63 @@ use std::collections::HashMap;
 use std::fs::File as StdFile;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use cairn_catalog::model::{Copy, File, FileId, Has};
+use cairn_catalog::model::{Copy, DirId, File, FileId, Has};
 use cairn_node::cache::CacheDir;
 use cairn_node::copyfile;
+use cairn_node::socket::Request;
 
 use super::{Caller, Core, FsError, Ino, Opened, Result};
 use crate::fetch::{Fetch, Started, State};
 use crate::handles::{Handle, ReadFrom};
 
-/// Fetches running for this mount, one per file however many opens wait for it.
+/// Fetches running for this mount, one per file however many opens wait for it; and which
+/// directories' small files cairnd was asked to fetch ahead.
 #[derive(Default)]
-pub(super) struct Fetches(Mutex<HashMap<FileId, Arc<Fetch>>>);
+pub(super) struct Fetches(Mutex<HashMap<FileId, Arc<Fetch>>>, Mutex<Ahead>);
+
+/// Files at most this large are fetched ahead by cairnd (its `cache::fetch_ahead`).
+const AHEAD_MAX_FILE: u64 = 1 << 20;
+/// Two fetches in one directory within this time are a program reading its files in turn.
+const AHEAD_PAIR: Duration = Duration::from_secs(10);
+/// A directory's files are asked for again after this long (new files, evicted ones).
+const AHEAD_AGAIN: Duration = Duration::from_secs(60);
+
+/// The mount's side of fetching ahead: the directory of the last small file fetched, and when
+/// each directory was asked for.
+#[derive(Default)]
+pub(super) struct Ahead {
+    last: Option<(DirId, Instant)>,
+    asked: HashMap<DirId, Instant>,
+}
+
+impl Ahead {
+    /// Notes a fetch of `file`; true when cairnd should fetch its directory's small files
+    /// ahead: the second small file fetched in that directory in a row, not asked lately.
+    fn note(&mut self, file: &File) -> bool {
+        if file.size > AHEAD_MAX_FILE {
+            return false;
+        }
+        let now = Instant::now();
+        let pair = self
+            .last
+            .replace((file.dir_id, now))
+            .is_some_and(|(d, t)| d == file.dir_id && now.duration_since(t) < AHEAD_PAIR);
+        if !pair
+            || self
+                .asked
+                .get(&file.dir_id)
+                .is_some_and(|t| now.duration_since(*t) < AHEAD_AGAIN)
+        {
+            return false;
+        }
+        self.asked
+            .retain(|_, t| now.duration_since(*t) < AHEAD_AGAIN);
+        self.asked.insert(file.dir_id, now);
+        true
+    }
+}
 
 impl Core {
     /// Opens `ino` for `who`. A file fetched from elsewhere waits for cairnd's first answer
@@ -131,6 +176,10 @@ impl Core {
         };
         if let Some(f) = started_before(&self.fetches.0.lock().expect("fetches")) {
             return Ok(Started::Streaming(f));
+        }
+        if self.fetches.1.lock().expect("ahead").note(file) {
+            // Best effort: without it each file is still fetched when it is opened.
+            cairn_node::socket::tell(&self.opts.socket, &Request::Ahead(file.id));
         }
         let started = Fetch::start(&self.opts.socket, file.id, file.size, stop)
             .map_err(|e| e.into_fs(&file.path))?;

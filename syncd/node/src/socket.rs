@@ -12,6 +12,8 @@
 //!   - `done PATH`: the fetch finished and the whole file matched its md5 (`PATH` is its final
 //!     name in the cache);
 //!   - `error MESSAGE`: no copy could be fetched, or the bytes did not match the md5.
+//! - `ahead FILE_ID`: cairnfs sees a program read the files of FILE_ID's directory one after
+//!   another: fetch that directory's other small files into the cache, in batches. No answer.
 //!
 //! [`Request`] and [`Reply`] parse (`FromStr`) and print (`Display`, without the newline) these
 //! lines, so the words are written once.
@@ -35,6 +37,8 @@ pub enum Request {
     Wake,
     /// Fetch the file with this catalog id into the cache.
     Fetch(FileId),
+    /// Fetch the small files of this file's directory into the cache, in batches.
+    Ahead(FileId),
 }
 
 /// A line cairnd answers a [`Request::Fetch`] with.
@@ -67,6 +71,13 @@ impl FromStr for Request {
         if line == "wake" {
             return Ok(Request::Wake);
         }
+        if let Some(id) = line.strip_prefix("ahead ") {
+            return id
+                .trim()
+                .parse()
+                .map(Request::Ahead)
+                .map_err(|_| ProtocolError::MalformedFetch);
+        }
         match line.strip_prefix("fetch ") {
             Some(id) => id
                 .trim()
@@ -83,6 +94,7 @@ impl fmt::Display for Request {
         match self {
             Request::Wake => f.write_str("wake"),
             Request::Fetch(id) => write!(f, "fetch {id}"),
+            Request::Ahead(id) => write!(f, "ahead {id}"),
         }
     }
 }
@@ -117,12 +129,17 @@ impl fmt::Display for Reply {
 
 /// Tells the cairnd listening on `socket` to look for work now. Returns whether one heard it.
 pub fn nudge(socket: &Path) -> bool {
+    tell(socket, &Request::Wake)
+}
+
+/// Sends `request`, one that has no answer, to the cairnd listening on `socket`. Returns
+/// whether one heard it.
+pub fn tell(socket: &Path, request: &Request) -> bool {
     let Ok(mut s) = UnixStream::connect(socket) else {
         return false;
     };
     let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
-    s.write_all(format!("{}\n", Request::Wake).as_bytes())
-        .is_ok()
+    s.write_all(format!("{request}\n").as_bytes()).is_ok()
 }
 
 #[cfg(test)]
@@ -131,7 +148,11 @@ mod tests {
 
     #[test]
     fn requests_round_trip() {
-        for r in [Request::Wake, Request::Fetch(FileId(42))] {
+        for r in [
+            Request::Wake,
+            Request::Fetch(FileId(42)),
+            Request::Ahead(FileId(9)),
+        ] {
             assert_eq!(r.to_string().parse::<Request>(), Ok(r));
         }
         assert_eq!("wake\n".parse::<Request>(), Ok(Request::Wake));
