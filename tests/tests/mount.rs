@@ -459,10 +459,13 @@ fn directories_starting_with_a_dot_are_archived_like_any_other() {
         }
         let part = format!("{top}/.calib/.part");
         assert_eq!(m.xattr(&part, "state").unwrap(), "unimported");
-        assert_eq!(
-            std::fs::read_to_string(NodeRoot::new(&root).kept().join(&part)).unwrap(),
-            "not yet\n"
-        );
+        assert_eq!(std::fs::read_to_string(m.path(&part)).unwrap(), "not yet\n");
+        // Kept on the write node under its name (rsync's temporary name is renamed there
+        // once the kernel's release of it, which comes after `close`, reaches the mount).
+        let kept = NodeRoot::new(&root).kept().join(&part);
+        wait_until(T, "kept under its name", || {
+            std::fs::read_to_string(&kept).is_ok_and(|s| s == "not yet\n")
+        });
     }
     assert_eq!(a.on("store1").0, 4);
     // The node's own area is the one name a directory at the top cannot have.
