@@ -180,22 +180,10 @@ fn start(fetcher: &Arc<Fetcher>, file_id: FileId) -> Result<Started> {
 }
 
 /// Pulls `file` into `part` from the best source, checks its md5, and names it `done`.
-fn fetch(
-    fetcher: &Fetcher,
-    file: &cairn_catalog::model::File,
-    part: &Path,
-    done: &Path,
-) -> Result<PathBuf> {
+fn fetch(fetcher: &Fetcher, file: &File, part: &Path, done: &Path) -> Result<PathBuf> {
     // Removed on every way out but the rename into place.
     let part = TempFile::new(part.to_owned());
-    let wanted = Wanted {
-        file_id: file.id,
-        path: &file.path,
-        size: file.size,
-    };
-    let sources = fetcher
-        .pool
-        .with(|cat| fetcher.sources.for_file(cat, wanted, None, None, false))?;
+    let sources = sources_of(fetcher, file)?;
     if sources.is_empty() {
         return Err(anyhow!(
             "no reachable copy of {}: no active node with a healthy copy on a host with a \
@@ -363,14 +351,7 @@ fn ahead_in(fetcher: &Fetcher, file: &File, mut listed: Vec<File>) -> Result<()>
         {
             continue;
         }
-        let wanted = Wanted {
-            file_id: f.id,
-            path: &f.path,
-            size: f.size,
-        };
-        let sources = fetcher
-            .pool
-            .with(|cat| fetcher.sources.for_file(cat, wanted, None, None, false))?;
+        let sources = sources_of(fetcher, &f)?;
         // A copy on this host is read where it is; only what another host has is fetched.
         let Some(src) = sources.first() else { continue };
         let Some(peer) = fetcher.transfer.batch_peer(src) else {
@@ -423,6 +404,18 @@ fn ahead_in(fetcher: &Fetcher, file: &File, mut listed: Vec<File>) -> Result<()>
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Where `file`'s bytes can be had, best first (`sources.rs`, as for copies).
+fn sources_of(fetcher: &Fetcher, file: &File) -> Result<Vec<crate::transfer::Source>> {
+    let wanted = Wanted {
+        file_id: file.id,
+        path: &file.path,
+        size: file.size,
+    };
+    Ok(fetcher
+        .pool
+        .with(|cat| fetcher.sources.for_file(cat, wanted, None, None, false))?)
 }
 
 /// Removes the least recently used cached files until at most `keep` bytes remain, never one

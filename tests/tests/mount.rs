@@ -757,7 +757,6 @@ print(len(tail), len(head), h)\"",
     drop(r2);
 }
 
-// [S6]
 // [S5]
 #[test]
 fn small_remote_files_read_one_after_another_all_arrive() {
@@ -963,6 +962,7 @@ fn the_cache_stays_within_max_bytes_and_keeps_files_that_are_open() {
     drop(r2);
 }
 
+// [S6]
 #[test]
 fn a_remote_copy_with_wrong_bytes_fails_with_eio_not_wrong_data() {
     if !fuse_available() {
