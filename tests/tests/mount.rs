@@ -136,6 +136,36 @@ fn one_host(a: &Archive, daemon_extra: &str) -> (cairn_tests::TestHost, std::pat
     (h, root)
 }
 
+/// Two hosts, `h1` with node `store1` and `h2` with `store2`, started, each with a mount whose
+/// write node is its own node. `h2_cache` is added to h2's `[cache]` section (the last of its
+/// configuration). Returns the hosts, their node roots and their mounts.
+fn two_hosts(
+    a: &Archive,
+    h2_cache: &str,
+) -> (
+    [cairn_tests::TestHost; 2],
+    [std::path::PathBuf; 2],
+    [cairn_tests::Mount; 2],
+) {
+    let mut h1 = a.host("h1");
+    let mut h2 = a.host("h2");
+    let r1 = h1.node("store1", &[]);
+    let r2 = h2.node("store2", &[]);
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&h2.config)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{h2_cache}\n").as_bytes()))
+        .unwrap();
+    h1.start();
+    h2.start();
+    wait_until(T, "nodes initialised", || {
+        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
+    });
+    let m1 = h1.mount(Some("store1"));
+    let m2 = h2.mount(Some("store2"));
+    ([h1, h2], [r1, r2], [m1, m2])
+}
+
 fn mtime(p: &Path) -> i64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).unwrap().mtime()
@@ -697,17 +727,7 @@ fn remote_files_are_read_through_the_cache_on_another_host() {
         return;
     }
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    let r1 = h1.node("store1", &[]);
-    let r2 = h2.node("store2", &[]);
-    h1.start();
-    h2.start();
-    wait_until(T, "nodes initialised", || {
-        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
-    });
-    let m1 = h1.mount(Some("store1"));
-    let m2 = h2.mount(Some("store2"));
+    let ([mut h1, h2], [_r1, r2], [m1, m2]) = two_hosts(&a, "");
     // Written on host 1, listed and read on host 2.
     std::fs::create_dir(m1.path("data")).unwrap();
     std::fs::write(m1.path("data/small.txt"), "hello from h1\n").unwrap();
@@ -764,17 +784,7 @@ fn small_remote_files_read_one_after_another_all_arrive() {
         return;
     }
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    let r1 = h1.node("store1", &[]);
-    let r2 = h2.node("store2", &[]);
-    h1.start();
-    h2.start();
-    wait_until(T, "nodes initialised", || {
-        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
-    });
-    let m1 = h1.mount(Some("store1"));
-    let m2 = h2.mount(Some("store2"));
+    let ([_h1, h2], [_r1, r2], [m1, m2]) = two_hosts(&a, "");
     let src = a.dir.path().join("src");
     let n = 750;
     let body = |d: &str, i: usize| format!("small file {d}{i}\n").repeat(1 + i % 300);
@@ -816,17 +826,7 @@ fn a_directorys_small_remote_files_read_in_turn_are_fetched_ahead_in_batches() {
         return;
     }
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    let r1 = h1.node("store1", &[]);
-    let r2 = h2.node("store2", &[]);
-    h1.start();
-    h2.start();
-    wait_until(T, "nodes initialised", || {
-        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
-    });
-    let m1 = h1.mount(Some("store1"));
-    let m2 = h2.mount(Some("store2"));
+    let ([_h1, h2], [r1, r2], [m1, m2]) = two_hosts(&a, "");
     let src = a.dir.path().join("src");
     let n = 300;
     let body = |i: usize| format!("frame {i}\n").repeat(1 + i % 50);
@@ -887,24 +887,8 @@ fn the_cache_stays_within_max_bytes_and_keeps_files_that_are_open() {
         return;
     }
     let a = Archive::new();
-    let mut h1 = a.host("h1");
-    let mut h2 = a.host("h2");
-    let r1 = h1.node("store1", &[]);
-    let r2 = h2.node("store2", &[]);
-    // `[cache]` is the last section of the host's configuration.
     let max = 64 << 10;
-    std::fs::OpenOptions::new()
-        .append(true)
-        .open(&h2.config)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, b"max_bytes = \"64KiB\"\n"))
-        .unwrap();
-    h1.start();
-    h2.start();
-    wait_until(T, "nodes initialised", || {
-        NodeRoot::new(&r1).marker().exists() && NodeRoot::new(&r2).marker().exists()
-    });
-    let m1 = h1.mount(Some("store1"));
-    let m2 = h2.mount(Some("store2"));
+    let ([_h1, h2], [_r1, r2], [m1, m2]) = two_hosts(&a, "max_bytes = \"64KiB\"");
     let src = a.dir.path().join("src");
     let n = 48;
     let body = |i: usize| format!("{i:04} ").repeat(4096 / 5 + 1)[..4096].to_owned();
