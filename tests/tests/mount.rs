@@ -166,6 +166,34 @@ fn two_hosts(
     ([h1, h2], [r1, r2], [m1, m2])
 }
 
+/// Archives `files` (path, content) through `m1`: written into a tree of their own, copied in
+/// with `cp -r` under `top`, imported on `m1`'s host and listed by `m2`.
+fn archive_through(
+    a: &Archive,
+    [m1, m2]: [&cairn_tests::Mount; 2],
+    top: &str,
+    files: &[(String, String)],
+) {
+    let src = a.dir.path().join("src");
+    for (rel, data) in files {
+        write_file(&src, &format!("{top}/{rel}"), data);
+    }
+    let before = a.on("store1").0;
+    sh(&format!(
+        "cp -r {} {}",
+        src.join(top).display(),
+        m1.dir.display()
+    ));
+    wait_until(T, "imported on h1", || {
+        a.on("store1").0 == before + files.len() as u64
+    });
+    wait_until(T, "listed on h2", || {
+        files
+            .iter()
+            .all(|(rel, _)| m2.path(&format!("{top}/{rel}")).exists())
+    });
+}
+
 fn mtime(p: &Path) -> i64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(p).unwrap().mtime()
@@ -785,25 +813,13 @@ fn small_remote_files_read_one_after_another_all_arrive() {
     }
     let a = Archive::new();
     let ([_h1, h2], [_r1, r2], [m1, m2]) = two_hosts(&a, "");
-    let src = a.dir.path().join("src");
     let n = 750;
     let body = |d: &str, i: usize| format!("small file {d}{i}\n").repeat(1 + i % 300);
-    for d in ["a", "b"] {
-        for i in 0..n {
-            write_file(&src, &format!("many/{d}/f{i:04}.txt"), body(d, i));
-        }
-    }
-    sh(&format!(
-        "cp -r {} {}",
-        src.join("many").display(),
-        m1.dir.display()
-    ));
-    wait_until(T, "imported on h1", || a.on("store1").0 == 2 * n as u64);
-    wait_until(T, "listed on h2", || {
-        ["a", "b"]
-            .iter()
-            .all(|d| std::fs::read_dir(m2.path(&format!("many/{d}"))).is_ok_and(|l| l.count() == n))
-    });
+    let files: Vec<(String, String)> = ["a", "b"]
+        .iter()
+        .flat_map(|d| (0..n).map(move |i| (format!("{d}/f{i:04}.txt"), body(d, i))))
+        .collect();
+    archive_through(&a, [&m1, &m2], "many", &files);
     // Each open fetches its file (the two directories in turn: no directory is read file
     // after file, so nothing is fetched ahead), which arrives, passes its check and takes
     // its name in the cache within a millisecond or so: no open may miss it.
@@ -827,21 +843,10 @@ fn a_directorys_small_remote_files_read_in_turn_are_fetched_ahead_in_batches() {
     }
     let a = Archive::new();
     let ([_h1, h2], [r1, r2], [m1, m2]) = two_hosts(&a, "");
-    let src = a.dir.path().join("src");
     let n = 300;
     let body = |i: usize| format!("frame {i}\n").repeat(1 + i % 50);
-    for i in 0..n {
-        write_file(&src, &format!("frames/f{i:03}.txt"), body(i));
-    }
-    sh(&format!(
-        "cp -r {} {}",
-        src.join("frames").display(),
-        m1.dir.display()
-    ));
-    wait_until(T, "imported on h1", || a.on("store1").0 == n as u64);
-    wait_until(T, "listed on h2", || {
-        std::fs::read_dir(m2.path("frames")).is_ok_and(|d| d.count() == n)
-    });
+    let files: Vec<(String, String)> = (0..n).map(|i| (format!("f{i:03}.txt"), body(i))).collect();
+    archive_through(&a, [&m1, &m2], "frames", &files);
     // One copy on h1 has other bytes than the catalog says: it is not fetched ahead.
     let bad = "frames/f150.txt";
     std::fs::write(r1.join(bad), body(150).replace("frame", "FRAME")).unwrap();
@@ -889,21 +894,10 @@ fn the_cache_stays_within_max_bytes_and_keeps_files_that_are_open() {
     let a = Archive::new();
     let max = 64 << 10;
     let ([_h1, h2], [_r1, r2], [m1, m2]) = two_hosts(&a, "max_bytes = \"64KiB\"");
-    let src = a.dir.path().join("src");
     let n = 48;
     let body = |i: usize| format!("{i:04} ").repeat(4096 / 5 + 1)[..4096].to_owned();
-    for i in 0..n {
-        write_file(&src, &format!("c/f{i:02}.dat"), body(i));
-    }
-    sh(&format!(
-        "cp -r {} {}",
-        src.join("c").display(),
-        m1.dir.display()
-    ));
-    wait_until(T, "imported on h1", || a.on("store1").0 == n as u64);
-    wait_until(T, "listed on h2", || {
-        std::fs::read_dir(m2.path("c")).is_ok_and(|d| d.count() == n)
-    });
+    let files: Vec<(String, String)> = (0..n).map(|i| (format!("f{i:02}.dat"), body(i))).collect();
+    archive_through(&a, [&m1, &m2], "c", &files);
     let cache = h2.dir.join("cache");
     let cached = || -> Vec<(String, u64)> {
         std::fs::read_dir(&cache)
