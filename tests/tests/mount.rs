@@ -479,6 +479,43 @@ fn dot_files_stay_local_until_renamed_then_import_once() {
     assert_eq!(a.on("store1").0, 1);
 }
 
+// [S9]
+#[test]
+fn a_dot_file_renamed_while_open_is_kept_under_its_new_name() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Archive::new();
+    let (h, root) = one_host(&a, "");
+    let mut m = h.mount(Some("store1"));
+    std::fs::create_dir(m.path("run")).unwrap();
+    // Renamed before its writer closes it (and so before the kernel's release of it).
+    sh(&format!(
+        "python3 -c \"
+import os
+f = open('{a}', 'w'); f.write('kept\\n'); f.flush()
+os.rename('{a}', '{b}')
+f.close()\"",
+        a = m.path("run/.a.tmp").display(),
+        b = m.path("run/.b.tmp").display()
+    ));
+    let kept = NodeRoot::new(&root).kept();
+    wait_until(T, "kept under its new name", || {
+        std::fs::read_to_string(kept.join("run/.b.tmp")).is_ok_and(|s| s == "kept\n")
+    });
+    assert!(!kept.join("run/.a.tmp").exists());
+    // The next mount shows it under that name, and only that one.
+    m.stop();
+    let m = h.mount(Some("store1"));
+    assert_eq!(
+        std::fs::read_to_string(m.path("run/.b.tmp")).unwrap(),
+        "kept\n"
+    );
+    let ls = sh(&format!("ls -a {}", m.path("run").display()));
+    assert!(!ls.contains(".a.tmp"), "{ls}");
+    assert_eq!(a.on("store1").0, 0);
+}
+
 // [S9] [S12]
 #[test]
 fn directories_starting_with_a_dot_are_archived_like_any_other() {

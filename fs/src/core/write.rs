@@ -299,10 +299,13 @@ impl Core {
             g.hashed = w.finish_inline()?;
         }
         if g.name.starts_with('.') {
-            // Still a temporary name: keep it on the write node.
-            if g.kind == LocalKind::Staged {
-                let (_, root) = self.write_root()?;
-                keep(&root, &mut g)?;
+            // Still a temporary name: kept on the write node, under the name it has now (a
+            // rename while it was open, as `rsync` makes before the kernel passes on the
+            // release, moves it there only now).
+            let staged = g.kind == LocalKind::Staged;
+            let (_, root) = self.write_root()?;
+            keep(&root, &mut g)?;
+            if staged {
                 self.journal_dropped(&mut g);
             }
             return Ok(());
@@ -315,8 +318,10 @@ impl Core {
                 g.kind = LocalKind::Staged;
                 return self.settle(&mut g);
             }
-            // Kept under a plain name (the import rules skip it): nothing to import.
-            return Ok(());
+            // Kept under a plain name (the import rules skip it): nothing to import; on the
+            // write node under that name.
+            let (_, root) = self.write_root()?;
+            return Ok(keep(&root, &mut g)?);
         }
         self.settle(&mut g)
     }
