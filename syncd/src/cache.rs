@@ -7,7 +7,9 @@
 //! memory; before a fetch that would take it past `cache.max_bytes` by that count, the
 //! directory is read again and the least recently used files are evicted until the new one
 //! fits with a sixteenth of `max_bytes` to spare (so that a run of small fetches does not read
-//! the directory at each); a file some process holds open is never evicted.
+//! the directory at each); a file some process holds open is never evicted. A directory whose
+//! small files a program reads one after another has the rest fetched ahead, in batched
+//! pulls ([`fetch_ahead`]).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
