@@ -21,9 +21,9 @@ use tracing::{info, warn};
 
 /// How long a read waits for bytes that do not arrive before it fails with EIO.
 pub const STALL_LIMIT: Duration = Duration::from_secs(120);
-/// How long an open waits for cairnd's first answer.
+/// How long an open waits for each of cairnd's answer lines.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
-/// How often the wait for cairnd's first answer looks whether its caller was interrupted.
+/// How often the wait for cairnd's answer looks whether its caller was interrupted.
 const ANSWER_TICK: Duration = Duration::from_millis(100);
 
 /// Why a fetch gave no bytes.

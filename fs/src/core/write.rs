@@ -298,32 +298,24 @@ impl Core {
         if let Some(w) = writer {
             g.hashed = w.finish_inline()?;
         }
-        if g.name.starts_with('.') {
-            // Still a temporary name: kept on the write node, under the name it has now (a
-            // rename while it was open, as `rsync` makes before the kernel passes on the
-            // release, moves it there only now).
-            let staged = g.kind == LocalKind::Staged;
+        // Under the name it has now: a rename while it was open (`rsync` renames right after
+        // `close`, and the kernel may pass the release on after the rename) takes effect here.
+        self.keep_or_settle(&mut g)
+    }
+
+    /// A local file with no handle left, under the name it has now: kept on the write node
+    /// where that name says (a dot name, or a path the import rules skip), or settling towards
+    /// its import.
+    fn keep_or_settle(&self, g: &mut Local) -> Result<()> {
+        if g.name.starts_with('.') || g.kind == LocalKind::Kept && !self.importable(g) {
             let (_, root) = self.write_root()?;
-            keep(&root, &mut g)?;
-            if staged {
-                self.journal_dropped(&mut g);
-            }
+            keep(&root, g)?;
+            self.journal_dropped(g);
+            g.stage = Stage::Writing;
             return Ok(());
         }
-        if g.kind == LocalKind::Kept {
-            if self.importable(&g) {
-                // Written under a temporary name and renamed to its own before its last
-                // handle went (`rsync` renames right after `close`, and the kernel may pass
-                // the release on after the rename): it is imported as the rename would have.
-                g.kind = LocalKind::Staged;
-                return self.settle(&mut g);
-            }
-            // Kept under a plain name (the import rules skip it): nothing to import; on the
-            // write node under that name.
-            let (_, root) = self.write_root()?;
-            return Ok(keep(&root, &mut g)?);
-        }
-        self.settle(&mut g)
+        g.kind = LocalKind::Staged;
+        self.settle(g)
     }
 
     /// A closed file under a plain name starts to settle; the import queue takes it when it
@@ -436,14 +428,7 @@ impl Core {
             // Still being written: it lands (or is imported) under its new name when closed.
             return Ok(());
         }
-        if name.starts_with('.') || g.kind == LocalKind::Kept && !self.importable(&g) {
-            keep(&root, &mut g)?;
-            self.journal_dropped(&mut g);
-            g.stage = Stage::Writing;
-            return Ok(());
-        }
-        g.kind = LocalKind::Staged;
-        self.settle(&mut g)
+        self.keep_or_settle(&mut g)
     }
 
     fn importable(&self, g: &Local) -> bool {
