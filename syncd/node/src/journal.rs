@@ -6,21 +6,27 @@
 //! One row per file, keyed by where its bytes were staged (`staged`, relative to the node's
 //! root: `.cairn/staging/…`, or `.cairn/kept/…` for a dot file renamed to a plain name):
 //!
-//! - **closed**: its writer closed it (written at the writer's `close`, before `close`
+//! - **closed**: its writer closed it (noted at the writer's `close`, before `close`
 //!   returns); the bytes are at `staged`, the file goes to `path`. A rename before import
 //!   changes `path`; an unlink removes the row.
 //! - **placed**: size, md5, mtime and acquisition are final, and the bytes are moved (or being
 //!   moved) to `path` on the node. Written *before* the move, so that after a crash the bytes
 //!   are found at one of the two places.
 //!
+//! A close is first a line appended to the journal's log ([`log`]: `.cairn/journal.log.0`
+//! and `.1`), which the next use of the database takes in, in one transaction: a writer's
+//! `close` costs one `write`, and never waits for the database (whose commits the importer
+//! syncs to disk).
+//!
 //! A row is removed once the catalog has the file with its copy. Rows belong to the mount
 //! process that wrote them (`owner`: pid and start time); a new mount takes over the rows of
 //! mounts that are gone.
 //!
-//! Durability: the journal runs in WAL mode with `synchronous = NORMAL`: a commit survives a
-//! kill of the process at once, and a crash of the machine once the filesystem is synced —
-//! which the import does (one `syncfs` of the node for the bytes, their new names and this
-//! journal), and which [`Journal::closed`] does itself for a file its writer fsynced.
+//! Durability: a line of the log, and a commit of the database (WAL mode, `synchronous =
+//! NORMAL`), survive a kill of the process at once, and a crash of the machine once the
+//! filesystem is synced — which the import does (one `syncfs` of the node for the bytes,
+//! their new names, this log and this database), and which [`Journal::closed`] does itself
+//! for a file its writer fsynced (its line synced, and the commit that takes it in).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,6 +35,9 @@ use cairn_catalog::model::Ownership;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::procstat::ProcStat;
+
+mod log;
+use log::{Closed, Log};
 
 /// Where a journalled file stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +90,9 @@ pub type Result<T> = std::result::Result<T, JournalError>;
 pub struct Journal {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// The order of the next row.
+    /// Closes not yet in the database. (Taken after `conn`, when both are.)
+    log: Mutex<Log>,
+    /// The order of the next close (taken with `log` held: the log's lines are in order).
     next_seq: std::sync::atomic::AtomicI64,
 }
 
@@ -99,6 +110,10 @@ CREATE TABLE IF NOT EXISTS closed_file (
     closed_at   INTEGER NOT NULL,
     attempts    INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS log_taken (
+    one         INTEGER NOT NULL PRIMARY KEY CHECK (one = 1),
+    seq         INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS made_dir (
     path        TEXT NOT NULL PRIMARY KEY,
@@ -138,15 +153,31 @@ impl Journal {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(err)?;
+        let mut conn = conn;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        let io = |source| JournalError::Io {
+            path: path.with_extension("log.0"),
+            source,
+        };
+        // What the log holds that the database has not taken (the mount that wrote it was
+        // killed before the next use of the database) goes in now, synced.
+        let (mut log, found) = Log::open(&path).map_err(io)?;
+        let taken = log_taken(&conn).map_err(err)?;
+        let new: Vec<Closed> = found.into_iter().filter(|c| c.seq > taken).collect();
+        if !new.is_empty() {
+            take_in(&mut conn, &new, true).map_err(err)?;
+        }
+        log.cut_all().map_err(io)?;
         let last: i64 = conn
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM closed_file", [], |r| {
                 r.get(0)
             })
             .map_err(err)?;
+        let last = last.max(log_taken(&conn).map_err(err)?);
         Ok(Journal {
             path,
             conn: Mutex::new(conn),
+            log: Mutex::new(log),
             next_seq: std::sync::atomic::AtomicI64::new(last + 1),
         })
     }
@@ -164,7 +195,7 @@ impl Journal {
                 Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
             // A mount holding it answers "busy" at once: its published summary is read.
             conn.busy_timeout(std::time::Duration::ZERO)?;
-            conn.query_row(
+            let mut s = conn.query_row(
                 "SELECT COUNT(*), MIN(closed_at) FROM closed_file",
                 [],
                 |r| {
@@ -173,7 +204,22 @@ impl Journal {
                         oldest: r.get(1)?,
                     })
                 },
-            )
+            )?;
+            // Closes the log holds that the database has not taken (a mount killed since).
+            // (A journal no mount of this version has opened has no such table, nor a log.)
+            let taken = log_taken(&conn).unwrap_or(0);
+            let mut seen = std::collections::HashSet::new();
+            let mut has = conn.prepare("SELECT 1 FROM closed_file WHERE staged = ?1")?;
+            for c in Log::read(&path).unwrap_or_default() {
+                if c.seq > taken
+                    && seen.insert(c.staged.clone())
+                    && !has.exists(params![c.staged])?
+                {
+                    s.files += 1;
+                    s.oldest = Some(s.oldest.map_or(c.closed_at, |o| o.min(c.closed_at)));
+                }
+            }
+            Ok(s)
         };
         match db() {
             Ok(s) => Ok(Some(s)),
@@ -214,37 +260,50 @@ impl Journal {
         Ok(s)
     }
 
+    /// Runs `f` on the database, once it has taken the closes the log holds.
     fn run<T>(&self, f: impl FnOnce(&mut Connection) -> rusqlite::Result<T>) -> Result<T> {
         let mut c = self.conn.lock().expect("journal");
-        f(&mut c).map_err(|source| JournalError::Db {
+        let err = |source| JournalError::Db {
             path: self.path.clone(),
             source,
-        })
+        };
+        let taking = {
+            let mut log = self.log.lock().expect("journal log");
+            log.has_pending().then(|| log.take())
+        };
+        // Closes go on into the log while the database takes these.
+        if let Some(t) = taking {
+            match take_in(&mut c, &t.closes, t.durable) {
+                Ok(()) => {
+                    let last = t.closes.last().map_or(0, |c| c.seq);
+                    self.log.lock().expect("journal log").taken(last);
+                }
+                Err(e) => {
+                    self.log.lock().expect("journal log").untaken(t);
+                    return Err(err(e));
+                }
+            }
+        }
+        f(&mut c).map_err(err)
     }
 
-    /// The writer closed the file staged at `staged`, which goes to `path`. `durable`: the
-    /// writer fsynced it, so this note is synced to disk too before the writer's `close`
-    /// returns.
+    /// The writer closed the file staged at `staged`, which goes to `path`: a line of the
+    /// log. `durable`: the writer fsynced it, so the line is synced to disk too before the
+    /// writer's `close` returns.
     pub fn closed(&self, staged: &str, path: &str, owner: &str, durable: bool) -> Result<()> {
-        self.run(|c| {
-            if durable {
-                c.execute_batch("PRAGMA synchronous = FULL")?;
-            }
-            let seq = self
+        let mut log = self.log.lock().expect("journal log");
+        let c = Closed {
+            seq: self
                 .next_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let r = c
-                .prepare_cached(
-                    "INSERT INTO closed_file (staged, seq, path, owner, closed_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (staged) DO UPDATE SET path = excluded.path,
-                         owner = excluded.owner",
-                )
-                .and_then(|mut st| st.execute(params![staged, seq, path, owner, now()]));
-            if durable {
-                c.execute_batch("PRAGMA synchronous = NORMAL")?;
-            }
-            r.map(|_| ())
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            closed_at: now(),
+            staged: staged.to_owned(),
+            path: path.to_owned(),
+            owner: owner.to_owned(),
+        };
+        log.append(c, durable).map_err(|source| JournalError::Io {
+            path: log.path().to_owned(),
+            source,
         })
     }
 
@@ -456,6 +515,48 @@ impl Journal {
     }
 }
 
+/// Takes closes from the log into the database, in one transaction with the order of the
+/// last (synced to disk before it returns if `durable`). A close of a file the database has
+/// already gives its row the path and owner of this close.
+fn take_in(c: &mut Connection, closes: &[Closed], durable: bool) -> rusqlite::Result<()> {
+    if durable {
+        c.execute_batch("PRAGMA synchronous = FULL")?;
+    }
+    let r = (|| {
+        let tx = c.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO closed_file (staged, seq, path, owner, closed_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (staged) DO UPDATE SET path = excluded.path,
+                     owner = excluded.owner",
+            )?;
+            for x in closes {
+                st.execute(params![x.staged, x.seq, x.path, x.owner, x.closed_at])?;
+            }
+            if let Some(last) = closes.last() {
+                tx.execute(
+                    "INSERT INTO log_taken (one, seq) VALUES (1, ?1)
+                     ON CONFLICT (one) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+                    params![last.seq],
+                )?;
+            }
+        }
+        tx.commit()
+    })();
+    if durable {
+        c.execute_batch("PRAGMA synchronous = NORMAL")?;
+    }
+    r
+}
+
+/// The order of the last close the database took from the log (0: none).
+fn log_taken(c: &Connection) -> rusqlite::Result<i64> {
+    c.query_row("SELECT seq FROM log_taken WHERE one = 1", [], |r| r.get(0))
+        .optional()
+        .map(|s| s.unwrap_or(0))
+}
+
 /// Where a mount publishes its journal's summary: beside the journal.
 fn summary_file(journal: &Path) -> PathBuf {
     journal.with_extension("summary")
@@ -598,6 +699,89 @@ mod tests {
             3,
             "read itself"
         );
+    }
+
+    /// A mount killed before the database took its closes in: the next open of the journal
+    /// finds them in the log, and takes each in once, whatever was cut.
+    #[test]
+    fn closes_only_in_the_log_survive_a_kill_and_are_taken_in_once() {
+        let d = tempfile::tempdir().unwrap();
+        let journal_db = crate::NodeRoot::new(d.path()).journal();
+        let me = Owner::me();
+        let j = Journal::open(d.path()).unwrap();
+        j.closed(".cairn/staging/1", "a", &me, false).unwrap();
+        j.closed(".cairn/staging/2", "b", &me, true).unwrap();
+        // As a kill leaves it (nothing used the database since): lines in the log only.
+        let lines = std::fs::read_to_string(journal_db.with_extension("log.0")).unwrap();
+        assert_eq!(lines.lines().count(), 2, "{lines}");
+        drop(j);
+        assert_eq!(Journal::peek(d.path()).unwrap().unwrap().files, 2);
+        let j = Journal::open(d.path()).unwrap();
+        let paths = |j: &Journal| {
+            j.entries()
+                .unwrap()
+                .into_iter()
+                .map(|e| e.path)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(&j), ["a", "b"]);
+        for ext in ["log.0", "log.1"] {
+            assert_eq!(
+                std::fs::metadata(journal_db.with_extension(ext))
+                    .unwrap()
+                    .len(),
+                0,
+                "{ext} is cut once its lines are in the database"
+            );
+        }
+        // A kill between the database's taking of a line and the cut of its file: the line
+        // is still there at the next open, and must not bring back a row done since.
+        j.done(&[".cairn/staging/1"]).unwrap();
+        j.moved(".cairn/staging/2", "c").unwrap();
+        drop(j);
+        std::fs::write(journal_db.with_extension("log.1"), lines).unwrap();
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(paths(&j), ["c"], "lines taken before are not taken again");
+        j.closed(".cairn/staging/3", "d", &me, false).unwrap();
+        assert_eq!(
+            paths(&j),
+            ["c", "d"],
+            "new closes follow the old ones' order"
+        );
+    }
+
+    /// While the database takes the log's lines in, closes go on into the other file, and
+    /// each file is cut only once the database has every line of it.
+    #[test]
+    fn closes_go_on_while_the_database_takes_the_log_in() {
+        let d = tempfile::tempdir().unwrap();
+        let j = std::sync::Arc::new(Journal::open(d.path()).unwrap());
+        let me = Owner::me();
+        let writers: Vec<_> = (0..4)
+            .map(|t| {
+                let (j, me) = (j.clone(), me.clone());
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        j.closed(&format!(".cairn/staging/{t}-{i}"), "p", &me, false)
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut looks = 0;
+        while !writers.iter().all(|w| w.is_finished()) {
+            j.summary().unwrap();
+            looks += 1;
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(looks > 0);
+        // Killed now: what the database took, and what only the log has, are all there.
+        let j = std::sync::Arc::into_inner(j).unwrap();
+        drop(j);
+        let j = Journal::open(d.path()).unwrap();
+        assert_eq!(j.summary().unwrap().files, 2000, "no close lost by a cut");
     }
 
     #[test]
