@@ -1003,7 +1003,7 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
     let cfg = std::fs::read_to_string(&h.config).unwrap();
     std::fs::write(
         &h.config,
-        cfg.replace("[import]\n", "[import]\nacq_idle = \"2s\"\n"),
+        cfg.replace("[import]\n", "[import]\nacq_idle = \"4s\"\n"),
     )
     .unwrap();
     let [r1, _, _] = three_nodes(&a, &mut h, false);
@@ -1012,6 +1012,10 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
     write_file(&r1, "2025/06/02/01/c.dat", "c\n");
     h.cairn(&["node", "scan", "n1", "--register-new"]);
     a.wait_idle(T);
+    // Closed by hand at once (before `acq_idle` closes it: on a loaded machine the steps
+    // below took longer than that).
+    let out = a.cairn(&["acq", "close", "2025/06/01"]);
+    assert_eq!(out, "Acquisition \"2025/06/01\" closed.\n");
     // Only one file of 2025/06/01 copied to n2 so far.
     h.cairn(&[
         "file",
@@ -1023,8 +1027,6 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
         "2025/06/01/01/a.dat",
     ]);
     a.wait_idle(T);
-    let out = a.cairn(&["acq", "close", "2025/06/01"]);
-    assert_eq!(out, "Acquisition \"2025/06/01\" closed.\n");
     let names = |args: &[&str]| -> Vec<String> {
         let listing: serde_json::Value = serde_json::from_str(&a.cairn(args)).unwrap();
         listing
@@ -1061,7 +1063,7 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
         Vec::<String>::new(),
         "complete in n2 only, not in n3"
     );
-    // The other acquisition closes by itself once idle (acq_idle = 2s).
+    // The other acquisition closes by itself once idle (acq_idle = 4s).
     wait_until(T, "closed when idle", || {
         a.cairn(&["acq", "show", "2025/06/02"]).contains("Closed: ")
             && !a
@@ -1070,7 +1072,7 @@ fn a_closed_acquisition_is_complete_where_all_its_files_are() {
     });
     assert!(
         h.log()
-            .contains("Acquisition \"2025/06/02\" closed: no new file for 2s."),
+            .contains("Acquisition \"2025/06/02\" closed: no new file for 4s."),
         "{}",
         h.log()
     );
