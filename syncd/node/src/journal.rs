@@ -140,7 +140,7 @@ impl Journal {
                 source,
             })?;
         }
-        let conn = Connection::open(&path).map_err(err)?;
+        let mut conn = Connection::open(&path).map_err(err)?;
         conn.busy_timeout(std::time::Duration::from_secs(30))
             .map_err(err)?;
         conn.execute_batch("PRAGMA locking_mode = EXCLUSIVE;")
@@ -153,7 +153,6 @@ impl Journal {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL;")
             .map_err(err)?;
-        let mut conn = conn;
         conn.execute_batch(SCHEMA).map_err(err)?;
         let io = |source| JournalError::Io {
             path: path.with_extension("log.0"),
