@@ -143,10 +143,18 @@ impl Queue {
                 && w.settling.front().is_some_and(|(due, _)| *due <= now)
             {
                 let started = *gathering.get_or_insert(now);
+                // Smaller batches only where files come due as they close: with a settle,
+                // the last batch waits for its files' settle anyway, and more batches during
+                // a copy are more syncs of the node beside it (`cp -r` returned 17 % later).
+                let enough = if w.closed_due.is_some_and(|c| now < c + GATHER_MAX) {
+                    GATHERED
+                } else {
+                    BATCH
+                };
                 let due_now = w
                     .settling
                     .iter()
-                    .take(GATHERED)
+                    .take(enough)
                     .take_while(|(due, _)| *due <= now)
                     .count();
                 let next = w.settling.iter().map(|(d, _)| *d).find(|d| *d > now);
@@ -158,7 +166,7 @@ impl Queue {
                 .flatten()
                 .min();
                 if let Some(until) = until
-                    && due_now < GATHERED
+                    && due_now < enough
                     && until <= started + GATHER_MAX
                 {
                     w = self

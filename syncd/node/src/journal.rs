@@ -275,7 +275,12 @@ impl Journal {
             match take_in(&mut c, &t.closes, t.durable) {
                 Ok(()) => {
                     let last = t.closes.last().map_or(0, |c| c.seq);
-                    self.log.lock().expect("journal log").taken(last);
+                    let cut = self.log.lock().expect("journal log").taken(last);
+                    for (i, f) in cut {
+                        if f.set_len(0).is_ok() {
+                            self.log.lock().expect("journal log").cut_done(i);
+                        }
+                    }
                 }
                 Err(e) => {
                     self.log.lock().expect("journal log").untaken(t);

@@ -237,14 +237,23 @@ impl Log {
         }
     }
 
-    /// The database has every close up to order `seq`: a file holding none after it is cut.
-    /// (A cut that fails leaves lines the database has: the next open skips them.)
-    pub fn taken(&mut self, seq: i64) {
-        for h in &mut self.halves {
-            if h.len > 0 && h.last_seq <= seq {
-                let _ = h.cut();
-            }
-        }
+    /// The database has every close up to order `seq`: the files to cut now, each holding
+    /// none after it and taking no closes, to be cut without this lock held (a cut may wait
+    /// for the writeback of the file's pages, and closes would wait for it); then
+    /// [`Log::cut_done`]. The file closes go to is cut at a later turn. (A cut that fails
+    /// leaves lines the database has: the next open skips them.)
+    pub fn taken(&self, seq: i64) -> Vec<(usize, File)> {
+        (0..2)
+            .filter(|&i| i != self.current)
+            .filter(|&i| self.halves[i].len > 0 && self.halves[i].last_seq <= seq)
+            .filter_map(|i| self.halves[i].file.try_clone().ok().map(|f| (i, f)))
+            .collect()
+    }
+
+    /// File `i` of [`Log::taken`] was cut. (No close went to it meanwhile: only a
+    /// [`Log::take`] makes it the file closes go to, and the caller takes nothing between.)
+    pub fn cut_done(&mut self, i: usize) {
+        self.halves[i].len = 0;
     }
 
     /// The database could not take `t`: its closes wait again, before those appended since.
