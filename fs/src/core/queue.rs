@@ -20,7 +20,8 @@ pub(super) const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// While files come due less than this apart (a program's burst of closes), the first waits
-/// for the others, until `GATHERED` are due or for `GATHER_MAX`: a batch costs a sync of the
+/// for the others, until `BATCH` are due (`GATHERED` where files come due at their close, a
+/// settle shorter than `GATHER`) or for `GATHER_MAX`: a batch costs a sync of the
 /// node and a few round trips to the primary whatever its size, so a burst of `cp -r` goes
 /// in a few batches, not in one for every few files. Files that come due while a batch is
 /// imported go in the next, up to `BATCH`: batches grow when the import falls behind (a
