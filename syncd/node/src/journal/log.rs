@@ -163,12 +163,21 @@ pub(super) struct Taking {
     pub durable: bool,
 }
 
+/// The log's two files, beside `journal` (the database's path).
+fn halves(journal: &Path) -> [PathBuf; 2] {
+    [
+        journal.with_extension("log.0"),
+        journal.with_extension("log.1"),
+    ]
+}
+
 impl Log {
     /// Opens the log beside `journal` (the database's path), with every close its files hold
     /// in order: the caller keeps those the database has not taken, then [`Log::cut_all`].
     pub fn open(journal: &Path) -> io::Result<(Log, Vec<Closed>)> {
-        let (a, mut found) = Half::open(journal.with_extension("log.0"))?;
-        let (b, more) = Half::open(journal.with_extension("log.1"))?;
+        let [p0, p1] = halves(journal);
+        let (a, mut found) = Half::open(p0)?;
+        let (b, more) = Half::open(p1)?;
         found.extend(more);
         found.sort_by_key(|c| c.seq);
         let log = Log {
@@ -184,8 +193,8 @@ impl Log {
     /// (nothing is created or cut).
     pub fn read(journal: &Path) -> io::Result<Vec<Closed>> {
         let mut found = Vec::new();
-        for ext in ["log.0", "log.1"] {
-            match std::fs::read(journal.with_extension(ext)) {
+        for path in halves(journal) {
+            match std::fs::read(path) {
                 Ok(bytes) => found.extend(parse(&bytes).0),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
